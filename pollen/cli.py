@@ -1,0 +1,195 @@
+"""The ``pollen`` command line: run workers, the simulator and the demo; submit and inspect jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="pollen: submit long-running generative-AI jobs, poll them, keep the results.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _load_payload(source: str) -> Any:
+    text = sys.stdin.read() if source == "-" else source
+    if source.startswith("@"):
+        text = Path(source[1:]).read_text()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        _fail(f"job payload is not valid JSON: {exc}")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 4,
+    pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
+    hostname: Annotated[str, typer.Option("--hostname", "-n")] = "pollen@%h",
+    queues: Annotated[str | None, typer.Option("--queues", "-Q")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+) -> None:
+    """Run a Celery worker for pollen's queues (task events on, for Flower)."""
+    from pollen.celery_app import create_app
+    from pollen.settings import get_settings
+
+    settings = get_settings()
+    q = settings.queues
+    names = queues or ",".join([q.submit, q.poll, q.callbacks])
+    celery = create_app(settings)
+    celery.worker_main(
+        ["worker", "-Q", names, "-c", str(concurrency), "-P", pool, "-n", hostname,
+         "-l", loglevel, "-E", "--without-mingle", "--without-gossip"]
+    )  # fmt: skip
+
+
+@app.command()
+def submit(
+    payload: Annotated[str, typer.Argument(help="Job JSON, @file.json, or - for stdin.")],
+    wait: Annotated[float | None, typer.Option(help="Wait up to this many seconds.")] = None,
+) -> None:
+    """Enqueue a job (see schema/job-request.schema.json) and print its id."""
+    from pollen import InvalidJob, Pollen, WaitTimeout
+
+    with Pollen() as client:
+        try:
+            job_id = client.submit_payload(_load_payload(payload))
+        except InvalidJob as exc:
+            _fail(str(exc), 2)
+        typer.echo(job_id)
+        if wait is not None:
+            try:
+                _print_json(client.wait(job_id, wait).model_dump(mode="json", exclude={"request"}))
+            except WaitTimeout as exc:
+                _fail(str(exc), 3)
+
+
+@app.command()
+def status(job_id: str) -> None:
+    """Print a job's status, polls and results so far."""
+    from pollen import JobNotFound, Pollen
+
+    with Pollen() as client:
+        try:
+            job = client.get(job_id)
+        except JobNotFound as exc:
+            _fail(str(exc))
+        detail = f" ({job.error.code}: {job.error.message})" if job.error else ""
+        typer.echo(
+            f"{job.id} {job.status.value}{detail} polls={job.polls} "
+            f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}"
+        )
+
+
+@app.command()
+def result(
+    job_id: str,
+    raw: Annotated[bool, typer.Option(help="Include the provider's raw items.")] = False,
+) -> None:
+    """Print the stored job as JSON: status, results, errors, timings."""
+    from pollen import JobNotFound, Pollen
+
+    with Pollen() as client:
+        try:
+            job = client.get(job_id)
+        except JobNotFound as exc:
+            _fail(str(exc))
+        no_raw = {"__all__": {"raw"}}
+        exclude: Any = None if raw else {"results": no_raw, "errors": no_raw}
+        _print_json(job.model_dump(mode="json", exclude=exclude))
+
+
+@app.command()
+def details(
+    job_id: str,
+    provider: Annotated[bool, typer.Option(help="Ask the provider's own getTaskDetails.")] = False,
+) -> None:
+    """Print the audit record: the request pollen sent and the provider's response envelope."""
+    from pollen import JobNotFound, Pollen
+    from pollen.audit import provider_task_details
+
+    with Pollen() as client:
+        try:
+            record = (
+                provider_task_details(client.settings, client.get(job_id))
+                if provider
+                else client.task_details(job_id)
+            )
+        except JobNotFound as exc:
+            _fail(str(exc))
+        _print_json(record)
+
+
+@app.command()
+def simulator(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    duration_min: float = 1.0,
+    duration_max: float = 3.0,
+    rate_5xx: float = 0.0,
+    rate_429: float = 0.0,
+    rate_malformed: float = 0.0,
+    api_key: str = "sim-key",
+) -> None:
+    """Run the provider simulator (Runware, useapi.net and CometAPI dialects)."""
+    from pollen.simulator import SimulatorConfig, run
+
+    config = SimulatorConfig(
+        api_key=api_key,
+        duration_min=duration_min,
+        duration_max=duration_max,
+        rate_5xx=rate_5xx,
+        rate_429=rate_429,
+        rate_malformed=rate_malformed,
+    )
+    run(config, host, port)
+
+
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(help="Extra single-image jobs to add.")] = 2,
+) -> None:
+    """Run everything locally: Redis, simulator, a worker, a few jobs; show progress and results."""
+    from pollen.demo import run_demo
+
+    raise typer.Exit(run_demo(extra_jobs=jobs))
+
+
+@app.command()
+def schema(
+    check: Annotated[bool, typer.Option(help="Fail if the checked-in schema is stale.")] = False,
+) -> None:
+    """Write (or --check) schema/job-request.schema.json from the pydantic model."""
+    from pollen.schema import SCHEMA_PATH, render
+
+    text = render()
+    if check:
+        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
+            _fail(f"{SCHEMA_PATH} is stale: run `pollen schema`")
+        typer.echo("schema is current")
+        return
+    SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
+    SCHEMA_PATH.write_text(text)
+    typer.echo(f"wrote {SCHEMA_PATH}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

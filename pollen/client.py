@@ -1,0 +1,130 @@
+"""The producer client: enqueue jobs and read their state from any Python app.
+
+    from pollen import Pollen
+
+    pollen = Pollen()                      # settings from POLLEN_* environment variables
+    job_id = pollen.submit("runware", {"taskType": "videoInference", "model": "...", ...})
+    job = pollen.wait(job_id, timeout=600)
+    print(job.status, [r.url for r in job.results])
+
+The client validates the job, stores it (queued) and sends ``pollen.submit`` with only the job
+id. It never imports the worker's tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery
+
+from pollen import keys
+from pollen.celery_app import create_app
+from pollen.connections import redis_client
+from pollen.errors import StoreUnavailable, WaitTimeout
+from pollen.models import Job, JobStatus
+from pollen.settings import Settings, get_settings
+from pollen.steps import accept
+from pollen.store import Store
+
+
+class Pollen:
+    """Submit jobs to pollen's workers and follow them."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        client = redis_client(self.settings.redis_url)
+        self.store = Store(client, finished_ttl=self.settings.job_ttl)
+        self._celery: Celery | None = None
+
+    @property
+    def celery(self) -> Celery:
+        if self._celery is None:
+            self._celery = create_app(self.settings, include_tasks=False)
+        return self._celery
+
+    def submit(
+        self,
+        provider: str,
+        request: dict[str, Any],
+        *,
+        job_id: str | None = None,
+        callback_url: str | None = None,
+        poll: dict[str, float] | None = None,
+        deadline: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Enqueue a job and return its id; the same ``job_id`` twice is one job.
+
+        Raises :class:`pollen.errors.InvalidJob` (naming the bad field) before anything is
+        stored or enqueued.
+        """
+        payload: dict[str, Any] = {"provider": provider, "request": request}
+        optional = {
+            "job_id": job_id,
+            "callback_url": callback_url,
+            "poll": poll,
+            "deadline": deadline,
+            "metadata": metadata,
+        }
+        payload |= {k: v for k, v in optional.items() if v is not None}
+        return self.submit_payload(payload)
+
+    def submit_payload(self, payload: dict[str, Any]) -> str:
+        """Enqueue a job given as a JSON-shaped dict (the published job-request schema)."""
+        job_id, created = accept(self.settings, self.store, payload, now=time.time())
+        if created:
+            try:
+                self.celery.send_task(
+                    "pollen.submit",
+                    kwargs={"job_id": job_id},
+                    queue=self.settings.queues.submit,
+                )
+            except Exception as exc:
+                self.store.redis.delete(*keys.all_for(job_id))
+                self.store.redis.zrem(keys.INFLIGHT, job_id)
+                raise StoreUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
+        return job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's current status."""
+        return JobStatus(self.store.raw(job_id)["status"])
+
+    def get(self, job_id: str) -> Job:
+        """The whole job: status, results so far (partial results included), errors, timings."""
+        return self.store.get(job_id)
+
+    result = get
+
+    def task_details(self, job_id: str) -> dict[str, Any]:
+        """The request pollen sent and the provider's latest response envelope (audit)."""
+        return self.store.task_details(job_id)
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """Block until the job ends (at most ``timeout`` seconds), without busy-polling.
+
+        Reads the job's event stream with a blocking XREAD; raises :class:`WaitTimeout`.
+        """
+        deadline = time.monotonic() + timeout
+        last = "0-0"
+        while True:
+            job = self.store.get(job_id)
+            if job.terminal:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"job {job_id} is still {job.status.value} after {timeout}s")
+            events = self.store.events(job_id, after=last, block_ms=max(1, int(remaining * 1000)))
+            if events:
+                last = events[-1][0]
+
+    def close(self) -> None:
+        self.store.redis.close()
+        if self._celery is not None:
+            self._celery.close()
+
+    def __enter__(self) -> Pollen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

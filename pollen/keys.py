@@ -1,0 +1,38 @@
+"""Every Redis key pollen writes, in one place. State is keyed by job id."""
+
+from __future__ import annotations
+
+PREFIX = "pollen"
+
+#: sorted set of job ids not yet terminal, scored by creation time
+INFLIGHT = f"{PREFIX}:inflight"
+
+
+def job(job_id: str) -> str:
+    """Hash: the job record (status, provider, timestamps, counters, request, policy)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def results(job_id: str) -> str:
+    """Hash: generation id -> normalised result JSON (one field per finished generation)."""
+    return f"{PREFIX}:job:{job_id}:results"
+
+
+def result_order(job_id: str) -> str:
+    """List: generation ids in the order pollen first saw them finish."""
+    return f"{PREFIX}:job:{job_id}:order"
+
+
+def responses(job_id: str) -> str:
+    """List: every provider response envelope, oldest first (audit)."""
+    return f"{PREFIX}:job:{job_id}:responses"
+
+
+def events(job_id: str) -> str:
+    """Stream: the job's lifecycle events (status changes, partial results, completion)."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def all_for(job_id: str) -> list[str]:
+    """Every key that belongs to one job (for TTLs and deletion)."""
+    return [job(job_id), results(job_id), result_order(job_id), responses(job_id), events(job_id)]

@@ -1,0 +1,254 @@
+"""What producers send and what pollen stores: the job's public shapes.
+
+``JobRequest`` is the producer-facing payload (its JSON Schema is published in
+``schema/job-request.schema.json``); ``Job`` is the stored view returned by status/result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import StrEnum
+from typing import Any, Literal, get_args
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pollen.backoff import PollPolicy
+from pollen.errors import InvalidJob
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MAX_NESTING = 8
+
+
+class JobStatus(StrEnum):
+    """A job's state. It only moves forward: queued → submitted → processing → terminal."""
+
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @property
+    def terminal(self) -> bool:
+        return self.rank == _TERMINAL_RANK
+
+
+_TERMINAL_RANK = 3
+_RANK = {
+    JobStatus.QUEUED: 0,
+    JobStatus.SUBMITTED: 1,
+    JobStatus.PROCESSING: 2,
+    JobStatus.SUCCEEDED: _TERMINAL_RANK,
+    JobStatus.FAILED: _TERMINAL_RANK,
+    JobStatus.TIMED_OUT: _TERMINAL_RANK,
+}
+TERMINAL_STATUSES = frozenset(s for s in JobStatus if s.terminal)
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+class RunwareTask(BaseModel):
+    """One Runware inference task object, sent as-is with ``deliveryMethod: "async"``.
+
+    The fields pollen relies on are typed; Runware's many other parameters pass through.
+    ``taskUUID`` and ``deliveryMethod`` belong to pollen and are refused here.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    taskType: str = Field(pattern=r"^[a-z][A-Za-z]*Inference$", examples=["videoInference"])
+    model: str = Field(min_length=1, max_length=200, examples=["klingai:5@3"])
+    positivePrompt: str | None = Field(None, min_length=1, max_length=10_000)
+    numberResults: int = Field(1, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _pollen_owned_fields(self) -> RunwareTask:
+        extra = self.model_extra or {}
+        for owned in ("taskUUID", "deliveryMethod"):
+            if owned in extra:
+                raise ValueError(f"{owned} is set by pollen; leave it out of the request")
+        if _depth(extra) > MAX_NESTING:
+            raise ValueError(f"request is nested deeper than {MAX_NESTING} levels")
+        return self
+
+
+class PollOverrides(BaseModel):
+    """Per-job changes to the worker's default poll policy; unset fields keep the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial_delay: float | None = Field(None, ge=0, le=3600)
+    interval: float | None = Field(None, gt=0, le=3600)
+    factor: float | None = Field(None, ge=1, le=10)
+    max_delay: float | None = Field(None, gt=0, le=3600)
+    min_delay: float | None = Field(None, ge=0, le=3600)
+    jitter: float | None = Field(None, ge=0, le=1)
+
+    def apply(self, base: PollPolicy, deadline: float | None = None) -> PollPolicy:
+        merged = base.model_dump() | self.model_dump(exclude_none=True)
+        if deadline is not None:
+            merged["deadline"] = deadline
+        return PollPolicy.model_validate(merged)
+
+
+ProviderName = Literal["runware"]
+KNOWN_PROVIDERS: tuple[str, ...] = get_args(ProviderName)
+
+
+class JobRequest(BaseModel):
+    """What a producer enqueues: provider, the provider's request, and how to report back."""
+
+    model_config = ConfigDict(extra="forbid", title="pollen job request")
+
+    provider: ProviderName = Field(description="Which provider runs the job.")
+    request: RunwareTask = Field(description="The provider's task object.")
+    job_id: str | None = Field(
+        None,
+        pattern=JOB_ID_PATTERN,
+        description="Client-chosen id and idempotency key: the same id twice is one job.",
+    )
+    callback_url: AnyHttpUrl | None = Field(
+        None, max_length=2048, description="http(s) URL that receives the completion POST."
+    )
+    poll: PollOverrides | None = Field(None, description="Changes to the default poll policy.")
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds after acceptance before the job ends timed_out.",
+    )
+    metadata: dict[str, str] | None = Field(
+        None, max_length=32, description="Producer's own tags, echoed in results and callbacks."
+    )
+
+    @field_validator("deadline")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("deadline must be a finite number of seconds")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, item in (value or {}).items():
+            if len(key) > 64 or len(item) > 512:
+                raise ValueError("metadata keys are at most 64 and values 512 characters")
+        return value
+
+
+def _field_path(error: Any) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(payload)"
+
+
+def parse_job_request(payload: Any, *, max_request_bytes: int) -> JobRequest:
+    """Validate a producer payload, raising :class:`InvalidJob` naming the bad field."""
+    if isinstance(payload, str | bytes):
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            raise InvalidJob(f"job payload is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidJob(f"job payload must be a JSON object, got {type(payload).__name__}")
+    provider = payload.get("provider")
+    if provider is not None and provider not in KNOWN_PROVIDERS:
+        known = ", ".join(KNOWN_PROVIDERS)
+        raise InvalidJob(f"provider: unknown provider {provider!r} (known: {known})")
+    try:
+        size = len(json.dumps(payload.get("request"), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(f"request: not JSON-serialisable ({exc})") from exc
+    if size > max_request_bytes:
+        raise InvalidJob(
+            f"request: {size} bytes of JSON, more than the {max_request_bytes} allowed"
+        )
+    try:
+        return JobRequest.model_validate(payload)
+    except ValidationError as exc:
+        details = exc.errors(include_url=False, include_context=False, include_input=False)
+        first = details[0]
+        message = f"{_field_path(first)}: {first['msg']}"
+        if len(details) > 1:
+            message += f" (and {len(details) - 1} more)"
+        raise InvalidJob(message, errors=[dict(d) for d in details]) from None
+
+
+class ErrorInfo(BaseModel):
+    """Why a job or a generation failed: the provider's code and message when it gave them."""
+
+    code: str
+    message: str
+
+
+class GenerationResult(BaseModel):
+    """One finished generation, the same shape whatever the provider."""
+
+    id: str = Field(description="Provider's media id (stable across polls).")
+    kind: Literal["image", "video", "audio", "other"]
+    url: str | None = None
+    cost: float | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    seen_at: float = Field(description="Unix time pollen first saw this generation finished.")
+    raw: dict[str, Any] = Field(default_factory=dict, description="The provider's item, as sent.")
+
+
+class GenerationError(BaseModel):
+    """One generation that ended in error at the provider."""
+
+    code: str
+    message: str
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(BaseModel):
+    """A job as stored in Redis: what ``status``/``result`` return."""
+
+    id: str
+    provider: str
+    status: JobStatus
+    provider_task_id: str | None = None
+    created_at: float
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float
+    deadline_at: float | None = None
+    submit_attempts: int = 0
+    polls: int = 0
+    progress: float | None = None
+    cost: float | None = None
+    expected_results: int = 1
+    error: ErrorInfo | None = None
+    results: list[GenerationResult] = Field(default_factory=list)
+    errors: list[GenerationError] = Field(default_factory=list)
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    request: dict[str, Any] = Field(default_factory=dict)
+    policy: PollPolicy
+    task_uuid: str = Field("", description="The idempotency key pollen sent to the provider.")
+    poll_seq: int = Field(0, description="Number of the poll message allowed to act next.")
+    next_poll_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal

@@ -1,0 +1,79 @@
+"""Sending one provider request and mapping transport failures onto pollen's error tree.
+
+This is the only place where httpx exceptions and generic HTTP statuses (429, 5xx) become
+pollen errors; dialects map their own 4xx bodies in ``parse_*``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from typing import Any
+
+import httpx
+
+from pollen.errors import ProviderProtocolError, ProviderUnavailable, RateLimited
+
+MAX_RETRY_AFTER = 3600.0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when - (now if now is not None else time.time())
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def send(http: httpx.Client, request: httpx.Request) -> httpx.Response:
+    """Send, read the body, and raise retryable errors for 429, 5xx and transport failures."""
+    try:
+        response = http.send(request)
+    except httpx.TimeoutException as exc:
+        raise ProviderUnavailable(f"provider timed out: {exc!r}", code="timeout") from exc
+    except httpx.TransportError as exc:
+        raise ProviderUnavailable(f"provider unreachable: {exc!r}", code="connection") from exc
+    if response.status_code == 429:
+        raise RateLimited(
+            f"provider rate limit (HTTP 429): {response.text[:200]}",
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+    if response.status_code >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if response.status_code == 503 and retry_after is not None:
+            raise RateLimited(
+                f"provider unavailable (HTTP 503): {response.text[:200]}",
+                retry_after=retry_after,
+                status=503,
+            )
+        raise ProviderUnavailable(
+            f"provider error (HTTP {response.status_code}): {response.text[:200]}",
+            code=f"http{response.status_code}",
+            status=response.status_code,
+        )
+    return response
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The decoded JSON body, or ProviderProtocolError for garbage."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProviderProtocolError(
+            f"provider answered HTTP {response.status_code} with a body that is not JSON: "
+            f"{response.text[:120]!r}",
+            code="malformedResponse",
+            status=response.status_code,
+        ) from exc

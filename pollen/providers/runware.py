@@ -1,0 +1,212 @@
+"""Runware's task-array API: ``deliveryMethod: "async"`` submission and ``getResponse`` polls.
+
+One endpoint takes a JSON array of task objects and answers ``{"data": [...], "errors": [...]}``.
+Processing and successful generations are ``data`` items; failed generations are ``errors``
+items with ``"status": "error"``; request-level refusals (``taskNotFound``, bad parameters,
+``conflictTaskUUID``) are ``errors`` items without a generation status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pollen.errors import (
+    ProviderProtocolError,
+    ProviderRejected,
+    ProviderTaskNotFound,
+)
+from pollen.models import GenerationError, GenerationResult, Job
+from pollen.providers.base import Provider, ProviderState, Snapshot, Submission
+from pollen.providers.http import json_body
+
+CONFLICT_TASK_UUID = "conflictTaskUUID"
+TASK_NOT_FOUND = "taskNotFound"
+MEDIA_KINDS = ("video", "image", "audio")
+
+
+class RunwareItem(BaseModel):
+    """A ``data`` item: a processing or successful generation, or a utility task's answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    taskType: str | None = None
+    taskUUID: str | None = None
+    status: str | None = None
+    cost: float | None = None
+
+
+class RunwareError(BaseModel):
+    """An ``errors`` item: a failed generation (``status: "error"``) or a refused request."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str = ""
+    status: str | None = None
+    parameter: str | None = None
+    type: str | None = None
+    documentation: str | None = None
+    taskUUID: str | None = None
+
+
+class RunwareEnvelope(BaseModel):
+    """Every Runware answer: ``data`` and/or ``errors``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    data: list[RunwareItem] = []
+    errors: list[RunwareError] = []
+
+
+class RunwareTaskDetails(RunwareItem):
+    """A ``getTaskDetails`` data item: the original request array and response envelope."""
+
+    request: list[dict[str, Any]]
+    response: RunwareEnvelope
+
+
+def parse_envelope(response: httpx.Response) -> RunwareEnvelope:
+    body = json_body(response)
+    try:
+        return RunwareEnvelope.model_validate(body)
+    except ValidationError as exc:
+        raise ProviderProtocolError(
+            f"Runware answer is not a data/errors envelope: {str(body)[:200]}",
+            code="malformedResponse",
+            status=response.status_code,
+        ) from exc
+
+
+def to_result(item: RunwareItem, now: float) -> GenerationResult:
+    """A successful generation item, normalised."""
+    fields = item.model_dump(exclude_unset=True)
+    extra = item.model_extra or {}
+    for kind in MEDIA_KINDS:
+        media_id = extra.get(f"{kind}UUID")
+        url = extra.get(f"{kind}URL")
+        if media_id or url:
+            break
+    else:
+        kind, media_id, url = "other", None, None
+    metadata = {
+        k: v
+        for k, v in fields.items()
+        if k not in {"taskType", "taskUUID", "status", "cost", f"{kind}UUID", f"{kind}URL"}
+    }
+    return GenerationResult(
+        id=str(media_id or url or f"{item.taskUUID}:{sorted(fields.items())!s}"),
+        kind=kind,  # type: ignore[arg-type]
+        url=url,
+        cost=item.cost,
+        metadata=metadata,
+        seen_at=now,
+        raw=fields,
+    )
+
+
+def _refusal(error: RunwareError, http_status: int) -> ProviderRejected | ProviderTaskNotFound:
+    message = error.message or error.code
+    if error.parameter:
+        message = f"{message} (parameter: {error.parameter})"
+    if error.code == TASK_NOT_FOUND:
+        return ProviderTaskNotFound(message, code=error.code, status=http_status)
+    return ProviderRejected(message, code=error.code, status=http_status)
+
+
+def _state(results: int, errors: int, processing: int, expected: int) -> ProviderState:
+    if results + errors >= expected:
+        return "succeeded" if results else "failed"
+    return "running" if results or errors or processing else "pending"
+
+
+class Runware(Provider):
+    name = "runware"
+
+    def _post(self, tasks: list[dict[str, Any]]) -> httpx.Request:
+        key = self.settings.runware.api_key.get_secret_value()
+        return httpx.Request(
+            "POST",
+            self.settings.runware.base_url,
+            json=tasks,
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+        )
+
+    def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
+        task = {**job.request, "taskUUID": task_uuid, "deliveryMethod": "async"}
+        return self._post([task])
+
+    def parse_submit(self, job: Job, task_uuid: str, response: httpx.Response) -> Submission:
+        envelope = parse_envelope(response)
+        raw = envelope.model_dump(exclude_unset=True)
+        for error in envelope.errors:
+            if error.code == CONFLICT_TASK_UUID:
+                # Our own earlier submit got through: the taskUUID is the idempotency key.
+                return Submission(task_uuid, raw, already_submitted=True)
+        if envelope.errors:
+            raise _refusal(envelope.errors[0], response.status_code)
+        if response.status_code >= 400:
+            raise ProviderRejected(
+                f"Runware refused the task (HTTP {response.status_code})",
+                code=f"http{response.status_code}",
+                status=response.status_code,
+            )
+        if not any(item.taskUUID == task_uuid for item in envelope.data):
+            raise ProviderProtocolError(
+                f"Runware acknowledgement does not mention task {task_uuid}",
+                code="malformedResponse",
+            )
+        return Submission(task_uuid, raw)
+
+    def status_request(self, job: Job) -> httpx.Request:
+        return self._post([{"taskType": "getResponse", "taskUUID": job.provider_task_id}])
+
+    def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
+        envelope = parse_envelope(response)
+        mine = job.provider_task_id
+        refusals = [e for e in envelope.errors if e.status != "error"]
+        if refusals:
+            raise _refusal(refusals[0], response.status_code)
+        if response.status_code >= 400 and not envelope.data and not envelope.errors:
+            raise ProviderRejected(
+                f"Runware refused the poll (HTTP {response.status_code})",
+                code=f"http{response.status_code}",
+                status=response.status_code,
+            )
+        items = [i for i in envelope.data if i.taskUUID in (mine, None)]
+        results = [to_result(i, now) for i in items if i.status == "success"]
+        processing = sum(1 for i in items if i.status == "processing")
+        errors = [
+            GenerationError(code=e.code, message=e.message, raw=e.model_dump(exclude_unset=True))
+            for e in envelope.errors
+            if e.taskUUID in (mine, None)
+        ]
+        expected = job.expected_results
+        costs = [r.cost for r in results if r.cost is not None]
+        return Snapshot(
+            state=_state(len(results), len(errors), processing, expected),
+            envelope=envelope.model_dump(exclude_unset=True),
+            results=results,
+            errors=errors,
+            progress=min(1.0, (len(results) + len(errors)) / expected),
+            cost=round(sum(costs), 6) if costs else None,
+        )
+
+    def task_details_request(self, task_uuid: str) -> httpx.Request:
+        """Runware's own ``getTaskDetails`` for a task (its original request and response)."""
+        return self._post([{"taskType": "getTaskDetails", "taskUUID": task_uuid}])
+
+    def parse_task_details(self, response: httpx.Response) -> RunwareTaskDetails:
+        envelope = parse_envelope(response)
+        if envelope.errors:
+            raise _refusal(envelope.errors[0], response.status_code)
+        if not envelope.data:
+            raise ProviderProtocolError("getTaskDetails answered no data", code="malformedResponse")
+        try:
+            return RunwareTaskDetails.model_validate(envelope.data[0].model_dump())
+        except ValidationError as exc:
+            raise ProviderProtocolError(
+                f"getTaskDetails item has no request/response: {exc}", code="malformedResponse"
+            ) from exc

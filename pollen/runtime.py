@@ -1,0 +1,55 @@
+"""Per-process resources: one Redis client, one pooled HTTP client, the provider dialects.
+
+Built lazily on first use in each process (so a prefork child never inherits its parent's
+sockets) and closed when the worker process shuts down. Never built at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from pollen.connections import http_client, redis_client
+from pollen.providers import build_providers
+from pollen.settings import Settings, get_settings
+from pollen.steps import Deps
+from pollen.store import Store
+
+
+class _ProcessLocal:
+    """Holds this process's Deps; rebuilt after a fork (the pid changes)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.deps: Deps | None = None
+        self.pid: int | None = None
+
+
+_local = _ProcessLocal()
+
+
+def build_deps(settings: Settings) -> Deps:
+    """Everything the steps need, from settings."""
+    return Deps(
+        settings=settings,
+        store=Store(redis_client(settings.redis_url), finished_ttl=settings.job_ttl),
+        http=http_client(settings),
+        providers=build_providers(settings),
+    )
+
+
+def deps() -> Deps:
+    """This process's resources, created on first use."""
+    with _local.lock:
+        if _local.deps is None or _local.pid != os.getpid():
+            _local.deps, _local.pid = build_deps(get_settings()), os.getpid()
+        return _local.deps
+
+
+def close() -> None:
+    """Close this process's clients (worker shutdown hook)."""
+    with _local.lock:
+        if _local.deps is not None and _local.pid == os.getpid():
+            _local.deps.http.close()
+            _local.deps.store.redis.close()
+        _local.deps = None

@@ -1,0 +1,92 @@
+"""pollen's one settings object, read from ``POLLEN_*`` environment variables.
+
+Nested groups use ``__``: ``POLLEN_RUNWARE__API_KEY``, ``POLLEN_POLL__INITIAL_DELAY``.
+Build it with :func:`get_settings` (cached) or construct ``Settings(...)`` directly in tests.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pollen.backoff import PollPolicy
+
+
+class RunwareSettings(BaseModel):
+    """Runware's task-array API."""
+
+    base_url: str = Field("https://api.runware.ai/v1", description="The single POST endpoint.")
+    api_key: SecretStr = Field(SecretStr(""), description="Bearer token.")
+    timeout: float = Field(30.0, gt=0, description="HTTP timeout per request, seconds.")
+
+
+class QueueSettings(BaseModel):
+    """Celery queue names (workers can be split by queue)."""
+
+    submit: str = "pollen.submit"
+    poll: str = "pollen.poll"
+    callbacks: str = "pollen.callbacks"
+
+
+class CallbackSettings(BaseModel):
+    """Completion callbacks."""
+
+    timeout: float = Field(15.0, gt=0, description="HTTP timeout of one delivery, seconds.")
+
+
+class Settings(BaseSettings):
+    """Everything pollen reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POLLEN_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Job store.")
+    broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url.")
+    result_backend: str | None = Field(
+        None, description="Celery result backend (submit answers); defaults to broker_url."
+    )
+    runware: RunwareSettings = RunwareSettings()
+    poll: PollPolicy = PollPolicy()
+    queues: QueueSettings = QueueSettings()
+    callbacks: CallbackSettings = CallbackSettings()
+    job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
+    max_request_bytes: int = Field(
+        64 * 1024, gt=0, description="Largest accepted provider request, bytes of JSON."
+    )
+    task_time_limit: int = Field(120, gt=0, description="Hard time limit of one task run, seconds.")
+    visibility_timeout: int = Field(
+        3600,
+        gt=0,
+        description="Seconds before Redis redelivers an unacknowledged message; must exceed "
+        "poll.max_delay + task_time_limit.",
+    )
+    http_max_connections: int = Field(100, gt=0, description="Pool size per worker process.")
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _visibility_timeout_covers_countdowns(self) -> Settings:
+        floor = self.poll.max_delay + self.task_time_limit
+        if self.visibility_timeout <= floor:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout}s) must be larger than "
+                f"poll.max_delay + task_time_limit ({floor:g}s), or Redis redelivers "
+                "countdown messages that are still waiting"
+            )
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        return self.result_backend or self.broker
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,64 @@
+"""The simulator's live runtime: config, task store, stats, fault injector, RNG, clock."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pollen.simulator.config import SimulatorConfig
+from pollen.simulator.faults import FaultInjector
+from pollen.simulator.state import Stats, TaskStore
+
+
+class Simulator:
+    """Everything the HTTP handlers share. ``clock`` returns unix seconds (``time.time``)."""
+
+    def __init__(self, config: SimulatorConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = TaskStore()
+        self.stats = Stats()
+        self.faults = FaultInjector(config.seed)
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+        self._seed(config.seed)
+
+    def _seed(self, seed: int | None) -> None:
+        with self._lock:
+            self._rng = random.Random(None if seed is None else f"durations-{seed}")
+        self.faults.reseed(seed)
+
+    def random_duration(self) -> float:
+        """Seconds for a generation that has no scripted duration."""
+        config = self.config
+        with self._lock:
+            return round(self._rng.uniform(config.duration_min, config.duration_max), 3)
+
+    def random_int(self, upper: int) -> int:
+        with self._lock:
+            return self._rng.randint(0, upper)
+
+    @staticmethod
+    def new_uuid() -> str:
+        """A fresh UUID v4 string; never seeded, so ids stay unique across resets and runs."""
+        return str(uuid.uuid4())
+
+    def update_config(self, changes: Mapping[str, Any]) -> SimulatorConfig:
+        """Apply a validated partial update (raises ``ValueError``/``ValidationError``)."""
+        new = self.config.patched(changes)
+        old_seed = self.config.seed
+        self.config = new
+        if new.seed != old_seed:
+            self._seed(new.seed)
+        return new
+
+    def reset(self) -> None:
+        """Forget tasks, stats and scripted faults; restart the RNGs from the seed."""
+        self.store.clear()
+        self.stats.clear()
+        self.faults.clear()
+        self._seed(self.config.seed)

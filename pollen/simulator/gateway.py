@@ -1,0 +1,62 @@
+"""The path every provider request takes: stats, fault injection, bearer auth, then handler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pollen.simulator.core import Simulator
+from pollen.simulator.dialect import Dialect
+from pollen.simulator.faults import fault_response
+
+Handler = Callable[[Simulator, Request], Awaitable[Response]]
+
+
+def bearer_ok(request: Request, api_key: str) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token.strip() == api_key
+
+
+async def json_body(request: Request) -> Any:
+    """The parsed body, or ``None`` when it is not valid JSON."""
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        return None
+
+
+def provider_route(
+    sim: Simulator, dialect: Dialect, path: str, handler: Handler, methods: list[str]
+) -> Route:
+    """A route whose requests are counted, may be faulted, and need the bearer key.
+
+    A faulted request (5xx, 429, malformed) is answered without running ``handler``, so it
+    changes no task. A ``timeout`` fault runs ``handler`` first, then stalls
+    ``timeout_seconds`` before sending its (normal) answer: the request took effect even if
+    the client gave up, like a real lost response.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        sim.stats.request()
+        fault = sim.faults.take(request.url.path, sim.config)
+        if fault is not None:
+            sim.stats.fault(fault.kind)
+        if fault is not None and not fault.stalls:
+            response = fault_response(dialect, fault)
+        else:
+            if bearer_ok(request, sim.config.api_key):
+                response = await handler(sim, request)
+            else:
+                response = JSONResponse(dialect.unauthorized, status_code=401)
+            if fault is not None:
+                await asyncio.sleep(sim.config.timeout_seconds)
+        sim.stats.status(response.status_code)
+        return response
+
+    return Route(path, endpoint, methods=methods)

@@ -1,0 +1,270 @@
+"""The job's steps as plain functions: accept, submit, poll, deliver the callback.
+
+No Celery here: each step reads and writes the store, talks to a provider through the injected
+HTTP client, and returns what should happen next (a :class:`Next`). The Celery tasks in
+:mod:`pollen.tasks` turn that into countdown retries. Every step is safe to run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from pollen.backoff import next_delay
+from pollen.callbacks import completion_payload, post_json
+from pollen.errors import (
+    InvalidJob,
+    RateLimited,
+    RetryableProviderError,
+    TerminalProviderError,
+)
+from pollen.models import Job, JobStatus, PollOverrides, parse_job_request
+from pollen.providers import Provider, Snapshot
+from pollen.providers.http import send
+from pollen.settings import Settings
+from pollen.store import Store
+
+EXTRA_TTL = 3600
+
+
+@dataclass
+class Deps:
+    """What the steps need, built once per worker process (see :mod:`pollen.runtime`)."""
+
+    settings: Settings
+    store: Store
+    http: httpx.Client
+    providers: dict[str, Provider]
+    clock: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass(frozen=True)
+class Next:
+    """What the caller should do after a step."""
+
+    poll_in: float | None = None  #: schedule poll number ``attempt`` after this many seconds
+    attempt: int = 0
+    submit_in: float | None = None  #: run the submit step again after this many seconds
+    finished: bool = False  #: this step ended the job: the completion effects are due
+
+
+def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tuple[str, bool]:
+    """Validate a producer payload and store it as a queued job.
+
+    Returns ``(job_id, created)``; ``created`` is False when a job with that id already
+    exists (the id is an idempotency key). Raises :class:`InvalidJob` before writing anything.
+    """
+    request = parse_job_request(payload, max_request_bytes=settings.max_request_bytes)
+    policy = (request.poll or PollOverrides()).apply(settings.poll, request.deadline)
+    limit = settings.visibility_timeout - settings.task_time_limit
+    if policy.max_delay >= limit:
+        raise InvalidJob(f"poll.max_delay: must be below {limit}s (the broker visibility timeout)")
+    job_id = request.job_id or uuid.uuid4().hex
+    task = request.request.model_dump(mode="json", exclude_unset=False, exclude_none=True)
+    fields = {
+        "id": job_id,
+        "provider": request.provider,
+        "status": JobStatus.QUEUED.value,
+        "created_at": repr(now),
+        "updated_at": repr(now),
+        "deadline_at": repr(now + policy.deadline),
+        "task_uuid": str(uuid.uuid4()),
+        "expected_results": str(request.request.numberResults),
+        "request": task,
+        "policy": policy.model_dump_json(),
+        "callback_url": str(request.callback_url) if request.callback_url else "",
+        "metadata": request.metadata or {},
+        "submit_attempts": "0",
+        "polls": "0",
+        "poll_seq": "0",
+    }
+    ttl = int(policy.deadline) + settings.job_ttl + EXTRA_TTL
+    return job_id, store.create(job_id, fields, now=now, ttl=ttl)
+
+
+def _finish(deps: Deps, job: Job, status: JobStatus, code: str, message: str) -> Next:
+    moved = deps.store.transition(
+        job.id, status, now=deps.clock(), error_code=code, error_message=message
+    )
+    return Next(finished=moved)
+
+
+def _timed_out(deps: Deps, job: Job, detail: str = "") -> Next:
+    message = f"no result within the {job.policy.deadline:g}s deadline"
+    return _finish(deps, job, JobStatus.TIMED_OUT, "deadline", message + detail)
+
+
+def _failed(deps: Deps, job: Job, exc: TerminalProviderError) -> Next:
+    return _finish(deps, job, JobStatus.FAILED, exc.code or "providerError", exc.message)
+
+
+def _retry_after(exc: RetryableProviderError) -> float | None:
+    return exc.retry_after if isinstance(exc, RateLimited) else None
+
+
+def submit(deps: Deps, job_id: str) -> Next:
+    """Create the provider task once; a redelivered submit only re-arms the poll chain."""
+    store, now = deps.store, deps.clock()
+    job = store.get(job_id)
+    if job.terminal:
+        return Next()
+    if job.status is not JobStatus.QUEUED:
+        # Already submitted by an earlier copy of this message: make sure polling goes on.
+        # A duplicate poll message is harmless: the poll step is fenced by poll_seq.
+        wait = max(0.0, (job.next_poll_at or now) - now)
+        return Next(poll_in=wait, attempt=max(job.poll_seq, 1))
+    if job.deadline_at is not None and now >= job.deadline_at:
+        return _timed_out(deps, job, " (never accepted by the provider)")
+    attempts = store.increment(job_id, "submit_attempts")
+    provider = deps.providers[job.provider]
+    request = provider.submit_request(job, job.task_uuid)
+    store.update(job_id, sent_request=json.loads(request.content))
+    try:
+        submission = provider.parse_submit(job, job.task_uuid, send(deps.http, request))
+    except RetryableProviderError as exc:
+        delay = next_delay(
+            job.policy,
+            attempts,
+            elapsed=now - job.created_at,
+            retry_after=_retry_after(exc),
+            rng=deps.rng,
+        )
+        store.update(job_id, last_error=f"{exc.code}: {exc.message}")
+        if delay is None:
+            return _timed_out(deps, job, f"; last provider error: {exc.message}")
+        return Next(submit_in=delay)
+    except TerminalProviderError as exc:
+        return _failed(deps, job, exc)
+    first = next_delay(job.policy, 0, elapsed=now - job.created_at, rng=deps.rng) or 0.0
+    store.transition(
+        job_id,
+        JobStatus.SUBMITTED,
+        now=now,
+        provider_task_id=submission.provider_task_id,
+        submitted_at=repr(now),
+        submit_response=submission.envelope,
+        poll_seq="1",
+        next_poll_at=repr(now + first),
+    )
+    return Next(poll_in=first, attempt=1)
+
+
+def poll(deps: Deps, job_id: str, attempt: int) -> Next:
+    """Ask the provider once, record what is new, and say when to ask again.
+
+    Fenced: only the copy of poll message ``attempt`` that takes the lease acts; duplicates
+    (redeliveries, retry-then-crash copies) return ``Next()`` and change nothing.
+    """
+    store, now = deps.store, deps.clock()
+    claim = store.claim_poll(job_id, attempt, now=now, lease=deps.settings.task_time_limit)
+    if claim.verdict == "busy":
+        return Next(poll_in=claim.wait + 1.0, attempt=attempt)
+    if claim.verdict != "ok":
+        return Next()
+    job = store.get(job_id)
+    if job.deadline_at is not None and now >= job.deadline_at:
+        return _timed_out(deps, job, f" ({job.polls} polls)")
+    provider = deps.providers[job.provider]
+    try:
+        snapshot = provider.parse_status(job, send(deps.http, provider.status_request(job)), now)
+    except TerminalProviderError as exc:
+        return _failed(deps, job, exc)
+    except RetryableProviderError as exc:
+        return _poll_failed(deps, job, attempt, exc, now)
+    return _poll_answered(deps, job, attempt, snapshot, now)
+
+
+def _poll_failed(
+    deps: Deps, job: Job, attempt: int, exc: RetryableProviderError, now: float
+) -> Next:
+    """A retryable failure: keep the record of it and hand over to the next poll."""
+    delay = next_delay(
+        job.policy,
+        attempt,
+        elapsed=now - job.created_at,
+        retry_after=_retry_after(exc),
+        rng=deps.rng,
+    )
+    applied = deps.store.apply_poll(
+        job.id,
+        attempt,
+        now=now,
+        envelope={"error": {"code": exc.code, "status": exc.status, "message": exc.message}},
+        results=[],
+        errors=job.errors,
+        progress=None,
+        cost=None,
+        next_poll_at=now + (delay or 0.0),
+    )
+    if applied is None:
+        return Next()
+    if delay is None:
+        return _timed_out(deps, job, f"; last provider error: {exc.message}")
+    return Next(poll_in=delay, attempt=attempt + 1)
+
+
+def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: float) -> Next:
+    """Store new generations and end the job if the provider says it is over."""
+    done = snapshot.state in ("succeeded", "failed")
+    delay = None
+    if not done:
+        delay = next_delay(
+            job.policy,
+            attempt,
+            elapsed=now - job.created_at,
+            hint=snapshot.hint_delay,
+            rng=deps.rng,
+        )
+    applied = deps.store.apply_poll(
+        job.id,
+        attempt,
+        now=now,
+        envelope=snapshot.envelope,
+        results=snapshot.results,
+        errors=snapshot.errors,
+        progress=snapshot.progress,
+        cost=snapshot.cost,
+        next_poll_at=now + (delay or 0.0),
+    )
+    if applied is None:
+        return Next()
+    if snapshot.state == "succeeded":
+        return Next(finished=deps.store.transition(job.id, JobStatus.SUCCEEDED, now=deps.clock()))
+    if snapshot.state == "failed":
+        first = snapshot.errors[0] if snapshot.errors else None
+        code = first.code if first else "providerFailed"
+        message = first.message if first else "the provider reported the task failed"
+        return _finish(deps, job, JobStatus.FAILED, code, message)
+    if delay is None:
+        return _timed_out(deps, job, f" ({job.polls + 1} polls)")
+    return Next(poll_in=delay, attempt=attempt + 1)
+
+
+def deliver_callback(deps: Deps, job_id: str) -> dict[str, Any] | None:
+    """POST the completion body to the job's callback URL, at most once per job.
+
+    Returns the delivery record, or None if there was nothing (more) to deliver. The job's
+    status is never changed by a callback's outcome.
+    """
+    store = deps.store
+    if not store.compare_and_set(job_id, "callback_state", "pending", "sending"):
+        return None
+    job = store.get(job_id)
+    if not job.callback_url:
+        return None
+    record = post_json(
+        deps.http,
+        job.callback_url,
+        completion_payload(job),
+        timeout=deps.settings.callbacks.timeout,
+    )
+    store.update(job_id, callback=record, callback_state=record["state"])
+    return record

@@ -1,0 +1,78 @@
+"""pollen's Celery tasks: thin wrappers that call one step and turn its answer into messages.
+
+``pollen.submit``  validate + store the job (if it came as a payload), create the provider task
+``pollen.poll``    ask the provider once; re-schedule itself with ``self.retry(countdown=...)``
+``pollen.deliver_callback``  POST the completion body to the job's callback URL
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from pollen import runtime, steps
+from pollen.errors import InvalidJob
+
+
+@worker_process_init.connect
+def _open_resources(**_: Any) -> None:
+    runtime.deps()
+
+
+@worker_process_shutdown.connect
+def _close_resources(**_: Any) -> None:
+    runtime.close()
+
+
+def _follow_up(job_id: str, outcome: steps.Next) -> None:
+    """Send the messages a step asked for (the poll chain and completion effects)."""
+    if outcome.poll_in is not None:
+        poll.apply_async(
+            kwargs={"job_id": job_id, "attempt": outcome.attempt}, countdown=outcome.poll_in
+        )
+    if outcome.finished:
+        deliver_callback.delay(job_id)
+
+
+@shared_task(
+    bind=True,
+    name="pollen.submit",
+    ignore_result=False,
+    throws=(InvalidJob,),
+    max_retries=None,  # bounded by the job's deadline, not by a count
+)
+def submit(
+    self: Task, job: dict[str, Any] | None = None, job_id: str | None = None
+) -> dict[str, Any]:
+    """Accept a job payload (``job=``) or an already stored job (``job_id=``) and submit it."""
+    deps = runtime.deps()
+    created = False
+    if job is not None:
+        job_id, created = steps.accept(deps.settings, deps.store, job, now=deps.clock())
+    if job_id is None:
+        raise InvalidJob("pollen.submit needs job= (a job payload) or job_id=")
+    outcome = steps.submit(deps, job_id)
+    if outcome.submit_in is not None:
+        raise self.retry(countdown=outcome.submit_in, kwargs={"job_id": job_id})
+    _follow_up(job_id, outcome)
+    return {"job_id": job_id, "created": created}
+
+
+@shared_task(bind=True, name="pollen.poll", max_retries=None)
+def poll(self: Task, job_id: str, attempt: int) -> None:
+    """Poll number ``attempt`` of one job; the chain continues through countdown retries."""
+    outcome = steps.poll(runtime.deps(), job_id, attempt)
+    if outcome.poll_in is not None:
+        raise self.retry(
+            countdown=outcome.poll_in,
+            kwargs={"job_id": job_id, "attempt": outcome.attempt},
+        )
+    _follow_up(job_id, outcome)
+
+
+@shared_task(name="pollen.deliver_callback")
+def deliver_callback(job_id: str) -> None:
+    """Deliver the job's completion callback (at most once; never changes the job)."""
+    steps.deliver_callback(runtime.deps(), job_id)

@@ -1,0 +1,124 @@
+"""Real parts for the test session: a Redis server, the provider simulator, a Celery worker.
+
+The store uses Redis db 1 and the broker db 0; the store db is flushed before every test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pollen.embedded import CallbackReceiver, RedisServer, Worker
+from pollen.settings import Settings
+from pollen.simulator import SimulatorConfig, SimulatorServer
+
+STORE_DB, BROKER_DB = 1, 0
+FAST_POLL = {
+    "POLLEN_POLL__INITIAL_DELAY": "0.2",
+    "POLLEN_POLL__INTERVAL": "0.2",
+    "POLLEN_POLL__FACTOR": "1.5",
+    "POLLEN_POLL__MAX_DELAY": "1.0",
+    "POLLEN_POLL__MIN_DELAY": "0.05",
+    "POLLEN_POLL__JITTER": "0.2",
+}
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[SimulatorServer]:
+    config = SimulatorConfig(duration_min=0.2, duration_max=0.6, seed=7, timeout_seconds=5)
+    with SimulatorServer(config) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_server: RedisServer, simulator: SimulatorServer) -> dict[str, str]:
+    return {
+        "POLLEN_REDIS_URL": redis_server.url(STORE_DB),
+        "POLLEN_BROKER_URL": redis_server.url(BROKER_DB),
+        "POLLEN_RUNWARE__BASE_URL": f"{simulator.url}/v1",
+        "POLLEN_RUNWARE__API_KEY": simulator.config.api_key,
+        "POLLEN_RUNWARE__TIMEOUT": "2",
+        "POLLEN_CALLBACKS__TIMEOUT": "2",
+        **FAST_POLL,
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(worker_env: dict[str, str]) -> Settings:
+    """The same settings the worker reads from its environment."""
+    saved = dict(os.environ)
+    try:
+        os.environ.update(worker_env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def worker(
+    worker_env: dict[str, str], redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = Worker(worker_env, name="test-worker", concurrency=4, log_file=str(log))
+    with proc:
+        try:
+            proc.wait_ready(redis_server.url(BROKER_DB))
+        except RuntimeError:
+            print(Path(log).read_text())
+            raise
+        yield proc
+    if os.environ.get("POLLEN_TEST_SHOW_WORKER_LOG"):
+        print(Path(log).read_text())
+
+
+@pytest.fixture
+def clean(redis_server: RedisServer, simulator: SimulatorServer) -> Iterator[None]:
+    """An empty job store and a fresh simulator for each test that uses them."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url(STORE_DB))
+    client.flushdb()
+    client.close()
+    httpx.post(f"{simulator.url}/_sim/reset").raise_for_status()
+    yield
+
+
+@pytest.fixture
+def client(settings: Settings, clean: None) -> Iterator[Any]:
+    from pollen import Pollen
+
+    with Pollen(settings) as pollen:
+        yield pollen
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    with CallbackReceiver() as server:
+        yield server
+
+
+def eventually(
+    check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Wait until ``check()`` returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(interval)

@@ -1,0 +1,653 @@
+"""Tests of the provider simulator, through a real uvicorn server on a free port."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from pollen.simulator import SimulatorConfig, SimulatorServer, create_app
+
+KEY = "test-key"
+
+# JSON examples copied verbatim from the provider pages in /work/shared/seeds.
+SEED_000_RESPONSE = """
+{
+  "data": [
+    {
+      "taskType": "videoInference",
+      "taskUUID": "24cd5dff-cb81-4db5-8506-b72a9425f9d1",
+      "status": "processing"
+    },
+    {
+      "taskType": "videoInference",
+      "taskUUID": "24cd5dff-cb81-4db5-8506-b72a9425f9d1",
+      "status": "success",
+      "videoUUID": "b7db282d-2943-4f12-992f-77df3ad3ec71",
+      "videoURL": "https://im.runware.ai/video/ws/0.5/vi/b7db282d-2943-4f12-992f-77df3ad3ec71.mp4",
+      "cost": 0.18
+    }
+  ],
+  "errors": [
+    {
+      "code": "timeoutProvider",
+      "status": "error",
+      "message": "The external provider did not respond within the timeout window. The request was automatically terminated.",
+      "documentation": "https://runware.ai/docs/platform/errors",
+      "taskUUID": "24cd5dff-cb81-4db5-8506-b72a9425f9d1"
+    }
+  ]
+}
+"""  # noqa: E501
+SEED_004_NOT_FOUND = """
+{
+  "data": [],
+  "errors": [
+    {
+      "code": "taskNotFound",
+      "message": "No task found for the provided 'taskUUID'. The taskUUID may not exist or may belong to a different organization.",
+      "parameter": "taskUUID",
+      "type": "string",
+      "documentation": "https://runware.ai/docs",
+      "taskUUID": "abcdc144-7364-4a7c-b6e4-fadb3dbf2f67"
+    }
+  ]
+}
+"""  # noqa: E501
+SEED_003_QUEUED = """
+{
+  "code": "success",
+  "message": "",
+  "data": {
+    "task_id": "3d957031-9a2a-45e2-9dc7-bc8513059c50",
+    "action": "IMAGE_TO_VIDEO",
+    "status": "QUEUED",
+    "fail_reason": "",
+    "submit_time": 1773366766,
+    "start_time": 0,
+    "finish_time": 0,
+    "progress": "0%",
+    "data": {
+      "id": "3d957031-9a2a-45e2-9dc7-bc8513059c50",
+      "status": "PENDING",
+      "createdAt": "2026-03-13T09:52:46+08:00"
+    }
+  }
+}
+"""
+# Seed 002's 200 example is not valid JSON (a comma is missing), so its keys are listed here.
+SEED_002_TASK_KEYS = [
+    "taskId", "id", "name", "image", "createdAt", "updatedAt", "taskType", "options", "status",
+    "error", "progressText", "progressRatio", "estimatedTimeToStartSeconds", "artifacts",
+    "sharedAsset",
+]  # fmt: skip
+SEED_002_ARTIFACT_KEYS = {
+    "assetId", "id", "createdAt", "updatedAt", "userId", "createdBy", "taskId",
+    "parentAssetGroupId", "filename", "url", "fileSize", "isDirectory", "previewUrls", "private",
+    "privateInTeam", "deleted", "reported", "metadata", "favorite",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SimulatorServer]:
+    config = SimulatorConfig(
+        api_key=KEY, duration_min=0.2, duration_max=0.3, comet_not_exist_seconds=0.3, seed=7
+    )
+    with SimulatorServer(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def admin(server: SimulatorServer) -> Iterator[httpx.Client]:
+    """A client without credentials (admin routes need none)."""
+    with httpx.Client(base_url=server.url, trust_env=False, timeout=5.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def authed(server: SimulatorServer) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=server.url, headers=headers, trust_env=False, timeout=5.0) as c:
+        yield c
+
+
+@pytest.fixture
+def client(authed: httpx.Client, admin: httpx.Client) -> httpx.Client:
+    """The authenticated client, on a freshly reset simulator with its default config."""
+    assert admin.post("/_sim/reset").status_code == 200
+    defaults = {"rate_5xx": 0.0, "rate_429": 0.0, "rate_malformed": 0.0, "rate_timeout": 0.0}
+    assert admin.patch("/_sim/config", json={**defaults, "timeout_seconds": 30.0}).is_success
+    return authed
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def inference(task_uuid: str, **extra: Any) -> dict[str, Any]:
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": task_uuid,
+        "model": "runware:101@1",
+        "positivePrompt": "a cat",
+        "deliveryMethod": "async",
+    }
+    return {**task, **extra}
+
+
+def get_response(client: httpx.Client, *task_uuids: str) -> httpx.Response:
+    return client.post("/v1", json=[{"taskType": "getResponse", "taskUUID": u} for u in task_uuids])
+
+
+def wait_until(deadline: float) -> None:
+    time.sleep(max(0.0, deadline - time.monotonic()))
+
+
+# --- config and app -----------------------------------------------------------------------------
+
+
+def test_config_defaults_and_validation() -> None:
+    config = SimulatorConfig()
+    assert config.api_key == "sim-key"
+    assert (config.duration_min, config.duration_max, config.retry_after) == (1.0, 3.0, 1)
+    assert config.seed is None
+    with pytest.raises(ValidationError):
+        SimulatorConfig(rate_5xx=1.5)
+    with pytest.raises(ValidationError):
+        SimulatorConfig(duration_min=-1)
+    with pytest.raises(ValidationError):
+        SimulatorConfig(duration_min=3, duration_max=1)
+    with pytest.raises(ValueError, match="unknown config fields"):
+        config.patched({"nope": 1})
+
+
+def test_create_app_routes() -> None:
+    paths = {getattr(route, "path", "") for route in create_app(SimulatorConfig()).routes}
+    assert {"/v1", "/v1/runwayml/gen3/create", "/runwayml/v1/tasks/{task_id}"} <= paths
+    assert {"/healthz", "/_sim/stats", "/_sim/faults", "/_sim/reset"} <= paths
+
+
+def test_server_exposes_url_port_and_live_config(
+    server: SimulatorServer, admin: httpx.Client
+) -> None:
+    assert server.url == f"http://127.0.0.1:{server.port}"
+    assert admin.get("/healthz").json() == {"ok": True}
+    answer = admin.patch("/_sim/config", json={"retry_after": 4})
+    assert answer.json()["retry_after"] == 4
+    assert server.config.retry_after == 4
+    assert admin.get("/_sim/config").json()["retry_after"] == 4
+    assert admin.patch("/_sim/config", json={"rate_429": 2}).status_code == 400
+    assert admin.patch("/_sim/config", json={"duration_min": 9}).status_code == 400
+    assert admin.patch("/_sim/config", json={"retry_after": 1}).is_success
+
+
+def test_server_stops_cleanly() -> None:
+    with SimulatorServer() as sim:
+        url = sim.url
+        assert httpx.get(f"{url}/healthz", trust_env=False).status_code == 200
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz", trust_env=False, timeout=1.0)
+
+
+# --- Runware ------------------------------------------------------------------------------------
+
+
+def test_runware_async_ack(client: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    answer = client.post("/v1", json=[inference(task_uuid)])
+    assert answer.status_code == 200
+    assert answer.json() == {"data": [{"taskType": "imageInference", "taskUUID": task_uuid}]}
+
+
+def test_runware_sync_request_is_acknowledged_like_async(client: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    task = inference(task_uuid)
+    del task["deliveryMethod"]
+    answer = client.post("/v1", json=[task])
+    assert answer.json() == {"data": [{"taskType": "imageInference", "taskUUID": task_uuid}]}
+
+
+def test_runware_partial_results_then_success(client: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    start = time.monotonic()
+    task = inference(
+        task_uuid, taskType="videoInference", numberResults=2, simulate={"durations": [0.2, 0.6]}
+    )
+    assert client.post("/v1", json=[task]).status_code == 200
+
+    first = get_response(client, task_uuid).json()
+    assert [item["status"] for item in first["data"]] == ["processing", "processing"]
+    assert first["data"][0] == {
+        "taskType": "videoInference",
+        "taskUUID": task_uuid,
+        "status": "processing",
+    }
+
+    wait_until(start + 0.35)
+    partial = get_response(client, task_uuid)
+    assert partial.status_code == 200
+    done, running = partial.json()["data"]
+    assert running["status"] == "processing"
+    assert done["status"] == "success"
+    assert set(done) == {"taskType", "taskUUID", "status", "videoUUID", "videoURL", "cost"}
+    assert done["videoURL"] == f"https://sim.pollen.invalid/video/{done['videoUUID']}.mp4"
+    assert isinstance(done["cost"], float)
+    assert uuid.UUID(done["videoUUID"]).version == 4
+
+    wait_until(start + 0.75)
+    final = get_response(client, task_uuid).json()
+    assert "errors" not in final
+    assert [item["status"] for item in final["data"]] == ["success", "success"]
+    assert final["data"][0] == done  # the finished generation is stable across polls
+    assert final["data"][0]["videoUUID"] != final["data"][1]["videoUUID"]
+
+
+def test_runware_generation_errors_match_seed_000(client: httpx.Client) -> None:
+    seed = json.loads(SEED_000_RESPONSE)
+    task_uuid = new_uuid()
+    task = inference(
+        task_uuid,
+        taskType="videoInference",
+        numberResults=2,
+        simulate={"durations": [0.0, 0.0], "errors": [None, "timeoutProvider"]},
+    )
+    client.post("/v1", json=[task])
+    answer = get_response(client, task_uuid)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert set(body["data"][0]) == set(seed["data"][1])
+    assert body["errors"] == [{**seed["errors"][0], "taskUUID": task_uuid}]
+
+
+def test_runware_all_generations_failed_is_still_http_200(client: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    simulate = {"durations": [0.0], "errors": ["someNewCode"]}
+    client.post("/v1", json=[inference(task_uuid, simulate=simulate)])
+    answer = get_response(client, task_uuid)
+    assert answer.status_code == 200
+    assert answer.json()["data"] == []
+    error = answer.json()["errors"][0]
+    assert (error["code"], error["status"], error["taskUUID"]) == ("someNewCode", "error", task_uuid)
+    assert "someNewCode" in error["message"]
+
+
+def test_runware_conflict_task_uuid_keeps_original(client: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    client.post("/v1", json=[inference(task_uuid)])
+    again = client.post("/v1", json=[inference(task_uuid, positivePrompt="a dog")])
+    assert again.status_code == 400
+    error = again.json()["errors"][0]
+    assert (error["code"], error["parameter"], error["taskUUID"]) == (
+        "conflictTaskUUID",
+        "taskUUID",
+        task_uuid,
+    )
+    details = client.post("/v1", json=[{"taskType": "getTaskDetails", "taskUUID": task_uuid}])
+    assert details.json()["data"][0]["request"][0]["positivePrompt"] == "a cat"
+
+
+def test_runware_task_not_found_matches_seed_004(client: httpx.Client) -> None:
+    seed = json.loads(SEED_004_NOT_FOUND)
+    missing = "abcdc144-7364-4a7c-b6e4-fadb3dbf2f67"
+    for task_type in ("getResponse", "getTaskDetails"):
+        answer = client.post("/v1", json=[{"taskType": task_type, "taskUUID": missing}])
+        assert answer.status_code == 400
+        body = answer.json()
+        assert body["data"] == []
+        expected = seed["errors"][0]
+        got = body["errors"][0]
+        assert set(got) == set(expected)
+        for key in ("code", "message", "parameter", "type", "taskUUID"):
+            assert got[key] == expected[key]
+
+
+def test_runware_task_details_returns_request_and_envelope(client: httpx.Client) -> None:
+    ok_uuid, bad_uuid = new_uuid(), new_uuid()
+    ok_task = inference(ok_uuid, width=1024, height=1024, includeCost=True)
+    ok_task["simulate"] = {"durations": [0]}
+    bad_task = inference(bad_uuid, simulate={"durations": [0], "errors": ["providerError"]})
+    client.post("/v1", json=[ok_task, bad_task])
+    details = client.post(
+        "/v1",
+        json=[
+            {"taskType": "getTaskDetails", "taskUUID": ok_uuid},
+            {"taskType": "getTaskDetails", "taskUUID": bad_uuid},
+        ],
+    )
+    assert details.status_code == 200
+    ok_item, bad_item = details.json()["data"]
+    assert ok_item["taskType"] == "getTaskDetails"
+    assert ok_item["taskUUID"] == ok_uuid
+    assert ok_item["request"] == [ok_task]
+    assert list(ok_item["response"]) == ["data"]
+    result = ok_item["response"]["data"][0]
+    assert result["imageURL"].endswith(f"/image/{result['imageUUID']}.jpg")
+    assert bad_item["request"] == [bad_task]
+    assert list(bad_item["response"]) == ["errors"]
+    assert bad_item["response"]["errors"][0]["code"] == "providerError"
+
+
+def test_runware_batch_of_get_response(client: httpx.Client) -> None:
+    uuids = [new_uuid() for _ in range(3)]
+    tasks = [inference(u, simulate={"durations": [0.0]}) for u in uuids]
+    assert client.post("/v1", json=tasks).json()["data"] == [
+        {"taskType": "imageInference", "taskUUID": u} for u in uuids
+    ]
+    unknown = new_uuid()
+    answer = get_response(client, uuids[0], unknown, uuids[1], uuids[2])
+    assert answer.status_code == 200
+    body = answer.json()
+    assert [item["taskUUID"] for item in body["data"]] == uuids
+    assert all(item["status"] == "success" for item in body["data"])
+    assert [(e["code"], e["taskUUID"]) for e in body["errors"]] == [("taskNotFound", unknown)]
+
+
+def test_runware_unauthorized(client: httpx.Client, admin: httpx.Client) -> None:
+    expected = {
+        "code": "invalidApiKey",
+        "documentation": "https://runware.ai/docs/platform/errors",
+    }
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        answer = admin.post("/v1", json=[inference(new_uuid())], headers=headers)
+        assert answer.status_code == 401
+        (error,) = answer.json()["errors"]
+        assert {k: error[k] for k in expected} == expected
+        assert error["message"].startswith("Invalid API key")
+    assert admin.get("/_sim/stats").json()["created"] == 0
+
+
+def test_runware_validation_errors(client: httpx.Client) -> None:
+    not_array = client.post("/v1", json={"taskType": "getResponse"})
+    assert not_array.status_code == 400
+    assert not_array.json()["errors"][0]["code"] == "invalidRequestBody"
+    task_uuid = new_uuid()
+    cases = [
+        ({"taskType": "imageInference", "model": "m", "positivePrompt": "p"}, "missingParameter"),
+        (inference("not-a-uuid"), "invalidTaskUUID"),
+        ({**inference(task_uuid), "positivePrompt": None}, "missingParameter"),
+        (inference(task_uuid, positivePrompt=""), "invalidPositivePrompt"),
+        (inference(task_uuid, numberResults=21), "invalidNumberResults"),
+        ({"taskType": "imageUpscale", "taskUUID": task_uuid}, "unsupportedTaskType"),
+    ]
+    for task, code in cases:
+        answer = client.post("/v1", json=[task])
+        assert answer.status_code == 400, task
+        error = answer.json()["errors"][0]
+        assert error["code"] == code, task
+        if code != "unsupportedTaskType":
+            assert set(error) >= {"code", "message", "parameter", "type", "documentation"}
+    missing_prompt = client.post("/v1", json=[{**inference(task_uuid), "positivePrompt": None}])
+    assert missing_prompt.json()["errors"][0]["parameter"] == "positivePrompt"
+    assert missing_prompt.json()["errors"][0]["taskUUID"] == task_uuid
+    assert get_response(client, task_uuid).status_code == 400  # refused tasks are not created
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+def script_faults(admin: httpx.Client, *faults: str, **extra: Any) -> None:
+    answer = admin.post("/_sim/faults", json={"faults": list(faults), **extra})
+    assert answer.status_code == 200
+
+
+def test_scripted_503_creates_no_task(client: httpx.Client, admin: httpx.Client) -> None:
+    script_faults(admin, "503")
+    task_uuid = new_uuid()
+    answer = client.post("/v1", json=[inference(task_uuid)])
+    assert answer.status_code == 503
+    assert answer.json()["errors"][0]["code"] == "serviceUnavailable"
+    assert admin.get(f"/_sim/tasks/{task_uuid}").status_code == 404
+    assert client.post("/v1", json=[inference(task_uuid)]).status_code == 200  # queue consumed
+
+
+def test_scripted_429_has_retry_after(client: httpx.Client, admin: httpx.Client) -> None:
+    script_faults(admin, "429", "429", retry_after=7)
+    for _ in range(2):
+        answer = get_response(client, new_uuid())
+        assert answer.status_code == 429
+        assert answer.headers["Retry-After"] == "7"
+        assert answer.json()["errors"][0]["code"] == "rateLimitExceeded"
+    assert get_response(client, new_uuid()).status_code == 400
+
+
+def test_scripted_malformed_body(client: httpx.Client, admin: httpx.Client) -> None:
+    script_faults(admin, "malformed")
+    answer = get_response(client, new_uuid())
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("application/json")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(answer.text)
+
+
+def test_scripted_timeout_stalls_then_answers(client: httpx.Client, admin: httpx.Client) -> None:
+    admin.patch("/_sim/config", json={"timeout_seconds": 0.4})
+    script_faults(admin, "timeout")
+    task_uuid = new_uuid()
+    start = time.monotonic()
+    answer = client.post("/v1", json=[inference(task_uuid)])
+    assert time.monotonic() - start >= 0.4
+    assert answer.json()["data"] == [{"taskType": "imageInference", "taskUUID": task_uuid}]
+
+
+def test_scripted_faults_respect_path_prefix_and_clear(
+    client: httpx.Client, admin: httpx.Client
+) -> None:
+    script_faults(admin, "500", path_prefix="/runwayml")
+    assert get_response(client, new_uuid()).status_code == 400  # /v1 does not consume it
+    assert admin.get("/_sim/faults").json()["queued"] == 1
+    assert client.get(f"/runwayml/v1/tasks/{new_uuid()}").status_code == 500
+    script_faults(admin, "503", "503")
+    assert admin.delete("/_sim/faults").json()["queued"] == 0
+    assert get_response(client, new_uuid()).status_code == 400
+    assert admin.post("/_sim/faults", json={"faults": ["boom"]}).status_code == 400
+
+
+def test_random_fault_rates(client: httpx.Client, admin: httpx.Client) -> None:
+    admin.patch("/_sim/config", json={"rate_5xx": 1.0})
+    assert [get_response(client, new_uuid()).status_code for _ in range(3)] == [503] * 3
+    assert admin.get("/healthz").status_code == 200  # admin routes are never faulted
+    admin.patch("/_sim/config", json={"rate_5xx": 0.0, "rate_429": 1.0})
+    assert get_response(client, new_uuid()).headers["Retry-After"] == "1"
+    admin.patch("/_sim/config", json={"rate_429": 0.0})
+    assert get_response(client, new_uuid()).status_code == 400
+
+
+def test_stats_counts(client: httpx.Client, admin: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    client.post("/v1", json=[inference(task_uuid, simulate={"durations": [0]})])
+    client.post("/v1", json=[inference(task_uuid)])  # refused: conflict
+    get_response(client, task_uuid, task_uuid)
+    script_faults(admin, "503")
+    get_response(client, task_uuid)
+    stats = admin.get("/_sim/stats").json()
+    assert stats["requests"] == 4
+    assert stats["by_status"] == {"200": 2, "400": 1, "503": 1}
+    assert stats["tasks"] == {"imageInference": 2, "getResponse": 2}
+    assert stats["submits_by_task"] == {task_uuid: 2}
+    assert stats["created"] == 1
+
+
+def test_sim_task_view(client: httpx.Client, admin: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    task = inference(task_uuid, numberResults=2, simulate={"durations": [0.0, 5.0]})
+    client.post("/v1", json=[task])
+    view = admin.get(f"/_sim/tasks/{task_uuid}").json()
+    assert view["dialect"] == "runware"
+    assert view["request"] == task
+    first, second = view["generations"]
+    assert (first["index"], first["status"], first["error"]) == (0, "success", None)
+    assert second["status"] == "processing"
+    assert second["finished_at"] == pytest.approx(view["created_at"] + 5.0)
+    assert admin.get(f"/_sim/tasks/{new_uuid()}").status_code == 404
+    assert admin.post("/_sim/reset").status_code == 200
+    assert admin.get(f"/_sim/tasks/{task_uuid}").status_code == 404
+
+
+# --- useapi.net Runway --------------------------------------------------------------------------
+
+
+def poll_statuses(
+    client: httpx.Client, path: str, until: set[str], key: str = "status"
+) -> list[dict[str, Any]]:
+    """Poll ``path`` every 30 ms until its status is in ``until``; every snapshot seen."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        answer = client.get(path)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        seen.append(body)
+        status = body["data"][key] if "data" in body and "code" in body else body[key]
+        if status in until:
+            return seen
+        time.sleep(0.03)
+    raise AssertionError(f"no status in {until} after 5 s")
+
+
+def distinct(values: list[str]) -> list[str]:
+    return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
+
+
+def test_useapi_lifecycle_to_succeeded(client: httpx.Client) -> None:
+    body = {"text_prompt": "cat chasing dog", "simulate": {"duration": 0.5, "throttled_seconds": 0.2}}
+    created = client.post("/v1/runwayml/gen3/create", json=body)
+    assert created.status_code == 200
+    task = created.json()
+    assert list(task) == SEED_002_TASK_KEYS
+    assert task["status"] == "PENDING"
+    assert task["taskId"] == f"user:1000-runwayml:sim@pollen.invalid-task:{task['id']}"
+    assert task["options"]["text_prompt"] == "cat chasing dog"
+    assert task["options"]["seconds"] == 5
+
+    seen = poll_statuses(client, f"/v1/runwayml/tasks/{task['taskId']}", {"SUCCEEDED", "FAILED"})
+    assert distinct([s["status"] for s in seen]) == ["PENDING", "THROTTLED", "RUNNING", "SUCCEEDED"]
+    for snap in seen:
+        assert list(snap) == SEED_002_TASK_KEYS
+        assert isinstance(snap["progressRatio"], str)
+        waiting = snap["status"] in ("PENDING", "THROTTLED")
+        assert isinstance(snap["estimatedTimeToStartSeconds"], int | float) == waiting
+        assert snap["error"] is None
+    ratios = [float(s["progressRatio"]) for s in seen if s["status"] == "RUNNING"]
+    assert all(0.25 <= r <= 0.9 for r in ratios)
+    assert ratios == sorted(ratios)
+    final = seen[-1]
+    assert final["progressRatio"] == "1"
+    assert final["estimatedTimeToStartSeconds"] is None
+    (artifact,) = final["artifacts"]
+    assert set(artifact) == SEED_002_ARTIFACT_KEYS
+    assert artifact["url"].startswith("https://sim.pollen.invalid/")
+    assert artifact["metadata"]["dimensions"] == [1280, 768]
+    assert set(artifact["metadata"]) == {"frameRate", "duration", "dimensions", "size"}
+    assert client.get(f"/v1/runwayml/tasks/{task['id']}").json()["status"] == "SUCCEEDED"
+
+
+def test_useapi_failed_with_error_object(client: httpx.Client) -> None:
+    fail = {"errorMessage": "Blocked", "reason": "SAFETY.INPUT.TEXT", "message": "moderated"}
+    body = {"text_prompt": "x", "seconds": 10, "simulate": {"duration": 0.1, "fail": fail}}
+    task = client.post("/v1/runwayml/gen3/create", json=body).json()
+    seen = poll_statuses(client, f"/v1/runwayml/tasks/{task['taskId']}", {"SUCCEEDED", "FAILED"})
+    final = seen[-1]
+    assert final["status"] == "FAILED"
+    assert final["error"] == fail
+    assert final["artifacts"] == []
+
+
+def test_useapi_status_sequence_and_errors(client: httpx.Client, admin: httpx.Client) -> None:
+    simulate = {"duration": 0.2, "status_sequence": ["PENDING", "WEIRD_STATUS"]}
+    task = client.post(
+        "/v1/runwayml/gen3/create", json={"text_prompt": "x", "simulate": simulate}
+    ).json()
+    seen = poll_statuses(client, f"/v1/runwayml/tasks/{task['taskId']}", {"WEIRD_STATUS"})
+    assert seen[-1]["artifacts"] == []
+
+    missing = client.get("/v1/runwayml/tasks/user:1-runwayml:a@b.c-task:nope")
+    assert (missing.status_code, missing.json()) == (404, {"error": "Not found.", "code": 404})
+    bad = client.post("/v1/runwayml/gen3/create", json={"seconds": 5})
+    assert bad.status_code == 400
+    assert bad.json()["code"] == 400
+    assert isinstance(bad.json()["error"], str)
+    assert client.post("/v1/runwayml/gen3/create", json={"text_prompt": "x", "seconds": 7}).is_error
+    unauthorized = admin.get(f"/v1/runwayml/tasks/{task['taskId']}")
+    assert (unauthorized.status_code, unauthorized.json()) == (
+        401,
+        {"error": "Unauthorized", "code": 401},
+    )
+
+
+# --- CometAPI Runway wrapper ---------------------------------------------------------------------
+
+
+def test_comet_not_exist_window_then_success(client: httpx.Client, admin: httpx.Client) -> None:
+    seed = json.loads(SEED_003_QUEUED)
+    body = {
+        "model": "gen4_turbo",
+        "promptImage": "https://example.invalid/cat.png",
+        "promptText": "cat",
+        "ratio": "1280:720",
+        "duration": 5,
+        "simulate": {"duration": 0.5},
+    }
+    headers = {"X-Runway-Version": "2024-11-06"}
+    start = time.monotonic()
+    created = client.post("/runwayml/v1/image_to_video", json=body, headers=headers)
+    assert created.status_code == 200
+    (task_id,) = created.json().values()
+    early = client.get(f"/runwayml/v1/tasks/{task_id}")
+    assert early.status_code == 400
+    assert early.json() == {"code": "task_not_exist", "message": "task_not_exist", "data": None}
+
+    while client.get(f"/runwayml/v1/tasks/{task_id}").status_code == 400:
+        assert time.monotonic() - start < 3.0
+        time.sleep(0.02)
+    assert time.monotonic() - start >= 0.3  # comet_not_exist_seconds of the fixture
+    seen = poll_statuses(client, f"/runwayml/v1/tasks/{task_id}", {"SUCCESS", "FAILURE"})
+    assert time.monotonic() - start >= 0.8  # visible after 0.3 s, then 0.5 s of work
+    assert distinct([s["data"]["status"] for s in seen]) == ["QUEUED", "IN_PROGRESS", "SUCCESS"]
+    first = seen[0]
+    assert set(first) == set(seed)
+    assert set(first["data"]) == set(seed["data"])
+    assert set(first["data"]["data"]) == set(seed["data"]["data"])
+    assert (first["data"]["progress"], first["data"]["data"]["status"]) == ("0%", "PENDING")
+    assert (first["data"]["start_time"], first["data"]["finish_time"]) == (0, 0)
+    final = seen[-1]["data"]
+    assert final["action"] == "IMAGE_TO_VIDEO"
+    assert final["progress"] == "100%"
+    assert final["fail_reason"] == ""
+    assert final["finish_time"] >= final["start_time"] >= final["submit_time"] > 0
+    assert final["data"]["status"] == "SUCCEEDED"
+    assert final["data"]["output"] == [f"https://sim.pollen.invalid/runway/{task_id}.mp4"]
+    view = admin.get(f"/_sim/tasks/{task_id}").json()
+    assert view["params"]["runway_version"] == "2024-11-06"
+    assert view["provider_status"] == "SUCCESS"
+
+
+def test_comet_failure_and_errors(client: httpx.Client, admin: httpx.Client) -> None:
+    simulate = {"duration": 0.0, "not_exist_seconds": 0.0, "fail_reason": "Content moderated"}
+    body = {"model": "gen4_image", "promptText": "x", "simulate": simulate}
+    task_id = client.post("/runwayml/v1/text_to_image", json=body).json()["id"]
+    data = client.get(f"/runwayml/v1/tasks/{task_id}").json()["data"]
+    assert (data["status"], data["fail_reason"], data["action"]) == (
+        "FAILURE",
+        "Content moderated",
+        "TEXT_TO_IMAGE",
+    )
+    assert data["data"]["status"] == "FAILED"
+    assert data["data"]["failure"] == "Content moderated"
+    assert isinstance(data["data"]["failureCode"], str)
+    assert "output" not in data["data"]
+
+    never = client.get(f"/runwayml/v1/tasks/{new_uuid()}")
+    assert (never.status_code, never.json()["code"]) == (400, "task_not_exist")
+    invalid = client.post("/runwayml/v1/image_to_video", json={"promptText": "no model"})
+    assert invalid.status_code == 400
+    assert invalid.json()["code"] == "invalid_request"
+    assert invalid.json()["data"] is None
+    unauthorized = admin.get(f"/runwayml/v1/tasks/{task_id}")
+    assert unauthorized.status_code == 401
+    assert unauthorized.json()["code"] == "unauthorized"
