@@ -62,8 +62,8 @@ def next_delay(
 
     ``attempt`` is the number of polls made so far (0 before the first), ``elapsed`` the
     seconds since the job was accepted. ``retry_after`` (a provider's Retry-After) is a lower
-    bound even above the cap; ``hint`` (a provider's own estimate) replaces the exponential delay but stays
-    within [min_delay, max_delay]. The result never reaches past the deadline.
+    bound even above the cap; ``hint`` (a provider's own estimate) replaces the exponential
+    delay but stays within [min_delay, max_delay]. The result never reaches past the deadline.
     """
     remaining = policy.deadline - elapsed
     if remaining <= 0:

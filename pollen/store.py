@@ -30,8 +30,7 @@ MAX_EVENTS = 1000
 MAX_RESPONSES = 500
 
 # Shared Lua prelude: status ranks (statuses only move forward) and TTL propagation.
-_PRELUDE = (
-    """
+_PRELUDE = """
 local RANK = {queued=0, submitted=1, processing=2, succeeded=3, failed=3, timed_out=3}
 local function event(stream, ...)
   redis.call('XADD', stream, 'MAXLEN', '~', MAX_EVENTS, '*', ...)
@@ -42,7 +41,6 @@ local function expire_all(ttl_ms, from)
   end
 end
 """.replace("MAX_EVENTS", str(MAX_EVENTS))
-)
 
 # KEYS: job, events, inflight   ARGV: id, now, ttl_seconds, field, value, ...
 _CREATE = (
@@ -317,7 +315,7 @@ class Store:
 
     def responses(self, job_id: str) -> list[dict[str, Any]]:
         """Every provider envelope recorded for the job, oldest first."""
-        return [json.loads(r) for r in self.redis.lrange(keys.responses(job_id), 0, -1)]  # type: ignore[union-attr]
+        return [json.loads(r) for r in self.redis.lrange(keys.responses(job_id), 0, -1)]
 
     def task_details(self, job_id: str) -> dict[str, Any]:
         """The job's audit record, shaped like Runware's ``getTaskDetails`` data item."""
@@ -342,7 +340,8 @@ class Store:
         answer = self.redis.xread({keys.events(job_id): after}, block=block_ms, count=100)
         if not answer:
             return []
-        return list(answer[0][1])  # type: ignore[index]
+        entries: list[tuple[str, dict[str, str]]] = answer[0][1]  # type: ignore[index,assignment]
+        return entries
 
     def inflight(self) -> list[str]:
         return list(self.redis.zrange(keys.INFLIGHT, 0, -1))  # type: ignore[arg-type]

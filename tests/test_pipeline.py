@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -59,10 +60,11 @@ def test_partial_results_arrive_in_order_then_one_callback(
     assert body["status"] == "succeeded"
     assert [r["id"] for r in body["results"]] == [r.id for r in job.results]
     assert body["metadata"] == {"user": "42"}
-    assert client.get(job_id).callback["status_code"] == 200
+    callback = client.get(job_id).callback
+    assert callback is not None and callback["status_code"] == 200
 
 
-def simulator_task(simulator: SimulatorServer, task_id: str | None) -> dict:
+def simulator_task(simulator: SimulatorServer, task_id: str | None) -> dict[str, Any]:
     import httpx
 
     return dict(httpx.get(f"{simulator.url}/_sim/tasks/{task_id}").json())
@@ -71,9 +73,7 @@ def simulator_task(simulator: SimulatorServer, task_id: str | None) -> dict:
 def test_generation_errors_are_recorded_and_all_failed_fails_the_job(
     worker: Worker, client: Pollen
 ) -> None:
-    mixed = client.submit(
-        "runware", video_request([0.3, 0.6], errors=["timeoutProvider", None])
-    )
+    mixed = client.submit("runware", video_request([0.3, 0.6], errors=["timeoutProvider", None]))
     failed = client.submit(
         "runware",
         video_request([0.3, 0.5], errors=["timeoutProvider", "timeoutProvider"]),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from pollen.simulator import SimulatorConfig, SimulatorServer, create_app
+from pollen.simulator.app import build_app
+from pollen.simulator.core import Simulator
 
 KEY = "test-key"
 
@@ -187,12 +191,69 @@ def test_server_exposes_url_port_and_live_config(
     assert admin.patch("/_sim/config", json={"retry_after": 1}).is_success
 
 
+def test_useapi_phases_with_a_fake_clock() -> None:
+    """In-process app (ASGI transport) on a hand-driven clock: exact phase boundaries."""
+    now = [1_000.0]
+    sim = Simulator(SimulatorConfig(api_key=KEY), clock=lambda: now[0])
+    expected = [
+        (1.9, "PENDING", "0", 5.1),
+        (2.0, "THROTTLED", "0", 5.0),
+        (7.0, "RUNNING", "0.25", None),
+        (9.0, "RUNNING", "0.41", None),
+        (14.99, "RUNNING", "0.9", None),
+        (15.0, "SUCCEEDED", "1", None),
+    ]
+
+    async def scenario() -> dict[str, Any]:
+        transport = httpx.ASGITransport(app=build_app(sim))
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://sim", headers=headers
+        ) as local:
+            simulate = {"duration": 10.0, "throttled_seconds": 5.0}
+            created = await local.post(
+                "/v1/runwayml/gen3/create", json={"text_prompt": "x", "simulate": simulate}
+            )
+            task = created.json()
+            body: dict[str, Any] = {}
+            for elapsed, status, ratio, eta in expected:
+                now[0] = 1_000.0 + elapsed
+                body = (await local.get(f"/v1/runwayml/tasks/{task['taskId']}")).json()
+                got = (body["status"], body["progressRatio"], body["estimatedTimeToStartSeconds"])
+                assert got == (status, ratio, eta), elapsed
+            return body
+
+    final = asyncio.run(scenario())
+    assert final["createdAt"] == "1970-01-01T00:16:40.000Z"
+    assert final["updatedAt"] == "1970-01-01T00:16:55.000Z"
+
+
 def test_server_stops_cleanly() -> None:
     with SimulatorServer() as sim:
         url = sim.url
         assert httpx.get(f"{url}/healthz", trust_env=False).status_code == 200
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/healthz", trust_env=False, timeout=1.0)
+
+
+def test_stop_releases_a_stalled_request_quickly() -> None:
+    config = SimulatorConfig(rate_timeout=1.0, timeout_seconds=30.0)
+    answers: list[int] = []
+    with SimulatorServer(config) as sim:
+
+        def call() -> None:
+            task = {"taskType": "getResponse", "taskUUID": new_uuid()}
+            headers = {"Authorization": "Bearer sim-key"}
+            with httpx.Client(trust_env=False, timeout=10.0) as c:
+                answers.append(c.post(f"{sim.url}/v1", json=[task], headers=headers).status_code)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+    caller.join(5.0)
+    assert time.monotonic() - started < 2.0
+    assert answers == [400]  # answered normally (taskNotFound) instead of after 30 s
 
 
 # --- Runware ------------------------------------------------------------------------------------
@@ -273,7 +334,11 @@ def test_runware_all_generations_failed_is_still_http_200(client: httpx.Client) 
     assert answer.status_code == 200
     assert answer.json()["data"] == []
     error = answer.json()["errors"][0]
-    assert (error["code"], error["status"], error["taskUUID"]) == ("someNewCode", "error", task_uuid)
+    assert (error["code"], error["status"], error["taskUUID"]) == (
+        "someNewCode",
+        "error",
+        task_uuid,
+    )
     assert "someNewCode" in error["message"]
 
 
@@ -515,7 +580,10 @@ def distinct(values: list[str]) -> list[str]:
 
 
 def test_useapi_lifecycle_to_succeeded(client: httpx.Client) -> None:
-    body = {"text_prompt": "cat chasing dog", "simulate": {"duration": 0.5, "throttled_seconds": 0.2}}
+    body = {
+        "text_prompt": "cat chasing dog",
+        "simulate": {"duration": 0.5, "throttled_seconds": 0.2},
+    }
     created = client.post("/v1/runwayml/gen3/create", json=body)
     assert created.status_code == 200
     task = created.json()

@@ -8,7 +8,7 @@ items with ``"status": "error"``; request-level refusals (``taskNotFound``, bad 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,7 +24,8 @@ from pollen.providers.http import json_body
 
 CONFLICT_TASK_UUID = "conflictTaskUUID"
 TASK_NOT_FOUND = "taskNotFound"
-MEDIA_KINDS = ("video", "image", "audio")
+MediaKind = Literal["video", "image", "audio", "other"]
+MEDIA_KINDS: tuple[MediaKind, ...] = ("video", "image", "audio")
 
 
 class RunwareItem(BaseModel):
@@ -84,6 +85,7 @@ def to_result(item: RunwareItem, now: float) -> GenerationResult:
     """A successful generation item, normalised."""
     fields = item.model_dump(exclude_unset=True)
     extra = item.model_extra or {}
+    kind: MediaKind
     for kind in MEDIA_KINDS:
         media_id = extra.get(f"{kind}UUID")
         url = extra.get(f"{kind}URL")
@@ -98,7 +100,7 @@ def to_result(item: RunwareItem, now: float) -> GenerationResult:
     }
     return GenerationResult(
         id=str(media_id or url or f"{item.taskUUID}:{sorted(fields.items())!s}"),
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         url=url,
         cost=item.cost,
         metadata=metadata,

@@ -24,6 +24,7 @@ class Simulator:
         self.stats = Stats()
         self.faults = FaultInjector(config.seed)
         self._lock = threading.Lock()
+        self.stopping = threading.Event()  # set on shutdown: stalled requests answer at once
         self._rng = random.Random()
         self._seed(config.seed)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,16 @@ async def json_body(request: Request) -> Any:
         return None
 
 
+async def stall(sim: Simulator, seconds: float) -> None:
+    """Sleep ``seconds``, cut short when the server is stopping (so shutdown stays quick)."""
+    deadline = time.monotonic() + seconds
+    while not sim.stopping.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        await asyncio.sleep(min(remaining, 0.05))
+
+
 def provider_route(
     sim: Simulator, dialect: Dialect, path: str, handler: Handler, methods: list[str]
 ) -> Route:
@@ -55,7 +66,7 @@ def provider_route(
             else:
                 response = JSONResponse(dialect.unauthorized, status_code=401)
             if fault is not None:
-                await asyncio.sleep(sim.config.timeout_seconds)
+                await stall(sim, sim.config.timeout_seconds)
         sim.stats.status(response.status_code)
         return response
 

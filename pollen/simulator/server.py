@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Generator
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Self
 
 import httpx
@@ -120,6 +120,7 @@ class SimulatorServer:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
+        self.simulator.stopping.set()
         server.should_exit = True
         thread.join(timeout)
         if thread.is_alive():
@@ -140,6 +141,19 @@ class SimulatorServer:
         self.stop()
 
 
+class _ForegroundServer(uvicorn.Server):
+    """A uvicorn server that also releases stalled (timeout-fault) requests on Ctrl+C/SIGTERM."""
+
+    def __init__(self, sim: Simulator, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.simulator = sim
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.simulator.stopping.set()
+        super().handle_exit(sig, frame)
+
+
 def run(config: SimulatorConfig, host: str, port: int) -> None:
     """Serve the simulator in the foreground until interrupted (``pollen simulator``)."""
-    uvicorn.Server(_uvicorn_config(Simulator(config), host, port, "info")).run()
+    sim = Simulator(config)
+    _ForegroundServer(sim, _uvicorn_config(sim, host, port, "info")).run()

@@ -1,0 +1,153 @@
+"""``pollen demo``: the whole pipeline on one machine, with nothing to install or configure.
+
+Starts a local Redis (``redis-server`` or the embedded Valkey), the provider simulator, a
+callback receiver and a Celery worker; enqueues a few jobs; shows live progress; prints the
+stored results and the callbacks received; stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from pollen.client import Pollen
+from pollen.embedded import CallbackReceiver, RedisServer, Worker
+from pollen.models import Job
+from pollen.settings import Settings
+from pollen.simulator import SimulatorConfig, SimulatorServer
+
+TIMEOUT = 90.0
+
+
+def _jobs(callback: str, extra: int) -> list[tuple[str, dict[str, Any]]]:
+    video: dict[str, Any] = {
+        "taskType": "videoInference",
+        "model": "klingai:5@3",
+        "positivePrompt": "a red fox trotting through fresh snow, golden hour",
+        "numberResults": 3,
+        "simulate": {"durations": [2.0, 4.0, 6.0]},
+    }
+    failing: dict[str, Any] = {
+        "taskType": "videoInference",
+        "model": "bytedance:1@1",
+        "positivePrompt": "a paper boat in a storm",
+        "simulate": {"durations": [2.5], "errors": ["timeoutProvider"]},
+    }
+    jobs = [("3 videos, finishing at 2 s, 4 s, 6 s", video), ("fails at the provider", failing)]
+    for n in range(extra):
+        image: dict[str, Any] = {
+            "taskType": "imageInference",
+            "model": "runware:101@1",
+            "positivePrompt": f"a watercolor hummingbird, variation {n + 1}",
+            "width": 1024,
+            "height": 1024,
+        }
+        jobs.append((f"one image #{n + 1}", image))
+    return jobs
+
+
+def _table(jobs: list[tuple[str, Job]], started: float) -> Table:
+    table = Table(title=f"pollen demo — {time.monotonic() - started:4.1f} s")
+    for column in ("job", "what", "status", "results", "polls", "progress"):
+        table.add_column(column)
+    colours = {"succeeded": "green", "failed": "red", "timed_out": "red"}
+    for label, job in jobs:
+        colour = colours.get(job.status.value, "yellow")
+        table.add_row(
+            job.id[:12],
+            label,
+            f"[{colour}]{job.status.value}[/{colour}]",
+            f"{len(job.results)}/{job.expected_results}",
+            str(job.polls),
+            f"{(job.progress or 0) * 100:3.0f}%",
+        )
+    return table
+
+
+def _report(console: Console, jobs: list[tuple[str, Job]], receiver: CallbackReceiver) -> None:
+    console.rule("stored results")
+    for label, job in jobs:
+        console.print(f"[bold]{job.id}[/bold] ({label}): {job.status.value}, cost {job.cost}")
+        for result in job.results:
+            offset = result.seen_at - (job.submitted_at or job.created_at)
+            console.print(
+                f"  {result.kind} {result.url}  (stored {offset:.1f} s after submit)",
+                soft_wrap=True,
+            )
+        for error in job.errors:
+            console.print(f"  [red]generation error {error.code}[/red]: {error.message}")
+    console.rule("callbacks received")
+    for request in receiver.received():
+        body = request["json"] or {}
+        console.print(
+            f"POST {request['path']}: job {body.get('job_id')} {body.get('status')} "
+            f"with {len(body.get('results', []))} result(s)"
+        )
+
+
+def run_demo(extra_jobs: int = 2) -> int:
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="pollen-demo-") as tmp:
+        log = Path(tmp) / "worker.log"
+        console.print("starting Redis, the provider simulator, a callback receiver, a worker…")
+        sim_config = SimulatorConfig(duration_min=1.0, duration_max=3.0, seed=1)
+        with (
+            RedisServer() as redis_server,
+            SimulatorServer(sim_config) as sim,
+            CallbackReceiver() as receiver,
+        ):
+            env = {
+                "POLLEN_REDIS_URL": redis_server.url(0),
+                "POLLEN_RUNWARE__BASE_URL": f"{sim.url}/v1",
+                "POLLEN_RUNWARE__API_KEY": sim_config.api_key,
+                "POLLEN_POLL__INITIAL_DELAY": "1.0",
+                "POLLEN_POLL__INTERVAL": "0.5",
+                "POLLEN_POLL__MAX_DELAY": "2.0",
+            }
+            console.print(f"  redis {redis_server.binary} on :{redis_server.port}")
+            console.print(f"  simulator {sim.url}   receiver {receiver.url}")
+            with Worker(env, name="demo", log_file=str(log)) as worker:
+                worker.wait_ready(redis_server.url(0))
+                os.environ.update(env)
+                settings = Settings()
+                with Pollen(settings) as client:
+                    code = _run_jobs(console, client, receiver, extra_jobs)
+                if code:
+                    console.print(f"[red]worker log:[/red]\n{log.read_text()[-3000:]}")
+        console.print("stopped the worker, the simulator and Redis.")
+        return code
+
+
+def _run_jobs(console: Console, client: Pollen, receiver: CallbackReceiver, extra: int) -> int:
+    submitted = [
+        (label, client.submit("runware", request, callback_url=f"{receiver.url}/webhook"))
+        for label, request in _jobs(receiver.url, extra)
+    ]
+    started = time.monotonic()
+    with Live(console=console, refresh_per_second=8) as live:
+        while True:
+            jobs = [(label, client.get(job_id)) for label, job_id in submitted]
+            live.update(_table(jobs, started))
+            if all(job.terminal for _, job in jobs):
+                break
+            if time.monotonic() - started > TIMEOUT:
+                console.print("[red]jobs did not finish in time[/red]")
+                return 1
+            time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while len(receiver.received()) < len(submitted) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _report(console, jobs, receiver)
+    ok = sum(1 for _, job in jobs if job.status.value == "succeeded")
+    console.print(
+        f"\n{len(jobs)} jobs: {ok} succeeded, {len(jobs) - ok} failed; "
+        f"{len(receiver.received())} callbacks received"
+    )
+    return 0

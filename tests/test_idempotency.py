@@ -1,0 +1,133 @@
+"""Every step is safe to run twice: redelivered submits, duplicated polls, concurrent claims."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from pollen import JobStatus, Pollen, keys, steps
+from pollen.embedded import CallbackReceiver, Worker
+from pollen.runtime import build_deps
+from pollen.settings import Settings
+from pollen.simulator import SimulatorServer
+from tests.conftest import eventually
+from tests.helpers import sim_stats, video_request
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def deps(settings: Settings, clean: None) -> Iterator[steps.Deps]:
+    built = build_deps(settings)
+    yield built
+    built.http.close()
+    built.store.redis.close()
+
+
+def _accept(deps: steps.Deps, durations: list[float]) -> str:
+    payload = {"provider": "runware", "request": video_request(durations)}
+    job_id, created = steps.accept(deps.settings, deps.store, payload, now=time.time())
+    assert created
+    return job_id
+
+
+def test_redelivered_submit_after_the_provider_accepted_creates_no_second_task(
+    deps: steps.Deps, simulator: SimulatorServer
+) -> None:
+    job_id = _accept(deps, [5.0])
+    first = steps.submit(deps, job_id)
+    assert first.poll_in is not None and first.attempt == 1
+    job = deps.store.get(job_id)
+    assert job.status is JobStatus.SUBMITTED
+    # The worker crashed after the provider accepted but before the status was persisted:
+    # the redelivered message finds the job queued and submits the same taskUUID again.
+    deps.store.redis.hset(keys.job(job_id), "status", "queued")
+    again = steps.submit(deps, job_id)
+    assert again.poll_in is not None and again.attempt == 1
+    stats = sim_stats(simulator.url)
+    assert stats["submits_by_task"][job.task_uuid] == 2  # the provider saw both...
+    assert stats["created"] == 1  # ...and refused the second as conflictTaskUUID
+    job = deps.store.get(job_id)
+    assert job.status is JobStatus.SUBMITTED
+    assert job.provider_task_id == job.task_uuid
+    assert job.submit_attempts == 2
+
+
+def test_redelivered_submit_after_persisting_does_not_call_the_provider(
+    deps: steps.Deps, simulator: SimulatorServer
+) -> None:
+    job_id = _accept(deps, [5.0])
+    steps.submit(deps, job_id)
+    outcome = steps.submit(deps, job_id)
+    assert outcome.attempt == 1 and outcome.poll_in is not None
+    assert sim_stats(simulator.url)["tasks"].get("videoInference") == 1
+
+
+def test_a_poll_attempt_acts_once(deps: steps.Deps) -> None:
+    job_id = _accept(deps, [0.1, 0.1])
+    steps.submit(deps, job_id)
+    now = time.time()
+    assert deps.store.claim_poll(job_id, 1, now=now, lease=60).verdict == "ok"
+    busy = deps.store.claim_poll(job_id, 1, now=now, lease=60)
+    assert busy.verdict == "busy" and 59 < busy.wait <= 60
+    assert deps.store.claim_poll(job_id, 2, now=now, lease=60).verdict == "stale"
+    # A lease that expired (its holder died) can be taken over.
+    assert deps.store.claim_poll(job_id, 1, now=now + 61, lease=60).verdict == "ok"
+
+
+def test_the_same_poll_applied_twice_records_each_generation_once(deps: steps.Deps) -> None:
+    job_id = _accept(deps, [0.05, 0.05])
+    steps.submit(deps, job_id)
+    time.sleep(0.3)
+    # Two copies of poll message 1 race: the lease lets one through; the other is stale.
+    first = steps.poll(deps, job_id, 1)
+    second = steps.poll(deps, job_id, 1)
+    assert first.finished is True
+    assert second == steps.Next()
+    job = deps.store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    assert len(job.results) == 2
+    assert deps.store.redis.llen(keys.result_order(job_id)) == 2
+    assert job.polls == 1
+
+
+def test_duplicated_messages_through_the_worker_yield_one_job_outcome(
+    worker: Worker,
+    client: Pollen,
+    simulator: SimulatorServer,
+    receiver: CallbackReceiver,
+    redis_server: object,
+) -> None:
+    job_id = client.submit("runware", video_request([0.8, 1.6]), callback_url=f"{receiver.url}/dup")
+    # Redeliveries: the submit message twice more, and stray copies of early poll messages.
+    for _ in range(2):
+        client.celery.send_task("pollen.submit", kwargs={"job_id": job_id}, queue="pollen.submit")
+    for attempt in (1, 1, 2, 3):
+        client.celery.send_task(
+            "pollen.poll", kwargs={"job_id": job_id, "attempt": attempt}, queue="pollen.poll"
+        )
+    job = client.wait(job_id, timeout=30)
+    assert job.status is JobStatus.SUCCEEDED
+    assert len(job.results) == 2
+    assert len({r.id for r in job.results}) == 2
+    assert client.store.redis.llen(keys.result_order(job_id)) == 2
+    eventually(lambda: receiver.received("/dup"), what="callback")
+    time.sleep(1.0)
+    assert len(receiver.received("/dup")) == 1
+    assert sim_stats(simulator.url)["created"] == 1
+
+
+def test_same_job_id_twice_is_one_job(
+    worker: Worker, client: Pollen, simulator: SimulatorServer
+) -> None:
+    first = client.submit("runware", video_request([0.3]), job_id="order-1234")
+    second = client.submit("runware", video_request([0.3]), job_id="order-1234")
+    assert first == second == "order-1234"
+    assert client.wait(first, timeout=20).status is JobStatus.SUCCEEDED
+    assert sim_stats(simulator.url)["created"] == 1
+    store = redis.Redis.from_url(client.settings.redis_url)
+    assert store.exists(keys.job("order-1234")) == 1
+    store.close()

@@ -1,0 +1,59 @@
+"""Producers that do not install pollen: plain ``celery.Celery().send_task("pollen.submit")``."""
+
+from __future__ import annotations
+
+import celery
+import pytest
+import redis
+
+from pollen import JobStatus, Pollen
+from pollen.embedded import RedisServer, Worker
+from tests.conftest import BROKER_DB, STORE_DB
+from tests.helpers import video_request
+
+pytestmark = pytest.mark.integration
+
+
+def test_send_task_with_a_json_payload_runs_the_job(
+    worker: Worker, client: Pollen, redis_server: RedisServer
+) -> None:
+    producer = celery.Celery(
+        broker=redis_server.url(BROKER_DB), backend=redis_server.url(BROKER_DB)
+    )
+    payload = {
+        "provider": "runware",
+        "job_id": "from-another-app-1",
+        "request": video_request([0.3, 0.6]),
+        "deadline": 60,
+    }
+    answer = producer.send_task("pollen.submit", kwargs={"job": payload}, queue="pollen.submit")
+    assert answer.get(timeout=20) == {"job_id": "from-another-app-1", "created": True}
+    job = client.wait("from-another-app-1", timeout=20)
+    assert job.status is JobStatus.SUCCEEDED
+    assert len(job.results) == 2
+    producer.close()
+
+
+def test_send_task_with_a_bad_payload_is_refused_and_stores_nothing(
+    worker: Worker, client: Pollen, redis_server: RedisServer
+) -> None:
+    producer = celery.Celery(
+        broker=redis_server.url(BROKER_DB), backend=redis_server.url(BROKER_DB)
+    )
+    bad = {"provider": "runware", "request": {"model": "x"}, "job_id": "bad-1"}
+    answer = producer.send_task("pollen.submit", kwargs={"job": bad}, queue="pollen.submit")
+    with pytest.raises(Exception, match=r"request\.taskType") as caught:
+        answer.get(timeout=20)
+    assert type(caught.value).__name__ == "InvalidJob"
+    store = redis.Redis.from_url(redis_server.url(STORE_DB))
+    assert store.dbsize() == 0
+    store.close()
+    # The worker keeps serving.
+    ok = producer.send_task(
+        "pollen.submit",
+        kwargs={"job": {"provider": "runware", "request": video_request([0.2])}},
+        queue="pollen.submit",
+    )
+    job_id = ok.get(timeout=20)["job_id"]
+    assert client.wait(job_id, timeout=20).status is JobStatus.SUCCEEDED
+    producer.close()
