@@ -170,6 +170,22 @@ def demo(
 
 
 @app.command()
+def config() -> None:
+    """Print every POLLEN_* setting with its effective value (secrets masked)."""
+    import os
+
+    from pollen.settings import environment_variables, get_settings
+
+    get_settings()  # fail here, with pydantic's message, if the environment is invalid
+    for env, default, description in environment_variables():
+        value = os.environ.get(env)
+        if value is not None and ("KEY" in env or "SECRET" in env):
+            value = "********"
+        shown = value if value is not None else f"{default} (default)"
+        typer.echo(f"{env}={shown}\n    {description}")
+
+
+@app.command()
 def schema(
     check: Annotated[bool, typer.Option(help="Fail if the checked-in schema is stale.")] = False,
 ) -> None:

@@ -25,9 +25,9 @@ class RunwareSettings(BaseModel):
 class QueueSettings(BaseModel):
     """Celery queue names (workers can be split by queue)."""
 
-    submit: str = "pollen.submit"
-    poll: str = "pollen.poll"
-    callbacks: str = "pollen.callbacks"
+    submit: str = Field("pollen.submit", description="Queue producers send jobs to.")
+    poll: str = Field("pollen.poll", description="Queue of pollen.poll (the countdown chains).")
+    callbacks: str = Field("pollen.callbacks", description="Queue of callback deliveries.")
 
 
 class CallbackSettings(BaseModel):
@@ -64,7 +64,6 @@ class Settings(BaseSettings):
         "poll.max_delay + task_time_limit.",
     )
     http_max_connections: int = Field(100, gt=0, description="Pool size per worker process.")
-    log_level: str = "INFO"
 
     @model_validator(mode="after")
     def _visibility_timeout_covers_countdowns(self) -> Settings:
@@ -90,3 +89,22 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def _describe(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    for name, info in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += _describe(annotation, f"{env}__")
+            continue
+        default = info.default
+        shown = "(secret)" if isinstance(default, SecretStr) else repr(default)
+        rows.append((env, shown, info.description or ""))
+    return rows
+
+
+def environment_variables() -> list[tuple[str, str, str]]:
+    """Every ``POLLEN_*`` variable with its default and meaning (for docs and ``pollen config``)."""
+    return _describe(Settings, "POLLEN_")
