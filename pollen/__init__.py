@@ -1,17 +1,40 @@
 """pollen: submit long-running generative-AI jobs, poll them with backoff, keep the results.
 
-What producers import is listed in ``__all__``.
+What producers import is listed in ``__all__``. Names load lazily, so ``pollen.simulator`` or
+``pollen.backoff`` do not pull in Celery.
 """
 
-from pollen.client import Pollen
-from pollen.errors import (
-    InvalidJob,
-    JobNotFound,
-    PollenError,
-    StoreUnavailable,
-    WaitTimeout,
-)
-from pollen.models import GenerationError, GenerationResult, Job, JobRequest, JobStatus
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pollen.client import Pollen as Pollen
+    from pollen.errors import InvalidJob as InvalidJob
+    from pollen.errors import JobNotFound as JobNotFound
+    from pollen.errors import PollenError as PollenError
+    from pollen.errors import StoreUnavailable as StoreUnavailable
+    from pollen.errors import WaitTimeout as WaitTimeout
+    from pollen.models import GenerationError as GenerationError
+    from pollen.models import GenerationResult as GenerationResult
+    from pollen.models import Job as Job
+    from pollen.models import JobRequest as JobRequest
+    from pollen.models import JobStatus as JobStatus
+
+_EXPORTS = {
+    "Pollen": "pollen.client",
+    "InvalidJob": "pollen.errors",
+    "JobNotFound": "pollen.errors",
+    "PollenError": "pollen.errors",
+    "StoreUnavailable": "pollen.errors",
+    "WaitTimeout": "pollen.errors",
+    "GenerationError": "pollen.models",
+    "GenerationResult": "pollen.models",
+    "Job": "pollen.models",
+    "JobRequest": "pollen.models",
+    "JobStatus": "pollen.models",
+}
 
 __all__ = [
     "GenerationError",
@@ -27,3 +50,9 @@ __all__ = [
     "WaitTimeout",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pollen' has no attribute {name!r}")

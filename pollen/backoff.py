@@ -5,6 +5,7 @@ Nothing here talks to Celery or Redis, so the schedule can be unit- and property
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 
@@ -44,8 +45,12 @@ def base_delay(policy: PollPolicy, attempt: int) -> float:
     """Un-jittered delay after poll number ``attempt`` (1-based), capped at max_delay."""
     if attempt < 1:
         return min(policy.initial_delay, policy.deadline)
-    # Exponent bounded so huge attempt numbers cannot overflow a float.
-    exponent = min(attempt - 1, 200)
+    if policy.factor == 1 or policy.interval >= policy.max_delay:
+        return min(policy.max_delay, policy.interval)
+    # Past the attempt that reaches the cap the delay stays there; bounding the exponent
+    # keeps huge attempt numbers from overflowing a float.
+    to_cap = math.ceil(math.log(policy.max_delay / policy.interval, policy.factor))
+    exponent = min(attempt - 1, to_cap)
     return min(policy.max_delay, policy.interval * policy.factor**exponent)
 
 
