@@ -26,7 +26,7 @@ def redis_client(url: str) -> redis.Redis:
 def http_client(settings: Settings) -> httpx.Client:
     """The pooled keep-alive client shared by all provider and callback calls in a process."""
     return httpx.Client(
-        timeout=httpx.Timeout(settings.runware.timeout, connect=10.0),
+        timeout=httpx.Timeout(settings.http_timeout, connect=10.0),
         limits=httpx.Limits(
             max_connections=settings.http_max_connections,
             max_keepalive_connections=settings.http_max_connections,

@@ -1,31 +1,21 @@
 """What producers send and what pollen stores: the job's public shapes.
 
-``JobRequest`` is the producer-facing payload (its JSON Schema is published in
-``schema/job-request.schema.json``); ``Job`` is the stored view returned by status/result.
+``JobRequest`` is the producer-facing payload (one subclass per provider dialect; the JSON
+Schema is published in ``schema/job-request.schema.json``); ``Job`` is the stored view
+returned by status/result.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from enum import StrEnum
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from pydantic import (
-    AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from pollen.backoff import PollPolicy
-from pollen.errors import InvalidJob
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-MAX_NESTING = 8
 
 
 class JobStatus(StrEnum):
@@ -37,6 +27,7 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
 
     @property
     def rank(self) -> int:
@@ -55,41 +46,9 @@ _RANK = {
     JobStatus.SUCCEEDED: _TERMINAL_RANK,
     JobStatus.FAILED: _TERMINAL_RANK,
     JobStatus.TIMED_OUT: _TERMINAL_RANK,
+    JobStatus.CANCELLED: _TERMINAL_RANK,
 }
 TERMINAL_STATUSES = frozenset(s for s in JobStatus if s.terminal)
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
-
-
-class RunwareTask(BaseModel):
-    """One Runware inference task object, sent as-is with ``deliveryMethod: "async"``.
-
-    The fields pollen relies on are typed; Runware's many other parameters pass through.
-    ``taskUUID`` and ``deliveryMethod`` belong to pollen and are refused here.
-    """
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    taskType: str = Field(pattern=r"^[a-z][A-Za-z]*Inference$", examples=["videoInference"])
-    model: str = Field(min_length=1, max_length=200, examples=["klingai:5@3"])
-    positivePrompt: str | None = Field(None, min_length=1, max_length=10_000)
-    numberResults: int = Field(1, ge=1, le=20)
-
-    @model_validator(mode="after")
-    def _pollen_owned_fields(self) -> RunwareTask:
-        extra = self.model_extra or {}
-        for owned in ("taskUUID", "deliveryMethod"):
-            if owned in extra:
-                raise ValueError(f"{owned} is set by pollen; leave it out of the request")
-        if _depth(extra) > MAX_NESTING:
-            raise ValueError(f"request is nested deeper than {MAX_NESTING} levels")
-        return self
 
 
 class PollOverrides(BaseModel):
@@ -111,17 +70,18 @@ class PollOverrides(BaseModel):
         return PollPolicy.model_validate(merged)
 
 
-ProviderName = Literal["runware"]
-KNOWN_PROVIDERS: tuple[str, ...] = get_args(ProviderName)
-
-
 class JobRequest(BaseModel):
-    """What a producer enqueues: provider, the provider's request, and how to report back."""
+    """What a producer enqueues: provider, the provider's request, and how to report back.
 
-    model_config = ConfigDict(extra="forbid", title="pollen job request")
+    Each provider dialect subclasses this with a ``Literal`` provider name and its own request
+    model (see :mod:`pollen.providers`); :func:`pollen.payloads.parse_job_request` picks the
+    subclass from ``provider``.
+    """
 
-    provider: ProviderName = Field(description="Which provider runs the job.")
-    request: RunwareTask = Field(description="The provider's task object.")
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(description="Which provider runs the job.")
+    request: BaseModel = Field(description="The provider's request.")
     job_id: str | None = Field(
         None,
         pattern=JOB_ID_PATTERN,
@@ -141,6 +101,11 @@ class JobRequest(BaseModel):
         None, max_length=32, description="Producer's own tags, echoed in results and callbacks."
     )
 
+    @property
+    def expected_results(self) -> int:
+        """How many generations the provider will produce for this request."""
+        return 1
+
     @field_validator("deadline")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
@@ -155,42 +120,6 @@ class JobRequest(BaseModel):
             if len(key) > 64 or len(item) > 512:
                 raise ValueError("metadata keys are at most 64 and values 512 characters")
         return value
-
-
-def _field_path(error: Any) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "(payload)"
-
-
-def parse_job_request(payload: Any, *, max_request_bytes: int) -> JobRequest:
-    """Validate a producer payload, raising :class:`InvalidJob` naming the bad field."""
-    if isinstance(payload, str | bytes):
-        try:
-            payload = json.loads(payload)
-        except ValueError as exc:
-            raise InvalidJob(f"job payload is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise InvalidJob(f"job payload must be a JSON object, got {type(payload).__name__}")
-    provider = payload.get("provider")
-    if provider is not None and provider not in KNOWN_PROVIDERS:
-        known = ", ".join(KNOWN_PROVIDERS)
-        raise InvalidJob(f"provider: unknown provider {provider!r} (known: {known})")
-    try:
-        size = len(json.dumps(payload.get("request"), allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise InvalidJob(f"request: not JSON-serialisable ({exc})") from exc
-    if size > max_request_bytes:
-        raise InvalidJob(
-            f"request: {size} bytes of JSON, more than the {max_request_bytes} allowed"
-        )
-    try:
-        return JobRequest.model_validate(payload)
-    except ValidationError as exc:
-        details = exc.errors(include_url=False, include_context=False, include_input=False)
-        first = details[0]
-        message = f"{_field_path(first)}: {first['msg']}"
-        if len(details) > 1:
-            message += f" (and {len(details) - 1} more)"
-        raise InvalidJob(message, errors=[dict(d) for d in details]) from None
 
 
 class ErrorInfo(BaseModel):

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from pollen.models import JobRequest
+from pollen.payloads import job_request_schema
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "job-request.schema.json"
-
-
-def job_request_schema() -> dict[str, Any]:
-    schema = JobRequest.model_json_schema()
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        **schema,
-    }
 
 
 def render() -> str:

@@ -19,7 +19,27 @@ class RunwareSettings(BaseModel):
 
     base_url: str = Field("https://api.runware.ai/v1", description="The single POST endpoint.")
     api_key: SecretStr = Field(SecretStr(""), description="Bearer token.")
-    timeout: float = Field(30.0, gt=0, description="HTTP timeout per request, seconds.")
+
+
+class UseapiSettings(BaseModel):
+    """Runway through useapi.net."""
+
+    base_url: str = Field("https://api.useapi.net", description="useapi.net API root.")
+    api_key: SecretStr = Field(SecretStr(""), description="Bearer token.")
+    create_path: str = Field(
+        "/v1/runwayml/gen3/create", description="Path of the create call (model-specific)."
+    )
+
+
+class CometSettings(BaseModel):
+    """Runway through CometAPI's official-format wrapper."""
+
+    base_url: str = Field("https://api.cometapi.com", description="CometAPI API root.")
+    api_key: SecretStr = Field(SecretStr(""), description="Bearer token.")
+    runway_version: str | None = Field(None, description="X-Runway-Version header, if set.")
+    not_exist_grace: float = Field(
+        30.0, ge=0, description="Seconds a new task may answer task_not_exist before it fails."
+    )
 
 
 class QueueSettings(BaseModel):
@@ -49,6 +69,8 @@ class Settings(BaseSettings):
         None, description="Celery result backend (submit answers); defaults to broker_url."
     )
     runware: RunwareSettings = RunwareSettings()
+    useapi: UseapiSettings = UseapiSettings()
+    comet: CometSettings = CometSettings()
     poll: PollPolicy = PollPolicy()
     queues: QueueSettings = QueueSettings()
     callbacks: CallbackSettings = CallbackSettings()
@@ -63,6 +85,7 @@ class Settings(BaseSettings):
         description="Seconds before Redis redelivers an unacknowledged message; must exceed "
         "poll.max_delay + task_time_limit.",
     )
+    http_timeout: float = Field(30.0, gt=0, description="Timeout of one provider request, s.")
     http_max_connections: int = Field(100, gt=0, description="Pool size per worker process.")
 
     @model_validator(mode="after")

@@ -25,8 +25,10 @@ from pollen.errors import (
     RetryableProviderError,
     TerminalProviderError,
 )
-from pollen.models import Job, JobStatus, PollOverrides, parse_job_request
+from pollen.models import Job, JobStatus, PollOverrides
+from pollen.payloads import parse_job_request
 from pollen.providers import Provider, Snapshot
+from pollen.providers.base import TERMINAL_STATES
 from pollen.providers.http import send
 from pollen.settings import Settings
 from pollen.store import Store
@@ -77,7 +79,7 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
         "updated_at": repr(now),
         "deadline_at": repr(now + policy.deadline),
         "task_uuid": str(uuid.uuid4()),
-        "expected_results": str(request.request.numberResults),
+        "expected_results": str(request.expected_results),
         "request": task,
         "policy": policy.model_dump_json(),
         "callback_url": str(request.callback_url) if request.callback_url else "",
@@ -213,7 +215,7 @@ def _poll_failed(
 
 def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: float) -> Next:
     """Store new generations and end the job if the provider says it is over."""
-    done = snapshot.state in ("succeeded", "failed")
+    done = snapshot.state in TERMINAL_STATES
     delay = None
     if not done:
         delay = next_delay(
@@ -238,11 +240,12 @@ def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: 
         return Next()
     if snapshot.state == "succeeded":
         return Next(finished=deps.store.transition(job.id, JobStatus.SUCCEEDED, now=deps.clock()))
-    if snapshot.state == "failed":
+    if snapshot.state in ("failed", "cancelled"):
         first = snapshot.errors[0] if snapshot.errors else None
-        code = first.code if first else "providerFailed"
-        message = first.message if first else "the provider reported the task failed"
-        return _finish(deps, job, JobStatus.FAILED, code, message)
+        code = first.code if first else f"provider_{snapshot.state}"
+        message = first.message if first else f"the provider reported the task {snapshot.state}"
+        status = JobStatus.FAILED if snapshot.state == "failed" else JobStatus.CANCELLED
+        return _finish(deps, job, status, code, message)
     if delay is None:
         return _timed_out(deps, job, f" ({job.polls + 1} polls)")
     return Next(poll_in=delay, attempt=attempt + 1)

@@ -31,7 +31,8 @@ MAX_RESPONSES = 500
 
 # Shared Lua prelude: status ranks (statuses only move forward) and TTL propagation.
 _PRELUDE = """
-local RANK = {queued=0, submitted=1, processing=2, succeeded=3, failed=3, timed_out=3}
+local RANK = {queued=0, submitted=1, processing=2, succeeded=3, failed=3, timed_out=3,
+  cancelled=3}
 local function event(stream, ...)
   redis.call('XADD', stream, 'MAXLEN', '~', MAX_EVENTS, '*', ...)
 end

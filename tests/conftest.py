@@ -49,7 +49,12 @@ def worker_env(redis_server: RedisServer, simulator: SimulatorServer) -> dict[st
         "POLLEN_BROKER_URL": redis_server.url(BROKER_DB),
         "POLLEN_RUNWARE__BASE_URL": f"{simulator.url}/v1",
         "POLLEN_RUNWARE__API_KEY": simulator.config.api_key,
-        "POLLEN_RUNWARE__TIMEOUT": "2",
+        "POLLEN_HTTP_TIMEOUT": "2",
+        "POLLEN_USEAPI__BASE_URL": simulator.url,
+        "POLLEN_USEAPI__API_KEY": simulator.config.api_key,
+        "POLLEN_COMET__BASE_URL": simulator.url,
+        "POLLEN_COMET__API_KEY": simulator.config.api_key,
+        "POLLEN_COMET__NOT_EXIST_GRACE": "3",
         "POLLEN_CALLBACKS__TIMEOUT": "2",
         **FAST_POLL,
     }

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pollen.providers.base import Provider, Snapshot, Submission
+from pollen.providers.comet import CometRunway
 from pollen.providers.runware import Runware
+from pollen.providers.useapi import UseapiRunway
 from pollen.settings import Settings
 
 REGISTRY: dict[str, type[Provider]] = {
     Runware.name: Runware,
+    UseapiRunway.name: UseapiRunway,
+    CometRunway.name: CometRunway,
 }
 
 

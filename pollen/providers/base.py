@@ -6,16 +6,18 @@ A dialect is one module with one :class:`Provider` subclass plus a line in
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import httpx
 
-from pollen.models import GenerationError, GenerationResult, Job
+from pollen.models import GenerationError, GenerationResult, Job, JobRequest
 from pollen.settings import Settings
 
-ProviderState = Literal["pending", "running", "succeeded", "failed"]
+ProviderState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,44 @@ class Snapshot:
     progress: float | None = None
     cost: float | None = None
     hint_delay: float | None = None
+    provider_status: str | None = None  #: the provider's own status word, for audit and logs
+
+
+def ratio(value: str | float | None) -> float | None:
+    """A progress ratio such as "0.45" as a float in [0, 1]; None if absent or garbage."""
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if number is None or math.isnan(number):
+        return None
+    return min(max(number, 0.0), 1.0)
+
+
+def percent(value: str | None) -> float | None:
+    """A progress like "45%" as 0.45; None if absent or garbage."""
+    if value is None:
+        return None
+    try:
+        number = float(value.strip().rstrip("%"))
+    except ValueError:
+        return None
+    return ratio(number / 100)
+
+
+def progress_hint(job: Job, now: float, progress: float | None) -> float | None:
+    """Seconds until done if progress keeps its pace so far (None without a usable progress)."""
+    started = job.submitted_at
+    if progress is None or started is None or not 0 < progress < 1:
+        return None
+    return (now - started) * (1 - progress) / progress
 
 
 class Provider(ABC):
     """One provider dialect."""
 
     name: ClassVar[str]
+    job_model: ClassVar[type[JobRequest]]  #: the payload a producer sends for this dialect
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -14,7 +14,12 @@ from typing import Any
 
 import httpx
 
-from pollen.errors import ProviderProtocolError, ProviderUnavailable, RateLimited
+from pollen.errors import (
+    ProviderProtocolError,
+    ProviderRejected,
+    ProviderUnavailable,
+    RateLimited,
+)
 
 MAX_RETRY_AFTER = 3600.0
 
@@ -45,6 +50,12 @@ def send(http: httpx.Client, request: httpx.Request) -> httpx.Response:
         raise ProviderUnavailable(f"provider timed out: {exc!r}", code="timeout") from exc
     except httpx.TransportError as exc:
         raise ProviderUnavailable(f"provider unreachable: {exc!r}", code="connection") from exc
+    except httpx.DecodingError as exc:
+        raise ProviderProtocolError(
+            f"provider body could not be decoded: {exc!r}", code="malformedResponse"
+        ) from exc
+    except httpx.RequestError as exc:
+        raise ProviderUnavailable(f"provider request failed: {exc!r}", code="request") from exc
     if response.status_code == 429:
         raise RateLimited(
             f"provider rate limit (HTTP 429): {response.text[:200]}",
@@ -67,10 +78,21 @@ def send(http: httpx.Client, request: httpx.Request) -> httpx.Response:
 
 
 def json_body(response: httpx.Response) -> Any:
-    """The decoded JSON body, or ProviderProtocolError for garbage."""
+    """The decoded JSON body, or ProviderProtocolError for garbage.
+
+    A 401/403 whose body is not JSON (a gateway's HTML page) is still a refusal: retrying a bad
+    key until the deadline would only hide it.
+    """
     try:
         return response.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if response.status_code in (401, 403):
+            raise ProviderRejected(
+                f"provider refused the credentials (HTTP {response.status_code}): "
+                f"{response.text[:120]!r}",
+                code=f"http{response.status_code}",
+                status=response.status_code,
+            ) from exc
         raise ProviderProtocolError(
             f"provider answered HTTP {response.status_code} with a body that is not JSON: "
             f"{response.text[:120]!r}",

@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pollen.errors import (
     ProviderProtocolError,
     ProviderRejected,
     ProviderTaskNotFound,
 )
-from pollen.models import GenerationError, GenerationResult, Job
+from pollen.models import GenerationError, GenerationResult, Job, JobRequest
 from pollen.providers.base import Provider, ProviderState, Snapshot, Submission
 from pollen.providers.http import json_body
 
@@ -26,6 +26,41 @@ CONFLICT_TASK_UUID = "conflictTaskUUID"
 TASK_NOT_FOUND = "taskNotFound"
 MediaKind = Literal["video", "image", "audio", "other"]
 MEDIA_KINDS: tuple[MediaKind, ...] = ("video", "image", "audio")
+
+
+class RunwareTask(BaseModel):
+    """One Runware inference task object, sent as-is with ``deliveryMethod: "async"``.
+
+    The fields pollen relies on are typed; Runware's many other parameters pass through.
+    ``taskUUID`` and ``deliveryMethod`` belong to pollen and are refused here.
+    """
+
+    model_config = ConfigDict(extra="allow", title="Runware task")
+
+    taskType: str = Field(pattern=r"^[a-z][A-Za-z]*Inference$", examples=["videoInference"])
+    model: str = Field(min_length=1, max_length=200, examples=["klingai:5@3"])
+    positivePrompt: str | None = Field(None, min_length=1, max_length=10_000)
+    numberResults: int = Field(1, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _pollen_owned_fields(self) -> RunwareTask:
+        for owned in ("taskUUID", "deliveryMethod"):
+            if owned in (self.model_extra or {}):
+                raise ValueError(f"{owned} is set by pollen; leave it out of the request")
+        return self
+
+
+class RunwareJob(JobRequest):
+    """A job for Runware's task-array API."""
+
+    model_config = ConfigDict(title="Runware job")
+
+    provider: Literal["runware"]
+    request: RunwareTask
+
+    @property
+    def expected_results(self) -> int:
+        return self.request.numberResults
 
 
 class RunwareItem(BaseModel):
@@ -126,6 +161,7 @@ def _state(results: int, errors: int, processing: int, expected: int) -> Provide
 
 class Runware(Provider):
     name = "runware"
+    job_model = RunwareJob
 
     def _post(self, tasks: list[dict[str, Any]]) -> httpx.Request:
         key = self.settings.runware.api_key.get_secret_value()

@@ -1,0 +1,88 @@
+"""Turning a producer's payload into a validated :class:`JobRequest`, or a clear refusal.
+
+The accepted shape is the union of every registered dialect's job model, told apart by
+``provider``; its JSON Schema is what ``pollen schema`` publishes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from pollen.errors import InvalidJob
+from pollen.models import JobRequest
+from pollen.providers import REGISTRY
+
+MAX_NESTING = 8
+KNOWN_PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
+
+_models = tuple(provider.job_model for provider in REGISTRY.values())
+# A discriminated union built from the registry: adding a dialect adds its variant here.
+JOB_REQUEST: TypeAdapter[JobRequest] = TypeAdapter(
+    Annotated[Union[_models], Field(discriminator="provider")]  # type: ignore[arg-type]  # noqa: UP007
+)
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def _field_path(error: Any, provider: str) -> str:
+    loc = list(error["loc"])
+    if loc and loc[0] == provider:  # the union's tag, not a field
+        loc = loc[1:]
+    return ".".join(str(part) for part in loc) or "(payload)"
+
+
+def _check_request_size(request: Any, max_bytes: int) -> None:
+    try:
+        size = len(json.dumps(request, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(f"request: not JSON-serialisable ({exc})") from exc
+    if size > max_bytes:
+        raise InvalidJob(f"request: {size} bytes of JSON, more than the {max_bytes} allowed")
+    if _depth(request) > MAX_NESTING:
+        raise InvalidJob(f"request: nested deeper than {MAX_NESTING} levels")
+
+
+def parse_job_request(payload: Any, *, max_request_bytes: int) -> JobRequest:
+    """Validate a producer payload, raising :class:`InvalidJob` that names the bad field."""
+    if isinstance(payload, str | bytes):
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            raise InvalidJob(f"job payload is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidJob(f"job payload must be a JSON object, got {type(payload).__name__}")
+    provider = payload.get("provider")
+    if provider is None:
+        raise InvalidJob("provider: field required (one of: " + ", ".join(KNOWN_PROVIDERS) + ")")
+    if provider not in KNOWN_PROVIDERS:
+        known = ", ".join(KNOWN_PROVIDERS)
+        raise InvalidJob(f"provider: unknown provider {provider!r} (known: {known})")
+    _check_request_size(payload.get("request"), max_request_bytes)
+    try:
+        return JOB_REQUEST.validate_python(payload)
+    except ValidationError as exc:
+        details = exc.errors(include_url=False, include_context=False, include_input=False)
+        first = details[0]
+        message = f"{_field_path(first, provider)}: {first['msg']}"
+        if len(details) > 1:
+            message += f" (and {len(details) - 1} more)"
+        raise InvalidJob(message, errors=[dict(d) for d in details]) from None
+
+
+def job_request_schema() -> dict[str, Any]:
+    """The JSON Schema of a job payload (every provider's variant)."""
+    schema = JOB_REQUEST.json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "pollen job request",
+        **schema,
+    }
