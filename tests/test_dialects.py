@@ -145,7 +145,7 @@ def test_the_tables_cover_every_documented_status() -> None:
 
 @pytest.mark.parametrize(("status", "state"), USEAPI_TABLE)
 def test_useapi_status_maps_to_state(useapi: UseapiRunway, status: str, state: str) -> None:
-    body = {"taskId": "t-1", "status": status, "progressRatio": "0.5", "artifacts": []}
+    body: dict[str, Any] = {"taskId": "t-1", "status": status, "progressRatio": "0.5", "artifacts": []}
     if status == "SUCCEEDED":
         body["artifacts"] = [{"id": "a", "url": "https://x/a.mp4"}]
     if status == "FAILED":
@@ -251,7 +251,7 @@ def _comet(simulate: dict[str, Any]) -> dict[str, Any]:
 
 
 def _provider_statuses(client: Pollen, job_id: str) -> list[str]:
-    seen = []
+    seen: list[str] = []
     for entry in client.store.responses(job_id):
         envelope = entry["envelope"]
         status = envelope.get("status") or (envelope.get("data") or {}).get("status")
