@@ -170,6 +170,24 @@ def demo(
 
 
 @app.command()
+def health(
+    local: Annotated[
+        bool, typer.Option(help="Probe this pod's worker (heartbeat file) instead of the fleet.")
+    ] = False,
+) -> None:
+    """Exit non-zero when Redis is unreachable or no worker is alive."""
+    from pollen.health import run_checks
+    from pollen.settings import get_settings
+
+    checks = run_checks(get_settings(), local=local)
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        typer.echo(f"{mark} {check.name}: {check.detail}")
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
 def config() -> None:
     """Print every POLLEN_* setting with its effective value (secrets masked)."""
     import os

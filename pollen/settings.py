@@ -6,7 +6,9 @@ Build it with :func:`get_settings` (cached) or construct ``Settings(...)`` direc
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +86,10 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds before Redis redelivers an unacknowledged message; must exceed "
         "poll.max_delay + task_time_limit.",
+    )
+    heartbeat_file: Path = Field(
+        Path(tempfile.gettempdir()) / "pollen-worker.heartbeat",
+        description="File the worker touches on every heartbeat (for `pollen health --local`).",
     )
     http_timeout: float = Field(30.0, gt=0, description="Timeout of one provider request, s.")
     http_max_connections: int = Field(100, gt=0, description="Pool size per worker process.")

@@ -56,6 +56,7 @@ class Next:
     attempt: int = 0
     submit_in: float | None = None  #: run the submit step again after this many seconds
     finished: bool = False  #: this step ended the job: the completion effects are due
+    provider: str = ""  #: for the task's log and Flower repr
 
 
 def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tuple[str, bool]:
@@ -122,7 +123,7 @@ def submit(deps: Deps, job_id: str) -> Next:
         # Already submitted by an earlier copy of this message: make sure polling goes on.
         # A duplicate poll message is harmless: the poll step is fenced by poll_seq.
         wait = max(0.0, (job.next_poll_at or now) - now)
-        return Next(poll_in=wait, attempt=max(job.poll_seq, 1))
+        return Next(poll_in=wait, attempt=max(job.poll_seq, 1), provider=job.provider)
     if job.deadline_at is not None and now >= job.deadline_at:
         return _timed_out(deps, job, " (never accepted by the provider)")
     attempts = store.increment(job_id, "submit_attempts")
@@ -142,7 +143,7 @@ def submit(deps: Deps, job_id: str) -> Next:
         store.update(job_id, last_error=f"{exc.code}: {exc.message}")
         if delay is None:
             return _timed_out(deps, job, f"; last provider error: {exc.message}")
-        return Next(submit_in=delay)
+        return Next(submit_in=delay, provider=job.provider)
     except TerminalProviderError as exc:
         return _failed(deps, job, exc)
     first = next_delay(job.policy, 0, elapsed=now - job.created_at, rng=deps.rng) or 0.0
@@ -156,7 +157,7 @@ def submit(deps: Deps, job_id: str) -> Next:
         poll_seq="1",
         next_poll_at=repr(now + first),
     )
-    return Next(poll_in=first, attempt=1)
+    return Next(poll_in=first, attempt=1, provider=job.provider)
 
 
 def poll(deps: Deps, job_id: str, attempt: int) -> Next:
@@ -210,7 +211,7 @@ def _poll_failed(
         return Next()
     if delay is None:
         return _timed_out(deps, job, f"; last provider error: {exc.message}")
-    return Next(poll_in=delay, attempt=attempt + 1)
+    return Next(poll_in=delay, attempt=attempt + 1, provider=job.provider)
 
 
 def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: float) -> Next:
@@ -248,7 +249,7 @@ def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: 
         return _finish(deps, job, status, code, message)
     if delay is None:
         return _timed_out(deps, job, f" ({job.polls + 1} polls)")
-    return Next(poll_in=delay, attempt=attempt + 1)
+    return Next(poll_in=delay, attempt=attempt + 1, provider=job.provider)
 
 
 def deliver_callback(deps: Deps, job_id: str) -> dict[str, Any] | None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import heartbeat_sent, worker_process_init, worker_process_shutdown
 
-from pollen import runtime, steps
+from pollen import health, runtime, steps
 from pollen.errors import InvalidJob
+from pollen.settings import get_settings
 
 
 @worker_process_init.connect
@@ -21,19 +22,36 @@ def _open_resources(**_: Any) -> None:
     runtime.deps()
 
 
+@heartbeat_sent.connect
+def _heartbeat(**_: Any) -> None:
+    health.touch_heartbeat(get_settings().heartbeat_file)
+
+
 @worker_process_shutdown.connect
 def _close_resources(**_: Any) -> None:
     runtime.close()
+
+
+def describe(job_id: str, provider: str = "", attempt: int | None = None) -> str:
+    """What Flower and the logs show as a task's arguments: ids, never prompts or secrets."""
+    parts = [f"job_id={job_id!r}"]
+    if provider:
+        parts.append(f"provider={provider!r}")
+    if attempt is not None:
+        parts.append(f"attempt={attempt}")
+    return "{" + ", ".join(parts) + "}"
 
 
 def _follow_up(job_id: str, outcome: steps.Next) -> None:
     """Send the messages a step asked for (the poll chain and completion effects)."""
     if outcome.poll_in is not None:
         poll.apply_async(
-            kwargs={"job_id": job_id, "attempt": outcome.attempt}, countdown=outcome.poll_in
+            kwargs={"job_id": job_id, "attempt": outcome.attempt},
+            countdown=outcome.poll_in,
+            kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
         )
     if outcome.finished:
-        deliver_callback.delay(job_id)
+        deliver_callback.apply_async((job_id,), argsrepr=f"({job_id!r},)")
 
 
 @shared_task(
@@ -55,7 +73,11 @@ def submit(
         raise InvalidJob("pollen.submit needs job= (a job payload) or job_id=")
     outcome = steps.submit(deps, job_id)
     if outcome.submit_in is not None:
-        raise self.retry(countdown=outcome.submit_in, kwargs={"job_id": job_id})
+        raise self.retry(
+            countdown=outcome.submit_in,
+            kwargs={"job_id": job_id},
+            kwargsrepr=describe(job_id, outcome.provider),
+        )
     _follow_up(job_id, outcome)
     return {"job_id": job_id, "created": created}
 
@@ -68,6 +90,7 @@ def poll(self: Task, job_id: str, attempt: int) -> None:
         raise self.retry(
             countdown=outcome.poll_in,
             kwargs={"job_id": job_id, "attempt": outcome.attempt},
+            kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
         )
     _follow_up(job_id, outcome)
 

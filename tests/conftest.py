@@ -43,8 +43,12 @@ def simulator() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture(scope="session")
-def worker_env(redis_server: RedisServer, simulator: SimulatorServer) -> dict[str, str]:
+def worker_env(
+    redis_server: RedisServer, simulator: SimulatorServer, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    heartbeat = tmp_path_factory.mktemp("heartbeat") / "worker.heartbeat"
     return {
+        "POLLEN_HEARTBEAT_FILE": str(heartbeat),
         "POLLEN_REDIS_URL": redis_server.url(STORE_DB),
         "POLLEN_BROKER_URL": redis_server.url(BROKER_DB),
         "POLLEN_RUNWARE__BASE_URL": f"{simulator.url}/v1",

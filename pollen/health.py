@@ -1,0 +1,74 @@
+"""Health checks for operators and probes: is Redis reachable, is a worker alive?
+
+``pollen health`` asks the fleet (a Celery ping); ``pollen health --local`` is for a worker
+pod's own probes: the worker's heartbeat file is fresh and Redis answers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from pollen.settings import Settings
+
+HEARTBEAT_MAX_AGE = 60.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def touch_heartbeat(path: Path) -> None:
+    """Mark this worker alive (called on every Celery worker heartbeat, about every 2 s)."""
+    path.touch(exist_ok=True)
+
+
+def check_redis(url: str, name: str) -> Check:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+        return Check(name, True, "answers PING")
+    except redis.RedisError as exc:
+        return Check(name, False, f"unreachable: {exc}")
+    finally:
+        client.close()
+
+
+def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
+    from pollen.celery_app import create_app
+
+    app = create_app(settings, include_tasks=False)
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    except Exception as exc:  # the broker itself is down: kombu raises various errors
+        return Check("workers", False, f"ping failed: {exc}")
+    finally:
+        app.close()
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        return Check("workers", False, f"no worker answered a ping within {timeout:g}s")
+    return Check("workers", True, f"{len(names)} answered: {', '.join(names)}")
+
+
+def check_heartbeat(path: Path, max_age: float = HEARTBEAT_MAX_AGE) -> Check:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return Check("heartbeat", False, f"{path} does not exist (worker not started?)")
+    if age > max_age:
+        return Check("heartbeat", False, f"last heartbeat {age:.0f}s ago (limit {max_age:g}s)")
+    return Check("heartbeat", True, f"last heartbeat {age:.1f}s ago")
+
+
+def run_checks(settings: Settings, *, local: bool) -> list[Check]:
+    checks = [check_redis(settings.redis_url, "store")]
+    if settings.broker != settings.redis_url:
+        checks.append(check_redis(settings.broker, "broker"))
+    checks.append(check_heartbeat(settings.heartbeat_file) if local else check_workers(settings))
+    return checks
