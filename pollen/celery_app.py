@@ -63,6 +63,10 @@ def create_app(settings: Settings | None = None, *, include_tasks: bool = True) 
     settings = settings or get_settings()
     app = Celery("pollen", include=["pollen.tasks"] if include_tasks else [])
     app.conf.update(celery_config(settings))
+    if include_tasks:
+        from pollen.periodic import Periodic
+
+        app.steps["worker"].add(Periodic)
     return app
 
 

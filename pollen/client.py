@@ -34,7 +34,9 @@ class Pollen:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         client = redis_client(self.settings.redis_url)
-        self.store = Store(client, finished_ttl=self.settings.job_ttl)
+        self.store = Store(
+            client, finished_ttl=self.settings.job_ttl, grace=self.settings.reconcile_grace
+        )
         self._celery: Celery | None = None
 
     @property

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 PREFIX = "pollen"
 
-#: sorted set of job ids not yet terminal, scored by creation time
+#: sorted set of job ids not yet terminal, scored by when their next step is overdue
 INFLIGHT = f"{PREFIX}:inflight"
+#: lock keys of periodic work, so one worker does each round
+RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 
 
 def job(job_id: str) -> str:

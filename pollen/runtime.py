@@ -32,7 +32,11 @@ def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
     return Deps(
         settings=settings,
-        store=Store(redis_client(settings.redis_url), finished_ttl=settings.job_ttl),
+        store=Store(
+            redis_client(settings.redis_url),
+            finished_ttl=settings.job_ttl,
+            grace=settings.reconcile_grace,
+        ),
         http=http_client(settings),
         providers=build_providers(settings),
     )

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         description="Seconds before Redis redelivers an unacknowledged message; must exceed "
         "poll.max_delay + task_time_limit.",
     )
+    reconcile_interval: float = Field(
+        10.0, gt=0, description="Seconds between reconciler rounds (one worker does each)."
+    )
+    reconcile_grace: float = Field(
+        60.0, gt=0, description="How late a job's next step may be before it is resumed."
+    )
     heartbeat_file: Path = Field(
         Path(tempfile.gettempdir()) / "pollen-worker.heartbeat",
         description="File the worker touches on every heartbeat (for `pollen health --local`).",

@@ -143,6 +143,7 @@ def submit(deps: Deps, job_id: str) -> Next:
         store.update(job_id, last_error=f"{exc.code}: {exc.message}")
         if delay is None:
             return _timed_out(deps, job, f"; last provider error: {exc.message}")
+        store.watch(job_id, now + delay)
         return Next(submit_in=delay, provider=job.provider)
     except TerminalProviderError as exc:
         return _failed(deps, job, exc)
@@ -151,6 +152,7 @@ def submit(deps: Deps, job_id: str) -> Next:
         job_id,
         JobStatus.SUBMITTED,
         now=now,
+        expect_by=now + first,
         provider_task_id=submission.provider_task_id,
         submitted_at=repr(now),
         submit_response=submission.envelope,

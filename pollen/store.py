@@ -29,28 +29,23 @@ from pollen.models import (
 MAX_EVENTS = 1000
 MAX_RESPONSES = 500
 
-# Shared Lua prelude: status ranks (statuses only move forward) and TTL propagation.
+# Shared Lua prelude: status ranks (statuses only move forward) and the event stream.
 _PRELUDE = """
 local RANK = {queued=0, submitted=1, processing=2, succeeded=3, failed=3, timed_out=3,
   cancelled=3}
 local function event(stream, ...)
   redis.call('XADD', stream, 'MAXLEN', '~', MAX_EVENTS, '*', ...)
 end
-local function expire_all(ttl_ms, from)
-  for i = from, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl_ms) end
-  end
-end
 """.replace("MAX_EVENTS", str(MAX_EVENTS))
 
-# KEYS: job, events, inflight   ARGV: id, now, ttl_seconds, field, value, ...
+# KEYS: job, events, inflight   ARGV: id, now, ttl_seconds, watch_at, field, value, ...
 _CREATE = (
     _PRELUDE
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 event(KEYS[2], 'type', 'status', 'status', 'queued', 'at', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
@@ -58,7 +53,7 @@ return 1
 )
 
 # KEYS: job, events, inflight, results, order, responses
-# ARGV: status, now, finished_ttl_seconds, field, value, ...
+# ARGV: status, now, finished_ttl_seconds, watch_at, field, value, ...
 # Moves the job forward to ARGV[1] (never back, never out of a terminal state).
 _TRANSITION = (
     _PRELUDE
@@ -67,7 +62,7 @@ local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return -1 end
 if RANK[ARGV[1]] <= RANK[current] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
-if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
 if RANK[ARGV[1]] == 3 then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
   if redis.call('HGET', KEYS[1], 'callback_url') ~= '' then
@@ -76,10 +71,14 @@ if RANK[ARGV[1]] == 3 then
   redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
   event(KEYS[2], 'type', 'completed', 'status', ARGV[1], 'at', ARGV[2])
   local ttl = tonumber(ARGV[3]) * 1000
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  expire_all(ttl, 2)
+  for _, i in ipairs({1, 2, 4, 5, 6}) do  -- every key of the job, not the inflight set
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
 else
   event(KEYS[2], 'type', 'status', 'status', ARGV[1], 'at', ARGV[2])
+  if ARGV[4] ~= '' then
+    redis.call('ZADD', KEYS[3], 'XX', ARGV[4], redis.call('HGET', KEYS[1], 'id'))
+  end
 end
 return 1
 """
@@ -102,26 +101,28 @@ return {'ok', '0'}
 """
 )
 
-# KEYS: job, events, results, order, responses
-# ARGV: attempt, now, envelope, progress, cost, errors_json, next_poll_at, n, id1, json1, ...
+# KEYS: job, events, results, order, responses, inflight
+# ARGV: attempt, now, envelope, progress, cost, errors_json, next_poll_at, watch_at, n,
+#       id1, json1, ...
 # Records one poll's answer. New generations are appended once (HSETNX), in the order first
 # seen; a copy of the same poll (stale attempt) changes nothing.
 _APPLY_POLL = (
     _PRELUDE
     + """
 local job = redis.call('HMGET', KEYS[1], 'status', 'poll_seq')
-if not job[1] then return -1 end
-if job[2] ~= ARGV[1] or RANK[job[1]] == 3 then return -2 end
-local added = 0
-local n = tonumber(ARGV[8])
+if not job[1] then return {'missing', {}} end
+if job[2] ~= ARGV[1] or RANK[job[1]] == 3 then return {'stale', {}} end
+local added = {}
+local n = tonumber(ARGV[9])
 for i = 0, n - 1 do
-  local id, body = ARGV[9 + 2 * i], ARGV[10 + 2 * i]
+  local id, body = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
   if redis.call('HSETNX', KEYS[3], id, body) == 1 then
     redis.call('RPUSH', KEYS[4], id)
     event(KEYS[2], 'type', 'partial', 'generation', id, 'at', ARGV[2])
-    added = added + 1
+    added[#added + 1] = id
   end
 end
+redis.call('ZADD', KEYS[6], 'XX', ARGV[8], redis.call('HGET', KEYS[1], 'id'))
 redis.call('RPUSH', KEYS[5], ARGV[3])
 redis.call('LTRIM', KEYS[5], -MAX_RESPONSES, -1)
 redis.call('HINCRBY', KEYS[1], 'polls', 1)
@@ -134,8 +135,12 @@ if job[1] == 'submitted' then
   event(KEYS[2], 'type', 'status', 'status', 'processing', 'at', ARGV[2])
 end
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then expire_all(ttl, 2) end
-return added
+if ttl > 0 then
+  for i = 2, 5 do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+end
+return {'ok', added}
 """.replace("MAX_RESPONSES", str(MAX_RESPONSES))
 )
 
@@ -188,9 +193,11 @@ def _guard() -> Iterator[None]:
 class Store:
     """Job state in Redis, keyed by job id."""
 
-    def __init__(self, client: redis.Redis, *, finished_ttl: int) -> None:
+    def __init__(self, client: redis.Redis, *, finished_ttl: int, grace: float = 60.0) -> None:
         self.redis = client
         self.finished_ttl = finished_ttl
+        #: how late a job's next sign of life may be before the reconciler steps in
+        self.grace = grace
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
         self._claim = client.register_script(_CLAIM)
@@ -204,12 +211,25 @@ class Store:
         with _guard():
             created = self._create(
                 keys=[keys.job(job_id), keys.events(job_id), keys.INFLIGHT],
-                args=[job_id, repr(now), ttl, *_flatten(fields)],
+                args=[job_id, repr(now), ttl, repr(now + self.grace), *_flatten(fields)],
             )
         return bool(created)
 
-    def transition(self, job_id: str, status: JobStatus, *, now: float, **fields: Any) -> bool:
-        """Move a job forward to ``status``; False if it already was there or beyond."""
+    def transition(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        now: float,
+        expect_by: float | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move a job forward to ``status``; False if it already was there or beyond.
+
+        ``expect_by`` is when the job's next step is due (the reconciler resumes it if
+        nothing happened by then plus the grace period).
+        """
+        watch = "" if expect_by is None else repr(expect_by + self.grace)
         with _guard():
             moved = self._transition(
                 keys=[
@@ -220,7 +240,7 @@ class Store:
                     keys.result_order(job_id),
                     keys.responses(job_id),
                 ],
-                args=[status.value, repr(now), self.finished_ttl, *_flatten(fields)],
+                args=[status.value, repr(now), self.finished_ttl, watch, *_flatten(fields)],
             )
         if moved == -1:
             raise JobNotFound(job_id)
@@ -243,22 +263,24 @@ class Store:
         progress: float | None,
         cost: float | None,
         next_poll_at: float,
-    ) -> int | None:
+    ) -> list[str] | None:
         """Record poll ``attempt``'s answer and hand the chain to ``attempt + 1``.
 
-        Returns how many generations were new, or None if this copy of the poll was stale.
+        Returns the ids of generations seen for the first time, or None if this copy of the
+        poll was stale (another copy already recorded it).
         """
         pairs: list[str] = []
         for result in results:
             pairs += [result.id, result.model_dump_json()]
         with _guard():
-            added = self._apply_poll(
+            answer = self._apply_poll(
                 keys=[
                     keys.job(job_id),
                     keys.events(job_id),
                     keys.results(job_id),
                     keys.result_order(job_id),
                     keys.responses(job_id),
+                    keys.INFLIGHT,
                 ],
                 args=[
                     attempt,
@@ -268,13 +290,15 @@ class Store:
                     "" if cost is None else repr(cost),
                     _dumps([e.model_dump() for e in errors]),
                     repr(next_poll_at),
+                    repr(next_poll_at + self.grace),
                     len(results),
                     *pairs,
                 ],
             )
-        if added == -1:
+        verdict, added = answer
+        if verdict == "missing":
             raise JobNotFound(job_id)
-        return None if added == -2 else int(added)
+        return None if verdict == "stale" else [str(i) for i in added]
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set plain fields (no status change) on an existing job."""
@@ -343,6 +367,16 @@ class Store:
             return []
         entries: list[tuple[str, dict[str, str]]] = answer[0][1]  # type: ignore[index,assignment]
         return entries
+
+    def watch(self, job_id: str, expect_by: float) -> None:
+        """Expect the job's next step by ``expect_by`` (plus grace) (only for in-flight jobs)."""
+        with _guard():
+            self.redis.zadd(keys.INFLIGHT, {job_id: expect_by + self.grace}, xx=True)
+
+    def overdue(self, now: float, limit: int) -> list[str]:
+        """In-flight jobs whose next step is overdue (their chain may be lost)."""
+        ids = self.redis.zrangebyscore(keys.INFLIGHT, "-inf", now, start=0, num=limit)
+        return [str(i) for i in ids]
 
     def inflight(self) -> list[str]:
         return list(self.redis.zrange(keys.INFLIGHT, 0, -1))  # type: ignore[arg-type]

@@ -49,6 +49,8 @@ def worker_env(
     heartbeat = tmp_path_factory.mktemp("heartbeat") / "worker.heartbeat"
     return {
         "POLLEN_HEARTBEAT_FILE": str(heartbeat),
+        "POLLEN_RECONCILE_INTERVAL": "0.5",
+        "POLLEN_RECONCILE_GRACE": "3",
         "POLLEN_REDIS_URL": redis_server.url(STORE_DB),
         "POLLEN_BROKER_URL": redis_server.url(BROKER_DB),
         "POLLEN_RUNWARE__BASE_URL": f"{simulator.url}/v1",

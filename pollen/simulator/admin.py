@@ -1,4 +1,8 @@
-"""Introspection and control routes (no auth, never faulted): ``/healthz`` and ``/_sim/*``."""
+"""Introspection and control routes (no auth, never faulted or limited): ``/healthz``, ``/_sim/*``.
+
+``/_sim/finished`` is the bulk view of every task's generation finish times (one request for
+100k tasks); ``/_sim/rate`` the provider requests per one-second window (see ``ratelimit``).
+"""
 
 from __future__ import annotations
 
@@ -62,6 +66,35 @@ def task_view(task: SimTask, now: float) -> dict[str, Any]:
     }
 
 
+_LABEL_FIELDS = ("positivePrompt", "text_prompt", "promptText")
+
+
+def _label(request: Any) -> str | None:
+    """The task's prompt (whichever field its dialect uses), to tie tasks to client jobs."""
+    if isinstance(request, dict):
+        for name in _LABEL_FIELDS:
+            value = request.get(name)
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def finished_view(tasks: list[SimTask], now: float) -> dict[str, Any]:
+    """Finish times of many tasks at once (``GET /_sim/finished``)."""
+    return {
+        "now": now,
+        "tasks": {
+            task.id: {
+                "created_at": task.created_at,
+                "finished_at": [gen.finished_at for gen in task.generations],
+                "errors": [gen.error for gen in task.generations],
+                "label": _label(task.request),
+            }
+            for task in tasks
+        },
+    }
+
+
 def _scripted(body: Any, default_retry_after: int) -> list[ScriptedFault]:
     if not isinstance(body, dict) or not isinstance(body.get("faults"), list):
         raise ValueError("body must be an object with a 'faults' list")
@@ -121,6 +154,13 @@ class Admin:
             return _error("task not found", status=404)
         return JSONResponse(task_view(found, self.sim.clock()))
 
+    async def finished(self, request: Request) -> Response:
+        tasks = self.sim.store.all(request.query_params.get("dialect"))
+        return JSONResponse(finished_view(tasks, self.sim.clock()))
+
+    async def rate(self, request: Request) -> Response:
+        return JSONResponse(self.sim.stats.timeline.view(self.sim.config.rate_limit))
+
     async def reset(self, request: Request) -> Response:
         self.sim.reset()
         return JSONResponse({"ok": True})
@@ -135,5 +175,7 @@ def routes(sim: Simulator) -> list[Route]:
         Route("/_sim/config", admin.patch_config, methods=["PATCH"]),
         Route("/_sim/faults", admin.faults, methods=["GET", "POST", "DELETE"]),
         Route("/_sim/tasks/{task_id:path}", admin.task, methods=["GET"]),
+        Route("/_sim/finished", admin.finished, methods=["GET"]),
+        Route("/_sim/rate", admin.rate, methods=["GET"]),
         Route("/_sim/reset", admin.reset, methods=["POST"]),
     ]

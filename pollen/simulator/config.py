@@ -13,6 +13,9 @@ class SimulatorConfig(BaseModel):
 
     Durations are seconds per generation when a request does not script its own; the ``rate_*``
     fields are probabilities (0..1) of a random fault on every provider request.
+    ``rate_limit`` (if set) is a global limit of provider requests accepted in any one-second
+    window, over every dialect; requests beyond it are answered 429 with ``Retry-After:
+    retry_after`` and change nothing.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -26,6 +29,7 @@ class SimulatorConfig(BaseModel):
     rate_timeout: float = Field(default=0.0, ge=0, le=1)
     timeout_seconds: float = Field(default=30.0, ge=0)
     retry_after: int = Field(default=1, ge=0)
+    rate_limit: int | None = Field(default=None, ge=1)
     comet_not_exist_seconds: float = Field(default=3.0, ge=0)
     seed: int | None = None
 

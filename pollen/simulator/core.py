@@ -11,6 +11,7 @@ from typing import Any
 
 from pollen.simulator.config import SimulatorConfig
 from pollen.simulator.faults import FaultInjector
+from pollen.simulator.ratelimit import RateLimiter
 from pollen.simulator.state import Stats, TaskStore
 
 
@@ -23,6 +24,7 @@ class Simulator:
         self.store = TaskStore()
         self.stats = Stats()
         self.faults = FaultInjector(config.seed)
+        self.limiter = RateLimiter()
         self._lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: stalled requests answer at once
         self._rng = random.Random()
@@ -58,8 +60,9 @@ class Simulator:
         return new
 
     def reset(self) -> None:
-        """Forget tasks, stats and scripted faults; restart the RNGs from the seed."""
+        """Forget tasks, stats, scripted faults and the rate-limit window; restart the RNGs."""
         self.store.clear()
         self.stats.clear()
         self.faults.clear()
+        self.limiter.clear()
         self._seed(self.config.seed)

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from pollen.simulator.core import Simulator
 from pollen.simulator.dialect import Dialect
-from pollen.simulator.faults import fault_response
+from pollen.simulator.faults import Fault, fault_response
 
 Handler = Callable[[Simulator, Request], Awaitable[Response]]
 
@@ -42,10 +42,29 @@ async def stall(sim: Simulator, seconds: float) -> None:
         await asyncio.sleep(min(remaining, 0.05))
 
 
+async def _serve(sim: Simulator, dialect: Dialect, handler: Handler, request: Request) -> Response:
+    """Fault injection, auth, then the dialect's handler."""
+    fault = sim.faults.take(request.url.path, sim.config)
+    if fault is not None:
+        sim.stats.fault(fault.kind)
+    if fault is not None and not fault.stalls:
+        return fault_response(dialect, fault)
+    if bearer_ok(request, sim.config.api_key):
+        response = await handler(sim, request)
+    else:
+        response = JSONResponse(dialect.unauthorized, status_code=401)
+    if fault is not None:
+        await stall(sim, sim.config.timeout_seconds)
+    return response
+
+
 def provider_route(
     sim: Simulator, dialect: Dialect, path: str, handler: Handler, methods: list[str]
 ) -> Route:
-    """A route whose requests are counted, may be faulted, and need the bearer key.
+    """A route whose requests are counted, rate-limited, may be faulted, and need the key.
+
+    Over ``rate_limit`` (config), a request is answered 429 before anything else (no fault,
+    no auth check, no task change). Every request is counted by kind and time bucket.
 
     A faulted request (5xx, 429, malformed) is answered without running ``handler``, so it
     changes no task. A ``timeout`` fault runs ``handler`` first, then stalls
@@ -55,18 +74,14 @@ def provider_route(
 
     async def endpoint(request: Request) -> Response:
         sim.stats.request()
-        fault = sim.faults.take(request.url.path, sim.config)
-        if fault is not None:
-            sim.stats.fault(fault.kind)
-        if fault is not None and not fault.stalls:
-            response = fault_response(dialect, fault)
+        body = await request.body() if dialect.classify_reads_body else b""
+        config, now = sim.config, sim.clock()
+        limited = not sim.limiter.allow(now, config.rate_limit)
+        sim.stats.classified(dialect.classify(request.method, body), now, limited)
+        if limited:
+            response = fault_response(dialect, Fault("429", config.retry_after))
         else:
-            if bearer_ok(request, sim.config.api_key):
-                response = await handler(sim, request)
-            else:
-                response = JSONResponse(dialect.unauthorized, status_code=401)
-            if fault is not None:
-                await stall(sim, sim.config.timeout_seconds)
+            response = await _serve(sim, dialect, handler, request)
         sim.stats.status(response.status_code)
         return response
 

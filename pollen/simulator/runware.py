@@ -18,11 +18,27 @@ from pollen.simulator.dialect import Dialect
 from pollen.simulator.gateway import json_body, provider_route
 from pollen.simulator.state import Generation, SimTask
 
+
+
+def classify(method: str, body: bytes) -> str:
+    """``status`` for getResponse arrays, ``submit`` for inference tasks, else ``other``.
+
+    A cheap byte search (no JSON parsing): it runs for every request, rate-limited ones too.
+    """
+    if b'"getResponse"' in body:
+        return "status"
+    if b'Inference"' in body:
+        return "submit"
+    return "other"
+
+
 DIALECT = Dialect(
     name="runware",
     error_body=err.http_error_body,
     unauthorized=err.UNAUTHORIZED,
     malformed='{"data": [{"taskType": "getResponse", "taskUUID": "',
+    classify=classify,
+    classify_reads_body=True,
 )
 _UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 _KINDS = {"videoInference": ("video", "mp4", 0.18), "audioInference": ("audio", "mp3", 0.0065)}

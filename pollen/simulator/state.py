@@ -8,10 +8,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pollen.simulator.ratelimit import Timeline
+
 GenerationStatus = Literal["processing", "success", "error"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Generation:
     """One result of a task: it ends at ``finished_at``, in error when ``error`` is set."""
 
@@ -27,7 +29,7 @@ class Generation:
         return "error" if self.error is not None else "success"
 
 
-@dataclass
+@dataclass(slots=True)
 class SimTask:
     """A provider task of any dialect as the simulator sees it."""
 
@@ -74,20 +76,30 @@ class TaskStore:
             self._tasks.clear()
             self._aliases.clear()
 
+    def all(self, dialect: str | None = None) -> list[SimTask]:
+        """Every task (of ``dialect``, if given), in creation order."""
+        with self._lock:
+            tasks = list(self._tasks.values())
+        return [t for t in tasks if dialect is None or t.dialect == dialect]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._tasks)
 
 
 class Stats:
-    """Counters of provider traffic, served by ``GET /_sim/stats``."""
+    """Counters of provider traffic, served by ``GET /_sim/stats`` (and ``/_sim/rate``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.timeline = Timeline()
         self.clear()
 
     def clear(self) -> None:
         with self._lock:
+            self.timeline.clear()
+            self._by_kind: Counter[str] = Counter()
+            self._limited_by_kind: Counter[str] = Counter()
             self._requests = 0
             self._by_status: Counter[str] = Counter()
             self._tasks: Counter[str] = Counter()
@@ -98,6 +110,15 @@ class Stats:
     def request(self) -> None:
         with self._lock:
             self._requests += 1
+
+    def classified(self, kind: str, now: float, limited: bool) -> None:
+        """One provider request of ``kind`` (submit/status/other) at ``now``; ``limited``
+        when the global rate limit answered it 429."""
+        with self._lock:
+            self._by_kind[kind] += 1
+            if limited:
+                self._limited_by_kind[kind] += 1
+            self.timeline.add(now, limited)
 
     def status(self, code: int) -> None:
         with self._lock:
@@ -128,4 +149,7 @@ class Stats:
                 "submits_by_task": dict(self._submits),
                 "created": self._created,
                 "faults": dict(self._faults),
+                "requests_by_kind": dict(self._by_kind),
+                "rate_limited": sum(self._limited_by_kind.values()),
+                "rate_limited_by_kind": dict(self._limited_by_kind),
             }

@@ -1,0 +1,51 @@
+"""Work every worker does on a timer, in its main process: the reconciler round.
+
+A Celery bootstep, so it needs no beat process and is safe on every pod: a short Redis lock
+lets one worker do each round.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+
+from pollen import keys, runtime
+from pollen.reconciler import reconcile, try_lock
+
+log = logging.getLogger(__name__)
+
+
+class Periodic(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Runs :func:`tick` every ``POLLEN_RECONCILE_INTERVAL`` seconds."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref: Any = None
+
+    def start(self, worker: Any) -> None:
+        interval = runtime.deps().settings.reconcile_interval
+        self.tref = worker.timer.call_repeatedly(interval, tick, (worker.app,), priority=10)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+def tick(app: Any) -> None:
+    """One round: resume jobs whose message chain was lost. Never raises into the timer."""
+    deps = runtime.deps()
+    try:
+        interval = deps.settings.reconcile_interval
+        if not try_lock(deps.store, keys.RECONCILE_LOCK, ttl=interval * 0.9):
+            return
+        reconcile(
+            deps.store,
+            lambda name, kwargs: app.send_task(name, kwargs=kwargs),
+            now=deps.clock(),
+        )
+    except Exception:
+        log.exception("periodic round failed; the next one will try again")

@@ -1,0 +1,71 @@
+"""The reconciler: resumes jobs whose chain of messages was lost.
+
+Every in-flight job sits in ``pollen:inflight`` scored by when its next step is overdue
+(next poll time plus a grace period). A job still there after that time lost its message —
+a worker died between recording a poll and publishing the next one, Redis lost the last
+second of writes, a message expired — so the reconciler sends the step again. Duplicates are
+harmless: submit is idempotent and polls are fenced by attempt number, so it is safe to run
+on every worker at once; a short lock just keeps them from doing the same round twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pollen import keys
+from pollen.models import JobStatus
+from pollen.store import Store
+
+log = logging.getLogger(__name__)
+
+#: send(task_name, kwargs) — publishes one Celery message
+Send = Callable[[str, dict[str, object]], None]
+
+
+@dataclass
+class Report:
+    resubmitted: list[str] = field(default_factory=list)
+    repolled: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def actions(self) -> int:
+        return len(self.resubmitted) + len(self.repolled) + len(self.dropped)
+
+
+def reconcile(store: Store, send: Send, *, now: float, limit: int = 500) -> Report:
+    """Resume up to ``limit`` overdue jobs; return what was done."""
+    report = Report()
+    for job_id in store.overdue(now, limit):
+        status, poll_seq = (
+            str(v) if v is not None else None
+            for v in store.redis.hmget(keys.job(job_id), "status", "poll_seq")
+        )
+        if status is None or JobStatus(status).terminal:
+            # Expired or finished (a terminal write that lost its ZREM): stop watching.
+            store.redis.zrem(keys.INFLIGHT, job_id)
+            report.dropped.append(job_id)
+            continue
+        store.watch(job_id, now)  # look again after one more grace period, not every round
+        if status == JobStatus.QUEUED:
+            send("pollen.submit", {"job_id": job_id})
+            report.resubmitted.append(job_id)
+        else:
+            send("pollen.poll", {"job_id": job_id, "attempt": int(poll_seq or 1)})
+            report.repolled.append(job_id)
+    if report.actions:
+        log.warning(
+            "reconciler resumed %d jobs (resubmitted %s, re-polled %s, dropped %d)",
+            report.actions,
+            report.resubmitted[:10],
+            report.repolled[:10],
+            len(report.dropped),
+        )
+    return report
+
+
+def try_lock(store: Store, key: str, ttl: float) -> bool:
+    """One holder per ``ttl`` seconds across all workers (no unlock: it simply expires)."""
+    return bool(store.redis.set(key, "1", nx=True, px=int(ttl * 1000)))
