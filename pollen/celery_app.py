@@ -64,9 +64,10 @@ def create_app(settings: Settings | None = None, *, include_tasks: bool = True) 
     app = Celery("pollen", include=["pollen.tasks"] if include_tasks else [])
     app.conf.update(celery_config(settings))
     if include_tasks:
-        from pollen.periodic import Periodic
+        from pollen.periodic import MetricsExporter, Periodic
 
         app.steps["worker"].add(Periodic)
+        app.steps["worker"].add(MetricsExporter)
     return app
 
 

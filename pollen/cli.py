@@ -35,6 +35,19 @@ def _load_payload(source: str) -> Any:
         _fail(f"job payload is not valid JSON: {exc}")
 
 
+def _prepare_metrics_dir() -> None:
+    """Give this worker an empty PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported:
+    every pool process then writes its samples there and the exporter serves their sum."""
+    import os
+    import shutil
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="pollen-metrics-")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 4,
@@ -44,6 +57,7 @@ def worker(
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
 ) -> None:
     """Run a Celery worker for pollen's queues (task events on, for Flower)."""
+    _prepare_metrics_dir()
     from pollen.celery_app import create_app
     from pollen.settings import get_settings
 

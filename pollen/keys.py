@@ -6,6 +6,10 @@ PREFIX = "pollen"
 
 #: sorted set of job ids not yet terminal, scored by when their next step is overdue
 INFLIGHT = f"{PREFIX}:inflight"
+#: hash: status -> number of jobs in it (in-flight states go up and down; terminal only up)
+STATUS_COUNTS = f"{PREFIX}:stats:status"
+#: sorted set of callback deliveries that exhausted their schedule, scored by time
+DEAD = f"{PREFIX}:callbacks:dead"
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 

@@ -11,10 +11,30 @@ from typing import Any
 
 from celery import bootsteps
 
-from pollen import keys, runtime
+from pollen import keys, metrics, runtime
 from pollen.reconciler import reconcile, try_lock
 
 log = logging.getLogger(__name__)
+
+
+class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Serves Prometheus metrics from the worker's main process if POLLEN_METRICS_PORT is set."""
+
+    def start(self, worker: Any) -> None:
+        deps = runtime.deps()
+        port = deps.settings.metrics_port
+        if not port:
+            return
+        from pollen.connections import redis_client
+
+        queues = deps.settings.queues
+        metrics.serve(
+            port,
+            store_redis=deps.store.redis,
+            broker_redis=redis_client(deps.settings.broker),
+            queues=[queues.submit, queues.poll, queues.callbacks],
+        )
+        log.info("metrics on :%d/metrics", port)
 
 
 class Periodic(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pollen import keys
+from pollen.metrics import RECONCILER
 from pollen.models import JobStatus
 from pollen.store import Store
 
@@ -55,6 +56,13 @@ def reconcile(store: Store, send: Send, *, now: float, limit: int = 500) -> Repo
         else:
             send("pollen.poll", {"job_id": job_id, "attempt": int(poll_seq or 1)})
             report.repolled.append(job_id)
+    for action, ids in (
+        ("resubmit", report.resubmitted),
+        ("repoll", report.repolled),
+        ("drop", report.dropped),
+    ):
+        if ids:
+            RECONCILER.labels(action).inc(len(ids))
     if report.actions:
         log.warning(
             "reconciler resumed %d jobs (resubmitted %s, re-polled %s, dropped %d)",

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     reconcile_grace: float = Field(
         60.0, gt=0, description="How late a job's next step may be before it is resumed."
     )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus metrics on this port (worker)."
+    )
     heartbeat_file: Path = Field(
         Path(tempfile.gettempdir()) / "pollen-worker.heartbeat",
         description="File the worker touches on every heartbeat (for `pollen health --local`).",

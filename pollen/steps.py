@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from pollen import metrics
 from pollen.backoff import next_delay
 from pollen.callbacks import completion_payload, post_json
 from pollen.errors import (
@@ -93,11 +94,12 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
     return job_id, store.create(job_id, fields, now=now, ttl=ttl)
 
 
-def _finish(deps: Deps, job: Job, status: JobStatus, code: str, message: str) -> Next:
-    moved = deps.store.transition(
-        job.id, status, now=deps.clock(), error_code=code, error_message=message
-    )
-    return Next(finished=moved)
+def _finish(deps: Deps, job: Job, status: JobStatus, code: str = "", message: str = "") -> Next:
+    fields: dict[str, Any] = {"error_code": code, "error_message": message} if code else {}
+    moved = deps.store.transition(job.id, status, now=deps.clock(), **fields)
+    if moved:
+        metrics.JOBS_FINISHED.labels(job.provider, status.value).inc()
+    return Next(finished=moved, provider=job.provider)
 
 
 def _timed_out(deps: Deps, job: Job, detail: str = "") -> Next:
@@ -127,12 +129,16 @@ def submit(deps: Deps, job_id: str) -> Next:
     if job.deadline_at is not None and now >= job.deadline_at:
         return _timed_out(deps, job, " (never accepted by the provider)")
     attempts = store.increment(job_id, "submit_attempts")
+    if attempts == 1:
+        metrics.JOBS_STARTED.labels(job.provider).inc()
     provider = deps.providers[job.provider]
     request = provider.submit_request(job, job.task_uuid)
     store.update(job_id, sent_request=json.loads(request.content))
     try:
-        submission = provider.parse_submit(job, job.task_uuid, send(deps.http, request))
+        answer = send(deps.http, request, provider=job.provider, kind="submit")
+        submission = provider.parse_submit(job, job.task_uuid, answer)
     except RetryableProviderError as exc:
+        metrics.SUBMITS.labels(job.provider, "retry").inc()
         delay = next_delay(
             job.policy,
             attempts,
@@ -146,7 +152,10 @@ def submit(deps: Deps, job_id: str) -> Next:
         store.watch(job_id, now + delay)
         return Next(submit_in=delay, provider=job.provider)
     except TerminalProviderError as exc:
+        metrics.SUBMITS.labels(job.provider, "rejected").inc()
         return _failed(deps, job, exc)
+    result = "already_submitted" if submission.already_submitted else "accepted"
+    metrics.SUBMITS.labels(job.provider, result).inc()
     first = next_delay(job.policy, 0, elapsed=now - job.created_at, rng=deps.rng) or 0.0
     store.transition(
         job_id,
@@ -178,13 +187,21 @@ def poll(deps: Deps, job_id: str, attempt: int) -> Next:
     if job.deadline_at is not None and now >= job.deadline_at:
         return _timed_out(deps, job, f" ({job.polls} polls)")
     provider = deps.providers[job.provider]
-    try:
-        snapshot = provider.parse_status(job, send(deps.http, provider.status_request(job)), now)
-    except TerminalProviderError as exc:
-        return _failed(deps, job, exc)
-    except RetryableProviderError as exc:
-        return _poll_failed(deps, job, attempt, exc, now)
-    return _poll_answered(deps, job, attempt, snapshot, now)
+    with metrics.POLL_SECONDS.labels(job.provider).time():
+        try:
+            answer = send(
+                deps.http, provider.status_request(job), provider=job.provider, kind="status"
+            )
+            snapshot = provider.parse_status(job, answer, now)
+        except TerminalProviderError as exc:
+            metrics.POLLS.labels(job.provider, "rejected").inc()
+            return _failed(deps, job, exc)
+        except RetryableProviderError as exc:
+            result = "rate_limited" if isinstance(exc, RateLimited) else "retry"
+            metrics.POLLS.labels(job.provider, result).inc()
+            return _poll_failed(deps, job, attempt, exc, now)
+        metrics.POLLS.labels(job.provider, snapshot.state).inc()
+        return _poll_answered(deps, job, attempt, snapshot, now)
 
 
 def _poll_failed(
@@ -242,7 +259,7 @@ def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: 
     if applied is None:
         return Next()
     if snapshot.state == "succeeded":
-        return Next(finished=deps.store.transition(job.id, JobStatus.SUCCEEDED, now=deps.clock()))
+        return _finish(deps, job, JobStatus.SUCCEEDED)
     if snapshot.state in ("failed", "cancelled"):
         first = snapshot.errors[0] if snapshot.errors else None
         code = first.code if first else f"provider_{snapshot.state}"
@@ -273,4 +290,7 @@ def deliver_callback(deps: Deps, job_id: str) -> dict[str, Any] | None:
         timeout=deps.settings.callbacks.timeout,
     )
     store.update(job_id, callback=record, callback_state=record["state"])
+    metrics.CALLBACKS.labels(record["state"]).inc()
+    if record["state"] == "delivered" and job.finished_at:
+        metrics.COMPLETION_TO_CALLBACK.observe(max(0.0, record["at"] - job.finished_at))
     return record

@@ -38,7 +38,7 @@ local function event(stream, ...)
 end
 """.replace("MAX_EVENTS", str(MAX_EVENTS))
 
-# KEYS: job, events, inflight   ARGV: id, now, ttl_seconds, watch_at, field, value, ...
+# KEYS: job, events, inflight, status_counts   ARGV: id, now, ttl_seconds, watch_at, field, ...
 _CREATE = (
     _PRELUDE
     + """
@@ -46,13 +46,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'queued', 1)
 event(KEYS[2], 'type', 'status', 'status', 'queued', 'at', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 )
 
-# KEYS: job, events, inflight, results, order, responses
+# KEYS: job, events, inflight, results, order, responses, status_counts
 # ARGV: status, now, finished_ttl_seconds, watch_at, field, value, ...
 # Moves the job forward to ARGV[1] (never back, never out of a terminal state).
 _TRANSITION = (
@@ -62,6 +63,8 @@ local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return -1 end
 if RANK[ARGV[1]] <= RANK[current] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[7], current, -1)
+redis.call('HINCRBY', KEYS[7], ARGV[1], 1)
 if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
 if RANK[ARGV[1]] == 3 then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
@@ -71,7 +74,7 @@ if RANK[ARGV[1]] == 3 then
   redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
   event(KEYS[2], 'type', 'completed', 'status', ARGV[1], 'at', ARGV[2])
   local ttl = tonumber(ARGV[3]) * 1000
-  for _, i in ipairs({1, 2, 4, 5, 6}) do  -- every key of the job, not the inflight set
+  for _, i in ipairs({1, 2, 4, 5, 6}) do  -- the job's own keys, not the shared ones
     if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl) end
   end
 else
@@ -101,7 +104,7 @@ return {'ok', '0'}
 """
 )
 
-# KEYS: job, events, results, order, responses, inflight
+# KEYS: job, events, results, order, responses, inflight, status_counts
 # ARGV: attempt, now, envelope, progress, cost, errors_json, next_poll_at, watch_at, n,
 #       id1, json1, ...
 # Records one poll's answer. New generations are appended once (HSETNX), in the order first
@@ -132,6 +135,8 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cost', ARGV[5]) end
 if job[1] == 'submitted' then
   redis.call('HSET', KEYS[1], 'status', 'processing')
+  redis.call('HINCRBY', KEYS[7], 'submitted', -1)
+  redis.call('HINCRBY', KEYS[7], 'processing', 1)
   event(KEYS[2], 'type', 'status', 'status', 'processing', 'at', ARGV[2])
 end
 local ttl = redis.call('PTTL', KEYS[1])
@@ -210,7 +215,7 @@ class Store:
         """Store a new queued job; False (and nothing written) if the id already exists."""
         with _guard():
             created = self._create(
-                keys=[keys.job(job_id), keys.events(job_id), keys.INFLIGHT],
+                keys=[keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.STATUS_COUNTS],
                 args=[job_id, repr(now), ttl, repr(now + self.grace), *_flatten(fields)],
             )
         return bool(created)
@@ -239,6 +244,7 @@ class Store:
                     keys.results(job_id),
                     keys.result_order(job_id),
                     keys.responses(job_id),
+                    keys.STATUS_COUNTS,
                 ],
                 args=[status.value, repr(now), self.finished_ttl, watch, *_flatten(fields)],
             )
@@ -281,6 +287,7 @@ class Store:
                     keys.result_order(job_id),
                     keys.responses(job_id),
                     keys.INFLIGHT,
+                    keys.STATUS_COUNTS,
                 ],
                 args=[
                     attempt,

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pollen.embedded import CallbackReceiver, RedisServer, Worker
+from pollen.embedded import CallbackReceiver, RedisServer, Worker, free_port
 from pollen.settings import Settings
 from pollen.simulator import SimulatorConfig, SimulatorServer
 
@@ -50,6 +50,7 @@ def worker_env(
     return {
         "POLLEN_HEARTBEAT_FILE": str(heartbeat),
         "POLLEN_RECONCILE_INTERVAL": "0.5",
+        "POLLEN_METRICS_PORT": str(free_port()),
         "POLLEN_RECONCILE_GRACE": "3",
         "POLLEN_REDIS_URL": redis_server.url(STORE_DB),
         "POLLEN_BROKER_URL": redis_server.url(BROKER_DB),

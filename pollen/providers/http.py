@@ -20,6 +20,7 @@ from pollen.errors import (
     ProviderUnavailable,
     RateLimited,
 )
+from pollen.metrics import PROVIDER_SECONDS
 
 MAX_RETRY_AFTER = 3600.0
 
@@ -42,8 +43,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def send(http: httpx.Client, request: httpx.Request) -> httpx.Response:
-    """Send, read the body, and raise retryable errors for 429, 5xx and transport failures."""
+def send(
+    http: httpx.Client, request: httpx.Request, *, provider: str = "", kind: str = ""
+) -> httpx.Response:
+    """Send, read the body, and raise retryable errors for 429, 5xx and transport failures.
+
+    ``provider`` and ``kind`` (submit/status) label the response-time histogram.
+    """
+    started = time.perf_counter()
     try:
         response = http.send(request)
     except httpx.TimeoutException as exc:
@@ -56,6 +63,8 @@ def send(http: httpx.Client, request: httpx.Request) -> httpx.Response:
         ) from exc
     except httpx.RequestError as exc:
         raise ProviderUnavailable(f"provider request failed: {exc!r}", code="request") from exc
+    finally:
+        PROVIDER_SECONDS.labels(provider, kind).observe(time.perf_counter() - started)
     if response.status_code == 429:
         raise RateLimited(
             f"provider rate limit (HTTP 429): {response.text[:200]}",

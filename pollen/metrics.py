@@ -1,0 +1,99 @@
+"""pollen's Prometheus series, safe under Celery's prefork pool (multiprocess mode).
+
+``pollen worker`` points ``PROMETHEUS_MULTIPROC_DIR`` at an empty directory before anything
+imports prometheus_client, so every pool process writes its samples there and the exporter
+in the worker's main process (``POLLEN_METRICS_PORT``) serves their sum, plus gauges read from
+Redis at scrape time (queue depths, in-flight jobs, jobs by state, dead letters).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from pollen import keys
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600)
+
+JOBS_STARTED = Counter(
+    "pollen_jobs_started_total", "Jobs a worker began to submit", ["provider"]
+)
+JOBS_FINISHED = Counter(
+    "pollen_jobs_finished_total", "Jobs that reached a terminal state", ["provider", "status"]
+)
+SUBMITS = Counter("pollen_submits_total", "Submit attempts by outcome", ["provider", "result"])
+POLLS = Counter("pollen_polls_total", "Poll steps by outcome", ["provider", "result"])
+CALLBACKS = Counter("pollen_callbacks_total", "Callback delivery attempts by outcome", ["result"])
+PROVIDER_SECONDS = Histogram(
+    "pollen_provider_request_seconds",
+    "Provider HTTP response time",
+    ["provider", "kind"],
+    buckets=LATENCY_BUCKETS,
+)
+POLL_SECONDS = Histogram(
+    "pollen_poll_seconds", "Duration of one poll step", ["provider"], buckets=LATENCY_BUCKETS
+)
+COMPLETION_TO_CALLBACK = Histogram(
+    "pollen_completion_to_callback_seconds",
+    "From the job ending to its completion callback being delivered",
+    buckets=LAG_BUCKETS,
+)
+RECONCILER = Counter("pollen_reconciler_actions_total", "Reconciler actions", ["action"])
+
+
+class RedisGauges(Collector):
+    """Gauges read from Redis on each scrape (cheap: one pipeline)."""
+
+    def __init__(self, store_redis: Any, broker_redis: Any, queues: list[str]) -> None:
+        self.store = store_redis
+        self.broker = broker_redis
+        self.queues = queues
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("pollen_queue_depth", "Messages waiting", labels=["queue"])
+        for queue, length in zip(
+            self.queues, _pipeline(self.broker, [("llen", q) for q in self.queues]), strict=True
+        ):
+            depth.add_metric([queue], float(length))
+        inflight, by_state, dead = _pipeline(
+            self.store,
+            [("zcard", keys.INFLIGHT), ("hgetall", keys.STATUS_COUNTS), ("zcard", keys.DEAD)],
+        )
+        yield depth
+        yield GaugeMetricFamily("pollen_inflight_jobs", "Jobs not yet terminal", value=inflight)
+        states = GaugeMetricFamily(
+            "pollen_jobs",
+            "Jobs by state (terminal states: since the counter began)",
+            labels=["status"],
+        )
+        for status, count in sorted(by_state.items()):
+            states.add_metric([status], float(count))
+        yield states
+        yield GaugeMetricFamily(
+            "pollen_callbacks_dead_letter", "Callback deliveries that exhausted the schedule",
+            value=dead,
+        )  # fmt: skip
+
+
+def _pipeline(client: Any, calls: list[tuple[str, str]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for command, key in calls:
+        getattr(pipe, command)(key)
+    return list(pipe.execute())
+
+
+def serve(port: int, *, store_redis: Any, broker_redis: Any, queues: list[str]) -> None:
+    """Expose the summed per-process samples plus the Redis gauges on ``port``."""
+    registry = CollectorRegistry()
+    if os.environ.get(MULTIPROC_ENV):
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(RedisGauges(store_redis, broker_redis, queues))
+    start_http_server(port, addr="0.0.0.0", registry=registry)
