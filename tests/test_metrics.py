@@ -12,9 +12,10 @@ from tests.conftest import eventually
 from tests.helpers import video_request
 
 pytestmark = pytest.mark.integration
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(port: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(port: str) -> Samples:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -23,8 +24,8 @@ def scrape(port: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
-def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return float(samples.get((name, tuple(sorted(labels.items()))), 0.0))
 
 
 def test_metrics_count_a_job_end_to_end(
@@ -36,7 +37,7 @@ def test_metrics_count_a_job_end_to_end(
     assert client.wait(job_id, timeout=20).status is JobStatus.SUCCEEDED
     eventually(lambda: receiver.received("/m"), what="callback")
 
-    def counted() -> dict | None:  # type: ignore[type-arg]
+    def counted() -> Samples | None:
         after = scrape(port)
         key = ("pollen_callbacks_total", (("result", "delivered"),))
         return after if after.get(key, 0) > before.get(key, 0) else None
