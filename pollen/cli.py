@@ -54,7 +54,7 @@ def worker(
     pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
     hostname: Annotated[str, typer.Option("--hostname", "-n")] = "pollen@%h",
     queues: Annotated[str | None, typer.Option("--queues", "-Q")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+    loglevel: Annotated[str | None, typer.Option("--loglevel", "-l")] = None,
 ) -> None:
     """Run a Celery worker for pollen's queues (task events on, for Flower)."""
     _prepare_metrics_dir()
@@ -65,9 +65,10 @@ def worker(
     q = settings.queues
     names = queues or ",".join([q.submit, q.poll, q.callbacks])
     celery = create_app(settings)
-    celery.worker_main(
-        ["worker", "-Q", names, "-c", str(concurrency), "-P", pool, "-n", hostname,
-         "-l", loglevel, "-E", "--without-mingle", "--without-gossip"]
+    quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
+    celery.start(
+        [*quiet, "worker", "-Q", names, "-c", str(concurrency), "-P", pool, "-n", hostname,
+         "-l", loglevel or settings.log_level, "-E", "--without-mingle", "--without-gossip"]
     )  # fmt: skip
 
 

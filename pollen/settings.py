@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +94,10 @@ class Settings(BaseSettings):
     reconcile_grace: float = Field(
         60.0, gt=0, description="How late a job's next step may be before it is resumed."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Worker log lines: readable text, or one JSON object per line."
+    )
+    log_level: str = Field("INFO", description="Log level of pollen's workers.")
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (worker)."
     )

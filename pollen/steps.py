@@ -8,6 +8,7 @@ HTTP client, and returns what should happen next (a :class:`Next`). The Celery t
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 import uuid
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from pollen import metrics
+from pollen import logs, metrics
 from pollen.backoff import next_delay
 from pollen.callbacks import completion_payload, post_json
 from pollen.errors import (
@@ -35,6 +36,7 @@ from pollen.settings import Settings
 from pollen.store import Store
 
 EXTRA_TTL = 3600
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,6 +101,8 @@ def _finish(deps: Deps, job: Job, status: JobStatus, code: str = "", message: st
     moved = deps.store.transition(job.id, status, now=deps.clock(), **fields)
     if moved:
         metrics.JOBS_FINISHED.labels(job.provider, status.value).inc()
+        level = logging.INFO if status is JobStatus.SUCCEEDED else logging.WARNING
+        log.log(level, "job %s%s", status.value, f" ({code}: {message})" if code else "")
     return Next(finished=moved, provider=job.provider)
 
 
@@ -119,6 +123,7 @@ def submit(deps: Deps, job_id: str) -> Next:
     """Create the provider task once; a redelivered submit only re-arms the poll chain."""
     store, now = deps.store, deps.clock()
     job = store.get(job_id)
+    logs.bind(job_id=job_id, provider=job.provider, provider_task_id=job.provider_task_id)
     if job.terminal:
         return Next()
     if job.status is not JobStatus.QUEUED:
@@ -150,12 +155,15 @@ def submit(deps: Deps, job_id: str) -> Next:
         if delay is None:
             return _timed_out(deps, job, f"; last provider error: {exc.message}")
         store.watch(job_id, now + delay)
+        log.warning("submit attempt %d failed, retrying in %.1fs: %s", attempts, delay, exc)
         return Next(submit_in=delay, provider=job.provider)
     except TerminalProviderError as exc:
         metrics.SUBMITS.labels(job.provider, "rejected").inc()
         return _failed(deps, job, exc)
     result = "already_submitted" if submission.already_submitted else "accepted"
     metrics.SUBMITS.labels(job.provider, result).inc()
+    logs.bind(provider_task_id=submission.provider_task_id)
+    log.info("submitted (%s) on attempt %d", result.replace("_", " "), attempts)
     first = next_delay(job.policy, 0, elapsed=now - job.created_at, rng=deps.rng) or 0.0
     store.transition(
         job_id,
@@ -184,6 +192,7 @@ def poll(deps: Deps, job_id: str, attempt: int) -> Next:
     if claim.verdict != "ok":
         return Next()
     job = store.get(job_id)
+    logs.bind(provider=job.provider, provider_task_id=job.provider_task_id)
     if job.deadline_at is not None and now >= job.deadline_at:
         return _timed_out(deps, job, f" ({job.polls} polls)")
     provider = deps.providers[job.provider]
@@ -230,6 +239,7 @@ def _poll_failed(
         return Next()
     if delay is None:
         return _timed_out(deps, job, f"; last provider error: {exc.message}")
+    log.warning("poll failed, next in %.1fs: %s", delay, exc)
     return Next(poll_in=delay, attempt=attempt + 1, provider=job.provider)
 
 
@@ -258,6 +268,8 @@ def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: 
     )
     if applied is None:
         return Next()
+    if applied:
+        log.info("%d new result(s): %s", len(applied), ", ".join(applied))
     if snapshot.state == "succeeded":
         return _finish(deps, job, JobStatus.SUCCEEDED)
     if snapshot.state in ("failed", "cancelled"):

@@ -10,9 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import heartbeat_sent, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    heartbeat_sent,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
-from pollen import health, runtime, steps
+from pollen import health, logs, runtime, steps
 from pollen.errors import InvalidJob
 from pollen.settings import get_settings
 
@@ -20,6 +27,26 @@ from pollen.settings import get_settings
 @worker_process_init.connect
 def _open_resources(**_: Any) -> None:
     runtime.deps()
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    """pollen's format (text or JSON) for every logger in the worker, Celery's included."""
+    settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level)
+
+
+@task_prerun.connect
+def _bind_job(kwargs: dict[str, Any] | None = None, args: Any = (), **_: Any) -> None:
+    kwargs = kwargs or {}
+    logs.clear()
+    job_id = kwargs.get("job_id") or (args[0] if args else None)
+    logs.bind(job_id=job_id, attempt=kwargs.get("attempt"))
+
+
+@task_postrun.connect
+def _unbind_job(**_: Any) -> None:
+    logs.clear()
 
 
 @heartbeat_sent.connect

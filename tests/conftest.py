@@ -49,6 +49,7 @@ def worker_env(
     heartbeat = tmp_path_factory.mktemp("heartbeat") / "worker.heartbeat"
     return {
         "POLLEN_HEARTBEAT_FILE": str(heartbeat),
+        "POLLEN_LOG_FORMAT": "json",
         "POLLEN_RECONCILE_INTERVAL": "0.5",
         "POLLEN_METRICS_PORT": str(free_port()),
         "POLLEN_RECONCILE_GRACE": "3",
