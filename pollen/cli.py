@@ -203,6 +203,28 @@ def health(
 
 
 @app.command()
+def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Jobs by state, in-flight and overdue jobs, the oldest in-flight job, dead letters."""
+    from pollen import Pollen
+    from pollen.stats import collect
+
+    with Pollen() as client:
+        current = collect(client.store)
+    if as_json:
+        _print_json(current.as_dict())
+        return
+    states = ", ".join(f"{k}={v}" for k, v in current.by_status.items()) or "none yet"
+    typer.echo(f"jobs by state: {states}")
+    typer.echo(f"in flight: {current.inflight} (overdue: {current.overdue})")
+    if current.oldest_job:
+        typer.echo(
+            f"oldest in flight: {current.oldest_job} ({current.oldest_status}, "
+            f"{current.oldest_age:.0f}s old)"
+        )
+    typer.echo(f"callbacks in dead letter: {current.dead_letters}")
+
+
+@app.command()
 def config() -> None:
     """Print every POLLEN_* setting with its effective value (secrets masked)."""
     import os

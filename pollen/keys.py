@@ -6,6 +6,8 @@ PREFIX = "pollen"
 
 #: sorted set of job ids not yet terminal, scored by when their next step is overdue
 INFLIGHT = f"{PREFIX}:inflight"
+#: sorted set of job ids not yet terminal, scored by creation time (oldest first)
+BY_AGE = f"{PREFIX}:inflight:created"
 #: hash: status -> number of jobs in it (in-flight states go up and down; terminal only up)
 STATUS_COUNTS = f"{PREFIX}:stats:status"
 #: sorted set of callback deliveries that exhausted their schedule, scored by time

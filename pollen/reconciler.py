@@ -47,6 +47,7 @@ def reconcile(store: Store, send: Send, *, now: float, limit: int = 500) -> Repo
         if status is None or JobStatus(status).terminal:
             # Expired or finished (a terminal write that lost its ZREM): stop watching.
             store.redis.zrem(keys.INFLIGHT, job_id)
+            store.redis.zrem(keys.BY_AGE, job_id)
             report.dropped.append(job_id)
             continue
         store.watch(job_id, now)  # look again after one more grace period, not every round

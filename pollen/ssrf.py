@@ -135,7 +135,12 @@ class AddressPolicy:
         ``socket.gaierror`` (an OSError) propagates: a name that does not resolve now may later.
         """
         host = host.removeprefix("[").removesuffix("]")
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        try:
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except UnicodeError:  # the idna codec refused the name (empty or over-long label)
+            raise UnsafeCallbackURL(f"callback host {host!r} is not a valid name") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not addresses:
             raise socket.gaierror(f"{host!r} resolved to no addresses")

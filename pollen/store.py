@@ -38,7 +38,8 @@ local function event(stream, ...)
 end
 """.replace("MAX_EVENTS", str(MAX_EVENTS))
 
-# KEYS: job, events, inflight, status_counts   ARGV: id, now, ttl_seconds, watch_at, field, ...
+# KEYS: job, events, inflight, status_counts, by_age
+# ARGV: id, now, ttl_seconds, watch_at, field, value, ...
 _CREATE = (
     _PRELUDE
     + """
@@ -47,13 +48,14 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 event(KEYS[2], 'type', 'status', 'status', 'queued', 'at', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 )
 
-# KEYS: job, events, inflight, results, order, responses, status_counts
+# KEYS: job, events, inflight, results, order, responses, status_counts, by_age
 # ARGV: status, now, finished_ttl_seconds, watch_at, field, value, ...
 # Moves the job forward to ARGV[1] (never back, never out of a terminal state).
 _TRANSITION = (
@@ -72,6 +74,7 @@ if RANK[ARGV[1]] == 3 then
     redis.call('HSET', KEYS[1], 'callback_state', 'pending')
   end
   redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+  redis.call('ZREM', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
   event(KEYS[2], 'type', 'completed', 'status', ARGV[1], 'at', ARGV[2])
   local ttl = tonumber(ARGV[3]) * 1000
   for _, i in ipairs({1, 2, 4, 5, 6}) do  -- the job's own keys, not the shared ones
@@ -215,7 +218,13 @@ class Store:
         """Store a new queued job; False (and nothing written) if the id already exists."""
         with _guard():
             created = self._create(
-                keys=[keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.STATUS_COUNTS],
+                keys=[
+                    keys.job(job_id),
+                    keys.events(job_id),
+                    keys.INFLIGHT,
+                    keys.STATUS_COUNTS,
+                    keys.BY_AGE,
+                ],
                 args=[job_id, repr(now), ttl, repr(now + self.grace), *_flatten(fields)],
             )
         return bool(created)
@@ -245,6 +254,7 @@ class Store:
                     keys.result_order(job_id),
                     keys.responses(job_id),
                     keys.STATUS_COUNTS,
+                    keys.BY_AGE,
                 ],
                 args=[status.value, repr(now), self.finished_ttl, watch, *_flatten(fields)],
             )

@@ -145,7 +145,12 @@ def test_the_tables_cover_every_documented_status() -> None:
 
 @pytest.mark.parametrize(("status", "state"), USEAPI_TABLE)
 def test_useapi_status_maps_to_state(useapi: UseapiRunway, status: str, state: str) -> None:
-    body: dict[str, Any] = {"taskId": "t-1", "status": status, "progressRatio": "0.5", "artifacts": []}
+    body: dict[str, Any] = {
+        "taskId": "t-1",
+        "status": status,
+        "progressRatio": "0.5",
+        "artifacts": [],
+    }
     if status == "SUCCEEDED":
         body["artifacts"] = [{"id": "a", "url": "https://x/a.mp4"}]
     if status == "FAILED":

@@ -1,0 +1,54 @@
+"""``pollen stats`` reads the fleet's state from Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pollen import JobStatus, Pollen, steps
+from pollen.stats import collect
+from tests.helpers import video_request
+
+pytestmark = pytest.mark.integration
+
+
+def test_stats_count_states_and_find_the_oldest_job(
+    client: Pollen, worker_env: dict[str, str]
+) -> None:
+    # No worker here: accepted jobs stay queued, so the counts are exact.
+    first = client.submit("runware", video_request([1.0]), job_id="old-one")
+    time.sleep(0.05)
+    client.submit("runware", video_request([1.0]), job_id="new-one")
+    current = collect(client.store)
+    assert current.by_status.get("queued") == 2
+    assert current.inflight == 2
+    assert current.oldest_job == first and current.oldest_status == "queued"
+    assert current.oldest_age is not None and current.oldest_age >= 0.05
+    # Finishing one moves the counts.
+    job = client.get("new-one")
+    steps._finish(  # the same path the poll step takes when a job ends
+        steps.Deps(client.settings, client.store, None, {}),  # type: ignore[arg-type]
+        job,
+        JobStatus.FAILED,
+        "test",
+        "ended by the test",
+    )
+    current = collect(client.store)
+    assert current.by_status.get("queued") == 1
+    assert current.by_status.get("failed") == 1
+    assert current.inflight == 1
+    result = subprocess.run(
+        [sys.executable, "-m", "pollen.cli", "stats", "--json"],
+        env={**os.environ, **worker_env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    printed = json.loads(result.stdout)
+    assert printed["inflight"] == 1 and printed["oldest_job"] == "old-one"
