@@ -81,7 +81,7 @@ class Pollen:
                     "pollen.submit",
                     kwargs={"job_id": job_id},
                     queue=self.settings.queues.submit,
-                    kwargsrepr=f"{{job_id={job_id!r}, provider={payload.get('provider')!r}}}",
+                    kwargsrepr=f"{{job_id={job_id!r}}}",
                 )
             except Exception as exc:
                 self.store.redis.delete(*keys.all_for(job_id))

@@ -23,9 +23,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600)
 
-JOBS_STARTED = Counter(
-    "pollen_jobs_started_total", "Jobs a worker began to submit", ["provider"]
-)
+JOBS_STARTED = Counter("pollen_jobs_started_total", "Jobs a worker began to submit", ["provider"])
 JOBS_FINISHED = Counter(
     "pollen_jobs_finished_total", "Jobs that reached a terminal state", ["provider", "status"]
 )

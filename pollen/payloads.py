@@ -25,12 +25,17 @@ JOB_REQUEST: TypeAdapter[JobRequest] = TypeAdapter(
 )
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+def _too_deep(value: Any, limit: int) -> bool:
+    """True if containers nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            if level + 1 > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return False
 
 
 def _field_path(error: Any, provider: str) -> str:
@@ -41,14 +46,14 @@ def _field_path(error: Any, provider: str) -> str:
 
 
 def _check_request_size(request: Any, max_bytes: int) -> None:
+    if _too_deep(request, MAX_NESTING):
+        raise InvalidJob(f"request: nested deeper than {MAX_NESTING} levels")
     try:
         size = len(json.dumps(request, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"request: not JSON-serialisable ({exc})") from exc
     if size > max_bytes:
         raise InvalidJob(f"request: {size} bytes of JSON, more than the {max_bytes} allowed")
-    if _depth(request) > MAX_NESTING:
-        raise InvalidJob(f"request: nested deeper than {MAX_NESTING} levels")
 
 
 def parse_job_request(payload: Any, *, max_request_bytes: int) -> JobRequest:
@@ -58,6 +63,8 @@ def parse_job_request(payload: Any, *, max_request_bytes: int) -> JobRequest:
             payload = json.loads(payload)
         except ValueError as exc:
             raise InvalidJob(f"job payload is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise InvalidJob("job payload is nested too deeply to parse") from None
     if not isinstance(payload, dict):
         raise InvalidJob(f"job payload must be a JSON object, got {type(payload).__name__}")
     provider = payload.get("provider")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from pollen import logs, metrics
 from pollen.backoff import next_delay
@@ -69,7 +70,10 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
     exists (the id is an idempotency key). Raises :class:`InvalidJob` before writing anything.
     """
     request = parse_job_request(payload, max_request_bytes=settings.max_request_bytes)
-    policy = (request.poll or PollOverrides()).apply(settings.poll, request.deadline)
+    try:
+        policy = (request.poll or PollOverrides()).apply(settings.poll, request.deadline)
+    except ValidationError as exc:
+        raise InvalidJob(f"poll: {exc.errors()[0]['msg']}") from None
     limit = settings.visibility_timeout - settings.task_time_limit
     if policy.max_delay >= limit:
         raise InvalidJob(f"poll.max_delay: must be below {limit}s (the broker visibility timeout)")

@@ -46,7 +46,8 @@ def test_send_task_with_a_bad_payload_is_refused_and_stores_nothing(
         answer.get(timeout=20)
     assert type(caught.value).__name__ == "InvalidJob"
     store = redis.Redis.from_url(redis_server.url(STORE_DB))
-    assert store.dbsize() == 0
+    assert store.keys("pollen:job:*") == []
+    assert store.zcard("pollen:inflight") == 0
     store.close()
     # The worker keeps serving.
     ok = producer.send_task(

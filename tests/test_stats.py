@@ -20,10 +20,12 @@ pytestmark = pytest.mark.integration
 def test_stats_count_states_and_find_the_oldest_job(
     client: Pollen, worker_env: dict[str, str]
 ) -> None:
-    # No worker here: accepted jobs stay queued, so the counts are exact.
-    first = client.submit("runware", video_request([1.0]), job_id="old-one")
-    time.sleep(0.05)
-    client.submit("runware", video_request([1.0]), job_id="new-one")
+    # Stored without a submit message, so they stay queued even if a worker runs.
+    for job_id in ("old-one", "new-one"):
+        payload = {"provider": "runware", "request": video_request([1.0]), "job_id": job_id}
+        steps.accept(client.settings, client.store, payload, now=time.time())
+        time.sleep(0.05)
+    first = "old-one"
     current = collect(client.store)
     assert current.by_status.get("queued") == 2
     assert current.inflight == 2

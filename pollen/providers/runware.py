@@ -243,7 +243,8 @@ class Runware(Provider):
         if not envelope.data:
             raise ProviderProtocolError("getTaskDetails answered no data", code="malformedResponse")
         try:
-            return RunwareTaskDetails.model_validate(envelope.data[0].model_dump())
+            item = envelope.data[0].model_dump(exclude_unset=True)
+            return RunwareTaskDetails.model_validate(item)
         except ValidationError as exc:
             raise ProviderProtocolError(
                 f"getTaskDetails item has no request/response: {exc}", code="malformedResponse"

@@ -1,0 +1,455 @@
+"""The bad producer input catalogue, against the real Redis started by the session.
+
+Every refused payload must raise :class:`InvalidJob` naming the offending field, and leave
+nothing behind: no job record in the store (db 1) and no ``pollen.submit`` message on the
+broker (db 0). No Celery worker is used here.
+
+The producer in these tests sends to a submit queue of its own (a unique name per test), so
+the message count is exact even if another test module started a worker that consumes
+``pollen.submit`` in the same session.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+from pollen import Pollen
+from pollen.embedded import RedisServer
+from pollen.errors import InvalidJob
+from pollen.models import JobStatus
+from pollen.settings import QueueSettings, Settings
+
+STORE_DB, BROKER_DB = 1, 0
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def submit_queue() -> str:
+    return f"pollen.submit.test-validation.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def empty_store(redis_server: RedisServer) -> None:
+    """An empty job store (like conftest's ``clean``, without resetting the simulator, which
+    these tests never call: that reset costs ~0.1 s per test)."""
+    client = redis.Redis.from_url(redis_server.url(STORE_DB))
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def producer(settings: Settings, empty_store: None, submit_queue: str) -> Iterator[Pollen]:
+    """A producer like the ``client`` fixture, sending to a submit queue of its own."""
+    queues = QueueSettings(submit=submit_queue)
+    with Pollen(settings.model_copy(update={"queues": queues})) as pollen:
+        yield pollen
+
+
+@pytest.fixture
+def store_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url(STORE_DB))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def broker_redis(redis_server: RedisServer, submit_queue: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url(BROKER_DB))
+    yield client
+    client.delete(submit_queue, f"_kombu.binding.{submit_queue}")
+    client.close()
+
+
+def submit_messages(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The kwargs of every message waiting in ``queue`` (kombu envelope, base64 JSON body)."""
+    found = []
+    for raw in broker.lrange(queue, 0, -1):
+        envelope = json.loads(raw)
+        assert envelope["properties"]["body_encoding"] == "base64"
+        _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        assert envelope["headers"]["task"] == "pollen.submit"
+        found.append(kwargs)
+    return found
+
+
+# Keys a worker's periodic tasks may write into the store db at any time (a worker started by
+# another test module in the same session runs the reconciler). Nothing else may appear.
+WORKER_KEY_PREFIXES = (b"pollen:lock:",)
+
+
+def store_keys(store: redis.Redis) -> set[bytes]:
+    found = set()
+    for key in store.keys("*"):
+        assert isinstance(key, bytes)
+        if not key.startswith(WORKER_KEY_PREFIXES):
+            found.add(key)
+    return found
+
+
+def assert_nothing_left(store: redis.Redis, broker: redis.Redis, queue: str) -> None:
+    """Store db empty (but for worker-owned lock keys) and no message in ``queue``."""
+    left = store_keys(store)
+    assert not left, f"refused input left keys behind: {sorted(left)!r}"
+    assert broker.llen(queue) == 0, "refused input was enqueued"
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def good_request() -> dict[str, Any]:
+    return {
+        "taskType": "videoInference",
+        "model": "klingai:5@3",
+        "positivePrompt": "a fox running through snow, cinematic",
+        "numberResults": 2,
+        "duration": 5,
+    }
+
+
+def good_payload(**changes: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "provider": "runware",
+        "request": good_request(),
+        "job_id": "job-42",
+        "callback_url": "https://example.test/hooks/pollen",
+        "poll": {"interval": 2, "max_delay": 60},
+        "deadline": 1800,
+        "metadata": {"user": "42"},
+    }
+    return payload | changes
+
+
+def without(key: str) -> dict[str, Any]:
+    payload = good_payload()
+    del payload[key]
+    return payload
+
+
+def with_request(**changes: Any) -> dict[str, Any]:
+    return good_payload(request=good_request() | changes)
+
+
+def request_without(key: str) -> dict[str, Any]:
+    request = good_request()
+    del request[key]
+    return good_payload(request=request)
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """A payload whose request has ``levels`` levels of objects (the request included)."""
+    value: Any = "bottom"
+    for _ in range(levels - 1):
+        value = {"inner": value}
+    return good_payload(request=good_request() | {"settings": value})
+
+
+BAD_PAYLOADS: list[Any] = [
+    # provider
+    pytest.param(good_payload(provider="midjourney"), "provider", id="unknown-provider"),
+    pytest.param(good_payload(provider="RUNWARE"), "provider", id="provider-wrong-case"),
+    pytest.param(good_payload(provider=None), "provider", id="provider-null"),
+    pytest.param(without("provider"), "provider", id="missing-provider"),
+    pytest.param(good_payload(provider=["runware"]), "provider", id="provider-list"),
+    # a Runware task sent to another provider: its request model refuses it
+    pytest.param(good_payload(provider="useapi_runway"), "text_prompt", id="runware-to-useapi"),
+    pytest.param(good_payload(provider="comet_runway"), "request", id="runware-to-comet"),
+    # the provider request
+    pytest.param(without("request"), "request", id="missing-request"),
+    pytest.param(good_payload(request="make a video"), "request", id="request-is-a-string"),
+    pytest.param(good_payload(request=[good_request()]), "request", id="request-is-an-array"),
+    pytest.param(request_without("taskType"), "taskType", id="missing-taskType"),
+    pytest.param(with_request(taskType="VideoInference"), "taskType", id="taskType-case"),
+    pytest.param(with_request(taskType="getResponse"), "taskType", id="taskType-not-inference"),
+    pytest.param(with_request(taskType="video inference"), "taskType", id="taskType-space"),
+    pytest.param(request_without("model"), "model", id="missing-model"),
+    pytest.param(with_request(model=""), "model", id="model-empty"),
+    pytest.param(with_request(model="m" * 10_000), "model", id="model-10k"),
+    pytest.param(with_request(numberResults=0), "numberResults", id="numberResults-0"),
+    pytest.param(with_request(numberResults=21), "numberResults", id="numberResults-21"),
+    pytest.param(with_request(numberResults="three"), "numberResults", id="numberResults-str"),
+    pytest.param(with_request(numberResults=2.5), "numberResults", id="numberResults-2.5"),
+    pytest.param(with_request(positivePrompt=""), "positivePrompt", id="prompt-empty"),
+    pytest.param(with_request(positivePrompt="p" * 20_000), "positivePrompt", id="prompt-20k"),
+    pytest.param(with_request(taskUUID=str(uuid.uuid4())), "taskUUID", id="taskUUID-given"),
+    pytest.param(with_request(deliveryMethod="sync"), "deliveryMethod", id="deliveryMethod"),
+    pytest.param(nested(12), "nested", id="request-nested-12"),
+    pytest.param(nested(9), "nested", id="request-nested-9"),
+    pytest.param(with_request(blob="x" * 100_000), "request", id="request-100KB"),
+    pytest.param(with_request(strength=math.nan), "request", id="request-NaN"),
+    # top level
+    pytest.param(good_payload(priority="high"), "priority", id="unknown-top-level-field"),
+    pytest.param(good_payload(taskUUID="x"), "taskUUID", id="top-level-taskUUID"),
+    # callback_url
+    pytest.param(good_payload(callback_url="ftp://x"), "callback_url", id="callback-ftp"),
+    pytest.param(good_payload(callback_url="not a url"), "callback_url", id="callback-not-url"),
+    pytest.param(
+        good_payload(callback_url="javascript:alert(1)"), "callback_url", id="callback-javascript"
+    ),
+    pytest.param(good_payload(callback_url="http://"), "callback_url", id="callback-no-host"),
+    pytest.param(
+        good_payload(callback_url="https://x.test/" + "a" * 3000), "callback_url", id="callback-3k"
+    ),
+    # job_id
+    pytest.param(good_payload(job_id="my job"), "job_id", id="job_id-space"),
+    pytest.param(good_payload(job_id="j" * 200), "job_id", id="job_id-200"),
+    pytest.param(good_payload(job_id="-job"), "job_id", id="job_id-leading-dash"),
+    pytest.param(good_payload(job_id="jöb-ünïcode"), "job_id", id="job_id-unicode"),
+    pytest.param(good_payload(job_id="job\n"), "job_id", id="job_id-newline"),
+    pytest.param(good_payload(job_id=""), "job_id", id="job_id-empty"),
+    pytest.param(good_payload(job_id="a/b"), "job_id", id="job_id-slash"),
+    pytest.param(good_payload(job_id=42), "job_id", id="job_id-int"),
+    # deadline
+    pytest.param(good_payload(deadline=0), "deadline", id="deadline-0"),
+    pytest.param(good_payload(deadline=-5), "deadline", id="deadline-negative"),
+    pytest.param(good_payload(deadline=math.nan), "deadline", id="deadline-NaN"),
+    pytest.param(good_payload(deadline=math.inf), "deadline", id="deadline-inf"),
+    pytest.param(good_payload(deadline=10**9), "deadline", id="deadline-1e9"),
+    pytest.param(good_payload(deadline="soon"), "deadline", id="deadline-str"),
+    # poll overrides
+    pytest.param(good_payload(poll={"speed": 2}), "poll.speed", id="poll-unknown-key"),
+    pytest.param(good_payload(poll={"deadline": 60}), "poll.deadline", id="poll-deadline"),
+    pytest.param(good_payload(poll={"interval": -1}), "poll.interval", id="poll-interval-neg"),
+    pytest.param(good_payload(poll={"factor": 0.5}), "poll.factor", id="poll-factor-0.5"),
+    pytest.param(good_payload(poll={"jitter": 2}), "poll.jitter", id="poll-jitter-2"),
+    pytest.param(good_payload(poll={"interval": math.nan}), "poll.interval", id="poll-NaN"),
+    pytest.param(
+        good_payload(poll={"max_delay": 3500}), "poll.max_delay", id="poll-max_delay-over-vt"
+    ),
+    pytest.param(good_payload(poll="fast"), "poll", id="poll-not-object"),
+    # metadata
+    pytest.param(good_payload(metadata={"user": 42}), "metadata", id="metadata-int-value"),
+    pytest.param(good_payload(metadata={"tags": ["a"]}), "metadata", id="metadata-list-value"),
+    pytest.param(
+        good_payload(metadata={f"k{i}": "v" for i in range(33)}), "metadata", id="metadata-33"
+    ),
+    pytest.param(good_payload(metadata={"k": "v" * 600}), "metadata", id="metadata-long-value"),
+    pytest.param(good_payload(metadata={"k" * 65: "v"}), "metadata", id="metadata-long-key"),
+    pytest.param(good_payload(metadata=["user"]), "metadata", id="metadata-list"),
+    # not a payload at all
+    pytest.param([good_payload()], "payload", id="payload-list"),
+    pytest.param("{'provider': 'runware',", "payload", id="payload-garbage-json-string"),
+    pytest.param('["runware"]', "payload", id="payload-json-array-string"),
+    pytest.param(None, "payload", id="payload-none"),
+    pytest.param(42, "payload", id="payload-int"),
+]
+
+
+@pytest.mark.parametrize(("payload", "field"), BAD_PAYLOADS)
+def test_bad_payload_is_refused_naming_the_field(
+    producer: Pollen,
+    store_redis: redis.Redis,
+    broker_redis: redis.Redis,
+    submit_queue: str,
+    payload: Any,
+    field: str,
+) -> None:
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(payload)
+    assert field in str(info.value)
+    assert_nothing_left(store_redis, broker_redis, submit_queue)
+
+
+def test_the_catalogue_is_large_enough() -> None:
+    assert len(BAD_PAYLOADS) >= 25
+
+
+def test_invalid_job_carries_every_pydantic_error(producer: Pollen) -> None:
+    payload = good_payload(deadline=-1, job_id="bad id", request=good_request() | {"model": ""})
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(payload)
+    assert "(and 2 more)" in str(info.value)
+    assert len(info.value.errors) == 3
+    # Each error's location ends with the field path (the first part may be the union's tag).
+    locations = []
+    for error in info.value.errors:
+        loc = error["loc"]
+        assert isinstance(loc, tuple)
+        locations.append(".".join(str(part) for part in loc))
+    for field in ("request.model", "job_id", "deadline"):
+        assert sum(loc.endswith(field) for loc in locations) == 1, locations
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        pytest.param({"provider": "comet"}, "provider", id="unknown-provider"),
+        pytest.param({"callback_url": "ftp://x"}, "callback_url", id="callback-ftp"),
+        pytest.param({"job_id": "has space"}, "job_id", id="job_id-space"),
+        pytest.param({"deadline": 0}, "deadline", id="deadline-0"),
+        pytest.param({"poll": {"factor": 0.5}}, "poll.factor", id="poll-factor"),
+        pytest.param({"metadata": {"n": 1}}, "metadata", id="metadata-int"),
+        pytest.param({"request": good_request() | {"taskUUID": "mine"}}, "taskUUID", id="taskUUID"),
+    ],
+)
+def test_bad_submit_call_is_refused_naming_the_field(
+    producer: Pollen,
+    store_redis: redis.Redis,
+    broker_redis: redis.Redis,
+    submit_queue: str,
+    call: dict[str, Any],
+    field: str,
+) -> None:
+    arguments: dict[str, Any] = {"provider": "runware", "request": good_request()} | call
+    with pytest.raises(InvalidJob) as info:
+        producer.submit(**arguments)
+    assert field in str(info.value)
+    assert_nothing_left(store_redis, broker_redis, submit_queue)
+
+
+# --------------------------------------------------------------------------- pollen bugs
+
+
+def test_poll_overrides_with_min_above_max_are_invalid_job(producer: Pollen) -> None:
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(good_payload(poll={"min_delay": 5, "max_delay": 1}))
+    assert "poll" in str(info.value)
+
+
+def test_request_nested_thousands_of_levels_is_invalid_job(producer: Pollen) -> None:
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(nested(5000))
+    assert "request" in str(info.value)
+
+
+def test_deeply_nested_json_string_payload_is_invalid_job(producer: Pollen) -> None:
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload("[" * 100_000 + "]" * 100_000)  # type: ignore[arg-type]
+    assert "payload" in str(info.value)
+
+
+# --------------------------------------------------------------------------- accepted input
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(with_request(numberResults=20), id="numberResults-20"),
+        pytest.param(with_request(numberResults=1), id="numberResults-1"),
+        pytest.param(with_request(model="m" * 200), id="model-200"),
+        pytest.param(with_request(positivePrompt="p" * 10_000), id="prompt-10k"),
+        pytest.param(good_payload(job_id="J" * 128), id="job_id-128"),
+        pytest.param(good_payload(job_id="a.b:c_d-e"), id="job_id-punctuation"),
+        pytest.param(nested(8), id="request-nested-8"),
+        pytest.param(good_payload(deadline=7 * 86400), id="deadline-7d"),
+        pytest.param(good_payload(callback_url="http://example.com:8080/cb"), id="callback-http"),
+        pytest.param(good_payload(metadata={f"k{i}": "v" * 512 for i in range(32)}), id="meta-32"),
+    ],
+)
+def test_boundary_payloads_are_accepted(
+    producer: Pollen,
+    broker_redis: redis.Redis,
+    submit_queue: str,
+    payload: Any,
+) -> None:
+    job_id = producer.submit_payload(payload)
+    assert producer.status(job_id) is JobStatus.QUEUED
+    assert [m["job_id"] for m in submit_messages(broker_redis, submit_queue)] == [job_id]
+
+
+def test_payload_as_a_json_string_is_accepted(
+    producer: Pollen, broker_redis: redis.Redis, submit_queue: str
+) -> None:
+    job_id = producer.submit_payload(json.dumps(good_payload()))  # type: ignore[arg-type]
+    assert job_id == "job-42"
+    assert producer.status(job_id) is JobStatus.QUEUED
+    assert submit_messages(broker_redis, submit_queue) == [{"job_id": job_id}]
+
+
+def test_the_same_job_id_twice_is_one_job_and_one_message(
+    producer: Pollen,
+    store_redis: redis.Redis,
+    broker_redis: redis.Redis,
+    submit_queue: str,
+) -> None:
+    payload = good_payload(job_id="idem-1")
+    first = producer.submit_payload(payload)
+    second = producer.submit_payload(payload)
+    # A different payload under the same id is still the first job.
+    third = producer.submit_payload(good_payload(job_id="idem-1", metadata={"user": "other"}))
+    assert first == second == third == "idem-1"
+    assert store_redis.keys("pollen:job:idem-1") == [b"pollen:job:idem-1"]
+    assert store_redis.hget("pollen:stats:status", "queued") == b"1"
+    assert store_redis.zrange("pollen:inflight", 0, -1) == [b"idem-1"]
+    messages = submit_messages(broker_redis, submit_queue)
+    assert messages == [{"job_id": "idem-1"}]
+    assert broker_redis.llen(submit_queue) == 1
+    job = producer.get("idem-1")
+    assert job.status is JobStatus.QUEUED
+    assert job.metadata == {"user": "42"}
+
+
+def test_submit_twice_through_the_keyword_api(
+    producer: Pollen, store_redis: redis.Redis, broker_redis: redis.Redis, submit_queue: str
+) -> None:
+    ids = {producer.submit("runware", good_request(), job_id="idem-2") for _ in range(3)}
+    assert ids == {"idem-2"}
+    # One job: its record, its event stream, the in-flight index and the status counters.
+    assert store_keys(store_redis) == {
+        b"pollen:job:idem-2",
+        b"pollen:job:idem-2:events",
+        b"pollen:inflight",
+        b"pollen:inflight:created",
+        b"pollen:stats:status",
+    }
+    assert store_redis.hget("pollen:stats:status", "queued") == b"1"  # counted once
+    assert submit_messages(broker_redis, submit_queue) == [{"job_id": "idem-2"}]
+
+
+def test_accepted_job_is_stored_as_sent(producer: Pollen) -> None:
+    job_id = producer.submit_payload(good_payload(job_id=None))
+    assert len(job_id) == 32 and int(job_id, 16) >= 0  # a fresh uuid4 hex
+    job = producer.get(job_id)
+    assert job.status is JobStatus.QUEUED
+    assert job.provider == "runware"
+    assert job.expected_results == 2
+    assert job.request == good_request()  # unknown Runware parameters pass through
+    assert "taskUUID" not in job.request
+    assert job.task_uuid and job.task_uuid != job_id
+    assert job.callback_url == "https://example.test/hooks/pollen"
+    assert job.metadata == {"user": "42"}
+    assert job.policy.interval == 2 and job.policy.max_delay == 60
+    assert job.policy.deadline == 1800
+    assert job.deadline_at == pytest.approx(job.created_at + 1800)
+
+
+def test_the_shared_client_fixture_refuses_too(
+    client: Pollen, store_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """The conftest ``client`` (default queue ``pollen.submit``) refuses before any I/O."""
+    broker = redis.Redis.from_url(redis_server.url(BROKER_DB))
+    try:
+        before = broker.llen("pollen.submit")
+        with pytest.raises(InvalidJob, match="provider"):
+            client.submit_payload(good_payload(provider="nope"))
+        assert not store_keys(store_redis)
+        assert client._celery is None  # the broker was never even connected to
+        assert broker.llen("pollen.submit") <= before
+    finally:
+        broker.close()
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_visibility_timeout_must_cover_countdowns_and_time_limit() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(visibility_timeout=100, task_time_limit=120)
+    assert "visibility_timeout" in str(info.value)
+
+
+def test_visibility_timeout_just_above_the_floor_is_accepted() -> None:
+    settings = Settings(visibility_timeout=151, task_time_limit=120)  # default max_delay 30
+    assert settings.visibility_timeout == 151
+    with pytest.raises(ValidationError, match="visibility_timeout"):
+        Settings(visibility_timeout=150, task_time_limit=120)
