@@ -1,22 +1,49 @@
-"""Completion callbacks: the JSON body and one HTTP delivery.
+"""Callbacks: which events a job sends, their bodies, and delivering one of them.
 
-Delivery never changes a job's status; its outcome is recorded beside the job.
+Bodies follow the Standard Webhooks shape ``{"type", "timestamp", "data"}``; HTTP deliveries
+are signed (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``) and retried on a
+schedule; Python callbacks are Celery tasks of the producer's own app, sent by name with the
+job's final result. A delivery never changes the job's status.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import random
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import httpx
+from pollen import delivery as http_delivery
+from pollen import keys, logs, metrics, webhooks
+from pollen.models import GenerationResult, Job
+from pollen.outbox import Delivery, DeliveryState, delivery_id
 
-from pollen.models import Job
+if TYPE_CHECKING:
+    from pollen.steps import Deps
+
+log = logging.getLogger(__name__)
+
+#: send_task(name, kwargs, queue) — how the Celery wrapper lets this module send a message
+SendTask = Callable[[str, dict[str, Any], str | None], None]
+BLOCKED_RECHECK = 0.3
+
+
+def _timestamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def envelope(kind: str, data: dict[str, Any], now: float) -> str:
+    """A Standard Webhooks body: ``{"type": "job.<kind>", "timestamp": ..., "data": ...}``."""
+    body = {"type": f"job.{kind}", "timestamp": _timestamp(now), "data": data}
+    return json.dumps(body, separators=(",", ":"), default=str)
 
 
 def completion_payload(job: Job) -> dict[str, Any]:
-    """The body POSTed when a job ends (and what Python callbacks receive)."""
+    """The final result: the ``data`` of ``job.completed`` and what Python callbacks receive."""
     return {
-        "event": "job.completed",
         "job_id": job.id,
         "status": job.status.value,
         "provider": job.provider,
@@ -36,22 +63,185 @@ def completion_payload(job: Job) -> dict[str, Any]:
     }
 
 
-def post_json(
-    http: httpx.Client, url: str, payload: dict[str, Any], *, timeout: float
-) -> dict[str, Any]:
-    """POST once; return a delivery record (never raises for HTTP or transport failures)."""
+def _summary(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "provider": job.provider,
+        "provider_task_id": job.provider_task_id,
+        "metadata": job.metadata,
+    }
+
+
+def started_payload(job: Job) -> dict[str, Any]:
+    return _summary(job)
+
+
+def progress_payload(job: Job, progress: float) -> dict[str, Any]:
+    return {**_summary(job), "progress": progress}
+
+
+def partial_payload(job: Job, result: GenerationResult, index: int) -> dict[str, Any]:
+    return {
+        **_summary(job),
+        "index": index,
+        "expected_results": job.expected_results,
+        "result": result.model_dump(exclude={"raw"}),
+    }
+
+
+def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = "") -> list[str]:
+    """Record the deliveries one event causes; return the ids to send now.
+
+    Nothing happens for events the job did not subscribe to. The ids are stable, so noticing
+    the same event twice creates nothing new (and returns nothing).
+    """
+    now = deps.clock()
+    body = envelope(kind, data, now)
+    ttl = deps.settings.job_ttl + 3600
+    watch = deps.settings.reconcile_grace
+    created: list[str] = []
+    if job.callback_url and kind in job.events:
+        ident = delivery_id(job.id, kind, suffix)
+        if deps.outbox.create(
+            ident, job_id=job.id, event=kind, kind="http", target=job.callback_url,
+            body=body, now=now, watch=watch, ttl=ttl,
+        ):  # fmt: skip
+            created.append(ident)
+    if job.python_callback and kind == "completed":
+        ident = delivery_id(job.id, kind, "celery")
+        if deps.outbox.create(
+            ident, job_id=job.id, event=kind, kind="celery",
+            target=job.python_callback["task"], queue=job.python_callback.get("queue"),
+            body=json.dumps(data, default=str), now=now, watch=watch, ttl=ttl,
+        ):  # fmt: skip
+            created.append(ident)
+    return created
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: DeliveryState | None  #: None: nothing was attempted
+    retry_in: float | None = None  #: try again by countdown after this many seconds
+
+
+def deliver(deps: Deps, ident: str, send_task: SendTask) -> Outcome:
+    """Make one attempt at delivery ``ident`` and schedule what follows."""
+    settings = deps.settings.callbacks
+    now = deps.clock()
+    verdict = deps.outbox.claim(ident, now=now, lease=settings.timeout + 30)
+    if verdict != "ok":
+        return Outcome(None)  # finished, missing, or another copy is sending it right now
+    item = deps.outbox.get(ident)
+    if item is None:
+        return Outcome(None)
+    logs.bind(job_id=item.job_id)
+    wait = _blocked(deps, item, now)
+    if wait is not None:  # an earlier event to the same receiver is not finished yet
+        deps.outbox.release(item, due_at=now + wait)
+        return Outcome(None, retry_in=wait if wait <= settings.park_after else None)
+    attempt = _send_celery(item, send_task, now) if item.kind == "celery" else _post(deps, item)
+    return _settle(deps, item, attempt, now)
+
+
+def _blocked(deps: Deps, item: Delivery, now: float) -> float | None:
+    """Seconds to wait for earlier unfinished deliveries to the same target (ordering)."""
+    for earlier in deps.outbox.for_job(item.job_id):
+        if earlier.id == item.id:
+            return None
+        if earlier.target == item.target and earlier.state in ("pending", "sending"):
+            if earlier.state == "sending" or earlier.next_at is None:
+                return BLOCKED_RECHECK
+            return max(BLOCKED_RECHECK, earlier.next_at - now + BLOCKED_RECHECK)
+    return None
+
+
+def _send_celery(item: Delivery, send_task: SendTask, now: float) -> dict[str, Any]:
     started = time.monotonic()
-    record: dict[str, Any] = {"at": time.time(), "url": url}
+    outcome, error = "delivered", None
     try:
-        response = http.post(url, json=payload, timeout=timeout, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        record |= {"state": "failed", "status_code": None, "error": f"{type(exc).__name__}: {exc}"}
-    else:
-        ok = 200 <= response.status_code < 300
-        record |= {
-            "state": "delivered" if ok else "failed",
-            "status_code": response.status_code,
-            "error": None if ok else f"HTTP {response.status_code}: {response.text[:200]}",
+        send_task(item.target, {"result": json.loads(item.body)}, item.queue)
+    except Exception as exc:  # the broker refused: retry on the schedule
+        outcome, error = "retry", f"{type(exc).__name__}: {exc}"
+    return {
+        "at": now,
+        "status_code": None,
+        "latency_ms": round((time.monotonic() - started) * 1000, 1),
+        "error": error,
+        "retry_after": None,
+        "outcome": outcome,
+    }
+
+
+def _post(deps: Deps, item: Delivery) -> dict[str, Any]:
+    if deps.outbox.is_gone(item.target):
+        return {
+            "at": deps.clock(),
+            "status_code": None,
+            "latency_ms": 0.0,
+            "error": "the receiver answered 410 Gone earlier: not called again",
+            "retry_after": None,
+            "outcome": "gone",
         }
-    record["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
-    return record
+    body = item.body.encode()
+    timestamp = int(deps.clock())
+    secrets = _secrets(deps, item.job_id)
+    if secrets:
+        headers = webhooks.headers(secrets, item.id, timestamp, body)
+    else:
+        headers = {
+            "webhook-id": item.id,
+            "webhook-timestamp": str(timestamp),
+            "content-type": "application/json",
+        }
+    attempt = http_delivery.post(
+        deps.http,
+        item.target,
+        body,
+        headers,
+        timeout=deps.settings.callbacks.timeout,
+        policy=deps.policy,
+        clock=deps.clock,
+    )
+    return attempt.to_dict()
+
+
+def _secrets(deps: Deps, job_id: str) -> list[str]:
+    own = deps.store.redis.hget(keys.job(job_id), "callback_secret")
+    if own:
+        return [str(own)]
+    return [s.get_secret_value() for s in deps.settings.callbacks.secrets]
+
+
+def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> Outcome:
+    settings = deps.settings.callbacks
+    metrics.CALLBACKS.labels(attempt["outcome"]).inc()
+    outcome = attempt["outcome"]
+    if outcome in ("delivered", "gone"):
+        state: DeliveryState = "delivered" if outcome == "delivered" else "gone"
+        if outcome == "gone":
+            deps.outbox.mark_gone(item.target)
+        deps.outbox.record(item, attempt, state=state, now=now)
+        if outcome == "delivered" and item.event == "completed":
+            _observe_lag(deps, item.job_id, now)
+        return Outcome(state)
+    made = item.attempts + 1
+    if outcome == "failed" or made >= len(settings.schedule):
+        deps.outbox.record(item, attempt, state="dead", now=now)
+        log.warning("callback %s is dead after %d attempt(s): %s", item.id, made, attempt["error"])
+        return Outcome("dead")
+    delay = settings.schedule[made] * (1 + settings.jitter * (2 * random.random() - 1))
+    delay = max(delay, attempt.get("retry_after") or 0.0, 0.0)
+    short = delay <= settings.park_after
+    # A short wait is a countdown message; a long one waits in Redis for the periodic round.
+    due = now + delay + (deps.settings.reconcile_grace if short else 0.0)
+    deps.outbox.record(item, attempt, state="pending", now=now, due_at=due)
+    log.info("callback %s attempt %d failed (%s); next in %.1fs", item.id, made,
+             attempt["error"], delay)  # fmt: skip
+    return Outcome("pending", retry_in=delay if short else None)
+
+
+def _observe_lag(deps: Deps, job_id: str, now: float) -> None:
+    finished = deps.store.redis.hget(keys.job(job_id), "finished_at")
+    if finished:
+        metrics.COMPLETION_TO_CALLBACK.observe(max(0.0, now - float(str(finished))))

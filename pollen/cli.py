@@ -149,6 +149,49 @@ def details(
         _print_json(record)
 
 
+callbacks_app = typer.Typer(help="Inspect and re-send a job's callback deliveries.")
+app.add_typer(callbacks_app, name="callbacks")
+
+
+@callbacks_app.command("list")
+def callbacks_list(job_id: str) -> None:
+    """Every delivery of the job (webhook-id, event, state) and every attempt made."""
+    from pollen import JobNotFound, Pollen
+
+    with Pollen() as client:
+        try:
+            deliveries = client.callbacks(job_id)
+        except JobNotFound as exc:
+            _fail(str(exc))
+    for item in deliveries:
+        typer.echo(f"{item['webhook_id']}  {item['event']:<9} {item['state']:<9} {item['target']}")
+        for attempt in item["attempts"]:
+            code = attempt.get("status_code") or "-"
+            error = f"  {attempt['error']}" if attempt.get("error") else ""
+            typer.echo(
+                f"    {attempt['outcome']:<9} HTTP {code}  {attempt['latency_ms']:.0f} ms{error}"
+            )
+
+
+@callbacks_app.command("replay")
+def callbacks_replay(
+    job_id: str,
+    delivery: Annotated[str | None, typer.Option(help="Only this webhook-id.")] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Also deliveries that were delivered.")
+    ] = False,
+) -> None:
+    """Send the job's dead (or gone) deliveries again, with the same webhook-id."""
+    from pollen import JobNotFound, Pollen
+
+    with Pollen() as client:
+        try:
+            replayed = client.replay_callbacks(job_id, delivery=delivery, everything=everything)
+        except JobNotFound as exc:
+            _fail(str(exc))
+    typer.echo(f"replayed {len(replayed)} deliveries" + "".join(f"\n  {d}" for d in replayed))
+
+
 @app.command()
 def simulator(
     host: str = "127.0.0.1",

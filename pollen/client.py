@@ -23,6 +23,7 @@ from pollen.celery_app import create_app
 from pollen.connections import redis_client
 from pollen.errors import StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
+from pollen.outbox import Outbox
 from pollen.settings import Settings, get_settings
 from pollen.steps import accept
 from pollen.store import Store
@@ -37,6 +38,7 @@ class Pollen:
         self.store = Store(
             client, finished_ttl=self.settings.job_ttl, grace=self.settings.reconcile_grace
         )
+        self.outbox = Outbox(client)
         self._celery: Celery | None = None
 
     @property
@@ -52,6 +54,9 @@ class Pollen:
         *,
         job_id: str | None = None,
         callback_url: str | None = None,
+        callback_secret: str | None = None,
+        events: list[str] | None = None,
+        python_callback: dict[str, str] | None = None,
         poll: dict[str, float] | None = None,
         deadline: float | None = None,
         metadata: dict[str, str] | None = None,
@@ -65,6 +70,9 @@ class Pollen:
         optional = {
             "job_id": job_id,
             "callback_url": callback_url,
+            "callback_secret": callback_secret,
+            "events": events,
+            "python_callback": python_callback,
             "poll": poll,
             "deadline": deadline,
             "metadata": metadata,
@@ -98,6 +106,48 @@ class Pollen:
         return self.store.get(job_id)
 
     result = get
+
+    def callbacks(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's callback deliveries, each with its state and every attempt made."""
+        self.store.raw(job_id)  # JobNotFound for an unknown job
+        attempts = self.outbox.attempts(job_id)
+        return [
+            {
+                "webhook_id": d.id,
+                "event": d.event,
+                "kind": d.kind,
+                "target": d.target,
+                "state": d.state,
+                "attempts": [a for a in attempts if a.get("delivery") == d.id],
+                "next_at": d.next_at,
+                "replays": d.replays,
+            }
+            for d in self.outbox.for_job(job_id)
+        ]
+
+    def replay_callbacks(
+        self, job_id: str, *, delivery: str | None = None, everything: bool = False
+    ) -> list[str]:
+        """Send a job's dead or gone deliveries again (``everything``: also delivered ones).
+
+        A replay keeps each delivery's ``webhook-id``, so receivers can tell it is the same
+        event. Returns the replayed delivery ids.
+        """
+        chosen = [
+            d
+            for d in self.outbox.for_job(job_id)
+            if (delivery is None or d.id == delivery)
+            and (everything or delivery is not None or d.state in ("dead", "gone"))
+        ]
+        now = time.time()
+        for item in chosen:
+            if item.state == "gone":
+                self.outbox.redis.srem(keys.GONE, item.target)
+            self.outbox.replay(item.id, now=now)
+            self.celery.send_task(
+                "pollen.deliver_callback", args=(item.id,), queue=self.settings.queues.callbacks
+            )
+        return [item.id for item in chosen]
 
     def task_details(self, job_id: str) -> dict[str, Any]:
         """The request pollen sent and the provider's latest response envelope (audit)."""

@@ -7,6 +7,7 @@ stored results and the callbacks received; stops everything it started.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from pollen import webhooks
 from pollen.client import Pollen
 from pollen.embedded import CallbackReceiver, RedisServer, Worker
 from pollen.models import Job
@@ -71,7 +73,9 @@ def _table(jobs: list[tuple[str, Job]], started: float) -> Table:
     return table
 
 
-def _report(console: Console, jobs: list[tuple[str, Job]], receiver: CallbackReceiver) -> None:
+def _report(
+    console: Console, jobs: list[tuple[str, Job]], receiver: CallbackReceiver, secret: str
+) -> None:
     console.rule("stored results")
     for label, job in jobs:
         console.print(f"[bold]{job.id}[/bold] ({label}): {job.status.value}, cost {job.cost}")
@@ -83,17 +87,30 @@ def _report(console: Console, jobs: list[tuple[str, Job]], receiver: CallbackRec
             )
         for error in job.errors:
             console.print(f"  [red]generation error {error.code}[/red]: {error.message}")
-    console.rule("callbacks received")
+    console.rule("signed webhooks received")
     for request in receiver.received():
-        body = request["json"] or {}
+        envelope = request["json"] or {}
+        data = envelope.get("data", {})
+        try:
+            webhooks.verify(secret, request["body"], request["headers"])
+            signature = "[green]signature ok[/green]"
+        except webhooks.WebhookVerificationError as exc:
+            signature = f"[red]bad signature: {exc}[/red]"
+        detail = (
+            f"result {data.get('index')}/{data.get('expected_results')}"
+            if envelope.get("type") == "job.partial"
+            else f"{data.get('status')} with {len(data.get('results', []))} result(s)"
+        )
         console.print(
-            f"POST {request['path']}: job {body.get('job_id')} {body.get('status')} "
-            f"with {len(body.get('results', []))} result(s)"
+            f"{envelope.get('type', '?'):<14} job {str(data.get('job_id'))[:12]} {detail}  "
+            f"({signature})",
+            soft_wrap=True,
         )
 
 
 def run_demo(extra_jobs: int = 2) -> int:
     console = Console()
+    secret = webhooks.new_secret()
     with tempfile.TemporaryDirectory(prefix="pollen-demo-") as tmp:
         log = Path(tmp) / "worker.log"
         console.print("starting Redis, the provider simulator, a callback receiver, a worker…")
@@ -104,6 +121,8 @@ def run_demo(extra_jobs: int = 2) -> int:
             CallbackReceiver() as receiver,
         ):
             env = {
+                "POLLEN_CALLBACKS__SECRETS": json.dumps([secret]),
+                "POLLEN_CALLBACKS__ALLOW_CIDRS": '["127.0.0.0/8"]',
                 "POLLEN_REDIS_URL": redis_server.url(0),
                 "POLLEN_RUNWARE__BASE_URL": f"{sim.url}/v1",
                 "POLLEN_RUNWARE__API_KEY": sim_config.api_key,
@@ -118,17 +137,27 @@ def run_demo(extra_jobs: int = 2) -> int:
                 os.environ.update(env)
                 settings = Settings()
                 with Pollen(settings) as client:
-                    code = _run_jobs(console, client, receiver, extra_jobs)
+                    code = _run_jobs(console, client, receiver, extra_jobs, secret)
                 if code:
                     console.print(f"[red]worker log:[/red]\n{log.read_text()[-3000:]}")
         console.print("stopped the worker, the simulator and Redis.")
         return code
 
 
-def _run_jobs(console: Console, client: Pollen, receiver: CallbackReceiver, extra: int) -> int:
+def _run_jobs(
+    console: Console, client: Pollen, receiver: CallbackReceiver, extra: int, secret: str
+) -> int:
     submitted = [
-        (label, client.submit("runware", request, callback_url=f"{receiver.url}/webhook"))
-        for label, request in _jobs(receiver.url, extra)
+        (
+            label,
+            client.submit(
+                "runware",
+                request,
+                callback_url=f"{receiver.url}/webhook",
+                events=["partial", "completed"] if index == 0 else None,
+            ),
+        )
+        for index, (label, request) in enumerate(_jobs(receiver.url, extra))
     ]
     started = time.monotonic()
     with Live(console=console, refresh_per_second=8) as live:
@@ -141,10 +170,11 @@ def _run_jobs(console: Console, client: Pollen, receiver: CallbackReceiver, extr
                 console.print("[red]jobs did not finish in time[/red]")
                 return 1
             time.sleep(0.1)
+    expected = len(submitted) + jobs[0][1].expected_results  # + the partial events of job 1
     deadline = time.monotonic() + 10
-    while len(receiver.received()) < len(submitted) and time.monotonic() < deadline:
+    while len(receiver.received()) < expected and time.monotonic() < deadline:
         time.sleep(0.1)
-    _report(console, jobs, receiver)
+    _report(console, jobs, receiver, secret)
     ok = sum(1 for _, job in jobs if job.status.value == "succeeded")
     console.print(
         f"\n{len(jobs)} jobs: {ok} succeeded, {len(jobs) - ok} failed; "

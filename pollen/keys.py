@@ -12,6 +12,10 @@ BY_AGE = f"{PREFIX}:inflight:created"
 STATUS_COUNTS = f"{PREFIX}:stats:status"
 #: sorted set of callback deliveries that exhausted their schedule, scored by time
 DEAD = f"{PREFIX}:callbacks:dead"
+#: sorted set of unfinished callback deliveries, scored by when each must be tried (again)
+DUE = f"{PREFIX}:callbacks:due"
+#: set of callback URLs that answered 410 Gone: never called again
+GONE = f"{PREFIX}:callbacks:gone"
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 
@@ -39,6 +43,21 @@ def responses(job_id: str) -> str:
 def events(job_id: str) -> str:
     """Stream: the job's lifecycle events (status changes, partial results, completion)."""
     return f"{PREFIX}:job:{job_id}:events"
+
+
+def job_deliveries(job_id: str) -> str:
+    """List: the job's callback delivery ids, in the order the events happened."""
+    return f"{PREFIX}:job:{job_id}:deliveries"
+
+
+def delivery_attempts(job_id: str) -> str:
+    """List: every callback delivery attempt of the job (JSON), oldest first."""
+    return f"{PREFIX}:job:{job_id}:attempts"
+
+
+def delivery(delivery_id: str) -> str:
+    """Hash: one callback delivery (event body, target, state, attempts, next try)."""
+    return f"{PREFIX}:delivery:{delivery_id}"
 
 
 def all_for(job_id: str) -> list[str]:

@@ -70,6 +70,19 @@ class PollOverrides(BaseModel):
         return PollPolicy.model_validate(merged)
 
 
+EventName = Literal["started", "progress", "partial", "completed"]
+DEFAULT_EVENTS: tuple[EventName, ...] = ("completed",)
+
+
+class PythonCallback(BaseModel):
+    """A Celery task (by name) of the producer's own app; it is sent ``result=<final result>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(pattern=r"^[A-Za-z_][\w.:-]{0,199}$", examples=["myapp.video_done"])
+    queue: str | None = Field(None, pattern=r"^[\w.:-]{1,200}$")
+
+
 class JobRequest(BaseModel):
     """What a producer enqueues: provider, the provider's request, and how to report back.
 
@@ -88,7 +101,20 @@ class JobRequest(BaseModel):
         description="Client-chosen id and idempotency key: the same id twice is one job.",
     )
     callback_url: AnyHttpUrl | None = Field(
-        None, max_length=2048, description="http(s) URL that receives the completion POST."
+        None, max_length=2048, description="http(s) URL that receives signed webhook POSTs."
+    )
+    callback_secret: str | None = Field(
+        None,
+        description="This job's own signing secret (whsec_...), instead of the worker's.",
+    )
+    events: list[EventName] = Field(
+        default_factory=lambda: list(DEFAULT_EVENTS),
+        min_length=1,
+        description="Which events the callback URL receives: started (the provider accepted), "
+        "progress (rate-limited), partial (a generation finished), completed (terminal).",
+    )
+    python_callback: PythonCallback | None = Field(
+        None, description="A Celery task of the producer's app to send the final result to."
     )
     poll: PollOverrides | None = Field(None, description="Changes to the default poll policy.")
     deadline: float | None = Field(
@@ -111,6 +137,20 @@ class JobRequest(BaseModel):
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError("deadline must be a finite number of seconds")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, value: list[EventName]) -> list[EventName]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _usable_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            from pollen.webhooks import secret_key
+
+            secret_key(value)  # raises ValueError with the reason
         return value
 
     @field_validator("metadata")
@@ -170,7 +210,8 @@ class Job(BaseModel):
     results: list[GenerationResult] = Field(default_factory=list)
     errors: list[GenerationError] = Field(default_factory=list)
     callback_url: str | None = None
-    callback: dict[str, Any] | None = None
+    events: list[str] = Field(default_factory=lambda: ["completed"])
+    python_callback: dict[str, Any] | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     request: dict[str, Any] = Field(default_factory=dict)
     policy: PollPolicy

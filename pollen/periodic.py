@@ -1,4 +1,4 @@
-"""Work every worker does on a timer, in its main process: the reconciler round.
+"""Work every worker does on a timer, in its main process: due callbacks, the reconciler.
 
 A Celery bootstep, so it needs no beat process and is safe on every pod: a short Redis lock
 lets one worker do each round.
@@ -15,6 +15,7 @@ from pollen import keys, metrics, runtime
 from pollen.reconciler import reconcile, try_lock
 
 log = logging.getLogger(__name__)
+DUE_PER_ROUND = 1000
 
 
 class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -56,16 +57,20 @@ class Periodic(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 def tick(app: Any) -> None:
-    """One round: resume jobs whose message chain was lost. Never raises into the timer."""
+    """One round: send due callback deliveries, resume jobs whose message chain was lost.
+
+    Never raises into the timer.
+    """
     deps = runtime.deps()
     try:
         interval = deps.settings.reconcile_interval
         if not try_lock(deps.store, keys.RECONCILE_LOCK, ttl=interval * 0.9):
             return
-        reconcile(
-            deps.store,
-            lambda name, kwargs: app.send_task(name, kwargs=kwargs),
-            now=deps.clock(),
-        )
+        now = deps.clock()
+        for delivery in deps.outbox.take_due(
+            now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
+        ):
+            app.send_task("pollen.deliver_callback", args=(delivery,))
+        reconcile(deps.store, lambda name, kwargs: app.send_task(name, kwargs=kwargs), now=now)
     except Exception:
         log.exception("periodic round failed; the next one will try again")

@@ -10,8 +10,10 @@ import os
 import threading
 
 from pollen.connections import http_client, redis_client
+from pollen.outbox import Outbox
 from pollen.providers import build_providers
 from pollen.settings import Settings, get_settings
+from pollen.ssrf import AddressPolicy
 from pollen.steps import Deps
 from pollen.store import Store
 
@@ -30,15 +32,18 @@ _local = _ProcessLocal()
 
 def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
+    client = redis_client(settings.redis_url)
     return Deps(
         settings=settings,
         store=Store(
-            redis_client(settings.redis_url),
+            client,
             finished_ttl=settings.job_ttl,
             grace=settings.reconcile_grace,
         ),
         http=http_client(settings),
         providers=build_providers(settings),
+        outbox=Outbox(client),
+        policy=AddressPolicy(settings.callbacks.allow_cidrs),
     )
 
 

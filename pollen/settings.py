@@ -53,10 +53,34 @@ class QueueSettings(BaseModel):
     callbacks: str = Field("pollen.callbacks", description="Queue of callback deliveries.")
 
 
+SVIX_LIKE_SCHEDULE = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
 class CallbackSettings(BaseModel):
-    """Completion callbacks."""
+    """Callbacks: signed webhooks and Python callbacks."""
 
     timeout: float = Field(15.0, gt=0, description="HTTP timeout of one delivery, seconds.")
+    secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="Signing secrets (whsec_...); all sign, so a new one can be added first "
+        "during rotation. JSON list.",
+    )
+    schedule: list[float] = Field(
+        default_factory=lambda: list(SVIX_LIKE_SCHEDULE),
+        min_length=1,
+        description="Delay before each delivery attempt, seconds (JSON list).",
+    )
+    jitter: float = Field(0.1, ge=0, le=1, description="Fraction of each delay varied at random.")
+    park_after: float = Field(
+        30.0, ge=0, description="Waits longer than this wait in Redis, not in a worker."
+    )
+    progress_interval: float = Field(
+        10.0, ge=0, description="Least seconds between two progress events of a job."
+    )
+    allow_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Networks callbacks may reach although private (JSON list of CIDRs).",
+    )
 
 
 class Settings(BaseSettings):

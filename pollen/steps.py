@@ -13,15 +13,14 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
-from pollen import logs, metrics
+from pollen import callbacks, keys, logs, metrics
 from pollen.backoff import next_delay
-from pollen.callbacks import completion_payload, post_json
 from pollen.errors import (
     InvalidJob,
     RateLimited,
@@ -29,11 +28,13 @@ from pollen.errors import (
     TerminalProviderError,
 )
 from pollen.models import Job, JobStatus, PollOverrides
+from pollen.outbox import Outbox
 from pollen.payloads import parse_job_request
 from pollen.providers import Provider, Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.providers.http import send
 from pollen.settings import Settings
+from pollen.ssrf import AddressPolicy
 from pollen.store import Store
 
 EXTRA_TTL = 3600
@@ -48,6 +49,8 @@ class Deps:
     store: Store
     http: httpx.Client
     providers: dict[str, Provider]
+    outbox: Outbox
+    policy: AddressPolicy
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
 
@@ -59,8 +62,9 @@ class Next:
     poll_in: float | None = None  #: schedule poll number ``attempt`` after this many seconds
     attempt: int = 0
     submit_in: float | None = None  #: run the submit step again after this many seconds
-    finished: bool = False  #: this step ended the job: the completion effects are due
+    finished: bool = False  #: this step ended the job
     provider: str = ""  #: for the task's log and Flower repr
+    deliveries: tuple[str, ...] = ()  #: callback deliveries to send now
 
 
 def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tuple[str, bool]:
@@ -77,6 +81,8 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
     limit = settings.visibility_timeout - settings.task_time_limit
     if policy.max_delay >= limit:
         raise InvalidJob(f"poll.max_delay: must be below {limit}s (the broker visibility timeout)")
+    if request.callback_url:
+        AddressPolicy(settings.callbacks.allow_cidrs).check_url(str(request.callback_url))
     job_id = request.job_id or uuid.uuid4().hex
     task = request.request.model_dump(mode="json", exclude_unset=False, exclude_none=True)
     fields = {
@@ -91,6 +97,9 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
         "request": task,
         "policy": policy.model_dump_json(),
         "callback_url": str(request.callback_url) if request.callback_url else "",
+        "callback_secret": request.callback_secret or "",
+        "events": request.events,
+        "python_callback": request.python_callback.model_dump() if request.python_callback else "",
         "metadata": request.metadata or {},
         "submit_attempts": "0",
         "polls": "0",
@@ -103,11 +112,14 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
 def _finish(deps: Deps, job: Job, status: JobStatus, code: str = "", message: str = "") -> Next:
     fields: dict[str, Any] = {"error_code": code, "error_message": message} if code else {}
     moved = deps.store.transition(job.id, status, now=deps.clock(), **fields)
-    if moved:
-        metrics.JOBS_FINISHED.labels(job.provider, status.value).inc()
-        level = logging.INFO if status is JobStatus.SUCCEEDED else logging.WARNING
-        log.log(level, "job %s%s", status.value, f" ({code}: {message})" if code else "")
-    return Next(finished=moved, provider=job.provider)
+    if not moved:
+        return Next(provider=job.provider)
+    metrics.JOBS_FINISHED.labels(job.provider, status.value).inc()
+    level = logging.INFO if status is JobStatus.SUCCEEDED else logging.WARNING
+    log.log(level, "job %s%s", status.value, f" ({code}: {message})" if code else "")
+    final = deps.store.get(job.id)
+    sends = callbacks.emit(deps, final, "completed", callbacks.completion_payload(final))
+    return Next(finished=True, provider=job.provider, deliveries=tuple(sends))
 
 
 def _timed_out(deps: Deps, job: Job, detail: str = "") -> Next:
@@ -169,7 +181,7 @@ def submit(deps: Deps, job_id: str) -> Next:
     logs.bind(provider_task_id=submission.provider_task_id)
     log.info("submitted (%s) on attempt %d", result.replace("_", " "), attempts)
     first = next_delay(job.policy, 0, elapsed=now - job.created_at, rng=deps.rng) or 0.0
-    store.transition(
+    moved = store.transition(
         job_id,
         JobStatus.SUBMITTED,
         now=now,
@@ -180,7 +192,11 @@ def submit(deps: Deps, job_id: str) -> Next:
         poll_seq="1",
         next_poll_at=repr(now + first),
     )
-    return Next(poll_in=first, attempt=1, provider=job.provider)
+    sends: list[str] = []
+    if moved:
+        started = store.get(job_id)
+        sends = callbacks.emit(deps, started, "started", callbacks.started_payload(started))
+    return Next(poll_in=first, attempt=1, provider=job.provider, deliveries=tuple(sends))
 
 
 def poll(deps: Deps, job_id: str, attempt: int) -> Next:
@@ -272,41 +288,44 @@ def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: 
     )
     if applied is None:
         return Next()
-    if applied:
-        log.info("%d new result(s): %s", len(applied), ", ".join(applied))
+    sends = _partial_events(deps, job, applied, snapshot) + _progress_event(deps, job, snapshot)
     if snapshot.state == "succeeded":
-        return _finish(deps, job, JobStatus.SUCCEEDED)
-    if snapshot.state in ("failed", "cancelled"):
+        outcome = _finish(deps, job, JobStatus.SUCCEEDED)
+    elif snapshot.state in ("failed", "cancelled"):
         first = snapshot.errors[0] if snapshot.errors else None
         code = first.code if first else f"provider_{snapshot.state}"
         message = first.message if first else f"the provider reported the task {snapshot.state}"
         status = JobStatus.FAILED if snapshot.state == "failed" else JobStatus.CANCELLED
-        return _finish(deps, job, status, code, message)
-    if delay is None:
-        return _timed_out(deps, job, f" ({job.polls + 1} polls)")
-    return Next(poll_in=delay, attempt=attempt + 1, provider=job.provider)
+        outcome = _finish(deps, job, status, code, message)
+    elif delay is None:
+        outcome = _timed_out(deps, job, f" ({job.polls + 1} polls)")
+    else:
+        outcome = Next(poll_in=delay, attempt=attempt + 1, provider=job.provider)
+    return replace(outcome, deliveries=(*sends, *outcome.deliveries))
 
 
-def deliver_callback(deps: Deps, job_id: str) -> dict[str, Any] | None:
-    """POST the completion body to the job's callback URL, at most once per job.
+def _partial_events(deps: Deps, job: Job, new: list[str], snapshot: Snapshot) -> list[str]:
+    """One ``partial`` event per generation seen finished for the first time."""
+    if not new:
+        return []
+    log.info("%d new result(s): %s", len(new), ", ".join(new))
+    by_id = {result.id: result for result in snapshot.results}
+    sends: list[str] = []
+    for offset, ident in enumerate(new, start=1):
+        data = callbacks.partial_payload(job, by_id[ident], len(job.results) + offset)
+        sends += callbacks.emit(deps, job, "partial", data, suffix=ident)
+    return sends
 
-    Returns the delivery record, or None if there was nothing (more) to deliver. The job's
-    status is never changed by a callback's outcome.
-    """
-    store = deps.store
-    if not store.compare_and_set(job_id, "callback_state", "pending", "sending"):
-        return None
-    job = store.get(job_id)
-    if not job.callback_url:
-        return None
-    record = post_json(
-        deps.http,
-        job.callback_url,
-        completion_payload(job),
-        timeout=deps.settings.callbacks.timeout,
-    )
-    store.update(job_id, callback=record, callback_state=record["state"])
-    metrics.CALLBACKS.labels(record["state"]).inc()
-    if record["state"] == "delivered" and job.finished_at:
-        metrics.COMPLETION_TO_CALLBACK.observe(max(0.0, record["at"] - job.finished_at))
-    return record
+
+def _progress_event(deps: Deps, job: Job, snapshot: Snapshot) -> list[str]:
+    """A ``progress`` event when progress moved, at most one per progress_interval."""
+    progress = snapshot.progress
+    if "progress" not in job.events or progress is None or progress == job.progress:
+        return []
+    now = deps.clock()
+    last = deps.store.redis.hget(keys.job(job.id), "progress_event_at")
+    if last and now - float(str(last)) < deps.settings.callbacks.progress_interval:
+        return []
+    deps.store.update(job.id, progress_event_at=repr(now))
+    data = callbacks.progress_payload(job, progress)
+    return callbacks.emit(deps, job, "progress", data, suffix=str(round(progress * 1000)))

@@ -70,9 +70,6 @@ redis.call('HINCRBY', KEYS[7], ARGV[1], 1)
 if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
 if RANK[ARGV[1]] == 3 then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
-  if redis.call('HGET', KEYS[1], 'callback_url') ~= '' then
-    redis.call('HSET', KEYS[1], 'callback_state', 'pending')
-  end
   redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
   redis.call('ZREM', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
   event(KEYS[2], 'type', 'completed', 'status', ARGV[1], 'at', ARGV[2])
@@ -101,8 +98,8 @@ if RANK[job[1]] == 3 then return {'done', '0'} end
 if job[2] ~= ARGV[1] then return {'stale', '0'} end
 local now = tonumber(ARGV[2])
 local lease = tonumber(job[3] or '0')
-if lease > now then return {'busy', tostring(lease - now)} end
-redis.call('HSET', KEYS[1], 'lease_until', tostring(now + tonumber(ARGV[3])))
+if lease > now then return {'busy', string.format('%.6f', lease - now)} end
+redis.call('HSET', KEYS[1], 'lease_until', string.format('%.6f', now + tonumber(ARGV[3])))
 return {'ok', '0'}
 """
 )
@@ -427,7 +424,10 @@ def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:
             GenerationError.model_validate(e) for e in json.loads(fields.get("errors") or "[]")
         ],
         callback_url=fields.get("callback_url") or None,
-        callback=json.loads(fields["callback"]) if fields.get("callback") else None,
+        events=json.loads(fields.get("events") or '["completed"]'),
+        python_callback=json.loads(fields["python_callback"])
+        if fields.get("python_callback")
+        else None,
         metadata=json.loads(fields.get("metadata") or "{}"),
         request=json.loads(fields.get("request") or "{}"),
         policy=PollPolicy.model_validate_json(fields["policy"]),

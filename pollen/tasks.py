@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 from celery.signals import (
     heartbeat_sent,
     setup_logging,
@@ -19,7 +19,7 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from pollen import health, logs, runtime, steps
+from pollen import callbacks, health, logs, runtime, steps
 from pollen.errors import InvalidJob
 from pollen.settings import get_settings
 
@@ -40,8 +40,7 @@ def _logging(**_: Any) -> None:
 def _bind_job(kwargs: dict[str, Any] | None = None, args: Any = (), **_: Any) -> None:
     kwargs = kwargs or {}
     logs.clear()
-    job_id = kwargs.get("job_id") or (args[0] if args else None)
-    logs.bind(job_id=job_id, attempt=kwargs.get("attempt"))
+    logs.bind(job_id=kwargs.get("job_id"), attempt=kwargs.get("attempt"))
 
 
 @task_postrun.connect
@@ -70,15 +69,20 @@ def describe(job_id: str, provider: str = "", attempt: int | None = None) -> str
 
 
 def _follow_up(job_id: str, outcome: steps.Next) -> None:
-    """Send the messages a step asked for (the poll chain and completion effects)."""
+    """Send the messages a step asked for (the poll chain and callback deliveries)."""
     if outcome.poll_in is not None:
         poll.apply_async(
             kwargs={"job_id": job_id, "attempt": outcome.attempt},
             countdown=outcome.poll_in,
             kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
         )
-    if outcome.finished:
-        deliver_callback.apply_async((job_id,), argsrepr=f"({job_id!r},)")
+    for delivery in outcome.deliveries:
+        deliver_callback.apply_async((delivery,))
+
+
+def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
+    """Send a Celery task of the producer's app by name (Python callbacks)."""
+    current_app.send_task(name, kwargs=kwargs, queue=queue, kwargsrepr="{result=...}")
 
 
 @shared_task(
@@ -122,7 +126,10 @@ def poll(self: Task, job_id: str, attempt: int) -> None:
     _follow_up(job_id, outcome)
 
 
-@shared_task(name="pollen.deliver_callback")
-def deliver_callback(job_id: str) -> None:
-    """Deliver the job's completion callback (at most once; never changes the job)."""
-    steps.deliver_callback(runtime.deps(), job_id)
+@shared_task(bind=True, name="pollen.deliver_callback", max_retries=None)
+def deliver_callback(self: Task, delivery: str) -> None:
+    """One attempt at one callback delivery; short waits retry by countdown, long ones wait in
+    Redis for the periodic round. Never changes the job."""
+    outcome = callbacks.deliver(runtime.deps(), delivery, _send_task)
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in)

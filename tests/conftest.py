@@ -5,6 +5,8 @@ The store uses Redis db 1 and the broker db 0; the store db is flushed before ev
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,8 @@ from pollen.settings import Settings
 from pollen.simulator import SimulatorConfig, SimulatorServer
 
 STORE_DB, BROKER_DB = 1, 0
+#: the workers' signing secret in the test session (not a real one)
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"pollen-test-secret-32-bytes-long").decode()
 FAST_POLL = {
     "POLLEN_POLL__INITIAL_DELAY": "0.2",
     "POLLEN_POLL__INTERVAL": "0.2",
@@ -50,6 +54,11 @@ def worker_env(
     return {
         "POLLEN_HEARTBEAT_FILE": str(heartbeat),
         "POLLEN_LOG_FORMAT": "json",
+        "POLLEN_CALLBACKS__ALLOW_CIDRS": '["127.0.0.0/8"]',
+        "POLLEN_CALLBACKS__SECRETS": json.dumps([WEBHOOK_SECRET]),
+        "POLLEN_CALLBACKS__SCHEDULE": "[0, 0.3, 0.6, 1.0]",
+        "POLLEN_CALLBACKS__PARK_AFTER": "0.5",
+        "POLLEN_CALLBACKS__PROGRESS_INTERVAL": "0.2",
         "POLLEN_RECONCILE_INTERVAL": "0.5",
         "POLLEN_METRICS_PORT": str(free_port()),
         "POLLEN_RECONCILE_GRACE": "3",

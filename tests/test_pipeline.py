@@ -55,13 +55,15 @@ def test_partial_results_arrive_in_order_then_one_callback(
     time.sleep(1.0)
     posts = receiver.received("/done")
     assert len(posts) == 1
-    body = posts[0]["json"]
+    assert posts[0]["json"]["type"] == "job.completed"
+    body = posts[0]["json"]["data"]
     assert body["job_id"] == job_id
     assert body["status"] == "succeeded"
     assert [r["id"] for r in body["results"]] == [r.id for r in job.results]
     assert body["metadata"] == {"user": "42"}
-    callback = client.get(job_id).callback
-    assert callback is not None and callback["status_code"] == 200
+    [delivery] = client.callbacks(job_id)
+    assert delivery["state"] == "delivered"
+    assert [a["status_code"] for a in delivery["attempts"]] == [200]
 
 
 def simulator_task(simulator: SimulatorServer, task_id: str | None) -> dict[str, Any]:
@@ -103,7 +105,7 @@ def test_deadline_times_out_fires_callback_and_stops_polling(
     assert job.error is not None and job.error.code == "deadline"
     assert "2s deadline" in job.error.message
     eventually(lambda: receiver.received("/t"), what="timed_out callback")
-    assert receiver.received("/t")[0]["json"]["status"] == "timed_out"
+    assert receiver.received("/t")[0]["json"]["data"]["status"] == "timed_out"
     polls = sim_stats(simulator.url)["tasks"].get("getResponse", 0)
     time.sleep(2.0)
     assert sim_stats(simulator.url)["tasks"].get("getResponse", 0) == polls

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,24 @@ def test_readme_documents_every_setting() -> None:
     text = README.read_text()
     missing = [env for env, _, _ in environment_variables() if f"`{env}`" not in text]
     assert missing == []
+
+
+def test_readme_receiver_example_verifies_and_dedupes(capsys: pytest.CaptureFixture[str]) -> None:
+    from pollen import webhooks
+
+    pattern = re.compile(r"<!-- receiver-example[^>]*-->\s*```python\n(.*?)```", re.DOTALL)
+    [code] = pattern.findall(README.read_text())
+    secret = webhooks.new_secret()
+    namespace: dict[str, object] = {}
+    exec(code.replace('"whsec_..."', repr(secret)), namespace)
+    handle = namespace["handle"]
+    body = (
+        b'{"type":"job.completed","timestamp":"2026-11-22T10:00:00Z",'
+        b'"data":{"job_id":"j1","status":"succeeded"}}'
+    )
+    headers = webhooks.headers([secret], "msg_j1_completed", int(time.time()), body)
+    assert handle(body, headers) == 200  # type: ignore[operator]
+    assert handle(body, headers) == 200  # type: ignore[operator]
+    assert capsys.readouterr().out == "j1 succeeded\n"  # processed once
+    forged = webhooks.headers([webhooks.new_secret()], "msg_j2", int(time.time()), body)
+    assert handle(body, forged) == 401  # type: ignore[operator]
