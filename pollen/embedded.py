@@ -188,12 +188,17 @@ class Worker(_Process):
 
 
 class CallbackReceiver:
-    """A local HTTP server that records every POST (status answered: ``status``)."""
+    """A local HTTP server that records every POST.
+
+    It answers ``status``, unless :meth:`script` queued answers for the request's path:
+    ``(status, headers, delay_seconds)`` tuples, used up in order.
+    """
 
     def __init__(self, status: int = 200) -> None:
         self.status = status
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self._scripts: dict[str, list[tuple[int, dict[str, str], float]]] = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -209,9 +214,17 @@ class CallbackReceiver:
                             "received_at": time.time(),
                         }
                     )
-                self.send_response(receiver.status)
-                self.send_header("content-length", "0")
-                self.end_headers()
+                status, headers, delay = receiver._next_answer(self.path)
+                if delay:
+                    time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timed out) before the answer
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -228,6 +241,16 @@ class CallbackReceiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def script(self, path: str, *answers: tuple[int, dict[str, str], float]) -> None:
+        """Queue answers for ``path``: (status, headers, delay) each."""
+        with self.lock:
+            self._scripts.setdefault(path, []).extend(answers)
+
+    def _next_answer(self, path: str) -> tuple[int, dict[str, str], float]:
+        with self.lock:
+            queued = self._scripts.get(path)
+            return queued.pop(0) if queued else (self.status, {}, 0.0)
 
     def received(self, path: str | None = None) -> list[dict[str, Any]]:
         with self.lock:

@@ -34,7 +34,7 @@ from pollen.providers import Provider, Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.providers.http import send
 from pollen.settings import Settings
-from pollen.ssrf import AddressPolicy
+from pollen.ssrf import AddressPolicy, UnsafeCallbackURL
 from pollen.store import Store
 
 EXTRA_TTL = 3600
@@ -82,7 +82,10 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
     if policy.max_delay >= limit:
         raise InvalidJob(f"poll.max_delay: must be below {limit}s (the broker visibility timeout)")
     if request.callback_url:
-        AddressPolicy(settings.callbacks.allow_cidrs).check_url(str(request.callback_url))
+        try:
+            AddressPolicy(settings.callbacks.allow_cidrs).check_url(str(request.callback_url))
+        except UnsafeCallbackURL as exc:
+            raise UnsafeCallbackURL(f"callback_url: {exc}") from None
     job_id = request.job_id or uuid.uuid4().hex
     task = request.request.model_dump(mode="json", exclude_unset=False, exclude_none=True)
     fields = {
@@ -321,6 +324,8 @@ def _progress_event(deps: Deps, job: Job, snapshot: Snapshot) -> list[str]:
     """A ``progress`` event when progress moved, at most one per progress_interval."""
     progress = snapshot.progress
     if "progress" not in job.events or progress is None or progress == job.progress:
+        return []
+    if not 0 < progress < 1:  # nothing to report yet, or the completed event says it all
         return []
     now = deps.clock()
     last = deps.store.redis.hget(keys.job(job.id), "progress_event_at")

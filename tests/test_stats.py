@@ -11,6 +11,7 @@ import time
 import pytest
 
 from pollen import JobStatus, Pollen, steps
+from pollen.runtime import build_deps
 from pollen.stats import collect
 from tests.helpers import video_request
 
@@ -33,8 +34,9 @@ def test_stats_count_states_and_find_the_oldest_job(
     assert current.oldest_age is not None and current.oldest_age >= 0.05
     # Finishing one moves the counts.
     job = client.get("new-one")
+    deps = build_deps(client.settings)
     steps._finish(  # the same path the poll step takes when a job ends
-        steps.Deps(client.settings, client.store, None, {}),  # type: ignore[arg-type]
+        deps,
         job,
         JobStatus.FAILED,
         "test",
