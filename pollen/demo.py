@@ -28,7 +28,10 @@ from pollen.simulator import SimulatorConfig, SimulatorServer
 TIMEOUT = 90.0
 
 
-def _jobs(callback: str, extra: int) -> list[tuple[str, dict[str, Any]]]:
+Demo = tuple[str, str, dict[str, Any]]  # label, provider, request
+
+
+def _jobs(extra: int) -> list[Demo]:
     video: dict[str, Any] = {
         "taskType": "videoInference",
         "model": "klingai:5@3",
@@ -42,7 +45,24 @@ def _jobs(callback: str, extra: int) -> list[tuple[str, dict[str, Any]]]:
         "positivePrompt": "a paper boat in a storm",
         "simulate": {"durations": [2.5], "errors": ["timeoutProvider"]},
     }
-    jobs = [("3 videos, finishing at 2 s, 4 s, 6 s", video), ("fails at the provider", failing)]
+    useapi = {
+        "text_prompt": "slow motion zoom in, cat chasing dog in the kitchen",
+        "seconds": 5,
+        "simulate": {"duration": 3.0, "throttled_seconds": 1.0},
+    }
+    comet = {
+        "action": "image_to_video",
+        "model": "gen4_turbo",
+        "promptImage": "https://example.invalid/cat.png",
+        "promptText": "the cat jumps onto the table",
+        "simulate": {"duration": 2.0, "not_exist_seconds": 1.5},
+    }
+    jobs: list[Demo] = [
+        ("runware: 3 videos at 2 s, 4 s, 6 s", "runware", video),
+        ("runware: fails at the provider", "runware", failing),
+        ("runway via useapi.net (throttled)", "useapi_runway", useapi),
+        ("runway via CometAPI (task_not_exist)", "comet_runway", comet),
+    ]
     for n in range(extra):
         image: dict[str, Any] = {
             "taskType": "imageInference",
@@ -51,7 +71,7 @@ def _jobs(callback: str, extra: int) -> list[tuple[str, dict[str, Any]]]:
             "width": 1024,
             "height": 1024,
         }
-        jobs.append((f"one image #{n + 1}", image))
+        jobs.append((f"runware: one image #{n + 1}", "runware", image))
     return jobs
 
 
@@ -126,6 +146,10 @@ def run_demo(extra_jobs: int = 2) -> int:
                 "POLLEN_REDIS_URL": redis_server.url(0),
                 "POLLEN_RUNWARE__BASE_URL": f"{sim.url}/v1",
                 "POLLEN_RUNWARE__API_KEY": sim_config.api_key,
+                "POLLEN_USEAPI__BASE_URL": sim.url,
+                "POLLEN_USEAPI__API_KEY": sim_config.api_key,
+                "POLLEN_COMET__BASE_URL": sim.url,
+                "POLLEN_COMET__API_KEY": sim_config.api_key,
                 "POLLEN_POLL__INITIAL_DELAY": "1.0",
                 "POLLEN_POLL__INTERVAL": "0.5",
                 "POLLEN_POLL__MAX_DELAY": "2.0",
@@ -151,13 +175,13 @@ def _run_jobs(
         (
             label,
             client.submit(
-                "runware",
+                provider,
                 request,
                 callback_url=f"{receiver.url}/webhook",
                 events=["partial", "completed"] if index == 0 else None,
             ),
         )
-        for index, (label, request) in enumerate(_jobs(receiver.url, extra))
+        for index, (label, provider, request) in enumerate(_jobs(extra))
     ]
     started = time.monotonic()
     with Live(console=console, refresh_per_second=8) as live:

@@ -70,12 +70,16 @@ def describe(job_id: str, provider: str = "", attempt: int | None = None) -> str
 
 def _follow_up(job_id: str, outcome: steps.Next) -> None:
     """Send the messages a step asked for (the poll chain and callback deliveries)."""
+    _send_deliveries(outcome)
     if outcome.poll_in is not None:
         poll.apply_async(
             kwargs={"job_id": job_id, "attempt": outcome.attempt},
             countdown=outcome.poll_in,
             kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
         )
+
+
+def _send_deliveries(outcome: steps.Next) -> None:
     for delivery in outcome.deliveries:
         deliver_callback.apply_async((delivery,))
 
@@ -118,6 +122,7 @@ def poll(self: Task, job_id: str, attempt: int) -> None:
     """Poll number ``attempt`` of one job; the chain continues through countdown retries."""
     outcome = steps.poll(runtime.deps(), job_id, attempt)
     if outcome.poll_in is not None:
+        _send_deliveries(outcome)  # events noticed by this poll (partial results, progress)
         raise self.retry(
             countdown=outcome.poll_in,
             kwargs={"job_id": job_id, "attempt": outcome.attempt},
