@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 import signal
 import time
 from collections.abc import Iterator
@@ -74,8 +75,8 @@ def test_sigterm_finishes_the_running_task_and_hands_scheduled_polls_over(
     # Nothing lost, nothing doubled: one provider task, one callback per job.
     stats = sim_stats(simulator.url)
     assert stats["created"] == 11
-    for i in range(10):
-        eventually(lambda i=i: receiver.received(f"/w{i}"), what=f"callback {i}")
+    for path in [f"/w{i}" for i in range(10)]:
+        eventually(partial(receiver.received, path), what=f"callback {path}")
     eventually(lambda: receiver.received("/r"), what="callback of the running job")
     time.sleep(1.0)
     assert all(len(receiver.received(f"/w{i}")) == 1 for i in range(10))
@@ -98,8 +99,8 @@ def test_two_named_workers_share_one_queue_without_doing_a_job_twice(
         assert job.status is JobStatus.SUCCEEDED
         assert len(job.results) == 2
         assert client.store.redis.llen(keys.result_order(job_id)) == 2
-    for i in range(20):
-        eventually(lambda i=i: receiver.received(f"/j{i}"), what=f"callback {i}")
+    for path in [f"/j{i}" for i in range(20)]:
+        eventually(partial(receiver.received, path), what=f"callback {path}")
     time.sleep(1.0)
     assert all(len(receiver.received(f"/j{i}")) == 1 for i in range(20))
     stats = sim_stats(simulator.url)

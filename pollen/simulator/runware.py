@@ -19,7 +19,6 @@ from pollen.simulator.gateway import json_body, provider_route
 from pollen.simulator.state import Generation, SimTask
 
 
-
 def classify(method: str, body: bytes) -> str:
     """``status`` for getResponse arrays, ``submit`` for inference tasks, else ``other``.
 
