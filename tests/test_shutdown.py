@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from functools import partial
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
