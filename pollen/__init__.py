@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pollen.client import Pollen as Pollen
     from pollen.errors import InvalidJob as InvalidJob
+    from pollen.errors import JobLost as JobLost
     from pollen.errors import JobNotFound as JobNotFound
     from pollen.errors import PollenError as PollenError
     from pollen.errors import StoreUnavailable as StoreUnavailable
@@ -26,6 +27,7 @@ _EXPORTS = {
     "Pollen": "pollen.client",
     "InvalidJob": "pollen.errors",
     "JobNotFound": "pollen.errors",
+    "JobLost": "pollen.errors",
     "PollenError": "pollen.errors",
     "StoreUnavailable": "pollen.errors",
     "WaitTimeout": "pollen.errors",
@@ -41,6 +43,7 @@ __all__ = [
     "GenerationResult",
     "InvalidJob",
     "Job",
+    "JobLost",
     "JobNotFound",
     "JobRequest",
     "JobStatus",

@@ -55,6 +55,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "pollen.deliver_callback": {"queue": queues.callbacks},
         },
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # With REMAP_SIGTERM=SIGQUIT (set in the image), SIGTERM waits this long for running
+        # tasks, then requeues them and every reserved countdown poll (see deploy/README.md).
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": False,
     }
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from celery import Celery
 
-from pollen import keys
+from pollen import durability, keys
 from pollen.celery_app import create_app
 from pollen.connections import redis_client
-from pollen.errors import StoreUnavailable, WaitTimeout
+from pollen.errors import JobLost, JobNotFound, StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.outbox import Outbox
 from pollen.settings import Settings, get_settings
@@ -99,11 +99,30 @@ class Pollen:
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status."""
-        return JobStatus(self.store.raw(job_id)["status"])
+        return self.get(job_id).status
 
     def get(self, job_id: str) -> Job:
-        """The whole job: status, results so far (partial results included), errors, timings."""
-        return self.store.get(job_id)
+        """The whole job: status, results so far (partial results included), errors, timings.
+
+        Raises :class:`JobNotFound`, or :class:`JobLost` when the store is known to have lost
+        its data (Redis restarted without persistence): then the job may have been lost.
+        """
+        try:
+            return self.store.get(job_id)
+        except JobNotFound:
+            loss = durability.status(self.store.redis)["data_loss"]
+            if loss:
+                when = time.strftime(
+                    "%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(loss["detected_at"]))
+                )
+                raise JobLost(
+                    job_id, f"the job store lost its data (detected {when}); it may be lost"
+                ) from None
+            raise
+
+    def store_status(self) -> dict[str, Any]:
+        """The store's epoch marker and the last detected data loss (None if never)."""
+        return durability.status(self.store.redis)
 
     result = get
 

@@ -3,6 +3,7 @@
     PollenError
     ├── InvalidJob                  producer input refused before anything is stored or enqueued
     ├── JobNotFound                 no job with that id (never created, or expired)
+    │   └── JobLost                     ... and the store is known to have lost its data
     ├── StoreUnavailable            Redis refused a write (down, read-only, or full: noeviction OOM)
     ├── WaitTimeout                 wait() gave up before the job ended
     └── ProviderError               something went wrong talking to a provider
@@ -38,6 +39,13 @@ class JobNotFound(PollenError, KeyError):
 
     def __str__(self) -> str:
         return f"job not found: {self.args[0]!s}"
+
+
+class JobLost(JobNotFound):
+    """No job with that id, and the job store is known to have lost its data."""
+
+    def __str__(self) -> str:
+        return f"job not found: {self.args[0]!s} ({self.args[1]!s})"
 
 
 class StoreUnavailable(PollenError):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from pollen import keys
 from pollen.settings import Settings
 
 HEARTBEAT_MAX_AGE = 60.0
@@ -66,8 +67,27 @@ def check_heartbeat(path: Path, max_age: float = HEARTBEAT_MAX_AGE) -> Check:
     return Check("heartbeat", True, f"last heartbeat {age:.1f}s ago")
 
 
+def check_data_loss(url: str, recent: float = 900.0) -> Check:
+    """Fails for ``recent`` seconds after workers found the store emptied under them."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, decode_responses=True)
+    try:
+        loss = client.hgetall(keys.DATA_LOSS)
+    except redis.RedisError as exc:
+        return Check("durability", False, f"cannot read: {exc}")
+    finally:
+        client.close()
+    if not loss:
+        return Check("durability", True, "no data loss detected")
+    age = time.time() - float(loss["detected_at"])
+    epoch = str(loss["lost_epoch"])
+    detail = f"the store lost its data {age:.0f}s ago (epoch {epoch})"
+    return Check("durability", age > recent, detail)
+
+
 def run_checks(settings: Settings, *, local: bool) -> list[Check]:
     checks = [check_redis(settings.redis_url, "store")]
+    if not local and checks[0].ok:
+        checks.append(check_data_loss(settings.redis_url))
     if settings.broker != settings.redis_url:
         checks.append(check_redis(settings.broker, "broker"))
     checks.append(check_heartbeat(settings.heartbeat_file) if local else check_workers(settings))

@@ -16,6 +16,11 @@ DEAD = f"{PREFIX}:callbacks:dead"
 DUE = f"{PREFIX}:callbacks:due"
 #: set of callback URLs that answered 410 Gone: never called again
 GONE = f"{PREFIX}:callbacks:gone"
+#: string "<uuid> <unix time>": written once into an empty store; if it vanishes or changes,
+#: Redis lost its data (restarted without persistence, flushed, failed over to an empty replica)
+EPOCH = f"{PREFIX}:store:epoch"
+#: hash: when data loss was detected and which epoch was lost
+DATA_LOSS = f"{PREFIX}:store:data_loss"
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 

@@ -45,6 +45,9 @@ COMPLETION_TO_CALLBACK = Histogram(
     buckets=LAG_BUCKETS,
 )
 RECONCILER = Counter("pollen_reconciler_actions_total", "Reconciler actions", ["action"])
+STORE_DATA_LOSS = Counter(
+    "pollen_store_data_loss_total", "Times a worker found the job store emptied under it"
+)
 
 
 class RedisGauges(Collector):
@@ -61,9 +64,19 @@ class RedisGauges(Collector):
             self.queues, _pipeline(self.broker, [("llen", q) for q in self.queues]), strict=True
         ):
             depth.add_metric([queue], float(length))
-        inflight, by_state, dead = _pipeline(
+        inflight, by_state, dead, loss = _pipeline(
             self.store,
-            [("zcard", keys.INFLIGHT), ("hgetall", keys.STATUS_COUNTS), ("zcard", keys.DEAD)],
+            [
+                ("zcard", keys.INFLIGHT),
+                ("hgetall", keys.STATUS_COUNTS),
+                ("zcard", keys.DEAD),
+                ("hgetall", keys.DATA_LOSS),
+            ],
+        )
+        yield GaugeMetricFamily(
+            "pollen_store_data_loss_detected_timestamp_seconds",
+            "When workers last found the job store emptied (0: never)",
+            value=float(loss.get("detected_at", 0)) if loss else 0.0,
         )
         yield depth
         yield GaugeMetricFamily("pollen_inflight_jobs", "Jobs not yet terminal", value=inflight)

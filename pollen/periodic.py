@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from pollen import keys, metrics, runtime
+from pollen import durability, keys, metrics, runtime
 from pollen.reconciler import reconcile, try_lock
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ def tick(app: Any) -> None:
     """
     deps = runtime.deps()
     try:
+        deps.epoch, lost = durability.check(deps.store.redis, deps.epoch)
+        if lost:
+            metrics.STORE_DATA_LOSS.inc()
         interval = deps.settings.reconcile_interval
         if not try_lock(deps.store, keys.RECONCILE_LOCK, ttl=interval * 0.9):
             return

@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         description="Seconds before Redis redelivers an unacknowledged message; must exceed "
         "poll.max_delay + task_time_limit.",
     )
+    soft_shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a stopping worker lets running tasks finish before it requeues them "
+        "with its reserved countdown polls (Celery's worker_soft_shutdown_timeout).",
+    )
+    max_worker_losses: int = Field(
+        3, ge=1, description="Worker deaths while polling one job before the job fails."
+    )
     reconcile_interval: float = Field(
         10.0, gt=0, description="Seconds between reconciler rounds (one worker does each)."
     )

@@ -53,6 +53,7 @@ class Deps:
     policy: AddressPolicy
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    epoch: str | None = None  #: the store's epoch marker this process saw (data-loss check)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,12 @@ def poll(deps: Deps, job_id: str, attempt: int) -> Next:
         return Next()
     job = store.get(job_id)
     logs.bind(provider=job.provider, provider_task_id=job.provider_task_id)
+    if claim.worker_losses >= deps.settings.max_worker_losses:
+        message = (
+            f"a worker died {claim.worker_losses} times while polling this job; giving up "
+            "so it cannot take more workers down"
+        )
+        return _finish(deps, job, JobStatus.FAILED, "workerLost", message)
     if job.deadline_at is not None and now >= job.deadline_at:
         return _timed_out(deps, job, f" ({job.polls} polls)")
     provider = deps.providers[job.provider]

@@ -89,6 +89,7 @@ return 1
 
 # KEYS: job   ARGV: attempt, now, lease_seconds
 # Fencing: only the copy of poll message number `attempt` that holds the lease may act.
+# Answers {verdict, wait seconds (busy) or worker losses so far (ok)}.
 _CLAIM = (
     _PRELUDE
     + """
@@ -99,8 +100,13 @@ if job[2] ~= ARGV[1] then return {'stale', '0'} end
 local now = tonumber(ARGV[2])
 local lease = tonumber(job[3] or '0')
 if lease > now then return {'busy', string.format('%.6f', lease - now)} end
+local lost = 0
+if lease > 0 then
+  -- The last holder of this attempt's lease never recorded its answer: its worker died.
+  lost = redis.call('HINCRBY', KEYS[1], 'worker_losses', 1)
+end
 redis.call('HSET', KEYS[1], 'lease_until', string.format('%.6f', now + tonumber(ARGV[3])))
-return {'ok', '0'}
+return {'ok', tostring(lost)}
 """
 )
 
@@ -165,6 +171,7 @@ ClaimVerdict = Literal["ok", "busy", "stale", "done", "missing"]
 class Claim:
     verdict: ClaimVerdict
     wait: float = 0.0
+    worker_losses: int = 0  #: times a worker died holding one of this job's poll leases
 
 
 def _dumps(value: Any) -> str:
@@ -261,8 +268,10 @@ class Store:
 
     def claim_poll(self, job_id: str, attempt: int, *, now: float, lease: float) -> Claim:
         """Take the lease for poll number ``attempt``; see ``Claim.verdict``."""
-        verdict, wait = self._claim(keys=[keys.job(job_id)], args=[attempt, repr(now), lease])
-        return Claim(verdict, float(wait))
+        verdict, number = self._claim(keys=[keys.job(job_id)], args=[attempt, repr(now), lease])
+        if verdict == "ok":
+            return Claim(verdict, worker_losses=int(number))
+        return Claim(verdict, float(number))
 
     def apply_poll(
         self,

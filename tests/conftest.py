@@ -112,7 +112,10 @@ def clean(redis_server: RedisServer, simulator: SimulatorServer) -> Iterator[Non
     import redis
 
     client = redis.Redis.from_url(redis_server.url(STORE_DB))
+    epoch = client.get("pollen:store:epoch")  # keep it: a flush is otherwise a data loss
     client.flushdb()
+    if epoch is not None:
+        client.set("pollen:store:epoch", epoch)
     client.close()
     httpx.post(f"{simulator.url}/_sim/reset").raise_for_status()
     yield

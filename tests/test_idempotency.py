@@ -74,8 +74,9 @@ def test_a_poll_attempt_acts_once(deps: steps.Deps) -> None:
     busy = deps.store.claim_poll(job_id, 1, now=now, lease=60)
     assert busy.verdict == "busy" and 59.99 < busy.wait < 60.01
     assert deps.store.claim_poll(job_id, 2, now=now, lease=60).verdict == "stale"
-    # A lease that expired (its holder died) can be taken over.
-    assert deps.store.claim_poll(job_id, 1, now=now + 61, lease=60).verdict == "ok"
+    # A lease that expired (its holder died) can be taken over, and the death is counted.
+    taken = deps.store.claim_poll(job_id, 1, now=now + 61, lease=60)
+    assert taken.verdict == "ok" and taken.worker_losses == 1
 
 
 def test_the_same_poll_applied_twice_records_each_generation_once(deps: steps.Deps) -> None:

@@ -1,0 +1,61 @@
+"""Noticing that Redis lost its data, and saying so.
+
+pollen writes an epoch marker into an empty store. Each worker remembers the marker it saw;
+if the marker later vanishes or changes, the store was emptied under it (Redis restarted
+without persistence, a flush, a failover to an empty replica). The worker records the loss in
+Redis (``pollen:store:data_loss``), counts it in metrics and logs an error; producers see it
+in :meth:`pollen.Pollen.store_status` and in the message of :class:`pollen.JobNotFound`, and
+``pollen health`` reports it. Jobs accepted before the loss cannot be recovered from Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from pollen import keys
+
+log = logging.getLogger(__name__)
+
+
+def ensure_epoch(client: redis.Redis, now: float | None = None) -> str:
+    """The store's epoch marker, written first if the store has none."""
+    marker = f"{uuid.uuid4().hex} {now if now is not None else time.time():.3f}"
+    client.set(keys.EPOCH, marker, nx=True)
+    return str(client.get(keys.EPOCH))
+
+
+def check(client: redis.Redis, known: str | None, now: float | None = None) -> tuple[str, bool]:
+    """Compare the store's marker with the one this process saw before.
+
+    Returns ``(current marker, lost)``; ``lost`` is True (and the loss is recorded) when the
+    marker this process knew is gone.
+    """
+    now = time.time() if now is None else now
+    current = ensure_epoch(client, now)
+    if known is None or current == known:
+        return current, False
+    client.hset(
+        keys.DATA_LOSS,
+        mapping={"detected_at": repr(now), "lost_epoch": known, "new_epoch": current},
+    )
+    log.error(
+        "the job store lost its data (epoch %s is gone, now %s): Redis restarted without "
+        "persistence or was flushed; jobs accepted before this are lost",
+        known,
+        current,
+    )
+    return current, True
+
+
+def status(client: redis.Redis) -> dict[str, Any]:
+    """The store's epoch and the last detected data loss, if any."""
+    loss = client.hgetall(keys.DATA_LOSS)
+    return {
+        "epoch": client.get(keys.EPOCH),
+        "data_loss": dict(loss) if loss else None,
+    }

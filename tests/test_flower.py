@@ -1,0 +1,120 @@
+"""Flower against the session's real broker and worker: it sees pollen's tasks from their events,
+shows only the redacted argument reprs (ids, never prompts or callback URLs), and answers
+nothing but its health check without the basic-auth credentials it was started with (from
+``FLOWER_BASIC_AUTH``, as docker-compose.yml and the Kubernetes manifests give them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pollen import JobStatus, Pollen
+from pollen.embedded import CallbackReceiver, RedisServer, Worker, free_port
+from tests.conftest import BROKER_DB, eventually
+from tests.helpers import video_request
+
+pytestmark = pytest.mark.integration
+
+AUTH = ("ops", "correct-horse-battery")
+TASKS = {"pollen.submit", "pollen.poll", "pollen.deliver_callback"}
+
+
+class Flower:
+    def __init__(self, broker_url: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {**os.environ, "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"}
+        env.pop("FLOWER_UNAUTHENTICATED_API", None)
+        args = [
+            sys.executable, "-m", "celery", "--broker", broker_url, "flower",
+            f"--port={self.port}", "--address=127.0.0.1",
+        ]  # fmt: skip
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def get(self, path: str, *, auth: bool = True) -> httpx.Response:
+        return httpx.get(self.url + path, auth=AUTH if auth else None, timeout=5)
+
+    def up(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            return self.get("/healthcheck", auth=False).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def flower(worker: Worker, redis_server: RedisServer, tmp_path: Path) -> Iterator[Flower]:
+    """Flower started before any job, so it sees every task event; ready once it lists the
+    session's worker as alive (from its heartbeat events)."""
+    server = Flower(redis_server.url(BROKER_DB), tmp_path / "flower.log")
+    try:
+        eventually(server.up, timeout=20, interval=0.2, what="Flower to answer")
+
+        def worker_alive() -> bool:
+            status = server.get("/api/workers?status=true").json()
+            return any(name.startswith(f"{worker.name}@") and up for name, up in status.items())
+
+        eventually(worker_alive, timeout=20, interval=0.3, what="Flower to see the worker")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_flower_shows_pollen_tasks_with_redacted_arguments_only(
+    flower: Flower, client: Pollen, receiver: CallbackReceiver
+) -> None:
+    callback = f"{receiver.url}/hooks/flower-secret-path"
+    jobs = [
+        client.submit("runware", video_request([0.3]), callback_url=callback),
+        client.submit("runware", video_request([0.2, 0.4]), callback_url=callback),
+    ]
+    for job_id in jobs:
+        assert client.wait(job_id, 20).status is JobStatus.SUCCEEDED
+
+    def seen() -> dict[str, Any] | None:
+        tasks = flower.get("/api/tasks").json()
+        names = {t["name"] for t in tasks.values()}
+        done = all(t["state"] == "SUCCESS" for t in tasks.values() if t["name"] in TASKS)
+        return tasks if names >= TASKS and done else None
+
+    tasks: dict[str, Any] = eventually(seen, timeout=20, interval=0.3, what="all task kinds")
+    ours = [t for t in tasks.values() if t["name"] in TASKS]
+    assert len([t for t in ours if t["name"] == "pollen.submit"]) >= len(jobs)
+    assert len([t for t in ours if t["name"] == "pollen.deliver_callback"]) >= len(jobs)
+    for task in ours:
+        shown = f"{task['args']} {task['kwargs']}"
+        assert any(job_id in shown for job_id in jobs), task
+        if task["name"] != "pollen.deliver_callback":  # takes the id as its one argument
+            assert "job_id=" in task["kwargs"], task
+        for secret in ("positivePrompt", "a fox running", receiver.url, "flower-secret-path"):
+            assert secret not in shown, (secret, task)
+    # The worker Flower tracks is the session's, seen through its events.
+    assert any(t["worker"].startswith("test-worker@") for t in ours)
+
+
+def test_flower_requires_its_credentials(flower: Flower) -> None:
+    for path in ("/api/workers", "/api/tasks", "/tasks", "/"):
+        assert flower.get(path, auth=False).status_code == 401, path
+        assert httpx.get(flower.url + path, auth=("ops", "wrong"), timeout=5).status_code == 401
+    assert flower.get("/tasks").status_code == 200
+    assert flower.get("/api/tasks").status_code == 200
+    # The probe path of docker-compose.yml and the Kubernetes manifests needs no credentials.
+    health = flower.get("/healthcheck", auth=False)
+    assert (health.status_code, health.text) == (200, "OK")
