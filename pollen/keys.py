@@ -65,6 +65,11 @@ def delivery(delivery_id: str) -> str:
     return f"{PREFIX}:delivery:{delivery_id}"
 
 
+def rate_window(provider: str) -> str:
+    """Sorted set: the provider requests of the last second (shared rate limit)."""
+    return f"{PREFIX}:rate:{provider}"
+
+
 def all_for(job_id: str) -> list[str]:
     """Every key that belongs to one job (for TTLs and deletion)."""
     return [job(job_id), results(job_id), result_order(job_id), responses(job_id), events(job_id)]

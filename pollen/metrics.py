@@ -44,6 +44,12 @@ COMPLETION_TO_CALLBACK = Histogram(
     "From the job ending to its completion callback being delivered",
     buckets=LAG_BUCKETS,
 )
+BATCH_SIZE = Histogram(
+    "pollen_provider_batch_size",
+    "Polls carried by one provider status request",
+    ["provider"],
+    buckets=(1, 2, 5, 10, 20, 50, 100),
+)
 RECONCILER = Counter("pollen_reconciler_actions_total", "Reconciler actions", ["action"])
 STORE_DATA_LOSS = Counter(
     "pollen_store_data_loss_total", "Times a worker found the job store emptied under it"

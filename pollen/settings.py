@@ -139,6 +139,17 @@ class Settings(BaseSettings):
         description="File the worker touches on every heartbeat (for `pollen health --local`).",
     )
     http_timeout: float = Field(30.0, gt=0, description="Timeout of one provider request, s.")
+    batch_size: int = Field(
+        50, ge=1, le=500, description="Most polls sent in one request (providers that batch)."
+    )
+    batch_wait: float = Field(
+        0.02, ge=0, le=1, description="Seconds a poll waits for others to share its request."
+    )
+    rate_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description='Requests per second per provider, shared by all workers (JSON, e.g. '
+        '{"runware": 50}).',
+    )
     http_max_connections: int = Field(100, gt=0, description="Pool size per worker process.")
 
     @model_validator(mode="after")

@@ -30,9 +30,11 @@ from pollen.errors import (
 from pollen.models import Job, JobStatus, PollOverrides
 from pollen.outbox import Outbox
 from pollen.payloads import parse_job_request
+from pollen.polling import StatusFetcher
 from pollen.providers import Provider, Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.providers.http import send
+from pollen.ratelimit import RateLimiter
 from pollen.settings import Settings
 from pollen.ssrf import AddressPolicy, UnsafeCallbackURL
 from pollen.store import Store
@@ -54,6 +56,18 @@ class Deps:
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     epoch: str | None = None  #: the store's epoch marker this process saw (data-loss check)
+    limiter: RateLimiter = field(init=False)  #: provider request budget shared by all workers
+    fetcher: StatusFetcher = field(init=False)  #: status calls, batched where possible
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.store.redis, self.settings.rate_limits)
+        self.fetcher = StatusFetcher(
+            self.http,
+            self.providers,
+            self.limiter,
+            batch_size=self.settings.batch_size,
+            batch_wait=self.settings.batch_wait,
+        )
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,7 @@ def submit(deps: Deps, job_id: str) -> Next:
     request = provider.submit_request(job, job.task_uuid)
     store.update(job_id, sent_request=json.loads(request.content))
     try:
+        deps.limiter.acquire(job.provider)
         answer = send(deps.http, request, provider=job.provider, kind="submit")
         submission = provider.parse_submit(job, job.task_uuid, answer)
     except RetryableProviderError as exc:
@@ -225,13 +240,9 @@ def poll(deps: Deps, job_id: str, attempt: int) -> Next:
         return _finish(deps, job, JobStatus.FAILED, "workerLost", message)
     if job.deadline_at is not None and now >= job.deadline_at:
         return _timed_out(deps, job, f" ({job.polls} polls)")
-    provider = deps.providers[job.provider]
     with metrics.POLL_SECONDS.labels(job.provider).time():
         try:
-            answer = send(
-                deps.http, provider.status_request(job), provider=job.provider, kind="status"
-            )
-            snapshot = provider.parse_status(job, answer, now)
+            snapshot = deps.fetcher.fetch(job, now)
         except TerminalProviderError as exc:
             metrics.POLLS.labels(job.provider, "rejected").inc()
             return _failed(deps, job, exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -101,3 +102,16 @@ class Provider(ABC):
     @abstractmethod
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
         """The normalised status; raises from :mod:`pollen.errors` on failure answers."""
+
+    #: True if one request can ask about many tasks (then the two methods below exist)
+    supports_batching: ClassVar[bool] = False
+
+    def status_batch_request(self, jobs: Sequence[Job]) -> httpx.Request:
+        """One request asking about every job's task."""
+        raise NotImplementedError
+
+    def parse_status_batch(
+        self, jobs: Sequence[Job], response: httpx.Response, now: float
+    ) -> list[Snapshot | Exception]:
+        """One snapshot (or this job's own error) per job, in order."""
+        raise NotImplementedError

@@ -8,6 +8,7 @@ items with ``"status": "error"``; request-level refusals (``taskNotFound``, bad 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import httpx
@@ -202,16 +203,52 @@ class Runware(Provider):
         return self._post([{"taskType": "getResponse", "taskUUID": job.provider_task_id}])
 
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
-        envelope = parse_envelope(response)
+        return self._snapshot(job, parse_envelope(response), response.status_code, now)
+
+    supports_batching = True
+
+    def status_batch_request(self, jobs: Sequence[Job]) -> httpx.Request:
+        """One request with a ``getResponse`` task per job (Runware takes task arrays)."""
+        return self._post(
+            [{"taskType": "getResponse", "taskUUID": job.provider_task_id} for job in jobs]
+        )
+
+    def parse_status_batch(
+        self, jobs: Sequence[Job], response: httpx.Response, now: float
+    ) -> list[Snapshot | Exception]:
+        """Each job's snapshot from one batched answer; a bad item fails only its own job."""
+        envelope = parse_envelope(response)  # garbage fails the whole batch (retryable)
+        shared = [e for e in envelope.errors if e.taskUUID is None]
+        answers: list[Snapshot | Exception] = []
+        for job in jobs:
+            mine = job.provider_task_id
+            own = RunwareEnvelope(
+                data=[i for i in envelope.data if i.taskUUID == mine],
+                errors=[*shared, *(e for e in envelope.errors if e.taskUUID == mine)],
+            )
+            status = (
+                200
+                if own.data or any(e.status == "error" for e in own.errors)
+                else (response.status_code)
+            )
+            try:
+                answers.append(self._snapshot(job, own, status, now))
+            except Exception as exc:  # this job's refusal or oddity, not its neighbours'
+                answers.append(exc)
+        return answers
+
+    def _snapshot(
+        self, job: Job, envelope: RunwareEnvelope, http_status: int, now: float
+    ) -> Snapshot:
         mine = job.provider_task_id
         refusals = [e for e in envelope.errors if e.status != "error"]
         if refusals:
-            raise _refusal(refusals[0], response.status_code)
-        if response.status_code >= 400 and not envelope.data and not envelope.errors:
+            raise _refusal(refusals[0], http_status)
+        if http_status >= 400 and not envelope.data and not envelope.errors:
             raise ProviderRejected(
-                f"Runware refused the poll (HTTP {response.status_code})",
-                code=f"http{response.status_code}",
-                status=response.status_code,
+                f"Runware refused the poll (HTTP {http_status})",
+                code=f"http{http_status}",
+                status=http_status,
             )
         items = [i for i in envelope.data if i.taskUUID in (mine, None)]
         results = [to_result(i, now) for i in items if i.status == "success"]

@@ -1,0 +1,76 @@
+"""The shared provider rate limit, on the real Redis: no one-second window over the limit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from pollen.embedded import RedisServer
+from pollen.errors import RateLimited
+from pollen.ratelimit import MAX_SLEEP, RateLimiter
+from tests.conftest import STORE_DB
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> redis.Redis:
+    connection = redis.Redis.from_url(redis_server.url(STORE_DB))
+    connection.delete("pollen:rate:runware", "pollen:rate:slow")
+    return connection
+
+
+def test_no_one_second_window_exceeds_the_limit(client: redis.Redis) -> None:
+    stamps: list[float] = []
+    lock = threading.Lock()
+    errors: list[Exception] = []
+
+    def worker() -> None:
+        limiter = RateLimiter(client, {"runware": 20})  # one per "process", one shared budget
+        for _ in range(10):
+            while True:
+                try:
+                    granted = limiter.acquire("runware")  # when Redis granted the slot
+                    break
+                except RateLimited as exc:  # a long wait: what the task would retry later
+                    assert exc.retry_after is not None and exc.retry_after > MAX_SLEEP
+                    time.sleep(exc.retry_after)
+                except Exception as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+                    return
+            assert granted is not None
+            with lock:
+                stamps.append(granted)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len(stamps) == 60
+    stamps.sort()
+    busiest = max(sum(1 for s in stamps if t <= s < t + 1.0) for t in stamps)
+    assert busiest <= 20 * 1.05  # the target: never more than 5 % over in any second
+    assert busiest >= 15  # and the budget is actually used
+    assert time.monotonic() - started >= 2.0  # 60 requests at 20/s need about 3 s
+
+
+def test_unlimited_providers_pass_straight_through(client: redis.Redis) -> None:
+    limiter = RateLimiter(client, {"runware": 0})
+    started = time.monotonic()
+    for _ in range(200):
+        limiter.acquire("runware")
+        limiter.acquire("useapi_runway")
+    assert time.monotonic() - started < 2.0
+    assert client.exists("pollen:rate:runware") == 0
+
+
+def test_a_far_off_slot_is_a_rate_limited_error(client: redis.Redis) -> None:
+    limiter = RateLimiter(client, {"slow": 0.5})  # one request per two seconds
+    limiter.acquire("slow")
+    with pytest.raises(RateLimited) as caught:
+        limiter.acquire("slow")
+    assert caught.value.retry_after is not None and 1.5 < caught.value.retry_after <= 2.01
