@@ -21,8 +21,11 @@ GONE = f"{PREFIX}:callbacks:gone"
 EPOCH = f"{PREFIX}:store:epoch"
 #: hash: when data loss was detected and which epoch was lost
 DATA_LOSS = f"{PREFIX}:store:data_loss"
+#: sorted set "job_id|attempt" -> due time: long poll waits kept here instead of in a worker
+PARKED_POLLS = f"{PREFIX}:polls:parked"
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
+TICK_LOCK = f"{PREFIX}:lock:tick"
 
 
 def job(job_id: str) -> str:

@@ -15,7 +15,7 @@ from pollen import durability, keys, metrics, runtime
 from pollen.reconciler import reconcile, try_lock
 
 log = logging.getLogger(__name__)
-DUE_PER_ROUND = 1000
+DUE_PER_ROUND = 5000
 
 
 class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -39,7 +39,7 @@ class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 class Periodic(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Runs :func:`tick` every ``POLLEN_RECONCILE_INTERVAL`` seconds."""
+    """Runs :func:`tick` every ``POLLEN_TICK_INTERVAL`` seconds."""
 
     requires = ("celery.worker.components:Timer",)
 
@@ -48,7 +48,8 @@ class Periodic(bootsteps.StartStopStep):  # type: ignore[misc]
         self.tref: Any = None
 
     def start(self, worker: Any) -> None:
-        interval = runtime.deps().settings.reconcile_interval
+        settings = runtime.deps().settings
+        interval = min(settings.tick_interval, settings.reconcile_interval)
         self.tref = worker.timer.call_repeatedly(interval, tick, (worker.app,), priority=10)
 
     def stop(self, worker: Any) -> None:
@@ -57,23 +58,37 @@ class Periodic(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 def tick(app: Any) -> None:
-    """One round: send due callback deliveries, resume jobs whose message chain was lost.
+    """One round: release parked polls and due callback deliveries; every
+    ``POLLEN_RECONCILE_INTERVAL``, resume jobs whose message chain was lost.
 
-    Never raises into the timer.
+    One worker does each round (a short lock); never raises into the timer.
     """
     deps = runtime.deps()
+    settings = deps.settings
     try:
         deps.epoch, lost = durability.check(deps.store.redis, deps.epoch)
         if lost:
             metrics.STORE_DATA_LOSS.inc()
-        interval = deps.settings.reconcile_interval
-        if not try_lock(deps.store, keys.RECONCILE_LOCK, ttl=interval * 0.9):
-            return
         now = deps.clock()
-        for delivery in deps.outbox.take_due(
-            now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
-        ):
-            app.send_task("pollen.deliver_callback", args=(delivery,))
-        reconcile(deps.store, lambda name, kwargs: app.send_task(name, kwargs=kwargs), now=now)
+        if try_lock(deps.store, keys.TICK_LOCK, ttl=settings.tick_interval * 0.9):
+            release_due(app, deps, now)
+        if try_lock(deps.store, keys.RECONCILE_LOCK, ttl=settings.reconcile_interval * 0.9):
+            reconcile(deps.store, lambda name, kwargs: app.send_task(name, kwargs=kwargs), now=now)
     except Exception:
         log.exception("periodic round failed; the next one will try again")
+
+
+def release_due(app: Any, deps: Any, now: float) -> None:
+    """Send the polls and deliveries that waited in Redis and are due before the next round."""
+    horizon = now + deps.settings.tick_interval
+    for job_id, attempt, due in deps.store.take_parked_polls(horizon=horizon, limit=DUE_PER_ROUND):
+        app.send_task(
+            "pollen.poll",
+            kwargs={"job_id": job_id, "attempt": attempt},
+            countdown=max(0.0, due - now),
+            kwargsrepr=f"{{job_id={job_id!r}, attempt={attempt}}}",
+        )
+    for delivery in deps.outbox.take_due(
+        now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
+    ):
+        app.send_task("pollen.deliver_callback", args=(delivery,))

@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     max_worker_losses: int = Field(
         3, ge=1, description="Worker deaths while polling one job before the job fails."
     )
+    tick_interval: float = Field(
+        1.0, gt=0, description="Seconds between rounds that release parked polls and callbacks."
+    )
+    park_after: float = Field(
+        30.0,
+        ge=0,
+        description="Poll waits longer than this wait in Redis instead of as countdown messages "
+        "held by a worker (bounds worker memory with many jobs in flight).",
+    )
     reconcile_interval: float = Field(
         10.0, gt=0, description="Seconds between reconciler rounds (one worker does each)."
     )
@@ -147,7 +156,7 @@ class Settings(BaseSettings):
     )
     rate_limits: dict[str, float] = Field(
         default_factory=dict,
-        description='Requests per second per provider, shared by all workers (JSON, e.g. '
+        description="Requests per second per provider, shared by all workers (JSON, e.g. "
         '{"runware": 50}).',
     )
     http_max_connections: int = Field(100, gt=0, description="Pool size per worker process.")

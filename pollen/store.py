@@ -164,6 +164,14 @@ end
 return 0
 """
 
+# KEYS: parked   ARGV: horizon, limit   -> member, score, member, score, ...
+_TAKE_PARKED = """
+local taken = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
+  'LIMIT', 0, tonumber(ARGV[2]))
+for i = 1, #taken, 2 do redis.call('ZREM', KEYS[1], taken[i]) end
+return taken
+"""
+
 ClaimVerdict = Literal["ok", "busy", "stale", "done", "missing"]
 
 
@@ -215,6 +223,7 @@ class Store:
         self._claim = client.register_script(_CLAIM)
         self._apply_poll = client.register_script(_APPLY_POLL)
         self._cas = client.register_script(_CAS)
+        self._take_parked = client.register_script(_TAKE_PARKED)
 
     # --- writes -------------------------------------------------------------------------
 
@@ -390,6 +399,20 @@ class Store:
             return []
         entries: list[tuple[str, dict[str, str]]] = answer[0][1]  # type: ignore[index,assignment]
         return entries
+
+    def park_poll(self, job_id: str, attempt: int, due: float) -> None:
+        """Keep a long wait in Redis: the periodic round sends poll ``attempt`` when due."""
+        with _guard():
+            self.redis.zadd(keys.PARKED_POLLS, {f"{job_id}|{attempt}": due})
+
+    def take_parked_polls(self, *, horizon: float, limit: int) -> list[tuple[str, int, float]]:
+        """Remove and return the parked polls due before ``horizon``: (job, attempt, due)."""
+        taken = self._take_parked(keys=[keys.PARKED_POLLS], args=[repr(horizon), limit])
+        polls = []
+        for member, due in zip(taken[::2], taken[1::2], strict=True):
+            job_id, _, attempt = str(member).rpartition("|")
+            polls.append((job_id, int(attempt), float(due)))
+        return polls
 
     def watch(self, job_id: str, expect_by: float) -> None:
         """Expect the job's next step by ``expect_by`` (plus grace) (only for in-flight jobs)."""

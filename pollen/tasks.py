@@ -71,12 +71,24 @@ def describe(job_id: str, provider: str = "", attempt: int | None = None) -> str
 def _follow_up(job_id: str, outcome: steps.Next) -> None:
     """Send the messages a step asked for (the poll chain and callback deliveries)."""
     _send_deliveries(outcome)
+    if _parked(job_id, outcome):
+        return
     if outcome.poll_in is not None:
         poll.apply_async(
             kwargs={"job_id": job_id, "attempt": outcome.attempt},
             countdown=outcome.poll_in,
             kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
         )
+
+
+def _parked(job_id: str, outcome: steps.Next) -> bool:
+    """Keep a long wait in Redis (the periodic round sends the poll when it is due) instead of
+    a countdown message held in this worker's memory."""
+    deps = runtime.deps()
+    if outcome.poll_in is None or outcome.poll_in <= deps.settings.park_after:
+        return False
+    deps.store.park_poll(job_id, outcome.attempt, deps.clock() + outcome.poll_in)
+    return True
 
 
 def _send_deliveries(outcome: steps.Next) -> None:
@@ -121,14 +133,14 @@ def submit(
 def poll(self: Task, job_id: str, attempt: int) -> None:
     """Poll number ``attempt`` of one job; the chain continues through countdown retries."""
     outcome = steps.poll(runtime.deps(), job_id, attempt)
-    if outcome.poll_in is not None:
-        _send_deliveries(outcome)  # events noticed by this poll (partial results, progress)
-        raise self.retry(
-            countdown=outcome.poll_in,
-            kwargs={"job_id": job_id, "attempt": outcome.attempt},
-            kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
-        )
-    _follow_up(job_id, outcome)
+    _send_deliveries(outcome)  # events this poll noticed (partial results, progress, completed)
+    if outcome.poll_in is None or _parked(job_id, outcome):
+        return
+    raise self.retry(
+        countdown=outcome.poll_in,
+        kwargs={"job_id": job_id, "attempt": outcome.attempt},
+        kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
+    )
 
 
 @shared_task(bind=True, name="pollen.deliver_callback", max_retries=None)
