@@ -90,6 +90,13 @@ def partial_payload(job: Job, result: GenerationResult, index: int) -> dict[str,
     }
 
 
+def wants(job: Job, kind: str) -> bool:
+    """Whether the event ``kind`` of this job goes anywhere (saves building its body)."""
+    return bool(job.callback_url and kind in job.events) or bool(
+        job.python_callback and kind == "completed"
+    )
+
+
 def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = "") -> list[str]:
     """Record the deliveries one event causes; return the ids to send now.
 

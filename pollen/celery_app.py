@@ -45,8 +45,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": max(1, settings.task_time_limit - 10),
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "task_track_started": True,
+        # Flower needs the worker's events; "task-sent" events from every publish would add a
+        # Redis PUBLISH per message for little gain.
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "task_default_queue": queues.submit,
         "task_routes": {

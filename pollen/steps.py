@@ -135,6 +135,8 @@ def _finish(deps: Deps, job: Job, status: JobStatus, code: str = "", message: st
     metrics.JOBS_FINISHED.labels(job.provider, status.value).inc()
     level = logging.INFO if status is JobStatus.SUCCEEDED else logging.WARNING
     log.log(level, "job %s%s", status.value, f" ({code}: {message})" if code else "")
+    if not callbacks.wants(job, "completed"):
+        return Next(finished=True, provider=job.provider)
     final = deps.store.get(job.id)
     sends = callbacks.emit(deps, final, "completed", callbacks.completion_payload(final))
     return Next(finished=True, provider=job.provider, deliveries=tuple(sends))
@@ -212,7 +214,7 @@ def submit(deps: Deps, job_id: str) -> Next:
         next_poll_at=repr(now + first),
     )
     sends: list[str] = []
-    if moved:
+    if moved and callbacks.wants(job, "started"):
         started = store.get(job_id)
         sends = callbacks.emit(deps, started, "started", callbacks.started_payload(started))
     return Next(poll_in=first, attempt=1, provider=job.provider, deliveries=tuple(sends))
