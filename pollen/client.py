@@ -90,6 +90,8 @@ class Pollen:
                     kwargs={"job_id": job_id},
                     queue=self.settings.queues.submit,
                     kwargsrepr=f"{{job_id={job_id!r}}}",
+                    # No result to wait for: skips the result backend's per-message subscribe.
+                    ignore_result=True,
                 )
             except Exception as exc:
                 self.store.redis.delete(*keys.all_for(job_id))
@@ -164,7 +166,10 @@ class Pollen:
                 self.outbox.redis.srem(keys.GONE, item.target)
             self.outbox.replay(item.id, now=now)
             self.celery.send_task(
-                "pollen.deliver_callback", args=(item.id,), queue=self.settings.queues.callbacks
+                "pollen.deliver_callback",
+                args=(item.id,),
+                queue=self.settings.queues.callbacks,
+                ignore_result=True,
             )
         return [item.id for item in chosen]
 

@@ -73,7 +73,11 @@ def tick(app: Any) -> None:
         if try_lock(deps.store, keys.TICK_LOCK, ttl=settings.tick_interval * 0.9):
             release_due(app, deps, now)
         if try_lock(deps.store, keys.RECONCILE_LOCK, ttl=settings.reconcile_interval * 0.9):
-            reconcile(deps.store, lambda name, kwargs: app.send_task(name, kwargs=kwargs), now=now)
+            reconcile(
+                deps.store,
+                lambda name, kwargs: app.send_task(name, kwargs=kwargs, ignore_result=True),
+                now=now,
+            )
     except Exception:
         log.exception("periodic round failed; the next one will try again")
 
@@ -87,8 +91,9 @@ def release_due(app: Any, deps: Any, now: float) -> None:
             kwargs={"job_id": job_id, "attempt": attempt},
             countdown=max(0.0, due - now),
             kwargsrepr=f"{{job_id={job_id!r}, attempt={attempt}}}",
+            ignore_result=True,
         )
     for delivery in deps.outbox.take_due(
         now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
     ):
-        app.send_task("pollen.deliver_callback", args=(delivery,))
+        app.send_task("pollen.deliver_callback", args=(delivery,), ignore_result=True)

@@ -98,7 +98,9 @@ def _send_deliveries(outcome: steps.Next) -> None:
 
 def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
     """Send a Celery task of the producer's app by name (Python callbacks)."""
-    current_app.send_task(name, kwargs=kwargs, queue=queue, kwargsrepr="{result=...}")
+    current_app.send_task(
+        name, kwargs=kwargs, queue=queue, kwargsrepr="{result=...}", ignore_result=True
+    )
 
 
 @shared_task(
