@@ -153,6 +153,8 @@ def deliver(deps: Deps, ident: str, send_task: SendTask) -> Outcome:
 
 def _blocked(deps: Deps, item: Delivery, now: float) -> float | None:
     """Seconds to wait for earlier unfinished deliveries to the same target (ordering)."""
+    if item.event in ("started",) or deps.outbox.count_for_job(item.job_id) < 2:
+        return None  # nothing can come before it
     for earlier in deps.outbox.for_job(item.job_id):
         if earlier.id == item.id:
             return None

@@ -50,8 +50,16 @@ def _prepare_metrics_dir() -> None:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 4,
-    pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", help="Threads (or processes) per worker.")
+    ] = 32,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="threads (default: the work is I/O; polls batch), prefork (time limits, "
+            "crash isolation), or solo"
+        ),
+    ] = "threads",
     hostname: Annotated[str, typer.Option("--hostname", "-n")] = "pollen@%h",
     queues: Annotated[str | None, typer.Option("--queues", "-Q")] = None,
     loglevel: Annotated[str | None, typer.Option("--loglevel", "-l")] = None,

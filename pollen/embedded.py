@@ -139,8 +139,8 @@ class Worker(_Process):
         env: dict[str, str],
         *,
         name: str = "pollen",
-        concurrency: int = 4,
-        pool: str = "prefork",
+        concurrency: int = 32,
+        pool: str = "threads",
         log_file: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:

@@ -234,10 +234,15 @@ class Outbox:
             self._replay(keys=[keys.delivery(delivery), keys.DUE, keys.DEAD], args=[delivery, now])
         )
 
+    def count_for_job(self, job_id: str) -> int:
+        return int(self.redis.llen(keys.job_deliveries(job_id)))
+
     def for_job(self, job_id: str) -> list[Delivery]:
         ids = self.redis.lrange(keys.job_deliveries(job_id), 0, -1)
-        found = (self.get(str(i)) for i in ids)
-        return [d for d in found if d is not None]
+        pipe = self.redis.pipeline(transaction=False)
+        for ident in ids:
+            pipe.hgetall(keys.delivery(str(ident)))
+        return [Delivery.from_fields(fields) for fields in pipe.execute() if fields]
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         raw = self.redis.lrange(keys.delivery_attempts(job_id), 0, -1)

@@ -169,12 +169,11 @@ def submit(deps: Deps, job_id: str) -> Next:
         return Next(poll_in=wait, attempt=max(job.poll_seq, 1), provider=job.provider)
     if job.deadline_at is not None and now >= job.deadline_at:
         return _timed_out(deps, job, " (never accepted by the provider)")
-    attempts = store.increment(job_id, "submit_attempts")
-    if attempts == 1:
-        metrics.JOBS_STARTED.labels(job.provider).inc()
     provider = deps.providers[job.provider]
     request = provider.submit_request(job, job.task_uuid)
-    store.update(job_id, sent_request=json.loads(request.content))
+    attempts = store.begin_submit(job_id, json.loads(request.content))
+    if attempts == 1:
+        metrics.JOBS_STARTED.labels(job.provider).inc()
     try:
         deps.limiter.acquire(job.provider)
         answer = send(deps.http, request, provider=job.provider, kind="submit")

@@ -344,6 +344,18 @@ class Store:
         with _guard():
             return bool(self._cas(keys=[keys.job(job_id)], args=[field, expected, new]))
 
+    def begin_submit(self, job_id: str, sent_request: Any) -> int:
+        """Count a submit attempt and keep the request about to be sent (audit); one round trip.
+
+        Returns the attempt number.
+        """
+        with _guard():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hincrby(keys.job(job_id), "submit_attempts", 1)
+            pipe.hset(keys.job(job_id), "sent_request", _dumps(sent_request))
+            attempts, _ = pipe.execute()
+        return int(attempts)
+
     def increment(self, job_id: str, field: str) -> int:
         with _guard():
             return int(self.redis.hincrby(keys.job(job_id), field, 1))

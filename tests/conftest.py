@@ -94,7 +94,8 @@ def worker(
     worker_env: dict[str, str], redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    proc = Worker(worker_env, name="test-worker", concurrency=4, log_file=str(log))
+    # prefork here (the CLI's default is threads): the session exercises both pools.
+    proc = Worker(worker_env, name="test-worker", concurrency=4, pool="prefork", log_file=str(log))
     with proc:
         try:
             proc.wait_ready(redis_server.url(BROKER_DB))

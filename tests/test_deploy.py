@@ -521,21 +521,26 @@ def test_keda_scales_workers_on_the_submit_and_poll_lists() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_sigterm_requeues_reserved_polls_and_running_tasks_within_the_grace_period(
-    worker_env: dict[str, str], tmp_path: Path
+    worker_env: dict[str, str], tmp_path: Path, pool: str
 ) -> None:
     """The manifest's worker environment (REMAP_SIGTERM=SIGQUIT): SIGTERM starts Celery's cold
-    shutdown, which returns a reserved countdown poll and a task stuck in a provider call to
-    their queues and exits well inside terminationGracePeriodSeconds. A plain (warm) SIGTERM
-    would wait for the stuck call (up to the task time limit, longer than the grace period); a
-    SIGKILL would leave both messages unacknowledged until the visibility timeout (1 h)."""
+    shutdown, which returns a reserved countdown poll to its queue and exits well inside
+    terminationGracePeriodSeconds. A prefork child stuck in a provider call longer than the
+    grace period is terminated and its task requeued too. A thread cannot be interrupted: with
+    the threads pool (the default) the provider call ends by POLLEN_HTTP_TIMEOUT (30 s, below
+    the 60 s grace), here after 3 s, and the task finishes instead. A plain (warm) SIGTERM
+    would wait for running tasks without a bound; a SIGKILL would leave the messages
+    unacknowledged until the visibility timeout (1 h)."""
     objects = render("base")
     pod = one(objects, "Deployment", "pollen-worker")["spec"]["template"]["spec"]
     grace = pod["terminationGracePeriodSeconds"]
     manifest_env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     queues = QueueSettings()
     # A provider call that outlives the grace period: only a bounded shutdown gets past it.
-    config = SimulatorConfig(duration_min=0.2, duration_max=0.4, timeout_seconds=grace + 30)
+    stall = grace + 30 if pool == "prefork" else 3
+    config = SimulatorConfig(duration_min=0.2, duration_max=0.4, timeout_seconds=stall)
     with RedisServer() as server, SimulatorServer(config) as sim:
         # A second worker beside the session's: its own broker, store and simulator, and no
         # metrics port to collide with the session worker's.
@@ -547,18 +552,21 @@ def test_sigterm_requeues_reserved_polls_and_running_tasks_within_the_grace_peri
             "POLLEN_BROKER_URL": server.url(0),
             "POLLEN_RUNWARE__BASE_URL": f"{sim.url}/v1",
             "POLLEN_RUNWARE__API_KEY": sim.config.api_key,
-            "POLLEN_HTTP_TIMEOUT": str(grace * 2),
+            "POLLEN_HTTP_TIMEOUT": str(grace * 2) if pool == "prefork" else "30",
             "POLLEN_SOFT_SHUTDOWN_TIMEOUT": "1",
         }
         log = tmp_path / "worker.log"
         broker = redis.Redis.from_url(server.url(0))
         try:
-            with Worker(env, name="shutdown-test", concurrency=2, log_file=str(log)) as worker:
+            with Worker(
+                env, name="shutdown-test", concurrency=2, pool=pool, log_file=str(log)
+            ) as worker:
                 try:
                     worker.wait_ready(server.url(0))
                 except RuntimeError:
                     pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
-                polled = _submit(server, poll={"initial_delay": 300})
+                # 20 s: under POLLEN_PARK_AFTER, so a countdown message the worker holds
+                polled = _submit(server, poll={"initial_delay": 20})
                 eventually(lambda: _held(broker, queues.poll), what="a reserved poll")
                 sim_faults(sim.url, ["timeout"])  # the next provider call hangs
                 stuck = _submit(server)
@@ -573,13 +581,23 @@ def test_sigterm_requeues_reserved_polls_and_running_tasks_within_the_grace_peri
             assert broker.hlen("unacked") == 0
             polls = [json.loads(m) for m in broker.lrange(queues.poll, 0, -1)]
             submits = [json.loads(m) for m in broker.lrange(queues.submit, 0, -1)]
+            store = redis.Redis.from_url(server.url(1))
+            stuck_status = store.hget(f"pollen:job:{stuck}", "status")
+            store.close()
         finally:
             broker.close()
-    assert [m["headers"]["task"] for m in polls] == ["pollen.poll"]
-    assert polls[0]["headers"]["eta"]  # still a countdown: the next worker waits it out
-    assert polled in polls[0]["headers"]["kwargsrepr"]
-    assert [m["headers"]["task"] for m in submits] == ["pollen.submit"]
-    assert stuck in submits[0]["headers"]["kwargsrepr"]
+    # The reserved poll is back, still a countdown: the next worker waits it out. (With
+    # threads, the submit that finished during the shutdown scheduled its own first poll too.)
+    assert {m["headers"]["task"] for m in polls} == {"pollen.poll"}
+    assert len(polls) == (1 if pool == "prefork" else 2)
+    assert all(m["headers"]["eta"] for m in polls)
+    assert any(polled in m["headers"]["kwargsrepr"] for m in polls)
+    if pool == "prefork":
+        assert [m["headers"]["task"] for m in submits] == ["pollen.submit"]
+        assert stuck in submits[0]["headers"]["kwargsrepr"]
+    else:  # the running submit finished before the worker left
+        assert submits == []
+        assert stuck_status == b"submitted"
 
 
 def _submit(server: RedisServer, poll: dict[str, float] | None = None) -> str:

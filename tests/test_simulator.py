@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pollen.simulator import SimulatorConfig, SimulatorServer, create_app
 from pollen.simulator.app import build_app
 from pollen.simulator.core import Simulator
+from pollen.simulator.ratelimit import RateLimiter, Timeline, max_in_window
 
 KEY = "test-key"
 
@@ -125,7 +126,13 @@ def authed(server: SimulatorServer) -> Iterator[httpx.Client]:
 def client(authed: httpx.Client, admin: httpx.Client) -> httpx.Client:
     """The authenticated client, on a freshly reset simulator with its default config."""
     assert admin.post("/_sim/reset").status_code == 200
-    defaults = {"rate_5xx": 0.0, "rate_429": 0.0, "rate_malformed": 0.0, "rate_timeout": 0.0}
+    defaults = {
+        "rate_5xx": 0.0,
+        "rate_429": 0.0,
+        "rate_malformed": 0.0,
+        "rate_timeout": 0.0,
+        "rate_limit": None,
+    }
     assert admin.patch("/_sim/config", json={**defaults, "timeout_seconds": 30.0}).is_success
     return authed
 
@@ -719,3 +726,136 @@ def test_comet_failure_and_errors(client: httpx.Client, admin: httpx.Client) -> 
     unauthorized = admin.get(f"/runwayml/v1/tasks/{task_id}")
     assert unauthorized.status_code == 401
     assert unauthorized.json()["code"] == "unauthorized"
+
+
+# --- rate limit, request kinds, bulk finish times (used by the benchmark) ----------------------
+
+
+def test_rate_limiter_is_a_sliding_one_second_window() -> None:
+    limiter = RateLimiter()
+    assert all(limiter.allow(10.0 + i * 0.1, 3) for i in range(3))  # 10.0, 10.1, 10.2
+    assert not limiter.allow(10.5, 3)
+    assert not limiter.allow(10.99, 3)
+    assert limiter.allow(11.0, 3)  # 10.0 has left the window
+    assert not limiter.allow(11.05, 3)
+    assert limiter.allow(11.15, 3)
+    assert all(limiter.allow(11.2, None) for _ in range(100))  # no limit
+    limiter.clear()
+    assert limiter.allow(11.2, 1)
+
+
+def test_max_in_window_over_buckets() -> None:
+    assert max_in_window({}) == 0
+    assert max_in_window({0: 5, 9: 5, 10: 7}) == 12  # buckets 1..10
+    assert max_in_window({0: 5, 20: 3}) == 5
+    assert max_in_window({3: 1, 4: 1, 5: 1}, per_window=2) == 2
+
+
+def test_timeline_view_counts_requests_and_limited() -> None:
+    timeline = Timeline()
+    for t in (100.0, 100.05, 100.5, 100.95, 101.5, 103.0):
+        timeline.add(t, limited=t == 100.5)
+    view = timeline.view(limit=3)
+    assert view["requests"] == 6
+    assert view["rate_limited"] == 1
+    assert view["max_requests_in_window"] == 4  # 100.0 .. 100.95
+    assert view["max_accepted_in_window"] == 3
+    assert view["series"][0] == [100.0, 2, 0]
+    assert [row[1] for row in view["series"]] == [2, 1, 1, 1, 1]
+
+
+def test_global_rate_limit_on_a_fake_clock() -> None:
+    now = [5_000.0]
+    sim = Simulator(SimulatorConfig(api_key=KEY, rate_limit=2, retry_after=3), clock=lambda: now[0])
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=build_app(sim))
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://sim", headers=headers
+        ) as local:
+            answers = []
+            for step, task in enumerate([new_uuid() for _ in range(4)]):
+                now[0] = 5_000.0 + step * 0.3  # 0, 0.3, 0.6, 0.9: two fit in the window
+                answers.append(await local.post("/v1", json=[inference(task)]))
+            now[0] = 5_001.0  # the first accepted request has left the window
+            answers.append(await local.post("/v1/runwayml/gen3/create", json={"text_prompt": "x"}))
+            return answers
+
+    answers = asyncio.run(scenario())
+    assert [a.status_code for a in answers] == [200, 200, 429, 429, 200]
+    assert answers[2].headers["Retry-After"] == "3"
+    assert answers[2].json()["errors"][0]["code"] == "rateLimitExceeded"
+    assert len(sim.store) == 3  # the limited requests created nothing
+    stats = sim.stats.snapshot()
+    assert stats["rate_limited"] == 2
+    assert stats["rate_limited_by_kind"] == {"submit": 2}
+    assert stats["requests_by_kind"] == {"submit": 5}
+    assert stats["by_status"] == {"200": 3, "429": 2}
+    assert stats["faults"] == {}
+
+
+def test_rate_limit_over_http_and_the_rate_view(client: httpx.Client, admin: httpx.Client) -> None:
+    assert admin.patch("/_sim/config", json={"rate_limit": 3}).json()["rate_limit"] == 3
+    codes = [get_response(client, new_uuid()).status_code for _ in range(8)]
+    assert codes.count(429) >= 5  # 8 requests well within one second: 3 accepted at most
+    rate = admin.get("/_sim/rate").json()
+    assert rate["limit"] == 3
+    assert rate["requests"] == 8
+    assert rate["rate_limited"] == codes.count(429)
+    assert rate["max_accepted_in_window"] <= 3
+    assert rate["max_requests_in_window"] >= 5
+    assert sum(row[1] for row in rate["series"]) == 8
+    assert admin.patch("/_sim/config", json={"rate_limit": 0}).status_code == 400
+    admin.patch("/_sim/config", json={"rate_limit": None})
+    assert get_response(client, new_uuid()).status_code == 400  # taskNotFound: not limited
+    assert admin.post("/_sim/reset").status_code == 200
+    assert admin.get("/_sim/rate").json()["requests"] == 0
+
+
+def test_requests_are_counted_by_kind(client: httpx.Client, admin: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    client.post("/v1", json=[inference(task_uuid, simulate={"durations": [0]})])
+    get_response(client, task_uuid)
+    get_response(client, task_uuid)
+    client.post("/v1", json=[{"taskType": "getTaskDetails", "taskUUID": task_uuid}])
+    created = client.post("/v1/runwayml/gen3/create", json={"text_prompt": "x"}).json()
+    client.get(f"/v1/runwayml/tasks/{created['taskId']}")
+    script_faults(admin, "503")
+    get_response(client, task_uuid)  # faulted requests are counted too
+    stats = admin.get("/_sim/stats").json()
+    assert stats["requests_by_kind"] == {"submit": 2, "status": 4, "other": 1}
+    assert stats["rate_limited"] == 0
+
+
+def test_bulk_finished_view(client: httpx.Client, admin: httpx.Client) -> None:
+    first, second = new_uuid(), new_uuid()
+    client.post(
+        "/v1",
+        json=[
+            inference(first, positivePrompt="bench job-1", simulate={"durations": [0.0]}),
+            inference(
+                second,
+                numberResults=2,
+                simulate={"durations": [1.0, 2.0], "errors": [None, "providerError"]},
+            ),
+        ],
+    )
+    client.post("/v1/runwayml/gen3/create", json={"text_prompt": "runway job"})
+    view = admin.get("/_sim/finished").json()
+    assert len(view["tasks"]) == 3
+    one, two = view["tasks"][first], view["tasks"][second]
+    assert one["label"] == "bench job-1"
+    assert one["finished_at"] == [pytest.approx(one["created_at"])]
+    assert two["finished_at"] == [
+        pytest.approx(two["created_at"] + 1.0),
+        pytest.approx(two["created_at"] + 2.0),
+    ]
+    assert two["errors"] == [None, "providerError"]
+    assert view["now"] >= one["created_at"]
+    runware = admin.get("/_sim/finished", params={"dialect": "runware"}).json()["tasks"]
+    assert set(runware) == {first, second}
+    useapi = admin.get("/_sim/finished", params={"dialect": "useapi"}).json()["tasks"]
+    assert [task["label"] for task in useapi.values()] == ["runway job"]
+    assert admin.post("/_sim/reset").status_code == 200
+    assert admin.get("/_sim/finished").json()["tasks"] == {}

@@ -1,0 +1,1 @@
+"""pollen's benchmark suite: ``python -m bench`` (see ``bench/README.md``)."""

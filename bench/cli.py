@@ -1,0 +1,164 @@
+"""``python -m bench``: pollen against the Celery-docs baseline, same machine, same run.
+
+Exit status: 0 when every system called back every job exactly once (no duplicates, no
+losses, no error); 1 otherwise (the table and the JSON still say what happened); 130 when
+interrupted (every process the run started is stopped first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.report import machine, table, write_json
+from bench.runner import log, run
+from bench.scenarios import SCENARIOS, SYSTEMS
+from bench.systems import Options
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark pollen against the Celery-docs poller (see bench/README.md).",
+    )
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="smoke")
+    parser.add_argument("--jobs", type=int, help="number of jobs (default: the scenario's)")
+    parser.add_argument(
+        "--systems",
+        help=f"comma-separated, from {','.join(SYSTEMS)} (default: the scenario's)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per system")
+    parser.add_argument(
+        "--concurrency", type=int, help="pool size per worker (default: 4; smoke: 2)"
+    )
+    parser.add_argument(
+        "--durations", help="provider seconds per job as MIN,MAX (default: the scenario's)"
+    )
+    parser.add_argument(
+        "--pollen-pool", default=None, help="pollen's pool (default: its own, threads)"
+    )
+    parser.add_argument(
+        "--pollen-concurrency", type=int, default=None, help="pollen's pool size (default: 32)"
+    )
+    parser.add_argument("--timeout", type=float, help="seconds per system (default: scenario's)")
+    parser.add_argument("--rate-limit", type=int, help="provider requests/s (rate-limit scenario)")
+    parser.add_argument("--loglevel", default="WARNING", help="workers' log level")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory of the JSON")
+    parser.add_argument("--profile", action="store_true", help="pyinstrument in pollen's children")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' log files")
+    args = parser.parse_args(argv)
+    if args.systems:
+        args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+        unknown = sorted(set(args.systems) - set(SYSTEMS))
+        if unknown:
+            parser.error(f"unknown system(s): {', '.join(unknown)}")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    return args
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenario = SCENARIOS[args.scenario]
+    if args.jobs is not None:
+        scenario = scenario.with_jobs(args.jobs)
+    if args.timeout is not None:
+        scenario = replace(scenario, timeout=args.timeout)
+    if args.rate_limit is not None:
+        scenario = replace(scenario, rate_limit=args.rate_limit)
+    if args.durations:
+        low, _, high = args.durations.partition(",")
+        scenario = scenario.with_durations(float(low), float(high or low))
+    systems = args.systems or list(scenario.systems)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    profile_dir = args.out / f"{scenario.name}-{stamp}-profile" if args.profile else None
+    options = Options(
+        workers=args.workers,
+        concurrency=args.concurrency or scenario.concurrency,
+        pollen_pool=args.pollen_pool,
+        pollen_concurrency=args.pollen_concurrency,
+        loglevel=args.loglevel,
+        profile_dir=profile_dir,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    log_dir = Path(tempfile.mkdtemp(prefix=f"pollen-bench-{scenario.name}-"))
+    log(f"scenario {scenario.name}: {scenario.description}; systems {', '.join(systems)}")
+    log(f"logs in {log_dir}")
+    started = time.time()
+    try:
+        results = run(scenario, systems, options, log_dir)
+    except KeyboardInterrupt:
+        log(f"interrupted; every process started was stopped (logs: {log_dir})")
+        return 130
+    document: dict[str, Any] = {
+        "scenario": scenario.describe(),
+        "systems": systems,
+        "options": {
+            "workers": options.workers,
+            "concurrency": options.concurrency,
+            "pollen_pool": options.pollen_pool or "threads",
+            "pollen_concurrency": options.pollen_concurrency or 32,
+            "baseline_pool": "prefork",
+            "loglevel": options.loglevel,
+        },
+        "machine": machine(),
+        "started_at": started,
+        "finished_at": time.time(),
+        "results": results,
+    }
+    path = write_json(args.out, scenario, document)
+    header = (
+        f"scenario {scenario.name}: {scenario.description}\n"
+        f"this run: {scenario.jobs:,} jobs"
+        + (f" (baselines: {scenario.baseline_cap:,})" if scenario.baseline_cap else "")
+        + ", "
+        f"{options.workers} worker process(es) per system: pollen "
+        f"{options.pollen_pool or 'threads'} x {options.pollen_concurrency or 32}, baselines "
+        f"prefork x {options.concurrency}, "
+        f"provider durations {scenario.duration_min:g}-{scenario.duration_max:g} s, "
+        f"poll policy {_policy(scenario.policy)}"
+        + (f", provider limit {scenario.rate_limit} req/s" if scenario.rate_limit else "")
+        + f", {machine()['cpus']} CPUs"
+    )
+    print(table(scenario, results, header))
+    print(f"\nresults: {path}")
+    if profile_dir is not None:
+        print(f"profiles: {profile_dir}")
+    if args.keep_logs:
+        print(f"logs: {log_dir}")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return 0 if all(_clean(r) for r in results.values()) else 1
+
+
+def _policy(policy: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:g}" for k, v in policy.items())
+
+
+def _clean(result: dict[str, Any]) -> bool:
+    metrics = result["metrics"]
+    if result["details"].get("error") or not metrics:
+        return False
+    return bool(
+        metrics["lost"] == 0
+        and metrics["duplicate_callbacks"] == 0
+        and metrics["duplicate_provider_tasks"] == 0
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The benchmark scenarios: how many jobs, how long they take at the provider, the poll policy.
+
+Every system in a scenario gets the same jobs, the same simulator settings and the same poll
+policy (pollen through ``POLLEN_POLL__*``, the baseline through ``BENCH_BASELINE_POLICY``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SYSTEMS = ("pollen", "baseline", "baseline-pooled")
+
+#: pollen's defaults (``pollen/backoff.py``): 2 s before the first poll, then 1, 1.5, 2.25 ... 30 s
+DEFAULT_POLICY: dict[str, float] = {
+    "initial_delay": 2.0,
+    "interval": 1.0,
+    "factor": 1.5,
+    "max_delay": 30.0,
+    "min_delay": 0.2,
+    "jitter": 0.2,
+    "deadline": 3600.0,
+}
+#: the test suite's quick policy, for sub-second jobs
+FAST_POLICY: dict[str, float] = {
+    "initial_delay": 0.2,
+    "interval": 0.2,
+    "factor": 1.5,
+    "max_delay": 1.0,
+    "min_delay": 0.05,
+    "jitter": 0.2,
+    "deadline": 300.0,
+}
+#: long jobs: first poll after 60 s, then every 60 s (the cap), 20% jitter
+SCALE_POLICY: dict[str, float] = {
+    "initial_delay": 60.0,
+    "interval": 60.0,
+    "factor": 1.5,
+    "max_delay": 60.0,
+    "min_delay": 1.0,
+    "jitter": 0.2,
+    "deadline": 7200.0,
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One benchmark setting. ``timeout`` bounds each system's run (first enqueue to end)."""
+
+    name: str
+    description: str
+    jobs: int
+    duration_min: float
+    duration_max: float
+    timeout: float
+    policy: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_POLICY))
+    systems: tuple[str, ...] = SYSTEMS
+    rate_limit: int | None = None  #: global provider requests/s (simulator answers 429 above)
+    baseline_cap: int | None = None  #: at most this many jobs for the baseline systems
+    grace: float = 3.0  #: seconds to keep listening for duplicate callbacks after the last one
+    http_timeout: float = 10.0
+    sample_interval: float = 0.5
+    concurrency: int = 4  #: default pool size per worker process (``--concurrency``)
+
+    def jobs_for(self, system: str) -> int:
+        if system != "pollen" and self.baseline_cap is not None:
+            return min(self.jobs, self.baseline_cap)
+        return self.jobs
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "jobs": self.jobs,
+            "duration_min": self.duration_min,
+            "duration_max": self.duration_max,
+            "policy": self.policy,
+            "rate_limit": self.rate_limit,
+            "baseline_cap": self.baseline_cap,
+            "timeout_per_system": self.timeout,
+            "grace": self.grace,
+            "http_timeout": self.http_timeout,
+            "default_concurrency": self.concurrency,
+        }
+
+    def with_durations(self, low: float, high: float) -> Scenario:
+        return replace(self, duration_min=low, duration_max=high)
+
+    def with_jobs(self, jobs: int) -> Scenario:
+        cap = self.baseline_cap if self.baseline_cap is None else min(self.baseline_cap, jobs)
+        return replace(self, jobs=jobs, baseline_cap=cap)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            name="smoke",
+            description="a few dozen sub-second jobs through every system (< 60 s in all)",
+            jobs=30,
+            duration_min=0.2,
+            duration_max=0.6,
+            timeout=30.0,
+            policy=dict(FAST_POLICY),
+            grace=1.0,
+            sample_interval=0.25,
+            concurrency=2,
+        ),
+        Scenario(
+            name="fleet",
+            description="2,000 jobs of 5 s +- 20% enqueued at once",
+            jobs=2000,
+            duration_min=4.0,
+            duration_max=6.0,
+            timeout=1200.0,
+        ),
+        Scenario(
+            name="saturation",
+            description="10,000 jobs that finish at once: pure system throughput",
+            jobs=10_000,
+            duration_min=0.0,
+            duration_max=0.0,
+            timeout=3600.0,
+        ),
+        Scenario(
+            name="scale",
+            description=(
+                "100,000 jobs in flight at once: 30-40 min jobs, first poll after 60 s, poll cap "
+                "60 s; the baselines are capped at 10,000 jobs"
+            ),
+            jobs=100_000,
+            duration_min=1800.0,
+            duration_max=2400.0,
+            timeout=4 * 3600.0,
+            policy=dict(SCALE_POLICY),
+            baseline_cap=10_000,
+            sample_interval=2.0,
+            http_timeout=30.0,
+        ),
+        Scenario(
+            name="rate-limit",
+            description="500 jobs of 5 s +- 20% against a provider limit of 25 requests/s",
+            jobs=500,
+            duration_min=4.0,
+            duration_max=6.0,
+            timeout=600.0,
+            rate_limit=25,
+        ),
+    )
+}

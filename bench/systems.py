@@ -1,0 +1,206 @@
+"""The systems under test, behind one small interface: start workers, enqueue one job, stop.
+
+* ``pollen``: ``pollen worker`` processes (:class:`pollen.embedded.Worker`), jobs enqueued with
+  :meth:`pollen.Pollen.submit`, configured only through ``POLLEN_*`` variables.
+* ``baseline`` / ``baseline-pooled``: :mod:`bench.baseline` under ``celery worker``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from bench import baseline
+from bench.scenarios import Scenario
+from bench.services import CeleryWorker, ProfiledPollenWorker, child_env, stop_workers
+from pollen import Pollen
+from pollen.backoff import PollPolicy
+from pollen.embedded import RedisServer, Worker
+from pollen.settings import CallbackSettings, RunwareSettings, Settings
+
+BROKER_DB, STORE_DB = 0, 1
+API_KEY = "sim-key"
+#: callbacks go to the receiver on 127.0.0.1, which pollen refuses unless allowed explicitly
+LOOPBACK = ["127.0.0.0/8"]
+
+
+#: what `pollen worker` runs with when not told otherwise
+POLLEN_DEFAULT_POOL = "threads"
+POLLEN_DEFAULT_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run the workers (command line options)."""
+
+    workers: int = 2
+    concurrency: int = 4  #: the baselines' prefork pool size
+    pollen_pool: str | None = None  #: None: pollen's default (threads); baselines run prefork
+    pollen_concurrency: int | None = None  #: None: pollen's default (32 threads)
+    loglevel: str = "WARNING"
+    profile_dir: Path | None = None
+
+
+class System:
+    """One system under test, bound to one Redis server and the run's simulator."""
+
+    name = ""
+
+    def __init__(
+        self, redis_server: RedisServer, sim_url: str, scenario: Scenario, options: Options
+    ) -> None:
+        self.redis_server = redis_server
+        self.sim_url = sim_url
+        self.scenario = scenario
+        self.options = options
+        self.workers: list[Worker] = []
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_server.url(BROKER_DB)
+
+    def env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def make_worker(self, index: int, log_dir: Path) -> Worker:
+        raise NotImplementedError
+
+    def start(self, log_dir: Path, timeout: float = 60.0) -> None:
+        """Start every worker process and wait until each answers a Celery ping."""
+        self.workers = [self.make_worker(i + 1, log_dir) for i in range(self.options.workers)]
+        for worker in self.workers:
+            worker.start()
+        for worker in self.workers:
+            try:
+                worker.wait_ready(self.broker_url, timeout=timeout)
+            except RuntimeError as exc:
+                tail = Path(worker.log_file or "/dev/null").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{worker.name} did not start: {exc}\n{tail}") from exc
+
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        stop_workers(self.workers)
+
+    def close(self) -> None:
+        """Release the producer's connections."""
+
+
+class PollenSystem(System):
+    name = "pollen"
+
+    def __init__(
+        self, redis_server: RedisServer, sim_url: str, scenario: Scenario, options: Options
+    ) -> None:
+        super().__init__(redis_server, sim_url, scenario, options)
+        # The producer decides a job's poll policy at accept time: same numbers as the workers.
+        settings = Settings(
+            redis_url=redis_server.url(STORE_DB),
+            broker_url=self.broker_url,
+            runware=RunwareSettings(base_url=f"{sim_url}/v1"),
+            poll=PollPolicy.model_validate(scenario.policy),
+            callbacks=CallbackSettings.model_validate({"allow_cidrs": LOOPBACK}),
+        )
+        self.client = Pollen(settings)
+
+    def env(self) -> dict[str, str]:
+        policy = {f"POLLEN_POLL__{k.upper()}": repr(v) for k, v in self.scenario.policy.items()}
+        return child_env(
+            {
+                "POLLEN_REDIS_URL": self.redis_server.url(STORE_DB),
+                "POLLEN_BROKER_URL": self.broker_url,
+                "POLLEN_RUNWARE__BASE_URL": f"{self.sim_url}/v1",
+                "POLLEN_RUNWARE__API_KEY": API_KEY,
+                "POLLEN_HTTP_TIMEOUT": repr(self.scenario.http_timeout),
+                "POLLEN_CALLBACKS__TIMEOUT": repr(self.scenario.http_timeout),
+                "POLLEN_CALLBACKS__ALLOW_CIDRS": json.dumps(LOOPBACK),
+                "POLLEN_LOG_LEVEL": self.options.loglevel,
+                **policy,
+            }
+        )
+
+    def make_worker(self, index: int, log_dir: Path) -> Worker:
+        common: dict[str, Any] = {
+            "name": f"pollen-{index}",
+            "concurrency": self.options.pollen_concurrency or POLLEN_DEFAULT_CONCURRENCY,
+            "pool": self.options.pollen_pool or POLLEN_DEFAULT_POOL,
+            "log_file": str(log_dir / f"pollen-{index}.log"),
+            "extra_args": ["--loglevel", self.options.loglevel],
+        }
+        if self.options.profile_dir is not None:
+            return ProfiledPollenWorker(self.env(), profile_dir=self.options.profile_dir, **common)
+        return Worker(self.env(), **common)
+
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None:
+        self.client.submit("runware", request, job_id=job_id, callback_url=callback_url)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class BaselineSystem(System):
+    def __init__(
+        self,
+        redis_server: RedisServer,
+        sim_url: str,
+        scenario: Scenario,
+        options: Options,
+        *,
+        pooled: bool,
+    ) -> None:
+        super().__init__(redis_server, sim_url, scenario, options)
+        self.pooled = pooled
+        self.name = "baseline-pooled" if pooled else "baseline"
+        self.store = redis.Redis.from_url(redis_server.url(STORE_DB))
+        self.producer = Celery("baseline-producer", broker=self.broker_url)
+        self.producer.conf.update(task_serializer="json", accept_content=["json"])
+
+    def env(self) -> dict[str, str]:
+        return child_env(
+            {
+                "BENCH_BASELINE_BROKER": self.broker_url,
+                "BENCH_BASELINE_STORE": self.redis_server.url(STORE_DB),
+                "BENCH_BASELINE_PROVIDER_URL": f"{self.sim_url}/v1",
+                "BENCH_BASELINE_API_KEY": API_KEY,
+                "BENCH_BASELINE_POLICY": json.dumps(self.scenario.policy),
+                "BENCH_BASELINE_POOLED": "1" if self.pooled else "0",
+                "BENCH_BASELINE_HTTP_TIMEOUT": repr(self.scenario.http_timeout),
+            }
+        )
+
+    def make_worker(self, index: int, log_dir: Path) -> Worker:
+        name = f"{self.name}-{index}"
+        return CeleryWorker(
+            self.env(),
+            app="bench.baseline",
+            queues=baseline.QUEUE,
+            name=name,
+            concurrency=self.options.concurrency,
+            pool="prefork",
+            log_file=str(log_dir / f"{name}.log"),
+            extra_args=["--loglevel", self.options.loglevel],
+        )
+
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None:
+        baseline.enqueue(self.store, self.producer, job_id, request, callback_url)
+
+    def close(self) -> None:
+        self.store.close()
+        self.producer.close()
+
+
+def make_system(
+    name: str, redis_server: RedisServer, sim_url: str, scenario: Scenario, options: Options
+) -> System:
+    if name == "pollen":
+        return PollenSystem(redis_server, sim_url, scenario, options)
+    if name in ("baseline", "baseline-pooled"):
+        pooled = name == "baseline-pooled"
+        return BaselineSystem(redis_server, sim_url, scenario, options, pooled=pooled)
+    raise ValueError(f"unknown system {name!r}")
