@@ -242,7 +242,11 @@ def run_system(
         system = make_system(name, redis_server, sim.url, scenario, options)
         stack.callback(system.close)
         stack.callback(system.stop)
-        log(f"[{name}] starting {options.workers} worker(s), concurrency {options.concurrency}")
+        if name == "pollen":
+            pool = f"{options.pollen_pool or 'threads'} x {options.pollen_concurrency or 32}"
+        else:
+            pool = f"prefork x {options.concurrency}"
+        log(f"[{name}] starting {options.workers} worker(s), {pool}")
         t_start = time.monotonic()
         system.start(log_dir)
         log(f"[{name}] workers ready in {time.monotonic() - t_start:.1f} s; enqueueing {jobs} jobs")
