@@ -39,6 +39,7 @@ class Pollen:
             client, finished_ttl=self.settings.job_ttl, grace=self.settings.reconcile_grace
         )
         self.outbox = Outbox(client)
+        self._epoch: str | None = None  #: the store's epoch marker when this client submitted
         self._celery: Celery | None = None
 
     @property
@@ -83,6 +84,8 @@ class Pollen:
     def submit_payload(self, payload: dict[str, Any]) -> str:
         """Enqueue a job given as a JSON-shaped dict (the published job-request schema)."""
         job_id, created = accept(self.settings, self.store, payload, now=time.time())
+        if self._epoch is None:
+            self._epoch = durability.ensure_epoch(self.store.redis)
         if created:
             try:
                 self.celery.send_task(
@@ -112,6 +115,8 @@ class Pollen:
         try:
             return self.store.get(job_id)
         except JobNotFound:
+            if self._epoch is not None:  # the store this client submitted to may be gone
+                self._epoch, _ = durability.check(self.store.redis, self._epoch)
             loss = durability.status(self.store.redis)["data_loss"]
             if loss:
                 when = time.strftime(

@@ -1,7 +1,9 @@
 """Noticing that Redis lost its data, and saying so.
 
-pollen writes an epoch marker into an empty store. Each worker remembers the marker it saw;
-if the marker later vanishes or changes, the store was emptied under it (Redis restarted
+pollen writes an epoch marker into an empty store. Each worker remembers the marker it saw (in
+memory and in a file beside its heartbeat file, so a restarted worker still knows it), and each
+producer client the marker of the store it submitted to; if the marker later vanishes or
+changes, the store was emptied under them (Redis restarted
 without persistence, a flush, a failover to an empty replica). The worker records the loss in
 Redis (``pollen:store:data_loss``), counts it in metrics and logs an error; producers see it
 in :meth:`pollen.Pollen.store_status` and in the message of :class:`pollen.JobNotFound`, and
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -50,6 +53,22 @@ def check(client: redis.Redis, known: str | None, now: float | None = None) -> t
         current,
     )
     return current, True
+
+
+def remembered(path: Path) -> str | None:
+    """The epoch this worker saw before it (re)started, kept beside its heartbeat file."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def remember(path: Path, epoch: str) -> None:
+    try:
+        if remembered(path) != epoch:
+            path.write_text(epoch)
+    except OSError as exc:  # a read-only filesystem only costs the restart case
+        log.debug("cannot keep the epoch in %s: %s", path, exc)
 
 
 def status(client: redis.Redis) -> dict[str, Any]:

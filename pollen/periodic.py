@@ -66,7 +66,10 @@ def tick(app: Any) -> None:
     deps = runtime.deps()
     settings = deps.settings
     try:
-        deps.epoch, lost = durability.check(deps.store.redis, deps.epoch)
+        epoch_file = settings.heartbeat_file.with_suffix(".epoch")
+        known = deps.epoch or durability.remembered(epoch_file)
+        deps.epoch, lost = durability.check(deps.store.redis, known)
+        durability.remember(epoch_file, deps.epoch)
         if lost:
             metrics.STORE_DATA_LOSS.inc()
         now = deps.clock()

@@ -23,6 +23,7 @@ from pollen import callbacks, keys, logs, metrics
 from pollen.backoff import next_delay
 from pollen.errors import (
     InvalidJob,
+    ProviderUnavailable,
     RateLimited,
     RetryableProviderError,
     TerminalProviderError,
@@ -251,6 +252,11 @@ def poll(deps: Deps, job_id: str, attempt: int) -> Next:
             result = "rate_limited" if isinstance(exc, RateLimited) else "retry"
             metrics.POLLS.labels(job.provider, result).inc()
             return _poll_failed(deps, job, attempt, exc, now)
+        except Exception as exc:  # e.g. Celery's soft time limit: a slow poll, not a dead worker
+            log.exception("poll interrupted; it is retried like a provider failure")
+            metrics.POLLS.labels(job.provider, "interrupted").inc()
+            interrupted = ProviderUnavailable(f"poll interrupted: {exc!r}", code="interrupted")
+            return _poll_failed(deps, job, attempt, interrupted, now)
         metrics.POLLS.labels(job.provider, snapshot.state).inc()
         return _poll_answered(deps, job, attempt, snapshot, now)
 
