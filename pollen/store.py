@@ -155,15 +155,6 @@ return {'ok', added}
 """.replace("MAX_RESPONSES", str(MAX_RESPONSES))
 )
 
-# KEYS: job   ARGV: field, expected, new  -- compare-and-set of one field
-_CAS = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  return 1
-end
-return 0
-"""
-
 # KEYS: parked   ARGV: horizon, limit   -> member, score, member, score, ...
 _TAKE_PARKED = """
 local taken = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
@@ -222,7 +213,6 @@ class Store:
         self._transition = client.register_script(_TRANSITION)
         self._claim = client.register_script(_CLAIM)
         self._apply_poll = client.register_script(_APPLY_POLL)
-        self._cas = client.register_script(_CAS)
         self._take_parked = client.register_script(_TAKE_PARKED)
 
     # --- writes -------------------------------------------------------------------------
@@ -339,11 +329,6 @@ class Store:
                 keys.job(job_id), mapping=dict(zip(*[iter(_flatten(fields))] * 2, strict=True))
             )
 
-    def compare_and_set(self, job_id: str, field: str, expected: str, new: str) -> bool:
-        """Set ``field`` to ``new`` only if it currently equals ``expected``."""
-        with _guard():
-            return bool(self._cas(keys=[keys.job(job_id)], args=[field, expected, new]))
-
     def begin_submit(self, job_id: str, sent_request: Any) -> int:
         """Count a submit attempt and keep the request about to be sent (audit); one round trip.
 
@@ -355,12 +340,6 @@ class Store:
             pipe.hset(keys.job(job_id), "sent_request", _dumps(sent_request))
             attempts, _ = pipe.execute()
         return int(attempts)
-
-    def increment(self, job_id: str, field: str) -> int:
-        with _guard():
-            return int(self.redis.hincrby(keys.job(job_id), field, 1))
-
-    # --- reads --------------------------------------------------------------------------
 
     def exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(keys.job(job_id)))
@@ -435,9 +414,6 @@ class Store:
         """In-flight jobs whose next step is overdue (their chain may be lost)."""
         ids = self.redis.zrangebyscore(keys.INFLIGHT, "-inf", now, start=0, num=limit)
         return [str(i) for i in ids]
-
-    def inflight(self) -> list[str]:
-        return list(self.redis.zrange(keys.INFLIGHT, 0, -1))  # type: ignore[arg-type]
 
 
 def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:
