@@ -44,7 +44,10 @@ def empty_store(redis_server: RedisServer) -> None:
     """An empty job store (like conftest's ``clean``, without resetting the simulator, which
     these tests never call: that reset costs ~0.1 s per test)."""
     client = redis.Redis.from_url(redis_server.url(STORE_DB))
+    epoch = client.get("pollen:store:epoch")  # keep it, or the workers see a data loss
     client.flushdb()
+    if epoch is not None:
+        client.set("pollen:store:epoch", epoch)
     client.close()
 
 
@@ -85,7 +88,8 @@ def submit_messages(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
 
 # Keys a worker's periodic tasks may write into the store db at any time (a worker started by
 # another test module in the same session runs the reconciler). Nothing else may appear.
-WORKER_KEY_PREFIXES = (b"pollen:lock:",)
+# Not job data: workers' locks and the store's own markers (epoch, data-loss record).
+WORKER_KEY_PREFIXES = (b"pollen:lock:", b"pollen:store:")
 
 
 def store_keys(store: redis.Redis) -> set[bytes]:
