@@ -13,13 +13,12 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import httpx
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from pollen.embedded import Worker, free_port
+from pollen.embedded import ManagedProcess, Worker, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,8 +32,10 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-class Service:
+class Service(ManagedProcess):
     """``python -m MODULE --port P ARGS`` on a free loopback port, ready once /healthz answers."""
+
+    stop_timeout = 10.0
 
     def __init__(self, name: str, module: str, args: Iterable[str], log_dir: Path) -> None:
         self.name = name
@@ -72,28 +73,6 @@ class Service:
         tail = self.log_file.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{self.name} did not start on port {self.port}:\n{tail}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class CeleryWorker(Worker):
     """``python -m celery -A APP worker`` (the baseline), with pollen's Worker life cycle."""
@@ -120,6 +99,7 @@ class CeleryWorker(Worker):
         )
         self.app = app
         self.queues = queues
+        self.cwd = REPO_ROOT
 
     def start(self) -> None:
         args = [
@@ -129,16 +109,6 @@ class CeleryWorker(Worker):
             *self.extra_args,
         ]  # fmt: skip
         self._spawn(args)
-
-    def _spawn(self, args: list[str]) -> None:
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            self.proc = subprocess.Popen(
-                args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-            )
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()  # type: ignore[union-attr]
 
 
 class ProfiledPollenWorker(CeleryWorker):

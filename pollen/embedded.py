@@ -45,10 +45,11 @@ def redis_server_binary() -> str:
     return str(get_binary_path())
 
 
-class _Process:
-    """A child process stopped (SIGTERM, then SIGKILL) on exit."""
+class ManagedProcess:
+    """A child process stopped (SIGTERM, then SIGKILL after ``stop_timeout``) on exit."""
 
     proc: subprocess.Popen[bytes] | None = None
+    stop_timeout = 15.0
 
     def __enter__(self) -> Self:
         self.start()
@@ -62,15 +63,15 @@ class _Process:
     ) -> None:
         self.stop()
 
-    def start(self) -> None:
+    def start(self) -> object:
         raise NotImplementedError
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(self.stop_timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
@@ -81,7 +82,7 @@ class _Process:
             self.proc.wait(5)
 
 
-class RedisServer(_Process):
+class RedisServer(ManagedProcess):
     """A throw-away Redis server on a free loopback port (no persistence unless asked)."""
 
     def __init__(
@@ -124,14 +125,14 @@ class RedisServer(_Process):
             finally:
                 client.close()
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         super().stop(timeout)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
 
-class Worker(_Process):
+class Worker(ManagedProcess):
     """``pollen worker`` in a child process with its own environment."""
 
     def __init__(
@@ -150,24 +151,31 @@ class Worker(_Process):
         self.pool = pool
         self.log_file = log_file
         self.extra_args = list(extra_args)
+        self.cwd: str | Path | None = None
 
     def start(self) -> None:
-        args = [
-            sys.executable, "-m", "pollen.cli", "worker",
-            "--concurrency", str(self.concurrency),
-            "--pool", self.pool,
-            "--hostname", f"{self.name}@%h",
-            *self.extra_args,
-        ]  # fmt: skip
+        self._spawn(
+            [
+                sys.executable, "-m", "pollen.cli", "worker",
+                "--concurrency", str(self.concurrency),
+                "--pool", self.pool,
+                "--hostname", f"{self.name}@%h",
+                *self.extra_args,
+            ]
+        )  # fmt: skip
+
+    def _spawn(self, args: list[str]) -> None:
+        """Start ``args`` with this worker's environment, output appended to its log file."""
         if self.log_file:
             with open(self.log_file, "ab") as out:
                 self.proc = subprocess.Popen(
-                    args, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                    args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
                 )
         else:
             self.proc = subprocess.Popen(
-                args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-            )
+                args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+            )  # fmt: skip
 
     def wait_ready(self, broker_url: str, timeout: float = 30.0) -> None:
         """Block until the worker answers a Celery ping."""
