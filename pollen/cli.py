@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from pollen.client import Pollen
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="pollen: submit long-running generative-AI jobs, poll them, keep the results.",
@@ -20,9 +26,20 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _about_a_job(use: Callable[[Pollen], T]) -> T:
+    """Run ``use`` with a producer client; an unknown job id is a clear error and exit 1."""
+    from pollen import JobNotFound, Pollen
+
+    with Pollen() as client:
+        try:
+            return use(client)
+        except JobNotFound as exc:
+            _fail(str(exc))
 
 
 def _load_payload(source: str) -> Any:
@@ -104,18 +121,12 @@ def submit(
 @app.command()
 def status(job_id: str) -> None:
     """Print a job's status, polls and results so far."""
-    from pollen import JobNotFound, Pollen
-
-    with Pollen() as client:
-        try:
-            job = client.get(job_id)
-        except JobNotFound as exc:
-            _fail(str(exc))
-        detail = f" ({job.error.code}: {job.error.message})" if job.error else ""
-        typer.echo(
-            f"{job.id} {job.status.value}{detail} polls={job.polls} "
-            f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}"
-        )
+    job = _about_a_job(lambda client: client.get(job_id))
+    detail = f" ({job.error.code}: {job.error.message})" if job.error else ""
+    typer.echo(
+        f"{job.id} {job.status.value}{detail} polls={job.polls} "
+        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}"
+    )
 
 
 @app.command()
@@ -124,16 +135,10 @@ def result(
     raw: Annotated[bool, typer.Option(help="Include the provider's raw items.")] = False,
 ) -> None:
     """Print the stored job as JSON: status, results, errors, timings."""
-    from pollen import JobNotFound, Pollen
-
-    with Pollen() as client:
-        try:
-            job = client.get(job_id)
-        except JobNotFound as exc:
-            _fail(str(exc))
-        no_raw = {"__all__": {"raw"}}
-        exclude: Any = None if raw else {"results": no_raw, "errors": no_raw}
-        _print_json(job.model_dump(mode="json", exclude=exclude))
+    job = _about_a_job(lambda client: client.get(job_id))
+    no_raw = {"__all__": {"raw"}}
+    exclude: Any = None if raw else {"results": no_raw, "errors": no_raw}
+    _print_json(job.model_dump(mode="json", exclude=exclude))
 
 
 @app.command()
@@ -142,19 +147,14 @@ def details(
     provider: Annotated[bool, typer.Option(help="Ask the provider's own getTaskDetails.")] = False,
 ) -> None:
     """Print the audit record: the request pollen sent and the provider's response envelope."""
-    from pollen import JobNotFound, Pollen
     from pollen.audit import provider_task_details
 
-    with Pollen() as client:
-        try:
-            record = (
-                provider_task_details(client.settings, client.get(job_id))
-                if provider
-                else client.task_details(job_id)
-            )
-        except JobNotFound as exc:
-            _fail(str(exc))
-        _print_json(record)
+    def record(client: Pollen) -> dict[str, Any]:
+        if provider:
+            return provider_task_details(client.settings, client.get(job_id))
+        return client.task_details(job_id)
+
+    _print_json(_about_a_job(record))
 
 
 callbacks_app = typer.Typer(help="Inspect and re-send a job's callback deliveries.")
@@ -164,13 +164,7 @@ app.add_typer(callbacks_app, name="callbacks")
 @callbacks_app.command("list")
 def callbacks_list(job_id: str) -> None:
     """Every delivery of the job (webhook-id, event, state) and every attempt made."""
-    from pollen import JobNotFound, Pollen
-
-    with Pollen() as client:
-        try:
-            deliveries = client.callbacks(job_id)
-        except JobNotFound as exc:
-            _fail(str(exc))
+    deliveries = _about_a_job(lambda client: client.callbacks(job_id))
     for item in deliveries:
         typer.echo(f"{item['webhook_id']}  {item['event']:<9} {item['state']:<9} {item['target']}")
         for attempt in item["attempts"]:
@@ -190,13 +184,9 @@ def callbacks_replay(
     ] = False,
 ) -> None:
     """Send the job's dead (or gone) deliveries again, with the same webhook-id."""
-    from pollen import JobNotFound, Pollen
-
-    with Pollen() as client:
-        try:
-            replayed = client.replay_callbacks(job_id, delivery=delivery, everything=everything)
-        except JobNotFound as exc:
-            _fail(str(exc))
+    replayed = _about_a_job(
+        lambda client: client.replay_callbacks(job_id, delivery=delivery, everything=everything)
+    )
     typer.echo(f"replayed {len(replayed)} deliveries" + "".join(f"\n  {d}" for d in replayed))
 
 
