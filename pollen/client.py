@@ -159,6 +159,7 @@ class Pollen:
         A replay keeps each delivery's ``webhook-id``, so receivers can tell it is the same
         event. Returns the replayed delivery ids.
         """
+        self.store.raw(job_id)  # JobNotFound for an unknown job
         chosen = [
             d
             for d in self.outbox.for_job(job_id)
