@@ -44,15 +44,11 @@ def envelope(kind: str, data: dict[str, Any], now: float) -> str:
 def completion_payload(job: Job) -> dict[str, Any]:
     """The final result: the ``data`` of ``job.completed`` and what Python callbacks receive."""
     return {
-        "job_id": job.id,
-        "status": job.status.value,
-        "provider": job.provider,
-        "provider_task_id": job.provider_task_id,
+        **_summary(job),
         "results": [r.model_dump(exclude={"raw"}) for r in job.results],
         "errors": [e.model_dump(exclude={"raw"}) for e in job.errors],
         "error": job.error.model_dump() if job.error else None,
         "cost": job.cost,
-        "metadata": job.metadata,
         "timings": {
             "created_at": job.created_at,
             "submitted_at": job.submitted_at,

@@ -131,6 +131,17 @@ def client(settings: Settings, clean: None) -> Iterator[Any]:
 
 
 @pytest.fixture
+def deps(settings: Settings, clean: None) -> Iterator[Any]:
+    """The steps' dependencies, as a worker process builds them, for calling steps directly."""
+    from pollen.runtime import build_deps
+
+    built = build_deps(settings)
+    yield built
+    built.http.close()
+    built.store.redis.close()
+
+
+@pytest.fixture
 def receiver() -> Iterator[CallbackReceiver]:
     with CallbackReceiver() as server:
         yield server

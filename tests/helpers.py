@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -19,6 +20,16 @@ def video_request(durations: list[float], errors: list[str | None] | None = None
         "numberResults": len(durations),
         "simulate": simulate,
     }
+
+
+def accept_job(deps: Any, durations: list[float]) -> str:
+    """Store a new video job directly through the accept step (no message is sent)."""
+    from pollen import steps
+
+    payload = {"provider": "runware", "request": video_request(durations)}
+    job_id, created = steps.accept(deps.settings, deps.store, payload, now=time.time())
+    assert created
+    return job_id
 
 
 def sim_stats(sim_url: str) -> dict[str, Any]:

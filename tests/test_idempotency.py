@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from pollen import JobStatus, Pollen, keys, steps
 from pollen.embedded import CallbackReceiver, Worker
-from pollen.runtime import build_deps
-from pollen.settings import Settings
 from pollen.simulator import SimulatorServer
 from tests.conftest import eventually
-from tests.helpers import sim_stats, video_request
+from tests.helpers import accept_job, sim_stats, video_request
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def deps(settings: Settings, clean: None) -> Iterator[steps.Deps]:
-    built = build_deps(settings)
-    yield built
-    built.http.close()
-    built.store.redis.close()
-
-
-def _accept(deps: steps.Deps, durations: list[float]) -> str:
-    payload = {"provider": "runware", "request": video_request(durations)}
-    job_id, created = steps.accept(deps.settings, deps.store, payload, now=time.time())
-    assert created
-    return job_id
 
 
 def test_redelivered_submit_after_the_provider_accepted_creates_no_second_task(
     deps: steps.Deps, simulator: SimulatorServer
 ) -> None:
-    job_id = _accept(deps, [5.0])
+    job_id = accept_job(deps, [5.0])
     first = steps.submit(deps, job_id)
     assert first.poll_in is not None and first.attempt == 1
     job = deps.store.get(job_id)
@@ -59,7 +41,7 @@ def test_redelivered_submit_after_the_provider_accepted_creates_no_second_task(
 def test_redelivered_submit_after_persisting_does_not_call_the_provider(
     deps: steps.Deps, simulator: SimulatorServer
 ) -> None:
-    job_id = _accept(deps, [5.0])
+    job_id = accept_job(deps, [5.0])
     steps.submit(deps, job_id)
     outcome = steps.submit(deps, job_id)
     assert outcome.attempt == 1 and outcome.poll_in is not None
@@ -67,7 +49,7 @@ def test_redelivered_submit_after_persisting_does_not_call_the_provider(
 
 
 def test_a_poll_attempt_acts_once(deps: steps.Deps) -> None:
-    job_id = _accept(deps, [0.1, 0.1])
+    job_id = accept_job(deps, [0.1, 0.1])
     steps.submit(deps, job_id)
     now = time.time()
     assert deps.store.claim_poll(job_id, 1, now=now, lease=60).verdict == "ok"
@@ -80,7 +62,7 @@ def test_a_poll_attempt_acts_once(deps: steps.Deps) -> None:
 
 
 def test_the_same_poll_applied_twice_records_each_generation_once(deps: steps.Deps) -> None:
-    job_id = _accept(deps, [0.05, 0.05])
+    job_id = accept_job(deps, [0.05, 0.05])
     steps.submit(deps, job_id)
     time.sleep(0.3)
     # Two copies of poll message 1 race: the lease lets one through; the other is stale.

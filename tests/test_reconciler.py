@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from pollen import JobStatus, Pollen, keys, steps
 from pollen.embedded import Worker
 from pollen.reconciler import reconcile
-from pollen.runtime import build_deps
-from pollen.settings import Settings
 from pollen.simulator import SimulatorServer
-from tests.helpers import sim_stats, video_request
+from tests.helpers import accept_job, sim_stats
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def deps(settings: Settings, clean: None) -> Iterator[steps.Deps]:
-    built = build_deps(settings)
-    yield built
-    built.http.close()
-    built.store.redis.close()
-
-
-def accept(deps: steps.Deps, durations: list[float]) -> str:
-    payload = {"provider": "runware", "request": video_request(durations)}
-    return steps.accept(deps.settings, deps.store, payload, now=time.time())[0]
-
-
 def test_reconcile_sends_the_missing_step_once_per_grace_period(deps: steps.Deps) -> None:
-    queued = accept(deps, [0.2])
-    submitted = accept(deps, [5.0])
+    queued = accept_job(deps, [0.2])
+    submitted = accept_job(deps, [5.0])
     steps.submit(deps, submitted)
-    finished = accept(deps, [0.05])
+    finished = accept_job(deps, [0.05])
     steps.submit(deps, finished)
     time.sleep(0.3)
     steps.poll(deps, finished, 1)
@@ -69,7 +53,7 @@ def test_a_lost_poll_chain_is_resumed_by_the_worker(
     worker: Worker, client: Pollen, deps: steps.Deps, simulator: SimulatorServer
 ) -> None:
     # Submit by hand and publish no poll message: as if the worker died right after submitting.
-    job_id = accept(deps, [0.3, 0.6])
+    job_id = accept_job(deps, [0.3, 0.6])
     assert steps.submit(deps, job_id).poll_in is not None
     job = client.wait(job_id, timeout=30)
     assert job.status is JobStatus.SUCCEEDED
@@ -80,6 +64,6 @@ def test_a_lost_poll_chain_is_resumed_by_the_worker(
 def test_a_lost_submit_message_is_resumed_by_the_worker(
     worker: Worker, client: Pollen, deps: steps.Deps
 ) -> None:
-    job_id = accept(deps, [0.2])  # stored, but no pollen.submit message was ever sent
+    job_id = accept_job(deps, [0.2])  # stored, but no pollen.submit message was ever sent
     job = client.wait(job_id, timeout=30)
     assert job.status is JobStatus.SUCCEEDED
