@@ -65,8 +65,7 @@ def remembered(path: Path) -> str | None:
 
 def remember(path: Path, epoch: str) -> None:
     try:
-        if remembered(path) != epoch:
-            path.write_text(epoch)
+        path.write_text(epoch)
     except OSError as exc:  # a read-only filesystem only costs the restart case
         log.debug("cannot keep the epoch in %s: %s", path, exc)
 

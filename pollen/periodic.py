@@ -69,7 +69,8 @@ def tick(app: Any) -> None:
         epoch_file = settings.heartbeat_file.with_suffix(".epoch")
         known = deps.epoch or durability.remembered(epoch_file)
         deps.epoch, lost = durability.check(deps.store.redis, known)
-        durability.remember(epoch_file, deps.epoch)
+        if deps.epoch != known:  # first round after a start, or a new store: keep it on disk
+            durability.remember(epoch_file, deps.epoch)
         if lost:
             metrics.STORE_DATA_LOSS.inc()
         now = deps.clock()
