@@ -27,7 +27,7 @@ import redis
 from bench.scenarios import Scenario
 from bench.services import Service, tree
 from bench.systems import Options, System, make_system
-from pollen.embedded import RedisServer
+from pollen.local.servers import RedisServer
 
 MIB = 1024 * 1024
 LABEL_PREFIX = "bench "

@@ -18,7 +18,7 @@ from typing import Self
 import httpx
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from pollen.embedded import ManagedProcess, Worker, free_port
+from pollen.local.servers import ManagedProcess, Worker, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

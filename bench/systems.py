@@ -1,6 +1,6 @@
 """The systems under test, behind one small interface: start workers, enqueue one job, stop.
 
-* ``pollen``: ``pollen worker`` processes (:class:`pollen.embedded.Worker`), jobs enqueued with
+* ``pollen``: ``pollen worker`` processes (:class:`pollen.local.servers.Worker`), jobs enqueued with
   :meth:`pollen.Pollen.submit`, configured only through ``POLLEN_*`` variables.
 * ``baseline`` / ``baseline-pooled``: :mod:`bench.baseline` under ``celery worker``.
 """
@@ -20,7 +20,7 @@ from bench.scenarios import Scenario
 from bench.services import CeleryWorker, ProfiledPollenWorker, child_env, stop_workers
 from pollen import Pollen
 from pollen.backoff import PollPolicy
-from pollen.embedded import RedisServer, Worker
+from pollen.local.servers import RedisServer, Worker
 from pollen.settings import CallbackSettings, RunwareSettings, Settings
 
 BROKER_DB, STORE_DB = 0, 1

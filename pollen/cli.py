@@ -83,8 +83,8 @@ def worker(
 ) -> None:
     """Run a Celery worker for pollen's queues (task events on, for Flower)."""
     _prepare_metrics_dir()
-    from pollen.celery_app import create_app
     from pollen.settings import get_settings
+    from pollen.worker.app import create_app
 
     settings = get_settings()
     q = settings.queues
@@ -147,7 +147,7 @@ def details(
     provider: Annotated[bool, typer.Option(help="Ask the provider's own getTaskDetails.")] = False,
 ) -> None:
     """Print the audit record: the request pollen sent and the provider's response envelope."""
-    from pollen.audit import provider_task_details
+    from pollen.providers.audit import provider_task_details
 
     def record(client: Pollen) -> dict[str, Any]:
         if provider:
@@ -220,7 +220,7 @@ def demo(
     jobs: Annotated[int, typer.Option(help="Extra single-image jobs to add.")] = 2,
 ) -> None:
     """Run everything locally: Redis, simulator, a worker, a few jobs; show progress and results."""
-    from pollen.demo import run_demo
+    from pollen.local.demo import run_demo
 
     raise typer.Exit(run_demo(extra_jobs=jobs))
 
@@ -232,8 +232,8 @@ def health(
     ] = False,
 ) -> None:
     """Exit non-zero when Redis is unreachable or no worker is alive."""
-    from pollen.health import run_checks
     from pollen.settings import get_settings
+    from pollen.worker.health import run_checks
 
     checks = run_checks(get_settings(), local=local)
     for check in checks:
@@ -247,7 +247,7 @@ def health(
 def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Jobs by state, in-flight and overdue jobs, the oldest in-flight job, dead letters."""
     from pollen import Pollen
-    from pollen.stats import collect
+    from pollen.store.stats import collect
 
     with Pollen() as client:
         current = collect(client.store)

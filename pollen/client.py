@@ -18,15 +18,15 @@ from typing import Any
 
 from celery import Celery
 
-from pollen import durability, keys
-from pollen.celery_app import create_app
-from pollen.connections import redis_client
 from pollen.errors import JobLost, JobNotFound, StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
-from pollen.outbox import Outbox
 from pollen.settings import Settings, get_settings
-from pollen.steps import accept
-from pollen.store import Store
+from pollen.store import durability, keys
+from pollen.store.connection import redis_client
+from pollen.store.jobs import Store
+from pollen.store.outbox import Outbox
+from pollen.worker.app import create_app
+from pollen.worker.steps import accept
 
 
 class Pollen:

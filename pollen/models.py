@@ -148,7 +148,7 @@ class JobRequest(BaseModel):
     @classmethod
     def _usable_secret(cls, value: str | None) -> str | None:
         if value is not None:
-            from pollen.webhooks import secret_key
+            from pollen.callbacks.webhooks import secret_key
 
             secret_key(value)  # raises ValueError with the reason
         return value

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pollen import Pollen  # noqa: E402
-from pollen.embedded import CallbackReceiver, RedisServer, Worker, free_port  # noqa: E402
+from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port  # noqa: E402
 from pollen.settings import Settings  # noqa: E402
 from pollen.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
 

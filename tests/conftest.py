@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pollen.embedded import CallbackReceiver, RedisServer, Worker, free_port
+from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
 from pollen.settings import Settings
 from pollen.simulator import SimulatorConfig, SimulatorServer
 
@@ -133,7 +133,7 @@ def client(settings: Settings, clean: None) -> Iterator[Any]:
 @pytest.fixture
 def deps(settings: Settings, clean: None) -> Iterator[Any]:
     """The steps' dependencies, as a worker process builds them, for calling steps directly."""
-    from pollen.runtime import build_deps
+    from pollen.worker.runtime import build_deps
 
     built = build_deps(settings)
     yield built

@@ -17,7 +17,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import redis
 
 from pollen import Pollen
-from pollen.embedded import Worker
+from pollen.local.servers import Worker
 from pollen.settings import Settings
 
 FLEET_DB = 2

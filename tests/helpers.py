@@ -24,7 +24,7 @@ def video_request(durations: list[float], errors: list[str | None] | None = None
 
 def accept_job(deps: Any, durations: list[float]) -> str:
     """Store a new video job directly through the accept step (no message is sent)."""
-    from pollen import steps
+    from pollen.worker import steps
 
     payload = {"provider": "runware", "request": video_request(durations)}
     job_id, created = steps.accept(deps.settings, deps.store, payload, now=time.time())

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import httpx
 import pytest
 
-from pollen.batching import Batcher
 from pollen.errors import ProviderProtocolError, ProviderTaskNotFound
 from pollen.models import Job
+from pollen.providers.batching import Batcher
 from pollen.providers.runware import Runware
 from pollen.settings import Settings
 

@@ -19,12 +19,13 @@ import pytest
 import redis
 from standardwebhooks import Webhook
 
-from pollen import InvalidJob, JobStatus, Pollen, keys
-from pollen.callbacks import deliver
-from pollen.embedded import CallbackReceiver, RedisServer, Worker
-from pollen.outbox import delivery_id
-from pollen.runtime import build_deps
+from pollen import InvalidJob, JobStatus, Pollen
+from pollen.callbacks.events import deliver
+from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.settings import Settings
+from pollen.store import keys
+from pollen.store.outbox import delivery_id
+from pollen.worker.runtime import build_deps
 from tests.conftest import BROKER_DB, STORE_DB, WEBHOOK_SECRET, eventually
 from tests.helpers import video_request
 
@@ -194,7 +195,7 @@ def test_long_waits_are_parked_in_redis_not_sent_as_countdowns(
             "request": video_request([0.1]),
             "callback_url": f"{receiver.url}/later",
         }
-        from pollen import steps
+        from pollen.worker import steps
 
         job_id, _ = steps.accept(hours, deps.store, payload, now=time.time())
         steps._finish(deps, deps.store.get(job_id), JobStatus.FAILED, "test", "ended by test")

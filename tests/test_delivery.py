@@ -1,4 +1,4 @@
-"""One webhook delivery attempt (:mod:`pollen.delivery`) against real local HTTP(S) servers.
+"""One webhook delivery attempt (:mod:`pollen.callbacks.delivery`) against real local servers.
 
 Receivers listen on 127.0.0.1 and count every TCP connection they accept, so "refused by the
 policy" is proved as "the listener saw nothing", not as "post() said so". Where a test needs a
@@ -23,8 +23,8 @@ from typing import Any, Self
 import httpx
 import pytest
 
-from pollen.delivery import MAX_RESPONSE_BYTES, Attempt, classify, pinned_request, post
-from pollen.ssrf import AddressPolicy
+from pollen.callbacks.addresses import AddressPolicy
+from pollen.callbacks.delivery import MAX_RESPONSE_BYTES, Attempt, classify, pinned_request, post
 
 LOOPBACK = AddressPolicy(["127.0.0.0/8"])
 DEFAULT = AddressPolicy()

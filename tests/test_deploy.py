@@ -37,10 +37,10 @@ import yaml  # type: ignore[import-untyped]
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pollen.celery_app import celery_config
-from pollen.embedded import RedisServer, Worker
+from pollen.local.servers import RedisServer, Worker
 from pollen.settings import QueueSettings, Settings, environment_variables
 from pollen.simulator import SimulatorConfig, SimulatorServer
+from pollen.worker.app import celery_config
 from tests.conftest import eventually
 from tests.helpers import sim_faults
 
@@ -414,7 +414,7 @@ def test_flower_auth_comes_from_a_secret_and_probes_the_open_healthcheck() -> No
     assert auth["valueFrom"]["secretKeyRef"] == {"name": "pollen-flower", "key": "basic-auth"}
     assert not auth["valueFrom"]["secretKeyRef"].get("optional", False)
     assert flower["command"] == ["celery"]
-    assert flower["args"][:3] == ["-A", "pollen.celery_app", "flower"]
+    assert flower["args"][:3] == ["-A", "pollen.worker", "flower"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert flower[probe]["httpGet"]["path"] == "/healthcheck"
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from pollen import JobStatus, Pollen
-from pollen.embedded import Worker
 from pollen.errors import ProviderRejected, ProviderTaskNotFound
+from pollen.local.servers import Worker
 from pollen.models import Job
 from pollen.providers.base import Snapshot
 from pollen.providers.comet import STATES as COMET_STATES

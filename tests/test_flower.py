@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from pollen import JobStatus, Pollen
-from pollen.embedded import CallbackReceiver, RedisServer, Worker, free_port
+from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
 from tests.conftest import BROKER_DB, eventually
 from tests.helpers import video_request
 

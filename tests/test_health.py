@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pollen.embedded import Worker, free_port
+from pollen.local.servers import Worker, free_port
 
 pytestmark = pytest.mark.integration
 

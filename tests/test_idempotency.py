@@ -7,9 +7,11 @@ import time
 import pytest
 import redis
 
-from pollen import JobStatus, Pollen, keys, steps
-from pollen.embedded import CallbackReceiver, Worker
+from pollen import JobStatus, Pollen
+from pollen.local.servers import CallbackReceiver, Worker
 from pollen.simulator import SimulatorServer
+from pollen.store import keys
+from pollen.worker import steps
 from tests.conftest import eventually
 from tests.helpers import accept_job, sim_stats, video_request
 

@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 
-from pollen import JobStatus, Pollen, logs
-from pollen.embedded import Worker
+from pollen import JobStatus, Pollen
+from pollen.local.servers import Worker
+from pollen.worker import logs
 from tests.conftest import eventually
 from tests.helpers import video_request
 
 
 def test_json_lines_carry_the_bound_job() -> None:
-    record = logging.LogRecord("pollen.steps", logging.INFO, __file__, 1, "hello %s", ("x",), None)
+    record = logging.LogRecord("pollen.worker.steps", logging.INFO, __file__, 1, "hello %s", ("x",), None)
     logs.clear()  # other tests ran steps in this thread
     logs.bind(job_id="j1", provider="runware", attempt=3)
     try:
@@ -50,7 +51,7 @@ def test_worker_log_lines_about_a_job_carry_its_context(worker: Worker, client: 
     eventually(finished_line, what="the job's final log line")  # written just after the status
     lines = read()
     mine = [line for line in lines if line.get("job_id") == job_id]
-    steps = [line for line in mine if line["logger"] == "pollen.steps"]
+    steps = [line for line in mine if line["logger"] == "pollen.worker.steps"]
     messages = " | ".join(line["message"] for line in steps)
     assert "submitted (accepted)" in messages
     assert "new result(s)" in messages

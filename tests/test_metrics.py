@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pollen import JobStatus, Pollen
-from pollen.embedded import CallbackReceiver, Worker
+from pollen.local.servers import CallbackReceiver, Worker
 from tests.conftest import eventually
 from tests.helpers import video_request
 

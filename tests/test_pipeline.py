@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pollen import JobStatus, Pollen
-from pollen.embedded import CallbackReceiver, Worker
+from pollen.local.servers import CallbackReceiver, Worker
 from pollen.simulator import SimulatorServer
 from tests.conftest import eventually
 from tests.helpers import sim_faults, sim_stats, video_request

@@ -8,9 +8,9 @@ import time
 import pytest
 import redis
 
-from pollen.embedded import RedisServer
 from pollen.errors import RateLimited
-from pollen.ratelimit import MAX_SLEEP, RateLimiter
+from pollen.local.servers import RedisServer
+from pollen.providers.ratelimit import MAX_SLEEP, RateLimiter
 from tests.conftest import STORE_DB
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pollen.embedded import Worker
+from pollen.local.servers import Worker
 from pollen.settings import environment_variables
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -62,7 +62,7 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_readme_receiver_example_verifies_and_dedupes(capsys: pytest.CaptureFixture[str]) -> None:
-    from pollen import webhooks
+    from pollen.callbacks import webhooks
 
     pattern = re.compile(r"<!-- receiver-example[^>]*-->\s*```python\n(.*?)```", re.DOTALL)
     [code] = pattern.findall(README.read_text())

@@ -6,10 +6,12 @@ import time
 
 import pytest
 
-from pollen import JobStatus, Pollen, keys, steps
-from pollen.embedded import Worker
-from pollen.reconciler import reconcile
+from pollen import JobStatus, Pollen
+from pollen.local.servers import Worker
 from pollen.simulator import SimulatorServer
+from pollen.store import keys
+from pollen.worker import steps
+from pollen.worker.reconciler import reconcile
 from tests.helpers import accept_job, sim_stats
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from pollen import JobStatus, Pollen
-from pollen.embedded import RedisServer, Worker
+from pollen.local.servers import RedisServer, Worker
 from tests.conftest import BROKER_DB, STORE_DB
 from tests.helpers import video_request
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pollen import JobStatus, keys
-from pollen.embedded import CallbackReceiver, RedisServer
+from pollen import JobStatus
+from pollen.local.servers import CallbackReceiver, RedisServer
 from pollen.simulator import SimulatorServer
+from pollen.store import keys
 from tests.conftest import BROKER_DB, eventually
 from tests.fleet import Fleet
 from tests.helpers import sim_faults, sim_stats, video_request

@@ -1,6 +1,6 @@
-"""The callback SSRF guard (:mod:`pollen.ssrf`): submission-time URL checks, address rules,
-the allowlist, and connect-time resolution (with ``socket.getaddrinfo`` faked where a test
-needs a particular DNS answer).
+"""The callback SSRF guard (:mod:`pollen.callbacks.addresses`): submission-time URL checks,
+address rules, the allowlist, and connect-time resolution (with ``socket.getaddrinfo`` faked
+where a test needs a particular DNS answer).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL, unsafe_reason
 from pollen.errors import InvalidJob
-from pollen.ssrf import AddressPolicy, UnsafeCallbackURL, unsafe_reason
 
 DEFAULT = AddressPolicy()
 

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from pollen import JobStatus, Pollen, steps
-from pollen.runtime import build_deps
-from pollen.stats import collect
+from pollen import JobStatus, Pollen
+from pollen.store.stats import collect
+from pollen.worker import steps
+from pollen.worker.runtime import build_deps
 from tests.helpers import video_request
 
 pytestmark = pytest.mark.integration

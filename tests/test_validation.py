@@ -23,8 +23,8 @@ import redis
 from pydantic import ValidationError
 
 from pollen import Pollen
-from pollen.embedded import RedisServer
 from pollen.errors import InvalidJob
+from pollen.local.servers import RedisServer
 from pollen.models import JobStatus
 from pollen.settings import QueueSettings, Settings
 

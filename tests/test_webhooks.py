@@ -1,4 +1,4 @@
-"""Standard Webhooks signing (:mod:`pollen.webhooks`), proved against the spec authors'
+"""Standard Webhooks signing (:mod:`pollen.callbacks.webhooks`), proved against the spec authors'
 ``standardwebhooks`` package: pollen's headers must verify there, and the package's must here.
 """
 
@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as PackageVerificationError
 
-from pollen import webhooks
+from pollen.callbacks import webhooks
+from pollen.callbacks.webhooks import WebhookVerificationError
 from pollen.errors import PollenError
-from pollen.webhooks import WebhookVerificationError
 
 # The known-answer vector of the Standard Webhooks spec and its reference libraries.
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

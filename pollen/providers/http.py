@@ -20,7 +20,7 @@ from pollen.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from pollen.metrics import PROVIDER_SECONDS
+from pollen.worker.metrics import PROVIDER_SECONDS
 
 MAX_RETRY_AFTER = 3600.0
 

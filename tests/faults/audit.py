@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pollen import JobLost, JobNotFound, Pollen, keys
-from pollen.embedded import CallbackReceiver
+from pollen import JobLost, JobNotFound, Pollen
+from pollen.local.servers import CallbackReceiver
 from pollen.models import Job
+from pollen.store import keys
 from tests.faults.report import CaseRecord
 
 

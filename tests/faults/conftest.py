@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from pollen import JobStatus, Pollen
-from pollen.embedded import CallbackReceiver, RedisServer
+from pollen.local.servers import CallbackReceiver, RedisServer
 from pollen.models import Job
 from pollen.simulator import SimulatorConfig, SimulatorServer
 from tests.conftest import BROKER_DB

@@ -7,10 +7,11 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
-from pollen import JobStatus, keys
-from pollen.embedded import free_port
-from pollen.outbox import delivery_id
+from pollen import JobStatus
+from pollen.local.servers import free_port
 from pollen.simulator import SimulatorServer
+from pollen.store import keys
+from pollen.store.outbox import delivery_id
 from tests.conftest import WEBHOOK_SECRET, eventually
 from tests.faults.audit import tally
 from tests.faults.conftest import MakeFleet, receiver_on, sim_stats, start_pods, wait_all

@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from pollen import JobStatus, keys
-from pollen.embedded import CallbackReceiver
-from pollen.outbox import delivery_id
+from pollen import JobStatus
+from pollen.local.servers import CallbackReceiver
 from pollen.simulator import SimulatorServer
+from pollen.store import keys
+from pollen.store.outbox import delivery_id
 from tests.conftest import eventually
 from tests.faults import broker
 from tests.faults.audit import tally

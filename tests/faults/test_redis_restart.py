@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from pollen import JobLost, JobStatus, Pollen
-from pollen.embedded import CallbackReceiver, RedisServer, free_port
+from pollen.local.servers import CallbackReceiver, RedisServer, free_port
 from pollen.simulator import SimulatorServer
 from tests.conftest import eventually
 from tests.faults import broker

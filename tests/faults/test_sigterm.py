@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pollen import JobStatus
-from pollen.embedded import CallbackReceiver
+from pollen.local.servers import CallbackReceiver
 from pollen.simulator import SimulatorServer
 from tests.conftest import eventually
 from tests.faults import broker

@@ -9,9 +9,9 @@ from collections import defaultdict
 import pytest
 
 from pollen import JobStatus
-from pollen.embedded import CallbackReceiver
-from pollen.outbox import delivery_id
+from pollen.local.servers import CallbackReceiver
 from pollen.simulator import SimulatorServer
+from pollen.store.outbox import delivery_id
 from tests.conftest import eventually
 from tests.faults.audit import tally
 from tests.faults.conftest import MakeFleet, sim_faults, sim_stats, start_pods, wait_all

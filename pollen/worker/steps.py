@@ -2,7 +2,7 @@
 
 No Celery here: each step reads and writes the store, talks to a provider through the injected
 HTTP client, and returns what should happen next (a :class:`Next`). The Celery tasks in
-:mod:`pollen.tasks` turn that into countdown retries. Every step is safe to run twice.
+:mod:`pollen.worker.tasks` turn that into countdown retries. Every step is safe to run twice.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from pollen import callbacks, keys, logs, metrics
 from pollen.backoff import next_delay
+from pollen.callbacks import events
+from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.errors import (
     InvalidJob,
     ProviderUnavailable,
@@ -29,16 +30,17 @@ from pollen.errors import (
     TerminalProviderError,
 )
 from pollen.models import Job, JobStatus, PollOverrides
-from pollen.outbox import Outbox
 from pollen.payloads import parse_job_request
-from pollen.polling import StatusFetcher
 from pollen.providers import Provider, Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.providers.http import send
-from pollen.ratelimit import RateLimiter
+from pollen.providers.polling import StatusFetcher
+from pollen.providers.ratelimit import RateLimiter
 from pollen.settings import Settings
-from pollen.ssrf import AddressPolicy, UnsafeCallbackURL
-from pollen.store import Store
+from pollen.store import keys
+from pollen.store.jobs import Store
+from pollen.store.outbox import Outbox
+from pollen.worker import logs, metrics
 
 EXTRA_TTL = 3600
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Deps:
-    """What the steps need, built once per worker process (see :mod:`pollen.runtime`)."""
+    """What the steps need, built once per worker process (see :mod:`pollen.worker.runtime`)."""
 
     settings: Settings
     store: Store
@@ -136,10 +138,10 @@ def _finish(deps: Deps, job: Job, status: JobStatus, code: str = "", message: st
     metrics.JOBS_FINISHED.labels(job.provider, status.value).inc()
     level = logging.INFO if status is JobStatus.SUCCEEDED else logging.WARNING
     log.log(level, "job %s%s", status.value, f" ({code}: {message})" if code else "")
-    if not callbacks.wants(job, "completed"):
+    if not events.wants(job, "completed"):
         return Next(finished=True, provider=job.provider)
     final = deps.store.get(job.id)
-    sends = callbacks.emit(deps, final, "completed", callbacks.completion_payload(final))
+    sends = events.emit(deps, final, "completed", events.completion_payload(final))
     return Next(finished=True, provider=job.provider, deliveries=tuple(sends))
 
 
@@ -214,9 +216,9 @@ def submit(deps: Deps, job_id: str) -> Next:
         next_poll_at=repr(now + first),
     )
     sends: list[str] = []
-    if moved and callbacks.wants(job, "started"):
+    if moved and events.wants(job, "started"):
         started = store.get(job_id)
-        sends = callbacks.emit(deps, started, "started", callbacks.started_payload(started))
+        sends = events.emit(deps, started, "started", events.started_payload(started))
     return Next(poll_in=first, attempt=1, provider=job.provider, deliveries=tuple(sends))
 
 
@@ -340,8 +342,8 @@ def _partial_events(deps: Deps, job: Job, new: list[str], snapshot: Snapshot) ->
     by_id = {result.id: result for result in snapshot.results}
     sends: list[str] = []
     for offset, ident in enumerate(new, start=1):
-        data = callbacks.partial_payload(job, by_id[ident], len(job.results) + offset)
-        sends += callbacks.emit(deps, job, "partial", data, suffix=ident)
+        data = events.partial_payload(job, by_id[ident], len(job.results) + offset)
+        sends += events.emit(deps, job, "partial", data, suffix=ident)
     return sends
 
 
@@ -357,5 +359,5 @@ def _progress_event(deps: Deps, job: Job, snapshot: Snapshot) -> list[str]:
     if last and now - float(str(last)) < deps.settings.callbacks.progress_interval:
         return []
     deps.store.update(job.id, progress_event_at=repr(now))
-    data = callbacks.progress_payload(job, progress)
-    return callbacks.emit(deps, job, "progress", data, suffix=str(round(progress * 1000)))
+    data = events.progress_payload(job, progress)
+    return events.emit(deps, job, "progress", data, suffix=str(round(progress * 1000)))

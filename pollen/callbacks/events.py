@@ -16,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pollen import delivery as http_delivery
-from pollen import keys, logs, metrics, webhooks
+from pollen.callbacks import delivery as http_delivery
+from pollen.callbacks import webhooks
 from pollen.models import GenerationResult, Job
-from pollen.outbox import Delivery, DeliveryState, delivery_id
+from pollen.store import keys
+from pollen.store.outbox import Delivery, DeliveryState, delivery_id
+from pollen.worker import logs, metrics
 
 if TYPE_CHECKING:
-    from pollen.steps import Deps
+    from pollen.worker.steps import Deps
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 With a thread pool, many polls of one worker process fire at about the same time; for a
 provider that takes task arrays (Runware) they share one HTTP request through a
-:class:`~pollen.batching.Batcher`. Every request first takes a slot from the shared
-:class:`~pollen.ratelimit.RateLimiter`.
+:class:`~pollen.providers.batching.Batcher`. Every request first takes a slot from the shared
+:class:`~pollen.providers.ratelimit.RateLimiter`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from functools import partial
 
 import httpx
 
-from pollen import metrics
-from pollen.batching import Batcher
 from pollen.models import Job
 from pollen.providers import Provider, Snapshot
+from pollen.providers.batching import Batcher
 from pollen.providers.http import send
-from pollen.ratelimit import RateLimiter
+from pollen.providers.ratelimit import RateLimiter
+from pollen.worker import metrics
 
 Item = tuple[Job, float]
 

@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pollen import webhooks
+from pollen.callbacks import webhooks
 from pollen.client import Pollen
-from pollen.embedded import CallbackReceiver, RedisServer, Worker
+from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.models import Job
 from pollen.settings import Settings
 from pollen.simulator import SimulatorConfig, SimulatorServer

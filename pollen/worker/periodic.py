@@ -11,8 +11,9 @@ from typing import Any
 
 from celery import bootsteps
 
-from pollen import durability, keys, metrics, runtime
-from pollen.reconciler import reconcile, try_lock
+from pollen.store import durability, keys
+from pollen.worker import metrics, runtime
+from pollen.worker.reconciler import reconcile, try_lock
 
 log = logging.getLogger(__name__)
 DUE_PER_ROUND = 5000
@@ -26,7 +27,7 @@ class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
         port = deps.settings.metrics_port
         if not port:
             return
-        from pollen.connections import redis_client
+        from pollen.store.connection import redis_client
 
         queues = deps.settings.queues
         metrics.serve(

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import redis
 
-from pollen import keys
+from pollen.store import keys
 
 DeliveryState = Literal["pending", "sending", "delivered", "gone", "dead"]
 FINAL_STATES = ("delivered", "gone", "dead")

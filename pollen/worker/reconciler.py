@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pollen import keys
-from pollen.metrics import RECONCILER
 from pollen.models import JobStatus
-from pollen.store import Store
+from pollen.store import keys
+from pollen.store.jobs import Store
+from pollen.worker.metrics import RECONCILER
 
 log = logging.getLogger(__name__)
 

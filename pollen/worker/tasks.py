@@ -19,9 +19,10 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from pollen import callbacks, health, logs, runtime, steps
+from pollen.callbacks import events
 from pollen.errors import InvalidJob
 from pollen.settings import get_settings
+from pollen.worker import health, logs, runtime, steps
 
 
 @worker_process_init.connect
@@ -149,6 +150,6 @@ def poll(self: Task, job_id: str, attempt: int) -> None:
 def deliver_callback(self: Task, delivery: str) -> None:
     """One attempt at one callback delivery; short waits retry by countdown, long ones wait in
     Redis for the periodic round. Never changes the job."""
-    outcome = callbacks.deliver(runtime.deps(), delivery, _send_task)
+    outcome = events.deliver(runtime.deps(), delivery, _send_task)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)

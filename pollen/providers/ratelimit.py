@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import redis
 
-from pollen import keys
 from pollen.errors import RateLimited
+from pollen.store import keys
 
 # KEYS: window   ARGV: limit, window_ms, member
 # -> {0, now_ms} when a slot was taken at now_ms, or {milliseconds to wait, now_ms}

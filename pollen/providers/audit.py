@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pollen.connections import http_client
 from pollen.errors import ProviderRejected
 from pollen.models import Job
 from pollen.providers.http import send
 from pollen.providers.runware import Runware
 from pollen.settings import Settings
+from pollen.store.connection import http_client
 
 
 def provider_task_details(settings: Settings, job: Job) -> dict[str, Any]:

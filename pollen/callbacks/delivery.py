@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import httpx
 
+from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.providers.http import parse_retry_after
-from pollen.ssrf import AddressPolicy, UnsafeCallbackURL
 
 Outcome = Literal["delivered", "retry", "gone", "failed"]
 

@@ -9,7 +9,7 @@ checks, both through one :class:`AddressPolicy`:
   ``[::ffff:127.0.0.1]``). No DNS here.
 - :meth:`AddressPolicy.resolve` at connect time: every address a name resolves to must pass
   :meth:`AddressPolicy.check_ip`; the caller then connects to one of those exact addresses
-  (see :mod:`pollen.delivery`), so a DNS answer cannot change between check and connect.
+  (see :mod:`pollen.callbacks.delivery`), so a DNS answer cannot change between check and connect.
 
 An address passes if it is globally routable public unicast, or inside an allowlisted CIDR.
 IPv6 forms that carry an IPv4 address (IPv4-mapped, IPv4-compatible, SIIT, NAT64 64:ff9b::/96,

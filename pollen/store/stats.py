@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pollen import keys
-from pollen.store import Store
+from pollen.store import keys
+from pollen.store.jobs import Store
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Builds pollen's Celery app from settings. Tasks live in :mod:`pollen.tasks`.
+"""Builds pollen's Celery app from settings. Tasks live in :mod:`pollen.worker.tasks`.
 
-Run a worker with ``pollen worker`` (or ``celery -A pollen.celery_app worker``).
+Run a worker with ``pollen worker`` (or ``celery -A pollen.worker worker``).
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None, *, include_tasks: bool = True) -> Celery:
     """A configured Celery app; producers pass ``include_tasks=False`` (they only send)."""
     settings = settings or get_settings()
-    app = Celery("pollen", include=["pollen.tasks"] if include_tasks else [])
+    app = Celery("pollen", include=["pollen.worker.tasks"] if include_tasks else [])
     app.conf.update(celery_config(settings))
     if include_tasks:
-        from pollen.periodic import MetricsExporter, Periodic
+        from pollen.worker.periodic import MetricsExporter, Periodic
 
         app.steps["worker"].add(Periodic)
         app.steps["worker"].add(MetricsExporter)

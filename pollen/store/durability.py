@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from pollen import keys
+from pollen.store import keys
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Writes that must not interleave (create, status transitions, applying a poll) are Lua scripts,
 so a step that runs twice, or two copies of one message, cannot duplicate a generation or move
-a status backwards. Key names come from :mod:`pollen.keys`.
+a status backwards. Key names come from :mod:`pollen.store.keys`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import redis
 
-from pollen import keys
 from pollen.backoff import PollPolicy
 from pollen.errors import JobNotFound, StoreUnavailable
 from pollen.models import (
@@ -25,6 +24,7 @@ from pollen.models import (
     Job,
     JobStatus,
 )
+from pollen.store import keys
 
 MAX_EVENTS = 1000
 MAX_RESPONSES = 500

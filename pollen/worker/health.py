@@ -12,8 +12,8 @@ from pathlib import Path
 
 import redis
 
-from pollen import keys
 from pollen.settings import Settings
+from pollen.store import keys
 
 HEARTBEAT_MAX_AGE = 60.0
 
@@ -42,7 +42,7 @@ def check_redis(url: str, name: str) -> Check:
 
 
 def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
-    from pollen.celery_app import create_app
+    from pollen.worker.app import create_app
 
     app = create_app(settings, include_tasks=False)
     try:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import threading
 
-from pollen.connections import http_client, redis_client
-from pollen.outbox import Outbox
+from pollen.callbacks.addresses import AddressPolicy
 from pollen.providers import build_providers
 from pollen.settings import Settings, get_settings
-from pollen.ssrf import AddressPolicy
-from pollen.steps import Deps
-from pollen.store import Store
+from pollen.store.connection import http_client, redis_client
+from pollen.store.jobs import Store
+from pollen.store.outbox import Outbox
+from pollen.worker.steps import Deps
 
 
 class _ProcessLocal:
