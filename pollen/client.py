@@ -20,13 +20,13 @@ from celery import Celery
 
 from pollen.errors import JobLost, JobNotFound, StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
+from pollen.payloads import accept
 from pollen.settings import Settings, get_settings
 from pollen.store import durability, keys
 from pollen.store.connection import redis_client
 from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
 from pollen.worker.app import create_app
-from pollen.worker.steps import accept
 
 
 class Pollen:

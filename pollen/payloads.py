@@ -1,4 +1,5 @@
-"""Turning a producer's payload into a validated :class:`JobRequest`, or a clear refusal.
+"""Turning a producer's payload into a validated :class:`JobRequest` (or a clear refusal),
+and storing it as a queued job (:func:`accept`).
 
 The accepted shape is the union of every registered dialect's job model, told apart by
 ``provider``; its JSON Schema is what ``pollen schema`` publishes.
@@ -7,15 +8,21 @@ The accepted shape is the union of every registered dialect's job model, told ap
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.errors import InvalidJob
-from pollen.models import JobRequest
+from pollen.models import JobRequest, JobStatus, PollOverrides
 from pollen.providers import REGISTRY
+from pollen.settings import Settings
+from pollen.store.jobs import Store
 
 MAX_NESTING = 8
+#: seconds a job's keys outlive its deadline plus the finished-job TTL
+EXTRA_TTL = 3600
 KNOWN_PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
 
 _models = tuple(provider.job_model for provider in REGISTRY.values())
@@ -93,3 +100,48 @@ def job_request_schema() -> dict[str, Any]:
         "title": "pollen job request",
         **schema,
     }
+
+
+def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tuple[str, bool]:
+    """Validate a producer payload and store it as a queued job.
+
+    Returns ``(job_id, created)``; ``created`` is False when a job with that id already
+    exists (the id is an idempotency key). Raises :class:`InvalidJob` before writing anything.
+    """
+    request = parse_job_request(payload, max_request_bytes=settings.max_request_bytes)
+    try:
+        policy = (request.poll or PollOverrides()).apply(settings.poll, request.deadline)
+    except ValidationError as exc:
+        raise InvalidJob(f"poll: {exc.errors()[0]['msg']}") from None
+    limit = settings.visibility_timeout - settings.task_time_limit
+    if policy.max_delay >= limit:
+        raise InvalidJob(f"poll.max_delay: must be below {limit}s (the broker visibility timeout)")
+    if request.callback_url:
+        try:
+            AddressPolicy(settings.callbacks.allow_cidrs).check_url(str(request.callback_url))
+        except UnsafeCallbackURL as exc:
+            raise UnsafeCallbackURL(f"callback_url: {exc}") from None
+    job_id = request.job_id or uuid.uuid4().hex
+    task = request.request.model_dump(mode="json", exclude_unset=False, exclude_none=True)
+    fields = {
+        "id": job_id,
+        "provider": request.provider,
+        "status": JobStatus.QUEUED.value,
+        "created_at": repr(now),
+        "updated_at": repr(now),
+        "deadline_at": repr(now + policy.deadline),
+        "task_uuid": str(uuid.uuid4()),
+        "expected_results": str(request.expected_results),
+        "request": task,
+        "policy": policy.model_dump_json(),
+        "callback_url": str(request.callback_url) if request.callback_url else "",
+        "callback_secret": request.callback_secret or "",
+        "events": request.events,
+        "python_callback": request.python_callback.model_dump() if request.python_callback else "",
+        "metadata": request.metadata or {},
+        "submit_attempts": "0",
+        "polls": "0",
+        "poll_seq": "0",
+    }
+    ttl = int(policy.deadline) + settings.job_ttl + EXTRA_TTL
+    return job_id, store.create(job_id, fields, now=now, ttl=ttl)

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from pollen import payloads
+
 
 def video_request(durations: list[float], errors: list[str | None] | None = None) -> dict[str, Any]:
     """A Runware videoInference task whose generations the simulator finishes on cue."""
@@ -24,10 +26,9 @@ def video_request(durations: list[float], errors: list[str | None] | None = None
 
 def accept_job(deps: Any, durations: list[float]) -> str:
     """Store a new video job directly through the accept step (no message is sent)."""
-    from pollen.worker import steps
 
     payload = {"provider": "runware", "request": video_request(durations)}
-    job_id, created = steps.accept(deps.settings, deps.store, payload, now=time.time())
+    job_id, created = payloads.accept(deps.settings, deps.store, payload, now=time.time())
     assert created
     return job_id
 

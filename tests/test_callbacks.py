@@ -19,7 +19,7 @@ import pytest
 import redis
 from standardwebhooks import Webhook
 
-from pollen import InvalidJob, JobStatus, Pollen
+from pollen import InvalidJob, JobStatus, Pollen, payloads
 from pollen.callbacks.events import deliver
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.settings import Settings
@@ -197,7 +197,7 @@ def test_long_waits_are_parked_in_redis_not_sent_as_countdowns(
         }
         from pollen.worker import steps
 
-        job_id, _ = steps.accept(hours, deps.store, payload, now=time.time())
+        job_id, _ = payloads.accept(hours, deps.store, payload, now=time.time())
         steps._finish(deps, deps.store.get(job_id), JobStatus.FAILED, "test", "ended by test")
         receiver.script("/later", (500, {}, 0.0))
         sent: list[str] = []

@@ -17,7 +17,9 @@ from tests.helpers import video_request
 
 
 def test_json_lines_carry_the_bound_job() -> None:
-    record = logging.LogRecord("pollen.worker.steps", logging.INFO, __file__, 1, "hello %s", ("x",), None)
+    record = logging.LogRecord(
+        "pollen.worker.steps", logging.INFO, __file__, 1, "hello %s", ("x",), None
+    )
     logs.clear()  # other tests ran steps in this thread
     logs.bind(job_id="j1", provider="runware", attempt=3)
     try:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pollen import JobStatus, Pollen
+from pollen import JobStatus, Pollen, payloads
 from pollen.store.stats import collect
 from pollen.worker import steps
 from pollen.worker.runtime import build_deps
@@ -25,7 +25,7 @@ def test_stats_count_states_and_find_the_oldest_job(
     # Stored without a submit message, so they stay queued even if a worker runs.
     for job_id in ("old-one", "new-one"):
         payload = {"provider": "runware", "request": video_request([1.0]), "job_id": job_id}
-        steps.accept(client.settings, client.store, payload, now=time.time())
+        payloads.accept(client.settings, client.store, payload, now=time.time())
         time.sleep(0.05)
     first = "old-one"
     current = collect(client.store)

@@ -1,4 +1,5 @@
-"""The job's steps as plain functions: accept, submit, poll, deliver the callback.
+"""The job's steps as plain functions: submit and poll (accepting a job is
+:func:`pollen.payloads.accept`; callbacks are :mod:`pollen.callbacks.events`).
 
 No Celery here: each step reads and writes the store, talks to a provider through the injected
 HTTP client, and returns what should happen next (a :class:`Next`). The Celery tasks in
@@ -11,26 +12,22 @@ import json
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
 
 from pollen.backoff import next_delay
 from pollen.callbacks import events
-from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
+from pollen.callbacks.addresses import AddressPolicy
 from pollen.errors import (
-    InvalidJob,
     ProviderUnavailable,
     RateLimited,
     RetryableProviderError,
     TerminalProviderError,
 )
-from pollen.models import Job, JobStatus, PollOverrides
-from pollen.payloads import parse_job_request
+from pollen.models import Job, JobStatus
 from pollen.providers import Provider, Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.providers.http import send
@@ -42,7 +39,6 @@ from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
 from pollen.worker import logs, metrics
 
-EXTRA_TTL = 3600
 log = logging.getLogger(__name__)
 
 
@@ -83,51 +79,6 @@ class Next:
     finished: bool = False  #: this step ended the job
     provider: str = ""  #: for the task's log and Flower repr
     deliveries: tuple[str, ...] = ()  #: callback deliveries to send now
-
-
-def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tuple[str, bool]:
-    """Validate a producer payload and store it as a queued job.
-
-    Returns ``(job_id, created)``; ``created`` is False when a job with that id already
-    exists (the id is an idempotency key). Raises :class:`InvalidJob` before writing anything.
-    """
-    request = parse_job_request(payload, max_request_bytes=settings.max_request_bytes)
-    try:
-        policy = (request.poll or PollOverrides()).apply(settings.poll, request.deadline)
-    except ValidationError as exc:
-        raise InvalidJob(f"poll: {exc.errors()[0]['msg']}") from None
-    limit = settings.visibility_timeout - settings.task_time_limit
-    if policy.max_delay >= limit:
-        raise InvalidJob(f"poll.max_delay: must be below {limit}s (the broker visibility timeout)")
-    if request.callback_url:
-        try:
-            AddressPolicy(settings.callbacks.allow_cidrs).check_url(str(request.callback_url))
-        except UnsafeCallbackURL as exc:
-            raise UnsafeCallbackURL(f"callback_url: {exc}") from None
-    job_id = request.job_id or uuid.uuid4().hex
-    task = request.request.model_dump(mode="json", exclude_unset=False, exclude_none=True)
-    fields = {
-        "id": job_id,
-        "provider": request.provider,
-        "status": JobStatus.QUEUED.value,
-        "created_at": repr(now),
-        "updated_at": repr(now),
-        "deadline_at": repr(now + policy.deadline),
-        "task_uuid": str(uuid.uuid4()),
-        "expected_results": str(request.expected_results),
-        "request": task,
-        "policy": policy.model_dump_json(),
-        "callback_url": str(request.callback_url) if request.callback_url else "",
-        "callback_secret": request.callback_secret or "",
-        "events": request.events,
-        "python_callback": request.python_callback.model_dump() if request.python_callback else "",
-        "metadata": request.metadata or {},
-        "submit_attempts": "0",
-        "polls": "0",
-        "poll_seq": "0",
-    }
-    ttl = int(policy.deadline) + settings.job_ttl + EXTRA_TTL
-    return job_id, store.create(job_id, fields, now=now, ttl=ttl)
 
 
 def _finish(deps: Deps, job: Job, status: JobStatus, code: str = "", message: str = "") -> Next:

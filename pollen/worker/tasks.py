@@ -19,6 +19,7 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
+from pollen import payloads
 from pollen.callbacks import events
 from pollen.errors import InvalidJob
 from pollen.settings import get_settings
@@ -118,7 +119,7 @@ def submit(
     deps = runtime.deps()
     created = False
     if job is not None:
-        job_id, created = steps.accept(deps.settings, deps.store, job, now=deps.clock())
+        job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
     if job_id is None:
         raise InvalidJob("pollen.submit needs job= (a job payload) or job_id=")
     outcome = steps.submit(deps, job_id)
