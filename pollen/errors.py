@@ -13,7 +13,8 @@
         │   └── ProviderProtocolError   an answer we cannot parse (garbage, wrong shape)
         └── TerminalProviderError   the job cannot succeed; carries the provider's code and message
             ├── ProviderRejected        400/401/403-class answers, refused task parameters
-            └── ProviderTaskNotFound    the provider does not know the task (any more)
+            ├── ProviderTaskNotFound    the provider does not know the task (any more)
+            └── ProviderNotConfigured   pollen's own settings make the request impossible
 
 HTTP statuses and httpx exceptions become these in exactly one place per provider
 (`pollen.providers.http`); the poll and submit steps only ever see this tree.
@@ -101,3 +102,16 @@ class ProviderRejected(TerminalProviderError):
 
 class ProviderTaskNotFound(TerminalProviderError):
     """The provider does not know the task id."""
+
+
+class ProviderNotConfigured(TerminalProviderError):
+    """The request cannot be sent as configured: an API key not set, a header value HTTP refuses.
+
+    Never retried: no provider outage is involved, only a worker's configuration.
+    """
+
+    @classmethod
+    def missing(cls, variables: list[str]) -> ProviderNotConfigured:
+        """The dialect's required settings ``variables`` (environment names) are empty."""
+        verb = "is" if len(variables) == 1 else "are"
+        return cls(f"{', '.join(variables)} {verb} not set", code="missingCredentials")

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import httpx
+from pydantic import SecretStr
 
+from pollen.errors import ProviderNotConfigured
 from pollen.models import GenerationError, GenerationResult, Job, JobRequest
 from pollen.settings import Settings
 
@@ -78,14 +80,44 @@ def progress_hint(job: Job, now: float, progress: float | None) -> float | None:
     return (now - started) * (1 - progress) / progress
 
 
+def env_var(group: str, name: str) -> str:
+    """The environment variable of setting ``group.name``: ``POLLEN_RUNWARE__API_KEY``."""
+    config = Settings.model_config
+    delimiter = config.get("env_nested_delimiter") or "__"
+    return f"{config.get('env_prefix', '')}{group}{delimiter}{name}".upper()
+
+
+def _is_set(settings: Settings, group: str, name: str) -> bool:
+    value = getattr(getattr(settings, group), name)
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return bool(str(value or "").strip())
+
+
 class Provider(ABC):
     """One provider dialect."""
 
     name: ClassVar[str]
     job_model: ClassVar[type[JobRequest]]  #: the payload a producer sends for this dialect
+    #: settings the dialect cannot work without, as (group, field): ``("runware", "api_key")``
+    credentials: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    def missing_credentials(self) -> list[str]:
+        """The environment variables of required settings that are empty."""
+        return [
+            env_var(group, name)
+            for group, name in self.credentials
+            if not _is_set(self.settings, group, name)
+        ]
+
+    def require_credentials(self) -> None:
+        """Raise :class:`~pollen.errors.ProviderNotConfigured` if a required setting is empty."""
+        missing = self.missing_credentials()
+        if missing:
+            raise ProviderNotConfigured.missing(missing)
 
     @abstractmethod
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:

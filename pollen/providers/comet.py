@@ -120,8 +120,10 @@ def to_results(task: CometTask, now: float) -> list[GenerationResult]:
 class CometRunway(Provider):
     name = "comet_runway"
     job_model = CometRunwayJob
+    credentials = (("comet", "api_key"),)
 
     def _headers(self) -> dict[str, str]:
+        self.require_credentials()
         comet = self.settings.comet
         headers = {
             "Authorization": f"Bearer {comet.api_key.get_secret_value()}",

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from pollen.errors import (
+    ProviderNotConfigured,
     ProviderProtocolError,
     ProviderRejected,
     ProviderUnavailable,
@@ -43,16 +44,32 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+def _unsendable(exc: httpx.LocalProtocolError) -> str:
+    """What went wrong, without the offending value (a header value may be an API key)."""
+    text = str(exc)
+    if "header" in text.lower():
+        return (
+            "the request has a header value HTTP does not allow (an empty API key, or one with "
+            "spaces or a line break?); not sent, not retried"
+        )
+    return f"the request could not be sent as built ({text.split(' b', 1)[0]}); not retried"
+
+
 def send(
     http: httpx.Client, request: httpx.Request, *, provider: str = "", kind: str = ""
 ) -> httpx.Response:
     """Send, read the body, and raise retryable errors for 429, 5xx and transport failures.
+
+    A request httpx refuses to send (``LocalProtocolError``: e.g. a header value with a line
+    break) is a configuration or programming error, terminal at once: retrying cannot help.
 
     ``provider`` and ``kind`` (submit/status) label the response-time histogram.
     """
     started = time.perf_counter()
     try:
         response = http.send(request)
+    except httpx.LocalProtocolError as exc:  # before TransportError: ours, not an outage
+        raise ProviderNotConfigured(_unsendable(exc), code="unsendableRequest") from exc
     except httpx.TimeoutException as exc:
         raise ProviderUnavailable(f"provider timed out: {exc!r}", code="timeout") from exc
     except httpx.TransportError as exc:

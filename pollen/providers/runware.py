@@ -163,8 +163,10 @@ def _state(results: int, errors: int, processing: int, expected: int) -> Provide
 class Runware(Provider):
     name = "runware"
     job_model = RunwareJob
+    credentials = (("runware", "api_key"),)
 
     def _post(self, tasks: list[dict[str, Any]]) -> httpx.Request:
+        self.require_credentials()
         key = self.settings.runware.api_key.get_secret_value()
         return httpx.Request(
             "POST",

@@ -125,8 +125,10 @@ def to_result(artifact: UseapiArtifact, now: float) -> GenerationResult:
 class UseapiRunway(Provider):
     name = "useapi_runway"
     job_model = UseapiRunwayJob
+    credentials = (("useapi", "api_key"),)
 
     def _headers(self) -> dict[str, str]:
+        self.require_credentials()
         key = self.settings.useapi.api_key.get_secret_value()
         return {"Authorization": f"Bearer {key}", "Accept": "application/json"}
 

@@ -22,6 +22,7 @@ from pollen.backoff import next_delay
 from pollen.callbacks import events
 from pollen.callbacks.addresses import AddressPolicy
 from pollen.errors import (
+    ProviderNotConfigured,
     ProviderUnavailable,
     RateLimited,
     RetryableProviderError,
@@ -124,6 +125,10 @@ def submit(deps: Deps, job_id: str) -> Next:
     if job.deadline_at is not None and now >= job.deadline_at:
         return _timed_out(deps, job, " (never accepted by the provider)")
     provider = deps.providers[job.provider]
+    missing = provider.missing_credentials()
+    if missing:  # this worker can never submit it: fail now, not after an hour of retries
+        metrics.SUBMITS.labels(job.provider, "misconfigured").inc()
+        return _failed(deps, job, ProviderNotConfigured.missing(missing))
     request = provider.submit_request(job, job.task_uuid)
     attempts = store.begin_submit(job_id, json.loads(request.content))
     if attempts == 1:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task, current_app, shared_task
@@ -17,18 +18,30 @@ from celery.signals import (
     task_prerun,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
 )
 
 from pollen import payloads
 from pollen.callbacks import events
 from pollen.errors import InvalidJob
+from pollen.providers import build_providers
 from pollen.settings import get_settings
 from pollen.worker import health, logs, runtime, steps
+
+log = logging.getLogger(__name__)
 
 
 @worker_process_init.connect
 def _open_resources(**_: Any) -> None:
     runtime.deps()
+
+
+@worker_ready.connect
+def _warn_missing_credentials(**_: Any) -> None:
+    """One warning per provider this worker cannot call, at start (its jobs fail at once)."""
+    for provider in build_providers(get_settings()).values():
+        for variable in provider.missing_credentials():
+            log.warning("%s: %s is not set; its jobs will fail", provider.name, variable)
 
 
 @setup_logging.connect
