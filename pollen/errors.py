@@ -6,6 +6,7 @@
     │   └── JobLost                     ... and the store is known to have lost its data
     ├── StoreUnavailable            Redis refused a write (down, read-only, or full: noeviction OOM)
     ├── WaitTimeout                 wait() gave up before the job ended
+    ├── CallbackNotDelivered        one callback delivery attempt did not deliver (its task fails)
     └── ProviderError               something went wrong talking to a provider
         ├── RetryableProviderError  try again later, within the job's deadline
         │   ├── ProviderUnavailable     5xx, timeout, connection error
@@ -55,6 +56,10 @@ class StoreUnavailable(PollenError):
 
 class WaitTimeout(PollenError, TimeoutError):
     """The job did not reach a terminal state within the wait timeout."""
+
+
+class CallbackNotDelivered(PollenError):
+    """A callback delivery attempt did not deliver; it is retried on its schedule, or is dead."""
 
 
 class ProviderError(PollenError):

@@ -128,6 +128,7 @@ def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = ""
 class Outcome:
     state: DeliveryState | None  #: None: nothing was attempted
     retry_in: float | None = None  #: try again by countdown after this many seconds
+    detail: str = ""  #: what happened, in a few words (the task's result or failure in Flower)
 
 
 def deliver(deps: Deps, ident: str, send_task: SendTask) -> Outcome:
@@ -135,16 +136,17 @@ def deliver(deps: Deps, ident: str, send_task: SendTask) -> Outcome:
     settings = deps.settings.callbacks
     now = deps.clock()
     verdict = deps.outbox.claim(ident, now=now, lease=settings.timeout + 30)
-    if verdict != "ok":
-        return Outcome(None)  # finished, missing, or another copy is sending it right now
+    if verdict != "ok":  # finished, missing, or another copy is sending it right now
+        return Outcome(None, detail=f"not sent: the delivery is {verdict}")
     item = deps.outbox.get(ident)
     if item is None:
-        return Outcome(None)
+        return Outcome(None, detail="not sent: the delivery is missing")
     logs.bind(job_id=item.job_id)
     wait = _blocked(deps, item, now)
     if wait is not None:  # an earlier event to the same receiver is not finished yet
         deps.outbox.release(item, due_at=now + wait)
-        return Outcome(None, retry_in=wait if wait <= settings.park_after else None)
+        retry_in = wait if wait <= settings.park_after else None
+        return Outcome(None, retry_in, f"not sent yet: waits {wait:.1f}s for an earlier event")
     attempt = _send_celery(item, send_task, now) if item.kind == "celery" else _post(deps, item)
     return _settle(deps, item, attempt, now)
 
@@ -231,12 +233,12 @@ def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> 
         deps.outbox.record(item, attempt, state=state, now=now)
         if outcome == "delivered" and item.event == "completed":
             _observe_lag(deps, item.job_id, now)
-        return Outcome(state)
+        return Outcome(state, detail=f"{outcome} ({_answer(attempt)})")
     made = item.attempts + 1
     if outcome == "failed" or made >= len(settings.schedule):
         deps.outbox.record(item, attempt, state="dead", now=now)
         log.warning("callback %s is dead after %d attempt(s): %s", item.id, made, attempt["error"])
-        return Outcome("dead")
+        return Outcome("dead", detail=f"dead after {made} attempt(s): {_answer(attempt)}")
     delay = settings.schedule[made] * (1 + settings.jitter * (2 * random.random() - 1))
     delay = max(delay, attempt.get("retry_after") or 0.0, 0.0)
     short = delay <= settings.park_after
@@ -245,7 +247,19 @@ def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> 
     deps.outbox.record(item, attempt, state="pending", now=now, due_at=due)
     log.info("callback %s attempt %d failed (%s); next in %.1fs", item.id, made,
              attempt["error"], delay)  # fmt: skip
-    return Outcome("pending", retry_in=delay if short else None)
+    where = "by countdown" if short else "from Redis (periodic round)"
+    detail = f"attempt {made} failed: {_answer(attempt)}; next in {delay:.1f}s {where}"
+    return Outcome("pending", retry_in=delay if short else None, detail=detail)
+
+
+def _answer(attempt: dict[str, Any]) -> str:
+    """The receiver's answer to one attempt, ``HTTP 500`` or the error's kind: never a URL,
+    which can be a secret (Flower and the task's log show this)."""
+    if attempt.get("status_code") is not None:
+        return f"HTTP {attempt['status_code']}"
+    if attempt.get("error"):
+        return str(attempt["error"]).split(":", 1)[0]
+    return "sent as a Celery task"
 
 
 def _observe_lag(deps: Deps, job_id: str, now: float) -> None:

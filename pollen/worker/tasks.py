@@ -23,7 +23,8 @@ from celery.signals import (
 
 from pollen import payloads
 from pollen.callbacks import events
-from pollen.errors import InvalidJob
+from pollen.errors import CallbackNotDelivered, InvalidJob
+from pollen.models import JobStatus
 from pollen.providers import build_providers
 from pollen.settings import get_settings
 from pollen.worker import health, logs, runtime, steps
@@ -118,6 +119,12 @@ def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
     )
 
 
+def _first_submit(deps: steps.Deps, job_id: str) -> bool:
+    """Whether no submit of this stored job has run yet: this message brings it in."""
+    job = deps.store.get(job_id)
+    return job.status is JobStatus.QUEUED and job.submit_attempts == 0
+
+
 @shared_task(
     bind=True,
     name="pollen.submit",
@@ -126,20 +133,31 @@ def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
     max_retries=None,  # bounded by the job's deadline, not by a count
 )
 def submit(
-    self: Task, job: dict[str, Any] | None = None, job_id: str | None = None
+    self: Task,
+    job: dict[str, Any] | None = None,
+    job_id: str | None = None,
+    created: bool | None = None,
 ) -> dict[str, Any]:
-    """Accept a job payload (``job=``) or an already stored job (``job_id=``) and submit it."""
+    """Accept a job payload (``job=``) or an already stored job (``job_id=``) and submit it.
+
+    Answers ``{"job_id": ..., "created": ...}`` in both forms (Flower shows it as the result):
+    ``created`` is True when this message brought in a new job (it stored the payload, or its
+    producer stored the job and this is the job's first submit), False for a duplicate (the
+    id existed, or the job was already submitted). ``created`` itself is only passed by this
+    task's own retries, which carry the first run's answer.
+    """
     deps = runtime.deps()
-    created = False
     if job is not None:
         job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
     if job_id is None:
         raise InvalidJob("pollen.submit needs job= (a job payload) or job_id=")
+    if created is None:
+        created = _first_submit(deps, job_id)
     outcome = steps.submit(deps, job_id)
     if outcome.submit_in is not None:
         raise self.retry(
             countdown=outcome.submit_in,
-            kwargs={"job_id": job_id},
+            kwargs={"job_id": job_id, "created": created},
             kwargsrepr=describe(job_id, outcome.provider),
         )
     _follow_up(job_id, outcome)
@@ -160,10 +178,25 @@ def poll(self: Task, job_id: str, attempt: int) -> None:
     )
 
 
-@shared_task(bind=True, name="pollen.deliver_callback", max_retries=None)
-def deliver_callback(self: Task, delivery: str) -> None:
+@shared_task(
+    bind=True,
+    name="pollen.deliver_callback",
+    max_retries=None,
+    throws=(CallbackNotDelivered,),  # an expected outcome: logged at INFO, no traceback
+)
+def deliver_callback(self: Task, delivery: str) -> str:
     """One attempt at one callback delivery; short waits retry by countdown, long ones wait in
-    Redis for the periodic round. Never changes the job."""
+    Redis for the periodic round. Never changes the job.
+
+    What Flower shows is what happened: SUCCESS only when the receiver took it; RETRY when
+    this message runs again after a countdown; FAILURE (``CallbackNotDelivered``) when the
+    attempt failed and the next one waits in Redis, or the delivery is dead or gone. A parked
+    wait is not a retry of this message (the periodic round sends a new one when it is due),
+    and a SUCCESS would hide the failed attempt, so the task fails with the reason.
+    """
     outcome = events.deliver(runtime.deps(), delivery, _send_task)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
+    if outcome.state in ("pending", "dead", "gone"):
+        raise CallbackNotDelivered(outcome.detail)
+    return outcome.detail
