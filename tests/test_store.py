@@ -1,12 +1,15 @@
 """The store's contract, on the real Redis: statuses only move forward, counters and indexes
-agree with the jobs, finished jobs expire, poll steps are fenced, ids are idempotency keys."""
+agree with the jobs, finished jobs expire, poll steps are fenced, ids are idempotency keys;
+and the epoch marker a worker remembers belongs to the store it describes."""
 
 from __future__ import annotations
 
 import itertools
+import tempfile
 import time
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,10 @@ from pollen.store.jobs import SCRIPTS as JOB_SCRIPTS
 from pollen.store.jobs import Store
 from pollen.store.outbox import SCRIPTS as OUTBOX_SCRIPTS
 from pollen.store.outbox import Outbox
+from pollen.worker import health
+from pollen.worker.periodic import check_store
+from pollen.worker.runtime import build_deps
+from pollen.worker.steps import Deps
 from tests.conftest import STORE_DB
 from tests.helpers import video_request
 
@@ -255,6 +262,99 @@ def test_the_lua_ranks_are_generated_from_job_status() -> None:
     for status in JobStatus:
         assert f"['{status.value}']={status.rank}" in generated
     assert "local TERMINAL = 3" in generated
+
+
+# --- the epoch marker belongs to its store --------------------------------------------------
+
+OTHER_DBS = (5, 6)  # not the session's store or broker
+
+
+@pytest.fixture
+def two_stores(
+    settings: Settings, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[list[Settings]]:
+    """Two deployments on one machine: same heartbeat directory, different Redis databases."""
+    chosen = []
+    for db in OTHER_DBS:
+        client = redis.Redis.from_url(redis_server.url(db))
+        client.flushdb()
+        client.close()
+        chosen.append(
+            settings.model_copy(
+                update={
+                    "redis_url": redis_server.url(db),
+                    "heartbeat_file": tmp_path / "worker.heartbeat",
+                }
+            )
+        )
+    yield chosen
+    for db in OTHER_DBS:
+        client = redis.Redis.from_url(redis_server.url(db))
+        client.flushdb()
+        client.close()
+
+
+def _started(settings: Settings) -> Deps:
+    """A worker process that just started: nothing remembered but what is on disk."""
+    return build_deps(settings)
+
+
+def _round(settings: Settings) -> bool:
+    deps = _started(settings)
+    try:
+        return check_store(deps)
+    finally:
+        deps.http.close()
+        deps.store.close()
+
+
+def test_a_worker_started_against_another_store_sees_no_data_loss(
+    two_stores: list[Settings],
+) -> None:
+    first, second = two_stores
+    assert not _round(first)
+    assert not _round(second)  # a new store, not an emptied one
+    assert not _round(first)  # and back: the first store's marker is still remembered
+    assert not _round(second)
+    assert first.epoch_file != second.epoch_file
+    assert first.epoch_file.parent == first.heartbeat_file.parent
+    for one in two_stores:
+        client = redis.Redis.from_url(one.redis_url)
+        assert not client.exists(keys.DATA_LOSS)
+        client.close()
+
+
+def test_an_emptied_store_is_still_detected(
+    two_stores: list[Settings], redis_server: RedisServer
+) -> None:
+    first, second = two_stores
+    assert not _round(first)
+    assert not _round(second)
+    emptied = redis.Redis.from_url(first.redis_url, decode_responses=True)
+    emptied.flushdb()
+    assert _round(first)  # a restarted worker compares with the marker it remembered
+    assert emptied.hget(keys.DATA_LOSS, "lost_epoch")
+    emptied.close()
+    other = redis.Redis.from_url(second.redis_url)
+    assert not other.exists(keys.DATA_LOSS)
+    other.close()
+    assert not _round(second)
+
+
+def test_the_default_heartbeat_file_is_per_store_and_health_reads_it(
+    settings: Settings, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    one = Settings(redis_url=redis_server.url(OTHER_DBS[0]))
+    same = Settings(redis_url=redis_server.url(OTHER_DBS[0]))
+    other = Settings(redis_url=redis_server.url(OTHER_DBS[1]))
+    assert one.heartbeat_file == same.heartbeat_file != other.heartbeat_file
+    assert one.heartbeat_file.parent == tmp_path
+    health.touch_heartbeat(one.heartbeat_file)  # what the worker does
+    by_name = {c.name: c for c in health.run_checks(same, local=True)}
+    assert by_name["heartbeat"].ok, by_name["heartbeat"].detail
+    by_name = {c.name: c for c in health.run_checks(other, local=True)}
+    assert not by_name["heartbeat"].ok
 
 
 def test_a_job_whose_message_cannot_be_sent_leaves_no_trace(

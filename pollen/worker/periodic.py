@@ -85,10 +85,11 @@ def tick(app: Any) -> None:
 def check_store(deps: Any) -> bool:
     """Compare the store's epoch marker with the one this worker saw; True if data was lost.
 
-    The marker is remembered in a file beside the heartbeat file, so a restarted worker still
-    knows it.
+    The marker is remembered in a file named after the store (``settings.epoch_file``), so a
+    restarted worker still knows it and a worker started against another store does not
+    mistake that store's marker for a loss.
     """
-    epoch_file = deps.settings.heartbeat_file.with_suffix(".epoch")
+    epoch_file = deps.settings.epoch_file
     known = deps.epoch or durability.remembered(epoch_file)
     deps.epoch, lost = durability.check(deps.store, known)
     if deps.epoch != known:  # first round after a start, or a new store: keep it on disk
