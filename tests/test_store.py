@@ -240,6 +240,25 @@ def test_a_duplicate_create_returns_false_and_writes_nothing(
     assert {key: raw.dump(key) for key in raw.keys("*")} == snapshot
 
 
+# --- small gateway methods --------------------------------------------------------------
+
+
+def test_fields_forget_and_lock(store: Store, raw: redis.Redis) -> None:
+    assert _create(store, "j")
+    assert store.field("j", "provider") == "runware"
+    assert store.field("j", "absent") is None and store.field("nope", "id") is None
+    assert store.fields("j", "status", "poll_seq", "absent") == ["queued", "0", None]
+    store.forget_inflight("j")
+    assert _indexed(raw) == (set(), set())
+    assert _status(raw, "j") == "queued"  # only the indexes: the record stays
+    assert store.try_lock("pollen:lock:test", ttl=0.3)
+    time.sleep(0.2)
+    assert not store.try_lock("pollen:lock:test", ttl=0.3)  # held for 0.3 s
+    time.sleep(0.15)
+    assert store.try_lock("pollen:lock:test", ttl=0.3)  # expired: the next round takes it
+    assert store.try_lock("pollen:lock:tiny", ttl=0.0001)  # under 1 ms is still a lock
+
+
 # --- the Lua files --------------------------------------------------------------------------
 
 
