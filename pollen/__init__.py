@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pollen.client import Pollen as Pollen
+    from pollen.errors import IdempotencyConflict as IdempotencyConflict
     from pollen.errors import InvalidJob as InvalidJob
     from pollen.errors import JobLost as JobLost
     from pollen.errors import JobNotFound as JobNotFound
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Pollen": "pollen.client",
+    "IdempotencyConflict": "pollen.errors",
     "InvalidJob": "pollen.errors",
     "JobNotFound": "pollen.errors",
     "JobLost": "pollen.errors",
@@ -41,6 +43,7 @@ _EXPORTS = {
 __all__ = [
     "GenerationError",
     "GenerationResult",
+    "IdempotencyConflict",
     "InvalidJob",
     "Job",
     "JobLost",

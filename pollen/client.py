@@ -22,10 +22,8 @@ from pollen.errors import JobLost, JobNotFound, StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.payloads import accept
 from pollen.settings import Settings, get_settings
-from pollen.store import durability, keys
-from pollen.store.connection import redis_client
-from pollen.store.jobs import Store
-from pollen.store.outbox import Outbox
+from pollen.store import durability
+from pollen.store.connection import open_store
 from pollen.worker.app import create_app
 
 
@@ -34,11 +32,7 @@ class Pollen:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        client = redis_client(self.settings.redis_url)
-        self.store = Store(
-            client, finished_ttl=self.settings.job_ttl, grace=self.settings.reconcile_grace
-        )
-        self.outbox = Outbox(client)
+        self.store, self.outbox = open_store(self.settings)
         self._epoch: str | None = None  #: the store's epoch marker when this client submitted
         self._celery: Celery | None = None
 
@@ -85,7 +79,7 @@ class Pollen:
         """Enqueue a job given as a JSON-shaped dict (the published job-request schema)."""
         job_id, created = accept(self.settings, self.store, payload, now=time.time())
         if self._epoch is None:
-            self._epoch = durability.ensure_epoch(self.store.redis)
+            self._epoch = durability.ensure_epoch(self.store)
         if created:
             try:
                 self.celery.send_task(
@@ -97,8 +91,7 @@ class Pollen:
                     ignore_result=True,
                 )
             except Exception as exc:
-                self.store.redis.delete(*keys.all_for(job_id))
-                self.store.redis.zrem(keys.INFLIGHT, job_id)
+                self.store.rollback_create(job_id)
                 raise StoreUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
         return job_id
 
@@ -116,8 +109,8 @@ class Pollen:
             return self.store.get(job_id)
         except JobNotFound:
             if self._epoch is not None:  # the store this client submitted to may be gone
-                self._epoch, _ = durability.check(self.store.redis, self._epoch)
-            loss = durability.status(self.store.redis)["data_loss"]
+                self._epoch, _ = durability.check(self.store, self._epoch)
+            loss = durability.status(self.store)["data_loss"]
             if loss:
                 when = time.strftime(
                     "%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(loss["detected_at"]))
@@ -129,7 +122,7 @@ class Pollen:
 
     def store_status(self) -> dict[str, Any]:
         """The store's epoch marker and the last detected data loss (None if never)."""
-        return durability.status(self.store.redis)
+        return durability.status(self.store)
 
     result = get
 
@@ -169,7 +162,7 @@ class Pollen:
         now = time.time()
         for item in chosen:
             if item.state == "gone":
-                self.outbox.redis.srem(keys.GONE, item.target)
+                self.outbox.forget_gone(item.target)
             self.outbox.replay(item.id, now=now)
             self.celery.send_task(
                 "pollen.deliver_callback",
@@ -202,7 +195,7 @@ class Pollen:
                 last = events[-1][0]
 
     def close(self) -> None:
-        self.store.redis.close()
+        self.store.close()
         if self._celery is not None:
             self._celery.close()
 

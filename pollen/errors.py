@@ -2,6 +2,7 @@
 
     PollenError
     ├── InvalidJob                  producer input refused before anything is stored or enqueued
+    │   └── IdempotencyConflict         ... a job_id already used with a different request
     ├── JobNotFound                 no job with that id (never created, or expired)
     │   └── JobLost                     ... and the store is known to have lost its data
     ├── StoreUnavailable            Redis refused a write (down, read-only, or full: noeviction OOM)
@@ -34,6 +35,10 @@ class InvalidJob(PollenError, ValueError):
     def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class IdempotencyConflict(InvalidJob):
+    """The job_id was already used with a different request (the same request is the same job)."""
 
 
 class JobNotFound(PollenError, KeyError):

@@ -35,18 +35,19 @@ class JobStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self.rank == _TERMINAL_RANK
+        return self.rank == TERMINAL_RANK
 
 
-_TERMINAL_RANK = 3
+#: The one source of status ranks: the store's Lua scripts are generated from these.
+TERMINAL_RANK = 3
 _RANK = {
     JobStatus.QUEUED: 0,
     JobStatus.SUBMITTED: 1,
     JobStatus.PROCESSING: 2,
-    JobStatus.SUCCEEDED: _TERMINAL_RANK,
-    JobStatus.FAILED: _TERMINAL_RANK,
-    JobStatus.TIMED_OUT: _TERMINAL_RANK,
-    JobStatus.CANCELLED: _TERMINAL_RANK,
+    JobStatus.SUCCEEDED: TERMINAL_RANK,
+    JobStatus.FAILED: TERMINAL_RANK,
+    JobStatus.TIMED_OUT: TERMINAL_RANK,
+    JobStatus.CANCELLED: TERMINAL_RANK,
 }
 TERMINAL_STATUSES = frozenset(s for s in JobStatus if s.terminal)
 

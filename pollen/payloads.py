@@ -7,6 +7,7 @@ The accepted shape is the union of every registered dialect's job model, told ap
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from typing import Annotated, Any, Union
@@ -106,7 +107,9 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
     """Validate a producer payload and store it as a queued job.
 
     Returns ``(job_id, created)``; ``created`` is False when a job with that id already
-    exists (the id is an idempotency key). Raises :class:`InvalidJob` before writing anything.
+    exists with the same request (the id is an idempotency key). Raises :class:`InvalidJob`
+    before writing anything, and :class:`IdempotencyConflict` when the id exists with a
+    different request.
     """
     request = parse_job_request(payload, max_request_bytes=settings.max_request_bytes)
     try:
@@ -144,4 +147,13 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
         "poll_seq": "0",
     }
     ttl = int(policy.deadline) + settings.job_ttl + EXTRA_TTL
-    return job_id, store.create(job_id, fields, now=now, ttl=ttl)
+    created = store.create(job_id, fields, now=now, ttl=ttl, fingerprint=fingerprint(request))
+    return job_id, created
+
+
+def fingerprint(request: JobRequest) -> str:
+    """sha256 of the validated request's canonical JSON: what makes two submits the same job."""
+    canonical = json.dumps(
+        request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

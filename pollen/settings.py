@@ -6,10 +6,12 @@ Build it with :func:`get_settings` (cached) or construct ``Settings(...)`` direc
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -144,8 +146,10 @@ class Settings(BaseSettings):
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (worker)."
     )
     heartbeat_file: Path = Field(
-        Path(tempfile.gettempdir()) / "pollen-worker.heartbeat",
-        description="File the worker touches on every heartbeat (for `pollen health --local`).",
+        default_factory=lambda data: default_heartbeat_file(data.get("redis_url", "")),
+        description="File the worker touches on every heartbeat (for `pollen health --local`); "
+        "default pollen-worker-<store>.heartbeat in the temp dir, <store> a hash of the store's "
+        "host:port/db.",
     )
     http_timeout: float = Field(30.0, gt=0, description="Timeout of one provider request, s.")
     batch_size: int = Field(
@@ -173,12 +177,38 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def epoch_file(self) -> Path:
+        """Where the worker remembers the store's epoch marker: beside the heartbeat file,
+        named after the store it describes."""
+        return self.heartbeat_file.parent / f"pollen-worker-{store_tag(self.redis_url)}.epoch"
+
+    @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
 
     @property
     def backend(self) -> str:
         return self.result_backend or self.broker
+
+
+def store_tag(url: str) -> str:
+    """A short name for the Redis database ``url`` points at (a hash of host:port/db).
+
+    Local files that describe one store (the remembered epoch marker, the default heartbeat
+    file) carry it, so deployments with different stores on one machine stay apart.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "unix":
+        where, db = parts.path, query.get("db", ["0"])[0]
+    else:
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        db = parts.path.strip("/") or query.get("db", ["0"])[0]
+    return hashlib.sha256(f"{where}/{db}".encode()).hexdigest()[:12]
+
+
+def default_heartbeat_file(redis_url: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"pollen-worker-{store_tag(redis_url)}.heartbeat"
 
 
 @lru_cache(maxsize=1)
@@ -195,7 +225,12 @@ def _describe(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows += _describe(annotation, f"{env}__")
             continue
-        default = info.default
+        if info.default_factory is None:
+            default = info.default
+        elif info.default_factory_takes_validated_data:  # derived from other settings
+            default = "(per store)"
+        else:
+            default = info.get_default(call_default_factory=True)
         shown = "(secret)" if isinstance(default, SecretStr) else repr(default)
         rows.append((env, shown, info.description or ""))
     return rows

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import celery
 import pytest
 import redis
 
-from pollen import JobStatus, Pollen
-from pollen.local.servers import CallbackReceiver, Worker
+from pollen import IdempotencyConflict, InvalidJob, JobStatus, Pollen
+from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
 from pollen.worker import steps
-from tests.conftest import eventually
+from tests.conftest import BROKER_DB, eventually
 from tests.helpers import accept_job, sim_stats, video_request
 
 pytestmark = pytest.mark.integration
@@ -116,3 +118,51 @@ def test_same_job_id_twice_is_one_job(
     store = redis.Redis.from_url(client.settings.redis_url)
     assert store.exists(keys.job("order-1234")) == 1
     store.close()
+
+
+def test_same_job_id_with_a_different_request_is_refused(
+    worker: Worker, client: Pollen, simulator: SimulatorServer
+) -> None:
+    first = client.submit("runware", video_request([0.3]), job_id="order-77")
+    changed = video_request([0.3])
+    changed["positivePrompt"] = "a different prompt"
+    for request, extra in ((changed, {}), (video_request([0.3]), {"metadata": {"k": "v"}})):
+        with pytest.raises(IdempotencyConflict, match="already used with a different request"):
+            client.submit("runware", request, job_id="order-77", **extra)  # type: ignore[arg-type]
+    assert issubclass(IdempotencyConflict, InvalidJob)
+    # The first request is the job, and still the same one when sent again.
+    assert client.submit("runware", video_request([0.3]), job_id="order-77") == first
+    job = client.wait(first, timeout=20)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.request["positivePrompt"] == video_request([0.3])["positivePrompt"]
+    assert job.metadata == {}
+    assert sim_stats(simulator.url)["created"] == 1
+
+
+def test_send_task_follows_the_same_idempotency_rule(
+    worker: Worker, client: Pollen, redis_server: RedisServer, simulator: SimulatorServer
+) -> None:
+    producer = celery.Celery(
+        broker=redis_server.url(BROKER_DB), backend=redis_server.url(BROKER_DB)
+    )
+    payload: dict[str, Any] = {
+        "provider": "runware",
+        "job_id": "sent-twice",
+        "request": video_request([0.3]),
+    }
+
+    def send(job: dict[str, Any]) -> Any:
+        answer = producer.send_task("pollen.submit", kwargs={"job": job}, queue="pollen.submit")
+        return answer.get(timeout=20)
+
+    assert send(payload) == {"job_id": "sent-twice", "created": True}
+    # A redelivered (or re-sent) message with the same payload is the same job.
+    assert send(payload) == {"job_id": "sent-twice", "created": False}
+    different = {**payload, "request": video_request([0.3, 0.3])}
+    with pytest.raises(Exception, match="already used with a different request") as caught:
+        send(different)
+    assert type(caught.value).__name__ == "IdempotencyConflict"
+    job = client.wait("sent-twice", timeout=20)
+    assert job.status is JobStatus.SUCCEEDED and len(job.results) == 1
+    assert sim_stats(simulator.url)["created"] == 1
+    producer.close()

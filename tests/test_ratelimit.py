@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -11,23 +12,33 @@ import redis
 from pollen.errors import RateLimited
 from pollen.local.servers import RedisServer
 from pollen.providers.ratelimit import MAX_SLEEP, RateLimiter
+from pollen.store.connection import redis_client
+from pollen.store.jobs import Store
 from tests.conftest import STORE_DB
 
 
 @pytest.fixture
-def client(redis_server: RedisServer) -> redis.Redis:
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     connection = redis.Redis.from_url(redis_server.url(STORE_DB))
     connection.delete("pollen:rate:runware", "pollen:rate:slow")
-    return connection
+    yield connection
+    connection.close()
 
 
-def test_no_one_second_window_exceeds_the_limit(client: redis.Redis) -> None:
+@pytest.fixture
+def store(redis_server: RedisServer, client: redis.Redis) -> Iterator[Store]:
+    built = Store(redis_client(redis_server.url(STORE_DB)), finished_ttl=60)
+    yield built
+    built.close()
+
+
+def test_no_one_second_window_exceeds_the_limit(store: Store) -> None:
     stamps: list[float] = []
     lock = threading.Lock()
     errors: list[Exception] = []
 
     def worker() -> None:
-        limiter = RateLimiter(client, {"runware": 20})  # one per "process", one shared budget
+        limiter = RateLimiter(store, {"runware": 20})  # one per "process", one shared budget
         for _ in range(10):
             while True:
                 try:
@@ -58,8 +69,8 @@ def test_no_one_second_window_exceeds_the_limit(client: redis.Redis) -> None:
     assert time.monotonic() - started >= 2.0  # 60 requests at 20/s need about 3 s
 
 
-def test_unlimited_providers_pass_straight_through(client: redis.Redis) -> None:
-    limiter = RateLimiter(client, {"runware": 0})
+def test_unlimited_providers_pass_straight_through(store: Store, client: redis.Redis) -> None:
+    limiter = RateLimiter(store, {"runware": 0})
     started = time.monotonic()
     for _ in range(200):
         limiter.acquire("runware")
@@ -68,8 +79,8 @@ def test_unlimited_providers_pass_straight_through(client: redis.Redis) -> None:
     assert client.exists("pollen:rate:runware") == 0
 
 
-def test_a_far_off_slot_is_a_rate_limited_error(client: redis.Redis) -> None:
-    limiter = RateLimiter(client, {"slow": 0.5})  # one request per two seconds
+def test_a_far_off_slot_is_a_rate_limited_error(store: Store) -> None:
+    limiter = RateLimiter(store, {"slow": 0.5})  # one request per two seconds
     limiter.acquire("slow")
     with pytest.raises(RateLimited) as caught:
         limiter.acquire("slow")

@@ -23,7 +23,7 @@ import redis
 from pydantic import ValidationError
 
 from pollen import Pollen
-from pollen.errors import InvalidJob
+from pollen.errors import IdempotencyConflict, InvalidJob
 from pollen.local.servers import RedisServer
 from pollen.models import JobStatus
 from pollen.settings import QueueSettings, Settings
@@ -379,9 +379,10 @@ def test_the_same_job_id_twice_is_one_job_and_one_message(
     payload = good_payload(job_id="idem-1")
     first = producer.submit_payload(payload)
     second = producer.submit_payload(payload)
-    # A different payload under the same id is still the first job.
-    third = producer.submit_payload(good_payload(job_id="idem-1", metadata={"user": "other"}))
-    assert first == second == third == "idem-1"
+    assert first == second == "idem-1"
+    # A different payload under the same id is refused, and changes nothing.
+    with pytest.raises(IdempotencyConflict, match="'idem-1' was already used with a different"):
+        producer.submit_payload(good_payload(job_id="idem-1", metadata={"user": "other"}))
     assert store_redis.keys("pollen:job:idem-1") == [b"pollen:job:idem-1"]
     assert store_redis.hget("pollen:stats:status", "queued") == b"1"
     assert store_redis.zrange("pollen:inflight", 0, -1) == [b"idem-1"]

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from pollen.callbacks import delivery as http_delivery
 from pollen.callbacks import webhooks
 from pollen.models import GenerationResult, Job
-from pollen.store import keys
 from pollen.store.outbox import Delivery, DeliveryState, delivery_id
 from pollen.worker import logs, metrics
 
@@ -216,9 +215,9 @@ def _post(deps: Deps, item: Delivery) -> dict[str, Any]:
 
 
 def _secrets(deps: Deps, job_id: str) -> list[str]:
-    own = deps.store.redis.hget(keys.job(job_id), "callback_secret")
+    own = deps.store.field(job_id, "callback_secret")
     if own:
-        return [str(own)]
+        return [own]
     return [s.get_secret_value() for s in deps.settings.callbacks.secrets]
 
 
@@ -263,6 +262,6 @@ def _answer(attempt: dict[str, Any]) -> str:
 
 
 def _observe_lag(deps: Deps, job_id: str, now: float) -> None:
-    finished = deps.store.redis.hget(keys.job(job_id), "finished_at")
+    finished = deps.store.field(job_id, "finished_at")
     if finished:
-        metrics.COMPLETION_TO_CALLBACK.observe(max(0.0, now - float(str(finished))))
+        metrics.COMPLETION_TO_CALLBACK.observe(max(0.0, now - float(finished)))

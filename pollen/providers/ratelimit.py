@@ -1,9 +1,11 @@
 """A provider request budget shared by every worker: a sliding one-second window in Redis.
 
-Each request to a rate-limited provider first takes a slot (one Lua call, using Redis's own
-clock so all workers agree). No window of one second ever holds more than the limit. A wait of
-a fraction of a second is slept through; a longer one becomes :class:`RateLimited`, which the
-steps turn into a countdown retry like a provider's own 429.
+Each request to a rate-limited provider first takes a slot (one Lua call in the store,
+:meth:`pollen.store.jobs.Store.take_rate_tokens`, on Redis's own clock so all workers agree);
+the policy (slots per window, sleeping or refusing) is here. No window of one second ever
+holds more than the limit. A wait of a fraction of a second is slept through; a longer one
+becomes :class:`RateLimited`, which the steps turn into a countdown retry like a provider's
+own 429.
 """
 
 from __future__ import annotations
@@ -12,27 +14,12 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-
-import redis
+from typing import TYPE_CHECKING
 
 from pollen.errors import RateLimited
-from pollen.store import keys
 
-# KEYS: window   ARGV: limit, window_ms, member
-# -> {0, now_ms} when a slot was taken at now_ms, or {milliseconds to wait, now_ms}
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return {0, now}
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {math.max(1, tonumber(oldest[2]) + window - now + 1), now}
-"""
+if TYPE_CHECKING:
+    from pollen.store.jobs import Store
 
 MAX_SLEEP = 0.25  #: longer waits become a countdown retry instead of a sleeping task
 
@@ -42,13 +29,13 @@ class RateLimiter:
 
     def __init__(
         self,
-        client: redis.Redis,
+        store: Store,
         limits: dict[str, float],
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.limits = {name: rate for name, rate in limits.items() if rate > 0}
-        self._take = client.register_script(_TAKE)
+        self._store = store
         self._sleep = sleep
         self._ids = itertools.count()
         self.waited = 0.0  #: seconds slept waiting for slots (for tests and metrics)
@@ -65,11 +52,11 @@ class RateLimiter:
         slots, window_ms = (limit, 1000) if limit >= 1 else (1, round(1000 / limit))
         while True:
             member = f"{os.getpid()}:{next(self._ids)}:{time.monotonic_ns()}"
-            wait_ms, now_ms = self._take(
-                keys=[keys.rate_window(provider)], args=[int(slots), window_ms, member]
+            wait_ms, now_ms = self._store.take_rate_tokens(
+                provider, limit=int(slots), window_ms=window_ms, member=member
             )
-            if int(wait_ms) == 0:
-                return int(now_ms) / 1000
+            if wait_ms == 0:
+                return now_ms / 1000
             wait = wait_ms / 1000
             if wait > MAX_SLEEP:
                 raise RateLimited(

@@ -1,6 +1,8 @@
-"""Redis and HTTP clients, built from settings. One of each per worker process."""
+"""Redis and HTTP clients, built from settings (one of each per worker process), and probes."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import httpx
 import redis
@@ -8,6 +10,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from pollen.settings import Settings
+from pollen.store.jobs import Store
+from pollen.store.outbox import Outbox
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -21,6 +25,38 @@ def redis_client(url: str) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
+
+
+def open_store(settings: Settings) -> tuple[Store, Outbox]:
+    """The job store and the callback outbox of ``settings.redis_url``, sharing one client."""
+    client = redis_client(settings.redis_url)
+    store = Store(client, finished_ttl=settings.job_ttl, grace=settings.reconcile_grace)
+    return store, Outbox(client)
+
+
+def probe(url: str, timeout: float = 2.0) -> str | None:
+    """PING the Redis at ``url`` with short timeouts: None if it answers, else why not."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+        return None
+    except redis.RedisError as exc:
+        return str(exc)
+    finally:
+        client.close()
+
+
+def queue_depths(url: str, queues: list[str]) -> Callable[[], list[int]]:
+    """A reader of the broker's queue lengths (one client, one pipeline per call)."""
+    client = redis_client(url)
+
+    def read() -> list[int]:
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(queue)
+        return [int(n) for n in pipe.execute()]
+
+    return read
 
 
 def http_client(settings: Settings) -> httpx.Client:

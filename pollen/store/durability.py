@@ -1,8 +1,10 @@
 """Noticing that Redis lost its data, and saying so.
 
 pollen writes an epoch marker into an empty store. Each worker remembers the marker it saw (in
-memory and in a file beside its heartbeat file, so a restarted worker still knows it), and each
-producer client the marker of the store it submitted to; if the marker later vanishes or
+memory and in a file beside its heartbeat file named after the store it describes,
+:attr:`pollen.settings.Settings.epoch_file`, so a restarted worker still knows it and a worker
+pointed at another store does not take that store's marker for a loss), and each producer
+client the marker of the store it submitted to; if the marker later vanishes or
 changes, the store was emptied under them (Redis restarted
 without persistence, a flush, a failover to an empty replica). The worker records the loss in
 Redis (``pollen:store:data_loss``), counts it in metrics and logs an error; producers see it
@@ -20,29 +22,31 @@ from typing import Any
 
 import redis
 
+from pollen.errors import StoreUnavailable
 from pollen.store import keys
+from pollen.store.jobs import Store
 
 log = logging.getLogger(__name__)
 
 
-def ensure_epoch(client: redis.Redis, now: float | None = None) -> str:
+def ensure_epoch(store: Store, now: float | None = None) -> str:
     """The store's epoch marker, written first if the store has none."""
     marker = f"{uuid.uuid4().hex} {now if now is not None else time.time():.3f}"
-    client.set(keys.EPOCH, marker, nx=True)
-    return str(client.get(keys.EPOCH))
+    store.redis.set(keys.EPOCH, marker, nx=True)
+    return str(store.redis.get(keys.EPOCH))
 
 
-def check(client: redis.Redis, known: str | None, now: float | None = None) -> tuple[str, bool]:
+def check(store: Store, known: str | None, now: float | None = None) -> tuple[str, bool]:
     """Compare the store's marker with the one this process saw before.
 
     Returns ``(current marker, lost)``; ``lost`` is True (and the loss is recorded) when the
     marker this process knew is gone.
     """
     now = time.time() if now is None else now
-    current = ensure_epoch(client, now)
+    current = ensure_epoch(store, now)
     if known is None or current == known:
         return current, False
-    client.hset(
+    store.redis.hset(
         keys.DATA_LOSS,
         mapping={"detected_at": repr(now), "lost_epoch": known, "new_epoch": current},
     )
@@ -70,10 +74,25 @@ def remember(path: Path, epoch: str) -> None:
         log.debug("cannot keep the epoch in %s: %s", path, exc)
 
 
-def status(client: redis.Redis) -> dict[str, Any]:
+def status(store: Store) -> dict[str, Any]:
     """The store's epoch and the last detected data loss, if any."""
-    loss = client.hgetall(keys.DATA_LOSS)
+    loss = store.redis.hgetall(keys.DATA_LOSS)
     return {
-        "epoch": client.get(keys.EPOCH),
+        "epoch": store.redis.get(keys.EPOCH),
         "data_loss": dict(loss) if loss else None,
     }
+
+
+def last_loss(url: str, timeout: float = 2.0) -> dict[str, str] | None:
+    """The data-loss record of the store at ``url`` (a probe: short timeouts, own client).
+
+    Raises :class:`StoreUnavailable` when it cannot be read.
+    """
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, decode_responses=True)
+    try:
+        loss: dict[str, str] = client.hgetall(keys.DATA_LOSS)  # type: ignore[assignment]
+    except redis.RedisError as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    finally:
+        client.close()
+    return loss or None

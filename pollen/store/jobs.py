@@ -1,8 +1,9 @@
 """The job store: every read and write of job state in Redis.
 
-Writes that must not interleave (create, status transitions, applying a poll) are Lua scripts,
-so a step that runs twice, or two copies of one message, cannot duplicate a generation or move
-a status backwards. Key names come from :mod:`pollen.store.keys`.
+Writes that must not interleave (create, status transitions, applying a poll) are Lua scripts
+(``pollen/store/lua/*.lua``, loaded by :mod:`pollen.store.scripts`), so a step that runs
+twice, or two copies of one message, cannot duplicate a generation or move a status backwards.
+Key names come from :mod:`pollen.store.keys`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import redis
 
 from pollen.backoff import PollPolicy
-from pollen.errors import JobNotFound, StoreUnavailable
+from pollen.errors import IdempotencyConflict, JobNotFound, StoreUnavailable
 from pollen.models import (
     ErrorInfo,
     GenerationError,
@@ -24,144 +25,22 @@ from pollen.models import (
     Job,
     JobStatus,
 )
-from pollen.store import keys
+from pollen.store import keys, scripts
 
 MAX_EVENTS = 1000
 MAX_RESPONSES = 500
 
-# Shared Lua prelude: status ranks (statuses only move forward) and the event stream.
-_PRELUDE = """
-local RANK = {queued=0, submitted=1, processing=2, succeeded=3, failed=3, timed_out=3,
-  cancelled=3}
-local function event(stream, ...)
-  redis.call('XADD', stream, 'MAXLEN', '~', MAX_EVENTS, '*', ...)
-end
-""".replace("MAX_EVENTS", str(MAX_EVENTS))
-
-# KEYS: job, events, inflight, status_counts, by_age
-# ARGV: id, now, ttl_seconds, watch_at, field, value, ...
-_CREATE = (
-    _PRELUDE
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'queued', 1)
-redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-event(KEYS[2], 'type', 'status', 'status', 'queued', 'at', ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
+#: the scripts of :class:`Store`, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
+SCRIPTS = (
+    "create_job",
+    "rollback_create",
+    "transition",
+    "claim_poll",
+    "apply_poll",
+    "take_parked",
+    "forget_job",
+    "take_rate_tokens",
 )
-
-# KEYS: job, events, inflight, results, order, responses, status_counts, by_age
-# ARGV: status, now, finished_ttl_seconds, watch_at, field, value, ...
-# Moves the job forward to ARGV[1] (never back, never out of a terminal state).
-_TRANSITION = (
-    _PRELUDE
-    + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return -1 end
-if RANK[ARGV[1]] <= RANK[current] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
-redis.call('HINCRBY', KEYS[7], current, -1)
-redis.call('HINCRBY', KEYS[7], ARGV[1], 1)
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
-if RANK[ARGV[1]] == 3 then
-  redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
-  redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
-  redis.call('ZREM', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
-  event(KEYS[2], 'type', 'completed', 'status', ARGV[1], 'at', ARGV[2])
-  local ttl = tonumber(ARGV[3]) * 1000
-  for _, i in ipairs({1, 2, 4, 5, 6}) do  -- the job's own keys, not the shared ones
-    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl) end
-  end
-else
-  event(KEYS[2], 'type', 'status', 'status', ARGV[1], 'at', ARGV[2])
-  if ARGV[4] ~= '' then
-    redis.call('ZADD', KEYS[3], 'XX', ARGV[4], redis.call('HGET', KEYS[1], 'id'))
-  end
-end
-return 1
-"""
-)
-
-# KEYS: job   ARGV: attempt, now, lease_seconds
-# Fencing: only the copy of poll message number `attempt` that holds the lease may act.
-# Answers {verdict, wait seconds (busy) or worker losses so far (ok)}.
-_CLAIM = (
-    _PRELUDE
-    + """
-local job = redis.call('HMGET', KEYS[1], 'status', 'poll_seq', 'lease_until')
-if not job[1] then return {'missing', '0'} end
-if RANK[job[1]] == 3 then return {'done', '0'} end
-if job[2] ~= ARGV[1] then return {'stale', '0'} end
-local now = tonumber(ARGV[2])
-local lease = tonumber(job[3] or '0')
-if lease > now then return {'busy', string.format('%.6f', lease - now)} end
-local lost = 0
-if lease > 0 then
-  -- The last holder of this attempt's lease never recorded its answer: its worker died.
-  lost = redis.call('HINCRBY', KEYS[1], 'worker_losses', 1)
-end
-redis.call('HSET', KEYS[1], 'lease_until', string.format('%.6f', now + tonumber(ARGV[3])))
-return {'ok', tostring(lost)}
-"""
-)
-
-# KEYS: job, events, results, order, responses, inflight, status_counts
-# ARGV: attempt, now, envelope, progress, cost, errors_json, next_poll_at, watch_at, n,
-#       id1, json1, ...
-# Records one poll's answer. New generations are appended once (HSETNX), in the order first
-# seen; a copy of the same poll (stale attempt) changes nothing.
-_APPLY_POLL = (
-    _PRELUDE
-    + """
-local job = redis.call('HMGET', KEYS[1], 'status', 'poll_seq')
-if not job[1] then return {'missing', {}} end
-if job[2] ~= ARGV[1] or RANK[job[1]] == 3 then return {'stale', {}} end
-local added = {}
-local n = tonumber(ARGV[9])
-for i = 0, n - 1 do
-  local id, body = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
-  if redis.call('HSETNX', KEYS[3], id, body) == 1 then
-    redis.call('RPUSH', KEYS[4], id)
-    event(KEYS[2], 'type', 'partial', 'generation', id, 'at', ARGV[2])
-    added[#added + 1] = id
-  end
-end
-redis.call('ZADD', KEYS[6], 'XX', ARGV[8], redis.call('HGET', KEYS[1], 'id'))
-redis.call('RPUSH', KEYS[5], ARGV[3])
-redis.call('LTRIM', KEYS[5], -MAX_RESPONSES, -1)
-redis.call('HINCRBY', KEYS[1], 'polls', 1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[2], 'errors', ARGV[6], 'lease_until', '0',
-  'poll_seq', tostring(tonumber(ARGV[1]) + 1), 'next_poll_at', ARGV[7])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cost', ARGV[5]) end
-if job[1] == 'submitted' then
-  redis.call('HSET', KEYS[1], 'status', 'processing')
-  redis.call('HINCRBY', KEYS[7], 'submitted', -1)
-  redis.call('HINCRBY', KEYS[7], 'processing', 1)
-  event(KEYS[2], 'type', 'status', 'status', 'processing', 'at', ARGV[2])
-end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then
-  for i = 2, 5 do
-    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl) end
-  end
-end
-return {'ok', added}
-""".replace("MAX_RESPONSES", str(MAX_RESPONSES))
-)
-
-# KEYS: parked   ARGV: horizon, limit   -> member, score, member, score, ...
-_TAKE_PARKED = """
-local taken = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
-  'LIMIT', 0, tonumber(ARGV[2]))
-for i = 1, #taken, 2 do redis.call('ZREM', KEYS[1], taken[i]) end
-return taken
-"""
 
 ClaimVerdict = Literal["ok", "busy", "stale", "done", "missing"]
 
@@ -209,28 +88,65 @@ class Store:
         self.finished_ttl = finished_ttl
         #: how late a job's next sign of life may be before the reconciler steps in
         self.grace = grace
-        self._create = client.register_script(_CREATE)
-        self._transition = client.register_script(_TRANSITION)
-        self._claim = client.register_script(_CLAIM)
-        self._apply_poll = client.register_script(_APPLY_POLL)
-        self._take_parked = client.register_script(_TAKE_PARKED)
+        lua = scripts.register(
+            client, SCRIPTS, prelude=True, MAX_EVENTS=MAX_EVENTS, MAX_RESPONSES=MAX_RESPONSES
+        )
+        self._create = lua["create_job"]
+        self._rollback_create = lua["rollback_create"]
+        self._transition = lua["transition"]
+        self._claim = lua["claim_poll"]
+        self._apply_poll = lua["apply_poll"]
+        self._take_parked = lua["take_parked"]
+        self._forget = lua["forget_job"]
+        self._take_rate_tokens = lua["take_rate_tokens"]
+
+    def close(self) -> None:
+        """Close the Redis connections (the outbox shares them)."""
+        self.redis.close()
 
     # --- writes -------------------------------------------------------------------------
 
-    def create(self, job_id: str, fields: dict[str, Any], *, now: float, ttl: int) -> bool:
-        """Store a new queued job; False (and nothing written) if the id already exists."""
+    def create(
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        now: float,
+        ttl: int,
+        fingerprint: str = "",
+    ) -> bool:
+        """Store a new queued job; False (and nothing written) if the id already exists.
+
+        ``fingerprint`` identifies the request: an existing job with a different one raises
+        :class:`IdempotencyConflict` (compared in the same script that would create it).
+        """
         with _guard():
-            created = self._create(
-                keys=[
-                    keys.job(job_id),
-                    keys.events(job_id),
-                    keys.INFLIGHT,
-                    keys.STATUS_COUNTS,
-                    keys.BY_AGE,
-                ],
-                args=[job_id, repr(now), ttl, repr(now + self.grace), *_flatten(fields)],
+            watch = repr(now + self.grace)
+            created, existing = self._create(
+                keys=self._create_keys(job_id),
+                args=[job_id, repr(now), ttl, watch, fingerprint, *_flatten(fields)],
+            )
+        if not created and existing and fingerprint and existing != fingerprint:
+            raise IdempotencyConflict(
+                f"job_id {job_id!r} was already used with a different request; "
+                "use a new job_id for a new request"
             )
         return bool(created)
+
+    def rollback_create(self, job_id: str) -> bool:
+        """Undo :meth:`create` of a still-queued job (its submit message could not be sent)."""
+        with _guard():
+            return bool(self._rollback_create(keys=self._create_keys(job_id), args=[job_id]))
+
+    @staticmethod
+    def _create_keys(job_id: str) -> list[str]:
+        return [
+            keys.job(job_id),
+            keys.events(job_id),
+            keys.INFLIGHT,
+            keys.STATUS_COUNTS,
+            keys.BY_AGE,
+        ]
 
     def transition(
         self,
@@ -414,6 +330,48 @@ class Store:
         """In-flight jobs whose next step is overdue (their chain may be lost)."""
         ids = self.redis.zrangebyscore(keys.INFLIGHT, "-inf", now, start=0, num=limit)
         return [str(i) for i in ids]
+
+    def field(self, job_id: str, name: str) -> str | None:
+        """One field of the job's record (None if the job or the field is absent)."""
+        value = self.redis.hget(keys.job(job_id), name)
+        return None if value is None else str(value)
+
+    def fields(self, job_id: str, *names: str) -> list[str | None]:
+        """Several fields of the job's record, in the order asked (None where absent)."""
+        values = self.redis.hmget(keys.job(job_id), list(names))
+        return [None if v is None else str(v) for v in values]
+
+    def forget_inflight(self, job_id: str) -> None:
+        """Stop watching a job (it expired, or finished and its index removal was lost)."""
+        with _guard():
+            self._forget(keys=[keys.INFLIGHT, keys.BY_AGE], args=[job_id])
+
+    def try_lock(self, key: str, ttl: float) -> bool:
+        """One holder per ``ttl`` seconds across all workers (no unlock: it simply expires)."""
+        with _guard():
+            return bool(self.redis.set(key, "1", nx=True, px=max(1, int(ttl * 1000))))
+
+    def take_rate_tokens(
+        self, provider: str, *, limit: int, window_ms: int, member: str
+    ) -> tuple[int, int]:
+        """Take one slot of ``provider``'s sliding window of ``window_ms`` (``limit`` slots).
+
+        Returns ``(0, now_ms)`` when taken at Redis time ``now_ms``, else ``(wait_ms, now_ms)``.
+        """
+        wait_ms, now_ms = self._take_rate_tokens(
+            keys=[keys.rate_window(provider)], args=[limit, window_ms, member]
+        )
+        return int(wait_ms), int(now_ms)
+
+    def gauges(self) -> dict[str, Any]:
+        """What the metrics scrape reads: in-flight jobs, jobs by status, dead letters, loss."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.INFLIGHT)
+        pipe.hgetall(keys.STATUS_COUNTS)
+        pipe.zcard(keys.DEAD)
+        pipe.hgetall(keys.DATA_LOSS)
+        inflight, by_status, dead, loss = pipe.execute()
+        return {"inflight": inflight, "by_status": by_status, "dead": dead, "data_loss": loss}
 
 
 def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:

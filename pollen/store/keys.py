@@ -74,5 +74,13 @@ def rate_window(provider: str) -> str:
 
 
 def all_for(job_id: str) -> list[str]:
-    """Every key that belongs to one job (for TTLs and deletion)."""
-    return [job(job_id), results(job_id), result_order(job_id), responses(job_id), events(job_id)]
+    """Every key that belongs to one job (for TTLs and deletion), its delivery lists included."""
+    return [
+        job(job_id),
+        results(job_id),
+        result_order(job_id),
+        responses(job_id),
+        events(job_id),
+        job_deliveries(job_id),
+        delivery_attempts(job_id),
+    ]

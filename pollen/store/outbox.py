@@ -20,72 +20,13 @@ from typing import Any, Literal
 
 import redis
 
-from pollen.store import keys
+from pollen.store import keys, scripts
 
 DeliveryState = Literal["pending", "sending", "delivered", "gone", "dead"]
 FINAL_STATES = ("delivered", "gone", "dead")
 
-# KEYS: delivery, job_deliveries, due   ARGV: id, due_at, ttl, field, value, ...
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-return 1
-"""
-
-# KEYS: delivery   ARGV: now, lease_seconds
-# Only one copy of a delivery message sends at a time; finished deliveries are left alone.
-_CLAIM = """
-local d = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
-if not d[1] then return 'missing' end
-if d[1] == 'delivered' or d[1] == 'gone' or d[1] == 'dead' then return d[1] end
-if d[1] == 'sending' and tonumber(d[2] or '0') > tonumber(ARGV[1]) then return 'busy' end
-redis.call('HSET', KEYS[1], 'state', 'sending',
-  'lease_until', tostring(tonumber(ARGV[1]) + tonumber(ARGV[2])))
-return 'ok'
-"""
-
-# KEYS: delivery, attempts_log, due, dead   ARGV: id, state, attempt_json, due_at, now, error
-_RECORD = """
-redis.call('RPUSH', KEYS[2], ARGV[3])
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'lease_until', '0', 'last_error', ARGV[6],
-  'updated_at', ARGV[5])
-if ARGV[2] == 'pending' then
-  redis.call('HSET', KEYS[1], 'next_at', ARGV[4])
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-else
-  redis.call('ZREM', KEYS[3], ARGV[1])
-end
-if ARGV[2] == 'dead' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1]) end
-local ttl = redis.call('TTL', KEYS[1])
-if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
-return n
-"""
-
-# KEYS: due   ARGV: now, limit, watch_seconds
-# Take up to `limit` due deliveries and push each one's due time forward by `watch_seconds`
-# (if its message is lost again, it comes back then).
-_TAKE_DUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local later = tonumber(ARGV[1]) + tonumber(ARGV[3])
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], later, id) end
-return ids
-"""
-
-# KEYS: delivery, due, dead   ARGV: id, now
-_REPLAY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'attempts', '0', 'lease_until', '0',
-  'next_at', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'replays', 1)
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-return 1
-"""
+#: the scripts of :class:`Outbox`, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
+SCRIPTS = ("create_delivery", "claim_delivery", "record_delivery", "take_due", "replay_delivery")
 
 
 def delivery_id(job_id: str, event: str, suffix: str = "") -> str:
@@ -131,11 +72,12 @@ class Outbox:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._create = client.register_script(_CREATE)
-        self._claim = client.register_script(_CLAIM)
-        self._record = client.register_script(_RECORD)
-        self._take_due = client.register_script(_TAKE_DUE)
-        self._replay = client.register_script(_REPLAY)
+        lua = scripts.register(client, SCRIPTS, FINAL_DELIVERY=frozenset(FINAL_STATES))
+        self._create = lua["create_delivery"]
+        self._claim = lua["claim_delivery"]
+        self._record = lua["record_delivery"]
+        self._take_due = lua["take_due"]
+        self._replay = lua["replay_delivery"]
 
     def create(
         self,
@@ -253,6 +195,10 @@ class Outbox:
 
     def mark_gone(self, url: str) -> None:
         self.redis.sadd(keys.GONE, url)
+
+    def forget_gone(self, url: str) -> None:
+        """Call ``url`` again (a replay of a delivery it answered 410 Gone to)."""
+        self.redis.srem(keys.GONE, url)
 
     def is_gone(self, url: str) -> bool:
         return bool(self.redis.sismember(keys.GONE, url))

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
-
+from pollen.errors import StoreUnavailable
 from pollen.settings import Settings
-from pollen.store import keys
+from pollen.store import durability
+from pollen.store.connection import probe
 
 HEARTBEAT_MAX_AGE = 60.0
 
@@ -30,15 +30,11 @@ def touch_heartbeat(path: Path) -> None:
     path.touch(exist_ok=True)
 
 
-def check_redis(url: str, name: str) -> Check:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
+def check_reachable(url: str, name: str) -> Check:
+    error = probe(url)
+    if error is None:
         return Check(name, True, "answers PING")
-    except redis.RedisError as exc:
-        return Check(name, False, f"unreachable: {exc}")
-    finally:
-        client.close()
+    return Check(name, False, f"unreachable: {error}")
 
 
 def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
@@ -69,13 +65,10 @@ def check_heartbeat(path: Path, max_age: float = HEARTBEAT_MAX_AGE) -> Check:
 
 def check_data_loss(url: str, recent: float = 900.0) -> Check:
     """Fails for ``recent`` seconds after workers found the store emptied under them."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, decode_responses=True)
     try:
-        loss = client.hgetall(keys.DATA_LOSS)
-    except redis.RedisError as exc:
+        loss = durability.last_loss(url)
+    except StoreUnavailable as exc:
         return Check("durability", False, f"cannot read: {exc}")
-    finally:
-        client.close()
     if not loss:
         return Check("durability", True, "no data loss detected")
     age = time.time() - float(loss["detected_at"])
@@ -85,10 +78,10 @@ def check_data_loss(url: str, recent: float = 900.0) -> Check:
 
 
 def run_checks(settings: Settings, *, local: bool) -> list[Check]:
-    checks = [check_redis(settings.redis_url, "store")]
+    checks = [check_reachable(settings.redis_url, "store")]
     if not local and checks[0].ok:
         checks.append(check_data_loss(settings.redis_url))
     if settings.broker != settings.redis_url:
-        checks.append(check_redis(settings.broker, "broker"))
+        checks.append(check_reachable(settings.broker, "broker"))
     checks.append(check_heartbeat(settings.heartbeat_file) if local else check_workers(settings))
     return checks

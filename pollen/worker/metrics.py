@@ -9,15 +9,16 @@ Redis at scrape time (queue depths, in-flight jobs, jobs by state, dead letters)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from pollen.store import keys
+if TYPE_CHECKING:
+    from pollen.store.jobs import Store
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -59,26 +60,20 @@ STORE_DATA_LOSS = Counter(
 class RedisGauges(Collector):
     """Gauges read from Redis on each scrape (cheap: one pipeline)."""
 
-    def __init__(self, store_redis: Any, broker_redis: Any, queues: list[str]) -> None:
-        self.store = store_redis
-        self.broker = broker_redis
+    def __init__(
+        self, store: Store, queue_depths: Callable[[], list[int]], queues: list[str]
+    ) -> None:
+        self.store = store
+        self.queue_depths = queue_depths
         self.queues = queues
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("pollen_queue_depth", "Messages waiting", labels=["queue"])
-        for queue, length in zip(
-            self.queues, _pipeline(self.broker, [("llen", q) for q in self.queues]), strict=True
-        ):
+        for queue, length in zip(self.queues, self.queue_depths(), strict=True):
             depth.add_metric([queue], float(length))
-        inflight, by_state, dead, loss = _pipeline(
-            self.store,
-            [
-                ("zcard", keys.INFLIGHT),
-                ("hgetall", keys.STATUS_COUNTS),
-                ("zcard", keys.DEAD),
-                ("hgetall", keys.DATA_LOSS),
-            ],
-        )
+        gauges = self.store.gauges()
+        inflight, by_state = gauges["inflight"], gauges["by_status"]
+        dead, loss = gauges["dead"], gauges["data_loss"]
         yield GaugeMetricFamily(
             "pollen_store_data_loss_detected_timestamp_seconds",
             "When workers last found the job store emptied (0: never)",
@@ -100,17 +95,12 @@ class RedisGauges(Collector):
         )  # fmt: skip
 
 
-def _pipeline(client: Any, calls: list[tuple[str, str]]) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    for command, key in calls:
-        getattr(pipe, command)(key)
-    return list(pipe.execute())
-
-
-def serve(port: int, *, store_redis: Any, broker_redis: Any, queues: list[str]) -> None:
+def serve(
+    port: int, *, store: Store, queue_depths: Callable[[], list[int]], queues: list[str]
+) -> None:
     """Expose the summed per-process samples plus the Redis gauges on ``port``."""
     registry = CollectorRegistry()
     if os.environ.get(MULTIPROC_ENV):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(RedisGauges(store_redis, broker_redis, queues))
+    registry.register(RedisGauges(store, queue_depths, queues))
     start_http_server(port, addr="0.0.0.0", registry=registry)

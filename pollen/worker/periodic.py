@@ -13,7 +13,7 @@ from celery import bootsteps
 
 from pollen.store import durability, keys
 from pollen.worker import metrics, runtime
-from pollen.worker.reconciler import reconcile, try_lock
+from pollen.worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
 DUE_PER_ROUND = 5000
@@ -27,14 +27,15 @@ class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
         port = deps.settings.metrics_port
         if not port:
             return
-        from pollen.store.connection import redis_client
+        from pollen.store.connection import queue_depths
 
         queues = deps.settings.queues
+        names = [queues.submit, queues.poll, queues.callbacks]
         metrics.serve(
             port,
-            store_redis=deps.store.redis,
-            broker_redis=redis_client(deps.settings.broker),
-            queues=[queues.submit, queues.poll, queues.callbacks],
+            store=deps.store,
+            queue_depths=queue_depths(deps.settings.broker, names),
+            queues=names,
         )
         log.info("metrics on :%d/metrics", port)
 
@@ -67,17 +68,11 @@ def tick(app: Any) -> None:
     deps = runtime.deps()
     settings = deps.settings
     try:
-        epoch_file = settings.heartbeat_file.with_suffix(".epoch")
-        known = deps.epoch or durability.remembered(epoch_file)
-        deps.epoch, lost = durability.check(deps.store.redis, known)
-        if deps.epoch != known:  # first round after a start, or a new store: keep it on disk
-            durability.remember(epoch_file, deps.epoch)
-        if lost:
-            metrics.STORE_DATA_LOSS.inc()
+        check_store(deps)
         now = deps.clock()
-        if try_lock(deps.store, keys.TICK_LOCK, ttl=settings.tick_interval * 0.9):
+        if deps.store.try_lock(keys.TICK_LOCK, ttl=settings.tick_interval * 0.9):
             release_due(app, deps, now)
-        if try_lock(deps.store, keys.RECONCILE_LOCK, ttl=settings.reconcile_interval * 0.9):
+        if deps.store.try_lock(keys.RECONCILE_LOCK, ttl=settings.reconcile_interval * 0.9):
             reconcile(
                 deps.store,
                 lambda name, kwargs: app.send_task(name, kwargs=kwargs, ignore_result=True),
@@ -85,6 +80,23 @@ def tick(app: Any) -> None:
             )
     except Exception:
         log.exception("periodic round failed; the next one will try again")
+
+
+def check_store(deps: Any) -> bool:
+    """Compare the store's epoch marker with the one this worker saw; True if data was lost.
+
+    The marker is remembered in a file named after the store (``settings.epoch_file``), so a
+    restarted worker still knows it and a worker started against another store does not
+    mistake that store's marker for a loss.
+    """
+    epoch_file = deps.settings.epoch_file
+    known = deps.epoch or durability.remembered(epoch_file)
+    deps.epoch, lost = durability.check(deps.store, known)
+    if deps.epoch != known:  # first round after a start, or a new store: keep it on disk
+        durability.remember(epoch_file, deps.epoch)
+    if lost:
+        metrics.STORE_DATA_LOSS.inc()
+    return bool(lost)
 
 
 def release_due(app: Any, deps: Any, now: float) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pollen.models import JobStatus
-from pollen.store import keys
 from pollen.store.jobs import Store
 from pollen.worker.metrics import RECONCILER
 
@@ -40,14 +39,10 @@ def reconcile(store: Store, send: Send, *, now: float, limit: int = 500) -> Repo
     """Resume up to ``limit`` overdue jobs; return what was done."""
     report = Report()
     for job_id in store.overdue(now, limit):
-        status, poll_seq = (
-            str(v) if v is not None else None
-            for v in store.redis.hmget(keys.job(job_id), "status", "poll_seq")
-        )
+        status, poll_seq = store.fields(job_id, "status", "poll_seq")
         if status is None or JobStatus(status).terminal:
             # Expired or finished (a terminal write that lost its ZREM): stop watching.
-            store.redis.zrem(keys.INFLIGHT, job_id)
-            store.redis.zrem(keys.BY_AGE, job_id)
+            store.forget_inflight(job_id)
             report.dropped.append(job_id)
             continue
         store.watch(job_id, now)  # look again after one more grace period, not every round
@@ -73,8 +68,3 @@ def reconcile(store: Store, send: Send, *, now: float, limit: int = 500) -> Repo
             len(report.dropped),
         )
     return report
-
-
-def try_lock(store: Store, key: str, ttl: float) -> bool:
-    """One holder per ``ttl`` seconds across all workers (no unlock: it simply expires)."""
-    return bool(store.redis.set(key, "1", nx=True, px=int(ttl * 1000)))

@@ -12,9 +12,7 @@ import threading
 from pollen.callbacks.addresses import AddressPolicy
 from pollen.providers import build_providers
 from pollen.settings import Settings, get_settings
-from pollen.store.connection import http_client, redis_client
-from pollen.store.jobs import Store
-from pollen.store.outbox import Outbox
+from pollen.store.connection import http_client, open_store
 from pollen.worker.steps import Deps
 
 
@@ -32,17 +30,13 @@ _local = _ProcessLocal()
 
 def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
-    client = redis_client(settings.redis_url)
+    store, outbox = open_store(settings)
     return Deps(
         settings=settings,
-        store=Store(
-            client,
-            finished_ttl=settings.job_ttl,
-            grace=settings.reconcile_grace,
-        ),
+        store=store,
         http=http_client(settings),
         providers=build_providers(settings),
-        outbox=Outbox(client),
+        outbox=outbox,
         policy=AddressPolicy(settings.callbacks.allow_cidrs),
     )
 
@@ -60,5 +54,5 @@ def close() -> None:
     with _local.lock:
         if _local.deps is not None and _local.pid == os.getpid():
             _local.deps.http.close()
-            _local.deps.store.redis.close()
+            _local.deps.store.close()
         _local.deps = None

@@ -35,7 +35,6 @@ from pollen.providers.http import send
 from pollen.providers.polling import StatusFetcher
 from pollen.providers.ratelimit import RateLimiter
 from pollen.settings import Settings
-from pollen.store import keys
 from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
 from pollen.worker import logs, metrics
@@ -60,7 +59,7 @@ class Deps:
     fetcher: StatusFetcher = field(init=False)  #: status calls, batched where possible
 
     def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.store.redis, self.settings.rate_limits)
+        self.limiter = RateLimiter(self.store, self.settings.rate_limits)
         self.fetcher = StatusFetcher(
             self.http,
             self.providers,
@@ -311,8 +310,8 @@ def _progress_event(deps: Deps, job: Job, snapshot: Snapshot) -> list[str]:
     if not 0 < progress < 1:  # nothing to report yet, or the completed event says it all
         return []
     now = deps.clock()
-    last = deps.store.redis.hget(keys.job(job.id), "progress_event_at")
-    if last and now - float(str(last)) < deps.settings.callbacks.progress_interval:
+    last = deps.store.field(job.id, "progress_event_at")
+    if last and now - float(last) < deps.settings.callbacks.progress_interval:
         return []
     deps.store.update(job.id, progress_event_at=repr(now))
     data = events.progress_payload(job, progress)

@@ -1,0 +1,393 @@
+"""The store's contract, on the real Redis: statuses only move forward, counters and indexes
+agree with the jobs, finished jobs expire, poll steps are fenced, ids are idempotency keys;
+and the epoch marker a worker remembers belongs to the store it describes."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from pollen import Pollen
+from pollen.errors import IdempotencyConflict, JobNotFound, StoreUnavailable
+from pollen.local.servers import RedisServer, free_port
+from pollen.models import GenerationResult, JobStatus
+from pollen.settings import Settings
+from pollen.store import keys, scripts
+from pollen.store.connection import redis_client
+from pollen.store.jobs import SCRIPTS as JOB_SCRIPTS
+from pollen.store.jobs import Store
+from pollen.store.outbox import SCRIPTS as OUTBOX_SCRIPTS
+from pollen.store.outbox import Outbox
+from pollen.worker import health
+from pollen.worker.periodic import check_store
+from pollen.worker.runtime import build_deps
+from pollen.worker.steps import Deps
+from tests.conftest import STORE_DB
+from tests.helpers import video_request
+
+FINISHED_TTL = 600
+JOB_TTL = 7200
+NOW = 1_700_000_000.0
+
+
+def _flush(client: redis.Redis) -> None:
+    epoch = client.get(keys.EPOCH)  # keep it: the session's worker would see a data loss
+    client.flushdb()
+    if epoch is not None:
+        client.set(keys.EPOCH, epoch)
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url(STORE_DB), decode_responses=True)
+    _flush(client)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(raw: redis.Redis, redis_server: RedisServer) -> Iterator[Store]:
+    built = Store(redis_client(redis_server.url(STORE_DB)), finished_ttl=FINISHED_TTL, grace=60)
+    yield built
+    built.close()
+
+
+def _create(store: Store, job_id: str, fingerprint: str = "fp-1", now: float = NOW) -> bool:
+    fields = {"id": job_id, "provider": "runware", "status": "queued", "poll_seq": "0"}
+    return store.create(job_id, fields, now=now, ttl=JOB_TTL, fingerprint=fingerprint)
+
+
+def _counts(raw: redis.Redis) -> dict[str, int]:
+    """Jobs per status, as the counter hash holds them (zeros dropped)."""
+    counts: dict[str, str] = raw.hgetall(keys.STATUS_COUNTS)  # type: ignore[assignment]
+    return {status: int(n) for status, n in counts.items() if int(n) != 0}
+
+
+def _indexed(raw: redis.Redis) -> tuple[set[str], set[str]]:
+    return set(raw.zrange(keys.INFLIGHT, 0, -1)), set(raw.zrange(keys.BY_AGE, 0, -1))  # type: ignore[arg-type]
+
+
+def _status(raw: redis.Redis, job_id: str) -> str:
+    return str(raw.hget(keys.job(job_id), "status"))
+
+
+# --- statuses only move forward -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("start", "target"), list(itertools.product(JobStatus, JobStatus)))
+def test_a_status_only_moves_forward(
+    store: Store, raw: redis.Redis, start: JobStatus, target: JobStatus
+) -> None:
+    assert _create(store, "j")
+    if start is not JobStatus.QUEUED:
+        assert store.transition("j", start, now=NOW + 1)
+    moved = store.transition("j", target, now=NOW + 2)
+    assert moved is (target.rank > start.rank)
+    final = target if moved else start
+    assert _status(raw, "j") == final.value
+    assert _counts(raw) == {final.value: 1}
+    inflight, by_age = _indexed(raw)
+    assert inflight == by_age == (set() if final.terminal else {"j"})
+
+
+def test_a_transition_of_a_missing_job_is_job_not_found(store: Store) -> None:
+    with pytest.raises(JobNotFound):
+        store.transition("nope", JobStatus.SUBMITTED, now=NOW)
+
+
+# --- counters and indexes -----------------------------------------------------------------
+
+
+def test_counters_and_indexes_follow_create_transition_finish_and_rollback(
+    store: Store, raw: redis.Redis
+) -> None:
+    for n in range(5):
+        assert _create(store, f"j{n}", now=NOW + n)
+    assert _counts(raw) == {"queued": 5}
+    assert _indexed(raw) == ({f"j{n}" for n in range(5)},) * 2
+    store.transition("j0", JobStatus.SUBMITTED, now=NOW + 10)
+    store.transition("j1", JobStatus.PROCESSING, now=NOW + 10)
+    store.transition("j2", JobStatus.SUCCEEDED, now=NOW + 10)
+    store.transition("j3", JobStatus.FAILED, now=NOW + 10)
+    assert _counts(raw) == {"queued": 1, "submitted": 1, "processing": 1, "succeeded": 1,
+                            "failed": 1}  # fmt: skip
+    assert _indexed(raw) == ({"j0", "j1", "j4"},) * 2
+    # The oldest in-flight job is still the first created.
+    assert raw.zrange(keys.BY_AGE, 0, 0) == ["j0"]
+
+    assert store.rollback_create("j4")
+    assert _counts(raw) == {"submitted": 1, "processing": 1, "succeeded": 1, "failed": 1}
+    assert _indexed(raw) == ({"j0", "j1"},) * 2
+    # A job that already moved on is not undone.
+    assert not store.rollback_create("j0")
+    assert _status(raw, "j0") == "submitted"
+    assert _counts(raw)["submitted"] == 1
+    assert _indexed(raw) == ({"j0", "j1"},) * 2
+    # Nothing to undo for an unknown id: the counters stay.
+    assert not store.rollback_create("never")
+    assert _counts(raw) == {"submitted": 1, "processing": 1, "succeeded": 1, "failed": 1}
+
+
+def test_rollback_undoes_exactly_what_create_wrote(store: Store, raw: redis.Redis) -> None:
+    assert _create(store, "other")
+    before = {key: raw.dump(key) for key in raw.keys("*")}
+    before_counts = _counts(raw)
+    assert _create(store, "j")
+    assert store.rollback_create("j")
+    assert {key: raw.dump(key) for key in raw.keys("*") if key != keys.STATUS_COUNTS} == {
+        key: value for key, value in before.items() if key != keys.STATUS_COUNTS
+    }
+    assert _counts(raw) == before_counts
+    # The id is free again: the retried submit creates it anew.
+    assert _create(store, "j", fingerprint="fp-2")
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+
+def _result(ident: str) -> GenerationResult:
+    return GenerationResult(id=ident, kind="video", url=f"https://cdn/{ident}.mp4", seen_at=NOW)
+
+
+def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> None:
+    outbox = Outbox(store.redis)
+    now = time.time()
+    assert _create(store, "j", now=now)
+    store.transition("j", JobStatus.SUBMITTED, now=now, poll_seq="1")
+    assert store.claim_poll("j", 1, now=now, lease=30).verdict == "ok"
+    added = store.apply_poll(
+        "j", 1, now=now, envelope={"data": []}, results=[_result("g1")], errors=[],
+        progress=0.5, cost=None, next_poll_at=now + 1,
+    )  # fmt: skip
+    assert added == ["g1"]
+    delivery = "msg_j_completed"
+    outbox.create(delivery, job_id="j", event="completed", kind="http", target="https://x/cb",
+                  body="{}", now=now, watch=60, ttl=JOB_TTL)  # fmt: skip
+    item = outbox.get(delivery)
+    assert item is not None
+    outbox.record(item, {"outcome": "delivered"}, state="delivered", now=now)
+    assert store.transition("j", JobStatus.SUCCEEDED, now=now)
+
+    job_keys = keys.all_for("j")
+    assert keys.job_deliveries("j") in job_keys and keys.delivery_attempts("j") in job_keys
+    ttls = {key: raw.ttl(key) for key in job_keys}
+    assert all(ttl > 0 for ttl in ttls.values()), ttls  # -2 missing, -1 no expiry
+    for key in (keys.job("j"), keys.events("j"), keys.results("j"), keys.result_order("j"),
+                keys.responses("j")):  # fmt: skip
+        assert ttls[key] <= FINISHED_TTL
+    assert 0 < raw.ttl(keys.delivery(delivery)) <= JOB_TTL
+
+
+# --- fencing --------------------------------------------------------------------------------
+
+
+def _submitted(store: Store, job_id: str, now: float) -> None:
+    assert _create(store, job_id, now=now)
+    store.transition(job_id, JobStatus.SUBMITTED, now=now, poll_seq="1")
+
+
+def test_a_busy_lease_and_a_stale_attempt_are_refused(store: Store) -> None:
+    _submitted(store, "j", NOW)
+    assert store.claim_poll("j", 1, now=NOW, lease=30).verdict == "ok"
+    busy = store.claim_poll("j", 1, now=NOW + 29.5, lease=30)
+    assert busy.verdict == "busy" and 0.49 < busy.wait < 0.51
+    assert store.claim_poll("j", 1, now=NOW + 30.5, lease=30).verdict == "ok"  # lease expired
+    assert store.claim_poll("j", 0, now=NOW, lease=30).verdict == "stale"
+    assert store.claim_poll("j", 2, now=NOW, lease=30).verdict == "stale"
+    assert store.claim_poll("nope", 1, now=NOW, lease=30).verdict == "missing"
+    store.transition("j", JobStatus.SUCCEEDED, now=NOW)
+    assert store.claim_poll("j", 1, now=NOW + 100, lease=30).verdict == "done"
+
+
+def test_a_stale_poll_answer_changes_nothing(store: Store, raw: redis.Redis) -> None:
+    now = time.time()
+    _submitted(store, "j", now)
+    assert store.claim_poll("j", 1, now=now, lease=30).verdict == "ok"
+    assert store.apply_poll(
+        "j", 1, now=now, envelope={"n": 1}, results=[_result("g1")], errors=[],
+        progress=0.3, cost=None, next_poll_at=now + 1,
+    ) == ["g1"]  # fmt: skip
+    snapshot = {key: raw.dump(key) for key in raw.keys("*")}
+    stale: dict[str, Any] = {"now": now + 1, "errors": [], "progress": 0.9, "cost": 2.0}
+    for attempt in (1, 3):  # the same poll again, and one from the future
+        assert store.apply_poll(
+            "j", attempt, envelope={"n": attempt}, results=[_result("g2")],
+            next_poll_at=now + 2, **stale,
+        ) is None  # fmt: skip
+    assert {key: raw.dump(key) for key in raw.keys("*")} == snapshot
+
+
+# --- idempotent create ----------------------------------------------------------------------
+
+
+def test_a_duplicate_create_returns_false_and_writes_nothing(
+    store: Store, raw: redis.Redis
+) -> None:
+    assert _create(store, "j", fingerprint="fp-1")
+    snapshot = {key: raw.dump(key) for key in raw.keys("*")}
+    assert not _create(store, "j", fingerprint="fp-1", now=NOW + 5)
+    assert {key: raw.dump(key) for key in raw.keys("*")} == snapshot
+    with pytest.raises(IdempotencyConflict, match="already used with a different request"):
+        _create(store, "j", fingerprint="fp-2", now=NOW + 5)
+    assert {key: raw.dump(key) for key in raw.keys("*")} == snapshot
+
+
+# --- small gateway methods --------------------------------------------------------------
+
+
+def test_fields_forget_and_lock(store: Store, raw: redis.Redis) -> None:
+    assert _create(store, "j")
+    assert store.field("j", "provider") == "runware"
+    assert store.field("j", "absent") is None and store.field("nope", "id") is None
+    assert store.fields("j", "status", "poll_seq", "absent") == ["queued", "0", None]
+    store.forget_inflight("j")
+    assert _indexed(raw) == (set(), set())
+    assert _status(raw, "j") == "queued"  # only the indexes: the record stays
+    assert store.try_lock("pollen:lock:test", ttl=0.3)
+    time.sleep(0.2)
+    assert not store.try_lock("pollen:lock:test", ttl=0.3)  # held for 0.3 s
+    time.sleep(0.15)
+    assert store.try_lock("pollen:lock:test", ttl=0.3)  # expired: the next round takes it
+    assert store.try_lock("pollen:lock:tiny", ttl=0.0001)  # under 1 ms is still a lock
+
+
+# --- the Lua files --------------------------------------------------------------------------
+
+
+def test_every_lua_file_is_a_registered_script_with_its_keys_and_args() -> None:
+    shipped = {
+        path.name.removesuffix(".lua")
+        for path in resources.files("pollen.store").joinpath("lua").iterdir()
+        if path.name.endswith(".lua")
+    }
+    used = {*JOB_SCRIPTS, *OUTBOX_SCRIPTS}
+    assert shipped == used | {"prelude"}
+    for name in used:
+        lines = scripts.source(name).splitlines()
+        header = list(itertools.takewhile(lambda line: line.startswith("--"), lines))
+        assert any(line.startswith("-- KEYS:") for line in header), name
+        assert any(line.startswith("-- ARGV:") for line in header), name
+
+
+def test_the_lua_ranks_are_generated_from_job_status() -> None:
+    generated = scripts.constants()
+    for status in JobStatus:
+        assert f"['{status.value}']={status.rank}" in generated
+    assert "local TERMINAL = 3" in generated
+
+
+# --- the epoch marker belongs to its store --------------------------------------------------
+
+OTHER_DBS = (5, 6)  # not the session's store or broker
+
+
+@pytest.fixture
+def two_stores(
+    settings: Settings, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[list[Settings]]:
+    """Two deployments on one machine: same heartbeat directory, different Redis databases."""
+    chosen = []
+    for db in OTHER_DBS:
+        client = redis.Redis.from_url(redis_server.url(db))
+        client.flushdb()
+        client.close()
+        chosen.append(
+            settings.model_copy(
+                update={
+                    "redis_url": redis_server.url(db),
+                    "heartbeat_file": tmp_path / "worker.heartbeat",
+                }
+            )
+        )
+    yield chosen
+    for db in OTHER_DBS:
+        client = redis.Redis.from_url(redis_server.url(db))
+        client.flushdb()
+        client.close()
+
+
+def _started(settings: Settings) -> Deps:
+    """A worker process that just started: nothing remembered but what is on disk."""
+    return build_deps(settings)
+
+
+def _round(settings: Settings) -> bool:
+    deps = _started(settings)
+    try:
+        return check_store(deps)
+    finally:
+        deps.http.close()
+        deps.store.close()
+
+
+def test_a_worker_started_against_another_store_sees_no_data_loss(
+    two_stores: list[Settings],
+) -> None:
+    first, second = two_stores
+    assert not _round(first)
+    assert not _round(second)  # a new store, not an emptied one
+    assert not _round(first)  # and back: the first store's marker is still remembered
+    assert not _round(second)
+    assert first.epoch_file != second.epoch_file
+    assert first.epoch_file.parent == first.heartbeat_file.parent
+    for one in two_stores:
+        client = redis.Redis.from_url(one.redis_url)
+        assert not client.exists(keys.DATA_LOSS)
+        client.close()
+
+
+def test_an_emptied_store_is_still_detected(
+    two_stores: list[Settings], redis_server: RedisServer
+) -> None:
+    first, second = two_stores
+    assert not _round(first)
+    assert not _round(second)
+    emptied = redis.Redis.from_url(first.redis_url, decode_responses=True)
+    emptied.flushdb()
+    assert _round(first)  # a restarted worker compares with the marker it remembered
+    assert emptied.hget(keys.DATA_LOSS, "lost_epoch")
+    emptied.close()
+    other = redis.Redis.from_url(second.redis_url)
+    assert not other.exists(keys.DATA_LOSS)
+    other.close()
+    assert not _round(second)
+
+
+def test_the_default_heartbeat_file_is_per_store_and_health_reads_it(
+    settings: Settings, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    one = Settings(redis_url=redis_server.url(OTHER_DBS[0]))
+    same = Settings(redis_url=redis_server.url(OTHER_DBS[0]))
+    other = Settings(redis_url=redis_server.url(OTHER_DBS[1]))
+    assert one.heartbeat_file == same.heartbeat_file != other.heartbeat_file
+    assert one.heartbeat_file.parent == tmp_path
+    health.touch_heartbeat(one.heartbeat_file)  # what the worker does
+    by_name = {c.name: c for c in health.run_checks(same, local=True)}
+    assert by_name["heartbeat"].ok, by_name["heartbeat"].detail
+    by_name = {c.name: c for c in health.run_checks(other, local=True)}
+    assert not by_name["heartbeat"].ok
+
+
+def test_a_job_whose_message_cannot_be_sent_leaves_no_trace(
+    settings: Settings, raw: redis.Redis
+) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    broken = settings.model_copy(update={"broker_url": unreachable, "result_backend": None})
+    with Pollen(broken) as pollen:
+        with pytest.raises(StoreUnavailable, match="could not enqueue job unsent"):
+            pollen.submit("runware", video_request([0.3]), job_id="unsent")
+        assert raw.keys("pollen:job:*") == []
+        assert _counts(raw) == {}
+        assert _indexed(raw) == (set(), set())
+        # The id is free: the producer's retry is a new job, not a duplicate.
+        with pytest.raises(StoreUnavailable):
+            pollen.submit("runware", video_request([0.3]), job_id="unsent")
