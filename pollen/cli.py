@@ -4,22 +4,64 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
+from typer._click.core import Context, Parameter  # typer vendors click
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 if TYPE_CHECKING:
     from pollen.client import Pollen
+    from pollen.models import Job
+    from pollen.settings import Settings
 
 T = TypeVar("T")
+
+
+def _plain_params(params: list[Parameter]) -> list[Parameter]:
+    """Flags show no ``<bool>`` type in help (they take no value)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """Help that reads naturally: ``pollen status JOB`` (not ``{job_id}``), flags without a type."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _plain_params(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces += param.get_usage_pieces(ctx)
+        return pieces
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _plain_params(super().get_params(ctx))
+
 
 app = typer.Typer(
     help="pollen: submit long-running generative-AI jobs, poll them, keep the results.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_Group,
 )
+command = partial(app.command, cls=_Command)
+JobId = Annotated[str, typer.Argument(metavar="JOB", help="The job id.", show_default=False)]
 
 
 def _print_json(value: Any) -> None:
@@ -31,11 +73,59 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``****``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
+
+
+def _settings() -> Settings:
+    """The settings; an invalid environment is one line naming each bad variable."""
+    from pydantic import ValidationError
+
+    from pollen.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"POLLEN_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"]
+            for e in exc.errors()
+        )
+        _fail(f"invalid settings: {problems}")
+
+
+@contextmanager
+def _client() -> Iterator[Pollen]:
+    """A producer client, after a quick PING: an unreachable Redis is an error in seconds,
+    not after the client's ~20 s of reconnect retries."""
+    from pollen import Pollen
+    from pollen.worker.health import check_redis
+
+    settings = _settings()
+    check = check_redis(settings.redis_url, "redis")
+    if not check.ok:
+        reason = check.detail.removeprefix("unreachable: ")
+        _fail(f"Redis at {redact(settings.redis_url)} is unreachable ({reason})")
+    with Pollen(settings) as client:
+        yield client
+
+
 def _about_a_job(use: Callable[[Pollen], T]) -> T:
     """Run ``use`` with a producer client; an unknown job id is a clear error and exit 1."""
-    from pollen import JobNotFound, Pollen
+    from pollen import JobNotFound
 
-    with Pollen() as client:
+    with _client() as client:
         try:
             return use(client)
         except JobNotFound as exc:
@@ -43,13 +133,60 @@ def _about_a_job(use: Callable[[Pollen], T]) -> T:
 
 
 def _load_payload(source: str) -> Any:
-    text = sys.stdin.read() if source == "-" else source
-    if source.startswith("@"):
-        text = Path(source[1:]).read_text()
+    if source == "-":
+        text = sys.stdin.read()
+    elif source.startswith("@"):
+        try:
+            text = Path(source[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read {source[1:]}: {getattr(exc, 'strerror', None) or exc}")
+    else:
+        text = source
     try:
         return json.loads(text)
     except ValueError as exc:
-        _fail(f"job payload is not valid JSON: {exc}")
+        hint = ""
+        if source.endswith(".json") or Path(source).is_file():
+            hint = f" (to read the file, write @{source})"
+        _fail(f"job payload is not valid JSON: {exc}{hint}")
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _progress(job: Job) -> str:
+    line = f"{job.id} {job.status.value} results {len(job.results)}/{job.expected_results}"
+    if job.progress is not None:
+        line += f" progress {job.progress * 100:.0f}%"
+    return line
+
+
+def _follow(client: Pollen, job_id: str, timeout: float) -> Job:
+    """``client.wait`` with progress on stderr: one updating line on a terminal, else one
+    plain line per change. Exit 3 (one line) if the job is still running at ``timeout``."""
+    from pollen import JobNotFound, WaitTimeout
+
+    live = sys.stderr.isatty()
+    shown = ""
+
+    def show(job: Job) -> None:
+        nonlocal shown
+        line = _progress(job)
+        if line != shown:
+            sys.stderr.write(f"\r\x1b[K{line}" if live else f"{line}\n")
+            sys.stderr.flush()
+            shown = line
+
+    try:
+        return client.wait(job_id, timeout, on_change=show)
+    except JobNotFound as exc:
+        _fail(str(exc))
+    except WaitTimeout as exc:
+        _fail(str(exc), 3)
+    finally:
+        if live and shown:
+            sys.stderr.write("\n")
 
 
 def _prepare_metrics_dir() -> None:
@@ -65,28 +202,43 @@ def _prepare_metrics_dir() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
-@app.command()
+POOLS = ("threads", "prefork", "solo")
+OPTIONAL_POOLS = ("gevent", "eventlet")  #: offered when the package is installed
+
+
+def _pools() -> list[str]:
+    from importlib.util import find_spec
+
+    return [*POOLS, *(name for name in OPTIONAL_POOLS if find_spec(name) is not None)]
+
+
+@command()
 def worker(
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", help="Threads (or processes) per worker.")
+        int,
+        typer.Option("--concurrency", "-c", metavar="N", help="Threads (or processes) per worker."),
     ] = 32,
     pool: Annotated[
         str,
         typer.Option(
+            "--pool",
+            "-P",
+            metavar="POOL",
             help="threads (default: the work is I/O; polls batch), prefork (time limits, "
-            "crash isolation), or solo"
+            "crash isolation), solo; gevent or eventlet when installed.",
         ),
     ] = "threads",
-    hostname: Annotated[str, typer.Option("--hostname", "-n")] = "pollen@%h",
-    queues: Annotated[str | None, typer.Option("--queues", "-Q")] = None,
-    loglevel: Annotated[str | None, typer.Option("--loglevel", "-l")] = None,
+    hostname: Annotated[str, typer.Option("--hostname", "-n", metavar="NAME")] = "pollen@%h",
+    queues: Annotated[str | None, typer.Option("--queues", "-Q", metavar="QUEUES")] = None,
+    loglevel: Annotated[str | None, typer.Option("--loglevel", "-l", metavar="LEVEL")] = None,
 ) -> None:
     """Run a Celery worker for pollen's queues (task events on, for Flower)."""
+    if pool not in _pools():
+        raise typer.BadParameter(f"{pool!r} is not one of {', '.join(_pools())}", param_hint="-P")
     _prepare_metrics_dir()
-    from pollen.settings import get_settings
     from pollen.worker.app import create_app
 
-    settings = get_settings()
+    settings = _settings()
     q = settings.queues
     names = queues or ",".join([q.submit, q.poll, q.callbacks])
     celery = create_app(settings)
@@ -97,54 +249,101 @@ def worker(
     )  # fmt: skip
 
 
-@app.command()
+@command()
 def submit(
-    payload: Annotated[str, typer.Argument(help="Job JSON, @file.json, or - for stdin.")],
-    wait: Annotated[float | None, typer.Option(help="Wait up to this many seconds.")] = None,
+    payload: Annotated[
+        str,
+        typer.Argument(
+            metavar="PAYLOAD", help="Job JSON, @file.json, or - for stdin.", show_default=False
+        ),
+    ],
+    wait: Annotated[
+        float | None,
+        typer.Option(metavar="SECONDS", help="Wait up to this long, showing progress."),
+    ] = None,
 ) -> None:
     """Enqueue a job (see schema/job-request.schema.json) and print its id."""
-    from pollen import InvalidJob, Pollen, WaitTimeout
+    from pollen import InvalidJob
 
-    with Pollen() as client:
+    job = _load_payload(payload)
+    with _client() as client:
         try:
-            job_id = client.submit_payload(_load_payload(payload))
+            job_id = client.submit_payload(job)
         except InvalidJob as exc:
             _fail(str(exc), 2)
         typer.echo(job_id)
         if wait is not None:
-            try:
-                _print_json(client.wait(job_id, wait).model_dump(mode="json", exclude={"request"}))
-            except WaitTimeout as exc:
-                _fail(str(exc), 3)
+            finished = _follow(client, job_id, wait)
+            _print_json(finished.model_dump(mode="json", exclude={"request"}))
 
 
-@app.command()
-def status(job_id: str) -> None:
-    """Print a job's status, polls and results so far."""
-    job = _about_a_job(lambda client: client.get(job_id))
+@command("wait")
+def wait_for(
+    job_id: JobId,
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Give up (exit 3) after this long.")
+    ] = 600.0,
+) -> None:
+    """Wait for a job to end, showing its progress; then print its status line.
+
+    Exit 0 if it succeeded, 1 if it failed, timed out or was cancelled, 3 if still running.
+    """
+    with _client() as client:
+        job = _follow(client, job_id, timeout)
+    typer.echo(_status_line(job, ""))
+    if job.status.value != "succeeded":
+        raise typer.Exit(1)
+
+
+def _status_line(job: Job, last_error: str) -> str:
     detail = f" ({job.error.code}: {job.error.message})" if job.error else ""
-    typer.echo(
+    retrying = f" last error: {last_error}" if last_error and not job.terminal else ""
+    return (
         f"{job.id} {job.status.value}{detail} polls={job.polls} "
-        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}"
+        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}{retrying}"
     )
 
 
-@app.command()
+@command()
+def status(job_id: JobId) -> None:
+    """Print a job's status, polls and results so far (and the last error while retrying)."""
+    job, fields = _about_a_job(lambda client: (client.get(job_id), client.store.raw(job_id)))
+    typer.echo(_status_line(job, fields.get("last_error", "")))
+
+
+TIMESTAMPS = ("created_at", "submitted_at", "finished_at", "updated_at", "deadline_at")
+
+
+def _with_iso(record: dict[str, Any]) -> dict[str, Any]:
+    """Add ``<name>_iso`` (ISO 8601, UTC) beside each epoch timestamp, results' included."""
+    out = dict(record)
+    for name in (*TIMESTAMPS, "next_poll_at", "seen_at"):
+        if isinstance(out.get(name), int | float):
+            out[f"{name}_iso"] = _iso(out[name])
+    for group in ("results", "errors"):
+        if isinstance(out.get(group), list):
+            out[group] = [_with_iso(item) for item in out[group]]
+    return out
+
+
+@command()
 def result(
-    job_id: str,
-    raw: Annotated[bool, typer.Option(help="Include the provider's raw items.")] = False,
+    job_id: JobId,
+    raw: Annotated[bool, typer.Option("--raw", help="Include the provider's raw items.")] = False,
 ) -> None:
-    """Print the stored job as JSON: status, results, errors, timings."""
+    """Print the stored job as JSON: status, results, errors, timings (epoch and ISO 8601)."""
     job = _about_a_job(lambda client: client.get(job_id))
     no_raw = {"__all__": {"raw"}}
     exclude: Any = None if raw else {"results": no_raw, "errors": no_raw}
-    _print_json(job.model_dump(mode="json", exclude=exclude))
+    _print_json(_with_iso(job.model_dump(mode="json", exclude=exclude)))
 
 
-@app.command()
+@command()
 def details(
-    job_id: str,
-    provider: Annotated[bool, typer.Option(help="Ask the provider's own getTaskDetails.")] = False,
+    job_id: JobId,
+    provider: Annotated[
+        bool, typer.Option("--provider", help="Ask the provider's own getTaskDetails.")
+    ] = False,
 ) -> None:
     """Print the audit record: the request pollen sent and the provider's response envelope."""
     from pollen.providers.audit import provider_task_details
@@ -157,28 +356,33 @@ def details(
     _print_json(_about_a_job(record))
 
 
-callbacks_app = typer.Typer(help="Inspect and re-send a job's callback deliveries.")
+callbacks_app = typer.Typer(help="Inspect and re-send a job's callback deliveries.", cls=_Group)
 app.add_typer(callbacks_app, name="callbacks")
 
 
-@callbacks_app.command("list")
-def callbacks_list(job_id: str) -> None:
-    """Every delivery of the job (webhook-id, event, state) and every attempt made."""
+@callbacks_app.command("list", cls=_Command)
+def callbacks_list(job_id: JobId) -> None:
+    """Every delivery of the job (webhook-id, event, state) and every attempt made:
+    its time (ISO 8601), HTTP status, latency and error."""
     deliveries = _about_a_job(lambda client: client.callbacks(job_id))
     for item in deliveries:
         typer.echo(f"{item['webhook_id']}  {item['event']:<9} {item['state']:<9} {item['target']}")
         for attempt in item["attempts"]:
             code = attempt.get("status_code") or "-"
+            at = _iso(attempt["at"]) if attempt.get("at") else "-"
             error = f"  {attempt['error']}" if attempt.get("error") else ""
             typer.echo(
-                f"    {attempt['outcome']:<9} HTTP {code}  {attempt['latency_ms']:.0f} ms{error}"
+                f"    {at}  {attempt['outcome']:<9} HTTP {code}  "
+                f"{attempt['latency_ms']:.0f} ms{error}"
             )
 
 
-@callbacks_app.command("replay")
+@callbacks_app.command("replay", cls=_Command)
 def callbacks_replay(
-    job_id: str,
-    delivery: Annotated[str | None, typer.Option(help="Only this webhook-id.")] = None,
+    job_id: JobId,
+    delivery: Annotated[
+        str | None, typer.Option(metavar="WEBHOOK_ID", help="Only this webhook-id.")
+    ] = None,
     everything: Annotated[
         bool, typer.Option("--all", help="Also deliveries that were delivered.")
     ] = False,
@@ -190,7 +394,7 @@ def callbacks_replay(
     typer.echo(f"replayed {len(replayed)} deliveries" + "".join(f"\n  {d}" for d in replayed))
 
 
-@app.command()
+@command()
 def simulator(
     host: str = "127.0.0.1",
     port: int = 8765,
@@ -215,7 +419,7 @@ def simulator(
     run(config, host, port)
 
 
-@app.command()
+@command()
 def demo(
     jobs: Annotated[int, typer.Option(help="Extra single-image jobs to add.")] = 2,
 ) -> None:
@@ -225,17 +429,16 @@ def demo(
     raise typer.Exit(run_demo(extra_jobs=jobs))
 
 
-@app.command()
+@command()
 def health(
     local: Annotated[
         bool, typer.Option(help="Probe this pod's worker (heartbeat file) instead of the fleet.")
     ] = False,
 ) -> None:
     """Exit non-zero when Redis is unreachable or no worker is alive."""
-    from pollen.settings import get_settings
     from pollen.worker.health import run_checks
 
-    checks = run_checks(get_settings(), local=local)
+    checks = run_checks(_settings(), local=local)
     for check in checks:
         mark = "ok  " if check.ok else "FAIL"
         typer.echo(f"{mark} {check.name}: {check.detail}")
@@ -243,13 +446,12 @@ def health(
         raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Jobs by state, in-flight and overdue jobs, the oldest in-flight job, dead letters."""
-    from pollen import Pollen
     from pollen.store.stats import collect
 
-    with Pollen() as client:
+    with _client() as client:
         current = collect(client.store)
     if as_json:
         _print_json(current.as_dict())
@@ -265,23 +467,71 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     typer.echo(f"callbacks in dead letter: {current.dead_letters}")
 
 
-@app.command()
+SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN")
+
+
+def _shown(value: Any, secret: bool) -> str:
+    """A setting's value as ``pollen config`` prints it: secrets masked, URLs redacted."""
+    from pydantic import BaseModel, SecretStr
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, SecretStr):
+            item, secret_item = item.get_secret_value(), True
+        else:
+            secret_item = secret and isinstance(item, str)
+        if secret_item:
+            return "********" if item else ""
+        if isinstance(item, str):
+            return redact(item)
+        if isinstance(item, list | tuple):
+            return [plain(i) for i in item]
+        if isinstance(item, dict):
+            return {k: plain(v) for k, v in item.items()}
+        if isinstance(item, BaseModel):
+            return plain(item.model_dump())
+        if isinstance(item, Path):
+            return str(item)
+        return item
+
+    shown = plain(value)
+    if shown is None:
+        return "(not set)"
+    return shown if isinstance(shown, str) else json.dumps(shown)
+
+
+def _effective(settings: Settings, env: str) -> Any:
+    """The value ``settings`` uses for ``env`` (the broker and result backend resolved)."""
+    if env == "POLLEN_BROKER_URL":
+        return settings.broker
+    if env == "POLLEN_RESULT_BACKEND":
+        return settings.backend
+    value: Any = settings
+    for name in env.removeprefix("POLLEN_").lower().split("__"):
+        value = getattr(value, name)
+    return value
+
+
+@command()
 def config() -> None:
-    """Print every POLLEN_* setting with its effective value (secrets masked)."""
+    """Print every POLLEN_* setting with its effective value (secrets and URL passwords masked)."""
     import os
 
-    from pollen.settings import environment_variables, get_settings
+    from pollen.settings import environment_variables
 
-    get_settings()  # fail here, with pydantic's message, if the environment is invalid
-    for env, default, description in environment_variables():
-        value = os.environ.get(env)
-        if value is not None and ("KEY" in env or "SECRET" in env):
-            value = "********"
-        shown = value if value is not None else f"{default} (default)"
+    settings = _settings()
+    fallbacks = {
+        "POLLEN_BROKER_URL": "POLLEN_REDIS_URL",
+        "POLLEN_RESULT_BACKEND": "POLLEN_BROKER_URL",
+    }
+    for env, _, description in environment_variables():
+        secret = any(word in env for word in SECRET_WORDS)
+        shown = _shown(_effective(settings, env), secret)
+        if env not in os.environ:
+            shown += f" (default: {fallbacks[env]})" if env in fallbacks else " (default)"
         typer.echo(f"{env}={shown}\n    {description}")
 
 
-@app.command()
+@command()
 def schema(
     check: Annotated[bool, typer.Option(help="Fail if the checked-in schema is stale.")] = False,
 ) -> None:
@@ -300,7 +550,19 @@ def schema(
 
 
 def main() -> None:
-    app()
+    """Run the CLI; an unreachable Redis or a refused store write is one line, exit 1."""
+    import redis
+
+    from pollen.errors import PollenError
+
+    try:
+        app()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        typer.secho(f"error: Redis is unreachable: {exc}", fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None
+    except PollenError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ id. It never imports the worker's tasks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -25,6 +26,9 @@ from pollen.settings import Settings, get_settings
 from pollen.store import durability
 from pollen.store.connection import open_store
 from pollen.worker.app import create_app
+
+#: longest blocking read of wait(), seconds; shorter than the Redis client's socket timeout
+WAIT_SLICE = 5.0
 
 
 class Pollen:
@@ -176,21 +180,37 @@ class Pollen:
         """The request pollen sent and the provider's latest response envelope (audit)."""
         return self.store.task_details(job_id)
 
-    def wait(self, job_id: str, timeout: float) -> Job:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float,
+        *,
+        on_change: Callable[[Job], None] | None = None,
+    ) -> Job:
         """Block until the job ends (at most ``timeout`` seconds), without busy-polling.
 
-        Reads the job's event stream with a blocking XREAD; raises :class:`WaitTimeout`.
+        Reads the job's event stream with blocking XREADs of at most :data:`WAIT_SLICE`
+        seconds (and a third of the Redis client's socket timeout): one longer block would
+        end in a redis ``TimeoutError``, retried for minutes. So it returns, or raises
+        :class:`WaitTimeout`, within about ``timeout`` seconds whatever the timeout.
+        ``on_change`` is called with the job each time it is read (after every event and
+        every slice), for progress displays.
         """
         deadline = time.monotonic() + timeout
+        socket_timeout = self.store.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        longest = min(WAIT_SLICE, float(socket_timeout) / 3) if socket_timeout else WAIT_SLICE
         last = "0-0"
         while True:
             job = self.store.get(job_id)
+            if on_change is not None:
+                on_change(job)
             if job.terminal:
                 return job
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise WaitTimeout(f"job {job_id} is still {job.status.value} after {timeout}s")
-            events = self.store.events(job_id, after=last, block_ms=max(1, int(remaining * 1000)))
+                raise WaitTimeout(f"job {job_id} is still {job.status.value} after {timeout:g}s")
+            block = min(remaining, longest)
+            events = self.store.events(job_id, after=last, block_ms=max(1, int(block * 1000)))
             if events:
                 last = events[-1][0]
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -58,10 +59,10 @@ def _jobs(extra: int) -> list[Demo]:
         "simulate": {"duration": 2.0, "not_exist_seconds": 1.5},
     }
     jobs: list[Demo] = [
-        ("runware: 3 videos at 2 s, 4 s, 6 s", "runware", video),
-        ("runware: fails at the provider", "runware", failing),
-        ("runway via useapi.net (throttled)", "useapi_runway", useapi),
-        ("runway via CometAPI (task_not_exist)", "comet_runway", comet),
+        ("runware: 3 videos, 2-6 s", "runware", video),
+        ("runware: provider error", "runware", failing),
+        ("useapi.net: throttled", "useapi_runway", useapi),
+        ("CometAPI: task_not_exist", "comet_runway", comet),
     ]
     for n in range(extra):
         image: dict[str, Any] = {
@@ -71,19 +72,20 @@ def _jobs(extra: int) -> list[Demo]:
             "width": 1024,
             "height": 1024,
         }
-        jobs.append((f"runware: one image #{n + 1}", "runware", image))
+        jobs.append((f"runware: image #{n + 1}", "runware", image))
     return jobs
 
 
 def _table(jobs: list[tuple[str, Job]], started: float) -> Table:
-    table = Table(title=f"pollen demo — {time.monotonic() - started:4.1f} s")
+    # box.SIMPLE and short labels: the six columns fit in 80 columns without wrapping
+    table = Table(title=f"pollen demo — {time.monotonic() - started:4.1f} s", box=box.SIMPLE)
     for column in ("job", "what", "status", "results", "polls", "progress"):
         table.add_column(column)
     colours = {"succeeded": "green", "failed": "red", "timed_out": "red"}
     for label, job in jobs:
         colour = colours.get(job.status.value, "yellow")
         table.add_row(
-            job.id[:12],
+            job.id[:8],
             label,
             f"[{colour}]{job.status.value}[/{colour}]",
             f"{len(job.results)}/{job.expected_results}",
@@ -98,7 +100,8 @@ def _report(
 ) -> None:
     console.rule("stored results")
     for label, job in jobs:
-        console.print(f"[bold]{job.id}[/bold] ({label}): {job.status.value}, cost {job.cost}")
+        cost = "" if job.cost is None else f", cost {job.cost:g}"
+        console.print(f"[bold]{job.id}[/bold] {label}: {job.status.value}{cost}", soft_wrap=True)
         for result in job.results:
             offset = result.seen_at - (job.submitted_at or job.created_at)
             console.print(
@@ -106,7 +109,9 @@ def _report(
                 soft_wrap=True,
             )
         for error in job.errors:
-            console.print(f"  [red]generation error {error.code}[/red]: {error.message}")
+            console.print(
+                f"  [red]generation error {error.code}[/red]: {error.message}", soft_wrap=True
+            )
     console.rule("signed webhooks received")
     for request in receiver.received():
         envelope = request["json"] or {}
@@ -122,7 +127,7 @@ def _report(
             else f"{data.get('status')} with {len(data.get('results', []))} result(s)"
         )
         console.print(
-            f"{envelope.get('type', '?'):<14} job {str(data.get('job_id'))[:12]} {detail}  "
+            f"{envelope.get('type', '?'):<14} job {str(data.get('job_id'))[:8]} {detail}  "
             f"({signature})",
             soft_wrap=True,
         )
@@ -154,7 +159,7 @@ def run_demo(extra_jobs: int = 2) -> int:
                 "POLLEN_POLL__INTERVAL": "0.5",
                 "POLLEN_POLL__MAX_DELAY": "2.0",
             }
-            console.print(f"  redis {redis_server.binary} on :{redis_server.port}")
+            console.print(f"  redis {Path(redis_server.binary).name} on :{redis_server.port}")
             console.print(f"  simulator {sim.url}   receiver {receiver.url}")
             with Worker(env, name="demo", log_file=str(log)) as worker:
                 worker.wait_ready(redis_server.url(0))
@@ -194,6 +199,8 @@ def _run_jobs(
                 console.print("[red]jobs did not finish in time[/red]")
                 return 1
             time.sleep(0.1)
+    if not console.is_terminal:  # Live ends its last frame with a newline only on a terminal
+        console.line()
     expected = len(submitted) + jobs[0][1].expected_results  # + the partial events of job 1
     deadline = time.monotonic() + 10
     while len(receiver.received()) < expected and time.monotonic() < deadline:

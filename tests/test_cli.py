@@ -1,0 +1,333 @@
+"""The ``pollen`` command line, run as a subprocess against the session's Redis and worker:
+each command once as meant and once with an ordinary mistake (one stderr line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pollen.local.servers import CallbackReceiver, Worker, free_port
+from pollen.settings import Settings
+from pollen.simulator import SimulatorServer
+from pollen.worker.app import create_app
+from tests.conftest import eventually
+from tests.helpers import sim_faults, video_request
+from tests.test_wait import unsent_job
+
+pytestmark = pytest.mark.integration
+
+IMAGE = {
+    "provider": "runware",
+    "request": {
+        "taskType": "imageInference",
+        "model": "runware:101@1",
+        "positivePrompt": "a watercolor hummingbird",
+        "width": 512,
+        "height": 512,
+    },
+}
+
+
+def pollen(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pollen.cli", *args],
+        env={**os.environ, "COLUMNS": "100", **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], says: str, code: int = 1) -> str:
+    """Exit ``code``, exactly one line on stderr containing ``says``, and no traceback."""
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert says in lines[0]
+    assert result.returncode == code, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def down_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """The worker's settings with Redis at a free port (nothing listens) behind a password."""
+    return {**worker_env, "POLLEN_REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/1"}
+
+
+# --- submit -------------------------------------------------------------------------------
+
+
+def test_submit_inline_json_and_from_a_file(
+    worker_env: dict[str, str], worker: Worker, clean: None, tmp_path: Path
+) -> None:
+    inline = pollen(worker_env, "submit", json.dumps(IMAGE))
+    assert inline.returncode == 0, inline.stderr
+    assert re.fullmatch(r"[0-9a-f]{32}\n", inline.stdout)
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(IMAGE))
+    from_file = pollen(worker_env, "submit", f"@{path}")
+    assert from_file.returncode == 0, from_file.stderr
+
+
+def test_submit_a_missing_file_is_one_line(worker_env: dict[str, str], tmp_path: Path) -> None:
+    result = pollen(worker_env, "submit", f"@{tmp_path}/missing.json")
+    assert_user_error(result, "cannot read")
+    assert "No such file" in result.stderr
+
+
+def test_submit_a_file_name_without_at_hints_at_it(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(IMAGE))
+    result = pollen(worker_env, "submit", str(path))
+    assert_user_error(result, f"write @{path}")
+
+
+def test_submit_bad_json_is_one_line_without_a_file_hint(worker_env: dict[str, str]) -> None:
+    result = pollen(worker_env, "submit", '{"provider": ')
+    line = assert_user_error(result, "not valid JSON")
+    assert "@" not in line
+
+
+def test_submit_an_invalid_job_is_a_usage_error(worker_env: dict[str, str], clean: None) -> None:
+    result = pollen(worker_env, "submit", json.dumps({"provider": "nope", "request": {}}))
+    assert_user_error(result, "provider", code=2)
+
+
+def test_submit_wait_prints_plain_progress_lines_then_the_job(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    job = {"provider": "runware", "request": video_request([0.5, 1.5])}
+    result = pollen(worker_env, "submit", json.dumps(job), "--wait", "30")
+    assert result.returncode == 0, result.stderr
+    job_id, *rest = result.stdout.splitlines()
+    assert json.loads("\n".join(rest))["status"] == "succeeded"
+    progress = result.stderr.splitlines()  # stderr is not a terminal: one plain line per change
+    assert "\r" not in result.stderr
+    assert progress[-1] == f"{job_id} succeeded results 2/2 progress 100%"
+    assert len(progress) == len(set(progress)) >= 2
+    assert any(" results 1/2" in line for line in progress)
+
+
+# --- wait ---------------------------------------------------------------------------------
+
+
+def test_wait_follows_a_job_to_its_end(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    job_id = pollen(worker_env, "submit", json.dumps(IMAGE)).stdout.strip()
+    result = pollen(worker_env, "wait", job_id, "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{job_id} succeeded ")
+    assert result.stderr.splitlines()[-1].startswith(f"{job_id} succeeded results 1/1")
+
+
+def test_wait_for_an_unknown_job_is_one_line(worker_env: dict[str, str], clean: None) -> None:
+    assert_user_error(pollen(worker_env, "wait", "nope", "--timeout", "5"), "job not found: nope")
+
+
+def test_wait_times_out_with_exit_3(worker_env: dict[str, str], deps: Any) -> None:
+    job_id = unsent_job(deps)
+    started = time.monotonic()
+    result = pollen(worker_env, "wait", job_id, "--timeout", "1.5")
+    assert time.monotonic() - started < 1.5 + 5  # + interpreter start-up
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"{job_id} queued results 0/1",
+        f"error: job {job_id} is still queued after 1.5s",
+    ]
+    assert result.returncode == 3
+
+
+# --- status, result, details --------------------------------------------------------------
+
+
+def test_status_result_and_details(worker_env: dict[str, str], worker: Worker, clean: None) -> None:
+    job_id = pollen(worker_env, "submit", json.dumps(IMAGE), "--wait", "30").stdout.split()[0]
+    status = pollen(worker_env, "status", job_id)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"{job_id} succeeded polls=")
+    assert "last error" not in status.stdout
+    stored = json.loads(pollen(worker_env, "result", job_id).stdout)
+    for name in ("created_at", "submitted_at", "finished_at", "updated_at"):
+        iso = stored[f"{name}_iso"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", iso)
+        assert iso == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stored[name]))
+    assert stored["results"][0]["seen_at_iso"].endswith("Z")
+    details = pollen(worker_env, "details", job_id)
+    assert json.loads(details.stdout)["taskType"] == "getTaskDetails"
+
+
+@pytest.mark.parametrize("command", ["status", "result", "details"])
+def test_an_unknown_job_is_one_line(worker_env: dict[str, str], clean: None, command: str) -> None:
+    assert_user_error(pollen(worker_env, command, "nope"), "job not found: nope")
+
+
+def test_status_shows_the_last_error_while_retrying(
+    worker_env: dict[str, str], worker: Worker, simulator: SimulatorServer, client: Any
+) -> None:
+    sim_faults(simulator.url, ["503"] * 30, retry_after=1)
+    job_id = client.submit_payload(IMAGE)
+    eventually(lambda: client.store.raw(job_id).get("last_error"), what="a failed submit")
+    result = pollen(worker_env, "status", job_id)
+    assert result.returncode == 0, result.stderr
+    assert not client.get(job_id).terminal
+    assert re.fullmatch(rf"{job_id} \w+ polls=0 .* last error: \S+.*\n", result.stdout)
+
+
+# --- callbacks ----------------------------------------------------------------------------
+
+
+def test_callbacks_list_prints_each_attempt_and_replay(
+    worker_env: dict[str, str], worker: Worker, client: Any, receiver: CallbackReceiver
+) -> None:
+    job_id = client.submit_payload({**IMAGE, "callback_url": f"{receiver.url}/hook"})
+    client.wait(job_id, 30)
+    eventually(lambda: client.callbacks(job_id)[0]["attempts"], what="a delivery attempt")
+    listed = pollen(worker_env, "callbacks", "list", job_id)
+    assert listed.returncode == 0, listed.stderr
+    delivery, attempt = listed.stdout.splitlines()[:2]
+    assert "completed" in delivery
+    assert re.fullmatch(
+        r"    \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  delivered +HTTP 200  \d+ ms", attempt
+    ), attempt
+    replay = pollen(worker_env, "callbacks", "replay", job_id, "--all")
+    assert replay.stdout.startswith("replayed 1 deliveries"), replay.stderr
+
+
+@pytest.mark.parametrize("command", ["list", "replay"])
+def test_callbacks_of_an_unknown_job_is_one_line(
+    worker_env: dict[str, str], clean: None, command: str
+) -> None:
+    assert_user_error(pollen(worker_env, "callbacks", command, "nope"), "job not found: nope")
+
+
+# --- Redis down ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "abc"],
+        ["result", "abc"],
+        ["details", "abc"],
+        ["wait", "abc", "--timeout", "5"],
+        ["callbacks", "list", "abc"],
+        ["callbacks", "replay", "abc"],
+        ["stats"],
+        ["submit", json.dumps(IMAGE)],
+    ],
+    ids=lambda args: "-".join(a for a in args if a.isalpha()),
+)
+def test_redis_down_is_one_line_within_seconds(down_env: dict[str, str], args: list[str]) -> None:
+    started = time.monotonic()
+    result = pollen(down_env, *args, timeout=30)
+    assert time.monotonic() - started < 6  # not the client's ~20 s of reconnect retries
+    port = down_env["POLLEN_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+    line = assert_user_error(result, f"Redis at redis://:****@127.0.0.1:{port}/1 is unreachable")
+    assert "hunter2" not in line
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+def test_config_shows_effective_values_and_masks_every_secret(worker_env: dict[str, str]) -> None:
+    env = {
+        **worker_env,
+        "POLLEN_REDIS_URL": "redis://:hunter2@127.0.0.1:6399/1",
+        "POLLEN_RUNWARE__API_KEY": "rw-key-hunter2",
+        "POLLEN_CALLBACKS__SECRETS": '["whsec_hunter2"]',
+    }
+    del env["POLLEN_BROKER_URL"]
+    env.pop("POLLEN_RESULT_BACKEND", None)
+    result = pollen(env, "config")
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert "PydanticUndefined" not in result.stdout
+    values = dict(
+        line.split("=", 1) for line in result.stdout.splitlines() if line.startswith("POLLEN_")
+    )
+    masked = "redis://:****@127.0.0.1:6399/1"
+    assert values["POLLEN_REDIS_URL"] == masked
+    assert values["POLLEN_BROKER_URL"] == f"{masked} (default: POLLEN_REDIS_URL)"
+    assert values["POLLEN_RESULT_BACKEND"] == f"{masked} (default: POLLEN_BROKER_URL)"
+    assert values["POLLEN_RUNWARE__API_KEY"] == "********"
+    assert values["POLLEN_CALLBACKS__SECRETS"] == '["********"]'
+    assert values["POLLEN_CALLBACKS__SCHEDULE"] == "[0.0, 0.3, 0.6, 1.0]"
+    assert values["POLLEN_COMET__RUNWAY_VERSION"] == "(not set) (default)"
+    assert values["POLLEN_RATE_LIMITS"] == "{} (default)"
+
+
+def test_config_masks_a_user_and_password_url(worker_env: dict[str, str]) -> None:
+    env = {**worker_env, "POLLEN_BROKER_URL": "redis://alice:hunter2@broker:6379/0"}
+    result = pollen(env, "config")
+    assert "POLLEN_BROKER_URL=redis://alice:****@broker:6379/0\n" in result.stdout
+    assert "hunter2" not in result.stdout
+
+
+def test_config_with_an_invalid_setting_is_one_line(worker_env: dict[str, str]) -> None:
+    result = pollen({**worker_env, "POLLEN_JOB_TTL": "-1"}, "config")
+    assert_user_error(result, "POLLEN_JOB_TTL")
+
+
+# --- worker, help -------------------------------------------------------------------------
+
+
+def test_worker_pool_option_reaches_celery(
+    worker_env: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    name = f"cli-solo-{free_port()}@localhost"
+    log = (tmp_path / "worker.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pollen.cli", "worker", "-P", "solo", "-c", "1", "-n", name],
+        env={**os.environ, **worker_env, "POLLEN_METRICS_PORT": str(free_port())},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    app = create_app(settings, include_tasks=False)
+    try:
+
+        def pool() -> Any:
+            stats = app.control.inspect(destination=[name], timeout=1).stats() or {}
+            return stats.get(name, {}).get("pool", {}).get("implementation")
+
+        assert "solo" in eventually(pool, timeout=40, interval=0.5, what="the worker's stats")
+    finally:
+        app.close()
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def test_worker_with_an_unknown_pool_is_a_usage_error(worker_env: dict[str, str]) -> None:
+    result = pollen(worker_env, "worker", "-P", "bogus")
+    assert result.returncode == 2
+    assert "'bogus' is not one of threads, prefork, solo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["submit"], ["status"], ["result"], ["worker"], []])
+def test_help_reads_naturally(worker_env: dict[str, str], args: list[str]) -> None:
+    result = pollen(worker_env, *args, "--help")
+    assert result.returncode == 0
+    assert "<bool>" not in result.stdout
+    usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
+    assert "{" not in usage
+    expected = {"submit": "PAYLOAD", "status": "JOB", "result": "JOB"}
+    if args and args[0] in expected:
+        assert usage.split()[-1] == expected[args[0]]
+    if args == ["worker"]:
+        assert "-P" in result.stdout
