@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, *, include_tasks: bool = True) 
 
         app.steps["worker"].add(Periodic)
         app.steps["worker"].add(MetricsExporter)
+        app.steps["worker"].add("pollen.worker.resilience:BrokerRestartGuard")
     return app
 
 
