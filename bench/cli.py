@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pollen-concurrency", type=int, default=None, help="pollen's pool size (default: 32)"
     )
+    parser.add_argument(
+        "--producers",
+        type=int,
+        help="producer processes per system (default: the scenario's, 2; smoke: 1)",
+    )
     parser.add_argument("--timeout", type=float, help="seconds per system (default: scenario's)")
     parser.add_argument("--rate-limit", type=int, help="provider requests/s (rate-limit scenario)")
     parser.add_argument("--loglevel", default="WARNING", help="workers' log level")
@@ -64,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown system(s): {', '.join(unknown)}")
     if args.jobs is not None and args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if args.producers is not None and args.producers < 1:
+        parser.error("--producers must be at least 1")
     return args
 
 
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         pollen_concurrency=args.pollen_concurrency,
         loglevel=args.loglevel,
         profile_dir=profile_dir,
+        producers=args.producers or scenario.producers,
     )
     signal.signal(signal.SIGTERM, _interrupt)
     log_dir = Path(tempfile.mkdtemp(prefix=f"pollen-bench-{scenario.name}-"))
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "pollen_concurrency": options.pollen_concurrency or 32,
             "baseline_pool": "prefork",
             "loglevel": options.loglevel,
+            "producers": options.producers,
         },
         "machine": machine(),
         "started_at": started,
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", "
         f"{options.workers} worker process(es) per system: pollen "
         f"{options.pollen_pool or 'threads'} x {options.pollen_concurrency or 32}, baselines "
-        f"prefork x {options.concurrency}, "
+        f"prefork x {options.concurrency}, {options.producers} producer process(es), "
         f"provider durations {scenario.duration_min:g}-{scenario.duration_max:g} s, "
         f"poll policy {_policy(scenario.policy)}"
         + (f", provider limit {scenario.rate_limit} req/s" if scenario.rate_limit else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -24,17 +25,22 @@ import httpx
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import redis
 
+from bench.producer import LABEL_PREFIX, Producers
 from bench.scenarios import Scenario
 from bench.services import Service, tree
-from bench.systems import Options, System, make_system
+from bench.systems import BROKER_DB, Options, System, make_system
+from pollen.backoff import PollPolicy, next_delay
 from pollen.local.servers import RedisServer
 
 MIB = 1024 * 1024
-LABEL_PREFIX = "bench "
-#: kombu's Redis transport publishes every task message with one LPUSH (pollen's Lua scripts
-#: only RPUSH, the baseline writes hashes): LPUSH calls = task messages (submit, poll, retry,
-#: callback). Celery events (task-sent/received/started/...) are PUBLISHes on the fanout.
+#: Celery messages are counted as list pushes *on the broker's database*, seen through Redis
+#: keyspace notifications (kombu's Redis transport publishes every task message, countdown
+#: retries included, with one LPUSH onto the queue's list; a restore after a visibility timeout
+#: is an LPUSH/RPUSH too). The event names are those of Redis's ``notify-keyspace-events``.
+MESSAGE_EVENTS = ("lpush", "rpush")
+#: the LPUSH count of ``INFO commandstats`` (every database), kept as a cross-check
 MESSAGE_COMMANDS = ("lpush",)
+#: Celery task events (task-sent/received/started/...) and heartbeats: PUBLISH on the fanout
 EVENT_COMMANDS = ("publish",)
 
 
@@ -53,16 +59,6 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def job_request(job_id: str) -> dict[str, Any]:
-    """The provider request of every benchmark job; the prompt ties the task to the job."""
-    return {
-        "taskType": "videoInference",
-        "model": "klingai:5@3",
-        "positivePrompt": f"{LABEL_PREFIX}{job_id}",
-        "numberResults": 1,
-    }
-
-
 def command_calls(client: redis.Redis) -> dict[str, int]:
     """``INFO commandstats`` as {command: calls}, plus ``total``."""
     stats: dict[str, Any] = client.info("commandstats")
@@ -74,36 +70,52 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
     return calls
 
 
-class Enqueuer(threading.Thread):
-    """Enqueues every job as fast as the system's producer allows, in order."""
+class MessageCounter(threading.Thread):
+    """Counts list pushes on the broker's database (Celery task messages), per key.
 
-    def __init__(self, system: System, job_ids: list[str], callback_base: str) -> None:
-        super().__init__(name=f"enqueue-{system.name}", daemon=True)
-        self.system = system
-        self.job_ids = job_ids
-        self.callback_base = callback_base
-        self.count = 0
-        self.first_at: float | None = None
-        self.last_at: float | None = None
-        self.error: str | None = None
-        self.stop = threading.Event()
+    Turns on Redis keyspace notifications for list commands (``notify-keyspace-events El``) and
+    subscribes to ``__keyevent@<db>__:lpush`` and ``:rpush``: each message names the list pushed
+    to. Pushes from Lua scripts are notified too. Subscribing happens before the measured window,
+    and notifications are not commands, so ``redis commands / job`` is not changed by it.
+    """
+
+    def __init__(self, client: redis.Redis, db: int = BROKER_DB) -> None:
+        super().__init__(name="message-counter", daemon=True)
+        client.config_set("notify-keyspace-events", "El")
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        channels = [f"__keyevent@{db}__:{event}" for event in MESSAGE_EVENTS]
+        self.pubsub.subscribe(*channels)
+        for _ in channels:  # wait for every subscription to be confirmed
+            self.pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+        self.by_key: Counter[str] = Counter()
+        self.by_event: Counter[str] = Counter()
+        self.counting = threading.Event()
+        self.closing = threading.Event()
 
     def run(self) -> None:
-        try:
-            for job_id in self.job_ids:
-                if self.stop.is_set():
-                    return
-                if self.first_at is None:
-                    self.first_at = time.time()
-                self.system.enqueue(job_id, job_request(job_id), f"{self.callback_base}/{job_id}")
-                self.count += 1
-            self.last_at = time.time()
-        except Exception as exc:  # reported, not raised: the run still cleans up and reports
-            self.error = f"enqueue failed after {self.count} jobs: {exc!r}"
+        with suppress(redis.ConnectionError, ValueError):
+            while not self.closing.is_set():
+                message = self.pubsub.get_message(timeout=0.2)
+                if message is None or not self.counting.is_set():
+                    continue
+                channel = message["channel"].decode()
+                key = message["data"].decode(errors="replace")
+                self.by_event[channel.rpartition(":")[2]] += 1
+                self.by_key[key] += 1
+
+    def drain(self) -> None:
+        """Let notifications already sent arrive, then stop counting."""
+        time.sleep(0.5)
+        self.counting.clear()
 
     @property
-    def done(self) -> bool:
-        return self.last_at is not None
+    def total(self) -> int:
+        return sum(self.by_event.values())
+
+    def close(self) -> None:
+        self.closing.set()
+        self.join(2.0)
+        self.pubsub.close()
 
 
 @dataclass
@@ -126,9 +138,12 @@ class Sampler:
         self.http = http
         self.recv = recv
         self.peaks = Peaks()
+        #: Redis commands the sampler sent (one INFO a sample), taken off "redis commands / job"
+        self.redis_commands = 0
         self.redis_before = self.used_memory()
 
     def used_memory(self) -> int:
+        self.redis_commands += 1
         return int(self.redis.info("memory")["used_memory"])
 
     def worker_rss(self) -> int:
@@ -159,21 +174,30 @@ class Sampler:
         return done
 
 
-def cpu_times(pids: list[int], recursive: bool) -> dict[int, float]:
-    """user+system CPU seconds of each live process of ``pids`` (and descendants)."""
-    seconds: dict[int, float] = {}
+def cpu_seconds(pids: list[int], recursive: bool) -> float:
+    """user+system CPU seconds used so far by ``pids`` (and, if ``recursive``, every descendant).
+
+    With ``recursive`` each live process also counts the children it has already reaped
+    (``children_user``/``children_system``): a pool child that exits during the window moves
+    its whole time into its parent's counters, so end-minus-start stays exact when pool
+    children come and go. Without it only the processes' own time counts (the harness reaps
+    the producer processes, whose time is reported apart).
+    """
+    total = 0.0
     for pid in pids:
-        for proc in tree(pid) if recursive else [psutil.Process(pid)]:
+        try:
+            procs = tree(pid) if recursive else [psutil.Process(pid)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in procs:
             try:
                 times = proc.cpu_times()
-                seconds[proc.pid] = times.user + times.system
             except psutil.NoSuchProcess:
-                pass
-    return seconds
-
-
-def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    return round(sum(v - before.get(pid, 0.0) for pid, v in after.items()), 2)
+                continue
+            total += times.user + times.system
+            if recursive:
+                total += times.children_user + times.children_system
+    return total
 
 
 @dataclass
@@ -182,8 +206,31 @@ class Components:
 
     pids: dict[str, list[int]]
 
-    def snapshot(self) -> dict[str, dict[int, float]]:
-        return {name: cpu_times(pids, name == "workers") for name, pids in self.pids.items()}
+    def snapshot(self) -> dict[str, float]:
+        return {name: cpu_seconds(pids, name == "workers") for name, pids in self.pids.items()}
+
+
+def schedule_lags(policy: dict[str, float], durations: list[float], seed: int = 1) -> list[float]:
+    """Per job: how long after the provider finished the poll schedule alone would next poll.
+
+    Polls at ``initial_delay`` after the submit, then after each delay of
+    :func:`pollen.backoff.next_delay` (jitter from a seeded generator): the lag of a job of
+    duration ``d`` is the first poll time at or after ``d``, minus ``d``. No queueing, no CPU,
+    no HTTP time: the floor that any system following this schedule shares. Jobs the deadline
+    cuts off are left out.
+    """
+    parsed = PollPolicy.model_validate(policy)
+    rng = random.Random(seed)
+    lags: list[float] = []
+    for duration in durations:
+        elapsed, attempt = 0.0, 0
+        while (delay := next_delay(parsed, attempt, elapsed=elapsed, rng=rng)) is not None:
+            elapsed += delay
+            attempt += 1
+            if elapsed >= duration:
+                lags.append(elapsed - duration)
+                break
+    return lags
 
 
 def _analyse(
@@ -198,6 +245,11 @@ def _analyse(
         if label.startswith(LABEL_PREFIX):
             tasks_by_job[label.removeprefix(LABEL_PREFIX)].append(task)
     lags: list[float] = []
+    durations = [
+        max(found[0]["finished_at"]) - found[0]["created_at"]
+        for job_id in job_ids
+        if (found := tasks_by_job.get(job_id)) and found[0]["finished_at"]
+    ]
     statuses: Counter[str] = Counter()
     for job_id in job_ids:
         hits = receipts.get(job_id)
@@ -210,6 +262,7 @@ def _analyse(
     expected = set(job_ids)
     return {
         "lags": lags,
+        "durations": durations,
         "statuses": dict(statuses),
         "completed": sum(1 for j in job_ids if receipts.get(j)),
         "duplicate_callbacks": sum(1 for j in job_ids if len(receipts.get(j, [])) > 1),
@@ -240,61 +293,60 @@ def run_system(
         http.post(f"{sim.url}/_sim/reset").raise_for_status()
         http.post(f"{recv.url}/_recv/reset").raise_for_status()
         system = make_system(name, redis_server, sim.url, scenario, options)
-        stack.callback(system.close)
         stack.callback(system.stop)
-        if name == "pollen":
-            pool = f"{options.pollen_pool or 'threads'} x {options.pollen_concurrency or 32}"
-        else:
-            pool = f"prefork x {options.concurrency}"
-        log(f"[{name}] starting {options.workers} worker(s), {pool}")
+        log(f"[{name}] starting {options.workers} worker(s), {_pool(name, options)}")
         t_start = time.monotonic()
+        n_producers = options.producers or scenario.producers
+        producers = Producers(system.producer_spec(), job_ids, f"{recv.url}/cb", n_producers)
+        stack.callback(producers.close)
+        producers.start()
         system.start(log_dir)
-        log(f"[{name}] workers ready in {time.monotonic() - t_start:.1f} s; enqueueing {jobs} jobs")
-        worker_pids = [w.proc.pid for w in system.workers if w.proc is not None]
-        assert redis_server.proc is not None and sim.proc is not None and recv.proc is not None
-        components = Components(
-            {
-                "workers": worker_pids,
-                "simulator": [sim.pid],
-                "redis": [redis_server.proc.pid],
-                "receiver": [recv.pid],
-                "harness": [os.getpid()],
-            }
+        producers.wait_ready()
+        log(
+            f"[{name}] workers and {producers.n} producer(s) ready in "
+            f"{time.monotonic() - t_start:.1f} s; enqueueing {jobs} jobs"
         )
+        components = _components(system, redis_server, sim, recv)
+        messages = MessageCounter(client)
+        stack.callback(messages.close)
+        messages.start()
         sampler = Sampler(system, client, http, recv.url)
         calls_before = command_calls(client)
         cpu_before = components.snapshot()
-        enqueuer = Enqueuer(system, job_ids, f"{recv.url}/cb")
+        messages.counting.set()
         started = time.time()
-        enqueuer.start()
-        stack.callback(enqueuer.stop.set)
-        outcome = _wait(name, scenario, system, sampler, enqueuer, started, jobs)
+        producers.go()
+        outcome = _wait(name, scenario, system, sampler, producers, started, jobs)
         ended = time.time()
         if outcome is None:
             time.sleep(scenario.grace)
         cpu_after = components.snapshot()
         calls_after = command_calls(client)
-        stats = http.get(f"{sim.url}/_sim/stats").json()
-        rate = http.get(f"{sim.url}/_sim/rate").json()
-        tasks = http.get(f"{sim.url}/_sim/finished", params={"dialect": "runware"}).json()
-        dump = http.get(f"{recv.url}/_recv/dump").json()
+        messages.drain()
+        stats, rate, tasks, dump = _read_outcome(http, sim, recv)
         log(f"[{name}] {time.time() - started:.1f} s after the first enqueue; stopping workers")
         t_stop = time.monotonic()
     log(f"[{name}] stopped in {time.monotonic() - t_stop:.1f} s")
     analysis = _analyse(job_ids, dump["completed"], tasks["tasks"])
     analysis["other_callbacks"] = dump["other"]
-    first = enqueuer.first_at or started
-    cpu = {k: cpu_delta(cpu_before[k], cpu_after[k]) for k in cpu_before}
+    first = producers.first_at or started
+    cpu = {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_before}
+    cpu["producers"] = round(producers.cpu_s, 2)  # their enqueue loops, measured by each
+    calls = {k: calls_after.get(k, 0) - calls_before.get(k, 0) for k in calls_after}
+    # in the window: the sampler's INFO calls but its first (before the window), plus the
+    # INFO commandstats of the first reading
+    calls["harness"] = sampler.redis_commands
     return _metrics(
         scenario=scenario,
         jobs=jobs,
         analysis=analysis,
         stats=stats,
         rate=rate,
-        calls={k: calls_after.get(k, 0) - calls_before.get(k, 0) for k in calls_after},
+        calls=calls,
+        messages=messages,
         peaks=sampler.peaks,
         redis_before=sampler.redis_before,
-        enqueuer=enqueuer,
+        producers=producers,
         first=first,
         ended=ended,
         error=outcome,
@@ -302,12 +354,44 @@ def run_system(
     )
 
 
+def _pool(name: str, options: Options) -> str:
+    if name == "pollen":
+        return f"{options.pollen_pool or 'threads'} x {options.pollen_concurrency or 32}"
+    return f"prefork x {options.concurrency}"
+
+
+def _components(
+    system: System, redis_server: RedisServer, sim: Service, recv: Service
+) -> Components:
+    worker_pids = [w.proc.pid for w in system.workers if w.proc is not None]
+    assert redis_server.proc is not None and sim.proc is not None and recv.proc is not None
+    return Components(
+        {
+            "workers": worker_pids,
+            "simulator": [sim.pid],
+            "redis": [redis_server.proc.pid],
+            "receiver": [recv.pid],
+            "harness": [os.getpid()],
+        }
+    )
+
+
+def _read_outcome(http: httpx.Client, sim: Service, recv: Service) -> list[Any]:
+    """The simulator's stats, rate windows and finish times; the receiver's receipts."""
+    return [
+        http.get(f"{sim.url}/_sim/stats").json(),
+        http.get(f"{sim.url}/_sim/rate").json(),
+        http.get(f"{sim.url}/_sim/finished", params={"dialect": "runware"}).json(),
+        http.get(f"{recv.url}/_recv/dump").json(),
+    ]
+
+
 def _wait(
     name: str,
     scenario: Scenario,
     system: System,
     sampler: Sampler,
-    enqueuer: Enqueuer,
+    producers: Producers,
     started: float,
     jobs: int,
 ) -> str | None:
@@ -315,10 +399,10 @@ def _wait(
     deadline = started + scenario.timeout
     next_report = started + 5.0
     while True:
-        done = sampler.sample(started, enqueuer.count)
-        if enqueuer.error:
-            return enqueuer.error
-        if enqueuer.done and done >= jobs:
+        done = sampler.sample(started, producers.count)
+        if producers.done and producers.error:
+            return producers.error
+        if producers.finished and done >= jobs:
             return None
         now = time.time()
         if now > deadline:
@@ -329,7 +413,7 @@ def _wait(
         if now >= next_report:
             next_report = now + 5.0
             log(
-                f"[{name}] {now - started:6.1f} s  enqueued {enqueuer.count}/{jobs}  "
+                f"[{name}] {now - started:6.1f} s  enqueued {producers.count}/{jobs}  "
                 f"called back {done}  worker RSS {sampler.peaks.timeline[-1][3]:.0f} MiB"
             )
         time.sleep(scenario.sample_interval)
@@ -358,9 +442,10 @@ def _metrics(
     stats: dict[str, Any],
     rate: dict[str, Any],
     calls: dict[str, int],
+    messages: MessageCounter,
     peaks: Peaks,
     redis_before: int,
-    enqueuer: Enqueuer,
+    producers: Producers,
     first: float,
     ended: float,
     error: str | None,
@@ -370,9 +455,18 @@ def _metrics(
     last = analysis["last_callback_at"] if error is None else ended
     span = max(last - first, 1e-9)
     lags = analysis["lags"]
+    planned = schedule_lags(scenario.policy, analysis["durations"])
     kinds = stats.get("requests_by_kind", {})
+    limited = stats.get("rate_limited_by_kind", {})
+    # task objects the simulator answered, by taskType: a batched getResponse request of n
+    # tasks counts n status items (429'd requests are never parsed, so count none)
+    items = stats.get("tasks", {})
+    status_items = items.get("getResponse", 0)
+    accepted_status = kinds.get("status", 0) - limited.get("status", 0)
     inflight = peaks.inflight
     statuses = analysis["statuses"]
+    enqueued = producers.count
+    commands = calls.get("total", 0) - calls["harness"]
     metrics: dict[str, Any] = {
         "jobs": jobs,
         "completed": completed,
@@ -380,11 +474,18 @@ def _metrics(
         "callback_lag_p50_s": _rounded(percentile(lags, 50)),
         "callback_lag_p95_s": _rounded(percentile(lags, 95)),
         "callback_lag_p99_s": _rounded(percentile(lags, 99)),
+        "schedule_lag_p50_s": _rounded(percentile(planned, 50)),
+        "schedule_lag_p99_s": _rounded(percentile(planned, 99)),
+        "worker_cpu_ms_per_job": _per_job(cpu["workers"] * 1000, completed),
+        "producer_cpu_ms_per_job": _per_job(cpu["producers"] * 1000, enqueued),
+        "producers": producers.n,
         "submit_requests_per_job": _per_job(kinds.get("submit", 0), jobs),
         "status_requests_per_job": _per_job(kinds.get("status", 0), jobs),
-        "celery_messages_per_job": _per_job(sum(calls.get(c, 0) for c in MESSAGE_COMMANDS), jobs),
+        "status_items_per_job": _per_job(status_items, jobs),
+        "status_items_per_request": _per_job(status_items, accepted_status),
+        "celery_messages_per_job": _per_job(messages.total, jobs),
         "celery_events_per_job": _per_job(sum(calls.get(c, 0) for c in EVENT_COMMANDS), jobs),
-        "redis_commands_per_job": _per_job(calls.get("total", 0), jobs),
+        "redis_commands_per_job": _per_job(commands, jobs),
         "worker_rss_peak_mib": round(peaks.rss / MIB, 1),
         "peak_inflight": inflight,
         "redis_bytes_per_inflight_job": _per_inflight(peaks, redis_before),
@@ -395,7 +496,7 @@ def _metrics(
         "rate_limited_429": rate["rate_limited"],
         "max_requests_1s": rate["max_requests_in_window"],
         "max_accepted_1s": rate["max_accepted_in_window"],
-        "enqueue_s": _rounded((enqueuer.last_at or ended) - first, 2),
+        "enqueue_s": _rounded((producers.last_at or ended) - first, 2),
         "wall_s": round(ended - first, 2),
         **{f"cpu_{k}_s": v for k, v in cpu.items()},
     }
@@ -412,6 +513,16 @@ def _metrics(
         "provider_requests": stats.get("requests"),
         "provider_requests_by_kind": kinds,
         "provider_by_status": stats.get("by_status"),
+        "provider_rate_limited_by_kind": limited,
+        "provider_items_by_task_type": items,
+        "schedule_lag_p95_s": _rounded(percentile(planned, 95)),
+        "schedule_lag_max_s": _rounded(max(planned) if planned else None),
+        "enqueued": enqueued,
+        "producer_reports": producers.reports,
+        "celery_messages_by_queue": dict(messages.by_key.most_common()),
+        "celery_messages_by_event": dict(messages.by_event),
+        "lpush_calls_all_dbs": sum(calls.get(c, 0) for c in MESSAGE_COMMANDS),
+        "redis_commands_harness": calls["harness"],
         "redis_command_calls": {k: v for k, v in sorted(calls.items()) if v},
         "redis_used_memory_before": redis_before,
         "redis_used_memory_peak": peaks.redis_used,

@@ -1,7 +1,8 @@
-"""The systems under test, behind one small interface: start workers, enqueue one job, stop.
+"""The systems under test, behind one small interface: start workers, say how to enqueue, stop.
 
-* ``pollen``: ``pollen worker`` processes (:class:`pollen.local.servers.Worker`), jobs enqueued with
-  :meth:`pollen.Pollen.submit`, configured only through ``POLLEN_*`` variables.
+* ``pollen``: ``pollen worker`` processes (:class:`pollen.local.servers.Worker`), configured only
+  through ``POLLEN_*`` variables; jobs are enqueued with :meth:`pollen.Pollen.submit` by the
+  producer processes of :mod:`bench.producer`.
 * ``baseline`` / ``baseline-pooled``: :mod:`bench.baseline` under ``celery worker``.
 """
 
@@ -12,16 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-from celery import Celery
-
 from bench import baseline
+from bench.producer import ProducerSpec
 from bench.scenarios import Scenario
 from bench.services import CeleryWorker, ProfiledPollenWorker, child_env, stop_workers
-from pollen import Pollen
-from pollen.backoff import PollPolicy
 from pollen.local.servers import RedisServer, Worker
-from pollen.settings import CallbackSettings, RunwareSettings, Settings
 
 BROKER_DB, STORE_DB = 0, 1
 API_KEY = "sim-key"
@@ -44,6 +40,7 @@ class Options:
     pollen_concurrency: int | None = None  #: None: pollen's default (32 threads)
     loglevel: str = "WARNING"
     profile_dir: Path | None = None
+    producers: int | None = None  #: producer processes per system; None: the scenario's
 
 
 class System:
@@ -82,32 +79,23 @@ class System:
                 tail = Path(worker.log_file or "/dev/null").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{worker.name} did not start: {exc}\n{tail}") from exc
 
-    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None:
-        raise NotImplementedError
+    def producer_spec(self) -> ProducerSpec:
+        """What a producer process needs to enqueue this system's jobs (:mod:`bench.producer`)."""
+        return ProducerSpec(
+            system=self.name,
+            broker_url=self.broker_url,
+            store_url=self.redis_server.url(STORE_DB),
+            provider_url=f"{self.sim_url}/v1",
+            policy=dict(self.scenario.policy),
+            allow_cidrs=tuple(LOOPBACK),
+        )
 
     def stop(self) -> None:
         stop_workers(self.workers)
 
-    def close(self) -> None:
-        """Release the producer's connections."""
-
 
 class PollenSystem(System):
     name = "pollen"
-
-    def __init__(
-        self, redis_server: RedisServer, sim_url: str, scenario: Scenario, options: Options
-    ) -> None:
-        super().__init__(redis_server, sim_url, scenario, options)
-        # The producer decides a job's poll policy at accept time: same numbers as the workers.
-        settings = Settings(
-            redis_url=redis_server.url(STORE_DB),
-            broker_url=self.broker_url,
-            runware=RunwareSettings(base_url=f"{sim_url}/v1"),
-            poll=PollPolicy.model_validate(scenario.policy),
-            callbacks=CallbackSettings.model_validate({"allow_cidrs": LOOPBACK}),
-        )
-        self.client = Pollen(settings)
 
     def env(self) -> dict[str, str]:
         policy = {f"POLLEN_POLL__{k.upper()}": repr(v) for k, v in self.scenario.policy.items()}
@@ -137,12 +125,6 @@ class PollenSystem(System):
             return ProfiledPollenWorker(self.env(), profile_dir=self.options.profile_dir, **common)
         return Worker(self.env(), **common)
 
-    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None:
-        self.client.submit("runware", request, job_id=job_id, callback_url=callback_url)
-
-    def close(self) -> None:
-        self.client.close()
-
 
 class BaselineSystem(System):
     def __init__(
@@ -157,9 +139,6 @@ class BaselineSystem(System):
         super().__init__(redis_server, sim_url, scenario, options)
         self.pooled = pooled
         self.name = "baseline-pooled" if pooled else "baseline"
-        self.store = redis.Redis.from_url(redis_server.url(STORE_DB))
-        self.producer = Celery("baseline-producer", broker=self.broker_url)
-        self.producer.conf.update(task_serializer="json", accept_content=["json"])
 
     def env(self) -> dict[str, str]:
         return child_env(
@@ -186,13 +165,6 @@ class BaselineSystem(System):
             log_file=str(log_dir / f"{name}.log"),
             extra_args=["--loglevel", self.options.loglevel],
         )
-
-    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None:
-        baseline.enqueue(self.store, self.producer, job_id, request, callback_url)
-
-    def close(self) -> None:
-        self.store.close()
-        self.producer.close()
 
 
 def make_system(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.runner import cpu_seconds, schedule_lags
+
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMS = ["pollen", "baseline", "baseline-pooled"]
 METRICS = [
@@ -24,7 +26,12 @@ METRICS = [
     "callback_lag_p99_s",
     "submit_requests_per_job",
     "status_requests_per_job",
+    "status_items_per_job",
+    "worker_cpu_ms_per_job",
+    "producer_cpu_ms_per_job",
+    "schedule_lag_p99_s",
     "celery_messages_per_job",
+    "redis_commands_per_job",
     "celery_events_per_job",
     "worker_rss_peak_mib",
     "redis_bytes_per_inflight_job",
@@ -68,14 +75,101 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
         assert metrics["completed"] == metrics["jobs"] >= 20
         assert metrics["failed"] == 0
         assert metrics["submit_requests_per_job"] >= 1
-        assert metrics["status_requests_per_job"] >= 1
+        # Every job is polled at least once, as an item: a batched getResponse request of n
+        # tasks is one request and n items, so requests per job may well be below 1.
+        details = result["details"]
+        jobs = metrics["jobs"]
+        status_items = details["provider_items_by_task_type"]["getResponse"]
+        status_requests = details["provider_requests_by_kind"]["status"]
+        assert status_items >= jobs
+        assert metrics["status_items_per_job"] == pytest.approx(status_items / jobs, abs=1e-3)
+        assert 0 < status_requests <= status_items
+        # submit task and at least one poll task per job, each one message on the broker
         assert metrics["celery_messages_per_job"] >= 2
+        assert details["celery_messages_by_queue"], "no broker pushes were seen"
+        assert metrics["redis_commands_per_job"] > metrics["celery_messages_per_job"]
+        assert metrics["worker_cpu_ms_per_job"] > 0
+        assert metrics["producer_cpu_ms_per_job"] > 0
+        assert metrics["cpu_workers_s"] == pytest.approx(
+            metrics["worker_cpu_ms_per_job"] * metrics["completed"] / 1000, abs=0.01
+        )
+        assert 0 <= metrics["schedule_lag_p50_s"] <= metrics["schedule_lag_p99_s"]
         assert metrics["worker_rss_peak_mib"] > 0
         assert metrics["jobs_per_s"] > 0
         assert 0 <= metrics["callback_lag_p50_s"] <= metrics["callback_lag_p99_s"]
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("metric "))
     assert header.split() == ["metric", *SYSTEMS]
-    for label in ("jobs/s", "callback lag p50", "DUPLICATES", "LOSSES", "worker RSS"):
+    for label in (
+        "jobs/s",
+        "callback lag p50",
+        "  poll schedule alone: lag p99",
+        "worker CPU ms / job",
+        "producer CPU ms / job",
+        "provider status items / job",
+        "celery messages / job",
+        "redis commands / job",
+        "DUPLICATES",
+        "LOSSES",
+        "worker RSS",
+    ):
         row = next(line for line in lines if line.startswith(label))
         assert len(row.split("  ")) > len(SYSTEMS), row
+
+
+def test_schedule_lags_follow_the_poll_times() -> None:
+    # no jitter: polls at 2, 3, 4.5, 6.75 ... seconds after the submit
+    policy = {"initial_delay": 2.0, "interval": 1.0, "factor": 1.5, "max_delay": 30.0}
+    policy |= {"min_delay": 0.2, "jitter": 0.0, "deadline": 3600.0}
+    lags = schedule_lags(policy, [0.0, 1.99, 2.0, 2.01, 2.5, 5.0])
+    assert lags == pytest.approx([2.0, 0.01, 0.0, 0.99, 0.5, 1.75])
+
+
+def test_schedule_lags_leave_out_jobs_past_the_deadline() -> None:
+    policy = {"initial_delay": 1.0, "interval": 1.0, "factor": 1.0, "max_delay": 1.0}
+    policy |= {"min_delay": 0.1, "jitter": 0.0, "deadline": 3.0}
+    # polls at 1, 2, 3: the deadline; a job of 3.5 s is never seen finished by the schedule
+    assert schedule_lags(policy, [2.9, 3.0, 3.5]) == pytest.approx([0.1, 0.0])
+
+
+def test_schedule_lags_with_jitter_poll_earlier_never_later() -> None:
+    policy = {"initial_delay": 2.0, "interval": 1.0, "factor": 1.5, "max_delay": 30.0}
+    policy |= {"min_delay": 0.2, "jitter": 0.2, "deadline": 3600.0}
+    plain = schedule_lags(policy | {"jitter": 0.0}, [5.0] * 50)
+    jittered = schedule_lags(policy, [5.0] * 50)
+    assert len(jittered) == 50
+    assert all(0 <= lag < 30 for lag in jittered)
+    assert len(set(jittered)) > 1  # the jitter is drawn per poll
+    assert jittered == schedule_lags(policy, [5.0] * 50)  # seeded: the same every run
+    assert plain == pytest.approx([1.75] * 50)
+
+
+BURN = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time\\nt = time.process_time()\\n"
+                          "while time.process_time() - t < 0.4: pass"])
+print("started", flush=True)
+sys.stdin.readline()
+child.wait()
+print("reaped", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_worker_cpu_counts_children_that_exit_during_the_window() -> None:
+    # A pool child that burns CPU and is reaped inside the window must still be counted.
+    argv = [sys.executable, "-c", BURN]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdin is not None and parent.stdout is not None
+        assert parent.stdout.readline().strip() == "started"
+        before = cpu_seconds([parent.pid], recursive=True)
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "reaped"
+        after = cpu_seconds([parent.pid], recursive=True)
+        own_only = cpu_seconds([parent.pid], recursive=False)
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        parent.wait(10)
+    assert 0.3 <= after - before < 2.0
+    assert own_only < after - before  # without the reaped children's time it would be lost
