@@ -84,12 +84,12 @@ def worker(
     """Run a Celery worker for pollen's queues (task events on, for Flower)."""
     _prepare_metrics_dir()
     from pollen.settings import get_settings
-    from pollen.worker.app import create_app
+    from pollen.worker.app import build_worker_app
 
     settings = get_settings()
     q = settings.queues
     names = queues or ",".join([q.submit, q.poll, q.callbacks])
-    celery = create_app(settings)
+    celery = build_worker_app(settings)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
     celery.start(
         [*quiet, "worker", "-Q", names, "-c", str(concurrency), "-P", pool, "-n", hostname,
