@@ -11,10 +11,12 @@ import threading
 
 from pollen.callbacks.addresses import AddressPolicy
 from pollen.providers import build_providers
+from pollen.providers.http import observe_requests
 from pollen.settings import Settings, get_settings
 from pollen.store.connection import http_client, redis_client
 from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
+from pollen.worker.metrics import observe_provider_request
 from pollen.worker.steps import Deps
 
 
@@ -32,6 +34,7 @@ _local = _ProcessLocal()
 
 def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
+    observe_requests(observe_provider_request)
     client = redis_client(settings.redis_url)
     return Deps(
         settings=settings,
