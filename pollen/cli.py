@@ -285,18 +285,17 @@ def config() -> None:
 def schema(
     check: Annotated[bool, typer.Option(help="Fail if the checked-in schema is stale.")] = False,
 ) -> None:
-    """Write (or --check) schema/job-request.schema.json from the pydantic model."""
-    from pollen.schema import SCHEMA_PATH, render
+    """Write (or --check) the job-request JSON Schema from the pydantic models: the copy in the
+    package and, in a source checkout, schema/job-request.schema.json."""
+    from pollen import schema as published
 
-    text = render()
     if check:
-        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
-            _fail(f"{SCHEMA_PATH} is stale: run `pollen schema`")
+        if stale := published.stale():
+            _fail(f"stale (run `pollen schema`): {', '.join(map(str, stale))}")
         typer.echo("schema is current")
         return
-    SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
-    SCHEMA_PATH.write_text(text)
-    typer.echo(f"wrote {SCHEMA_PATH}")
+    for path in published.write():
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:
