@@ -125,26 +125,26 @@ def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = ""
 
 
 @dataclass(frozen=True)
-class Outcome:
+class DeliveryOutcome:
     state: DeliveryState | None  #: None: nothing was attempted
     retry_in: float | None = None  #: try again by countdown after this many seconds
 
 
-def deliver(deps: Deps, ident: str, send_task: SendTask) -> Outcome:
+def deliver(deps: Deps, ident: str, send_task: SendTask) -> DeliveryOutcome:
     """Make one attempt at delivery ``ident`` and schedule what follows."""
     settings = deps.settings.callbacks
     now = deps.clock()
     verdict = deps.outbox.claim(ident, now=now, lease=settings.timeout + 30)
     if verdict != "ok":
-        return Outcome(None)  # finished, missing, or another copy is sending it right now
+        return DeliveryOutcome(None)  # finished, missing, or another copy is sending it right now
     item = deps.outbox.get(ident)
     if item is None:
-        return Outcome(None)
+        return DeliveryOutcome(None)
     logs.bind(job_id=item.job_id)
     wait = _blocked(deps, item, now)
     if wait is not None:  # an earlier event to the same receiver is not finished yet
         deps.outbox.release(item, due_at=now + wait)
-        return Outcome(None, retry_in=wait if wait <= settings.park_after else None)
+        return DeliveryOutcome(None, retry_in=wait if wait <= settings.park_after else None)
     attempt = _send_celery(item, send_task, now) if item.kind == "celery" else _post(deps, item)
     return _settle(deps, item, attempt, now)
 
@@ -220,7 +220,7 @@ def _secrets(deps: Deps, job_id: str) -> list[str]:
     return [s.get_secret_value() for s in deps.settings.callbacks.secrets]
 
 
-def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> Outcome:
+def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> DeliveryOutcome:
     settings = deps.settings.callbacks
     metrics.CALLBACKS.labels(attempt["outcome"]).inc()
     outcome = attempt["outcome"]
@@ -231,12 +231,12 @@ def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> 
         deps.outbox.record(item, attempt, state=state, now=now)
         if outcome == "delivered" and item.event == "completed":
             _observe_lag(deps, item.job_id, now)
-        return Outcome(state)
+        return DeliveryOutcome(state)
     made = item.attempts + 1
     if outcome == "failed" or made >= len(settings.schedule):
         deps.outbox.record(item, attempt, state="dead", now=now)
         log.warning("callback %s is dead after %d attempt(s): %s", item.id, made, attempt["error"])
-        return Outcome("dead")
+        return DeliveryOutcome("dead")
     delay = settings.schedule[made] * (1 + settings.jitter * (2 * random.random() - 1))
     delay = max(delay, attempt.get("retry_after") or 0.0, 0.0)
     short = delay <= settings.park_after
@@ -245,7 +245,7 @@ def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> 
     deps.outbox.record(item, attempt, state="pending", now=now, due_at=due)
     log.info("callback %s attempt %d failed (%s); next in %.1fs", item.id, made,
              attempt["error"], delay)  # fmt: skip
-    return Outcome("pending", retry_in=delay if short else None)
+    return DeliveryOutcome("pending", retry_in=delay if short else None)
 
 
 def _observe_lag(deps: Deps, job_id: str, now: float) -> None:
