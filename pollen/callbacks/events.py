@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pollen.callbacks import delivery as http_delivery
 from pollen.callbacks import webhooks
 from pollen.models import GenerationResult, Job
+from pollen.payloads import EXTRA_TTL
 from pollen.store import keys
 from pollen.store.outbox import Delivery, DeliveryState, delivery_id
 from pollen.worker import logs, metrics
@@ -103,7 +103,7 @@ def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = ""
     """
     now = deps.clock()
     body = envelope(kind, data, now)
-    ttl = deps.settings.job_ttl + 3600
+    ttl = deps.settings.job_ttl + EXTRA_TTL
     watch = deps.settings.reconcile_grace
     created: list[str] = []
     if job.callback_url and kind in job.events:
@@ -237,7 +237,7 @@ def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> 
         deps.outbox.record(item, attempt, state="dead", now=now)
         log.warning("callback %s is dead after %d attempt(s): %s", item.id, made, attempt["error"])
         return DeliveryOutcome("dead")
-    delay = settings.schedule[made] * (1 + settings.jitter * (2 * random.random() - 1))
+    delay = settings.schedule[made] * (1 + settings.jitter * (2 * deps.rng.random() - 1))
     delay = max(delay, attempt.get("retry_after") or 0.0, 0.0)
     short = delay <= settings.park_after
     # A short wait is a countdown message; a long one waits in Redis for the periodic round.
