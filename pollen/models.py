@@ -48,7 +48,6 @@ _RANK = {
     JobStatus.TIMED_OUT: _TERMINAL_RANK,
     JobStatus.CANCELLED: _TERMINAL_RANK,
 }
-TERMINAL_STATUSES = frozenset(s for s in JobStatus if s.terminal)
 
 
 class PollOverrides(BaseModel):

@@ -23,7 +23,6 @@ import redis
 from pollen.store import keys
 
 DeliveryState = Literal["pending", "sending", "delivered", "gone", "dead"]
-FINAL_STATES = ("delivered", "gone", "dead")
 
 # KEYS: delivery, job_deliveries, due   ARGV: id, due_at, ttl, field, value, ...
 _CREATE = """
