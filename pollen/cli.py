@@ -110,10 +110,10 @@ def _client() -> Iterator[Pollen]:
     """A producer client, after a quick PING: an unreachable Redis is an error in seconds,
     not after the client's ~20 s of reconnect retries."""
     from pollen import Pollen
-    from pollen.worker.health import check_redis
+    from pollen.worker.health import check_reachable
 
     settings = _settings()
-    check = check_redis(settings.redis_url, "redis")
+    check = check_reachable(settings.redis_url, "redis")
     if not check.ok:
         reason = check.detail.removeprefix("unreachable: ")
         _fail(f"Redis at {redact(settings.redis_url)} is unreachable ({reason})")
@@ -236,12 +236,12 @@ def worker(
     if pool not in _pools():
         raise typer.BadParameter(f"{pool!r} is not one of {', '.join(_pools())}", param_hint="-P")
     _prepare_metrics_dir()
-    from pollen.worker.app import create_app
+    from pollen.worker.app import build_worker_app
 
     settings = _settings()
     q = settings.queues
     names = queues or ",".join([q.submit, q.poll, q.callbacks])
-    celery = create_app(settings)
+    celery = build_worker_app(settings)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
     celery.start(
         [*quiet, "worker", "-Q", names, "-c", str(concurrency), "-P", pool, "-n", hostname,
@@ -535,18 +535,17 @@ def config() -> None:
 def schema(
     check: Annotated[bool, typer.Option(help="Fail if the checked-in schema is stale.")] = False,
 ) -> None:
-    """Write (or --check) schema/job-request.schema.json from the pydantic model."""
-    from pollen.schema import SCHEMA_PATH, render
+    """Write (or --check) the job-request JSON Schema from the pydantic models: the copy in the
+    package and, in a source checkout, schema/job-request.schema.json."""
+    from pollen import schema as published
 
-    text = render()
     if check:
-        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
-            _fail(f"{SCHEMA_PATH} is stale: run `pollen schema`")
+        if stale := published.stale():
+            _fail(f"stale (run `pollen schema`): {', '.join(map(str, stale))}")
         typer.echo("schema is current")
         return
-    SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
-    SCHEMA_PATH.write_text(text)
-    typer.echo(f"wrote {SCHEMA_PATH}")
+    for path in published.write():
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

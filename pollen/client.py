@@ -8,7 +8,7 @@
     print(job.status, [r.url for r in job.results])
 
 The client validates the job, stores it (queued) and sends ``pollen.submit`` with only the job
-id. It never imports the worker's tasks.
+id. It never imports the worker (:mod:`pollen.contract` is what both sides agree on).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 
 from celery import Celery
 
+from pollen import contract
 from pollen.errors import JobLost, JobNotFound, StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.payloads import accept
 from pollen.settings import Settings, get_settings
 from pollen.store import durability
 from pollen.store.connection import open_store
-from pollen.worker.app import create_app
 
 #: longest blocking read of wait(), seconds; shorter than the Redis client's socket timeout
 WAIT_SLICE = 5.0
@@ -43,7 +43,7 @@ class Pollen:
     @property
     def celery(self) -> Celery:
         if self._celery is None:
-            self._celery = create_app(self.settings, include_tasks=False)
+            self._celery = contract.producer_app(self.settings)
         return self._celery
 
     def submit(
@@ -87,10 +87,10 @@ class Pollen:
         if created:
             try:
                 self.celery.send_task(
-                    "pollen.submit",
+                    contract.SUBMIT,
                     kwargs={"job_id": job_id},
                     queue=self.settings.queues.submit,
-                    kwargsrepr=f"{{job_id={job_id!r}}}",
+                    kwargsrepr=contract.describe(job_id),
                     # No result to wait for: skips the result backend's per-message subscribe.
                     ignore_result=True,
                 )
@@ -169,7 +169,7 @@ class Pollen:
                 self.outbox.forget_gone(item.target)
             self.outbox.replay(item.id, now=now)
             self.celery.send_task(
-                "pollen.deliver_callback",
+                contract.DELIVER_CALLBACK,
                 args=(item.id,),
                 queue=self.settings.queues.callbacks,
                 ignore_result=True,

@@ -49,7 +49,6 @@ _RANK = {
     JobStatus.TIMED_OUT: TERMINAL_RANK,
     JobStatus.CANCELLED: TERMINAL_RANK,
 }
-TERMINAL_STATUSES = frozenset(s for s in JobStatus if s.terminal)
 
 
 class PollOverrides(BaseModel):

@@ -22,7 +22,8 @@ from pollen.settings import Settings
 from pollen.store.jobs import Store
 
 MAX_NESTING = 8
-#: seconds a job's keys outlive its deadline plus the finished-job TTL
+#: seconds a job's keys outlive its deadline plus the finished-job TTL, and a callback
+#: delivery's record the finished-job TTL: the one slack for every key pollen expires
 EXTRA_TTL = 3600
 KNOWN_PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
 

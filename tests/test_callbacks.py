@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -206,6 +207,47 @@ def test_long_waits_are_parked_in_redis_not_sent_as_countdowns(
         assert outcome.retry_in is None  # no countdown message: the two hours wait in Redis
         due = deps.store.redis.zscore(keys.DUE, delivery_id(job_id, "completed"))
         assert due is not None and 7200 * 0.85 < due - time.time() < 7200 * 1.15
+    finally:
+        deps.http.close()
+
+
+class _Fixed(random.Random):
+    """A random source that always draws ``value`` (both ends of the jitter range)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(("draw", "expected"), [(0.0, 5.0), (0.5, 10.0), (1.0, 15.0)])
+def test_callback_retry_jitter_draws_from_the_injected_rng(
+    settings: Settings, clean: None, receiver: CallbackReceiver, draw: float, expected: float
+) -> None:
+    """The same random source as the poll jitter (``deps.rng``): seeded tests are repeatable.
+    Schedule 10 s with jitter 0.5 spans 5..15 s; parking is off, so the wait is a countdown."""
+    callbacks = {"schedule": [0, 10], "jitter": 0.5, "park_after": 60}
+    tuned = settings.model_copy(
+        update={"callbacks": settings.callbacks.model_copy(update=callbacks)}
+    )
+    deps = build_deps(tuned)
+    deps.rng = _Fixed(draw)
+    try:
+        payload = {
+            "provider": "runware",
+            "request": video_request([0.1]),
+            "callback_url": f"{receiver.url}/jitter",
+        }
+        from pollen.worker import steps
+
+        job_id, _ = payloads.accept(tuned, deps.store, payload, now=time.time())
+        steps._finish(deps, deps.store.get(job_id), JobStatus.FAILED, "test", "ended by test")
+        receiver.script("/jitter", (500, {}, 0.0))
+        outcome = deliver(deps, delivery_id(job_id, "completed"), lambda *a: None)
+        assert outcome.state == "pending"
+        assert outcome.retry_in == pytest.approx(expected)
     finally:
         deps.http.close()
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from pollen.contract import producer_app
 from pollen.local.servers import CallbackReceiver, Worker, free_port
 from pollen.settings import Settings
 from pollen.simulator import SimulatorServer
-from pollen.worker.app import create_app
 from tests.conftest import eventually
 from tests.helpers import sim_faults, video_request
 from tests.test_wait import unsent_job
@@ -297,7 +297,7 @@ def test_worker_pool_option_reaches_celery(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    app = create_app(settings, include_tasks=False)
+    app = producer_app(settings)
     try:
 
         def pool() -> Any:

@@ -40,7 +40,7 @@ from packaging.utils import canonicalize_name
 from pollen.local.servers import RedisServer, Worker
 from pollen.settings import QueueSettings, Settings, environment_variables
 from pollen.simulator import SimulatorConfig, SimulatorServer
-from pollen.worker.app import celery_config
+from pollen.worker.app import worker_config
 from tests.conftest import eventually
 from tests.helpers import sim_faults
 
@@ -462,7 +462,7 @@ def test_configmap_holds_valid_pollen_settings(monkeypatch: pytest.MonkeyPatch) 
     settings = Settings()  # raises if a value is invalid (e.g. the visibility timeout check)
     host = urlsplit(settings.redis_url).hostname
     assert find(objects, "Service", host), f"no Service {host}"
-    config = celery_config(settings)
+    config = worker_config(settings)
     assert config["worker_soft_shutdown_timeout"] == soft_shutdown_timeout(objects)
 
 

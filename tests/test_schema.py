@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the dev extras
 import pytest
 
+import pollen
 from pollen import schema
 from pollen.payloads import parse_job_request
 
 
 def checked_in() -> dict[str, Any]:
-    value = json.loads(schema.SCHEMA_PATH.read_text(encoding="utf-8"))
+    value = json.loads(schema.PACKAGED_PATH.read_text(encoding="utf-8"))
     assert isinstance(value, dict)
     return value
 
@@ -41,12 +44,39 @@ def good_payload() -> dict[str, Any]:
 
 
 def test_checked_in_schema_is_up_to_date() -> None:
-    assert schema.SCHEMA_PATH.is_file(), f"{schema.SCHEMA_PATH} is missing: run `pollen schema`"
-    text = schema.SCHEMA_PATH.read_text(encoding="utf-8")
-    assert text == schema.render(), (
-        f"{schema.SCHEMA_PATH.name} is out of date with pollen.models.JobRequest: "
-        "run `pollen schema` and commit the result"
-    )
+    copies = schema.copies()
+    assert copies[0].parent == Path(pollen.__file__).resolve().parent, "packaged copy first"
+    assert len(copies) == 2, "a source checkout also keeps schema/job-request.schema.json"
+    for path in copies:
+        assert path.is_file(), f"{path} is missing: run `pollen schema`"
+        assert path.read_text(encoding="utf-8") == schema.render(), (
+            f"{path} is out of date with the job models: run `pollen schema` and commit it"
+        )
+    assert schema.stale() == []
+
+
+def test_schema_check_names_each_stale_copy_and_schema_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pollen schema --check`` in a checkout compares both copies; an installed package (no
+    pyproject.toml beside it) compares only the one it ships."""
+    package = tmp_path / "pollen"
+    package.mkdir()
+    monkeypatch.setattr(schema, "PACKAGED_PATH", package / schema.FILENAME)
+    assert schema.copies() == [package / schema.FILENAME]  # installed: no checkout around it
+    assert schema.stale() == [package / schema.FILENAME]
+    (tmp_path / "pyproject.toml").write_text("")
+    repository = tmp_path / "schema" / schema.FILENAME
+    assert schema.stale() == [package / schema.FILENAME, repository]
+    assert schema.write() == [package / schema.FILENAME, repository]
+    assert schema.stale() == []
+    repository.write_text(repository.read_text() + " ")
+    assert schema.stale() == [repository]
+
+
+def test_the_installed_package_data_includes_the_schema() -> None:
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert schema.FILENAME in project["tool"]["setuptools"]["package-data"]["pollen"]
 
 
 def test_schema_is_a_valid_draft_2020_12_schema() -> None:

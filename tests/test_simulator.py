@@ -14,10 +14,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from pollen.simulator import SimulatorConfig, SimulatorServer, create_app
+from pollen.simulator import SimulatorConfig, SimulatorServer, build_simulator_app
 from pollen.simulator.app import build_app
 from pollen.simulator.core import Simulator
-from pollen.simulator.ratelimit import RateLimiter, Timeline, max_in_window
+from pollen.simulator.ratelimit import SimulatedRateLimit, Timeline, max_in_window
 
 KEY = "test-key"
 
@@ -179,7 +179,7 @@ def test_config_defaults_and_validation() -> None:
 
 
 def test_create_app_routes() -> None:
-    paths = {getattr(route, "path", "") for route in create_app(SimulatorConfig()).routes}
+    paths = {getattr(route, "path", "") for route in build_simulator_app(SimulatorConfig()).routes}
     assert {"/v1", "/v1/runwayml/gen3/create", "/runwayml/v1/tasks/{task_id}"} <= paths
     assert {"/healthz", "/_sim/stats", "/_sim/faults", "/_sim/reset"} <= paths
 
@@ -732,7 +732,7 @@ def test_comet_failure_and_errors(client: httpx.Client, admin: httpx.Client) -> 
 
 
 def test_rate_limiter_is_a_sliding_one_second_window() -> None:
-    limiter = RateLimiter()
+    limiter = SimulatedRateLimit()
     assert all(limiter.allow(10.0 + i * 0.1, 3) for i in range(3))  # 10.0, 10.1, 10.2
     assert not limiter.allow(10.5, 3)
     assert not limiter.allow(10.99, 3)

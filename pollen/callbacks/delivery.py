@@ -10,7 +10,7 @@ The request is built here, not from the client's defaults: the client's headers,
 auth never reach a callback receiver. Redirects are never followed; at most
 :data:`MAX_RESPONSE_BYTES` of the answer are read and then dropped.
 
-Outcomes::
+Results (:data:`AttemptResult`)::
 
     delivered   2xx
     gone        410: the receiver asks never to be called again (stop for this endpoint)
@@ -31,7 +31,7 @@ import httpx
 from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.providers.http import parse_retry_after
 
-Outcome = Literal["delivered", "retry", "gone", "failed"]
+AttemptResult = Literal["delivered", "retry", "gone", "failed"]
 
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_LOCATION_CHARS = 200
@@ -47,7 +47,7 @@ class Attempt:
     latency_ms: float
     error: str | None
     retry_after: float | None
-    outcome: Outcome
+    outcome: AttemptResult
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the job's delivery log in Redis)."""
@@ -74,7 +74,7 @@ def post(
     started = time.monotonic()
 
     def attempt(
-        outcome: Outcome,
+        outcome: AttemptResult,
         error: str | None,
         status_code: int | None = None,
         retry_after: float | None = None,
@@ -130,8 +130,8 @@ def pinned_request(
 
 def classify(
     status_code: int, headers: Mapping[str, str], *, now: float | None = None
-) -> tuple[Outcome, str | None, float | None]:
-    """Outcome, error text and retry_after (seconds) of one HTTP answer."""
+) -> tuple[AttemptResult, str | None, float | None]:
+    """The result, error text and retry_after (seconds) of one HTTP answer."""
     if 200 <= status_code < 300:
         return "delivered", None, None
     if status_code == 410:

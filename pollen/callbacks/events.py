@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pollen.callbacks import delivery as http_delivery
 from pollen.callbacks import webhooks
 from pollen.models import GenerationResult, Job
+from pollen.payloads import EXTRA_TTL
 from pollen.store.outbox import Delivery, DeliveryState, delivery_id
 from pollen.worker import logs, metrics
 
@@ -102,7 +102,7 @@ def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = ""
     """
     now = deps.clock()
     body = envelope(kind, data, now)
-    ttl = deps.settings.job_ttl + 3600
+    ttl = deps.settings.job_ttl + EXTRA_TTL
     watch = deps.settings.reconcile_grace
     created: list[str] = []
     if job.callback_url and kind in job.events:
@@ -124,28 +124,30 @@ def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = ""
 
 
 @dataclass(frozen=True)
-class Outcome:
+class DeliveryOutcome:
     state: DeliveryState | None  #: None: nothing was attempted
     retry_in: float | None = None  #: try again by countdown after this many seconds
     detail: str = ""  #: what happened, in a few words (the task's result or failure in Flower)
 
 
-def deliver(deps: Deps, ident: str, send_task: SendTask) -> Outcome:
+def deliver(deps: Deps, ident: str, send_task: SendTask) -> DeliveryOutcome:
     """Make one attempt at delivery ``ident`` and schedule what follows."""
     settings = deps.settings.callbacks
     now = deps.clock()
     verdict = deps.outbox.claim(ident, now=now, lease=settings.timeout + 30)
     if verdict != "ok":  # finished, missing, or another copy is sending it right now
-        return Outcome(None, detail=f"not sent: the delivery is {verdict}")
+        return DeliveryOutcome(None, detail=f"not sent: the delivery is {verdict}")
     item = deps.outbox.get(ident)
     if item is None:
-        return Outcome(None, detail="not sent: the delivery is missing")
+        return DeliveryOutcome(None, detail="not sent: the delivery is missing")
     logs.bind(job_id=item.job_id)
     wait = _blocked(deps, item, now)
     if wait is not None:  # an earlier event to the same receiver is not finished yet
         deps.outbox.release(item, due_at=now + wait)
         retry_in = wait if wait <= settings.park_after else None
-        return Outcome(None, retry_in, f"not sent yet: waits {wait:.1f}s for an earlier event")
+        return DeliveryOutcome(
+            None, retry_in, f"not sent yet: waits {wait:.1f}s for an earlier event"
+        )
     attempt = _send_celery(item, send_task, now) if item.kind == "celery" else _post(deps, item)
     return _settle(deps, item, attempt, now)
 
@@ -221,7 +223,7 @@ def _secrets(deps: Deps, job_id: str) -> list[str]:
     return [s.get_secret_value() for s in deps.settings.callbacks.secrets]
 
 
-def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> Outcome:
+def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> DeliveryOutcome:
     settings = deps.settings.callbacks
     metrics.CALLBACKS.labels(attempt["outcome"]).inc()
     outcome = attempt["outcome"]
@@ -232,13 +234,13 @@ def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> 
         deps.outbox.record(item, attempt, state=state, now=now)
         if outcome == "delivered" and item.event == "completed":
             _observe_lag(deps, item.job_id, now)
-        return Outcome(state, detail=f"{outcome} ({_answer(attempt)})")
+        return DeliveryOutcome(state, detail=f"{outcome} ({_answer(attempt)})")
     made = item.attempts + 1
     if outcome == "failed" or made >= len(settings.schedule):
         deps.outbox.record(item, attempt, state="dead", now=now)
         log.warning("callback %s is dead after %d attempt(s): %s", item.id, made, attempt["error"])
-        return Outcome("dead", detail=f"dead after {made} attempt(s): {_answer(attempt)}")
-    delay = settings.schedule[made] * (1 + settings.jitter * (2 * random.random() - 1))
+        return DeliveryOutcome("dead", detail=f"dead after {made} attempt(s): {_answer(attempt)}")
+    delay = settings.schedule[made] * (1 + settings.jitter * (2 * deps.rng.random() - 1))
     delay = max(delay, attempt.get("retry_after") or 0.0, 0.0)
     short = delay <= settings.park_after
     # A short wait is a countdown message; a long one waits in Redis for the periodic round.
@@ -248,7 +250,7 @@ def _settle(deps: Deps, item: Delivery, attempt: dict[str, Any], now: float) -> 
              attempt["error"], delay)  # fmt: skip
     where = "by countdown" if short else "from Redis (periodic round)"
     detail = f"attempt {made} failed: {_answer(attempt)}; next in {delay:.1f}s {where}"
-    return Outcome("pending", retry_in=delay if short else None, detail=detail)
+    return DeliveryOutcome("pending", retry_in=delay if short else None, detail=detail)
 
 
 def _answer(attempt: dict[str, Any]) -> str:

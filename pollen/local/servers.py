@@ -270,7 +270,3 @@ def _maybe_json(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return None
-
-
-def log_path(directory: str, name: str) -> str:
-    return str(Path(directory) / f"{name}.log")

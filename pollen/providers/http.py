@@ -10,6 +10,7 @@ import email.utils
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,9 +22,24 @@ from pollen.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from pollen.worker.metrics import PROVIDER_SECONDS
 
 MAX_RETRY_AFTER = 3600.0
+
+#: ``(provider, kind, seconds)`` of every request :func:`send` made
+Observer = Callable[[str, str, float], None]
+
+
+def _unobserved(provider: str, kind: str, seconds: float) -> None:
+    pass
+
+
+_observer: list[Observer] = [_unobserved]
+
+
+def observe_requests(observer: Observer) -> None:
+    """Report every provider request's response time to ``observer`` (the worker installs its
+    Prometheus histogram here, so producers never import the metrics)."""
+    _observer[0] = observer
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -81,7 +97,7 @@ def send(
     except httpx.RequestError as exc:
         raise ProviderUnavailable(f"provider request failed: {exc!r}", code="request") from exc
     finally:
-        PROVIDER_SECONDS.labels(provider, kind).observe(time.perf_counter() - started)
+        _observer[0](provider, kind, time.perf_counter() - started)
     if response.status_code == 429:
         raise RateLimited(
             f"provider rate limit (HTTP 429): {response.text[:200]}",

@@ -22,6 +22,6 @@ def build_app(sim: Simulator) -> Starlette:
     return app
 
 
-def create_app(config: SimulatorConfig) -> Starlette:
+def build_simulator_app(config: SimulatorConfig) -> Starlette:
     """A fresh simulator app (its runtime is at ``app.state.simulator``)."""
     return build_app(Simulator(config))

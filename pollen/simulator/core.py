@@ -11,8 +11,8 @@ from typing import Any
 
 from pollen.simulator.config import SimulatorConfig
 from pollen.simulator.faults import FaultInjector
-from pollen.simulator.ratelimit import RateLimiter
-from pollen.simulator.state import Stats, TaskStore
+from pollen.simulator.ratelimit import SimulatedRateLimit
+from pollen.simulator.state import SimulatorStats, TaskStore
 
 
 class Simulator:
@@ -22,9 +22,9 @@ class Simulator:
         self.config = config
         self.clock = clock
         self.store = TaskStore()
-        self.stats = Stats()
+        self.stats = SimulatorStats()
         self.faults = FaultInjector(config.seed)
-        self.limiter = RateLimiter()
+        self.limiter = SimulatedRateLimit()
         self._lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: stalled requests answer at once
         self._rng = random.Random()

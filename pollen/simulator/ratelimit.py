@@ -18,7 +18,7 @@ BUCKET = 0.1
 _PER_WINDOW = round(WINDOW / BUCKET)
 
 
-class RateLimiter:
+class SimulatedRateLimit:
     """At most ``limit`` accepted requests in any ``window`` seconds (a sliding log)."""
 
     def __init__(self, window: float = WINDOW) -> None:

@@ -47,7 +47,7 @@ MAX_RESULTS = 20
 
 
 @dataclass
-class Outcome:
+class TaskAnswer:
     """What one task object contributes to the response; ``ok`` means it counts for HTTP 200."""
 
     data: list[dict[str, Any]] = field(default_factory=list)
@@ -55,8 +55,8 @@ class Outcome:
     ok: bool = False
 
 
-def _refused(item: dict[str, Any]) -> Outcome:
-    return Outcome(errors=[item])
+def _refused(item: dict[str, Any]) -> TaskAnswer:
+    return TaskAnswer(errors=[item])
 
 
 def _check_uuid(task: dict[str, Any]) -> dict[str, Any] | None:
@@ -133,7 +133,7 @@ def _generations(sim: Simulator, task: dict[str, Any], now: float) -> list[Gener
     return result
 
 
-def _inference(sim: Simulator, task: dict[str, Any], now: float) -> Outcome:
+def _inference(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
     if isinstance(task.get("taskUUID"), str):
         sim.stats.submit(task["taskUUID"])
     problem = _check_uuid(task)
@@ -157,7 +157,7 @@ def _inference(sim: Simulator, task: dict[str, Any], now: float) -> Outcome:
     if not sim.store.add(record):
         return _refused(err.conflict(uid))
     sim.stats.created()
-    return Outcome(data=[{"taskType": record.task_type, "taskUUID": uid}], ok=True)
+    return TaskAnswer(data=[{"taskType": record.task_type, "taskUUID": uid}], ok=True)
 
 
 def _result_item(task: SimTask, gen: Generation, now: float) -> dict[str, Any]:
@@ -175,9 +175,9 @@ def _result_item(task: SimTask, gen: Generation, now: float) -> dict[str, Any]:
     }
 
 
-def envelope_parts(task: SimTask, now: float) -> Outcome:
+def envelope_parts(task: SimTask, now: float) -> TaskAnswer:
     """Per generation: processing/success items in ``data``, failures in ``errors``."""
-    outcome = Outcome(ok=True)
+    outcome = TaskAnswer(ok=True)
     for gen in task.generations:
         if gen.status(now) == "error" and gen.error is not None:
             outcome.errors.append(err.generation_error(gen.error, task.id))
@@ -186,7 +186,7 @@ def envelope_parts(task: SimTask, now: float) -> Outcome:
     return outcome
 
 
-def _lookup(sim: Simulator, task: dict[str, Any]) -> SimTask | Outcome:
+def _lookup(sim: Simulator, task: dict[str, Any]) -> SimTask | TaskAnswer:
     problem = _check_uuid(task)
     if problem is not None:
         return _refused(problem)
@@ -194,14 +194,14 @@ def _lookup(sim: Simulator, task: dict[str, Any]) -> SimTask | Outcome:
     return found if found is not None else _refused(err.task_not_found(task["taskUUID"]))
 
 
-def _get_response(sim: Simulator, task: dict[str, Any], now: float) -> Outcome:
+def _get_response(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
     found = _lookup(sim, task)
-    return found if isinstance(found, Outcome) else envelope_parts(found, now)
+    return found if isinstance(found, TaskAnswer) else envelope_parts(found, now)
 
 
-def _task_details(sim: Simulator, task: dict[str, Any], now: float) -> Outcome:
+def _task_details(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
     found = _lookup(sim, task)
-    if isinstance(found, Outcome):
+    if isinstance(found, TaskAnswer):
         return found
     parts = envelope_parts(found, now)
     envelope: dict[str, Any] = {}
@@ -215,10 +215,10 @@ def _task_details(sim: Simulator, task: dict[str, Any], now: float) -> Outcome:
         "request": [copy.deepcopy(found.request)],
         "response": envelope,
     }
-    return Outcome(data=[item], ok=True)
+    return TaskAnswer(data=[item], ok=True)
 
 
-def process_task(sim: Simulator, task: Any, now: float) -> Outcome:
+def process_task(sim: Simulator, task: Any, now: float) -> TaskAnswer:
     """Answer one task object of the request array."""
     if not isinstance(task, dict):
         sim.stats.task("<invalid>")
@@ -249,7 +249,7 @@ async def handle(sim: Simulator, request: Request) -> Response:
         payload = {"data": [], "errors": [err.request_error("invalidRequestBody", message)]}
         return JSONResponse(payload, status_code=400)
     now = sim.clock()
-    total = Outcome()
+    total = TaskAnswer()
     for task in body:
         outcome = process_task(sim, task, now)
         total.data.extend(outcome.data)

@@ -87,7 +87,7 @@ class TaskStore:
             return len(self._tasks)
 
 
-class Stats:
+class SimulatorStats:
     """Counters of provider traffic, served by ``GET /_sim/stats`` (and ``/_sim/rate``)."""
 
     def __init__(self) -> None:

@@ -23,6 +23,7 @@ import redis
 from pollen.store import keys, scripts
 
 DeliveryState = Literal["pending", "sending", "delivered", "gone", "dead"]
+#: delivery states that never change again
 FINAL_STATES = ("delivered", "gone", "dead")
 
 #: the scripts of :class:`Outbox`, in ``pollen/store/lua/`` (each names its KEYS and ARGV)

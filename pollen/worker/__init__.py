@@ -13,7 +13,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from pollen.worker.app import app
+        from pollen.worker.app import default_app
 
-        return app
+        return default_app()
     raise AttributeError(f"module 'pollen.worker' has no attribute {name!r}")

@@ -38,9 +38,9 @@ def check_reachable(url: str, name: str) -> Check:
 
 
 def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
-    from pollen.worker.app import create_app
+    from pollen.contract import producer_app
 
-    app = create_app(settings, include_tasks=False)
+    app = producer_app(settings)
     try:
         replies = app.control.ping(timeout=timeout) or []
     except Exception as exc:  # the broker itself is down: kombu raises various errors

@@ -51,6 +51,13 @@ BATCH_SIZE = Histogram(
     ["provider"],
     buckets=(1, 2, 5, 10, 20, 50, 100),
 )
+
+
+def observe_provider_request(provider: str, kind: str, seconds: float) -> None:
+    """:func:`pollen.providers.http.observe_requests` hook: the response-time histogram."""
+    PROVIDER_SECONDS.labels(provider, kind).observe(seconds)
+
+
 RECONCILER = Counter("pollen_reconciler_actions_total", "Reconciler actions", ["action"])
 STORE_DATA_LOSS = Counter(
     "pollen_store_data_loss_total", "Times a worker found the job store emptied under it"

@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from pollen import contract
 from pollen.store import durability, keys
 from pollen.worker import metrics, runtime
 from pollen.worker.reconciler import reconcile
@@ -104,13 +105,13 @@ def release_due(app: Any, deps: Any, now: float) -> None:
     horizon = now + deps.settings.tick_interval
     for job_id, attempt, due in deps.store.take_parked_polls(horizon=horizon, limit=DUE_PER_ROUND):
         app.send_task(
-            "pollen.poll",
+            contract.POLL,
             kwargs={"job_id": job_id, "attempt": attempt},
             countdown=max(0.0, due - now),
-            kwargsrepr=f"{{job_id={job_id!r}, attempt={attempt}}}",
+            kwargsrepr=contract.describe(job_id, attempt=attempt),
             ignore_result=True,
         )
     for delivery in deps.outbox.take_due(
         now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
     ):
-        app.send_task("pollen.deliver_callback", args=(delivery,), ignore_result=True)
+        app.send_task(contract.DELIVER_CALLBACK, args=(delivery,), ignore_result=True)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pollen import contract
 from pollen.models import JobStatus
 from pollen.store.jobs import Store
 from pollen.worker.metrics import RECONCILER
@@ -47,10 +48,10 @@ def reconcile(store: Store, send: Send, *, now: float, limit: int = 500) -> Repo
             continue
         store.watch(job_id, now)  # look again after one more grace period, not every round
         if status == JobStatus.QUEUED:
-            send("pollen.submit", {"job_id": job_id})
+            send(contract.SUBMIT, {"job_id": job_id})
             report.resubmitted.append(job_id)
         else:
-            send("pollen.poll", {"job_id": job_id, "attempt": int(poll_seq or 1)})
+            send(contract.POLL, {"job_id": job_id, "attempt": int(poll_seq or 1)})
             report.repolled.append(job_id)
     for action, ids in (
         ("resubmit", report.resubmitted),

@@ -11,8 +11,10 @@ import threading
 
 from pollen.callbacks.addresses import AddressPolicy
 from pollen.providers import build_providers
+from pollen.providers.http import observe_requests
 from pollen.settings import Settings, get_settings
 from pollen.store.connection import http_client, open_store
+from pollen.worker.metrics import observe_provider_request
 from pollen.worker.steps import Deps
 
 
@@ -30,6 +32,7 @@ _local = _ProcessLocal()
 
 def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
+    observe_requests(observe_provider_request)
     store, outbox = open_store(settings)
     return Deps(
         settings=settings,

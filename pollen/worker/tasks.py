@@ -21,7 +21,7 @@ from celery.signals import (
     worker_ready,
 )
 
-from pollen import payloads
+from pollen import contract, payloads
 from pollen.callbacks import events
 from pollen.errors import CallbackNotDelivered, InvalidJob
 from pollen.models import JobStatus
@@ -74,16 +74,6 @@ def _close_resources(**_: Any) -> None:
     runtime.close()
 
 
-def describe(job_id: str, provider: str = "", attempt: int | None = None) -> str:
-    """What Flower and the logs show as a task's arguments: ids, never prompts or secrets."""
-    parts = [f"job_id={job_id!r}"]
-    if provider:
-        parts.append(f"provider={provider!r}")
-    if attempt is not None:
-        parts.append(f"attempt={attempt}")
-    return "{" + ", ".join(parts) + "}"
-
-
 def _follow_up(job_id: str, outcome: steps.Next) -> None:
     """Send the messages a step asked for (the poll chain and callback deliveries)."""
     _send_deliveries(outcome)
@@ -93,7 +83,7 @@ def _follow_up(job_id: str, outcome: steps.Next) -> None:
         poll.apply_async(
             kwargs={"job_id": job_id, "attempt": outcome.attempt},
             countdown=outcome.poll_in,
-            kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
+            kwargsrepr=contract.describe(job_id, outcome.provider, outcome.attempt),
         )
 
 
@@ -127,7 +117,7 @@ def _first_submit(deps: steps.Deps, job_id: str) -> bool:
 
 @shared_task(
     bind=True,
-    name="pollen.submit",
+    name=contract.SUBMIT,
     ignore_result=False,
     throws=(InvalidJob,),
     max_retries=None,  # bounded by the job's deadline, not by a count
@@ -158,13 +148,13 @@ def submit(
         raise self.retry(
             countdown=outcome.submit_in,
             kwargs={"job_id": job_id, "created": created},
-            kwargsrepr=describe(job_id, outcome.provider),
+            kwargsrepr=contract.describe(job_id, outcome.provider),
         )
     _follow_up(job_id, outcome)
     return {"job_id": job_id, "created": created}
 
 
-@shared_task(bind=True, name="pollen.poll", max_retries=None)
+@shared_task(bind=True, name=contract.POLL, max_retries=None)
 def poll(self: Task, job_id: str, attempt: int) -> None:
     """Poll number ``attempt`` of one job; the chain continues through countdown retries."""
     outcome = steps.poll(runtime.deps(), job_id, attempt)
@@ -174,13 +164,13 @@ def poll(self: Task, job_id: str, attempt: int) -> None:
     raise self.retry(
         countdown=outcome.poll_in,
         kwargs={"job_id": job_id, "attempt": outcome.attempt},
-        kwargsrepr=describe(job_id, outcome.provider, outcome.attempt),
+        kwargsrepr=contract.describe(job_id, outcome.provider, outcome.attempt),
     )
 
 
 @shared_task(
     bind=True,
-    name="pollen.deliver_callback",
+    name=contract.DELIVER_CALLBACK,
     max_retries=None,
     throws=(CallbackNotDelivered,),  # an expected outcome: logged at INFO, no traceback
 )

@@ -1,0 +1,73 @@
+"""What a producer and a worker must agree on to exchange Celery messages: task names, queue
+routing, serialisation and the broker's transport options.
+
+Producers build their app from here (:func:`producer_app`) without importing the worker;
+:func:`pollen.worker.app.build_worker_app` adds the worker-only settings on top.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from pollen.settings import QueueSettings, Settings
+
+SUBMIT = "pollen.submit"
+POLL = "pollen.poll"
+DELIVER_CALLBACK = "pollen.deliver_callback"
+
+
+def describe(job_id: str, provider: str = "", attempt: int | None = None) -> str:
+    """What Flower and the logs show as a task's arguments: ids, never prompts or secrets."""
+    parts = [f"job_id={job_id!r}"]
+    if provider:
+        parts.append(f"provider={provider!r}")
+    if attempt is not None:
+        parts.append(f"attempt={attempt}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def routes(queues: QueueSettings) -> dict[str, dict[str, str]]:
+    """Each task's queue."""
+    return {
+        SUBMIT: {"queue": queues.submit},
+        POLL: {"queue": queues.poll},
+        DELIVER_CALLBACK: {"queue": queues.callbacks},
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings both sides need: where messages go and how they are encoded.
+
+    The visibility timeout is set everywhere Celery reads it and is larger than the longest
+    countdown plus the task time limit (``Settings`` refuses to build otherwise), so Redis
+    does not redeliver a countdown message that is still waiting in a worker.
+    """
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.broker,
+        "result_backend": settings.backend,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "visibility_timeout": settings.visibility_timeout,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_expires": 86400,
+        # "task-sent" events from every publish would add a Redis PUBLISH per message for
+        # little gain (Flower reads the worker's events).
+        "task_send_sent_event": False,
+        "task_default_queue": settings.queues.submit,
+        "task_routes": routes(settings.queues),
+    }
+
+
+def producer_app(settings: Settings) -> Celery:
+    """A Celery app that sends pollen's tasks by name; it registers none of them."""
+    app = Celery("pollen")
+    app.conf.update(celery_config(settings))
+    return app
