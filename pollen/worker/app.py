@@ -63,4 +63,3 @@ def build_worker_app(settings: Settings | None = None) -> Celery:
 def default_app() -> Celery:
     """The worker app built from the environment's settings, once per process."""
     return build_worker_app()
-
