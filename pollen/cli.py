@@ -132,6 +132,18 @@ def _about_a_job(use: Callable[[Pollen], T]) -> T:
             _fail(str(exc))
 
 
+@contextmanager
+def _extra(name: str) -> Iterator[None]:
+    """Imports of a command that needs pollen's ``name`` extra: a missing package is a one-line
+    hint, not a traceback (``pip install pollen`` is the producer only)."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.partition(".")[0] == "pollen":
+            raise
+        _fail(f"this command needs {exc.name.partition('.')[0]}: pip install 'pollen[{name}]'")
+
+
 def _load_payload(source: str) -> Any:
     if source == "-":
         text = sys.stdin.read()
@@ -236,7 +248,9 @@ def worker(
     if pool not in _pools():
         raise typer.BadParameter(f"{pool!r} is not one of {', '.join(_pools())}", param_hint="-P")
     _prepare_metrics_dir()
-    from pollen.worker.app import build_worker_app
+    with _extra("worker"):
+        import pollen.worker.tasks  # noqa: F401  # what the worker runs needs the extra
+        from pollen.worker.app import build_worker_app
 
     settings = _settings()
     q = settings.queues
@@ -406,7 +420,8 @@ def simulator(
     api_key: str = "sim-key",
 ) -> None:
     """Run the provider simulator (Runware, useapi.net and CometAPI dialects)."""
-    from pollen.simulator import SimulatorConfig, run
+    with _extra("simulator"):
+        from pollen.simulator import SimulatorConfig, run
 
     config = SimulatorConfig(
         api_key=api_key,
@@ -424,7 +439,8 @@ def demo(
     jobs: Annotated[int, typer.Option(help="Extra single-image jobs to add.")] = 2,
 ) -> None:
     """Run everything locally: Redis, simulator, a worker, a few jobs; show progress and results."""
-    from pollen.local.demo import run_demo
+    with _extra("local"):
+        from pollen.local.demo import run_demo
 
     raise typer.Exit(run_demo(extra_jobs=jobs))
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from pollen import payloads
 
@@ -42,3 +45,18 @@ def sim_faults(sim_url: str, faults: list[str], retry_after: int = 1) -> None:
         f"{sim_url}/_sim/faults",
         json={"faults": faults, "retry_after": retry_after, "path_prefix": "/v1"},
     ).raise_for_status()
+
+
+#: the provider documents (``shared/seeds`` beside the repository, see its README)
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+
+
+def seeds() -> Path:
+    """The provider documents; missing, a test skips on a developer's machine but fails in CI
+    (``CI`` set), where they are always laid beside the checkout."""
+    if not SEEDS.is_dir():
+        message = f"provider documents not found at {SEEDS} (shared/seeds beside the repo)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SEEDS

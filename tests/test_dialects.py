@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,16 +20,14 @@ from pollen.providers.comet import CometRunway
 from pollen.providers.useapi import STATES as USEAPI_STATES
 from pollen.providers.useapi import UseapiRunway
 from pollen.settings import Settings
+from tests.helpers import seeds
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 NOW = 1_800_000_000.0
 
 
 def seed_json(name: str, after: str = "") -> str:
     """The first balanced {...} block in a seed page, after the text ``after``."""
-    if not SEEDS.is_dir():
-        pytest.skip(f"provider seed documents not found at {SEEDS}")
-    text = next(SEEDS.glob(f"{name}_*.txt")).read_text()
+    text = next(seeds().glob(f"{name}_*.txt")).read_text()
     start = text.index("{", text.index(after))
     depth = 0
     for end, char in enumerate(text[start:], start):

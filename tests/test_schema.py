@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +71,6 @@ def test_schema_check_names_each_stale_copy_and_schema_writes_them(
     assert schema.stale() == []
     repository.write_text(repository.read_text() + " ")
     assert schema.stale() == [repository]
-
-
-def test_the_installed_package_data_includes_the_schema() -> None:
-    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
-    assert schema.FILENAME in project["tool"]["setuptools"]["package-data"]["pollen"]
 
 
 def test_schema_is_a_valid_draft_2020_12_schema() -> None:

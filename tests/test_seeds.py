@@ -24,8 +24,8 @@ from pollen.providers.runware import (
     RunwareTaskDetails,
 )
 from pollen.settings import RunwareSettings, Settings
+from tests.helpers import seeds
 
-SEEDS = Path(__file__).parents[2] / "shared" / "seeds"
 POLLING = "000_90f715ea97071e94.txt"  # Task Polling (plain text)
 RESPONSES = "001_4c4507e5ab0f9ba9.txt"  # Task Responses (markdown, JS-style examples)
 DETAILS = "004_2b2491cabc0fb897.txt"  # Task Details (plain text)
@@ -43,9 +43,7 @@ NOW = 1_761_500_000.0
 
 
 def seed_text(name: str) -> str:
-    if not SEEDS.is_dir():
-        pytest.skip(f"provider documents not found at {SEEDS} (shared/ beside the repo)")
-    return (SEEDS / name).read_text(encoding="utf-8")
+    return (seeds() / name).read_text(encoding="utf-8")
 
 
 def json_blocks(text: str) -> list[str]:
@@ -343,3 +341,19 @@ def test_parse_task_details_keeps_the_item_exactly(index: int) -> None:
     obj = details_example(index)
     details = runware().parse_task_details(httpx.Response(200, json=obj))
     assert details.model_dump(exclude_unset=True) == obj["data"][0]
+
+
+def test_missing_documents_fail_in_ci_and_skip_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import helpers
+
+    monkeypatch.setattr(helpers, "SEEDS", tmp_path / "absent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="provider documents not found"):
+        helpers.seeds()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        helpers.seeds()
+    monkeypatch.setattr(helpers, "SEEDS", tmp_path)
+    assert helpers.seeds() == tmp_path

@@ -21,7 +21,7 @@ from pollen.simulator.ratelimit import SimulatedRateLimit, Timeline, max_in_wind
 
 KEY = "test-key"
 
-# JSON examples copied verbatim from the provider pages in /work/shared/seeds.
+# JSON examples copied verbatim from the provider pages in ../shared/seeds.
 SEED_000_RESPONSE = """
 {
   "data": [

@@ -140,6 +140,7 @@ def test_workers_holding_countdown_polls_survive_redis_restarts(
     servers: list[RedisServer],
     make_fleet: MakeFleet,
     gate: ProviderGate,
+    fault_sim: SimulatorServer,
     tmp_path: Path,
 ) -> None:
     case.case, case.fault = "6s", "Restart Redis (AOF) under idle workers holding countdown polls"
@@ -176,9 +177,11 @@ def test_workers_holding_countdown_polls_survive_redis_restarts(
         )
     supervise(fleet, ["pod"])  # so that the jobs still finish (counted in the report)
     finished = wait_all(client, jobs, timeout=30)
-    tally(client, jobs).fill(case, fault_at)
+    result = tally(client, jobs, sim_stats=sim_stats(fault_sim))
+    result.fill(case, fault_at)
     assert not unsuccessful(finished)
     assert survived == RESTARTS, f"the worker exited at Redis restart {survived + 1}"
+    result.assert_clean()
     client.close()
 
 
