@@ -126,6 +126,7 @@ def submit(
     self: Task,
     job: dict[str, Any] | None = None,
     job_id: str | None = None,
+    *,
     created: bool | None = None,
 ) -> dict[str, Any]:
     """Accept a job payload (``job=``) or an already stored job (``job_id=``) and submit it.
