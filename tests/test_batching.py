@@ -107,7 +107,7 @@ def job(task_id: str, expected: int = 1) -> Job:
 
 
 def test_runware_batched_answer_is_split_per_job() -> None:
-    runware = Runware(Settings())
+    runware = Runware(Settings(runware={"api_key": "test-key"}))
     jobs = [job("t1", 2), job("t2"), job("t3")]
     request = runware.status_batch_request(jobs)
     assert [t["taskUUID"] for t in httpx.Response(200, content=request.content).json()] == [
