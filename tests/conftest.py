@@ -19,6 +19,7 @@ import pytest
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
 from pollen.settings import Settings
 from pollen.simulator import SimulatorConfig, SimulatorServer
+from tests.flower import Flower
 
 STORE_DB, BROKER_DB = 1, 0
 #: the workers' signing secret in the test session (not a real one)
@@ -159,3 +160,21 @@ def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or check}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def flower(worker: Worker, redis_server: RedisServer, tmp_path: Path) -> Iterator[Flower]:
+    """Flower started before any job, so it sees every task event; ready once it lists the
+    session's worker as alive (from its heartbeat events)."""
+    server = Flower(redis_server.url(BROKER_DB), tmp_path / "flower.log")
+    try:
+        eventually(server.up, timeout=20, interval=0.2, what="Flower to answer")
+
+        def worker_alive() -> bool:
+            status = server.get("/api/workers?status=true").json()
+            return any(name.startswith(f"{worker.name}@") and up for name, up in status.items())
+
+        eventually(worker_alive, timeout=20, interval=0.3, what="Flower to see the worker")
+        yield server
+    finally:
+        server.stop()

@@ -5,76 +5,20 @@ nothing but its health check without the basic-auth credentials it was started w
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from pollen import JobStatus, Pollen
-from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
-from tests.conftest import BROKER_DB, eventually
+from pollen.local.servers import CallbackReceiver
+from tests.conftest import eventually
+from tests.flower import Flower
 from tests.helpers import video_request
 
 pytestmark = pytest.mark.integration
 
-AUTH = ("ops", "correct-horse-battery")
 TASKS = {"pollen.submit", "pollen.poll", "pollen.deliver_callback"}
-
-
-class Flower:
-    def __init__(self, broker_url: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {**os.environ, "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"}
-        env.pop("FLOWER_UNAUTHENTICATED_API", None)
-        args = [
-            sys.executable, "-m", "celery", "--broker", broker_url, "flower",
-            f"--port={self.port}", "--address=127.0.0.1",
-        ]  # fmt: skip
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def get(self, path: str, *, auth: bool = True) -> httpx.Response:
-        return httpx.get(self.url + path, auth=AUTH if auth else None, timeout=5)
-
-    def up(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()
-        try:
-            return self.get("/healthcheck", auth=False).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def flower(worker: Worker, redis_server: RedisServer, tmp_path: Path) -> Iterator[Flower]:
-    """Flower started before any job, so it sees every task event; ready once it lists the
-    session's worker as alive (from its heartbeat events)."""
-    server = Flower(redis_server.url(BROKER_DB), tmp_path / "flower.log")
-    try:
-        eventually(server.up, timeout=20, interval=0.2, what="Flower to answer")
-
-        def worker_alive() -> bool:
-            status = server.get("/api/workers?status=true").json()
-            return any(name.startswith(f"{worker.name}@") and up for name, up in status.items())
-
-        eventually(worker_alive, timeout=20, interval=0.3, what="Flower to see the worker")
-        yield server
-    finally:
-        server.stop()
 
 
 def test_flower_shows_pollen_tasks_with_redacted_arguments_only(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import celery
@@ -21,8 +20,8 @@ from pollen import JobStatus, Pollen, payloads
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.simulator import SimulatorServer
 from tests.conftest import BROKER_DB, eventually
+from tests.flower import Flower
 from tests.helpers import sim_faults, video_request
-from tests.test_flower import Flower
 
 pytestmark = pytest.mark.integration
 
@@ -59,22 +58,6 @@ def test_submit_by_payload_stays_created_across_its_own_retries(
     assert (job.status, job.submit_attempts) == (JobStatus.SUCCEEDED, 2)
     duplicate = producer.send_task("pollen.submit", kwargs={"job": payload}, queue="pollen.submit")
     assert duplicate.get(timeout=20) == {"job_id": "flower-retried-1", "created": False}
-
-
-@pytest.fixture
-def flower(worker: Worker, redis_server: RedisServer, tmp_path: Path) -> Iterator[Flower]:
-    server = Flower(redis_server.url(BROKER_DB), tmp_path / "flower.log")
-    try:
-        eventually(server.up, timeout=20, interval=0.2, what="Flower to answer")
-
-        def worker_alive() -> bool:
-            status = server.get("/api/workers?status=true").json()
-            return any(name.startswith(f"{worker.name}@") and up for name, up in status.items())
-
-        eventually(worker_alive, timeout=20, interval=0.3, what="Flower to see the worker")
-        yield server
-    finally:
-        server.stop()
 
 
 def _tasks(flower: Flower, name: str, job_id: str) -> list[dict[str, Any]]:
