@@ -566,13 +566,12 @@ def schema(
 
 def main() -> None:
     """Run the CLI; an unreachable Redis or a refused store write is one line, exit 1."""
-    import redis
-
     from pollen.errors import PollenError
+    from pollen.store.connection import UNREACHABLE
 
     try:
         app()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except UNREACHABLE as exc:
         typer.secho(f"error: Redis is unreachable: {exc}", fg=typer.colors.RED, err=True)
         raise SystemExit(1) from None
     except PollenError as exc:

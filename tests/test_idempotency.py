@@ -14,6 +14,7 @@ from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
 from pollen.worker import steps
+from pollen.worker.runtime import Deps
 from tests.conftest import BROKER_DB, eventually
 from tests.helpers import accept_job, sim_stats, video_request
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_redelivered_submit_after_the_provider_accepted_creates_no_second_task(
-    deps: steps.Deps, simulator: SimulatorServer
+    deps: Deps, simulator: SimulatorServer
 ) -> None:
     job_id = accept_job(deps, [5.0])
     first = steps.submit(deps, job_id)
@@ -43,7 +44,7 @@ def test_redelivered_submit_after_the_provider_accepted_creates_no_second_task(
 
 
 def test_redelivered_submit_after_persisting_does_not_call_the_provider(
-    deps: steps.Deps, simulator: SimulatorServer
+    deps: Deps, simulator: SimulatorServer
 ) -> None:
     job_id = accept_job(deps, [5.0])
     steps.submit(deps, job_id)
@@ -52,7 +53,7 @@ def test_redelivered_submit_after_persisting_does_not_call_the_provider(
     assert sim_stats(simulator.url)["tasks"].get("videoInference") == 1
 
 
-def test_a_poll_attempt_acts_once(deps: steps.Deps) -> None:
+def test_a_poll_attempt_acts_once(deps: Deps) -> None:
     job_id = accept_job(deps, [0.1, 0.1])
     steps.submit(deps, job_id)
     now = time.time()
@@ -65,7 +66,7 @@ def test_a_poll_attempt_acts_once(deps: steps.Deps) -> None:
     assert taken.verdict == "ok" and taken.worker_losses == 1
 
 
-def test_the_same_poll_applied_twice_records_each_generation_once(deps: steps.Deps) -> None:
+def test_the_same_poll_applied_twice_records_each_generation_once(deps: Deps) -> None:
     job_id = accept_job(deps, [0.05, 0.05])
     steps.submit(deps, job_id)
     time.sleep(0.3)

@@ -12,12 +12,13 @@ from pollen.simulator import SimulatorServer
 from pollen.store import keys
 from pollen.worker import steps
 from pollen.worker.reconciler import reconcile
+from pollen.worker.runtime import Deps
 from tests.helpers import accept_job, sim_stats
 
 pytestmark = pytest.mark.integration
 
 
-def test_reconcile_sends_the_missing_step_once_per_grace_period(deps: steps.Deps) -> None:
+def test_reconcile_sends_the_missing_step_once_per_grace_period(deps: Deps) -> None:
     queued = accept_job(deps, [0.2])
     submitted = accept_job(deps, [5.0])
     steps.submit(deps, submitted)
@@ -52,7 +53,7 @@ def test_reconcile_sends_the_missing_step_once_per_grace_period(deps: steps.Deps
 
 
 def test_a_lost_poll_chain_is_resumed_by_the_worker(
-    worker: Worker, client: Pollen, deps: steps.Deps, simulator: SimulatorServer
+    worker: Worker, client: Pollen, deps: Deps, simulator: SimulatorServer
 ) -> None:
     # Submit by hand and publish no poll message: as if the worker died right after submitting.
     job_id = accept_job(deps, [0.3, 0.6])
@@ -64,7 +65,7 @@ def test_a_lost_poll_chain_is_resumed_by_the_worker(
 
 
 def test_a_lost_submit_message_is_resumed_by_the_worker(
-    worker: Worker, client: Pollen, deps: steps.Deps
+    worker: Worker, client: Pollen, deps: Deps
 ) -> None:
     job_id = accept_job(deps, [0.2])  # stored, but no pollen.submit message was ever sent
     job = client.wait(job_id, timeout=30)

@@ -28,8 +28,7 @@ from pollen.store.outbox import SCRIPTS as OUTBOX_SCRIPTS
 from pollen.store.outbox import Outbox
 from pollen.worker import health
 from pollen.worker.periodic import check_store
-from pollen.worker.runtime import build_deps
-from pollen.worker.steps import Deps
+from pollen.worker.runtime import Deps, build_deps
 from tests.conftest import STORE_DB
 from tests.helpers import video_request
 

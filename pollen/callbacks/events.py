@@ -23,7 +23,7 @@ from pollen.store.outbox import Delivery, DeliveryState, delivery_id
 from pollen.worker import logs, metrics
 
 if TYPE_CHECKING:
-    from pollen.worker.steps import Deps
+    from pollen.worker.runtime import Deps
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,9 @@ from pollen.settings import Settings
 from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
 
+#: what a call raises when Redis cannot be reached (for callers outside the store)
+UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+
 
 def redis_client(url: str) -> redis.Redis:
     """A Redis client that rides out a restart: reconnects with backoff for about 20 s."""

@@ -7,15 +7,51 @@ sockets) and closed when the worker process shuts down. Never built at import ti
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
 
 from pollen.callbacks.addresses import AddressPolicy
-from pollen.providers import build_providers
+from pollen.providers import Provider, build_providers
 from pollen.providers.http import observe_requests
+from pollen.providers.polling import StatusFetcher
+from pollen.providers.ratelimit import RateLimiter
 from pollen.settings import Settings, get_settings
 from pollen.store.connection import http_client, open_store
+from pollen.store.jobs import Store
+from pollen.store.outbox import Outbox
 from pollen.worker.metrics import observe_provider_request
-from pollen.worker.steps import Deps
+
+
+@dataclass
+class Deps:
+    """What the steps need, built once per worker process (see :mod:`pollen.worker.runtime`)."""
+
+    settings: Settings
+    store: Store
+    http: httpx.Client
+    providers: dict[str, Provider]
+    outbox: Outbox
+    policy: AddressPolicy
+    clock: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+    epoch: str | None = None  #: the store's epoch marker this process saw (data-loss check)
+    limiter: RateLimiter = field(init=False)  #: provider request budget shared by all workers
+    fetcher: StatusFetcher = field(init=False)  #: status calls, batched where possible
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.store, self.settings.rate_limits)
+        self.fetcher = StatusFetcher(
+            self.http,
+            self.providers,
+            self.limiter,
+            batch_size=self.settings.batch_size,
+            batch_wait=self.settings.batch_wait,
+        )
 
 
 class _ProcessLocal:

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
-
-import httpx
 
 from pollen.backoff import next_delay
 from pollen.callbacks import events
-from pollen.callbacks.addresses import AddressPolicy
 from pollen.errors import (
     ProviderNotConfigured,
     ProviderUnavailable,
@@ -29,44 +23,13 @@ from pollen.errors import (
     TerminalProviderError,
 )
 from pollen.models import Job, JobStatus
-from pollen.providers import Provider, Snapshot
+from pollen.providers import Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.providers.http import send
-from pollen.providers.polling import StatusFetcher
-from pollen.providers.ratelimit import RateLimiter
-from pollen.settings import Settings
-from pollen.store.jobs import Store
-from pollen.store.outbox import Outbox
 from pollen.worker import logs, metrics
+from pollen.worker.runtime import Deps
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Deps:
-    """What the steps need, built once per worker process (see :mod:`pollen.worker.runtime`)."""
-
-    settings: Settings
-    store: Store
-    http: httpx.Client
-    providers: dict[str, Provider]
-    outbox: Outbox
-    policy: AddressPolicy
-    clock: Callable[[], float] = time.time
-    rng: random.Random = field(default_factory=random.Random)
-    epoch: str | None = None  #: the store's epoch marker this process saw (data-loss check)
-    limiter: RateLimiter = field(init=False)  #: provider request budget shared by all workers
-    fetcher: StatusFetcher = field(init=False)  #: status calls, batched where possible
-
-    def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.store, self.settings.rate_limits)
-        self.fetcher = StatusFetcher(
-            self.http,
-            self.providers,
-            self.limiter,
-            batch_size=self.settings.batch_size,
-            batch_wait=self.settings.batch_wait,
-        )
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
     )
 
 
-def _first_submit(deps: steps.Deps, job_id: str) -> bool:
+def _first_submit(deps: runtime.Deps, job_id: str) -> bool:
     """Whether no submit of this stored job has run yet: this message brings it in."""
     job = deps.store.get(job_id)
     return job.status is JobStatus.QUEUED and job.submit_attempts == 0
