@@ -25,11 +25,18 @@ T = TypeVar("T")
 
 
 def _plain_params(params: list[Parameter]) -> list[Parameter]:
-    """Flags show no ``<bool>`` type in help (they take no value)."""
+    """Flags show no ``<bool>`` type in help (they take no value), nor arguments a ``<str>``
+    beside their name (``JOB``, ``PAYLOAD`` say what they take)."""
     for param in params:
         if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
             param.metavar = ""
+        elif isinstance(param, TyperArgument):
+            param.display_type_rich = _no_type  # type: ignore[method-assign]
     return params
+
+
+def _no_type(ctx: Context) -> None:
+    return None
 
 
 class _Command(TyperCommand):

@@ -324,6 +324,7 @@ def test_help_reads_naturally(worker_env: dict[str, str], args: list[str]) -> No
     result = pollen(worker_env, *args, "--help")
     assert result.returncode == 0
     assert "<bool>" not in result.stdout
+    assert "<str>" not in result.stdout  # an argument's name says what it takes
     usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
     assert "{" not in usage
     expected = {"submit": "PAYLOAD", "status": "JOB", "result": "JOB"}
