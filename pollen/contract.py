@@ -7,6 +7,7 @@ Producers build their app from here (:func:`producer_app`) without importing the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -25,6 +26,20 @@ def describe(job_id: str, provider: str = "", attempt: int | None = None) -> str
         parts.append(f"provider={provider!r}")
     if attempt is not None:
         parts.append(f"attempt={attempt}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def describe_batch(items: Sequence[Sequence[object]], provider: str = "") -> str:
+    """The Flower/log repr of a poll batch: one job as :func:`describe`, else how many jobs
+    and the first few ids."""
+    if len(items) == 1:
+        job_id, attempt = items[0]
+        return describe(str(job_id), provider, int(str(attempt)) or None)
+    ids = [str(item[0]) for item in items[:3]]
+    more = f", +{len(items) - 3}" if len(items) > 3 else ""
+    parts = [f"jobs={len(items)}", f"job_ids={ids}{more}"]
+    if provider:
+        parts.append(f"provider={provider!r}")
     return "{" + ", ".join(parts) + "}"
 
 

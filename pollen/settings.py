@@ -153,10 +153,31 @@ class Settings(BaseSettings):
     )
     http_timeout: float = Field(30.0, gt=0, description="Timeout of one provider request, s.")
     batch_size: int = Field(
-        50, ge=1, le=500, description="Most polls sent in one request (providers that batch)."
+        50,
+        ge=1,
+        le=500,
+        description="Most polls in one poll message, and in one request to a provider that "
+        "takes task arrays.",
     )
     batch_wait: float = Field(
         0.02, ge=0, le=1, description="Seconds a poll waits for others to share its request."
+    )
+    batch_window: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="How late a poll may run to share a batch, as a fraction of the delay it "
+        "waited (capped by batch_window_max).",
+    )
+    batch_window_max: float = Field(
+        0.5, ge=0, le=60, description="Most seconds a poll may run late to share a batch."
+    )
+    inline_callback_timeout: float = Field(
+        2.0,
+        ge=0,
+        description="HTTP timeout of the completion webhook the finishing poll sends itself, "
+        "seconds; a slower or failed one goes to the callbacks queue. 0 sends every "
+        "callback through the queue.",
     )
     rate_limits: dict[str, float] = Field(
         default_factory=dict,

@@ -25,6 +25,9 @@ def test_flower_shows_pollen_tasks_with_redacted_arguments_only(
     flower: Flower, client: Pollen, receiver: CallbackReceiver
 ) -> None:
     callback = f"{receiver.url}/hooks/flower-secret-path"
+    # The finishing poll delivers the callback itself; its first attempt is refused here, so
+    # the retry travels as a pollen.deliver_callback message Flower shows too.
+    receiver.script("/hooks/flower-secret-path", (500, {}, 0.0))
     jobs = [
         client.submit("runware", video_request([0.3]), callback_url=callback),
         client.submit("runware", video_request([0.2, 0.4]), callback_url=callback),
@@ -41,12 +44,12 @@ def test_flower_shows_pollen_tasks_with_redacted_arguments_only(
     tasks: dict[str, Any] = eventually(seen, timeout=20, interval=0.3, what="all task kinds")
     ours = [t for t in tasks.values() if t["name"] in TASKS]
     assert len([t for t in ours if t["name"] == "pollen.submit"]) >= len(jobs)
-    assert len([t for t in ours if t["name"] == "pollen.deliver_callback"]) >= len(jobs)
+    assert len([t for t in ours if t["name"] == "pollen.deliver_callback"]) >= 1
     for task in ours:
         shown = f"{task['args']} {task['kwargs']}"
         assert any(job_id in shown for job_id in jobs), task
         if task["name"] != "pollen.deliver_callback":  # takes the id as its one argument
-            assert "job_id=" in task["kwargs"], task
+            assert "job_id=" in task["kwargs"] or "job_ids=" in task["kwargs"], task
         for secret in ("positivePrompt", "a fox running", receiver.url, "flower-secret-path"):
             assert secret not in shown, (secret, task)
     # The worker Flower tracks is the session's, seen through its events.

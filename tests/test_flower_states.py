@@ -2,9 +2,11 @@
 
 ``pollen.submit`` answers ``created: True`` for a new job in both its forms (``job=`` and the
 client's ``job_id=``) and ``False`` for a duplicate; a callback attempt the receiver answered
-500 is never a SUCCESS: RETRY when the same message runs again after a countdown, FAILURE
-with the reason when the next attempt waits in Redis (the session's worker parks waits over
-0.5 s: its schedule is 0, 0.3, 0.6, 1.0 s, so attempt 2 follows by countdown, 3 and 4 parked).
+500 is never a SUCCESS of a delivery message: the finishing poll's own attempt shows in its
+result as queued, a delivery message whose attempt failed is a RETRY when it runs again after
+a countdown and a FAILURE with the reason when the next attempt waits in Redis (the session's
+worker parks waits over 0.5 s: its schedule is 0, 0.3, 0.6, 1.0 s, so attempt 2 follows by
+countdown, 3 and 4 parked).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def test_flower_never_shows_a_500_answered_callback_attempt_as_success(
     eventually(lambda: len(receiver.received("/failing")) == 4, timeout=20, what="4 attempts")
     eventually(lambda: client.callbacks(failing)[0]["state"] == "dead", timeout=10)
 
-    # Attempt 2 waits in Redis, so does 3; 4 is the last: three messages, none a SUCCESS.
+    # Attempt 1 is the finishing poll's own; 2 follows by countdown message, 3 and 4 wait
+    # in Redis: three delivery messages, none a SUCCESS.
     def settled() -> list[dict[str, Any]]:
         tasks = _tasks(flower, "pollen.deliver_callback", failing)
         done = len(tasks) == 3 and all(t["state"] in ("SUCCESS", "FAILURE") for t in tasks)
@@ -102,12 +105,14 @@ def test_flower_never_shows_a_500_answered_callback_attempt_as_success(
     assert "dead after 4 attempt(s): HTTP 500" in shown[2], shown
     assert all("CallbackNotDelivered" in s and receiver.url not in s for s in shown)
 
-    # One message, retried by countdown after the 500, then delivered.
+    # The poll that finished the job made attempt 1 (answered 500): its result says the
+    # callback went on to the queue, where one message delivered it.
     def delivered() -> list[dict[str, Any]]:
         tasks = _tasks(flower, "pollen.deliver_callback", retried)
         return tasks if tasks and all(t["state"] == "SUCCESS" for t in tasks) else []
 
     (task,) = eventually(delivered, timeout=20, interval=0.3, what="the retried delivery")
-    assert task["retried"] is not None  # Flower saw the RETRY of the 500-answered attempt
     assert task["result"] == repr("delivered (HTTP 200)")
     assert len(receiver.received("/retried")) == 2
+    polls = [t for t in _tasks(flower, "pollen.poll", retried) if t["state"] == "SUCCESS"]
+    assert any("'callbacks_queued': 1" in str(t["result"]) for t in polls), polls

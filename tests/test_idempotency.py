@@ -13,7 +13,7 @@ from pollen import IdempotencyConflict, InvalidJob, JobStatus, Pollen
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
-from pollen.worker import steps
+from pollen.worker import batch, steps
 from pollen.worker.runtime import Deps
 from tests.conftest import BROKER_DB, eventually
 from tests.helpers import accept_job, sim_stats, video_request
@@ -71,10 +71,10 @@ def test_the_same_poll_applied_twice_records_each_generation_once(deps: Deps) ->
     steps.submit(deps, job_id)
     time.sleep(0.3)
     # Two copies of poll message 1 race: the lease lets one through; the other is stale.
-    first = steps.poll(deps, job_id, 1)
-    second = steps.poll(deps, job_id, 1)
-    assert first.finished is True
-    assert second == steps.Next()
+    first = batch.poll_batch(deps, [(job_id, 1)])
+    second = batch.poll_batch(deps, [(job_id, 1)])
+    assert first.finished == [job_id]
+    assert second.finished == [] and second.polls == [] and second.deliveries == []
     job = deps.store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED
     assert len(job.results) == 2

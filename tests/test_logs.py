@@ -53,7 +53,9 @@ def test_worker_log_lines_about_a_job_carry_its_context(worker: Worker, client: 
     eventually(finished_line, what="the job's final log line")  # written just after the status
     lines = read()
     mine = [line for line in lines if line.get("job_id") == job_id]
-    steps = [line for line in mine if line["logger"] == "pollen.worker.steps"]
+    steps = [
+        line for line in mine if line["logger"] in ("pollen.worker.steps", "pollen.worker.batch")
+    ]
     messages = " | ".join(line["message"] for line in steps)
     assert "submitted (accepted)" in messages
     assert "new result(s)" in messages

@@ -10,7 +10,7 @@ from pollen import JobStatus, Pollen
 from pollen.local.servers import Worker
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
-from pollen.worker import steps
+from pollen.worker import batch, steps
 from pollen.worker.reconciler import reconcile
 from pollen.worker.runtime import Deps
 from tests.helpers import accept_job, sim_stats
@@ -25,7 +25,7 @@ def test_reconcile_sends_the_missing_step_once_per_grace_period(deps: Deps) -> N
     finished = accept_job(deps, [0.05])
     steps.submit(deps, finished)
     time.sleep(0.3)
-    steps.poll(deps, finished, 1)
+    batch.poll_batch(deps, [(finished, 1)])
     assert deps.store.get(finished).status is JobStatus.SUCCEEDED
     # Finishing a job expires the job's own keys, never the shared in-flight index.
     assert deps.store.redis.ttl(keys.job(finished)) > 0
@@ -37,7 +37,7 @@ def test_reconcile_sends_the_missing_step_once_per_grace_period(deps: Deps) -> N
     assert sorted(sent, key=str) == sorted(
         [
             ("pollen.submit", {"job_id": queued}),
-            ("pollen.poll", {"job_id": submitted, "attempt": 1}),
+            ("pollen.poll", {"items": [[submitted, 1]]}),
         ],
         key=str,
     )

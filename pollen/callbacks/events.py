@@ -130,8 +130,14 @@ class DeliveryOutcome:
     detail: str = ""  #: what happened, in a few words (the task's result or failure in Flower)
 
 
-def deliver(deps: Deps, ident: str, send_task: SendTask) -> DeliveryOutcome:
-    """Make one attempt at delivery ``ident`` and schedule what follows."""
+def deliver(
+    deps: Deps, ident: str, send_task: SendTask, *, timeout: float | None = None
+) -> DeliveryOutcome:
+    """Make one attempt at delivery ``ident`` and schedule what follows.
+
+    ``timeout`` shortens the HTTP timeout (the finishing poll's own attempt); the retries
+    use ``POLLEN_CALLBACKS__TIMEOUT``.
+    """
     settings = deps.settings.callbacks
     now = deps.clock()
     verdict = deps.outbox.claim(ident, now=now, lease=settings.timeout + 30)
@@ -148,7 +154,10 @@ def deliver(deps: Deps, ident: str, send_task: SendTask) -> DeliveryOutcome:
         return DeliveryOutcome(
             None, retry_in, f"not sent yet: waits {wait:.1f}s for an earlier event"
         )
-    attempt = _send_celery(item, send_task, now) if item.kind == "celery" else _post(deps, item)
+    if item.kind == "celery":
+        attempt = _send_celery(item, send_task, now)
+    else:
+        attempt = _post(deps, item, timeout or settings.timeout)
     return _settle(deps, item, attempt, now)
 
 
@@ -183,7 +192,7 @@ def _send_celery(item: Delivery, send_task: SendTask, now: float) -> dict[str, A
     }
 
 
-def _post(deps: Deps, item: Delivery) -> dict[str, Any]:
+def _post(deps: Deps, item: Delivery, timeout: float) -> dict[str, Any]:
     if deps.outbox.is_gone(item.target):
         return {
             "at": deps.clock(),
@@ -209,7 +218,7 @@ def _post(deps: Deps, item: Delivery) -> dict[str, Any]:
         item.target,
         body,
         headers,
-        timeout=deps.settings.callbacks.timeout,
+        timeout=timeout,
         policy=deps.policy,
         clock=deps.clock,
     )

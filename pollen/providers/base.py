@@ -135,7 +135,7 @@ class Provider(ABC):
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
         """The normalised status; raises from :mod:`pollen.errors` on failure answers."""
 
-    #: True if one request can ask about many tasks (then the two methods below exist)
+    #: True if one request can ask about (or create) many tasks: the four methods below
     supports_batching: ClassVar[bool] = False
 
     def status_batch_request(self, jobs: Sequence[Job]) -> httpx.Request:
@@ -146,4 +146,14 @@ class Provider(ABC):
         self, jobs: Sequence[Job], response: httpx.Response, now: float
     ) -> list[Snapshot | Exception]:
         """One snapshot (or this job's own error) per job, in order."""
+        raise NotImplementedError
+
+    def submit_batch_request(self, jobs: Sequence[Job]) -> httpx.Request:
+        """One request creating every job's task (with ``supports_batching``)."""
+        raise NotImplementedError
+
+    def parse_submit_batch(
+        self, jobs: Sequence[Job], response: httpx.Response
+    ) -> list[Submission | Exception]:
+        """One acknowledgement (or this job's own error) per job, in order."""
         raise NotImplementedError

@@ -176,23 +176,54 @@ class Runware(Provider):
         )
 
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
-        task = {**job.request, "taskUUID": task_uuid, "deliveryMethod": "async"}
-        return self._post([task])
+        return self._post([self._task(job, task_uuid)])
+
+    @staticmethod
+    def _task(job: Job, task_uuid: str) -> dict[str, Any]:
+        return {**job.request, "taskUUID": task_uuid, "deliveryMethod": "async"}
 
     def parse_submit(self, job: Job, task_uuid: str, response: httpx.Response) -> Submission:
-        envelope = parse_envelope(response)
+        return self._submission(task_uuid, parse_envelope(response), response.status_code)
+
+    def submit_batch_request(self, jobs: Sequence[Job]) -> httpx.Request:
+        """One request creating every job's task (a task array), each with its own
+        ``taskUUID`` (the idempotency key)."""
+        return self._post([self._task(job, job.task_uuid) for job in jobs])
+
+    def parse_submit_batch(
+        self, jobs: Sequence[Job], response: httpx.Response
+    ) -> list[Submission | Exception]:
+        """Each job's acknowledgement from one batched answer; a refused task fails only its
+        own job. A task the answer does not mention is a protocol error (retried)."""
+        envelope = parse_envelope(response)  # garbage fails the whole batch (retryable)
+        shared = [e for e in envelope.errors if e.taskUUID is None]
+        answers: list[Submission | Exception] = []
+        for job in jobs:
+            mine = job.task_uuid
+            own = RunwareEnvelope(
+                data=[i for i in envelope.data if i.taskUUID == mine],
+                errors=[*shared, *(e for e in envelope.errors if e.taskUUID == mine)],
+            )
+            status = 200 if own.data else response.status_code
+            try:
+                answers.append(self._submission(mine, own, status))
+            except Exception as exc:  # this job's refusal, not its neighbours'
+                answers.append(exc)
+        return answers
+
+    def _submission(self, task_uuid: str, envelope: RunwareEnvelope, status: int) -> Submission:
         raw = envelope.model_dump(exclude_unset=True)
         for error in envelope.errors:
             if error.code == CONFLICT_TASK_UUID:
                 # Our own earlier submit got through: the taskUUID is the idempotency key.
                 return Submission(task_uuid, raw, already_submitted=True)
         if envelope.errors:
-            raise _refusal(envelope.errors[0], response.status_code)
-        if response.status_code >= 400:
+            raise _refusal(envelope.errors[0], status)
+        if status >= 400:
             raise ProviderRejected(
-                f"Runware refused the task (HTTP {response.status_code})",
-                code=f"http{response.status_code}",
-                status=response.status_code,
+                f"Runware refused the task (HTTP {status})",
+                code=f"http{status}",
+                status=status,
             )
         if not any(item.taskUUID == task_uuid for item in envelope.data):
             raise ProviderProtocolError(

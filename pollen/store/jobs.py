@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis
@@ -35,14 +35,14 @@ SCRIPTS = (
     "create_job",
     "rollback_create",
     "transition",
-    "claim_poll",
-    "apply_poll",
+    "claim_polls",
+    "record_polls",
     "take_parked",
     "forget_job",
     "take_rate_tokens",
 )
 
-ClaimVerdict = Literal["ok", "busy", "stale", "done", "missing"]
+ClaimVerdict = Literal["ok", "busy", "alone", "stale", "done", "missing"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,46 @@ class Claim:
     verdict: ClaimVerdict
     wait: float = 0.0
     worker_losses: int = 0  #: times a worker died holding one of this job's poll leases
+    fields: dict[str, str] = field(default_factory=dict)  #: the job's record (``ok`` only)
+
+    def job(self) -> Job:
+        """The job as it was when the lease was taken (``ok`` only; results not included)."""
+        return job_from_fields(self.fields, [])
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    """What one poll of a batch found, for :meth:`Store.record_polls`.
+
+    ``apply``: record a provider answer (envelope, results, progress...) and hand the chain to
+    ``attempt + 1``; without it only ``finish`` and ``fields`` are written (a job that ends
+    without asking the provider: its deadline passed, or it took too many workers down).
+    """
+
+    job_id: str
+    attempt: int
+    apply: bool = True
+    envelope: dict[str, Any] = field(default_factory=dict)
+    keep: bool = False  #: add the envelope to the audit list (it says something new)
+    results: Sequence[GenerationResult] = ()
+    errors: Sequence[GenerationError] = ()
+    progress: float | None = None
+    cost: float | None = None
+    next_poll_at: float = 0.0
+    finish: JobStatus | None = None  #: end the job in this status
+    fields: dict[str, Any] = field(default_factory=dict)  #: set on the job's record
+    final: bool = False  #: return the finished job (to build its completion event)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What :meth:`Store.record_polls` did with one :class:`PollRecord`."""
+
+    verdict: Literal["ok", "stale", "missing"]
+    added: list[str] = field(default_factory=list)  #: generations seen for the first time
+    finished: bool = False  #: this record moved the job to its terminal status
+    job: Job | None = None  #: the finished job, when ``final`` was asked and it finished
+    result_count: int = 0  #: the job's results after this record (when it added some)
 
 
 def _dumps(value: Any) -> str:
@@ -94,8 +134,8 @@ class Store:
         self._create = lua["create_job"]
         self._rollback_create = lua["rollback_create"]
         self._transition = lua["transition"]
-        self._claim = lua["claim_poll"]
-        self._apply_poll = lua["apply_poll"]
+        self._claim_polls = lua["claim_polls"]
+        self._record_polls = lua["record_polls"]
         self._take_parked = lua["take_parked"]
         self._forget = lua["forget_job"]
         self._take_rate_tokens = lua["take_rate_tokens"]
@@ -126,8 +166,42 @@ class Store:
                 keys=self._create_keys(job_id),
                 args=[job_id, repr(now), ttl, watch, fingerprint, *_flatten(fields)],
             )
+        answer = self._created(job_id, fingerprint, created, existing)
+        if isinstance(answer, IdempotencyConflict):
+            raise answer
+        return answer
+
+    def create_many(
+        self, jobs: Sequence[tuple[str, dict[str, Any], int, str]], *, now: float
+    ) -> list[bool | IdempotencyConflict]:
+        """:meth:`create` for many (job_id, fields, ttl, fingerprint) in one round trip.
+
+        One answer per job: created or not, or the :class:`IdempotencyConflict` of an id
+        already used with a different request (that job only).
+        """
+        if not jobs:
+            return []
+        watch = repr(now + self.grace)
+        with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, fields, ttl, fingerprint in jobs:
+                self._create(
+                    keys=self._create_keys(job_id),
+                    args=[job_id, repr(now), ttl, watch, fingerprint, *_flatten(fields)],
+                    client=pipe,
+                )
+            answers = pipe.execute()
+        return [
+            self._created(job_id, fingerprint, created, existing)
+            for (job_id, _, _, fingerprint), (created, existing) in zip(jobs, answers, strict=True)
+        ]
+
+    @staticmethod
+    def _created(
+        job_id: str, fingerprint: str, created: int, existing: str
+    ) -> bool | IdempotencyConflict:
         if not created and existing and fingerprint and existing != fingerprint:
-            raise IdempotencyConflict(
+            return IdempotencyConflict(
                 f"job_id {job_id!r} was already used with a different request; "
                 "use a new job_id for a new request"
             )
@@ -135,8 +209,15 @@ class Store:
 
     def rollback_create(self, job_id: str) -> bool:
         """Undo :meth:`create` of a still-queued job (its submit message could not be sent)."""
+        return self.rollback_many([job_id]) == 1
+
+    def rollback_many(self, job_ids: Sequence[str]) -> int:
+        """:meth:`rollback_create` for many jobs in one round trip; how many were undone."""
         with _guard():
-            return bool(self._rollback_create(keys=self._create_keys(job_id), args=[job_id]))
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                self._rollback_create(keys=self._create_keys(job_id), args=[job_id], client=pipe)
+            return sum(bool(undone) for undone in pipe.execute())
 
     @staticmethod
     def _create_keys(job_id: str) -> list[str]:
@@ -183,10 +264,30 @@ class Store:
 
     def claim_poll(self, job_id: str, attempt: int, *, now: float, lease: float) -> Claim:
         """Take the lease for poll number ``attempt``; see ``Claim.verdict``."""
-        verdict, number = self._claim(keys=[keys.job(job_id)], args=[attempt, repr(now), lease])
-        if verdict == "ok":
-            return Claim(verdict, worker_losses=int(number))
-        return Claim(verdict, float(number))
+        return self.claim_polls([(job_id, attempt)], now=now, lease=lease)[0]
+
+    def claim_polls(
+        self, items: Sequence[tuple[str, int]], *, now: float, lease: float
+    ) -> list[Claim]:
+        """Take the lease of each (job, attempt) in one round trip; one :class:`Claim` each.
+
+        Each job is fenced on its own: a stale, busy or finished job does not stop the others.
+        """
+        if not items:
+            return []
+        with _guard():
+            answers = self._claim_polls(
+                keys=[keys.job(job_id) for job_id, _ in items],
+                args=[repr(now), lease, *(attempt for _, attempt in items)],
+            )
+        claims = []
+        for verdict, number, flat in answers:
+            if verdict == "ok":
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                claims.append(Claim(verdict, worker_losses=int(number), fields=fields))
+            else:
+                claims.append(Claim(verdict, float(number)))
+        return claims
 
     def apply_poll(
         self,
@@ -206,37 +307,65 @@ class Store:
         Returns the ids of generations seen for the first time, or None if this copy of the
         poll was stale (another copy already recorded it).
         """
-        pairs: list[str] = []
-        for result in results:
-            pairs += [result.id, result.model_dump_json()]
-        with _guard():
-            answer = self._apply_poll(
-                keys=[
-                    keys.job(job_id),
-                    keys.events(job_id),
-                    keys.results(job_id),
-                    keys.result_order(job_id),
-                    keys.responses(job_id),
-                    keys.INFLIGHT,
-                    keys.STATUS_COUNTS,
-                ],
-                args=[
-                    attempt,
-                    repr(now),
-                    _dumps({"at": now, "envelope": envelope}),
-                    "" if progress is None else repr(progress),
-                    "" if cost is None else repr(cost),
-                    _dumps([e.model_dump() for e in errors]),
-                    repr(next_poll_at),
-                    repr(next_poll_at + self.grace),
-                    len(results),
-                    *pairs,
-                ],
-            )
-        verdict, added = answer
-        if verdict == "missing":
+        record = PollRecord(
+            job_id, attempt, envelope=envelope, keep=True, results=results, errors=errors,
+            progress=progress, cost=cost, next_poll_at=next_poll_at,
+        )  # fmt: skip
+        done = self.record_polls([record], now=now)[0]
+        if done.verdict == "missing":
             raise JobNotFound(job_id)
-        return None if verdict == "stale" else [str(i) for i in added]
+        return None if done.verdict == "stale" else done.added
+
+    def record_polls(self, records: Sequence[PollRecord], *, now: float) -> list[Recorded]:
+        """Record a batch of poll answers in one round trip; one :class:`Recorded` each."""
+        if not records:
+            return []
+        shared = [keys.INFLIGHT, keys.STATUS_COUNTS, keys.BY_AGE]
+        per_job = [
+            key
+            for r in records
+            for key in (
+                keys.job(r.job_id),
+                keys.events(r.job_id),
+                keys.results(r.job_id),
+                keys.result_order(r.job_id),
+                keys.responses(r.job_id),
+            )
+        ]
+        with _guard():
+            answers = self._record_polls(
+                keys=shared + per_job,
+                args=[repr(now), self.finished_ttl, *(self._record_arg(r, now) for r in records)],
+            )
+        done = []
+        for verdict, added, finished, flat, results, count in answers:
+            job = None
+            if flat:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                job = job_from_fields(fields, [r for r in results if r])
+            ids = [str(i) for i in added]
+            done.append(Recorded(verdict, ids, bool(finished), job, int(count)))
+        return done
+
+    def _record_arg(self, record: PollRecord, now: float) -> str:
+        error_fields = _flatten(record.fields)
+        return _dumps(
+            {
+                "attempt": str(record.attempt),
+                "apply": int(record.apply),
+                "envelope": _dumps({"at": now, "envelope": record.envelope}),
+                "keep": int(record.keep),
+                "progress": "" if record.progress is None else repr(record.progress),
+                "cost": "" if record.cost is None else repr(record.cost),
+                "errors": _dumps([e.model_dump() for e in record.errors]),
+                "next_at": repr(record.next_poll_at),
+                "watch_at": repr(record.next_poll_at + self.grace),
+                "results": [[r.id, r.model_dump_json()] for r in record.results],
+                "finish": record.finish.value if record.finish else "",
+                "fields": error_fields,
+                "final": int(record.final),
+            }
+        )
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set plain fields (no status change) on an existing job."""
@@ -278,13 +407,14 @@ class Store:
         return job_from_fields(fields, [results[i] for i in order if i in results])
 
     def responses(self, job_id: str) -> list[dict[str, Any]]:
-        """Every provider envelope recorded for the job, oldest first."""
+        """The provider envelopes kept for the job's audit, oldest first: each one that said
+        something new (a status word, a result, an error), not every poll's."""
         return [json.loads(r) for r in self.redis.lrange(keys.responses(job_id), 0, -1)]
 
     def task_details(self, job_id: str) -> dict[str, Any]:
         """The job's audit record, shaped like Runware's ``getTaskDetails`` data item."""
         fields = self.raw(job_id)
-        last = self.redis.lindex(keys.responses(job_id), -1)
+        last = fields.get("last_response") or self.redis.lindex(keys.responses(job_id), -1)
         response = (
             json.loads(last)["envelope"]
             if last
@@ -307,10 +437,15 @@ class Store:
         entries: list[tuple[str, dict[str, str]]] = answer[0][1]  # type: ignore[index,assignment]
         return entries
 
-    def park_poll(self, job_id: str, attempt: int, due: float) -> None:
-        """Keep a long wait in Redis: the periodic round sends poll ``attempt`` when due."""
+    def park_polls(self, polls: Sequence[tuple[str, int, float]]) -> None:
+        """Keep long waits in Redis: the periodic round sends each (job, attempt, due) poll
+        when it is due. One round trip for all of them."""
+        if not polls:
+            return
         with _guard():
-            self.redis.zadd(keys.PARKED_POLLS, {f"{job_id}|{attempt}": due})
+            self.redis.zadd(
+                keys.PARKED_POLLS, {f"{job}|{attempt}": due for job, attempt, due in polls}
+            )
 
     def take_parked_polls(self, *, horizon: float, limit: int) -> list[tuple[str, int, float]]:
         """Remove and return the parked polls due before ``horizon``: (job, attempt, due)."""

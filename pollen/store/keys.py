@@ -44,7 +44,8 @@ def result_order(job_id: str) -> str:
 
 
 def responses(job_id: str) -> str:
-    """List: every provider response envelope, oldest first (audit)."""
+    """List: the provider response envelopes that said something new, oldest first (audit);
+    the last answer of all is the job's ``last_response`` field."""
     return f"{PREFIX}:job:{job_id}:responses"
 
 

@@ -11,10 +11,12 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-CONTEXT_FIELDS = ("job_id", "provider", "provider_task_id", "attempt")
+CONTEXT_FIELDS = ("job_id", "provider", "provider_task_id", "attempt", "batch")
 _context: ContextVar[dict[str, Any] | None] = ContextVar("pollen_log_context", default=None)
 
 
@@ -23,6 +25,17 @@ def bind(**fields: Any) -> None:
     current = dict(_context.get() or {})
     current.update({k: v for k, v in fields.items() if v not in (None, "")})
     _context.set(current)
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Bind job fields for the lines logged inside the block only (one job of a batch)."""
+    token = _context.set(dict(_context.get() or {}))
+    bind(**fields)
+    try:
+        yield
+    finally:
+        _context.reset(token)
 
 
 def clear() -> None:

@@ -13,7 +13,7 @@ from celery import bootsteps
 
 from pollen import contract
 from pollen.store import durability, keys
-from pollen.worker import metrics, runtime
+from pollen.worker import grouping, metrics, runtime
 from pollen.worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def tick(app: Any) -> None:
                 deps.store,
                 lambda name, kwargs: app.send_task(name, kwargs=kwargs, ignore_result=True),
                 now=now,
+                batch_size=settings.batch_size,
             )
     except Exception:
         log.exception("periodic round failed; the next one will try again")
@@ -101,17 +102,29 @@ def check_store(deps: Any) -> bool:
 
 
 def release_due(app: Any, deps: Any, now: float) -> None:
-    """Send the polls and deliveries that waited in Redis and are due before the next round."""
+    """Send the polls and deliveries that waited in Redis and are due before the next round.
+
+    Parked polls go out as batches grouped by due time (each poll may wait up to
+    ``batch_window_max`` for its batch), one message per batch.
+    """
     horizon = now + deps.settings.tick_interval
-    for job_id, attempt, due in deps.store.take_parked_polls(horizon=horizon, limit=DUE_PER_ROUND):
-        app.send_task(
-            contract.POLL,
-            kwargs={"job_id": job_id, "attempt": attempt},
-            countdown=max(0.0, due - now),
-            kwargsrepr=contract.describe(job_id, attempt=attempt),
-            ignore_result=True,
-        )
+    slack = deps.settings.batch_window_max
+    parked = deps.store.take_parked_polls(horizon=horizon, limit=DUE_PER_ROUND)
+    polls = [grouping.Due(job_id, attempt, due, due + slack) for job_id, attempt, due in parked]
+    for group in grouping.group(polls, max_size=deps.settings.batch_size):
+        send_batch(app, group.items, countdown=max(0.0, group.at - now))
     for delivery in deps.outbox.take_due(
         now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
     ):
         app.send_task(contract.DELIVER_CALLBACK, args=(delivery,), ignore_result=True)
+
+
+def send_batch(app: Any, items: list[grouping.Item], countdown: float = 0.0) -> None:
+    """One ``pollen.poll`` message for a batch of (job id, attempt) pairs."""
+    app.send_task(
+        contract.POLL,
+        kwargs={"items": [list(item) for item in items]},
+        countdown=countdown,
+        kwargsrepr=contract.describe_batch(items),
+        ignore_result=True,
+    )

@@ -36,9 +36,16 @@ class Report:
         return len(self.resubmitted) + len(self.repolled) + len(self.dropped)
 
 
-def reconcile(store: Store, send: Send, *, now: float, limit: int = 500) -> Report:
-    """Resume up to ``limit`` overdue jobs; return what was done."""
+def reconcile(
+    store: Store, send: Send, *, now: float, limit: int = 500, batch_size: int = 50
+) -> Report:
+    """Resume up to ``limit`` overdue jobs; return what was done.
+
+    Re-polls go out as batches of up to ``batch_size`` jobs (one ``pollen.poll`` message
+    each); re-submits one message per job.
+    """
     report = Report()
+    polls: list[list[object]] = []
     for job_id in store.overdue(now, limit):
         status, poll_seq = store.fields(job_id, "status", "poll_seq")
         if status is None or JobStatus(status).terminal:
@@ -51,8 +58,10 @@ def reconcile(store: Store, send: Send, *, now: float, limit: int = 500) -> Repo
             send(contract.SUBMIT, {"job_id": job_id})
             report.resubmitted.append(job_id)
         else:
-            send(contract.POLL, {"job_id": job_id, "attempt": int(poll_seq or 1)})
+            polls.append([job_id, int(poll_seq or 1)])
             report.repolled.append(job_id)
+    for start in range(0, len(polls), batch_size):
+        send(contract.POLL, {"items": polls[start : start + batch_size]})
     for action, ids in (
         ("resubmit", report.resubmitted),
         ("repoll", report.repolled),

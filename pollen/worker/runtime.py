@@ -17,8 +17,8 @@ import httpx
 
 from pollen.callbacks.addresses import AddressPolicy
 from pollen.providers import Provider, build_providers
+from pollen.providers.calls import ProviderCalls
 from pollen.providers.http import observe_requests
-from pollen.providers.polling import StatusFetcher
 from pollen.providers.ratelimit import RateLimiter
 from pollen.settings import Settings, get_settings
 from pollen.store.connection import http_client, open_store
@@ -41,11 +41,11 @@ class Deps:
     rng: random.Random = field(default_factory=random.Random)
     epoch: str | None = None  #: the store's epoch marker this process saw (data-loss check)
     limiter: RateLimiter = field(init=False)  #: provider request budget shared by all workers
-    fetcher: StatusFetcher = field(init=False)  #: status calls, batched where possible
+    calls: ProviderCalls = field(init=False)  #: provider requests, batched where possible
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.store, self.settings.rate_limits)
-        self.fetcher = StatusFetcher(
+        self.calls = ProviderCalls(
             self.http,
             self.providers,
             self.limiter,
@@ -92,6 +92,7 @@ def close() -> None:
     """Close this process's clients (worker shutdown hook)."""
     with _local.lock:
         if _local.deps is not None and _local.pid == os.getpid():
+            _local.deps.calls.close()
             _local.deps.http.close()
             _local.deps.store.close()
         _local.deps = None

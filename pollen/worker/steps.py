@@ -1,5 +1,5 @@
-"""The job's steps as plain functions: submit and poll (accepting a job is
-:func:`pollen.payloads.accept`; callbacks are :mod:`pollen.callbacks.events`).
+"""The job's submit step as a plain function (accepting a job is :func:`pollen.payloads.accept`,
+polling is :mod:`pollen.worker.batch`, callbacks are :mod:`pollen.callbacks.events`).
 
 No Celery here: each step reads and writes the store, talks to a provider through the injected
 HTTP client, and returns what should happen next (a :class:`Next`). The Celery tasks in
@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from pollen.backoff import next_delay
 from pollen.callbacks import events
 from pollen.errors import (
     ProviderNotConfigured,
-    ProviderUnavailable,
     RateLimited,
     RetryableProviderError,
     TerminalProviderError,
 )
 from pollen.models import Job, JobStatus
-from pollen.providers import Snapshot
-from pollen.providers.base import TERMINAL_STATES
 from pollen.providers.http import send
 from pollen.worker import logs, metrics
 from pollen.worker.runtime import Deps
@@ -138,144 +135,3 @@ def submit(deps: Deps, job_id: str) -> Next:
         started = store.get(job_id)
         sends = events.emit(deps, started, "started", events.started_payload(started))
     return Next(poll_in=first, attempt=1, provider=job.provider, deliveries=tuple(sends))
-
-
-def poll(deps: Deps, job_id: str, attempt: int) -> Next:
-    """Ask the provider once, record what is new, and say when to ask again.
-
-    Fenced: only the copy of poll message ``attempt`` that takes the lease acts; duplicates
-    (redeliveries, retry-then-crash copies) return ``Next()`` and change nothing.
-    """
-    store, now = deps.store, deps.clock()
-    claim = store.claim_poll(job_id, attempt, now=now, lease=deps.settings.task_time_limit)
-    if claim.verdict == "busy":
-        return Next(poll_in=claim.wait + 1.0, attempt=attempt)
-    if claim.verdict != "ok":
-        return Next()
-    job = store.get(job_id)
-    logs.bind(provider=job.provider, provider_task_id=job.provider_task_id)
-    if claim.worker_losses >= deps.settings.max_worker_losses:
-        message = (
-            f"a worker died {claim.worker_losses} times while polling this job; giving up "
-            "so it cannot take more workers down"
-        )
-        return _finish(deps, job, JobStatus.FAILED, "workerLost", message)
-    if job.deadline_at is not None and now >= job.deadline_at:
-        return _timed_out(deps, job, f" ({job.polls} polls)")
-    with metrics.POLL_SECONDS.labels(job.provider).time():
-        try:
-            snapshot = deps.fetcher.fetch(job, now)
-        except TerminalProviderError as exc:
-            metrics.POLLS.labels(job.provider, "rejected").inc()
-            return _failed(deps, job, exc)
-        except RetryableProviderError as exc:
-            result = "rate_limited" if isinstance(exc, RateLimited) else "retry"
-            metrics.POLLS.labels(job.provider, result).inc()
-            return _poll_failed(deps, job, attempt, exc, now)
-        except Exception as exc:  # e.g. Celery's soft time limit: a slow poll, not a dead worker
-            log.exception("poll interrupted; it is retried like a provider failure")
-            metrics.POLLS.labels(job.provider, "interrupted").inc()
-            interrupted = ProviderUnavailable(f"poll interrupted: {exc!r}", code="interrupted")
-            return _poll_failed(deps, job, attempt, interrupted, now)
-        metrics.POLLS.labels(job.provider, snapshot.state).inc()
-        return _poll_answered(deps, job, attempt, snapshot, now)
-
-
-def _poll_failed(
-    deps: Deps, job: Job, attempt: int, exc: RetryableProviderError, now: float
-) -> Next:
-    """A retryable failure: keep the record of it and hand over to the next poll."""
-    delay = next_delay(
-        job.policy,
-        attempt,
-        elapsed=now - job.created_at,
-        retry_after=_retry_after(exc),
-        rng=deps.rng,
-    )
-    applied = deps.store.apply_poll(
-        job.id,
-        attempt,
-        now=now,
-        envelope={"error": {"code": exc.code, "status": exc.status, "message": exc.message}},
-        results=[],
-        errors=job.errors,
-        progress=None,
-        cost=None,
-        next_poll_at=now + (delay or 0.0),
-    )
-    if applied is None:
-        return Next()
-    if delay is None:
-        return _timed_out(deps, job, f"; last provider error: {exc.message}")
-    log.warning("poll failed, next in %.1fs: %s", delay, exc)
-    return Next(poll_in=delay, attempt=attempt + 1, provider=job.provider)
-
-
-def _poll_answered(deps: Deps, job: Job, attempt: int, snapshot: Snapshot, now: float) -> Next:
-    """Store new generations and end the job if the provider says it is over."""
-    done = snapshot.state in TERMINAL_STATES
-    delay = None
-    if not done:
-        delay = next_delay(
-            job.policy,
-            attempt,
-            elapsed=now - job.created_at,
-            hint=snapshot.hint_delay,
-            rng=deps.rng,
-        )
-    applied = deps.store.apply_poll(
-        job.id,
-        attempt,
-        now=now,
-        envelope=snapshot.envelope,
-        results=snapshot.results,
-        errors=snapshot.errors,
-        progress=snapshot.progress,
-        cost=snapshot.cost,
-        next_poll_at=now + (delay or 0.0),
-    )
-    if applied is None:
-        return Next()
-    sends = _partial_events(deps, job, applied, snapshot) + _progress_event(deps, job, snapshot)
-    if snapshot.state == "succeeded":
-        outcome = _finish(deps, job, JobStatus.SUCCEEDED)
-    elif snapshot.state in ("failed", "cancelled"):
-        first = snapshot.errors[0] if snapshot.errors else None
-        code = first.code if first else f"provider_{snapshot.state}"
-        message = first.message if first else f"the provider reported the task {snapshot.state}"
-        status = JobStatus.FAILED if snapshot.state == "failed" else JobStatus.CANCELLED
-        outcome = _finish(deps, job, status, code, message)
-    elif delay is None:
-        outcome = _timed_out(deps, job, f" ({job.polls + 1} polls)")
-    else:
-        outcome = Next(poll_in=delay, attempt=attempt + 1, provider=job.provider)
-    return replace(outcome, deliveries=(*sends, *outcome.deliveries))
-
-
-def _partial_events(deps: Deps, job: Job, new: list[str], snapshot: Snapshot) -> list[str]:
-    """One ``partial`` event per generation seen finished for the first time."""
-    if not new:
-        return []
-    log.info("%d new result(s): %s", len(new), ", ".join(new))
-    by_id = {result.id: result for result in snapshot.results}
-    sends: list[str] = []
-    for offset, ident in enumerate(new, start=1):
-        data = events.partial_payload(job, by_id[ident], len(job.results) + offset)
-        sends += events.emit(deps, job, "partial", data, suffix=ident)
-    return sends
-
-
-def _progress_event(deps: Deps, job: Job, snapshot: Snapshot) -> list[str]:
-    """A ``progress`` event when progress moved, at most one per progress_interval."""
-    progress = snapshot.progress
-    if "progress" not in job.events or progress is None or progress == job.progress:
-        return []
-    if not 0 < progress < 1:  # nothing to report yet, or the completed event says it all
-        return []
-    now = deps.clock()
-    last = deps.store.field(job.id, "progress_event_at")
-    if last and now - float(last) < deps.settings.callbacks.progress_interval:
-        return []
-    deps.store.update(job.id, progress_event_at=repr(now))
-    data = events.progress_payload(job, progress)
-    return events.emit(deps, job, "progress", data, suffix=str(round(progress * 1000)))

@@ -1,13 +1,16 @@
 """pollen's Celery tasks: thin wrappers that call one step and turn its answer into messages.
 
 ``pollen.submit``  validate + store the job (if it came as a payload), create the provider task
-``pollen.poll``    ask the provider once; re-schedule itself with ``self.retry(countdown=...)``
+``pollen.poll``    poll a batch of jobs once; the jobs still running go on in batches grouped by
+                  due time, one of them by ``self.retry(countdown=...)``
 ``pollen.deliver_callback``  POST the completion body to the job's callback URL
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Task, current_app, shared_task
@@ -27,7 +30,7 @@ from pollen.errors import CallbackNotDelivered, InvalidJob
 from pollen.models import JobStatus
 from pollen.providers import build_providers
 from pollen.settings import get_settings
-from pollen.worker import health, logs, runtime, steps
+from pollen.worker import batch, grouping, health, logs, runtime, steps
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,11 @@ def _logging(**_: Any) -> None:
 def _bind_job(kwargs: dict[str, Any] | None = None, args: Any = (), **_: Any) -> None:
     kwargs = kwargs or {}
     logs.clear()
+    items = kwargs.get("items")
+    if isinstance(items, list) and len(items) == 1 and isinstance(items[0], list | tuple):
+        kwargs = dict(zip(("job_id", "attempt"), items[0], strict=False))  # a batch of one
+    elif isinstance(items, list):
+        logs.bind(batch=len(items))
     logs.bind(job_id=kwargs.get("job_id"), attempt=kwargs.get("attempt"))
 
 
@@ -76,30 +84,75 @@ def _close_resources(**_: Any) -> None:
 
 def _follow_up(job_id: str, outcome: steps.Next) -> None:
     """Send the messages a step asked for (the poll chain and callback deliveries)."""
-    _send_deliveries(outcome)
-    if _parked(job_id, outcome):
-        return
+    _send_deliveries(outcome.deliveries)
     if outcome.poll_in is not None:
-        poll.apply_async(
-            kwargs={"job_id": job_id, "attempt": outcome.attempt},
-            countdown=outcome.poll_in,
-            kwargsrepr=contract.describe(job_id, outcome.provider, outcome.attempt),
-        )
+        now = runtime.deps().clock()
+        at = now + outcome.poll_in
+        first = _schedule([grouping.Due(job_id, outcome.attempt, at, at)], now=now)
+        if first is not None:
+            send_polls(first, now=now)
 
 
-def _parked(job_id: str, outcome: steps.Next) -> bool:
-    """Keep a long wait in Redis (the periodic round sends the poll when it is due) instead of
-    a countdown message held in this worker's memory."""
+def _schedule(polls: list[grouping.Due], *, now: float) -> grouping.Group | None:
+    """Send the next polls as batches grouped by due time; return one group for the caller
+    to send as its own countdown retry (None if every group was sent or parked).
+
+    A group due later than ``park_after`` waits in Redis (the periodic round sends it when
+    it is due) instead of as a countdown message held in a worker's memory.
+    """
     deps = runtime.deps()
-    if outcome.poll_in is None or outcome.poll_in <= deps.settings.park_after:
-        return False
-    deps.store.park_poll(job_id, outcome.attempt, deps.clock() + outcome.poll_in)
-    return True
+    groups = grouping.group(polls, max_size=deps.settings.batch_size)
+    parked = [
+        (job_id, attempt, group.at)
+        for group in groups
+        if group.at - now > deps.settings.park_after
+        for job_id, attempt in group.items
+    ]
+    deps.store.park_polls(parked)
+    soon = [group for group in groups if group.at - now <= deps.settings.park_after]
+    for group in soon[1:]:
+        send_polls(group, now=now)
+    return soon[0] if soon else None
 
 
-def _send_deliveries(outcome: steps.Next) -> None:
-    for delivery in outcome.deliveries:
+def send_polls(group: grouping.Group, *, now: float) -> None:
+    """One poll message for a group, sent to run when the group is due."""
+    poll.apply_async(
+        kwargs={"items": [list(item) for item in group.items]},
+        countdown=max(0.0, group.at - now),
+        kwargsrepr=contract.describe_batch(group.items),
+    )
+
+
+def _send_deliveries(deliveries: Iterable[str]) -> None:
+    for delivery in deliveries:
         deliver_callback.apply_async((delivery,))
+
+
+def _deliver_now(deps: runtime.Deps, deliveries: list[str]) -> dict[str, int]:
+    """Deliver a batch's callbacks from here, in order, with a short timeout; what fails or
+    waits goes on through the callbacks queue (same delivery id, same schedule).
+
+    Bounded: once the attempts made here took longer than two timeouts, the rest are sent
+    to the callbacks queue, so a dead receiver cannot hold up the poll chain. Returns how
+    many were delivered here and how many went on to the queue (the task's result).
+    """
+    timeout = deps.settings.inline_callback_timeout
+    budget = time.monotonic() + 2 * timeout
+    counts = {"callbacks_delivered": 0, "callbacks_queued": 0}
+    for index, ident in enumerate(deliveries):
+        if timeout <= 0 or time.monotonic() > budget:
+            _send_deliveries(deliveries[index:])
+            counts["callbacks_queued"] += len(deliveries) - index
+            break
+        outcome = events.deliver(deps, ident, _send_task, timeout=timeout)
+        if outcome.state == "delivered":
+            counts["callbacks_delivered"] += 1
+        elif outcome.state == "pending" or outcome.retry_in is not None:
+            counts["callbacks_queued"] += 1
+        if outcome.retry_in is not None:
+            deliver_callback.apply_async((ident,), countdown=outcome.retry_in)
+    return {name: count for name, count in counts.items() if count}
 
 
 def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
@@ -155,18 +208,55 @@ def submit(
     return {"job_id": job_id, "created": created}
 
 
-@shared_task(bind=True, name=contract.POLL, max_retries=None)
-def poll(self: Task, job_id: str, attempt: int) -> None:
-    """Poll number ``attempt`` of one job; the chain continues through countdown retries."""
-    outcome = steps.poll(runtime.deps(), job_id, attempt)
-    _send_deliveries(outcome)  # events this poll noticed (partial results, progress, completed)
-    if outcome.poll_in is None or _parked(job_id, outcome):
-        return
+@shared_task(bind=True, name=contract.POLL, max_retries=None, throws=(InvalidJob,))
+def poll(
+    self: Task,
+    job_id: str | None = None,
+    attempt: int | None = None,
+    *,
+    items: list[list[Any]] | None = None,
+) -> dict[str, int]:
+    """Poll a batch of jobs once: ``items=[[job_id, attempt], ...]`` (or one job as
+    ``job_id=, attempt=``). The jobs still running go on in batches grouped by their due
+    times; one of those batches is this message's own countdown retry."""
+    batch_items = _batch_items(job_id, attempt, items)
+    deps = runtime.deps()
+    outcome = batch.poll_batch(deps, batch_items)
+    callbacks = _deliver_now(deps, outcome.deliveries)
+    mine = _schedule(outcome.polls, now=deps.clock())
+    answer = {"jobs": len(batch_items), "finished": len(outcome.finished), **callbacks}
+    if mine is None:
+        return answer
     raise self.retry(
-        countdown=outcome.poll_in,
-        kwargs={"job_id": job_id, "attempt": outcome.attempt},
-        kwargsrepr=contract.describe(job_id, outcome.provider, outcome.attempt),
+        args=(),
+        kwargs={"items": [list(item) for item in mine.items]},
+        countdown=max(0.0, mine.at - deps.clock()),
+        kwargsrepr=contract.describe_batch(mine.items, ",".join(sorted(outcome.providers))),
     )
+
+
+def _batch_items(
+    job_id: str | None, attempt: int | None, items: list[list[Any]] | None
+) -> list[grouping.Item]:
+    """The (job id, attempt) pairs of a poll message, checked."""
+    if items is None:
+        if job_id is None or attempt is None:
+            raise InvalidJob(
+                "pollen.poll needs items=[[job_id, attempt], ...] or job_id=, attempt="
+            )
+        items = [[job_id, attempt]]
+    pairs: list[grouping.Item] = []
+    for item in items:
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], int)
+            or isinstance(item[1], bool)
+        ):
+            raise InvalidJob(f"pollen.poll: an item must be [job_id, attempt], got {item!r}")
+        pairs.append((item[0], item[1]))
+    return pairs
 
 
 @shared_task(

@@ -60,15 +60,20 @@ def queued(broker: redis.Redis, queue: str) -> list[Message]:
     return [Message(json.loads(raw)) for raw in broker.lrange(queue, 0, -1)]
 
 
+def job_ids(message: Message) -> list[str]:
+    """The jobs a ``pollen.poll`` message carries (a batch, or the one-job form)."""
+    kwargs = message.kwargs
+    items = kwargs.get("items") or [[kwargs.get("job_id"), kwargs.get("attempt")]]
+    return [str(item[0]) for item in items]
+
+
 def poll_message(broker: redis.Redis, job_id: str, attempt: int) -> Message | None:
-    """The unacknowledged ``pollen.poll`` message of one job's poll number ``attempt``."""
+    """The unacknowledged ``pollen.poll`` message (a batch, or the one-job form) that carries
+    one job's poll number ``attempt``."""
     for message in unacked(broker):
         kwargs = message.kwargs
-        if (
-            message.task == "pollen.poll"
-            and kwargs.get("job_id") == job_id
-            and kwargs.get("attempt") == attempt
-        ):
+        items = kwargs.get("items") or [[kwargs.get("job_id"), kwargs.get("attempt")]]
+        if message.task == "pollen.poll" and [job_id, attempt] in items:
             return message
     return None
 

@@ -8,3 +8,32 @@
 local function event(stream, ...)
   redis.call('XADD', stream, 'MAXLEN', '~', MAX_EVENTS, '*', ...)
 end
+
+-- move(k, status, now, finished_ttl_seconds, watch_at, fields): move one job forward to
+-- `status` (never back, never out of a terminal state) and set `fields` (a flat list).
+-- k holds the keys: job, events, results, order, responses, inflight, counts, by_age.
+-- Returns 1 when moved, 0 when the job already was there or beyond, -1 when it is missing.
+local function move(k, status, now, ttl, watch, fields)
+  local current = redis.call('HGET', k.job, 'status')
+  if not current then return -1 end
+  if RANK[status] <= RANK[current] then return 0 end
+  redis.call('HSET', k.job, 'status', status, 'updated_at', now)
+  redis.call('HINCRBY', k.counts, current, -1)
+  redis.call('HINCRBY', k.counts, status, 1)
+  if #fields > 0 then redis.call('HSET', k.job, unpack(fields)) end
+  local id = redis.call('HGET', k.job, 'id')
+  if RANK[status] == TERMINAL then
+    redis.call('HSET', k.job, 'finished_at', now)
+    redis.call('ZREM', k.inflight, id)
+    redis.call('ZREM', k.by_age, id)
+    event(k.events, 'type', 'completed', 'status', status, 'at', now)
+    local ms = tonumber(ttl) * 1000
+    for _, key in ipairs({k.job, k.events, k.results, k.order, k.responses}) do
+      if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ms) end
+    end
+  else
+    event(k.events, 'type', 'status', 'status', status, 'at', now)
+    if watch ~= '' then redis.call('ZADD', k.inflight, 'XX', watch, id) end
+  end
+  return 1
+end

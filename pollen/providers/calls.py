@@ -1,0 +1,167 @@
+"""Calls to providers for many jobs at once, in as few requests as each provider allows.
+
+:class:`ProviderCalls` serves the batch steps: for a provider that takes task arrays
+(Runware) up to ``batch_size`` jobs share one HTTP request, for creating tasks and for asking
+about them; for the others (the Runway dialects) the requests run concurrently over the
+pooled client. Either way one job's error is its own answer, never its neighbours'. Single
+polls (:meth:`ProviderCalls.status`) that fire at about the same time in one process still
+share a request through a :class:`~pollen.providers.batching.Batcher`. Every request first
+takes a slot from the shared :class:`~pollen.providers.ratelimit.RateLimiter`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
+
+import httpx
+
+from pollen.models import Job
+from pollen.providers import Provider, Snapshot
+from pollen.providers.base import Submission
+from pollen.providers.batching import Batcher
+from pollen.providers.http import send
+from pollen.providers.ratelimit import RateLimiter
+from pollen.worker import metrics
+
+Item = tuple[Job, float]
+Answer = TypeVar("Answer")
+#: most requests one call runs at once for a provider without task arrays
+MAX_CONCURRENT = 16
+
+
+class ProviderCalls:
+    """Status and submit calls, one answer (or the job's own exception) per job."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        providers: dict[str, Provider],
+        limiter: RateLimiter,
+        *,
+        batch_size: int,
+        batch_wait: float,
+    ) -> None:
+        self.http = http
+        self.providers = providers
+        self.limiter = limiter
+        self.batch_size = batch_size
+        self.batchers: dict[str, Batcher[Item, Snapshot]] = {
+            name: Batcher(
+                partial(self._status_chunk, provider), max_size=batch_size, max_wait=batch_wait
+            )
+            for name, provider in providers.items()
+            if self._batches(provider)
+        }
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self, job: Job, now: float) -> Snapshot:
+        """The provider's current view of one job's task (shares a request where it can)."""
+        batcher = self.batchers.get(job.provider)
+        if batcher is not None:
+            return batcher.call((job, now))
+        provider = self.providers[job.provider]
+        self.limiter.acquire(job.provider)
+        answer = send(self.http, provider.status_request(job), provider=job.provider, kind="status")
+        return provider.parse_status(job, answer, now)
+
+    def status_many(
+        self, provider_name: str, jobs: Sequence[Job], now: float
+    ) -> list[Snapshot | Exception]:
+        """Each job's snapshot, or the exception its poll raised, in order."""
+        provider = self.providers[provider_name]
+        if len(jobs) > 1 and self._batches(provider):
+            chunk = partial(self._status_chunk, provider)
+            return self._chunked([(job, now) for job in jobs], chunk)
+        return self._each(jobs, lambda job: self.status(job, now))
+
+    def _status_chunk(
+        self, provider: Provider, items: Sequence[Item]
+    ) -> list[Snapshot | Exception]:
+        jobs = [job for job, _ in items]
+        now = max(when for _, when in items)
+        self.limiter.acquire(provider.name)
+        request = provider.status_batch_request(jobs)
+        answer = send(self.http, request, provider=provider.name, kind="status")
+        metrics.BATCH_SIZE.labels(provider.name).observe(len(jobs))
+        return provider.parse_status_batch(jobs, answer, now)
+
+    # --- submit -------------------------------------------------------------------------
+
+    def submit_many(self, provider_name: str, jobs: Sequence[Job]) -> list[Submission | Exception]:
+        """Create each job's provider task (keyed by its ``task_uuid``); one acknowledgement
+        or the job's own exception each, in order."""
+        provider = self.providers[provider_name]
+        if len(jobs) > 1 and self._batches(provider):
+            return self._chunked(jobs, partial(self._submit_chunk, provider))
+        return self._each(jobs, partial(self._submit_one, provider))
+
+    def _submit_one(self, provider: Provider, job: Job) -> Submission:
+        self.limiter.acquire(provider.name)
+        request = provider.submit_request(job, job.task_uuid)
+        answer = send(self.http, request, provider=provider.name, kind="submit")
+        return provider.parse_submit(job, job.task_uuid, answer)
+
+    def _submit_chunk(
+        self, provider: Provider, jobs: Sequence[Job]
+    ) -> list[Submission | Exception]:
+        self.limiter.acquire(provider.name)
+        request = provider.submit_batch_request(jobs)
+        answer = send(self.http, request, provider=provider.name, kind="submit")
+        return provider.parse_submit_batch(jobs, answer)
+
+    # --- how many calls travel ----------------------------------------------------------
+
+    def _batches(self, provider: Provider) -> bool:
+        return provider.supports_batching and self.batch_size > 1
+
+    def _chunked(
+        self,
+        items: Sequence[Answer | object],
+        flush: Callable[[Sequence[object]], Sequence[Answer | Exception]],
+    ) -> list[Answer | Exception]:
+        """``flush`` per ``batch_size`` items; a chunk whose request failed fails each item
+        with that error (each job then retries on its own schedule)."""
+        answers: list[Answer | Exception] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            try:
+                got = list(flush(chunk))
+                if len(got) != len(chunk):
+                    raise RuntimeError(f"{len(got)} answers for {len(chunk)} tasks")
+                answers += got
+            except Exception as exc:
+                answers += [exc] * len(chunk)
+        return answers
+
+    def _each(self, jobs: Sequence[Job], call: Callable[[Job], Answer]) -> list[Answer | Exception]:
+        """``call`` per job, concurrently when there are several; exceptions as answers."""
+
+        def one(job: Job) -> Answer | Exception:
+            try:
+                return call(job)
+            except Exception as exc:
+                return exc
+
+        if len(jobs) == 1:
+            return [one(jobs[0])]
+        return list(self._concurrent().map(one, jobs))
+
+    def _concurrent(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="pollen-calls")
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the threads of concurrent requests (worker process shutdown)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None

@@ -1,0 +1,79 @@
+-- Record a batch of poll answers in one call; per job, fenced by its own attempt number.
+-- For each job: new generations are appended once (HSETNX) in the order first seen, the
+-- answer is kept (the last one in the job's hash; the audit list gets it only when it says
+-- something new), the chain moves to attempt + 1, and a finishing answer moves the job to
+-- its terminal status (move() in prelude). A stale copy of one job's poll changes nothing,
+-- for that job only.
+-- KEYS: inflight, status_counts, by_age, then per job: job, events, results, order, responses
+-- ARGV: now, finished_ttl_seconds, then one JSON object per job:
+--   attempt, apply (record an answer), envelope, keep (push it to the audit list),
+--   progress, cost, errors, next_at, watch_at, results ([[id, json], ...]),
+--   finish (terminal status or ''), fields (flat list set on the job), final (return the job)
+-- Returns one {verdict, added ids, finished (0/1), fields (flat), results in order, number
+-- of results (when some were added, else 0)} per job; verdict is ok, stale or missing.
+local now, ttl = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local a = cjson.decode(ARGV[i])
+  local base = 3 + (i - 3) * 5
+  local k = {job = KEYS[base + 1], events = KEYS[base + 2], results = KEYS[base + 3],
+    order = KEYS[base + 4], responses = KEYS[base + 5], inflight = KEYS[1], counts = KEYS[2],
+    by_age = KEYS[3]}
+  local job = redis.call('HMGET', k.job, 'status', 'poll_seq', 'id')
+  if not job[1] then
+    out[#out + 1] = {'missing', {}, 0, {}, {}, 0}
+  elseif job[2] ~= a.attempt or RANK[job[1]] == TERMINAL then
+    out[#out + 1] = {'stale', {}, 0, {}, {}, 0}
+  else
+    local added = {}
+    if a.apply == 1 then
+      for _, pair in ipairs(a.results) do
+        if redis.call('HSETNX', k.results, pair[1], pair[2]) == 1 then
+          if redis.call('RPUSH', k.order, pair[1]) == 1 then
+            local left = redis.call('PTTL', k.job)
+            if left > 0 then
+              redis.call('PEXPIRE', k.results, left)
+              redis.call('PEXPIRE', k.order, left)
+            end
+          end
+          event(k.events, 'type', 'partial', 'generation', pair[1], 'at', now)
+          added[#added + 1] = pair[1]
+        end
+      end
+      if a.keep == 1 or #added > 0 then
+        if redis.call('RPUSH', k.responses, a.envelope) == 1 then
+          local left = redis.call('PTTL', k.job)
+          if left > 0 then redis.call('PEXPIRE', k.responses, left) end
+        else
+          redis.call('LTRIM', k.responses, -MAX_RESPONSES, -1)
+        end
+      end
+      redis.call('ZADD', k.inflight, 'XX', a.watch_at, job[3])
+      redis.call('HINCRBY', k.job, 'polls', 1)
+      redis.call('HSET', k.job, 'updated_at', now, 'errors', a.errors, 'lease_until', '0',
+        'poll_seq', tostring(tonumber(a.attempt) + 1), 'next_poll_at', a.next_at,
+        'last_response', a.envelope)
+      if a.progress ~= '' then redis.call('HSET', k.job, 'progress', a.progress) end
+      if a.cost ~= '' then redis.call('HSET', k.job, 'cost', a.cost) end
+      if job[1] == 'submitted' then
+        redis.call('HSET', k.job, 'status', 'processing')
+        redis.call('HINCRBY', k.counts, 'submitted', -1)
+        redis.call('HINCRBY', k.counts, 'processing', 1)
+        event(k.events, 'type', 'status', 'status', 'processing', 'at', now)
+      end
+    end
+    if #a.fields > 0 then redis.call('HSET', k.job, unpack(a.fields)) end
+    local finished = 0
+    if a.finish ~= '' and move(k, a.finish, now, ttl, '', {}) == 1 then finished = 1 end
+    local fields, results = {}, {}
+    if a.final == 1 and finished == 1 then
+      fields = redis.call('HGETALL', k.job)
+      local order = redis.call('LRANGE', k.order, 0, -1)
+      if #order > 0 then results = redis.call('HMGET', k.results, unpack(order)) end
+    end
+    local count = 0
+    if #added > 0 then count = redis.call('HLEN', k.results) end
+    out[#out + 1] = {'ok', added, finished, fields, results, count}
+  end
+end
+return out
