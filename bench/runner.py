@@ -82,7 +82,7 @@ class MessageCounter(threading.Thread):
     def __init__(self, client: redis.Redis, db: int = BROKER_DB) -> None:
         super().__init__(name="message-counter", daemon=True)
         client.config_set("notify-keyspace-events", "El")
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
         channels = [f"__keyevent@{db}__:{event}" for event in MESSAGE_EVENTS]
         self.pubsub.subscribe(*channels)
         for _ in channels:  # wait for every subscription to be confirmed
