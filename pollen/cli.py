@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from typer._click.core import Context, Parameter  # typer vendors click
+from typer._click.exceptions import ClickException
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 if TYPE_CHECKING:
@@ -415,16 +416,22 @@ def callbacks_replay(
     typer.echo(f"replayed {len(replayed)} deliveries" + "".join(f"\n  {d}" for d in replayed))
 
 
+def _opt(metavar: str, help: str, **kwargs: Any) -> Any:
+    return typer.Option(metavar=metavar, help=help, **kwargs)
+
+
 @command()
 def simulator(
-    host: str = "127.0.0.1",
-    port: int = 8765,
-    duration_min: float = 1.0,
-    duration_max: float = 3.0,
-    rate_5xx: float = 0.0,
-    rate_429: float = 0.0,
-    rate_malformed: float = 0.0,
-    api_key: str = "sim-key",
+    host: Annotated[str, _opt("HOST", "Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, _opt("PORT", "Port to listen on.")] = 8765,
+    duration_min: Annotated[float, _opt("SECONDS", "Shortest generation.", min=0)] = 1.0,
+    duration_max: Annotated[float, _opt("SECONDS", "Longest generation.", min=0)] = 3.0,
+    rate_5xx: Annotated[float, _opt("RATE", "Share of requests answered 5xx.", min=0, max=1)] = 0.0,
+    rate_429: Annotated[float, _opt("RATE", "Share answered 429.", min=0, max=1)] = 0.0,
+    rate_malformed: Annotated[
+        float, _opt("RATE", "Share answered with a malformed body.", min=0, max=1)
+    ] = 0.0,
+    api_key: Annotated[str, _opt("KEY", "The bearer token it accepts.")] = "sim-key",
 ) -> None:
     """Run the provider simulator (Runware, useapi.net and CometAPI dialects)."""
     with _extra("simulator"):
@@ -443,7 +450,9 @@ def simulator(
 
 @command()
 def demo(
-    jobs: Annotated[int, typer.Option(help="Extra single-image jobs to add.")] = 2,
+    jobs: Annotated[
+        int, typer.Option(metavar="N", min=0, help="Extra single-image jobs to add.")
+    ] = 2,
 ) -> None:
     """Run everything locally: Redis, simulator, a worker, a few jobs; show progress and results."""
     with _extra("local"):
@@ -455,7 +464,8 @@ def demo(
 @command()
 def health(
     local: Annotated[
-        bool, typer.Option(help="Probe this pod's worker (heartbeat file) instead of the fleet.")
+        bool,
+        typer.Option("--local", help="Probe this pod's worker (heartbeat file), not the fleet."),
     ] = False,
 ) -> None:
     """Exit non-zero when Redis is unreachable or no worker is alive."""
@@ -556,10 +566,14 @@ def config() -> None:
 
 @command()
 def schema(
-    check: Annotated[bool, typer.Option(help="Fail if the checked-in schema is stale.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail if the checked-in schema is stale.")
+    ] = False,
 ) -> None:
-    """Write (or --check) the job-request JSON Schema from the pydantic models: the copy in the
-    package and, in a source checkout, schema/job-request.schema.json."""
+    """Write (or --check) the job-request JSON Schema from the pydantic models.
+
+    It goes into the package and, in a source checkout, to schema/job-request.schema.json.
+    """
     from pollen import schema as published
 
     if check:
@@ -571,19 +585,38 @@ def schema(
         typer.echo(f"wrote {path}")
 
 
+def _usage_error(exc: ClickException) -> int:
+    """A usage mistake as one line (Click's own is a usage line, a hint and a boxed message)."""
+    message = " ".join(exc.format_message().split())
+    if not message:  # no arguments at all: the help is already printed
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
+    return exc.exit_code
+
+
 def main() -> None:
-    """Run the CLI; an unreachable Redis or a refused store write is one line, exit 1."""
+    """Run the CLI. A mistake is one line on stderr: usage errors exit 2; an unreachable Redis,
+    a refused store write or any other error of pollen's exit 1."""
     from pollen.errors import PollenError
     from pollen.store.connection import UNREACHABLE
 
     try:
-        app()
+        # "pollen" in usage lines also under `python -m pollen.cli`; a typer.Exit returns its code
+        code = app(prog_name="pollen", standalone_mode=False)
+    except ClickException as exc:
+        code = _usage_error(exc)
+    except typer.Abort:
+        typer.secho("error: aborted", fg=typer.colors.RED, err=True)
+        code = 1
     except UNREACHABLE as exc:
         typer.secho(f"error: Redis is unreachable: {exc}", fg=typer.colors.RED, err=True)
-        raise SystemExit(1) from None
+        code = 1
     except PollenError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise SystemExit(1) from None
+        code = 1
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -314,17 +314,63 @@ def test_worker_pool_option_reaches_celery(
 
 def test_worker_with_an_unknown_pool_is_a_usage_error(worker_env: dict[str, str]) -> None:
     result = pollen(worker_env, "worker", "-P", "bogus")
-    assert result.returncode == 2
-    assert "'bogus' is not one of threads, prefork, solo" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_user_error(result, "'bogus' is not one of threads, prefork, solo", code=2)
 
 
-@pytest.mark.parametrize("args", [["submit"], ["status"], ["result"], ["worker"], []])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["submit"], "Missing argument 'PAYLOAD'. (see 'pollen submit --help')"),
+        (["frobnicate"], "No such command 'frobnicate'. (see 'pollen --help')"),
+        (["stats", "--jsn"], "No such option: --jsn"),
+        (["wait", "abc", "--timeout", "soon"], "Invalid value for '--timeout'"),
+        (["callbacks", "lst", "abc"], "Did you mean 'list'?"),
+        (["demo", "--jobs", "-1"], "Invalid value for '--jobs'"),
+    ],
+)
+def test_a_usage_mistake_is_one_line_and_exit_2(
+    worker_env: dict[str, str], args: list[str], says: str
+) -> None:
+    assert_user_error(pollen(worker_env, *args), says, code=2)
+
+
+def test_no_command_prints_the_help(worker_env: dict[str, str]) -> None:
+    result = pollen(worker_env)
+    assert "Usage: pollen [OPTIONS] COMMAND" in result.stdout
+    assert result.stderr == ""
+
+
+COMMANDS = [
+    [], ["worker"], ["submit"], ["wait"], ["status"], ["result"], ["details"], ["callbacks"],
+    ["callbacks", "list"], ["callbacks", "replay"], ["simulator"], ["demo"], ["health"],
+    ["stats"], ["config"], ["schema"],
+]  # fmt: skip
+
+
+def test_every_command_has_its_help_checked() -> None:
+    from typer.core import TyperGroup
+    from typer.main import get_command
+
+    from pollen.cli import app
+
+    group = get_command(app)
+    assert isinstance(group, TyperGroup)
+    names = set()
+    for name, cmd in group.commands.items():
+        names.add(name)
+        if isinstance(cmd, TyperGroup):
+            names |= {f"{name} {sub}" for sub in cmd.commands}
+    assert names == {" ".join(args) for args in COMMANDS if args}
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda args: "-".join(args) or "pollen")
 def test_help_reads_naturally(worker_env: dict[str, str], args: list[str]) -> None:
     result = pollen(worker_env, *args, "--help")
     assert result.returncode == 0
-    assert "<bool>" not in result.stdout
-    assert "<str>" not in result.stdout  # an argument's name says what it takes
+    # flags take no value; a metavar (JOB, SECONDS, PORT) says what the others take
+    for type_name in ("<bool>", "<str>", "<int>", "<float>"):
+        assert type_name not in result.stdout
+    assert "--no-" not in result.stdout  # a flag is --local, not --local/--no-local
     usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
     assert "{" not in usage
     expected = {"submit": "PAYLOAD", "status": "JOB", "result": "JOB"}
