@@ -109,6 +109,8 @@ def _settings() -> Settings:
             if e["loc"]
             else e["msg"]
             for e in exc.errors()
+            # a default computed from a bad value only repeats that value's error
+            if e["type"] != "default_factory_not_called"
         )
         _fail(f"invalid settings: {problems}")
 

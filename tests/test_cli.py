@@ -279,8 +279,17 @@ def test_config_masks_a_user_and_password_url(worker_env: dict[str, str]) -> Non
 
 
 def test_config_with_an_invalid_setting_is_one_line(worker_env: dict[str, str]) -> None:
-    result = pollen({**worker_env, "POLLEN_JOB_TTL": "-1"}, "config")
-    assert_user_error(result, "POLLEN_JOB_TTL")
+    result = pollen({**worker_env, "POLLEN_JOB_TTL": "abc"}, "config")
+    line = assert_user_error(result, "POLLEN_JOB_TTL")
+    assert "HEARTBEAT" not in line  # a default built from the bad value repeats no error
+
+
+@pytest.mark.parametrize("command", ["status abc", "stats", "config"])
+def test_a_redis_url_that_is_not_one_is_a_settings_error(
+    worker_env: dict[str, str], command: str
+) -> None:
+    result = pollen({**worker_env, "POLLEN_REDIS_URL": "localhost:6379"}, *command.split())
+    assert_user_error(result, "POLLEN_REDIS_URL: Value error, must start with redis://")
 
 
 # --- worker, help -------------------------------------------------------------------------
