@@ -286,7 +286,10 @@ def submit(
         typer.Option(metavar="SECONDS", help="Wait up to this long, showing progress."),
     ] = None,
 ) -> None:
-    """Enqueue a job (see schema/job-request.schema.json) and print its id."""
+    """Enqueue a job (see schema/job-request.schema.json) and print its id.
+
+    With --wait, print the finished job as JSON; exit 1 if it did not succeed, 3 if still running.
+    """
     from pollen import InvalidJob
 
     job = _load_payload(payload)
@@ -298,7 +301,9 @@ def submit(
         typer.echo(job_id)
         if wait is not None:
             finished = _follow(client, job_id, wait)
-            _print_json(finished.model_dump(mode="json", exclude={"request"}))
+            _print_json(_with_iso(finished.model_dump(mode="json", exclude={"request"})))
+            if finished.status.value != "succeeded":
+                raise typer.Exit(1)
 
 
 @command("wait")

@@ -122,6 +122,21 @@ def test_submit_wait_prints_plain_progress_lines_then_the_job(
     assert any(" results 1/2" in line for line in progress)
 
 
+def test_submit_wait_for_a_job_that_fails_exits_1(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    """Like `pollen wait`: a script can tell a failed job from a finished one by the exit code."""
+    job = {"provider": "runware", "request": {"taskType": "imageInference", "model": "m:1@1"}}
+    result = pollen(worker_env, "submit", json.dumps(job), "--wait", "30")
+    assert result.returncode == 1, result.stderr
+    job_id, *rest = result.stdout.splitlines()
+    finished = json.loads("\n".join(rest))
+    assert finished["status"] == "failed"
+    assert finished["error"]["code"] == "missingParameter"
+    assert finished["created_at_iso"].endswith("Z")  # the same timestamps as `pollen result`
+    assert result.stderr.splitlines()[-1] == f"{job_id} failed results 0/1"
+
+
 # --- wait ---------------------------------------------------------------------------------
 
 
