@@ -391,15 +391,18 @@ app.add_typer(callbacks_app, name="callbacks")
 
 @callbacks_app.command("list", cls=_Command)
 def callbacks_list(job_id: JobId) -> None:
-    """Every delivery of the job (webhook-id, event, state) and every attempt made:
-    its time (ISO 8601), HTTP status, latency and error."""
+    """List the job's deliveries (webhook-id, event, state) and every attempt made.
+
+    Each attempt: its time (ISO 8601), outcome, HTTP status, latency and error.
+    """
     deliveries = _about_a_job(lambda client: client.callbacks(job_id))
     for item in deliveries:
         typer.echo(f"{item['webhook_id']}  {item['event']:<9} {item['state']:<9} {item['target']}")
         for attempt in item["attempts"]:
             code = attempt.get("status_code") or "-"
             at = _iso(attempt["at"]) if attempt.get("at") else "-"
-            error = f"  {attempt['error']}" if attempt.get("error") else ""
+            said = attempt.get("error")
+            error = f"  {said}" if said and said != f"HTTP {code}" else ""
             typer.echo(
                 f"    {at}  {attempt['outcome']:<9} HTTP {code}  "
                 f"{attempt['latency_ms']:.0f} ms{error}"
@@ -420,6 +423,8 @@ def callbacks_replay(
     replayed = _about_a_job(
         lambda client: client.replay_callbacks(job_id, delivery=delivery, everything=everything)
     )
+    if delivery is not None and not replayed:
+        _fail(f"job {job_id} has no delivery {delivery} (see `pollen callbacks list {job_id}`)")
     typer.echo(f"replayed {len(replayed)} deliveries" + "".join(f"\n  {d}" for d in replayed))
 
 

@@ -60,6 +60,13 @@ def assert_user_error(result: subprocess.CompletedProcess[str], says: str, code:
     return lines[0]
 
 
+def attempted(client: Any, job_id: str) -> bool:
+    """Whether the job's first delivery made an attempt (its record appears only after the
+    job's end, which is when ``wait`` returns)."""
+    deliveries = client.callbacks(job_id)
+    return bool(deliveries and deliveries[0]["attempts"])
+
+
 @pytest.fixture
 def down_env(worker_env: dict[str, str]) -> dict[str, str]:
     """The worker's settings with Redis at a free port (nothing listens) behind a password."""
@@ -211,7 +218,7 @@ def test_callbacks_list_prints_each_attempt_and_replay(
 ) -> None:
     job_id = client.submit_payload({**IMAGE, "callback_url": f"{receiver.url}/hook"})
     client.wait(job_id, 30)
-    eventually(lambda: client.callbacks(job_id)[0]["attempts"], what="a delivery attempt")
+    eventually(lambda: attempted(client, job_id), what="a delivery attempt")
     listed = pollen(worker_env, "callbacks", "list", job_id)
     assert listed.returncode == 0, listed.stderr
     delivery, attempt = listed.stdout.splitlines()[:2]
@@ -221,6 +228,21 @@ def test_callbacks_list_prints_each_attempt_and_replay(
     ), attempt
     replay = pollen(worker_env, "callbacks", "replay", job_id, "--all")
     assert replay.stdout.startswith("replayed 1 deliveries"), replay.stderr
+
+
+def test_callbacks_list_shows_a_refused_attempt_once_and_replay_names_an_unknown_delivery(
+    worker_env: dict[str, str], worker: Worker, client: Any
+) -> None:
+    with CallbackReceiver(status=500) as refusing:
+        job_id = client.submit_payload({**IMAGE, "callback_url": f"{refusing.url}/hook"})
+        client.wait(job_id, 30)
+        eventually(lambda: attempted(client, job_id), what="a delivery attempt")
+    listed = pollen(worker_env, "callbacks", "list", job_id)
+    attempt = listed.stdout.splitlines()[1]
+    # the error said only "HTTP 500", which the line already shows
+    assert re.fullmatch(r"    \S+Z  retry +HTTP 500  \d+ ms", attempt), attempt
+    replay = pollen(worker_env, "callbacks", "replay", job_id, "--delivery", "msg_nope")
+    assert_user_error(replay, f"job {job_id} has no delivery msg_nope")
 
 
 @pytest.mark.parametrize("command", ["list", "replay"])
