@@ -424,3 +424,23 @@ def test_help_reads_naturally(worker_env: dict[str, str], args: list[str]) -> No
         assert usage.split()[-1] == expected[args[0]]
     if args == ["worker"]:
         assert "-P" in result.stdout
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+def test_demo_at_80_columns_prints_real_costs_and_a_rule_of_its_own() -> None:
+    """The demo piped at 80 columns (it starts its own Redis, simulator and worker)."""
+    result = pollen({"COLUMNS": "80"}, "demo", "--jobs", "1", timeout=150)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    lines = result.stdout.splitlines()
+    assert "cost None" not in result.stdout  # the Runway dialects report no cost
+    stored = next(i for i, line in enumerate(lines) if "stored results" in line)
+    assert lines[stored].startswith("─")  # not glued to the table's last row
+    assert lines[stored - 1].strip() == ""
+    title = next(i for i, line in enumerate(lines) if "pollen demo —" in line)
+    assert all(len(line) <= 80 for line in lines[title:stored])  # the table does not wrap
+    jobs = [line for line in lines[stored + 1 :] if re.match(r"[0-9a-f]{32} ", line)]
+    assert len(jobs) == 5
+    assert re.search(r"3 videos, 2-6 s: succeeded, cost \d", "\n".join(jobs))
+    assert all(re.search(r": (succeeded|failed)(, cost [\d.e-]+)?$", line) for line in jobs), jobs
