@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from typer._click.core import Context, Parameter  # typer vendors click
+from typer._click.exceptions import ClickException
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ def _settings() -> Settings:
             if e["loc"]
             else e["msg"]
             for e in exc.errors()
+            # a default computed from a bad value only repeats that value's error
+            if e["type"] != "default_factory_not_called"
         )
         _fail(f"invalid settings: {problems}")
 
@@ -283,7 +286,10 @@ def submit(
         typer.Option(metavar="SECONDS", help="Wait up to this long, showing progress."),
     ] = None,
 ) -> None:
-    """Enqueue a job (see schema/job-request.schema.json) and print its id."""
+    """Enqueue a job (see schema/job-request.schema.json) and print its id.
+
+    With --wait, print the finished job as JSON; exit 1 if it did not succeed, 3 if still running.
+    """
     from pollen import InvalidJob
 
     job = _load_payload(payload)
@@ -295,7 +301,9 @@ def submit(
         typer.echo(job_id)
         if wait is not None:
             finished = _follow(client, job_id, wait)
-            _print_json(finished.model_dump(mode="json", exclude={"request"}))
+            _print_json(_with_iso(finished.model_dump(mode="json", exclude={"request"})))
+            if finished.status.value != "succeeded":
+                raise typer.Exit(1)
 
 
 @command("wait")
@@ -383,15 +391,18 @@ app.add_typer(callbacks_app, name="callbacks")
 
 @callbacks_app.command("list", cls=_Command)
 def callbacks_list(job_id: JobId) -> None:
-    """Every delivery of the job (webhook-id, event, state) and every attempt made:
-    its time (ISO 8601), HTTP status, latency and error."""
+    """List the job's deliveries (webhook-id, event, state) and every attempt made.
+
+    Each attempt: its time (ISO 8601), outcome, HTTP status, latency and error.
+    """
     deliveries = _about_a_job(lambda client: client.callbacks(job_id))
     for item in deliveries:
         typer.echo(f"{item['webhook_id']}  {item['event']:<9} {item['state']:<9} {item['target']}")
         for attempt in item["attempts"]:
             code = attempt.get("status_code") or "-"
             at = _iso(attempt["at"]) if attempt.get("at") else "-"
-            error = f"  {attempt['error']}" if attempt.get("error") else ""
+            said = attempt.get("error")
+            error = f"  {said}" if said and said != f"HTTP {code}" else ""
             typer.echo(
                 f"    {at}  {attempt['outcome']:<9} HTTP {code}  "
                 f"{attempt['latency_ms']:.0f} ms{error}"
@@ -412,19 +423,27 @@ def callbacks_replay(
     replayed = _about_a_job(
         lambda client: client.replay_callbacks(job_id, delivery=delivery, everything=everything)
     )
+    if delivery is not None and not replayed:
+        _fail(f"job {job_id} has no delivery {delivery} (see `pollen callbacks list {job_id}`)")
     typer.echo(f"replayed {len(replayed)} deliveries" + "".join(f"\n  {d}" for d in replayed))
+
+
+def _opt(metavar: str, help: str, **kwargs: Any) -> Any:
+    return typer.Option(metavar=metavar, help=help, **kwargs)
 
 
 @command()
 def simulator(
-    host: str = "127.0.0.1",
-    port: int = 8765,
-    duration_min: float = 1.0,
-    duration_max: float = 3.0,
-    rate_5xx: float = 0.0,
-    rate_429: float = 0.0,
-    rate_malformed: float = 0.0,
-    api_key: str = "sim-key",
+    host: Annotated[str, _opt("HOST", "Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, _opt("PORT", "Port to listen on.")] = 8765,
+    duration_min: Annotated[float, _opt("SECONDS", "Shortest generation.", min=0)] = 1.0,
+    duration_max: Annotated[float, _opt("SECONDS", "Longest generation.", min=0)] = 3.0,
+    rate_5xx: Annotated[float, _opt("RATE", "Share of requests answered 5xx.", min=0, max=1)] = 0.0,
+    rate_429: Annotated[float, _opt("RATE", "Share answered 429.", min=0, max=1)] = 0.0,
+    rate_malformed: Annotated[
+        float, _opt("RATE", "Share answered with a malformed body.", min=0, max=1)
+    ] = 0.0,
+    api_key: Annotated[str, _opt("KEY", "The bearer token it accepts.")] = "sim-key",
 ) -> None:
     """Run the provider simulator (Runware, useapi.net and CometAPI dialects)."""
     with _extra("simulator"):
@@ -443,7 +462,9 @@ def simulator(
 
 @command()
 def demo(
-    jobs: Annotated[int, typer.Option(help="Extra single-image jobs to add.")] = 2,
+    jobs: Annotated[
+        int, typer.Option(metavar="N", min=0, help="Extra single-image jobs to add.")
+    ] = 2,
 ) -> None:
     """Run everything locally: Redis, simulator, a worker, a few jobs; show progress and results."""
     with _extra("local"):
@@ -455,7 +476,8 @@ def demo(
 @command()
 def health(
     local: Annotated[
-        bool, typer.Option(help="Probe this pod's worker (heartbeat file) instead of the fleet.")
+        bool,
+        typer.Option("--local", help="Probe this pod's worker (heartbeat file), not the fleet."),
     ] = False,
 ) -> None:
     """Exit non-zero when Redis is unreachable or no worker is alive."""
@@ -556,10 +578,14 @@ def config() -> None:
 
 @command()
 def schema(
-    check: Annotated[bool, typer.Option(help="Fail if the checked-in schema is stale.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail if the checked-in schema is stale.")
+    ] = False,
 ) -> None:
-    """Write (or --check) the job-request JSON Schema from the pydantic models: the copy in the
-    package and, in a source checkout, schema/job-request.schema.json."""
+    """Write (or --check) the job-request JSON Schema from the pydantic models.
+
+    It goes into the package and, in a source checkout, to schema/job-request.schema.json.
+    """
     from pollen import schema as published
 
     if check:
@@ -571,19 +597,38 @@ def schema(
         typer.echo(f"wrote {path}")
 
 
+def _usage_error(exc: ClickException) -> int:
+    """A usage mistake as one line (Click's own is a usage line, a hint and a boxed message)."""
+    message = " ".join(exc.format_message().split())
+    if not message:  # no arguments at all: the help is already printed
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
+    return exc.exit_code
+
+
 def main() -> None:
-    """Run the CLI; an unreachable Redis or a refused store write is one line, exit 1."""
+    """Run the CLI. A mistake is one line on stderr: usage errors exit 2; an unreachable Redis,
+    a refused store write or any other error of pollen's exit 1."""
     from pollen.errors import PollenError
     from pollen.store.connection import UNREACHABLE
 
     try:
-        app()
+        # "pollen" in usage lines also under `python -m pollen.cli`; a typer.Exit returns its code
+        code = app(prog_name="pollen", standalone_mode=False)
+    except ClickException as exc:
+        code = _usage_error(exc)
+    except typer.Abort:
+        typer.secho("error: aborted", fg=typer.colors.RED, err=True)
+        code = 1
     except UNREACHABLE as exc:
         typer.secho(f"error: Redis is unreachable: {exc}", fg=typer.colors.RED, err=True)
-        raise SystemExit(1) from None
+        code = 1
     except PollenError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise SystemExit(1) from None
+        code = 1
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

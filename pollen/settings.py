@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pollen.backoff import PollPolicy
@@ -83,6 +83,9 @@ class CallbackSettings(BaseModel):
         default_factory=list,
         description="Networks callbacks may reach although private (JSON list of CIDRs).",
     )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class Settings(BaseSettings):
@@ -185,6 +188,15 @@ class Settings(BaseSettings):
         '{"runware": 50}).',
     )
     http_max_connections: int = Field(100, gt=0, description="Pool size per worker process.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, url: str) -> str:
+        """The store is Redis (the broker may be anything Celery speaks): a wrong URL is a
+        settings error naming the variable, not redis-py's ValueError when first used."""
+        if urlsplit(url).scheme.lower() not in REDIS_SCHEMES:
+            raise ValueError(f"must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+        return url
 
     @model_validator(mode="after")
     def _visibility_timeout_covers_countdowns(self) -> Settings:

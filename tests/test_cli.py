@@ -60,6 +60,13 @@ def assert_user_error(result: subprocess.CompletedProcess[str], says: str, code:
     return lines[0]
 
 
+def attempted(client: Any, job_id: str) -> bool:
+    """Whether the job's first delivery made an attempt (its record appears only after the
+    job's end, which is when ``wait`` returns)."""
+    deliveries = client.callbacks(job_id)
+    return bool(deliveries and deliveries[0]["attempts"])
+
+
 @pytest.fixture
 def down_env(worker_env: dict[str, str]) -> dict[str, str]:
     """The worker's settings with Redis at a free port (nothing listens) behind a password."""
@@ -120,6 +127,21 @@ def test_submit_wait_prints_plain_progress_lines_then_the_job(
     assert progress[-1] == f"{job_id} succeeded results 2/2 progress 100%"
     assert len(progress) == len(set(progress)) >= 2
     assert any(" results 1/2" in line for line in progress)
+
+
+def test_submit_wait_for_a_job_that_fails_exits_1(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    """Like `pollen wait`: a script can tell a failed job from a finished one by the exit code."""
+    job = {"provider": "runware", "request": {"taskType": "imageInference", "model": "m:1@1"}}
+    result = pollen(worker_env, "submit", json.dumps(job), "--wait", "30")
+    assert result.returncode == 1, result.stderr
+    job_id, *rest = result.stdout.splitlines()
+    finished = json.loads("\n".join(rest))
+    assert finished["status"] == "failed"
+    assert finished["error"]["code"] == "missingParameter"
+    assert finished["created_at_iso"].endswith("Z")  # the same timestamps as `pollen result`
+    assert result.stderr.splitlines()[-1] == f"{job_id} failed results 0/1"
 
 
 # --- wait ---------------------------------------------------------------------------------
@@ -196,7 +218,7 @@ def test_callbacks_list_prints_each_attempt_and_replay(
 ) -> None:
     job_id = client.submit_payload({**IMAGE, "callback_url": f"{receiver.url}/hook"})
     client.wait(job_id, 30)
-    eventually(lambda: client.callbacks(job_id)[0]["attempts"], what="a delivery attempt")
+    eventually(lambda: attempted(client, job_id), what="a delivery attempt")
     listed = pollen(worker_env, "callbacks", "list", job_id)
     assert listed.returncode == 0, listed.stderr
     delivery, attempt = listed.stdout.splitlines()[:2]
@@ -206,6 +228,21 @@ def test_callbacks_list_prints_each_attempt_and_replay(
     ), attempt
     replay = pollen(worker_env, "callbacks", "replay", job_id, "--all")
     assert replay.stdout.startswith("replayed 1 deliveries"), replay.stderr
+
+
+def test_callbacks_list_shows_a_refused_attempt_once_and_replay_names_an_unknown_delivery(
+    worker_env: dict[str, str], worker: Worker, client: Any
+) -> None:
+    with CallbackReceiver(status=500) as refusing:
+        job_id = client.submit_payload({**IMAGE, "callback_url": f"{refusing.url}/hook"})
+        client.wait(job_id, 30)
+        eventually(lambda: attempted(client, job_id), what="a delivery attempt")
+    listed = pollen(worker_env, "callbacks", "list", job_id)
+    attempt = listed.stdout.splitlines()[1]
+    # the error said only "HTTP 500", which the line already shows
+    assert re.fullmatch(r"    \S+Z  retry +HTTP 500  \d+ ms", attempt), attempt
+    replay = pollen(worker_env, "callbacks", "replay", job_id, "--delivery", "msg_nope")
+    assert_user_error(replay, f"job {job_id} has no delivery msg_nope")
 
 
 @pytest.mark.parametrize("command", ["list", "replay"])
@@ -279,8 +316,17 @@ def test_config_masks_a_user_and_password_url(worker_env: dict[str, str]) -> Non
 
 
 def test_config_with_an_invalid_setting_is_one_line(worker_env: dict[str, str]) -> None:
-    result = pollen({**worker_env, "POLLEN_JOB_TTL": "-1"}, "config")
-    assert_user_error(result, "POLLEN_JOB_TTL")
+    result = pollen({**worker_env, "POLLEN_JOB_TTL": "abc"}, "config")
+    line = assert_user_error(result, "POLLEN_JOB_TTL")
+    assert "HEARTBEAT" not in line  # a default built from the bad value repeats no error
+
+
+@pytest.mark.parametrize("command", ["status abc", "stats", "config"])
+def test_a_redis_url_that_is_not_one_is_a_settings_error(
+    worker_env: dict[str, str], command: str
+) -> None:
+    result = pollen({**worker_env, "POLLEN_REDIS_URL": "localhost:6379"}, *command.split())
+    assert_user_error(result, "POLLEN_REDIS_URL: Value error, must start with redis://")
 
 
 # --- worker, help -------------------------------------------------------------------------
@@ -314,17 +360,63 @@ def test_worker_pool_option_reaches_celery(
 
 def test_worker_with_an_unknown_pool_is_a_usage_error(worker_env: dict[str, str]) -> None:
     result = pollen(worker_env, "worker", "-P", "bogus")
-    assert result.returncode == 2
-    assert "'bogus' is not one of threads, prefork, solo" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_user_error(result, "'bogus' is not one of threads, prefork, solo", code=2)
 
 
-@pytest.mark.parametrize("args", [["submit"], ["status"], ["result"], ["worker"], []])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["submit"], "Missing argument 'PAYLOAD'. (see 'pollen submit --help')"),
+        (["frobnicate"], "No such command 'frobnicate'. (see 'pollen --help')"),
+        (["stats", "--jsn"], "No such option: --jsn"),
+        (["wait", "abc", "--timeout", "soon"], "Invalid value for '--timeout'"),
+        (["callbacks", "lst", "abc"], "Did you mean 'list'?"),
+        (["demo", "--jobs", "-1"], "Invalid value for '--jobs'"),
+    ],
+)
+def test_a_usage_mistake_is_one_line_and_exit_2(
+    worker_env: dict[str, str], args: list[str], says: str
+) -> None:
+    assert_user_error(pollen(worker_env, *args), says, code=2)
+
+
+def test_no_command_prints_the_help(worker_env: dict[str, str]) -> None:
+    result = pollen(worker_env)
+    assert "Usage: pollen [OPTIONS] COMMAND" in result.stdout
+    assert result.stderr == ""
+
+
+COMMANDS = [
+    [], ["worker"], ["submit"], ["wait"], ["status"], ["result"], ["details"], ["callbacks"],
+    ["callbacks", "list"], ["callbacks", "replay"], ["simulator"], ["demo"], ["health"],
+    ["stats"], ["config"], ["schema"],
+]  # fmt: skip
+
+
+def test_every_command_has_its_help_checked() -> None:
+    from typer.core import TyperGroup
+    from typer.main import get_command
+
+    from pollen.cli import app
+
+    group = get_command(app)
+    assert isinstance(group, TyperGroup)
+    names = set()
+    for name, cmd in group.commands.items():
+        names.add(name)
+        if isinstance(cmd, TyperGroup):
+            names |= {f"{name} {sub}" for sub in cmd.commands}
+    assert names == {" ".join(args) for args in COMMANDS if args}
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda args: "-".join(args) or "pollen")
 def test_help_reads_naturally(worker_env: dict[str, str], args: list[str]) -> None:
     result = pollen(worker_env, *args, "--help")
     assert result.returncode == 0
-    assert "<bool>" not in result.stdout
-    assert "<str>" not in result.stdout  # an argument's name says what it takes
+    # flags take no value; a metavar (JOB, SECONDS, PORT) says what the others take
+    for type_name in ("<bool>", "<str>", "<int>", "<float>"):
+        assert type_name not in result.stdout
+    assert "--no-" not in result.stdout  # a flag is --local, not --local/--no-local
     usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
     assert "{" not in usage
     expected = {"submit": "PAYLOAD", "status": "JOB", "result": "JOB"}
@@ -332,3 +424,23 @@ def test_help_reads_naturally(worker_env: dict[str, str], args: list[str]) -> No
         assert usage.split()[-1] == expected[args[0]]
     if args == ["worker"]:
         assert "-P" in result.stdout
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+def test_demo_at_80_columns_prints_real_costs_and_a_rule_of_its_own() -> None:
+    """The demo piped at 80 columns (it starts its own Redis, simulator and worker)."""
+    result = pollen({"COLUMNS": "80"}, "demo", "--jobs", "1", timeout=150)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    lines = result.stdout.splitlines()
+    assert "cost None" not in result.stdout  # the Runway dialects report no cost
+    stored = next(i for i, line in enumerate(lines) if "stored results" in line)
+    assert lines[stored].startswith("─")  # not glued to the table's last row
+    assert lines[stored - 1].strip() == ""
+    title = next(i for i, line in enumerate(lines) if "pollen demo —" in line)
+    assert all(len(line) <= 80 for line in lines[title:stored])  # the table does not wrap
+    jobs = [line for line in lines[stored + 1 :] if re.match(r"[0-9a-f]{32} ", line)]
+    assert len(jobs) == 5
+    assert re.search(r"3 videos, 2-6 s: succeeded, cost \d", "\n".join(jobs))
+    assert all(re.search(r": (succeeded|failed)(, cost [\d.e-]+)?$", line) for line in jobs), jobs

@@ -1,4 +1,4 @@
-"""The README's producer examples run as written, and its settings table is complete."""
+"""The README's producer examples run as written; its settings and command tables are complete."""
 
 from __future__ import annotations
 
@@ -80,3 +80,22 @@ def test_readme_receiver_example_verifies_and_dedupes(capsys: pytest.CaptureFixt
     assert capsys.readouterr().out == "j1 succeeded\n"  # processed once
     forged = webhooks.headers([webhooks.new_secret()], "msg_j2", int(time.time()), body)
     assert handle(body, forged) == 401  # type: ignore[operator]
+
+
+def test_readme_command_table_lists_every_command() -> None:
+    from typer.core import TyperGroup
+    from typer.main import get_command
+
+    from pollen.cli import app
+
+    group = get_command(app)
+    assert isinstance(group, TyperGroup)
+    commands = set()
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, TyperGroup):
+            commands |= {f"{name} {sub}" for sub in cmd.commands}
+        else:
+            commands.add(name)
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `pollen ([a-z]+(?: (?:list|replay))?)\b", section, re.MULTILINE)
+    assert sorted(rows) == sorted(commands)
