@@ -55,7 +55,13 @@ class ProducerSpec:
 class Client(Protocol):
     def warm(self) -> None: ...
 
-    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None: ...
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> int:
+        """Enqueue one job (or buffer it); how many jobs this call sent."""
+        ...
+
+    def flush(self) -> int:
+        """Send what is buffered; how many jobs it sent."""
+        ...
 
     def close(self) -> None: ...
 
@@ -82,11 +88,43 @@ class PollenClient:
         self.client.store.redis.ping()
         _connect(self.client.celery)
 
-    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None:
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> int:
         self.client.submit("runware", request, job_id=job_id, callback_url=callback_url)
+        return 1
+
+    def flush(self) -> int:
+        return 0
 
     def close(self) -> None:
         self.client.close()
+
+
+#: jobs per Pollen.submit_many call of the pollen-many producer
+MANY_CHUNK = 500
+
+
+class PollenManyClient(PollenClient):
+    """``pollen.Pollen.submit_many``: an application that enqueues jobs in bulk."""
+
+    def __init__(self, spec: ProducerSpec) -> None:
+        super().__init__(spec)
+        self.pending: list[dict[str, Any]] = []
+
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> int:
+        self.pending.append(
+            {"provider": "runware", "request": request, "job_id": job_id,
+             "callback_url": callback_url}
+        )  # fmt: skip
+        return self.flush() if len(self.pending) >= MANY_CHUNK else 0
+
+    def flush(self) -> int:
+        if not self.pending:
+            return 0
+        answer = self.client.submit_many(self.pending)
+        if answer.errors:
+            raise RuntimeError(f"submit_many refused jobs: {list(answer.errors.values())[:3]}")
+        sent, self.pending = len(self.pending), []
+        return sent
 
 
 class BaselineClient:
@@ -104,8 +142,12 @@ class BaselineClient:
         self.store.ping()
         _connect(self.producer)
 
-    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> None:
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> int:
         self.enqueue_job(self.store, self.producer, job_id, request, callback_url)
+        return 1
+
+    def flush(self) -> int:
+        return 0
 
     def close(self) -> None:
         self.store.close()
@@ -121,6 +163,8 @@ def _connect(app: Celery) -> None:
 def make_client(spec: ProducerSpec) -> Client:
     if spec.system == "pollen":
         return PollenClient(spec)
+    if spec.system == "pollen-many":
+        return PollenManyClient(spec)
     if spec.system in ("baseline", "baseline-pooled"):
         return BaselineClient(spec)
     raise ValueError(f"unknown system {spec.system!r}")
@@ -162,9 +206,12 @@ def produce(
         for job_id in job_ids:
             if stop.is_set():
                 break
-            client.enqueue(job_id, job_request(job_id), f"{callback_base}/{job_id}")
-            report["count"] += 1
+            report["count"] += client.enqueue(
+                job_id, job_request(job_id), f"{callback_base}/{job_id}"
+            )
             count.value = report["count"]
+        report["count"] += client.flush()
+        count.value = report["count"]
         report["last_at"] = time.time()
     except Exception as exc:  # reported, not raised: the run still cleans up and reports
         report["error"] = f"enqueue failed after {report['count']} jobs: {exc!r}"

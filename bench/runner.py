@@ -356,7 +356,7 @@ def run_system(
 
 
 def _pool(name: str, options: Options) -> str:
-    if name == "pollen":
+    if name.startswith("pollen"):
         return f"{options.pollen_pool or 'threads'} x {options.pollen_concurrency or 32}"
     return f"prefork x {options.concurrency}"
 

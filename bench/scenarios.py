@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-SYSTEMS = ("pollen", "baseline", "baseline-pooled")
+#: pollen-many: pollen's workers, jobs enqueued with Pollen.submit_many (MANY_CHUNK per call)
+SYSTEMS = ("pollen", "pollen-many", "baseline", "baseline-pooled")
 
 #: pollen's defaults (``pollen/backoff.py``): 2 s before the first poll, then 1, 1.5, 2.25 ... 30 s
 DEFAULT_POLICY: dict[str, float] = {
@@ -66,7 +67,7 @@ class Scenario:
     producers: int = 2
 
     def jobs_for(self, system: str) -> int:
-        if system != "pollen" and self.baseline_cap is not None:
+        if not system.startswith("pollen") and self.baseline_cap is not None:
             return min(self.jobs, self.baseline_cap)
         return self.jobs
 

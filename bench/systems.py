@@ -167,11 +167,19 @@ class BaselineSystem(System):
         )
 
 
+class PollenManySystem(PollenSystem):
+    """pollen's workers, unchanged; its producers enqueue with ``Pollen.submit_many``."""
+
+    name = "pollen-many"
+
+
 def make_system(
     name: str, redis_server: RedisServer, sim_url: str, scenario: Scenario, options: Options
 ) -> System:
     if name == "pollen":
         return PollenSystem(redis_server, sim_url, scenario, options)
+    if name == "pollen-many":
+        return PollenManySystem(redis_server, sim_url, scenario, options)
     if name in ("baseline", "baseline-pooled"):
         pooled = name == "baseline-pooled"
         return BaselineSystem(redis_server, sim_url, scenario, options, pooled=pooled)

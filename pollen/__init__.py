@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pollen.client import Pollen as Pollen
+    from pollen.client import Submitted as Submitted
     from pollen.errors import IdempotencyConflict as IdempotencyConflict
     from pollen.errors import InvalidJob as InvalidJob
     from pollen.errors import JobLost as JobLost
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Pollen": "pollen.client",
+    "Submitted": "pollen.client",
     "IdempotencyConflict": "pollen.errors",
     "InvalidJob": "pollen.errors",
     "JobNotFound": "pollen.errors",
@@ -53,6 +55,7 @@ __all__ = [
     "Pollen",
     "PollenError",
     "StoreUnavailable",
+    "Submitted",
     "WaitTimeout",
 ]
 __version__ = "0.1.0"

@@ -14,21 +14,37 @@ id. It never imports the worker (:mod:`pollen.contract` is what both sides agree
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
 
 from pollen import contract
-from pollen.errors import JobLost, JobNotFound, StoreUnavailable, WaitTimeout
+from pollen.errors import InvalidJob, JobLost, JobNotFound, StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
-from pollen.payloads import accept
+from pollen.payloads import accept, accept_many
 from pollen.settings import Settings, get_settings
 from pollen.store import durability
 from pollen.store.connection import open_store
 
 #: longest blocking read of wait(), seconds; shorter than the Redis client's socket timeout
 WAIT_SLICE = 5.0
+#: most jobs one ``pollen.submit`` message of :meth:`Pollen.submit_many` carries
+SUBMIT_MESSAGE_JOBS = 500
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What :meth:`Pollen.submit_many` did with each job, in the order given."""
+
+    job_ids: list[str | None]  #: the job's id, or None where the job was refused
+    errors: dict[int, InvalidJob] = field(default_factory=dict)  #: index -> why refused
+
+    @property
+    def accepted(self) -> list[str]:
+        """The ids of the jobs that were enqueued (or already existed with that request)."""
+        return [job_id for job_id in self.job_ids if job_id is not None]
 
 
 class Pollen:
@@ -98,6 +114,50 @@ class Pollen:
                 self.store.rollback_create(job_id)
                 raise StoreUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
         return job_id
+
+    def submit_many(self, payloads: Iterable[dict[str, Any]]) -> Submitted:
+        """Enqueue many jobs (each a dict of the job-request schema, as for
+        :meth:`submit_payload`) with one store round trip and one message per
+        :data:`SUBMIT_MESSAGE_JOBS` jobs.
+
+        Each job is validated on its own: a bad one is refused (its index and the reason in
+        :attr:`Submitted.errors`) and the others go ahead. The workers submit the jobs of one
+        message together (Runware: one request per ``POLLEN_BATCH_SIZE`` tasks), and their
+        first polls travel as batches.
+        """
+        items = list(payloads)
+        answers = accept_many(self.settings, self.store, items, now=time.time())
+        if self._epoch is None:
+            self._epoch = durability.ensure_epoch(self.store)
+        job_ids: list[str | None] = []
+        errors: dict[int, InvalidJob] = {}
+        fresh: list[str] = []
+        for index, answer in enumerate(answers):
+            if isinstance(answer, InvalidJob):
+                errors[index] = answer
+                job_ids.append(None)
+                continue
+            job_ids.append(answer[0])
+            if answer[1]:
+                fresh.append(answer[0])
+        for start in range(0, len(fresh), SUBMIT_MESSAGE_JOBS):
+            chunk = fresh[start : start + SUBMIT_MESSAGE_JOBS]
+            try:
+                self.celery.send_task(
+                    contract.SUBMIT,
+                    kwargs={"job_ids": chunk},
+                    queue=self.settings.queues.submit,
+                    kwargsrepr=contract.describe_batch([(i, 0) for i in chunk]),
+                    ignore_result=True,
+                )
+            except Exception as exc:
+                unsent = fresh[start:]
+                self.store.rollback_many(unsent)
+                raise StoreUnavailable(
+                    f"could not enqueue {len(unsent)} of {len(items)} jobs (not stored; the "
+                    f"first {start} were enqueued): {exc}"
+                ) from exc
+        return Submitted(job_ids, errors)
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status."""

@@ -1,5 +1,5 @@
 """Turning a producer's payload into a validated :class:`JobRequest` (or a clear refusal),
-and storing it as a queued job (:func:`accept`).
+and storing it as a queued job (:func:`accept`, :func:`accept_many`).
 
 The accepted shape is the union of every registered dialect's job model, told apart by
 ``provider``; its JSON Schema is what ``pollen schema`` publishes.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -104,13 +106,20 @@ def job_request_schema() -> dict[str, Any]:
     }
 
 
-def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tuple[str, bool]:
-    """Validate a producer payload and store it as a queued job.
+@dataclass(frozen=True)
+class Prepared:
+    """A validated job, ready to be stored: its record, TTL and request fingerprint."""
 
-    Returns ``(job_id, created)``; ``created`` is False when a job with that id already
-    exists with the same request (the id is an idempotency key). Raises :class:`InvalidJob`
-    before writing anything, and :class:`IdempotencyConflict` when the id exists with a
-    different request.
+    job_id: str
+    fields: dict[str, Any]
+    ttl: int
+    fingerprint: str
+
+
+def prepare(settings: Settings, payload: Any, *, now: float) -> Prepared:
+    """Validate a producer payload and build the record of a new queued job (no I/O).
+
+    Raises :class:`InvalidJob` (naming the bad field) or :class:`UnsafeCallbackURL`.
     """
     request = parse_job_request(payload, max_request_bytes=settings.max_request_bytes)
     try:
@@ -148,8 +157,55 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
         "poll_seq": "0",
     }
     ttl = int(policy.deadline) + settings.job_ttl + EXTRA_TTL
-    created = store.create(job_id, fields, now=now, ttl=ttl, fingerprint=fingerprint(request))
-    return job_id, created
+    return Prepared(job_id, fields, ttl, fingerprint(request))
+
+
+def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tuple[str, bool]:
+    """Validate a producer payload and store it as a queued job.
+
+    Returns ``(job_id, created)``; ``created`` is False when a job with that id already
+    exists with the same request (the id is an idempotency key). Raises :class:`InvalidJob`
+    before writing anything, and :class:`IdempotencyConflict` when the id exists with a
+    different request.
+    """
+    job = prepare(settings, payload, now=now)
+    created = store.create(
+        job.job_id, job.fields, now=now, ttl=job.ttl, fingerprint=job.fingerprint
+    )
+    return job.job_id, created
+
+
+def accept_many(
+    settings: Settings, store: Store, payloads: Sequence[Any], *, now: float
+) -> list[tuple[str, bool] | InvalidJob]:
+    """:func:`accept` for many payloads, stored in one round trip.
+
+    Each payload is judged on its own: one answer per payload, in order, either
+    ``(job_id, created)`` or the :class:`InvalidJob` (or :class:`IdempotencyConflict`) that
+    refused it; a refused payload writes nothing and refuses no other. The same ``job_id``
+    twice in one call is refused the second time.
+    """
+    answers: list[tuple[str, bool] | InvalidJob] = []
+    ready: list[tuple[int, Prepared]] = []
+    seen: set[str] = set()
+    for index, payload in enumerate(payloads):
+        try:
+            job = prepare(settings, payload, now=now)
+        except InvalidJob as exc:
+            answers.append(exc)
+            continue
+        if job.job_id in seen:
+            answers.append(InvalidJob(f"job_id: {job.job_id!r} appears twice in this batch"))
+            continue
+        seen.add(job.job_id)
+        ready.append((index, job))
+        answers.append((job.job_id, False))
+    created = store.create_many(
+        [(job.job_id, job.fields, job.ttl, job.fingerprint) for _, job in ready], now=now
+    )
+    for (index, job), outcome in zip(ready, created, strict=True):
+        answers[index] = outcome if isinstance(outcome, InvalidJob) else (job.job_id, outcome)
+    return answers
 
 
 def fingerprint(request: JobRequest) -> str:

@@ -557,6 +557,9 @@ def test_sigterm_requeues_reserved_polls_and_running_tasks_within_the_grace_peri
             "POLLEN_RUNWARE__API_KEY": sim.config.api_key,
             "POLLEN_HTTP_TIMEOUT": str(grace * 2) if pool == "prefork" else "30",
             "POLLEN_SOFT_SHUTDOWN_TIMEOUT": "1",
+            # First polls due after the next periodic round wait in Redis; a 30 s round keeps
+            # them as countdown messages held by the worker, which is what this test stops.
+            "POLLEN_TICK_INTERVAL": "30",
         }
         log = tmp_path / "worker.log"
         broker = redis.Redis.from_url(server.url(0))

@@ -54,7 +54,7 @@ def test_worker_log_lines_about_a_job_carry_its_context(worker: Worker, client: 
     lines = read()
     mine = [line for line in lines if line.get("job_id") == job_id]
     steps = [
-        line for line in mine if line["logger"] in ("pollen.worker.steps", "pollen.worker.batch")
+        line for line in mine if line["logger"] in ("pollen.worker.submits", "pollen.worker.batch")
     ]
     messages = " | ".join(line["message"] for line in steps)
     assert "submitted (accepted)" in messages

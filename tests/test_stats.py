@@ -36,7 +36,7 @@ def test_stats_count_states_and_find_the_oldest_job(
     # Finishing one moves the counts.
     job = client.get("new-one")
     deps = build_deps(client.settings)
-    steps._finish(  # the same path the poll step takes when a job ends
+    steps.finish(  # the same path the poll step takes when a job ends
         deps,
         job,
         JobStatus.FAILED,

@@ -82,6 +82,16 @@ class PollRecord:
 
 
 @dataclass(frozen=True)
+class Move:
+    """One status transition of :meth:`Store.transition_many`."""
+
+    job_id: str
+    status: JobStatus
+    expect_by: float | None = None  #: when the job's next step is due (watched until then)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Recorded:
     """What :meth:`Store.record_polls` did with one :class:`PollRecord`."""
 
@@ -243,24 +253,41 @@ class Store:
         ``expect_by`` is when the job's next step is due (the reconciler resumes it if
         nothing happened by then plus the grace period).
         """
-        watch = "" if expect_by is None else repr(expect_by + self.grace)
         with _guard():
-            moved = self._transition(
-                keys=[
-                    keys.job(job_id),
-                    keys.events(job_id),
-                    keys.INFLIGHT,
-                    keys.results(job_id),
-                    keys.result_order(job_id),
-                    keys.responses(job_id),
-                    keys.STATUS_COUNTS,
-                    keys.BY_AGE,
-                ],
-                args=[status.value, repr(now), self.finished_ttl, watch, *_flatten(fields)],
-            )
+            moved = self._transition_call(Move(job_id, status, expect_by, fields), now, self.redis)
         if moved == -1:
             raise JobNotFound(job_id)
         return bool(moved)
+
+    def transition_many(self, moves: Sequence[Move], *, now: float) -> list[int]:
+        """:meth:`transition` for many jobs in one round trip: 1 moved, 0 already there or
+        beyond, -1 missing, per move."""
+        if not moves:
+            return []
+        with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for move in moves:
+                self._transition_call(move, now, pipe)
+            return [int(moved) for moved in pipe.execute()]
+
+    def _transition_call(self, move: Move, now: float, client: Any) -> Any:
+        watch = "" if move.expect_by is None else repr(move.expect_by + self.grace)
+        job_id = move.job_id
+        return self._transition(
+            keys=[
+                keys.job(job_id),
+                keys.events(job_id),
+                keys.INFLIGHT,
+                keys.results(job_id),
+                keys.result_order(job_id),
+                keys.responses(job_id),
+                keys.STATUS_COUNTS,
+                keys.BY_AGE,
+            ],
+            args=[move.status.value, repr(now), self.finished_ttl, watch,
+                  *_flatten(move.fields)],
+            client=client,
+        )  # fmt: skip
 
     def claim_poll(self, job_id: str, attempt: int, *, now: float, lease: float) -> Claim:
         """Take the lease for poll number ``attempt``; see ``Claim.verdict``."""
@@ -373,6 +400,38 @@ class Store:
             self.redis.hset(
                 keys.job(job_id), mapping=dict(zip(*[iter(_flatten(fields))] * 2, strict=True))
             )
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Several jobs' records in one round trip (without results); None where missing."""
+        with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(keys.job(job_id))
+            return [job_from_fields(f, []) if f else None for f in pipe.execute()]
+
+    def begin_submits(self, sent: Sequence[tuple[str, Any]]) -> list[int]:
+        """:meth:`begin_submit` for many (job_id, request) in one round trip."""
+        if not sent:
+            return []
+        with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, request in sent:
+                pipe.hincrby(keys.job(job_id), "submit_attempts", 1)
+                pipe.hset(keys.job(job_id), "sent_request", _dumps(request))
+            answers = pipe.execute()
+        return [int(n) for n in answers[::2]]
+
+    def retry_later(self, retries: Sequence[tuple[str, str, float]]) -> None:
+        """For each (job_id, last_error, expect_by): keep the error and watch the job until
+        its next step is due (plus grace). One round trip."""
+        if not retries:
+            return
+        with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, error, expect_by in retries:
+                pipe.hset(keys.job(job_id), "last_error", error)
+                pipe.zadd(keys.INFLIGHT, {job_id: expect_by + self.grace}, xx=True)
+            pipe.execute()
 
     def begin_submit(self, job_id: str, sent_request: Any) -> int:
         """Count a submit attempt and keep the request about to be sent (audit); one round trip.

@@ -75,7 +75,8 @@ def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
             plans.append(plan)
     _ask(deps, [p for p in plans if p.record is None], now)
     records = [p.record for p in plans if p.record is not None]
-    recorded = deps.store.record_polls(records, now=now)
+    # Stamped when the answers are in (finished_at is when pollen learnt the job ended).
+    recorded = deps.store.record_polls(records, now=deps.clock())
     for plan, done in zip(plans, recorded, strict=True):
         _follow(deps, out, plan, done, now)
     return out

@@ -26,13 +26,14 @@ from celery.signals import (
 
 from pollen import contract, payloads
 from pollen.callbacks import events
-from pollen.errors import CallbackNotDelivered, InvalidJob
-from pollen.models import JobStatus
+from pollen.errors import CallbackNotDelivered, InvalidJob, JobNotFound
 from pollen.providers import build_providers
 from pollen.settings import get_settings
-from pollen.worker import batch, grouping, health, logs, runtime, steps
+from pollen.worker import batch, grouping, health, logs, runtime, submits
 
 log = logging.getLogger(__name__)
+#: most jobs one retried ``pollen.submit`` message carries (what submit_many sends)
+SUBMIT_BATCH = 500
 
 
 @worker_process_init.connect
@@ -82,34 +83,27 @@ def _close_resources(**_: Any) -> None:
     runtime.close()
 
 
-def _follow_up(job_id: str, outcome: steps.Next) -> None:
-    """Send the messages a step asked for (the poll chain and callback deliveries)."""
-    _send_deliveries(outcome.deliveries)
-    if outcome.poll_in is not None:
-        now = runtime.deps().clock()
-        at = now + outcome.poll_in
-        first = _schedule([grouping.Due(job_id, outcome.attempt, at, at)], now=now)
-        if first is not None:
-            send_polls(first, now=now)
-
-
-def _schedule(polls: list[grouping.Due], *, now: float) -> grouping.Group | None:
+def _schedule(
+    polls: list[grouping.Due], *, now: float, park_beyond: float | None = None
+) -> grouping.Group | None:
     """Send the next polls as batches grouped by due time; return one group for the caller
     to send as its own countdown retry (None if every group was sent or parked).
 
-    A group due later than ``park_after`` waits in Redis (the periodic round sends it when
-    it is due) instead of as a countdown message held in a worker's memory.
+    A group due later than ``park_beyond`` (default ``park_after``) waits in Redis (the
+    periodic round sends it when it is due) instead of as a countdown message held in a
+    worker's memory.
     """
     deps = runtime.deps()
+    beyond = deps.settings.park_after if park_beyond is None else park_beyond
     groups = grouping.group(polls, max_size=deps.settings.batch_size)
     parked = [
         (job_id, attempt, group.at)
         for group in groups
-        if group.at - now > deps.settings.park_after
+        if group.at - now > beyond
         for job_id, attempt in group.items
     ]
     deps.store.park_polls(parked)
-    soon = [group for group in groups if group.at - now <= deps.settings.park_after]
+    soon = [group for group in groups if group.at - now <= beyond]
     for group in soon[1:]:
         send_polls(group, now=now)
     return soon[0] if soon else None
@@ -162,12 +156,6 @@ def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
     )
 
 
-def _first_submit(deps: runtime.Deps, job_id: str) -> bool:
-    """Whether no submit of this stored job has run yet: this message brings it in."""
-    job = deps.store.get(job_id)
-    return job.status is JobStatus.QUEUED and job.submit_attempts == 0
-
-
 @shared_task(
     bind=True,
     name=contract.SUBMIT,
@@ -180,32 +168,83 @@ def submit(
     job: dict[str, Any] | None = None,
     job_id: str | None = None,
     *,
+    job_ids: list[str] | None = None,
     created: bool | None = None,
 ) -> dict[str, Any]:
-    """Accept a job payload (``job=``) or an already stored job (``job_id=``) and submit it.
+    """Accept a job payload (``job=``) or submit already stored jobs (``job_id=``, or many
+    as ``job_ids=[...]`` from :meth:`pollen.Pollen.submit_many`).
 
-    Answers ``{"job_id": ..., "created": ...}`` in both forms (Flower shows it as the result):
+    Answers ``{"job_id": ..., "created": ...}`` for one job (Flower shows it as the result):
     ``created`` is True when this message brought in a new job (it stored the payload, or its
     producer stored the job and this is the job's first submit), False for a duplicate (the
     id existed, or the job was already submitted). ``created`` itself is only passed by this
-    task's own retries, which carry the first run's answer.
+    task's own retries, which carry the first run's answer. For ``job_ids``:
+    ``{"jobs": n, "created": k}``.
     """
     deps = runtime.deps()
+    if job_ids is not None:
+        return _submit_many(self, deps, _job_ids(job_ids))
     if job is not None:
         job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
     if job_id is None:
-        raise InvalidJob("pollen.submit needs job= (a job payload) or job_id=")
+        raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
+    outcome = submits.submit_batch(deps, [job_id])
+    if outcome.missing:
+        raise JobNotFound(job_id)
     if created is None:
-        created = _first_submit(deps, job_id)
-    outcome = steps.submit(deps, job_id)
-    if outcome.submit_in is not None:
+        created = job_id in outcome.fresh
+    if outcome.retries:
         raise self.retry(
-            countdown=outcome.submit_in,
+            countdown=outcome.retries[0][1],
             kwargs={"job_id": job_id, "created": created},
-            kwargsrepr=contract.describe(job_id, outcome.provider),
+            kwargsrepr=contract.describe(job_id, next(iter(outcome.providers), "")),
         )
-    _follow_up(job_id, outcome)
+    _submitted(deps, outcome)
     return {"job_id": job_id, "created": created}
+
+
+def _submit_many(self: Task, deps: runtime.Deps, job_ids: list[str]) -> dict[str, Any]:
+    outcome = submits.submit_batch(deps, job_ids)
+    if outcome.missing:
+        log.warning("pollen.submit: %d job(s) not found: %s", len(outcome.missing),
+                    outcome.missing[:10])  # fmt: skip
+    _submitted(deps, outcome)
+    answer = {"jobs": len(job_ids), "created": len(outcome.fresh)}
+    if not outcome.retries:
+        return answer
+    now = deps.clock()
+    later = [grouping.Due(j, 0, now + delay, now + delay) for j, delay in outcome.retries]
+    groups = grouping.group(later, max_size=SUBMIT_BATCH)
+    for group in groups[1:]:
+        submit.apply_async(
+            kwargs={"job_ids": [j for j, _ in group.items]},
+            countdown=max(0.0, group.at - now),
+            kwargsrepr=contract.describe_batch(group.items),
+        )
+    mine = groups[0]
+    raise self.retry(
+        args=(),
+        kwargs={"job_ids": [j for j, _ in mine.items]},
+        countdown=max(0.0, mine.at - now),
+        kwargsrepr=contract.describe_batch(mine.items),
+    )
+
+
+def _submitted(deps: runtime.Deps, outcome: submits.SubmitNext) -> None:
+    """Send the started events and the first polls of submitted jobs. A first poll due after
+    the next periodic round waits in Redis: the round sends the first polls of every job
+    submitted about then together, as batches (whichever message submitted them)."""
+    _send_deliveries(outcome.deliveries)
+    now = deps.clock()
+    first = _schedule(outcome.polls, now=now, park_beyond=deps.settings.tick_interval)
+    if first is not None:
+        send_polls(first, now=now)
+
+
+def _job_ids(job_ids: Any) -> list[str]:
+    if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
+        raise InvalidJob("pollen.submit: job_ids must be a list of job id strings")
+    return job_ids
 
 
 @shared_task(bind=True, name=contract.POLL, max_retries=None, throws=(InvalidJob,))

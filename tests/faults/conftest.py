@@ -220,6 +220,15 @@ def consume(client: Pollen, fleet: Fleet, pod: str, queues: Iterable[str]) -> No
         assert replies and "ok" in str(replies), replies
 
 
+def stop_consuming(client: Pollen, fleet: Fleet, pod: str, queues: Iterable[str]) -> None:
+    """Make a running pod stop taking messages from ``queues`` (``cancel_consumer``); what it
+    already holds it still runs."""
+    control = client.celery.control
+    for queue in queues:
+        replies = control.cancel_consumer(queue, destination=[nodename(fleet, pod)], reply=True)
+        assert replies and "ok" in str(replies), replies
+
+
 def wait_all(client: Pollen, job_ids: Iterable[str], timeout: float) -> list[Job]:
     """Every job's final state (fails the test if one is not terminal within ``timeout``)."""
     deadline = time.monotonic() + timeout

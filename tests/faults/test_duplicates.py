@@ -23,7 +23,7 @@ from pollen.store.outbox import delivery_id
 from tests.conftest import eventually
 from tests.faults import broker
 from tests.faults.audit import tally
-from tests.faults.conftest import MakeFleet, consume, sim_stats, start_pods
+from tests.faults.conftest import MakeFleet, consume, sim_stats, start_pods, stop_consuming
 from tests.faults.gate import ProviderGate
 from tests.faults.report import CaseRecord
 from tests.fleet import Fleet
@@ -222,6 +222,12 @@ def test_two_workers_polling_one_provider_task_at_once_record_it_once(
     assert owner is not None
     original = broker.poll_message(redis_broker, job_id, 1)
     assert original is not None
+    # The copy must run on the other pod: the holder takes no more polls from now on.
+    holder = next(
+        pod for pod in ("pod-a", "pod-b") if owner.pid in {p.pid for p in fleet.pool_processes(pod)}
+    )
+    stop_consuming(client, fleet, holder, [fleet.settings().queues.poll])
+    time.sleep(1.5)  # a BRPOP already waiting on the queue ends within kombu's 1 s timeout
     fault_at = time.time()
     client.store.redis.hset(keys.job(job_id), "lease_until", repr(time.time() - 1))
     broker.redeliver(redis_broker, original)

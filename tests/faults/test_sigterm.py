@@ -66,7 +66,11 @@ def test_sigterm_hands_every_scheduled_poll_to_another_pod(
         "polls back in time."
     )
     # No parking (the waits stay countdown messages) and no rescue by the reconciler.
-    fleet = make_fleet(POLLEN_RECONCILE_GRACE="30", POLLEN_PARK_AFTER="60", **env)
+    # First polls due after the next periodic round wait in Redis; a long round keeps them
+    # as countdown messages held by pod-a, which is what this case stops.
+    fleet = make_fleet(
+        POLLEN_RECONCILE_GRACE="30", POLLEN_PARK_AFTER="60", POLLEN_TICK_INTERVAL="20", **env
+    )
     queues = fleet.settings().queues
     # pod-b is up from the start but consumes nothing of the fleet's until pod-a stops, so
     # that pod-a holds every poll.

@@ -123,9 +123,11 @@ def test_killed_pool_processes_requeue_the_poll_and_a_poison_job_is_given_up(
         process.kill()
         kills[held.task_uuid].append(process.pid)
 
-    slow = {"initial_delay": 1.0}
+    # First polls 0.6 s apart: each job's first poll is a batch of its own, so every kill is
+    # one job's (a poison job inside a batch is test_poll_batch's "polled alone" case).
+    slow, slower = {"initial_delay": 1.0}, {"initial_delay": 1.6}
     victim = client.submit("runware", video_request([0.5]), poll=slow, callback_url=receiver.url)
-    poison = client.submit("runware", video_request([0.5]), poll=slow, callback_url=receiver.url)
+    poison = client.submit("runware", video_request([0.5]), poll=slower, callback_url=receiver.url)
     eventually(
         lambda: all(client.get(j).provider_task_id for j in (victim, poison)), what="submitted"
     )

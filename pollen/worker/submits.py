@@ -1,0 +1,235 @@
+"""The submit step for a batch of jobs: read all, create every provider task, record all.
+
+One ``pollen.submit`` message may carry many stored jobs (:meth:`pollen.Pollen.submit_many`,
+or a single job). :func:`submit_batch` reads them in one round trip, asks each provider once
+for all its jobs (a Runware task array; the Runway dialects concurrently), records every
+outcome in one round trip and says, per job, when its first poll is due or when its submit
+is tried again. Idempotent: a job already submitted is only re-armed (its next poll), and the
+provider keys each task by the job's ``task_uuid``.
+
+No Celery here; one job's failure is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pollen.backoff import next_delay
+from pollen.callbacks import events
+from pollen.errors import (
+    ProviderNotConfigured,
+    RateLimited,
+    RetryableProviderError,
+    TerminalProviderError,
+)
+from pollen.models import Job, JobStatus
+from pollen.providers.base import Submission
+from pollen.store.jobs import Move
+from pollen.worker import logs, metrics
+from pollen.worker.grouping import Due
+from pollen.worker.runtime import Deps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SubmitNext:
+    """What the caller should do after a batch of submits."""
+
+    polls: list[Due] = field(default_factory=list)  #: each submitted job's next poll
+    retries: list[tuple[str, float]] = field(default_factory=list)  #: (job, seconds) to retry
+    deliveries: list[str] = field(default_factory=list)  #: callback deliveries to send now
+    finished: list[str] = field(default_factory=list)  #: jobs this batch ended
+    missing: list[str] = field(default_factory=list)  #: ids with no stored job
+    fresh: set[str] = field(default_factory=set)  #: jobs whose first submit this was
+    providers: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Ending:
+    """A job to end without a provider answer that says so."""
+
+    job: Job
+    status: JobStatus
+    code: str
+    message: str
+
+
+def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
+    """Submit every stored job of ``job_ids`` once; see the module docstring."""
+    now = deps.clock()
+    out = SubmitNext()
+    endings: list[Ending] = []
+    sending: dict[str, list[Job]] = {}
+    for job_id, job in zip(job_ids, deps.store.get_many(job_ids), strict=True):
+        if job is None:
+            out.missing.append(job_id)
+            continue
+        out.providers.add(job.provider)
+        ending = _triage(deps, out, job, now)
+        if ending is not None:
+            endings.append(ending)
+        elif job.status is JobStatus.QUEUED:
+            sending.setdefault(job.provider, []).append(job)
+        if job.status is JobStatus.QUEUED and job.submit_attempts == 0:
+            out.fresh.add(job.id)
+    moves: list[Move] = []
+    started: list[Job] = []
+    for provider, jobs in sending.items():
+        endings += _send(deps, out, provider, jobs, moves, started, now)
+    moved = deps.store.transition_many(moves, now=now)
+    for job, done in zip(started, moved, strict=True):
+        if done == 1 and events.wants(job, "started"):
+            out.deliveries += events.emit(deps, job, "started", events.started_payload(job))
+    end(deps, out, endings, now)
+    return out
+
+
+def _send(
+    deps: Deps,
+    out: SubmitNext,
+    provider: str,
+    jobs: list[Job],
+    moves: list[Move],
+    started: list[Job],
+    now: float,
+) -> list[Ending]:
+    """Create the tasks of one provider's jobs; what ends a job is returned."""
+    attempts = deps.store.begin_submits([(job.id, _sent(deps, job)) for job in jobs])
+    metrics.JOBS_STARTED.labels(provider).inc(attempts.count(1))
+    answers = deps.calls.submit_many(provider, jobs)
+    now = deps.clock()  # the first poll is due its delay after the provider took the task
+    retries: list[tuple[str, str, float]] = []
+    endings: list[Ending] = []
+    for job, count, answer in zip(jobs, attempts, answers, strict=True):
+        if isinstance(answer, Submission):
+            moves.append(_submitted(deps, out, job, answer, count, now))
+            started.append(
+                job.model_copy(
+                    update={"status": JobStatus.SUBMITTED,
+                            "provider_task_id": answer.provider_task_id}
+                )
+            )  # fmt: skip
+        elif isinstance(answer, RetryableProviderError):
+            ending = _retry(deps, out, retries, job, count, answer, now)
+            if ending is not None:
+                endings.append(ending)
+        else:
+            metrics.SUBMITS.labels(job.provider, "rejected").inc()
+            endings.append(_rejected(job, answer))
+    deps.store.retry_later(retries)
+    return endings
+
+
+def end(deps: Deps, out: SubmitNext, endings: Sequence[Ending], now: float) -> None:
+    """Move each ending's job to its terminal status (one round trip) and send its
+    ``completed`` event once."""
+    moves = [
+        Move(e.job.id, e.status, fields={"error_code": e.code, "error_message": e.message})
+        for e in endings
+    ]
+    for ending, done in zip(endings, deps.store.transition_many(moves, now=now), strict=True):
+        if done == 1:
+            _finished(deps, out, ending)
+
+
+def _triage(deps: Deps, out: SubmitNext, job: Job, now: float) -> Ending | None:
+    """Jobs that need no provider call: finished, already submitted, expired, unsendable."""
+    if job.terminal:
+        return None
+    if job.status is not JobStatus.QUEUED:
+        # Submitted by an earlier copy of this message: make sure polling goes on (a duplicate
+        # poll message is harmless: the poll step is fenced by poll_seq).
+        at = max(now, job.next_poll_at or now)
+        out.polls.append(Due(job.id, max(job.poll_seq, 1), at, at))
+        return None
+    if job.deadline_at is not None and now >= job.deadline_at:
+        message = f"no result within the {job.policy.deadline:g}s deadline"
+        return Ending(job, JobStatus.TIMED_OUT, "deadline", message + " (never accepted)")
+    missing = deps.providers[job.provider].missing_credentials()
+    if missing:  # this worker can never submit it: fail now, not after an hour of retries
+        metrics.SUBMITS.labels(job.provider, "misconfigured").inc()
+        return _rejected(job, ProviderNotConfigured.missing(missing))
+    return None
+
+
+def _sent(deps: Deps, job: Job) -> object:
+    """The request pollen sends for this job (kept for the audit)."""
+    request = deps.providers[job.provider].submit_request(job, job.task_uuid)
+    return json.loads(request.content)
+
+
+def _submitted(
+    deps: Deps, out: SubmitNext, job: Job, answer: Submission, attempts: int, now: float
+) -> Move:
+    result = "already_submitted" if answer.already_submitted else "accepted"
+    metrics.SUBMITS.labels(job.provider, result).inc()
+    with logs.bound(job_id=job.id, provider=job.provider,
+                    provider_task_id=answer.provider_task_id):  # fmt: skip
+        log.info("submitted (%s) on attempt %d", result.replace("_", " "), attempts)
+    first = next_delay(job.policy, 0, elapsed=now - job.created_at, rng=deps.rng) or 0.0
+    out.polls.append(Due(job.id, 1, now + first, now + first))
+    return Move(
+        job.id,
+        JobStatus.SUBMITTED,
+        expect_by=now + first,
+        fields={
+            "provider_task_id": answer.provider_task_id,
+            "submitted_at": repr(now),
+            "submit_response": answer.envelope,
+            "poll_seq": "1",
+            "next_poll_at": repr(now + first),
+        },
+    )
+
+
+def _retry(
+    deps: Deps,
+    out: SubmitNext,
+    retries: list[tuple[str, str, float]],
+    job: Job,
+    attempts: int,
+    exc: RetryableProviderError,
+    now: float,
+) -> Ending | None:
+    metrics.SUBMITS.labels(job.provider, "retry").inc()
+    retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+    delay = next_delay(
+        job.policy, attempts, elapsed=now - job.created_at, retry_after=retry_after,
+        rng=deps.rng,
+    )  # fmt: skip
+    error = f"{exc.code}: {exc.message}"
+    if delay is None:
+        message = f"no result within the {job.policy.deadline:g}s deadline"
+        ending = Ending(job, JobStatus.TIMED_OUT, "deadline",
+                         f"{message}; last provider error: {exc.message}")  # fmt: skip
+        retries.append((job.id, error, now))
+        return ending
+    retries.append((job.id, error, now + delay))
+    out.retries.append((job.id, delay))
+    with logs.bound(job_id=job.id, provider=job.provider):
+        log.warning("submit attempt %d failed, retrying in %.1fs: %s", attempts, delay, exc)
+    return None
+
+
+def _rejected(job: Job, exc: Exception) -> Ending:
+    if isinstance(exc, TerminalProviderError):
+        return Ending(job, JobStatus.FAILED, exc.code or "providerError", exc.message)
+    # not a provider error: a bug in a parser, say; the job cannot be submitted as it is
+    return Ending(job, JobStatus.FAILED, "submitFailed", repr(exc))
+
+
+def _finished(deps: Deps, out: SubmitNext, ending: Ending) -> None:
+    job = ending.job
+    out.finished.append(job.id)
+    metrics.JOBS_FINISHED.labels(job.provider, ending.status.value).inc()
+    level = logging.INFO if ending.status is JobStatus.SUCCEEDED else logging.WARNING
+    detail = f" ({ending.code}: {ending.message})" if ending.code else ""
+    with logs.bound(job_id=job.id, provider=job.provider):
+        log.log(level, "job %s%s", ending.status.value, detail)
+    if events.wants(job, "completed"):
+        final = deps.store.get(job.id)
+        out.deliveries += events.emit(deps, final, "completed", events.completion_payload(final))
