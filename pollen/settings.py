@@ -123,6 +123,12 @@ class Settings(BaseSettings):
         description="Seconds a stopping worker lets running tasks finish before it requeues them "
         "with its reserved countdown polls (Celery's worker_soft_shutdown_timeout).",
     )
+    poll_lease: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a poll's claim on its jobs lasts; renewed every third of it while "
+        "the poll runs, so a dead worker's jobs are free again this long after it died.",
+    )
     max_worker_losses: int = Field(
         3, ge=1, description="Worker deaths while polling one job before the job fails."
     )
@@ -136,10 +142,13 @@ class Settings(BaseSettings):
         "held by a worker (bounds worker memory with many jobs in flight).",
     )
     reconcile_interval: float = Field(
-        10.0, gt=0, description="Seconds between reconciler rounds (one worker does each)."
+        2.0, gt=0, description="Seconds between reconciler rounds (one worker does each)."
     )
     reconcile_grace: float = Field(
-        60.0, gt=0, description="How late a job's next step may be before it is resumed."
+        10.0,
+        gt=0,
+        description="How late a job's next step may be before it is resumed (a dead worker's "
+        "jobs resume within about poll_lease + reconcile_grace + reconcile_interval).",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="Worker log lines: readable text, or one JSON object per line."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -25,14 +26,15 @@ def readme_examples() -> list[str]:
 
 def test_readme_has_both_producer_examples() -> None:
     examples = readme_examples()
-    assert len(examples) == 2
+    assert len(examples) == 3
     assert "Pollen()" in examples[0]
-    assert 'send_task(\n    "pollen.submit"' in examples[1]
-    assert "import pollen" not in examples[1] and "from pollen" not in examples[1]
+    assert "submit_many(" in examples[1]
+    assert 'send_task(\n    "pollen.submit"' in examples[2]
+    assert "import pollen" not in examples[2] and "from pollen" not in examples[2]
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("index", [0, 1], ids=["client", "send_task"])
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["client", "submit_many", "send_task"])
 def test_readme_example_runs(
     index: int, worker: Worker, worker_env: dict[str, str], clean: None
 ) -> None:
@@ -51,6 +53,11 @@ def test_readme_example_runs(
         status, urls, *_ = result.stdout.splitlines()[1].split(" ", 2)
         assert status == "succeeded"
         assert urls.startswith("['https://") and result.stdout.count(".mp4") == 2
+    elif index == 1:
+        accepted, errors, *statuses = result.stdout.splitlines()
+        assert len(ast.literal_eval(accepted)) == 2  # a printed list of two ids
+        assert errors.startswith("{2: 'request.positivePrompt")
+        assert statuses == ["succeeded", "succeeded"]
     else:
         assert "'created': True" in result.stdout
 

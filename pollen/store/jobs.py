@@ -37,6 +37,7 @@ SCRIPTS = (
     "transition",
     "claim_polls",
     "record_polls",
+    "renew_leases",
     "take_parked",
     "forget_job",
     "take_rate_tokens",
@@ -146,6 +147,7 @@ class Store:
         self._transition = lua["transition"]
         self._claim_polls = lua["claim_polls"]
         self._record_polls = lua["record_polls"]
+        self._renew_leases = lua["renew_leases"]
         self._take_parked = lua["take_parked"]
         self._forget = lua["forget_job"]
         self._take_rate_tokens = lua["take_rate_tokens"]
@@ -315,6 +317,19 @@ class Store:
             else:
                 claims.append(Claim(verdict, float(number)))
         return claims
+
+    def renew_leases(self, items: Sequence[tuple[str, int]], *, until: float) -> int:
+        """Extend the poll leases of (job, attempt) pairs this worker holds to ``until``;
+        returns how many were still held (one round trip)."""
+        if not items:
+            return 0
+        with _guard():
+            return int(
+                self._renew_leases(
+                    keys=[keys.job(job_id) for job_id, _ in items],
+                    args=[repr(until), *(attempt for _, attempt in items)],
+                )
+            )
 
     def apply_poll(
         self,

@@ -67,16 +67,17 @@ def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
     """Poll every (job id, attempt) of ``items`` once; see the module docstring."""
     now = deps.clock()
     out = BatchNext()
-    claims = deps.store.claim_polls(items, now=now, lease=deps.settings.task_time_limit)
+    claims = deps.store.claim_polls(items, now=now, lease=deps.settings.poll_lease)
     plans: list[_Plan] = []
     for (job_id, attempt), claim in zip(items, claims, strict=True):
         plan = _claimed(deps, out, job_id, attempt, claim, now)
         if plan is not None:
             plans.append(plan)
-    _ask(deps, [p for p in plans if p.record is None], now)
-    records = [p.record for p in plans if p.record is not None]
-    # Stamped when the answers are in (finished_at is when pollen learnt the job ended).
-    recorded = deps.store.record_polls(records, now=deps.clock())
+    with deps.leases.held([(p.job.id, p.attempt) for p in plans]):
+        _ask(deps, [p for p in plans if p.record is None], now)
+        records = [p.record for p in plans if p.record is not None]
+        # Stamped when the answers are in (finished_at is when pollen learnt the job ended).
+        recorded = deps.store.record_polls(records, now=deps.clock())
     for plan, done in zip(plans, recorded, strict=True):
         _follow(deps, out, plan, done, now)
     return out

@@ -24,6 +24,7 @@ from pollen.settings import Settings, get_settings
 from pollen.store.connection import http_client, open_store
 from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
+from pollen.worker.leases import LeaseRenewer
 from pollen.worker.metrics import observe_provider_request
 
 
@@ -42,9 +43,11 @@ class Deps:
     epoch: str | None = None  #: the store's epoch marker this process saw (data-loss check)
     limiter: RateLimiter = field(init=False)  #: provider request budget shared by all workers
     calls: ProviderCalls = field(init=False)  #: provider requests, batched where possible
+    leases: LeaseRenewer = field(init=False)  #: keeps running polls' leases alive
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.store, self.settings.rate_limits)
+        self.leases = LeaseRenewer(self.store, self.settings.poll_lease, self.clock)
         self.calls = ProviderCalls(
             self.http,
             self.providers,

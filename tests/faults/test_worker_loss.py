@@ -10,6 +10,7 @@ import pytest
 
 from pollen import JobStatus
 from pollen.local.servers import CallbackReceiver
+from pollen.settings import Settings
 from pollen.simulator import SimulatorServer
 from pollen.store.outbox import delivery_id
 from tests.conftest import eventually
@@ -209,4 +210,61 @@ def test_a_provider_answer_slower_than_the_soft_time_limit_is_not_a_worker_loss(
     assert job.status is JobStatus.SUCCEEDED
     assert losses == "0", f"worker_losses={losses}: no worker died"
     assert case.recovery_s is not None and case.recovery_s < 6
+    client.close()
+
+
+def test_a_killed_pods_jobs_resume_within_15_seconds(
+    case: CaseRecord,
+    make_fleet: MakeFleet,
+    gate: ProviderGate,
+    fault_sim: SimulatorServer,
+    receiver: CallbackReceiver,
+) -> None:
+    case.case, case.fault = "1b", "SIGKILL one of two pods with 200 jobs in flight"
+    case.proves = (
+        "with the default lease, grace and reconciler interval, the dead pod's jobs are polled "
+        "again and end within 15 s of the kill: none lost, none doubled"
+    )
+    case.how = (
+        "200 jobs of 3 s (submit_many), polled every second in batches by two pods; pod-a "
+        "(main and pool processes) is SIGKILLed 2 s after the submit while it holds running "
+        "and countdown poll batches. Its running polls' leases (POLLEN_POLL_LEASE, 10 s) stop "
+        "being renewed; the reconciler (every 2 s, grace 10 s) re-sends every overdue poll."
+    )
+    defaults = {
+        f"POLLEN_{name.upper()}": str(Settings.model_fields[name].default)
+        for name in ("poll_lease", "reconcile_grace", "reconcile_interval", "tick_interval")
+    }
+    fleet = make_fleet(**defaults, POLLEN_TASK_TIME_LIMIT="120", POLLEN_VISIBILITY_TIMEOUT="3600")
+    start_pods(fleet, ["pod-a", "pod-b"])
+    client = fleet.client()
+    steady = {"initial_delay": 1.0, "interval": 1.0, "factor": 1.0, "max_delay": 1.0}
+    answer = client.submit_many(
+        [
+            {
+                "provider": "runware",
+                "request": video_request([3.0]),
+                "poll": steady,
+                "callback_url": f"{receiver.url}/kill",
+            }
+            for _ in range(200)
+        ]
+    )
+    jobs = answer.accepted
+    assert len(jobs) == 200
+    time.sleep(2.0)
+    fault_at = time.time()
+    fleet.kill_pod("pod-a")
+    finished = wait_all(client, jobs, timeout=60)
+    assert all(job.status is JobStatus.SUCCEEDED for job in finished)
+    eventually(lambda: len(receiver.received("/kill")) >= 200, timeout=30, what="the callbacks")
+    time.sleep(1.0)
+    result = tally(client, jobs, sim_stats=sim_stats(fault_sim), receiver=receiver)
+    result.fill(case, fault_at)
+    result.assert_clean()
+    assert not result.missing_completions()
+    assert "pollen.poll" in fleet.log("pod-b")
+    recovery = result.recovery(fault_at)
+    assert recovery is not None and recovery <= 15.0, recovery
+    case.notes.append(f"The last job ended {recovery:.1f} s after the kill.")
     client.close()
