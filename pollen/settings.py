@@ -150,6 +150,13 @@ class Settings(BaseSettings):
         description="How late a job's next step may be before it is resumed (a dead worker's "
         "jobs resume within about poll_lease + reconcile_grace + reconcile_interval).",
     )
+    submit_grace: float = Field(
+        60.0,
+        gt=0,
+        description="How long a queued job may wait for its submit before the reconciler sends "
+        "it again (a backlog on the submit queue is normal under load; duplicates are "
+        "harmless but cost a message each).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="Worker log lines: readable text, or one JSON object per line."
     )

@@ -63,6 +63,7 @@ def worker_env(
         "POLLEN_RECONCILE_INTERVAL": "0.5",
         "POLLEN_METRICS_PORT": str(free_port()),
         "POLLEN_RECONCILE_GRACE": "3",
+        "POLLEN_SUBMIT_GRACE": "3",
         "POLLEN_REDIS_URL": redis_server.url(STORE_DB),
         "POLLEN_BROKER_URL": redis_server.url(BROKER_DB),
         "POLLEN_RUNWARE__BASE_URL": f"{simulator.url}/v1",

@@ -36,7 +36,7 @@ def test_reconcile_sends_the_missing_step_once_per_grace_period(deps: Deps) -> N
     report = reconcile(deps.store, lambda name, kw: sent.append((name, kw)), now=later)
     assert sorted(sent, key=str) == sorted(
         [
-            ("pollen.submit", {"job_id": queued}),
+            ("pollen.submit", {"job_ids": [queued]}),
             ("pollen.poll", {"items": [[submitted, 1]]}),
         ],
         key=str,

@@ -33,7 +33,12 @@ def redis_client(url: str) -> redis.Redis:
 def open_store(settings: Settings) -> tuple[Store, Outbox]:
     """The job store and the callback outbox of ``settings.redis_url``, sharing one client."""
     client = redis_client(settings.redis_url)
-    store = Store(client, finished_ttl=settings.job_ttl, grace=settings.reconcile_grace)
+    store = Store(
+        client,
+        finished_ttl=settings.job_ttl,
+        grace=settings.reconcile_grace,
+        submit_grace=settings.submit_grace,
+    )
     return store, Outbox(client)
 
 

@@ -134,11 +134,20 @@ def _guard() -> Iterator[None]:
 class Store:
     """Job state in Redis, keyed by job id."""
 
-    def __init__(self, client: redis.Redis, *, finished_ttl: int, grace: float = 60.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        finished_ttl: int,
+        grace: float = 60.0,
+        submit_grace: float = 60.0,
+    ) -> None:
         self.redis = client
         self.finished_ttl = finished_ttl
         #: how late a job's next sign of life may be before the reconciler steps in
         self.grace = grace
+        #: how long a queued job may wait for its submit before the reconciler steps in
+        self.submit_grace = submit_grace
         lua = scripts.register(
             client, SCRIPTS, prelude=True, MAX_EVENTS=MAX_EVENTS, MAX_RESPONSES=MAX_RESPONSES
         )
@@ -173,7 +182,7 @@ class Store:
         :class:`IdempotencyConflict` (compared in the same script that would create it).
         """
         with _guard():
-            watch = repr(now + self.grace)
+            watch = repr(now + self.submit_grace)
             created, existing = self._create(
                 keys=self._create_keys(job_id),
                 args=[job_id, repr(now), ttl, watch, fingerprint, *_flatten(fields)],
@@ -193,7 +202,7 @@ class Store:
         """
         if not jobs:
             return []
-        watch = repr(now + self.grace)
+        watch = repr(now + self.submit_grace)
         with _guard():
             pipe = self.redis.pipeline(transaction=False)
             for job_id, fields, ttl, fingerprint in jobs:
@@ -530,10 +539,12 @@ class Store:
             polls.append((job_id, int(attempt), float(due)))
         return polls
 
-    def watch(self, job_id: str, expect_by: float) -> None:
-        """Expect the job's next step by ``expect_by`` (plus grace) (only for in-flight jobs)."""
+    def watch(self, job_id: str, expect_by: float, *, queued: bool = False) -> None:
+        """Expect the job's next step by ``expect_by`` plus the grace (the submit grace for a
+        queued job); only for in-flight jobs."""
+        grace = self.submit_grace if queued else self.grace
         with _guard():
-            self.redis.zadd(keys.INFLIGHT, {job_id: expect_by + self.grace}, xx=True)
+            self.redis.zadd(keys.INFLIGHT, {job_id: expect_by + grace}, xx=True)
 
     def overdue(self, now: float, limit: int) -> list[str]:
         """In-flight jobs whose next step is overdue (their chain may be lost)."""

@@ -17,7 +17,7 @@ from pollen.worker import grouping, metrics, runtime
 from pollen.worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
-DUE_PER_ROUND = 5000
+DUE_PER_ROUND = 20_000
 
 
 class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]

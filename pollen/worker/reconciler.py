@@ -41,8 +41,8 @@ def reconcile(
 ) -> Report:
     """Resume up to ``limit`` overdue jobs; return what was done.
 
-    Re-polls go out as batches of up to ``batch_size`` jobs (one ``pollen.poll`` message
-    each); re-submits one message per job.
+    Re-polls and re-submits go out as batches of up to ``batch_size`` jobs (one
+    ``pollen.poll`` or ``pollen.submit`` message each).
     """
     report = Report()
     polls: list[list[object]] = []
@@ -53,15 +53,18 @@ def reconcile(
             store.forget_inflight(job_id)
             report.dropped.append(job_id)
             continue
-        store.watch(job_id, now)  # look again after one more grace period, not every round
-        if status == JobStatus.QUEUED:
-            send(contract.SUBMIT, {"job_id": job_id})
+        queued = status == JobStatus.QUEUED
+        # look again after one more grace period, not every round
+        store.watch(job_id, now, queued=queued)
+        if queued:
             report.resubmitted.append(job_id)
         else:
             polls.append([job_id, int(poll_seq or 1)])
             report.repolled.append(job_id)
     for start in range(0, len(polls), batch_size):
         send(contract.POLL, {"items": polls[start : start + batch_size]})
+    for start in range(0, len(report.resubmitted), batch_size):
+        send(contract.SUBMIT, {"job_ids": report.resubmitted[start : start + batch_size]})
     for action, ids in (
         ("resubmit", report.resubmitted),
         ("repoll", report.repolled),

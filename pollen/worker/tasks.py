@@ -86,27 +86,39 @@ def _close_resources(**_: Any) -> None:
 def _schedule(
     polls: list[grouping.Due], *, now: float, park_beyond: float | None = None
 ) -> grouping.Group | None:
-    """Send the next polls as batches grouped by due time; return one group for the caller
-    to send as its own countdown retry (None if every group was sent or parked).
+    """Send the next polls as batches grouped by due time; return the largest group for the
+    caller to send as its own countdown retry (None if every group was sent or parked).
 
-    A group due later than ``park_beyond`` (default ``park_after``) waits in Redis (the
-    periodic round sends it when it is due) instead of as a countdown message held in a
-    worker's memory.
+    What waits in Redis instead (the periodic round sends it when it is due, as batches of
+    everything parked that falls due together, whichever batch it came from):
+
+    - a group due later than ``park_beyond`` (default ``POLLEN_PARK_AFTER``), so worker
+      memory does not hold long countdowns;
+    - a fragment of under half a batch due after the next periodic round, so the fragments
+      that jitter splits off batches merge again instead of each costing a message.
     """
     deps = runtime.deps()
-    beyond = deps.settings.park_after if park_beyond is None else park_beyond
-    groups = grouping.group(polls, max_size=deps.settings.batch_size)
-    parked = [
-        (job_id, attempt, group.at)
-        for group in groups
-        if group.at - now > beyond
-        for job_id, attempt in group.items
-    ]
+    settings = deps.settings
+    beyond = settings.park_after if park_beyond is None else park_beyond
+    small = max(2, settings.batch_size // 2)
+    groups = grouping.group(polls, max_size=settings.batch_size)
+    parked: list[tuple[str, int, float]] = []
+    soon: list[grouping.Group] = []
+    for group in groups:
+        wait = group.at - now
+        fragment = len(group.items) < small and wait > settings.tick_interval
+        if wait > beyond or fragment:
+            parked += [(job_id, attempt, group.at) for job_id, attempt in group.items]
+        else:
+            soon.append(group)
     deps.store.park_polls(parked)
-    soon = [group for group in groups if group.at - now <= beyond]
-    for group in soon[1:]:
-        send_polls(group, now=now)
-    return soon[0] if soon else None
+    if not soon:
+        return None
+    mine = max(soon, key=lambda group: len(group.items))
+    for group in soon:
+        if group is not mine:
+            send_polls(group, now=now)
+    return mine
 
 
 def send_polls(group: grouping.Group, *, now: float) -> None:

@@ -29,7 +29,7 @@ local function move(k, status, now, ttl, watch, fields)
     event(k.events, 'type', 'completed', 'status', status, 'at', now)
     local ms = tonumber(ttl) * 1000
     for _, key in ipairs({k.job, k.events, k.results, k.order, k.responses}) do
-      if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ms) end
+      redis.call('PEXPIRE', key, ms)  -- a no-op for a key the job never had
     end
   else
     event(k.events, 'type', 'status', 'status', status, 'at', now)
