@@ -140,12 +140,9 @@ def deliver(
     """
     settings = deps.settings.callbacks
     now = deps.clock()
-    verdict = deps.outbox.claim(ident, now=now, lease=settings.timeout + 30)
-    if verdict != "ok":  # finished, missing, or another copy is sending it right now
+    verdict, item, gone = deps.outbox.take(ident, now=now, lease=settings.timeout + 30)
+    if item is None:  # finished, missing, or another copy is sending it right now
         return DeliveryOutcome(None, detail=f"not sent: the delivery is {verdict}")
-    item = deps.outbox.get(ident)
-    if item is None:
-        return DeliveryOutcome(None, detail="not sent: the delivery is missing")
     logs.bind(job_id=item.job_id)
     wait = _blocked(deps, item, now)
     if wait is not None:  # an earlier event to the same receiver is not finished yet
@@ -157,7 +154,7 @@ def deliver(
     if item.kind == "celery":
         attempt = _send_celery(item, send_task, now)
     else:
-        attempt = _post(deps, item, timeout or settings.timeout)
+        attempt = _post(deps, item, timeout or settings.timeout, gone=gone)
     return _settle(deps, item, attempt, now)
 
 
@@ -192,8 +189,8 @@ def _send_celery(item: Delivery, send_task: SendTask, now: float) -> dict[str, A
     }
 
 
-def _post(deps: Deps, item: Delivery, timeout: float) -> dict[str, Any]:
-    if deps.outbox.is_gone(item.target):
+def _post(deps: Deps, item: Delivery, timeout: float, *, gone: bool) -> dict[str, Any]:
+    if gone:
         return {
             "at": deps.clock(),
             "status_code": None,

@@ -120,7 +120,18 @@ class Outbox:
 
     def claim(self, delivery: str, *, now: float, lease: float) -> str:
         """'ok' to send; 'busy' (another copy sends); 'missing' or a final state: nothing to do."""
-        return str(self._claim(keys=[keys.delivery(delivery)], args=[repr(now), lease]))
+        return self.take(delivery, now=now, lease=lease)[0]
+
+    def take(self, delivery: str, *, now: float, lease: float) -> tuple[str, Delivery | None, bool]:
+        """:meth:`claim` that also returns, with ``ok``, the delivery and whether its target
+        answered 410 Gone before: one round trip for what a sender needs."""
+        verdict, flat, gone = self._claim(
+            keys=[keys.delivery(delivery), keys.GONE], args=[repr(now), lease]
+        )
+        if verdict != "ok":
+            return str(verdict), None, False
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return "ok", Delivery.from_fields(fields), bool(gone)
 
     def get(self, delivery: str) -> Delivery | None:
         fields = self.redis.hgetall(keys.delivery(delivery))
@@ -201,5 +212,3 @@ class Outbox:
         """Call ``url`` again (a replay of a delivery it answered 410 Gone to)."""
         self.redis.srem(keys.GONE, url)
 
-    def is_gone(self, url: str) -> bool:
-        return bool(self.redis.sismember(keys.GONE, url))
