@@ -154,6 +154,15 @@ def _refusal(error: RunwareError, http_status: int) -> ProviderRejected | Provid
     return ProviderRejected(message, code=error.code, status=http_status)
 
 
+def _own(envelope: RunwareEnvelope, task_uuid: str | None) -> RunwareEnvelope:
+    """One task's part of a batched answer: its items, its errors and the errors that name
+    no task (which concern every task of the request)."""
+    return RunwareEnvelope(
+        data=[i for i in envelope.data if i.taskUUID == task_uuid],
+        errors=[e for e in envelope.errors if e.taskUUID in (None, task_uuid)],
+    )
+
+
 def _state(results: int, errors: int, processing: int, expected: int) -> ProviderState:
     if results + errors >= expected:
         return "succeeded" if results else "failed"
@@ -196,14 +205,10 @@ class Runware(Provider):
         """Each job's acknowledgement from one batched answer; a refused task fails only its
         own job. A task the answer does not mention is a protocol error (retried)."""
         envelope = parse_envelope(response)  # garbage fails the whole batch (retryable)
-        shared = [e for e in envelope.errors if e.taskUUID is None]
         answers: list[Submission | Exception] = []
         for job in jobs:
             mine = job.task_uuid
-            own = RunwareEnvelope(
-                data=[i for i in envelope.data if i.taskUUID == mine],
-                errors=[*shared, *(e for e in envelope.errors if e.taskUUID == mine)],
-            )
+            own = _own(envelope, mine)
             status = 200 if own.data else response.status_code
             try:
                 answers.append(self._submission(mine, own, status))
@@ -251,14 +256,9 @@ class Runware(Provider):
     ) -> list[Snapshot | Exception]:
         """Each job's snapshot from one batched answer; a bad item fails only its own job."""
         envelope = parse_envelope(response)  # garbage fails the whole batch (retryable)
-        shared = [e for e in envelope.errors if e.taskUUID is None]
         answers: list[Snapshot | Exception] = []
         for job in jobs:
-            mine = job.provider_task_id
-            own = RunwareEnvelope(
-                data=[i for i in envelope.data if i.taskUUID == mine],
-                errors=[*shared, *(e for e in envelope.errors if e.taskUUID == mine)],
-            )
+            own = _own(envelope, job.provider_task_id)
             status = (
                 200
                 if own.data or any(e.status == "error" for e in own.errors)

@@ -211,4 +211,3 @@ class Outbox:
     def forget_gone(self, url: str) -> None:
         """Call ``url`` again (a replay of a delivery it answered 410 Gone to)."""
         self.redis.srem(keys.GONE, url)
-

@@ -84,40 +84,36 @@ def _close_resources(**_: Any) -> None:
 
 
 def _schedule(
-    polls: list[grouping.Due], *, now: float, park_beyond: float | None = None
+    polls: list[grouping.Due], *, now: float, first: bool = False
 ) -> grouping.Group | None:
-    """Send the next polls as batches grouped by due time; return the largest group for the
-    caller to send as its own countdown retry (None if every group was sent or parked).
+    """Send the next polls as batches grouped by due time; return the largest group, which
+    the poll task sends as its own countdown retry (the chain goes on by retries), or None.
 
     What waits in Redis instead (the periodic round sends it when it is due, as batches of
-    everything parked that falls due together, whichever batch it came from):
+    everything parked that falls due together, whichever message it came from):
 
-    - a group due later than ``park_beyond`` (default ``POLLEN_PARK_AFTER``), so worker
-      memory does not hold long countdowns;
-    - a fragment of under half a batch due after the next periodic round, so the fragments
-      that jitter splits off batches merge again instead of each costing a message.
+    - a group due later than ``POLLEN_PARK_AFTER``, so worker memory holds no long countdowns;
+    - besides the largest group, a fragment of under half a batch due after the next periodic
+      round, so the fragments jitter splits off batches merge again instead of each costing
+      a message of its own;
+    - ``first`` (the first polls of a submit): every group due after the next round, so jobs
+      submitted one message each are polled together.
     """
     deps = runtime.deps()
     settings = deps.settings
-    beyond = settings.park_after if park_beyond is None else park_beyond
     small = max(2, settings.batch_size // 2)
     groups = grouping.group(polls, max_size=settings.batch_size)
+    near = [group for group in groups if group.at - now <= settings.park_after]
+    mine = None if first or not near else max(near, key=lambda group: len(group.items))
     parked: list[tuple[str, int, float]] = []
-    soon: list[grouping.Group] = []
     for group in groups:
         wait = group.at - now
-        fragment = len(group.items) < small and wait > settings.tick_interval
-        if wait > beyond or fragment:
+        merge = (first or len(group.items) < small) and wait > settings.tick_interval
+        if group is not mine and (wait > settings.park_after or merge):
             parked += [(job_id, attempt, group.at) for job_id, attempt in group.items]
-        else:
-            soon.append(group)
-    deps.store.park_polls(parked)
-    if not soon:
-        return None
-    mine = max(soon, key=lambda group: len(group.items))
-    for group in soon:
-        if group is not mine:
+        elif group is not mine:
             send_polls(group, now=now)
+    deps.store.park_polls(parked)
     return mine
 
 
@@ -248,9 +244,7 @@ def _submitted(deps: runtime.Deps, outcome: submits.SubmitNext) -> None:
     submitted about then together, as batches (whichever message submitted them)."""
     _send_deliveries(outcome.deliveries)
     now = deps.clock()
-    first = _schedule(outcome.polls, now=now, park_beyond=deps.settings.tick_interval)
-    if first is not None:
-        send_polls(first, now=now)
+    _schedule(outcome.polls, now=now, first=True)
 
 
 def _job_ids(job_ids: Any) -> list[str]:
