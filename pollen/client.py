@@ -249,30 +249,28 @@ class Pollen:
     ) -> Job:
         """Block until the job ends (at most ``timeout`` seconds), without busy-polling.
 
-        Reads the job's event stream with blocking XREADs of at most :data:`WAIT_SLICE`
-        seconds (and a third of the Redis client's socket timeout): one longer block would
-        end in a redis ``TimeoutError``, retried for minutes. So it returns, or raises
-        :class:`WaitTimeout`, within about ``timeout`` seconds whatever the timeout.
-        ``on_change`` is called with the job each time it is read (after every event and
-        every slice), for progress displays.
+        Listens to the job's events (Redis Pub/Sub) in slices of at most :data:`WAIT_SLICE`
+        seconds (and a third of the Redis client's socket timeout, which a longer blocking
+        read would run into), reading the job after each event and each slice. So it returns,
+        or raises :class:`WaitTimeout`, within about ``timeout`` seconds whatever the timeout.
+        ``on_change`` is called with the job each time it is read, for progress displays.
         """
         deadline = time.monotonic() + timeout
         socket_timeout = self.store.redis.connection_pool.connection_kwargs.get("socket_timeout")
         longest = min(WAIT_SLICE, float(socket_timeout) / 3) if socket_timeout else WAIT_SLICE
-        last = "0-0"
-        while True:
-            job = self.store.get(job_id)
-            if on_change is not None:
-                on_change(job)
-            if job.terminal:
-                return job
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(f"job {job_id} is still {job.status.value} after {timeout:g}s")
-            block = min(remaining, longest)
-            events = self.store.events(job_id, after=last, block_ms=max(1, int(block * 1000)))
-            if events:
-                last = events[-1][0]
+        with self.store.listen(job_id) as next_event:
+            while True:
+                job = self.store.get(job_id)
+                if on_change is not None:
+                    on_change(job)
+                if job.terminal:
+                    return job
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"job {job_id} is still {job.status.value} after {timeout:g}s"
+                    )
+                next_event(min(remaining, longest))
 
     def close(self) -> None:
         self.store.close()

@@ -186,8 +186,7 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
     assert keys.job_deliveries("j") in job_keys and keys.delivery_attempts("j") in job_keys
     ttls = {key: raw.ttl(key) for key in job_keys}
     assert all(ttl > 0 for ttl in ttls.values()), ttls  # -2 missing, -1 no expiry
-    for key in (keys.job("j"), keys.events("j"), keys.results("j"), keys.result_order("j"),
-                keys.responses("j")):  # fmt: skip
+    for key in (keys.job("j"), keys.results("j"), keys.result_order("j"), keys.responses("j")):
         assert ttls[key] <= FINISHED_TTL
     assert 0 < raw.ttl(keys.delivery(delivery)) <= JOB_TTL
 

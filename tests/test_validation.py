@@ -399,10 +399,9 @@ def test_submit_twice_through_the_keyword_api(
 ) -> None:
     ids = {producer.submit("runware", good_request(), job_id="idem-2") for _ in range(3)}
     assert ids == {"idem-2"}
-    # One job: its record, its event stream, the in-flight index and the status counters.
+    # One job: its record, the in-flight indexes and the status counters.
     assert store_keys(store_redis) == {
         b"pollen:job:idem-2",
-        b"pollen:job:idem-2:events",
         b"pollen:inflight",
         b"pollen:inflight:created",
         b"pollen:stats:status",

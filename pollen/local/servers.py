@@ -82,6 +82,11 @@ class ManagedProcess:
             self.proc.wait(5)
 
 
+#: bytes: a job record (a hash whose request, policy and audit fields run to a few hundred bytes)
+#: stays a listpack, about half the memory of Redis's default hashtable encoding (64 bytes)
+HASH_MAX_LISTPACK_VALUE = 1024
+
+
 class RedisServer(ManagedProcess):
     """A throw-away Redis server on a free loopback port (no persistence unless asked)."""
 
@@ -110,6 +115,8 @@ class RedisServer(ManagedProcess):
         args += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.workdir]
         if not self.config_file:
             args += ["--save", "", "--appendonly", "no"]
+            # as config/redis.conf: job records stay compact listpacks (see there)
+            args += ["--hash-max-listpack-value", str(HASH_MAX_LISTPACK_VALUE)]
         args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)

@@ -9,7 +9,8 @@ Key names come from :mod:`pollen.store.keys`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,7 +28,6 @@ from pollen.models import (
 )
 from pollen.store import keys, scripts
 
-MAX_EVENTS = 1000
 MAX_RESPONSES = 500
 
 #: the scripts of :class:`Store`, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
@@ -148,9 +148,7 @@ class Store:
         self.grace = grace
         #: how long a queued job may wait for its submit before the reconciler steps in
         self.submit_grace = submit_grace
-        lua = scripts.register(
-            client, SCRIPTS, prelude=True, MAX_EVENTS=MAX_EVENTS, MAX_RESPONSES=MAX_RESPONSES
-        )
+        lua = scripts.register(client, SCRIPTS, prelude=True, MAX_RESPONSES=MAX_RESPONSES)
         self._create = lua["create_job"]
         self._rollback_create = lua["rollback_create"]
         self._transition = lua["transition"]
@@ -510,15 +508,30 @@ class Store:
             "response": response,
         }
 
-    def events(
-        self, job_id: str, *, after: str = "0-0", block_ms: int | None = None
-    ) -> list[tuple[str, dict[str, str]]]:
-        """Lifecycle events after stream id ``after``; blocks up to ``block_ms`` for new ones."""
-        answer = self.redis.xread({keys.events(job_id): after}, block=block_ms, count=100)
-        if not answer:
-            return []
-        entries: list[tuple[str, dict[str, str]]] = answer[0][1]  # type: ignore[index,assignment]
-        return entries
+    @contextmanager
+    def listen(self, job_id: str) -> Iterator[Callable[[float], bool]]:
+        """Listen to the job's lifecycle events (Pub/Sub) inside the block: yields
+        ``wait(seconds) -> bool``, True when an event came within that time.
+
+        Subscribe before reading the job: an event published after the subscription is never
+        missed, and one published before it shows in the job that is read next.
+        """
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            with _guard():
+                pubsub.subscribe(keys.events(job_id))
+
+            def wait(seconds: float) -> bool:
+                end = time.monotonic() + seconds
+                while (left := end - time.monotonic()) > 0:
+                    with _guard():  # None also for the subscription's own confirmation
+                        if pubsub.get_message(timeout=left) is not None:
+                            return True
+                return False
+
+            yield wait
+        finally:
+            pubsub.close()
 
     def park_polls(self, polls: Sequence[tuple[str, int, float]]) -> None:
         """Keep long waits in Redis: the periodic round sends each (job, attempt, due) poll

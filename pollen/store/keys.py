@@ -50,7 +50,8 @@ def responses(job_id: str) -> str:
 
 
 def events(job_id: str) -> str:
-    """Stream: the job's lifecycle events (status changes, partial results, completion)."""
+    """Pub/Sub channel (no key is stored): the job's lifecycle events (status changes,
+    partial results, completion), what ``Pollen.wait`` listens to."""
     return f"{PREFIX}:job:{job_id}:events"
 
 
@@ -81,7 +82,6 @@ def all_for(job_id: str) -> list[str]:
         results(job_id),
         result_order(job_id),
         responses(job_id),
-        events(job_id),
         job_deliveries(job_id),
         delivery_attempts(job_id),
     ]

@@ -1,5 +1,5 @@
 -- Store a new queued job, unless the id exists.
--- KEYS: job, events, inflight, status_counts, by_age
+-- KEYS: job, events (the job's Pub/Sub channel), inflight, status_counts, by_age
 -- ARGV: id, now, ttl_seconds, watch_at, fingerprint, field, value, ...
 -- Returns {1, ''} when created, else {0, the existing job's fingerprint ('' if it has none)}.
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -11,5 +11,4 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 event(KEYS[2], 'type', 'status', 'status', 'queued', 'at', ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {1, ''}

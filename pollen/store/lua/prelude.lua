@@ -1,12 +1,14 @@
 -- Shared by every script, after the generated constants (pollen/store/scripts.py):
 --   RANK        status -> rank, from pollen.models.JobStatus (statuses only move forward)
 --   TERMINAL    the rank of the terminal statuses
---   MAX_EVENTS  approximate length cap of a job's event stream
 --   MAX_RESPONSES  how many provider responses a job keeps
 --   FINAL_DELIVERY  set of delivery states that never change again
--- event(stream, field, value, ...): append one lifecycle event to a job's stream.
-local function event(stream, ...)
-  redis.call('XADD', stream, 'MAXLEN', '~', MAX_EVENTS, '*', ...)
+-- event(channel, field, value, ...): announce one lifecycle event on the job's channel (Pub/Sub:
+-- what wait() listens to; nothing is stored, so a job costs no stream in memory).
+local function event(channel, ...)
+  local args, body = {...}, {}
+  for i = 1, #args, 2 do body[args[i]] = args[i + 1] end
+  redis.call('PUBLISH', channel, cjson.encode(body))
 end
 
 -- move(k, status, now, finished_ttl_seconds, watch_at, fields): move one job forward to
