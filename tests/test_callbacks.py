@@ -196,7 +196,7 @@ def test_long_waits_are_parked_in_redis_not_sent_as_countdowns(
             "request": video_request([0.1]),
             "callback_url": f"{receiver.url}/later",
         }
-        from pollen.worker import steps
+        from tests import steps
 
         job_id, _ = payloads.accept(hours, deps.store, payload, now=time.time())
         steps.finish(deps, deps.store.get(job_id), JobStatus.FAILED, "test", "ended by test")
@@ -240,7 +240,7 @@ def test_callback_retry_jitter_draws_from_the_injected_rng(
             "request": video_request([0.1]),
             "callback_url": f"{receiver.url}/jitter",
         }
-        from pollen.worker import steps
+        from tests import steps
 
         job_id, _ = payloads.accept(tuned, deps.store, payload, now=time.time())
         steps.finish(deps, deps.store.get(job_id), JobStatus.FAILED, "test", "ended by test")

@@ -13,8 +13,9 @@ from pollen import IdempotencyConflict, InvalidJob, JobStatus, Pollen
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
-from pollen.worker import batch, steps
+from pollen.worker import batch
 from pollen.worker.runtime import Deps
+from tests import steps
 from tests.conftest import BROKER_DB, eventually
 from tests.helpers import accept_job, sim_stats, video_request
 

@@ -12,8 +12,9 @@ from pollen import JobStatus, Pollen
 from pollen.local.servers import CallbackReceiver, Worker
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
-from pollen.worker import batch, steps
+from pollen.worker import batch
 from pollen.worker.runtime import Deps
+from tests import steps
 from tests.conftest import eventually
 from tests.helpers import accept_job, sim_faults, sim_stats, video_request
 

@@ -10,9 +10,10 @@ from pollen import JobStatus, Pollen
 from pollen.local.servers import Worker
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
-from pollen.worker import batch, steps
+from pollen.worker import batch
 from pollen.worker.reconciler import reconcile
 from pollen.worker.runtime import Deps
+from tests import steps
 from tests.helpers import accept_job, sim_stats
 
 pytestmark = pytest.mark.integration

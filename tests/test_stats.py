@@ -12,8 +12,8 @@ import pytest
 
 from pollen import JobStatus, Pollen, payloads
 from pollen.store.stats import collect
-from pollen.worker import steps
 from pollen.worker.runtime import build_deps
+from tests import steps
 from tests.helpers import video_request
 
 pytestmark = pytest.mark.integration

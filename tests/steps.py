@@ -1,8 +1,7 @@
-"""One job's submit step as a plain function, for callers that handle a single job.
+"""Tests' shortcuts for one job: submit it, or end it, the way the worker's batch steps do.
 
-The work is :func:`pollen.worker.submits.submit_batch` (a batch of one): this only turns its
-answer into a :class:`Next`. Polling is :mod:`pollen.worker.batch`; accepting a job is
-:func:`pollen.payloads.accept`; callbacks are :mod:`pollen.callbacks.events`.
+The work is :func:`pollen.worker.submits.submit_batch` and :func:`pollen.worker.submits.end`
+(batches of one): these only turn their answers into a :class:`Next` a test can assert on.
 """
 
 from __future__ import annotations
