@@ -24,6 +24,7 @@ from pollen import contract
 from pollen.errors import InvalidJob, JobLost, JobNotFound, StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.payloads import accept, accept_many
+from pollen.providers import REGISTRY
 from pollen.settings import Settings, get_settings
 from pollen.store import durability
 from pollen.store.connection import open_store
@@ -118,7 +119,8 @@ class Pollen:
     def submit_many(self, payloads: Iterable[dict[str, Any]]) -> Submitted:
         """Enqueue many jobs (each a dict of the job-request schema, as for
         :meth:`submit_payload`) with one store round trip and one message per
-        :data:`SUBMIT_MESSAGE_JOBS` jobs.
+        :data:`SUBMIT_MESSAGE_JOBS` jobs (per ``POLLEN_BATCH_SIZE`` jobs for a provider
+        without task arrays).
 
         Each job is validated on its own: a bad one is refused (its index and the reason in
         :attr:`Submitted.errors`) and the others go ahead. The workers submit the jobs of one
@@ -131,7 +133,7 @@ class Pollen:
             self._epoch = durability.ensure_epoch(self.store)
         job_ids: list[str | None] = []
         errors: dict[int, InvalidJob] = {}
-        fresh: list[str] = []
+        by_provider: dict[str, list[str]] = {}
         for index, answer in enumerate(answers):
             if isinstance(answer, InvalidJob):
                 errors[index] = answer
@@ -139,9 +141,16 @@ class Pollen:
                 continue
             job_ids.append(answer[0])
             if answer[1]:
-                fresh.append(answer[0])
-        for start in range(0, len(fresh), SUBMIT_MESSAGE_JOBS):
-            chunk = fresh[start : start + SUBMIT_MESSAGE_JOBS]
+                by_provider.setdefault(str(items[index]["provider"]), []).append(answer[0])
+        chunks = [
+            jobs[start : start + size]
+            for provider, jobs in by_provider.items()
+            for size in [self._message_size(provider)]
+            for start in range(0, len(jobs), size)
+        ]
+        fresh = [job_id for chunk in chunks for job_id in chunk]
+        start = 0  # jobs enqueued so far
+        for chunk in chunks:
             try:
                 self.celery.send_task(
                     contract.SUBMIT,
@@ -157,7 +166,15 @@ class Pollen:
                     f"could not enqueue {len(unsent)} of {len(items)} jobs (not stored; the "
                     f"first {start} were enqueued): {exc}"
                 ) from exc
+            start += len(chunk)
         return Submitted(job_ids, errors)
+
+    def _message_size(self, provider: str) -> int:
+        """Jobs per submit message: many for a provider that takes task arrays (one request per
+        ``POLLEN_BATCH_SIZE``), one batch for the others, whose tasks are created one request
+        each, so a message stays well inside the task time limit."""
+        batches = REGISTRY[provider].supports_batching
+        return SUBMIT_MESSAGE_JOBS if batches else self.settings.batch_size
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import httpx
 import pytest
 
-from pollen.errors import ProviderProtocolError, ProviderTaskNotFound
+from pollen.errors import ProviderProtocolError, ProviderRejected, ProviderTaskNotFound
 from pollen.models import Job
 from pollen.providers.batching import Batcher
 from pollen.providers.runware import Runware
@@ -139,3 +139,26 @@ def test_runware_batched_answer_is_split_per_job() -> None:
     assert isinstance(third, ProviderTaskNotFound)  # only the unknown task fails
     with pytest.raises(ProviderProtocolError):
         runware.parse_status_batch(jobs, httpx.Response(200, content=b"{not json"), 5.0)
+
+
+def test_runware_batched_submit_answer_is_split_per_job() -> None:
+    runware = Runware(Settings(runware={"api_key": "test-key"}))
+    jobs = [
+        job("t1").model_copy(update={"task_uuid": "u1", "request": {"taskType": "x"}}),
+        job("t2").model_copy(update={"task_uuid": "u2", "request": {"taskType": "x"}}),
+        job("t3").model_copy(update={"task_uuid": "u3", "request": {"taskType": "x"}}),
+    ]
+    sent = httpx.Response(200, content=runware.submit_batch_request(jobs).content).json()
+    assert [(t["taskUUID"], t["deliveryMethod"]) for t in sent] == [
+        ("u1", "async"), ("u2", "async"), ("u3", "async"),
+    ]  # fmt: skip
+    body = {
+        "data": [{"taskType": "x", "taskUUID": "u1"}],
+        "errors": [{"code": "invalidModel", "message": "bad model", "taskUUID": "u2"}],
+    }
+    # The whole array answered 400: only the task it names is refused; the one it does not
+    # mention is a protocol error (retried), not a refusal.
+    first, second, third = runware.parse_submit_batch(jobs, httpx.Response(400, json=body))
+    assert not isinstance(first, Exception) and first.provider_task_id == "u1"
+    assert isinstance(second, ProviderRejected) and second.code == "invalidModel"
+    assert isinstance(third, ProviderProtocolError)

@@ -12,7 +12,7 @@ from pollen import JobStatus, Pollen
 from pollen.local.servers import CallbackReceiver, Worker
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
-from pollen.worker import batch
+from pollen.worker import batch, submits
 from pollen.worker.runtime import Deps
 from tests import steps
 from tests.conftest import eventually
@@ -160,3 +160,38 @@ def test_a_job_whose_last_poller_died_is_polled_alone_and_the_death_counted_once
     batch.poll_batch(deps, [(suspect, 1)])
     assert deps.store.field(suspect, "worker_losses") == "1"
     assert deps.store.get(suspect).polls == 1
+
+
+def test_a_batch_that_fails_before_recording_gives_its_leases_back(
+    deps: Deps, simulator: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _submitted(deps, [30.0], 3)
+
+    def interrupted(*_: object) -> None:
+        raise TimeoutError("soft time limit")
+
+    monkeypatch.setattr(deps.calls, "status_many", interrupted)
+    with pytest.raises(TimeoutError):
+        batch.poll_batch(deps, [(job_id, 1) for job_id in ids])
+    monkeypatch.undo()
+    # The next copy acts at once, and nobody is blamed for a worker death.
+    out = batch.poll_batch(deps, [(job_id, 1) for job_id in ids])
+    assert sorted(p.job_id for p in out.polls) == sorted(ids) and not any(
+        p.alone for p in out.polls
+    )
+    for job_id in ids:
+        assert deps.store.field(job_id, "worker_losses") is None
+        assert deps.store.get(job_id).polls == 1
+
+
+def test_a_submit_that_got_no_answer_is_retried_not_failed(
+    deps: Deps, simulator: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = accept_job(deps, [0.2])
+    monkeypatch.setattr(
+        deps.calls, "submit_many", lambda provider, jobs: [RuntimeError("parser bug")] * len(jobs)
+    )
+    out = submits.submit_batch(deps, [job_id])
+    assert out.finished == [] and [j for j, _ in out.retries] == [job_id]
+    assert deps.store.get(job_id).status is JobStatus.QUEUED
+    assert (deps.store.field(job_id, "last_error") or "").startswith("interrupted:")

@@ -209,6 +209,14 @@ class Runware(Provider):
         for job in jobs:
             mine = job.task_uuid
             own = _own(envelope, mine)
+            if not own.data and not own.errors:  # the answer does not mention this task
+                answers.append(
+                    ProviderProtocolError(
+                        f"Runware's answer does not mention task {mine}",
+                        code="malformedResponse",
+                    )
+                )
+                continue
             status = 200 if own.data else response.status_code
             try:
                 answers.append(self._submission(mine, own, status))

@@ -516,17 +516,24 @@ class Store:
         Subscribe before reading the job: an event published after the subscription is never
         missed, and one published before it shows in the job that is read next.
         """
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.redis.pubsub()
         try:
             with _guard():
                 pubsub.subscribe(keys.events(job_id))
+                # wait for Redis to confirm: from then on no event of the job is missed
+                confirm_by = time.monotonic() + 2.0
+                while time.monotonic() < confirm_by:
+                    message = pubsub.get_message(timeout=0.1)
+                    if message is not None and message["type"] == "subscribe":
+                        break
 
             def wait(seconds: float) -> bool:
                 end = time.monotonic() + seconds
                 while (left := end - time.monotonic()) > 0:
-                    with _guard():  # None also for the subscription's own confirmation
-                        if pubsub.get_message(timeout=left) is not None:
-                            return True
+                    with _guard():
+                        message = pubsub.get_message(timeout=left)
+                    if message is not None and message["type"] == "message":
+                        return True
                 return False
 
             yield wait

@@ -12,6 +12,7 @@ never changes what happens to the other jobs of the batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -73,13 +74,24 @@ def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
         plan = _claimed(deps, out, job_id, attempt, claim, now)
         if plan is not None:
             plans.append(plan)
-    with deps.leases.held([(p.job.id, p.attempt) for p in plans]):
-        _ask(deps, [p for p in plans if p.record is None], now)
-        records = [p.record for p in plans if p.record is not None]
-        # Stamped when the answers are in (finished_at is when pollen learnt the job ended).
-        recorded = deps.store.record_polls(records, now=deps.clock())
+    held = [(p.job.id, p.attempt) for p in plans]
+    try:
+        with deps.leases.held(held):
+            _ask(deps, [p for p in plans if p.record is None], now)
+            records = [p.record for p in plans if p.record is not None]
+            # Stamped when the answers are in (finished_at is when pollen learnt it ended).
+            recorded = deps.store.record_polls(records, now=deps.clock())
+    except BaseException:
+        # Nothing was recorded (a soft time limit, Redis away): give the leases back, so the
+        # next copy of these polls acts at once and no worker death is counted.
+        with contextlib.suppress(Exception):
+            deps.store.renew_leases(held, until=0.0)
+        raise
     for plan, done in zip(plans, recorded, strict=True):
-        _follow(deps, out, plan, done, now)
+        try:
+            _follow(deps, out, plan, done, now)
+        except Exception:  # one job's events must not cost its batch-mates theirs
+            log.exception("after recording the poll of job %s", plan.job.id)
     return out
 
 

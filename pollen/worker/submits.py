@@ -21,6 +21,7 @@ from pollen.backoff import next_delay
 from pollen.callbacks import events
 from pollen.errors import (
     ProviderNotConfigured,
+    ProviderUnavailable,
     RateLimited,
     RetryableProviderError,
     TerminalProviderError,
@@ -113,13 +114,13 @@ def _send(
                             "provider_task_id": answer.provider_task_id}
                 )
             )  # fmt: skip
-        elif isinstance(answer, RetryableProviderError):
-            ending = _retry(deps, out, retries, job, count, answer, now)
-            if ending is not None:
-                endings.append(ending)
-        else:
+        elif isinstance(answer, TerminalProviderError):
             metrics.SUBMITS.labels(job.provider, "rejected").inc()
             endings.append(_rejected(job, answer))
+        else:  # retryable, or not a provider's answer at all (a time limit, a parser bug)
+            ending = _retry(deps, out, retries, job, count, _retryable(job, answer), now)
+            if ending is not None:
+                endings.append(ending)
     deps.store.retry_later(retries)
     return endings
 
@@ -132,8 +133,12 @@ def end(deps: Deps, out: SubmitNext, endings: Sequence[Ending], now: float) -> N
         for e in endings
     ]
     for ending, done in zip(endings, deps.store.transition_many(moves, now=now), strict=True):
-        if done == 1:
+        if done != 1:
+            continue
+        try:
             _finished(deps, out, ending)
+        except Exception:  # one job's events must not cost the others theirs
+            log.exception("after ending job %s", ending.job.id)
 
 
 def _triage(deps: Deps, out: SubmitNext, job: Job, now: float) -> Ending | None:
@@ -215,11 +220,18 @@ def _retry(
     return None
 
 
-def _rejected(job: Job, exc: Exception) -> Ending:
-    if isinstance(exc, TerminalProviderError):
-        return Ending(job, JobStatus.FAILED, exc.code or "providerError", exc.message)
-    # not a provider error: a bug in a parser, say; the job cannot be submitted as it is
-    return Ending(job, JobStatus.FAILED, "submitFailed", repr(exc))
+def _rejected(job: Job, exc: TerminalProviderError) -> Ending:
+    return Ending(job, JobStatus.FAILED, exc.code or "providerError", exc.message)
+
+
+def _retryable(job: Job, exc: Exception) -> RetryableProviderError:
+    """A submit that did not get the provider's answer is tried again (the provider keys a
+    task by its taskUUID where it can)."""
+    if isinstance(exc, RetryableProviderError):
+        return exc
+    with logs.bound(job_id=job.id, provider=job.provider):
+        log.error("submit interrupted; it is retried like a provider failure: %r", exc)
+    return ProviderUnavailable(f"submit interrupted: {exc!r}", code="interrupted")
 
 
 def _finished(deps: Deps, out: SubmitNext, ending: Ending) -> None:

@@ -147,7 +147,13 @@ def _deliver_now(deps: runtime.Deps, deliveries: list[str]) -> dict[str, int]:
             _send_deliveries(deliveries[index:])
             counts["callbacks_queued"] += len(deliveries) - index
             break
-        outcome = events.deliver(deps, ident, _send_task, timeout=timeout)
+        try:
+            outcome = events.deliver(deps, ident, _send_task, timeout=timeout)
+        except Exception:  # Redis away, say: this one and the rest go through the queue
+            log.exception("could not deliver callback %s here; it goes to the queue", ident)
+            _send_deliveries(deliveries[index:])
+            counts["callbacks_queued"] += len(deliveries) - index
+            break
         if outcome.state == "delivered":
             counts["callbacks_delivered"] += 1
         elif outcome.state == "pending" or outcome.retry_in is not None:
@@ -267,8 +273,9 @@ def poll(
     batch_items = _batch_items(job_id, attempt, items)
     deps = runtime.deps()
     outcome = batch.poll_batch(deps, batch_items)
-    callbacks = _deliver_now(deps, outcome.deliveries)
+    # The next polls first: a slow receiver must not make the jobs still running late.
     mine = _schedule(outcome.polls, now=deps.clock())
+    callbacks = _deliver_now(deps, outcome.deliveries)
     answer = {"jobs": len(batch_items), "finished": len(outcome.finished), **callbacks}
     if mine is None:
         return answer

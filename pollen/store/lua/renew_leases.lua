@@ -1,5 +1,6 @@
 -- Extend the leases a running poll batch holds, so a short lease outlives a slow provider
--- answer while its worker is alive, and expires soon after the worker dies.
+-- answer while its worker is alive, and expires soon after the worker dies. With until 0,
+-- give them back (the batch failed before recording: no worker died).
 -- KEYS: job_1, job_2, ...
 -- ARGV: until (the new lease end), attempt_1, attempt_2, ...
 -- Returns how many leases were extended (a job whose chain moved on, or that finished, is
