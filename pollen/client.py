@@ -31,8 +31,6 @@ from pollen.store.connection import open_store
 
 #: longest blocking read of wait(), seconds; shorter than the Redis client's socket timeout
 WAIT_SLICE = 5.0
-#: most jobs one ``pollen.submit`` message of :meth:`Pollen.submit_many` carries
-SUBMIT_MESSAGE_JOBS = 500
 
 
 @dataclass(frozen=True)
@@ -119,8 +117,8 @@ class Pollen:
     def submit_many(self, payloads: Iterable[dict[str, Any]]) -> Submitted:
         """Enqueue many jobs (each a dict of the job-request schema, as for
         :meth:`submit_payload`) with one store round trip and one message per
-        :data:`SUBMIT_MESSAGE_JOBS` jobs (per ``POLLEN_BATCH_SIZE`` jobs for a provider
-        without task arrays).
+        :data:`pollen.contract.SUBMIT_BATCH_JOBS` jobs (per ``POLLEN_BATCH_SIZE`` jobs for a
+        provider without task arrays).
 
         Each job is validated on its own: a bad one is refused (its index and the reason in
         :attr:`Submitted.errors`) and the others go ahead. The workers submit the jobs of one
@@ -174,7 +172,7 @@ class Pollen:
         ``POLLEN_BATCH_SIZE``), one batch for the others, whose tasks are created one request
         each, so a message stays well inside the task time limit."""
         batches = REGISTRY[provider].supports_batching
-        return SUBMIT_MESSAGE_JOBS if batches else self.settings.batch_size
+        return contract.SUBMIT_BATCH_JOBS if batches else self.settings.batch_size
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status."""

@@ -17,6 +17,8 @@ from pollen.settings import QueueSettings, Settings
 SUBMIT = "pollen.submit"
 POLL = "pollen.poll"
 DELIVER_CALLBACK = "pollen.deliver_callback"
+#: most jobs one ``pollen.submit(job_ids=[...])`` message carries (submit_many, retries)
+SUBMIT_BATCH_JOBS = 500
 
 
 def describe(job_id: str, provider: str = "", attempt: int | None = None) -> str:

@@ -432,7 +432,8 @@ class Store:
             return [job_from_fields(f, []) if f else None for f in pipe.execute()]
 
     def begin_submits(self, sent: Sequence[tuple[str, Any]]) -> list[int]:
-        """:meth:`begin_submit` for many (job_id, request) in one round trip."""
+        """Count a submit attempt of each (job_id, request) and keep the request about to be
+        sent (audit), in one round trip; the attempt numbers, in order."""
         if not sent:
             return []
         with _guard():
@@ -454,18 +455,6 @@ class Store:
                 pipe.hset(keys.job(job_id), "last_error", error)
                 pipe.zadd(keys.INFLIGHT, {job_id: expect_by + self.grace}, xx=True)
             pipe.execute()
-
-    def begin_submit(self, job_id: str, sent_request: Any) -> int:
-        """Count a submit attempt and keep the request about to be sent (audit); one round trip.
-
-        Returns the attempt number.
-        """
-        with _guard():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hincrby(keys.job(job_id), "submit_attempts", 1)
-            pipe.hset(keys.job(job_id), "sent_request", _dumps(sent_request))
-            attempts, _ = pipe.execute()
-        return int(attempts)
 
     def exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(keys.job(job_id)))

@@ -118,13 +118,10 @@ class Outbox:
         )
         return bool(created)
 
-    def claim(self, delivery: str, *, now: float, lease: float) -> str:
-        """'ok' to send; 'busy' (another copy sends); 'missing' or a final state: nothing to do."""
-        return self.take(delivery, now=now, lease=lease)[0]
-
     def take(self, delivery: str, *, now: float, lease: float) -> tuple[str, Delivery | None, bool]:
-        """:meth:`claim` that also returns, with ``ok``, the delivery and whether its target
-        answered 410 Gone before: one round trip for what a sender needs."""
+        """Claim a delivery for sending: ``ok`` to send, ``busy`` (another copy sends),
+        ``missing`` or a final state (nothing to do); with ``ok``, the delivery and whether its
+        target answered 410 Gone before. One round trip for what a sender needs."""
         verdict, flat, gone = self._claim(
             keys=[keys.delivery(delivery), keys.GONE], args=[repr(now), lease]
         )

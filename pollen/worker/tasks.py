@@ -29,11 +29,9 @@ from pollen.callbacks import events
 from pollen.errors import CallbackNotDelivered, InvalidJob, JobNotFound
 from pollen.providers import build_providers
 from pollen.settings import get_settings
-from pollen.worker import batch, grouping, health, logs, runtime, submits
+from pollen.worker import batch, grouping, health, logs, periodic, runtime, submits
 
 log = logging.getLogger(__name__)
-#: most jobs one retried ``pollen.submit`` message carries (what submit_many sends)
-SUBMIT_BATCH = 500
 
 
 @worker_process_init.connect
@@ -119,11 +117,7 @@ def _schedule(
 
 def send_polls(group: grouping.Group, *, now: float) -> None:
     """One poll message for a group, sent to run when the group is due."""
-    poll.apply_async(
-        kwargs={"items": [list(item) for item in group.items]},
-        countdown=max(0.0, group.at - now),
-        kwargsrepr=contract.describe_batch(group.items),
-    )
+    periodic.send_batch(current_app, group.items, countdown=max(0.0, group.at - now))
 
 
 def _send_deliveries(deliveries: Iterable[str]) -> None:
@@ -143,14 +137,13 @@ def _deliver_now(deps: runtime.Deps, deliveries: list[str]) -> dict[str, int]:
     budget = time.monotonic() + 2 * timeout
     counts = {"callbacks_delivered": 0, "callbacks_queued": 0}
     for index, ident in enumerate(deliveries):
-        if timeout <= 0 or time.monotonic() > budget:
-            _send_deliveries(deliveries[index:])
-            counts["callbacks_queued"] += len(deliveries) - index
-            break
-        try:
-            outcome = events.deliver(deps, ident, _send_task, timeout=timeout)
-        except Exception:  # Redis away, say: this one and the rest go through the queue
-            log.exception("could not deliver callback %s here; it goes to the queue", ident)
+        outcome = None
+        if timeout > 0 and time.monotonic() <= budget:
+            try:
+                outcome = events.deliver(deps, ident, _send_task, timeout=timeout)
+            except Exception:  # Redis away, say: this one and the rest go through the queue
+                log.exception("could not deliver callback %s here; it goes to the queue", ident)
+        if outcome is None:
             _send_deliveries(deliveries[index:])
             counts["callbacks_queued"] += len(deliveries) - index
             break
@@ -228,7 +221,7 @@ def _submit_many(self: Task, deps: runtime.Deps, job_ids: list[str]) -> dict[str
         return answer
     now = deps.clock()
     later = [grouping.Due(j, 0, now + delay, now + delay) for j, delay in outcome.retries]
-    groups = grouping.group(later, max_size=SUBMIT_BATCH)
+    groups = grouping.group(later, max_size=contract.SUBMIT_BATCH_JOBS)
     for group in groups[1:]:
         submit.apply_async(
             kwargs={"job_ids": [j for j, _ in group.items]},
