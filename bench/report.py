@@ -47,6 +47,8 @@ ROWS: list[tuple[str, str, Format]] = [
     ("callback_lag_p99_s", "callback lag p99 (s)", _num(2)),
     ("schedule_lag_p50_s", "  poll schedule alone: lag p50 (s)", _num(2)),
     ("schedule_lag_p99_s", "  poll schedule alone: lag p99 (s)", _num(2)),
+    ("poll_lateness_p50_s", "poll ran after its due time, p50 <= (s)", _num(2)),
+    ("poll_lateness_p99_s", "poll ran after its due time, p99 <= (s)", _num(2)),
     ("worker_cpu_ms_per_job", "worker CPU ms / job (all processes)", _num(1)),
     ("producer_cpu_ms_per_job", "producer CPU ms / job (enqueue loop)", _num(2)),
     ("submit_requests_per_job", "provider submit requests / job", _num(2)),

@@ -211,6 +211,41 @@ class Components:
         return {name: cpu_seconds(pids, name == "workers") for name, pids in self.pids.items()}
 
 
+def poll_lateness(dirs: list[Path]) -> dict[str, float | None]:
+    """pollen's ``pollen_poll_lateness_seconds`` histogram summed over every worker: how late
+    the polls ran against their policy's due time. The percentiles are bucket upper bounds."""
+    buckets: dict[float, float] = defaultdict(float)
+    total = count = 0.0
+    for sample in _histogram_samples(dirs, "pollen_poll_lateness_seconds"):
+        if sample.name.endswith("_bucket"):
+            buckets[float(sample.labels["le"])] += sample.value
+        elif sample.name.endswith("_sum"):
+            total += sample.value
+        elif sample.name.endswith("_count"):
+            count += sample.value
+    out: dict[str, float | None] = {"polls": count, "mean": total / count if count else None}
+    for q in (50, 99):  # the first bucket whose cumulative count reaches q %
+        within = [le for le in sorted(buckets) if count and buckets[le] >= count * q / 100]
+        out[f"p{q}"] = within[0] if within else None
+    return out
+
+
+def _histogram_samples(dirs: list[Path], name: str) -> list[Any]:
+    """The samples of one Prometheus family in workers' multiprocess directories."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    samples: list[Any] = []
+    for path in dirs:
+        if path.is_dir():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(path))  # type: ignore[no-untyped-call]
+            for family in registry.collect():
+                if family.name == name:
+                    samples.extend(family.samples)
+    return samples
+
+
 def schedule_lags(policy: dict[str, float], durations: list[float], seed: int = 1) -> list[float]:
     """Per job: how long after the provider finished the poll schedule alone would next poll.
 
@@ -328,6 +363,7 @@ def run_system(
         log(f"[{name}] {time.time() - started:.1f} s after the first enqueue; stopping workers")
         t_stop = time.monotonic()
     log(f"[{name}] stopped in {time.monotonic() - t_stop:.1f} s")
+    lateness = poll_lateness(system.metrics_dirs)
     analysis = _analyse(job_ids, dump["completed"], tasks["tasks"])
     analysis["other_callbacks"] = dump["other"]
     first = producers.first_at or started
@@ -352,6 +388,7 @@ def run_system(
         ended=ended,
         error=outcome,
         cpu=cpu,
+        lateness=lateness,
     )
 
 
@@ -451,6 +488,7 @@ def _metrics(
     ended: float,
     error: str | None,
     cpu: dict[str, float],
+    lateness: dict[str, float | None],
 ) -> dict[str, Any]:
     completed = analysis["completed"]
     last = analysis["last_callback_at"] if error is None else ended
@@ -477,6 +515,8 @@ def _metrics(
         "callback_lag_p99_s": _rounded(percentile(lags, 99)),
         "schedule_lag_p50_s": _rounded(percentile(planned, 50)),
         "schedule_lag_p99_s": _rounded(percentile(planned, 99)),
+        "poll_lateness_p50_s": lateness["p50"],
+        "poll_lateness_p99_s": lateness["p99"],
         "worker_cpu_ms_per_job": _per_job(cpu["workers"] * 1000, completed),
         "producer_cpu_ms_per_job": _per_job(cpu["producers"] * 1000, enqueued),
         "producers": producers.n,
@@ -517,6 +557,8 @@ def _metrics(
         "provider_rate_limited_by_kind": limited,
         "provider_items_by_task_type": items,
         "schedule_lag_p95_s": _rounded(percentile(planned, 95)),
+        "poll_lateness_mean_s": _rounded(lateness["mean"]),
+        "polls_measured_for_lateness": lateness["polls"],
         "schedule_lag_max_s": _rounded(max(planned) if planned else None),
         "enqueued": enqueued,
         "producer_reports": producers.reports,

@@ -18,6 +18,7 @@ from bench.producer import ProducerSpec
 from bench.scenarios import Scenario
 from bench.services import CeleryWorker, ProfiledPollenWorker, child_env, stop_workers
 from pollen.local.servers import RedisServer, Worker
+from pollen.worker.metrics import MULTIPROC_ENV
 
 BROKER_DB, STORE_DB = 0, 1
 API_KEY = "sim-key"
@@ -56,6 +57,8 @@ class System:
         self.scenario = scenario
         self.options = options
         self.workers: list[Worker] = []
+        #: where each worker's Prometheus samples go (pollen only; read after the run)
+        self.metrics_dirs: list[Path] = []
 
     @property
     def broker_url(self) -> str:
@@ -114,6 +117,9 @@ class PollenSystem(System):
         )
 
     def make_worker(self, index: int, log_dir: Path) -> Worker:
+        metrics_dir = log_dir / f"{self.name}-{index}-metrics"
+        self.metrics_dirs.append(metrics_dir)
+        env = {**self.env(), MULTIPROC_ENV: str(metrics_dir)}
         common: dict[str, Any] = {
             "name": f"pollen-{index}",
             "concurrency": self.options.pollen_concurrency or POLLEN_DEFAULT_CONCURRENCY,
@@ -122,8 +128,8 @@ class PollenSystem(System):
             "extra_args": ["--loglevel", self.options.loglevel],
         }
         if self.options.profile_dir is not None:
-            return ProfiledPollenWorker(self.env(), profile_dir=self.options.profile_dir, **common)
-        return Worker(self.env(), **common)
+            return ProfiledPollenWorker(env, profile_dir=self.options.profile_dir, **common)
+        return Worker(env, **common)
 
 
 class BaselineSystem(System):

@@ -7,13 +7,14 @@ short jobs in a subprocess, then checks the JSON result and the printed table.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bench.runner import cpu_seconds, schedule_lags
+from bench.runner import cpu_seconds, poll_lateness, schedule_lags
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMS = ["pollen", "pollen-many", "baseline", "baseline-pooled"]
@@ -91,8 +92,12 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
         # pollen's batches carry many jobs per message.
         if system.startswith("baseline"):
             assert metrics["celery_messages_per_job"] >= 2
+            assert metrics["poll_lateness_p99_s"] is None  # only pollen's workers measure it
         else:
             assert metrics["celery_messages_per_job"] > 0
+            # every poll is timed against its due time, in the workers' Prometheus samples
+            assert details["polls_measured_for_lateness"] >= jobs
+            assert 0 < metrics["poll_lateness_p50_s"] <= metrics["poll_lateness_p99_s"] <= 300
         assert details["celery_messages_by_queue"], "no broker pushes were seen"
         assert metrics["redis_commands_per_job"] > metrics["celery_messages_per_job"]
         assert metrics["worker_cpu_ms_per_job"] > 0
@@ -111,6 +116,7 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
         "jobs/s",
         "callback lag p50",
         "  poll schedule alone: lag p99",
+        "poll ran after its due time, p99",
         "worker CPU ms / job",
         "producer CPU ms / job",
         "provider status items / job",
@@ -122,6 +128,34 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
     ):
         row = next(line for line in lines if line.startswith(label))
         assert len(row.split("  ")) > len(SYSTEMS), row
+
+
+OBSERVE = """
+import sys
+from pollen.worker import metrics
+for value in sys.argv[1:]:
+    metrics.POLL_LATENESS.labels("runware").observe(float(value))
+"""
+
+
+def test_poll_lateness_sums_every_worker_and_reads_bucket_bounds(tmp_path: Path) -> None:
+    # two workers, each its own Prometheus directory, as the bench gives them
+    first, second = tmp_path / "w1", tmp_path / "w2"
+    for path, values in ((first, ["0.005"] * 60), (second, ["0.3"] * 39 + ["7"])):
+        path.mkdir()
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(path)}
+        subprocess.run([sys.executable, "-c", OBSERVE, *values], env=env, check=True)
+    lateness = poll_lateness([first, second, tmp_path / "absent"])
+    assert lateness["polls"] == 100
+    assert lateness["p50"] == 0.01  # 60 of 100 polls within the first bucket
+    assert lateness["p99"] == 0.5  # 99 within 0.5 s; the 100th (7 s) is past p99
+    assert lateness["mean"] == pytest.approx((60 * 0.005 + 39 * 0.3 + 7) / 100)
+    assert poll_lateness([tmp_path / "absent"]) == {
+        "polls": 0,
+        "mean": None,
+        "p50": None,
+        "p99": None,
+    }
 
 
 def test_schedule_lags_follow_the_poll_times() -> None:

@@ -118,6 +118,8 @@ def _claimed(
         return None  # stale, finished or gone: another copy or an earlier step has it
     job = claim.job()
     out.providers.add(job.provider)
+    if job.next_poll_at:
+        metrics.POLL_LATENESS.labels(job.provider).observe(max(0.0, now - job.next_poll_at))
     plan = _Plan(job, attempt, claim.fields)
     if claim.worker_losses >= deps.settings.max_worker_losses:
         message = (

@@ -45,6 +45,14 @@ COMPLETION_TO_CALLBACK = Histogram(
     "From the job ending to its completion callback being delivered",
     buckets=LAG_BUCKETS,
 )
+#: how late a poll runs against the due time its backoff policy gave it (the batch window, a
+#: busy worker, a backlog): the measure of "polls on schedule"
+POLL_LATENESS = Histogram(
+    "pollen_poll_lateness_seconds",
+    "How long after its policy's due time each poll ran",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300),
+)
 BATCH_SIZE = Histogram(
     "pollen_provider_batch_size",
     "Polls carried by one provider status request",
