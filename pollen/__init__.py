@@ -10,6 +10,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pollen.client import Cancellation as Cancellation
     from pollen.client import Pollen as Pollen
     from pollen.client import Submitted as Submitted
     from pollen.errors import IdempotencyConflict as IdempotencyConflict
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from pollen.models import JobStatus as JobStatus
 
 _EXPORTS = {
+    "Cancellation": "pollen.client",
     "Pollen": "pollen.client",
     "Submitted": "pollen.client",
     "IdempotencyConflict": "pollen.errors",
@@ -43,6 +45,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Cancellation",
     "GenerationError",
     "GenerationResult",
     "IdempotencyConflict",

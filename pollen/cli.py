@@ -340,6 +340,20 @@ def status(job_id: JobId) -> None:
     typer.echo(_status_line(job, fields.get("last_error", "")))
 
 
+@command()
+def cancel(
+    job_id: JobId,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why; kept as the job's error message.")
+    ] = "cancelled from the command line",
+) -> None:
+    """Cancel a job: it stops being polled, the provider is asked to cancel its task where it
+    documents a call for that, and the completion callback says `cancelled`. A job that has
+    already finished stays as it is (exit 0 either way)."""
+    outcome = _about_a_job(lambda client: client.cancel(job_id, reason=reason))
+    typer.echo(outcome.message)
+
+
 TIMESTAMPS = ("created_at", "submitted_at", "finished_at", "updated_at", "deadline_at")
 
 

@@ -13,6 +13,7 @@ id. It never imports the worker (:mod:`pollen.contract` is what both sides agree
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,6 +45,20 @@ class Submitted:
     def accepted(self) -> list[str]:
         """The ids of the jobs that were enqueued (or already existed with that request)."""
         return [job_id for job_id in self.job_ids if job_id is not None]
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What :meth:`Pollen.cancel` did."""
+
+    job: Job  #: the job after the call: ``cancelled``, or the status it had already ended in
+    cancelled: bool  #: False when the job had already finished (nothing changed)
+
+    @property
+    def message(self) -> str:
+        if self.cancelled:
+            return f"job {self.job.id} cancelled"
+        return f"job {self.job.id} had already finished ({self.job.status.value}): nothing to do"
 
 
 class Pollen:
@@ -173,6 +188,33 @@ class Pollen:
         each, so a message stays well inside the task time limit."""
         batches = REGISTRY[provider].supports_batching
         return contract.SUBMIT_BATCH_JOBS if batches else self.settings.batch_size
+
+    def cancel(self, job_id: str, *, reason: str = "cancelled by the producer") -> Cancellation:
+        """Cancel a job that has not finished yet.
+
+        The job moves to ``cancelled`` at once (a terminal status, like the others: a job
+        that finished first stays finished, and the answer says so); its polling stops at the
+        next step and the results seen so far stay readable. A worker then asks the provider
+        to cancel the task, where the provider documents a call for it (``Job.cancel_note``
+        says what happened), and sends the ``completed`` callback once, with status
+        ``cancelled``. Raises :class:`JobNotFound` for an unknown job.
+        """
+        cancelled, _ = self.store.cancel(job_id, reason, now=time.time())
+        if cancelled:
+            self._follow_up(job_id)
+        return Cancellation(self.get(job_id), cancelled)
+
+    def _follow_up(self, job_id: str) -> None:
+        """Send the cancel's follow-up; if the broker is away, the reconciler sends it later
+        (the job stays on the store's follow-up list until a worker has done it)."""
+        with contextlib.suppress(Exception):
+            self.celery.send_task(
+                contract.CANCEL,
+                kwargs={"job_id": job_id},
+                queue=self.settings.queues.callbacks,
+                kwargsrepr=contract.describe(job_id),
+                ignore_result=True,
+            )
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status."""

@@ -17,6 +17,8 @@ from pollen.settings import QueueSettings, Settings
 SUBMIT = "pollen.submit"
 POLL = "pollen.poll"
 DELIVER_CALLBACK = "pollen.deliver_callback"
+#: the follow-up of a cancel (provider cancel call, completion callback): kwargs job_id
+CANCEL = "pollen.cancel"
 #: most jobs one ``pollen.submit(job_ids=[...])`` message carries (submit_many, retries)
 SUBMIT_BATCH_JOBS = 500
 
@@ -51,6 +53,7 @@ def routes(queues: QueueSettings) -> dict[str, dict[str, str]]:
         SUBMIT: {"queue": queues.submit},
         POLL: {"queue": queues.poll},
         DELIVER_CALLBACK: {"queue": queues.callbacks},
+        CANCEL: {"queue": queues.callbacks},
     }
 
 

@@ -218,6 +218,9 @@ class Job(BaseModel):
     task_uuid: str = Field("", description="The idempotency key pollen sent to the provider.")
     poll_seq: int = Field(0, description="Number of the poll message allowed to act next.")
     next_poll_at: float | None = None
+    cancel_note: str | None = Field(
+        None, description="What a cancel did at the provider (cancelled jobs, once followed up)."
+    )
 
     @property
     def terminal(self) -> bool:

@@ -193,7 +193,7 @@ def test_status_result_and_details(worker_env: dict[str, str], worker: Worker, c
     assert json.loads(details.stdout)["taskType"] == "getTaskDetails"
 
 
-@pytest.mark.parametrize("command", ["status", "result", "details"])
+@pytest.mark.parametrize("command", ["status", "result", "details", "cancel"])
 def test_an_unknown_job_is_one_line(worker_env: dict[str, str], clean: None, command: str) -> None:
     assert_user_error(pollen(worker_env, command, "nope"), "job not found: nope")
 

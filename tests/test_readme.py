@@ -26,15 +26,18 @@ def readme_examples() -> list[str]:
 
 def test_readme_has_both_producer_examples() -> None:
     examples = readme_examples()
-    assert len(examples) == 3
+    assert len(examples) == 4
     assert "Pollen()" in examples[0]
     assert "submit_many(" in examples[1]
-    assert 'send_task(\n    "pollen.submit"' in examples[2]
-    assert "import pollen" not in examples[2] and "from pollen" not in examples[2]
+    assert ".cancel(" in examples[2]
+    assert 'send_task(\n    "pollen.submit"' in examples[3]
+    assert "import pollen" not in examples[3] and "from pollen" not in examples[3]
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["client", "submit_many", "send_task"])
+@pytest.mark.parametrize(
+    "index", [0, 1, 2, 3], ids=["client", "submit_many", "cancel", "send_task"]
+)
 def test_readme_example_runs(
     index: int, worker: Worker, worker_env: dict[str, str], clean: None
 ) -> None:
@@ -58,6 +61,10 @@ def test_readme_example_runs(
         assert len(ast.literal_eval(accepted)) == 2  # a printed list of two ids
         assert errors.startswith("{2: 'request.positivePrompt")
         assert statuses == ["succeeded", "succeeded"]
+    elif index == 2:
+        cancelled, again = result.stdout.splitlines()
+        assert cancelled == "True cancelled the user closed the tab"
+        assert again.endswith("had already finished (cancelled): nothing to do")
     else:
         assert "'created': True" in result.stdout
 

@@ -57,6 +57,8 @@ def completion_payload(job: Job) -> dict[str, Any]:
             "polls": job.polls,
             "submit_attempts": job.submit_attempts,
         },
+        # a cancelled job: what the cancel did at the provider
+        **({"cancel_note": job.cancel_note} if job.cancel_note else {}),
     }
 
 

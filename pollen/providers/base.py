@@ -135,6 +135,18 @@ class Provider(ABC):
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
         """The normalised status; raises from :mod:`pollen.errors` on failure answers."""
 
+    #: True if the provider documents a call that cancels (or deletes) a task: the two
+    #: methods below. Without it a cancel stops pollen's polling and nothing else.
+    supports_cancel: ClassVar[bool] = False
+
+    def cancel_request(self, job: Job) -> httpx.Request:
+        """The HTTP request that cancels the job's task at the provider."""
+        raise NotImplementedError
+
+    def parse_cancel(self, job: Job, response: httpx.Response) -> str:
+        """What the provider did, in a few words; raises from :mod:`pollen.errors`."""
+        raise NotImplementedError
+
     #: True if one request can ask about (or create) many tasks: the four methods below
     supports_batching: ClassVar[bool] = False
 

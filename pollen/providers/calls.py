@@ -116,6 +116,24 @@ class ProviderCalls:
         answer = send(self.http, request, provider=provider.name, kind="submit")
         return provider.parse_submit_batch(jobs, answer)
 
+    # --- cancel -------------------------------------------------------------------------
+
+    def cancel(self, job: Job) -> str:
+        """Cancel the job's task at its provider, where the provider documents a call for it;
+        what happened, in a few words (raises from :mod:`pollen.errors` when the call fails)."""
+        provider = self.providers[job.provider]
+        if not job.provider_task_id:
+            return "cancelled before the provider took the task: nothing to cancel there"
+        if not provider.supports_cancel:
+            return (
+                f"{provider.name} documents no cancel call: pollen stopped polling; the "
+                "provider task may still run (and be billed) to its end"
+            )
+        self.limiter.acquire(provider.name)
+        request = provider.cancel_request(job)
+        answer = send(self.http, request, provider=provider.name, kind="cancel")
+        return provider.parse_cancel(job, answer)
+
     # --- how many calls travel ----------------------------------------------------------
 
     def _batches(self, provider: Provider) -> bool:

@@ -142,10 +142,25 @@ class UseapiRunway(Provider):
             raise ProviderProtocolError("useapi.net create answer has no taskId", code="noTaskId")
         return Submission(task.taskId, task.model_dump(exclude_unset=True))
 
-    def status_request(self, job: Job) -> httpx.Request:
+    def _task_url(self, job: Job) -> str:
         task_id = quote(job.provider_task_id or "", safe=":@-_.")
-        url = f"{self.settings.useapi.base_url.rstrip('/')}/v1/runwayml/tasks/{task_id}"
-        return httpx.Request("GET", url, headers=self._headers())
+        return f"{self.settings.useapi.base_url.rstrip('/')}/v1/runwayml/tasks/{task_id}"
+
+    def status_request(self, job: Job) -> httpx.Request:
+        return httpx.Request("GET", self._task_url(job), headers=self._headers())
+
+    supports_cancel = True
+
+    def cancel_request(self, job: Job) -> httpx.Request:
+        """``DELETE /v1/runwayml/tasks/{taskId}``."""
+        return httpx.Request("DELETE", self._task_url(job), headers=self._headers())
+
+    def parse_cancel(self, job: Job, response: httpx.Response) -> str:
+        if response.status_code == 404:
+            return "useapi.net no longer has the task (HTTP 404): nothing left to cancel"
+        if response.status_code in (400, 401, 403):
+            _task(response)  # raises ProviderRejected with useapi.net's message
+        return f"task deleted at useapi.net (HTTP {response.status_code})"
 
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
         task = _task(response)

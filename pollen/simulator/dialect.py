@@ -8,8 +8,9 @@ from typing import Any
 
 
 def by_method(method: str, body: bytes) -> str:
-    """Request kind of REST dialects: a POST creates a task, anything else asks about one."""
-    return "submit" if method == "POST" else "status"
+    """Request kind of REST dialects: a POST creates a task, a DELETE cancels one, anything
+    else asks about one."""
+    return {"POST": "submit", "DELETE": "cancel"}.get(method, "status")
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,8 @@ class Dialect:
 
     ``error_body(status, message)`` builds that provider's JSON error body; ``unauthorized`` is
     the body of its 401; ``malformed`` is a truncated (invalid JSON) body for malformed faults.
-    ``classify(method, body)`` names a request's kind for the stats (``submit``, ``status`` or
-    ``other``); the body is only read for it when ``classify_reads_body`` is set.
+    ``classify(method, body)`` names a request's kind for the stats (``submit``, ``status``,
+    ``cancel`` or ``other``); the body is only read for it when ``classify_reads_body`` is set.
     """
 
     name: str

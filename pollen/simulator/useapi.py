@@ -55,6 +55,9 @@ def phase(task: SimTask, now: float) -> Phase:
     sequence: list[str] | None = task.params["status_sequence"]
     elapsed = now - task.created_at
     total = duration + throttled
+    cancelled = task.params.get("cancelled_after")
+    if cancelled is not None and elapsed >= cancelled:
+        return Phase("CANCELLED", cancelled, None, 0.0)
     if sequence:
         index = slot_index(len(sequence), elapsed, total)
         status = sequence[index]
@@ -222,7 +225,10 @@ async def create(sim: Simulator, request: Request) -> Response:
 
 
 async def get_task(sim: Simulator, request: Request) -> Response:
-    """``GET /v1/runwayml/tasks/{taskId}`` (the full ``taskId``, or its bare uuid ``id``)."""
+    """``GET /v1/runwayml/tasks/{taskId}`` (the full ``taskId``, or its bare uuid ``id``);
+    ``DELETE`` on the same path cancels it."""
+    if request.method == "DELETE":
+        return await delete_task(sim, request)
     sim.stats.task("useapi:getTask")
     task = sim.store.get(request.path_params["task_id"], DIALECT.name)
     if task is None:
@@ -230,8 +236,25 @@ async def get_task(sim: Simulator, request: Request) -> Response:
     return JSONResponse(render(task, sim.clock()))
 
 
+async def delete_task(sim: Simulator, request: Request) -> Response:
+    """``DELETE /v1/runwayml/tasks/{taskId}``: a task still running is cancelled (its status
+    becomes CANCELLED); a finished one stays as it is. 204 either way, 404 if unknown."""
+    sim.stats.task("useapi:deleteTask")
+    task = sim.store.get(request.path_params["task_id"], DIALECT.name)
+    if task is None:
+        return JSONResponse(DIALECT.error_body(404, "Not found."), status_code=404)
+    now = sim.clock()
+    if phase(task, now).status not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        task.params["cancelled_after"] = now - task.created_at
+        task.generations[0].finished_at = now
+        task.generations[0].error = "CANCELLED"
+    return Response(status_code=204)
+
+
 def routes(sim: Simulator) -> list[Route]:
     return [
         provider_route(sim, DIALECT, "/v1/runwayml/gen3/create", create, ["POST"]),
-        provider_route(sim, DIALECT, "/v1/runwayml/tasks/{task_id:path}", get_task, ["GET"]),
+        provider_route(
+            sim, DIALECT, "/v1/runwayml/tasks/{task_id:path}", get_task, ["GET", "DELETE"]
+        ),
     ]

@@ -41,6 +41,7 @@ SCRIPTS = (
     "take_parked",
     "forget_job",
     "take_rate_tokens",
+    "cancel_job",
 )
 
 ClaimVerdict = Literal["ok", "busy", "alone", "stale", "done", "missing"]
@@ -158,6 +159,7 @@ class Store:
         self._take_parked = lua["take_parked"]
         self._forget = lua["forget_job"]
         self._take_rate_tokens = lua["take_rate_tokens"]
+        self._cancel = lua["cancel_job"]
 
     def close(self) -> None:
         """Close the Redis connections (the outbox shares them)."""
@@ -297,6 +299,53 @@ class Store:
                   *_flatten(move.fields)],
             client=client,
         )  # fmt: skip
+
+    def cancel(self, job_id: str, reason: str, *, now: float) -> tuple[bool, JobStatus]:
+        """Move the job to ``cancelled`` unless it already ended: (cancelled now, the status
+        it is in after).
+
+        A cancel and the poll that finishes the job race safely: whichever comes first ends
+        it, the other changes nothing. A job cancelled here waits on :meth:`cancels_due` until
+        :meth:`cancel_followed` says its follow-up is done. JobNotFound if absent.
+        """
+        with _guard():
+            moved, status = self._cancel(
+                keys=[
+                    keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.results(job_id),
+                    keys.result_order(job_id), keys.responses(job_id), keys.STATUS_COUNTS,
+                    keys.BY_AGE, keys.CANCELS,
+                ],
+                args=[repr(now), self.finished_ttl, repr(now + self.grace), reason],
+            )  # fmt: skip
+        if int(moved) == -1:
+            raise JobNotFound(job_id)
+        return int(moved) == 1, JobStatus(status)
+
+    def cancels_due(self, now: float, limit: int) -> list[str]:
+        """Cancelled jobs whose follow-up is overdue; each is watched one more grace period."""
+        with _guard():
+            ids = [str(i) for i in self.redis.zrangebyscore(keys.CANCELS, "-inf", now, 0, limit)]
+            if ids:
+                self.redis.zadd(keys.CANCELS, dict.fromkeys(ids, now + self.grace), xx=True)
+        return ids
+
+    def cancel_followed(self, job_id: str, note: str) -> None:
+        """The follow-up of a cancelled job is done: keep what it did at the provider."""
+        with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(keys.job(job_id), mapping={"cancel_state": "done", "cancel_note": note})
+            pipe.zrem(keys.CANCELS, job_id)
+            pipe.execute()
+
+    def late_task(self, job_id: str, provider_task_id: str, note: str) -> None:
+        """Keep the provider task of a job that was cancelled while its submit was in flight
+        (its id, and what cancelling it did), if the job is still stored."""
+        with _guard():
+            if self.redis.exists(keys.job(job_id)):
+                self.redis.hset(
+                    keys.job(job_id),
+                    mapping={"provider_task_id": provider_task_id, "cancel_note": note},
+                )
 
     def claim_poll(self, job_id: str, attempt: int, *, now: float, lease: float) -> Claim:
         """Take the lease for poll number ``attempt``; see ``Claim.verdict``."""
@@ -641,4 +690,5 @@ def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:
         task_uuid=fields.get("task_uuid", ""),
         poll_seq=int(fields.get("poll_seq") or 0),
         next_poll_at=_optional_float(fields.get("next_poll_at")),
+        cancel_note=fields.get("cancel_note") or None,
     )

@@ -23,6 +23,9 @@ EPOCH = f"{PREFIX}:store:epoch"
 DATA_LOSS = f"{PREFIX}:store:data_loss"
 #: sorted set "job_id|attempt" -> due time: long poll waits kept here instead of in a worker
 PARKED_POLLS = f"{PREFIX}:polls:parked"
+#: sorted set of cancelled jobs whose follow-up (the provider's cancel call, the completion
+#: callback) is not done yet, scored by when the reconciler sends it again
+CANCELS = f"{PREFIX}:cancels"
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"

@@ -30,10 +30,11 @@ class Report:
     resubmitted: list[str] = field(default_factory=list)
     repolled: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)  #: cancel follow-ups sent again
 
     @property
     def actions(self) -> int:
-        return len(self.resubmitted) + len(self.repolled) + len(self.dropped)
+        return len(self.resubmitted) + len(self.repolled) + len(self.dropped) + len(self.cancels)
 
 
 def reconcile(
@@ -65,7 +66,11 @@ def reconcile(
         send(contract.POLL, {"items": polls[start : start + batch_size]})
     for start in range(0, len(report.resubmitted), batch_size):
         send(contract.SUBMIT, {"job_ids": report.resubmitted[start : start + batch_size]})
+    for job_id in store.cancels_due(now, limit):  # cancelled, but the follow-up never ran
+        send(contract.CANCEL, {"job_id": job_id})
+        report.cancels.append(job_id)
     for action, ids in (
+        ("cancel", report.cancels),
         ("resubmit", report.resubmitted),
         ("repoll", report.repolled),
         ("drop", report.dropped),

@@ -30,6 +30,7 @@ from pollen.models import Job, JobStatus
 from pollen.providers.base import Submission
 from pollen.store.jobs import Move
 from pollen.worker import logs, metrics
+from pollen.worker.cancels import cancel_at_provider
 from pollen.worker.grouping import Due
 from pollen.worker.runtime import Deps
 
@@ -85,8 +86,23 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     for job, done in zip(started, moved, strict=True):
         if done == 1 and events.wants(job, "started"):
             out.deliveries += events.emit(deps, job, "started", events.started_payload(job))
+        elif done == 0 and _cancelled_meanwhile(deps, job):
+            out.polls = [due for due in out.polls if due.job_id != job.id]
     end(deps, out, endings, now)
     return out
+
+
+def _cancelled_meanwhile(deps: Deps, job: Job) -> bool:
+    """The provider took a task for a job that was cancelled while the request was in
+    flight: cancel that task too (where the provider can) and keep its id and the outcome.
+    False when the job was not cancelled (an earlier copy of the message submitted it)."""
+    if deps.store.field(job.id, "status") != JobStatus.CANCELLED.value:
+        return False
+    note = cancel_at_provider(deps, job)
+    deps.store.late_task(job.id, job.provider_task_id or "", note)
+    with logs.bound(job_id=job.id, provider=job.provider, provider_task_id=job.provider_task_id):
+        log.info("the provider took the task of a job cancelled meanwhile: %s", note)
+    return True
 
 
 def _send(

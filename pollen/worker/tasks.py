@@ -4,6 +4,7 @@
 ``pollen.poll``    poll a batch of jobs once; the jobs still running go on in batches grouped by
                   due time, one of them by ``self.retry(countdown=...)``
 ``pollen.deliver_callback``  POST the completion body to the job's callback URL
+``pollen.cancel``  the follow-up of a cancel: the provider's cancel call, the callbacks
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pollen.callbacks import events
 from pollen.errors import CallbackNotDelivered, InvalidJob, JobNotFound
 from pollen.providers import build_providers
 from pollen.settings import get_settings
-from pollen.worker import batch, grouping, health, logs, periodic, runtime, submits
+from pollen.worker import batch, cancels, grouping, health, logs, periodic, runtime, submits
 
 log = logging.getLogger(__name__)
 
@@ -326,3 +327,14 @@ def deliver_callback(self: Task, delivery: str) -> str:
     if outcome.state in ("pending", "dead", "gone"):
         raise CallbackNotDelivered(outcome.detail)
     return outcome.detail
+
+
+@shared_task(name=contract.CANCEL)
+def cancel(job_id: str) -> dict[str, Any]:
+    """Follow up a cancel (:func:`pollen.worker.cancels.follow_up`): the job is already
+    ``cancelled``; ask the provider to cancel its task and send the ``completed`` callback."""
+    if not isinstance(job_id, str):
+        raise InvalidJob(f"pollen.cancel: job_id must be a string, got {job_id!r}")
+    deliveries = cancels.follow_up(runtime.deps(), job_id)
+    _send_deliveries(deliveries)
+    return {"job_id": job_id, "callbacks": len(deliveries)}

@@ -1,0 +1,62 @@
+"""The follow-up of a cancel: the provider's cancel call, then the ``completed`` callback.
+
+A producer's :meth:`pollen.Pollen.cancel` moves the job to ``cancelled`` in Redis at once (the
+poll chain stops at its next step: a poll finds the job finished and does nothing) and sends
+``pollen.cancel``, which runs :func:`follow_up` here: the worker holds the provider keys, so
+it is the one that asks the provider to cancel, where the provider documents a call for it,
+and sends the callbacks. Idempotent: a second run finds the follow-up done, and the callback
+deliveries have stable ids. A lost message is sent again by the reconciler.
+
+No Celery here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pollen.callbacks import events
+from pollen.errors import JobNotFound, PollenError
+from pollen.models import Job, JobStatus
+from pollen.worker import logs, metrics
+from pollen.worker.runtime import Deps
+
+log = logging.getLogger(__name__)
+
+
+def follow_up(deps: Deps, job_id: str) -> list[str]:
+    """Cancel the job's provider task and record the ``completed`` event; the callback
+    deliveries to send now (none when the follow-up was already done)."""
+    try:
+        job = deps.store.get(job_id)
+    except JobNotFound:
+        return []  # expired meanwhile: nothing left to tell
+    if job.status is not JobStatus.CANCELLED or deps.store.field(job_id, "cancel_state") != (
+        "pending"
+    ):
+        return []
+    with logs.bound(job_id=job.id, provider=job.provider, provider_task_id=job.provider_task_id):
+        note = cancel_at_provider(deps, job)
+        log.info("job cancelled: %s", note)
+    deliveries: list[str] = []
+    if events.wants(job, "completed"):
+        final = job.model_copy(update={"cancel_note": note})
+        deliveries = events.emit(deps, final, "completed", events.completion_payload(final))
+    deps.store.cancel_followed(job_id, note)
+    metrics.JOBS_FINISHED.labels(job.provider, JobStatus.CANCELLED.value).inc()
+    return deliveries
+
+
+def cancel_at_provider(deps: Deps, job: Job) -> str:
+    """What happened at the provider, in a few words (never raises for a provider error: a
+    failed cancel call is recorded, the job stays cancelled)."""
+    if not job.provider_task_id:
+        if job.submit_attempts:
+            return (
+                "cancelled while its submit was in flight: if the provider created the task, "
+                "pollen cancels it when the submit's answer arrives"
+            )
+        return "cancelled before it was submitted: nothing to cancel at the provider"
+    try:
+        return deps.calls.cancel(job)
+    except PollenError as exc:
+        return f"the provider's cancel call failed ({exc}); pollen stopped polling"
