@@ -156,7 +156,7 @@ def test_the_provider_task_of_a_submit_in_flight_at_the_cancel_is_cancelled_too(
     real = deps.calls.submit_many
 
     def submit_then_cancel(provider: str, jobs: list[Any]) -> list[Any]:
-        answers = real(provider, jobs)  # the provider took the task ...
+        answers: list[Any] = real(provider, jobs)  # the provider took the task ...
         deps.store.cancel(job_id, "too late", now=time.time())  # ... as the producer cancels
         return answers
 
