@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pollen.models import Job as Job
     from pollen.models import JobRequest as JobRequest
     from pollen.models import JobStatus as JobStatus
+    from pollen.store.listing import JobPage as JobPage
 
 _EXPORTS = {
     "Cancellation": "pollen.client",
@@ -42,6 +43,7 @@ _EXPORTS = {
     "Job": "pollen.models",
     "JobRequest": "pollen.models",
     "JobStatus": "pollen.models",
+    "JobPage": "pollen.store.listing",
 }
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "Job",
     "JobLost",
     "JobNotFound",
+    "JobPage",
     "JobRequest",
     "JobStatus",
     "Pollen",

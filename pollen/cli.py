@@ -526,6 +526,94 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     typer.echo(f"callbacks in dead letter: {current.dead_letters}")
 
 
+AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _when(value: str | None, option: str) -> float | None:
+    """A time given as an age (``90s``, ``30m``, ``1h``, ``2d``: that long ago) or an ISO 8601
+    date-time (UTC unless it names a zone); a mistake is one line and exit 2."""
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    text = value.strip()
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in AGO:
+        return time.time() - float(text[:-1]) * AGO[text[-1]]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"{option} {value!r}: give an age like 30m, 1h, 2d or an ISO 8601 date-time", 2)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--metadata {item!r}: give KEY=VALUE", 2)
+        pairs[key] = value
+    return pairs
+
+
+@command()
+def jobs(
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="Only this status (repeatable).")
+    ] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option("--provider", help="Only this provider (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Created at or after: an age (30m, 1h, 2d) or ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Created at or before: an age or an ISO time.")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option("--metadata", help="KEY=VALUE the job carries (repeatable).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Jobs per page (1-1000).")] = 20,
+    cursor: Annotated[
+        str | None, typer.Option(help="Where the previous page ended (it prints the option).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List jobs, newest first, one page at a time; filters combine."""
+    from pollen import InvalidJob
+
+    since_at, until_at = _when(since, "--since"), _when(until, "--until")
+    pairs = _pairs(metadata or [])
+    with _client() as client:
+        try:
+            page = client.jobs(
+                status=status, provider=provider, metadata=pairs or None, since=since_at,
+                until=until_at, limit=limit, cursor=cursor,
+            )  # fmt: skip
+        except InvalidJob as exc:
+            _fail(str(exc), 2)
+    if as_json:
+        _print_json(
+            {
+                "jobs": [_with_iso(job.model_dump(mode="json", exclude={"request"}))
+                         for job in page.jobs],
+                "next_cursor": page.next_cursor,
+            }
+        )  # fmt: skip
+        return
+    typer.echo(f"{'JOB':36}  {'STATUS':10}  {'PROVIDER':14}  {'CREATED (UTC)':20}  RESULTS  POLLS")
+    for job in page.jobs:
+        results = f"{len(job.results)}/{job.expected_results}"
+        typer.echo(
+            f"{job.id:36}  {job.status.value:10}  {job.provider:14}  {_iso(job.created_at):20}  "
+            f"{results:7}  {job.polls}"
+        )
+    if not page.jobs:
+        typer.echo("(no jobs)")
+    if page.next_cursor:
+        typer.echo(f"more: add --cursor {page.next_cursor}", err=True)
+
+
 SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN")
 
 

@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -27,8 +28,9 @@ from pollen.models import Job, JobStatus
 from pollen.payloads import accept, accept_many
 from pollen.providers import REGISTRY
 from pollen.settings import Settings, get_settings
-from pollen.store import durability
+from pollen.store import durability, listing
 from pollen.store.connection import open_store
+from pollen.store.listing import JobPage
 
 #: longest blocking read of wait(), seconds; shorter than the Redis client's socket timeout
 WAIT_SLICE = 5.0
@@ -59,6 +61,23 @@ class Cancellation:
         if self.cancelled:
             return f"job {self.job.id} cancelled"
         return f"job {self.job.id} had already finished ({self.job.status.value}): nothing to do"
+
+
+def _choices(name: str, given: str | Iterable[str] | None, known: list[str]) -> list[str]:
+    """The values of a listing filter (all of ``known`` when not given), each checked."""
+    chosen = known if given is None else [given] if isinstance(given, str) else list(given)
+    unknown = [str(value) for value in chosen if str(value) not in known]
+    if unknown:
+        raise InvalidJob(f"unknown {name} {', '.join(unknown)!s} (one of {', '.join(known)})")
+    return [str(value) for value in chosen]
+
+
+def _timestamp(value: float | datetime | None) -> float | None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidJob("since/until: give an aware datetime (with a timezone)")
+        return value.timestamp()
+    return value
 
 
 class Pollen:
@@ -215,6 +234,36 @@ class Pollen:
                 kwargsrepr=contract.describe(job_id),
                 ignore_result=True,
             )
+
+    def jobs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        provider: str | Iterable[str] | None = None,
+        metadata: dict[str, str] | None = None,
+        since: float | datetime | None = None,
+        until: float | datetime | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """List jobs, newest first: one page and the cursor of the next.
+
+        Every filter given must match: ``status`` and ``provider`` (one or several),
+        ``metadata`` (each key equal), ``since``/``until`` (creation time, unix seconds or an
+        aware datetime). ``cursor`` is the ``next_cursor`` of the previous page; pages never
+        repeat or skip a job while jobs change state. Jobs leave the listing when their
+        records expire (``POLLEN_JOB_TTL`` after they finish).
+        """
+        return listing.list_jobs(
+            self.store,
+            statuses=_choices("status", status, [s.value for s in JobStatus]),
+            providers=_choices("provider", provider, sorted(REGISTRY)),
+            since=_timestamp(since),
+            until=_timestamp(until),
+            metadata=metadata,
+            limit=limit,
+            cursor=cursor,
+        )
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status."""

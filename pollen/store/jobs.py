@@ -149,7 +149,14 @@ class Store:
         self.grace = grace
         #: how long a queued job may wait for its submit before the reconciler steps in
         self.submit_grace = submit_grace
-        lua = scripts.register(client, SCRIPTS, prelude=True, MAX_RESPONSES=MAX_RESPONSES)
+        lua = scripts.register(
+            client,
+            SCRIPTS,
+            prelude=True,
+            MAX_RESPONSES=MAX_RESPONSES,
+            INDEX_PREFIX=keys.INDEX_PREFIX,
+            INDEX_EXPIRY=keys.INDEX_EXPIRY,
+        )
         self._create = lua["create_job"]
         self._rollback_create = lua["rollback_create"]
         self._transition = lua["transition"]
@@ -337,6 +344,21 @@ class Store:
             pipe.zrem(keys.CANCELS, job_id)
             pipe.execute()
 
+    def trim_indexes(self, now: float, limit: int = 5000) -> int:
+        """Remove finished jobs whose records expired from the listing indexes
+        (:mod:`pollen.store.listing`); how many (the periodic round calls this)."""
+        with _guard():
+            expired = self.redis.zrangebyscore(keys.INDEX_EXPIRY, "-inf", now, start=0, num=limit)
+            if not expired:
+                return 0
+            pipe = self.redis.pipeline(transaction=False)
+            for member in expired:
+                provider, status, job_id = str(member).split("|", 2)
+                pipe.zrem(keys.index(provider, status), job_id)
+            pipe.zrem(keys.INDEX_EXPIRY, *expired)
+            pipe.execute()
+        return len(expired)
+
     def late_task(self, job_id: str, provider_task_id: str, note: str) -> None:
         """Keep the provider task of a job that was cancelled while its submit was in flight
         (its id, and what cancelling it did), if the job is still stored."""
@@ -516,14 +538,26 @@ class Store:
 
     def get(self, job_id: str) -> Job:
         """The job with its results in the order they finished; JobNotFound if absent."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.job(job_id))
-        pipe.hgetall(keys.results(job_id))
-        pipe.lrange(keys.result_order(job_id), 0, -1)
-        fields, results, order = pipe.execute()
-        if not fields:
+        [job] = self.get_with_results([job_id])
+        if job is None:
             raise JobNotFound(job_id)
-        return job_from_fields(fields, [results[i] for i in order if i in results])
+        return job
+
+    def get_with_results(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Jobs with their results in the order they finished, in one round trip; None where
+        a job is absent."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(job_id))
+            pipe.hgetall(keys.results(job_id))
+            pipe.lrange(keys.result_order(job_id), 0, -1)
+        answers = pipe.execute()
+        jobs: list[Job | None] = []
+        for start in range(0, len(answers), 3):
+            fields, results, order = answers[start : start + 3]
+            found = [results[i] for i in order if i in results]
+            jobs.append(job_from_fields(fields, found) if fields else None)
+        return jobs
 
     def responses(self, job_id: str) -> list[dict[str, Any]]:
         """The provider envelopes kept for the job's audit, oldest first: each one that said

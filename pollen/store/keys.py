@@ -26,6 +26,12 @@ PARKED_POLLS = f"{PREFIX}:polls:parked"
 #: sorted set of cancelled jobs whose follow-up (the provider's cancel call, the completion
 #: callback) is not done yet, scored by when the reconciler sends it again
 CANCELS = f"{PREFIX}:cancels"
+#: the listing indexes: ``INDEX_PREFIX + "<provider>:<status>"`` is a sorted set of the job ids
+#: of one provider in one status, scored by creation time (kept by the store's scripts)
+INDEX_PREFIX = f"{PREFIX}:index:"
+#: sorted set "<provider>|<status>|<job id>" -> when that finished job's record expires: the
+#: periodic round removes expired jobs from the listing indexes
+INDEX_EXPIRY = f"{PREFIX}:index:expiry"
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"
@@ -76,6 +82,11 @@ def delivery(delivery_id: str) -> str:
 def rate_window(provider: str) -> str:
     """Sorted set: the provider requests of the last second (shared rate limit)."""
     return f"{PREFIX}:rate:{provider}"
+
+
+def index(provider: str, status: str) -> str:
+    """Sorted set: the ids of one provider's jobs in one status, by creation time."""
+    return f"{INDEX_PREFIX}{provider}:{status}"
 
 
 def all_for(job_id: str) -> list[str]:

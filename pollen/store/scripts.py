@@ -40,7 +40,7 @@ def _lua(value: LuaValue) -> str:
 
 
 def _quote(text: str) -> str:
-    if not text.replace("_", "").isalnum():
+    if not text.replace("_", "").replace(":", "").isalnum():
         raise ValueError(f"unexpected characters in a Lua constant: {text!r}")
     return f"'{text}'"
 

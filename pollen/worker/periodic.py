@@ -80,6 +80,7 @@ def tick(app: Any) -> None:
                 now=now,
                 batch_size=settings.batch_size,
             )
+            deps.store.trim_indexes(now)
     except Exception:
         log.exception("periodic round failed; the next one will try again")
 

@@ -3,12 +3,24 @@
 --   TERMINAL    the rank of the terminal statuses
 --   MAX_RESPONSES  how many provider responses a job keeps
 --   FINAL_DELIVERY  set of delivery states that never change again
+--   INDEX_PREFIX, INDEX_EXPIRY  the listing indexes' key names (pollen/store/keys.py)
 -- event(channel, field, value, ...): announce one lifecycle event on the job's channel (Pub/Sub:
 -- what wait() listens to; nothing is stored, so a job costs no stream in memory).
 local function event(channel, ...)
   local args, body = {...}, {}
   for i = 1, #args, 2 do body[args[i]] = args[i + 1] end
   redis.call('PUBLISH', channel, cjson.encode(body))
+end
+
+-- reindex(id, provider, created, from, to, expires_at): keep the listing indexes (one sorted
+-- set per provider and status, scored by creation time) in step with a status change; `from`
+-- is nil for a new job. A terminal job is noted with when its record expires, for trimming.
+local function reindex(id, provider, created, from, to, expires_at)
+  if from then redis.call('ZREM', INDEX_PREFIX .. provider .. ':' .. from, id) end
+  redis.call('ZADD', INDEX_PREFIX .. provider .. ':' .. to, created, id)
+  if expires_at then
+    redis.call('ZADD', INDEX_EXPIRY, expires_at, provider .. '|' .. to .. '|' .. id)
+  end
 end
 
 -- move(k, status, now, finished_ttl_seconds, watch_at, fields): move one job forward to
@@ -23,7 +35,11 @@ local function move(k, status, now, ttl, watch, fields)
   redis.call('HINCRBY', k.counts, current, -1)
   redis.call('HINCRBY', k.counts, status, 1)
   if #fields > 0 then redis.call('HSET', k.job, unpack(fields)) end
-  local id = redis.call('HGET', k.job, 'id')
+  local job = redis.call('HMGET', k.job, 'id', 'provider', 'created_at')
+  local id = job[1]
+  local expires_at = nil
+  if RANK[status] == TERMINAL then expires_at = tonumber(now) + tonumber(ttl) end
+  reindex(id, job[2], job[3], current, status, expires_at)
   if RANK[status] == TERMINAL then
     redis.call('HSET', k.job, 'finished_at', now)
     redis.call('ZREM', k.inflight, id)

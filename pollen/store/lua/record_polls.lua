@@ -19,7 +19,7 @@ for i = 3, #ARGV do
   local k = {job = KEYS[base + 1], events = KEYS[base + 2], results = KEYS[base + 3],
     order = KEYS[base + 4], responses = KEYS[base + 5], inflight = KEYS[1], counts = KEYS[2],
     by_age = KEYS[3]}
-  local job = redis.call('HMGET', k.job, 'status', 'poll_seq', 'id')
+  local job = redis.call('HMGET', k.job, 'status', 'poll_seq', 'id', 'provider', 'created_at')
   if not job[1] then
     out[#out + 1] = {'missing', {}, 0, {}, {}, 0}
   elseif job[2] ~= a.attempt or RANK[job[1]] == TERMINAL then
@@ -57,6 +57,7 @@ for i = 3, #ARGV do
       if a.cost ~= '' then redis.call('HSET', k.job, 'cost', a.cost) end
       if job[1] == 'submitted' then
         redis.call('HSET', k.job, 'status', 'processing')
+        reindex(job[3], job[4], job[5], 'submitted', 'processing', nil)
         redis.call('HINCRBY', k.counts, 'submitted', -1)
         redis.call('HINCRBY', k.counts, 'processing', 1)
         event(k.events, 'type', 'status', 'status', 'processing', 'at', now)

@@ -1,10 +1,12 @@
 -- Undo create_job.lua for a job whose submit message could not be sent: exactly what it
--- wrote (the job hash, its event stream, both in-flight indexes, the queued count).
+-- wrote (the job hash, its event stream, both in-flight indexes, its listing index entry,
+-- the queued count).
 -- Only a job still queued is undone; one that moved on is left alone.
 -- KEYS: job, events, inflight, status_counts, by_age
 -- ARGV: id
 -- Returns 1 when undone, 0 when there was nothing (or nothing safe) to undo.
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('ZREM', INDEX_PREFIX .. redis.call('HGET', KEYS[1], 'provider') .. ':queued', ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])

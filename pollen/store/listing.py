@@ -1,0 +1,151 @@
+"""Listing jobs: by status, provider, creation time and metadata, a page at a time.
+
+The store's scripts keep one sorted set per provider and status (``keys.index``), scored by
+creation time, in step with every status change. A listing reads only the sets of the
+statuses and providers asked for (newest first, merged), so its cost does not depend on how
+many jobs are in other states; no ``SCAN``, no ``KEYS``. Finished jobs leave the indexes when
+their records expire (:meth:`Store.trim_indexes <pollen.store.jobs.Store.trim_indexes>`, from
+the periodic round); an entry whose record is gone
+anyway is dropped when a listing meets it.
+
+Pages are cursor-based, like Replicate's ``predictions.list``: a cursor is the position
+(creation time, job id) of the last job returned, so a page never repeats or skips a job
+because others were created or changed state meanwhile. With a ``metadata`` filter a page may
+hold fewer than ``limit`` jobs (at most :data:`EXAMINE_FACTOR` x ``limit`` entries are read
+per call); follow ``next_cursor`` until it is None.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from pollen.errors import InvalidJob
+from pollen.models import Job
+from pollen.store import keys
+from pollen.store.jobs import Store
+
+#: most index entries one call reads, as a multiple of ``limit`` (metadata filters)
+EXAMINE_FACTOR = 10
+MAX_LIMIT = 1000
+
+Position = tuple[float, str]  #: (creation time, job id): newest first, then id descending
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of :meth:`pollen.Pollen.jobs`."""
+
+    jobs: list[Job]
+    next_cursor: str | None  #: pass as ``cursor=`` for the next page; None: nothing more
+
+
+def encode(position: Position) -> str:
+    raw = f"{position[0]!r}|{position[1]}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(cursor: str) -> Position:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = raw.split("|", 1)
+        return float(score), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJob(f"not a cursor from a previous page: {cursor!r}") from exc
+
+
+def _after(entry: Position, position: Position | None) -> bool:
+    """Whether ``entry`` comes after ``position`` (newest first, then id descending)."""
+    if position is None:
+        return True
+    return entry[0] < position[0] or (entry[0] == position[0] and entry[1] < position[1])
+
+
+def list_jobs(
+    store: Store,
+    *,
+    statuses: Sequence[str],
+    providers: Sequence[str],
+    since: float | None = None,
+    until: float | None = None,
+    metadata: dict[str, str] | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> JobPage:
+    """The newest jobs matching every filter given, after ``cursor``; see the module doc."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidJob(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    index_keys = [keys.index(p, s) for p in providers for s in statuses]
+    position = decode(cursor) if cursor else None
+    top = position[0] if position else (math.inf if until is None else until)
+    floor = -math.inf if since is None else since
+    found: list[Job] = []
+    budget = limit * EXAMINE_FACTOR
+    while len(found) < limit and budget > 0:
+        want = min(limit - len(found), budget)
+        entries = _merged(store.redis, index_keys, position, top, floor, want + 1)
+        taken = entries[:want]
+        budget -= len(taken)
+        jobs = store.get_with_results([job_id for _, job_id, _ in taken]) if taken else []
+        for (score, job_id, key), job in zip(taken, jobs, strict=True):
+            position = (score, job_id)
+            if job is None:
+                store.redis.zrem(key, job_id)  # expired: drop the stale entry
+            elif _matches(job, metadata):
+                found.append(job)
+        if len(entries) <= want:  # nothing after the last one taken
+            return JobPage(found, None)
+        top = position[0] if position else top
+    return JobPage(found, encode(position) if position else None)
+
+
+def _merged(
+    client: redis.Redis,
+    index_keys: Sequence[str],
+    position: Position | None,
+    top: float,
+    floor: float,
+    want: int,
+) -> list[tuple[float, str, str]]:
+    """Up to ``want`` entries after ``position`` across the indexes, newest first."""
+    entries: list[tuple[float, str, str]] = []
+    for key in index_keys:
+        entries += [(s, j, key) for s, j in _after_in(client, key, position, top, floor, want)]
+    entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
+    return entries[:want]
+
+
+def _after_in(
+    client: redis.Redis,
+    key: str,
+    position: Position | None,
+    top: float,
+    floor: float,
+    want: int,
+) -> list[Position]:
+    """Up to ``want`` entries of one index after ``position`` (skipping its ties)."""
+    out: list[Position] = []
+    offset, chunk = 0, want + 8
+    high = "+inf" if math.isinf(top) else repr(top)
+    low = "-inf" if math.isinf(floor) else repr(floor)
+    while len(out) < want:
+        raw: list[tuple[str, float]] = client.zrange(  # type: ignore[assignment]
+            key, high, low, desc=True, byscore=True, offset=offset, num=chunk, withscores=True
+        )
+        out += [
+            (float(score), str(member))
+            for member, score in raw
+            if _after((float(score), str(member)), position)
+        ]
+        if len(raw) < chunk:
+            break
+        offset += chunk
+    return out[:want]
+
+
+def _matches(job: Job, metadata: dict[str, str] | None) -> bool:
+    return not metadata or all(job.metadata.get(k) == v for k, v in metadata.items())
