@@ -45,7 +45,7 @@ def _create(
     prefix: str = "job",
 ) -> list[str]:
     now = time.time() if now is None else now
-    fields = {"provider": provider, "status": "queued", "created_at": repr(now)}
+    fields: dict[str, Any] = {"provider": provider, "status": "queued", "created_at": repr(now)}
     fields |= {"updated_at": repr(now), "metadata": metadata or {}, "policy": "{}"}
     ids = [f"{prefix}-{i:05d}" for i in range(count)]
     jobs = [(job_id, {"id": job_id, **fields}, 600, "") for job_id in ids]
