@@ -344,7 +344,7 @@ def status(job_id: JobId) -> None:
 def cancel(
     job_id: JobId,
     reason: Annotated[
-        str, typer.Option("--reason", help="Why; kept as the job's error message.")
+        str, _opt("TEXT", "Why; kept as the job's error message.")
     ] = "cancelled from the command line",
 ) -> None:
     """Cancel a job: it stops being polled, the provider is asked to cancel its task where it
@@ -558,24 +558,22 @@ def _pairs(values: list[str]) -> dict[str, str]:
 
 @command()
 def jobs(
-    status: Annotated[
-        list[str] | None, typer.Option("--status", help="Only this status (repeatable).")
-    ] = None,
+    status: Annotated[list[str] | None, _opt("STATUS", "Only this status (repeatable).")] = None,
     provider: Annotated[
-        list[str] | None, typer.Option("--provider", help="Only this provider (repeatable).")
+        list[str] | None, _opt("PROVIDER", "Only this provider (repeatable).")
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="Created at or after: an age (30m, 1h, 2d) or ISO time.")
+        str | None, _opt("WHEN", "Created at or after: an age (30m, 1h, 2d) or ISO time.")
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Created at or before: an age or an ISO time.")
+        str | None, _opt("WHEN", "Created at or before: an age or an ISO time.")
     ] = None,
     metadata: Annotated[
-        list[str] | None, typer.Option("--metadata", help="KEY=VALUE the job carries (repeatable).")
+        list[str] | None, _opt("KEY=VALUE", "Metadata the job carries (repeatable).")
     ] = None,
-    limit: Annotated[int, typer.Option(help="Jobs per page (1-1000).")] = 20,
+    limit: Annotated[int, _opt("N", "Jobs per page (1-1000).")] = 20,
     cursor: Annotated[
-        str | None, typer.Option(help="Where the previous page ended (it prints the option).")
+        str | None, _opt("CURSOR", "Where the previous page ended (it prints the option).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
