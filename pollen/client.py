@@ -254,15 +254,16 @@ class Pollen:
         repeat or skip a job while jobs change state. Jobs leave the listing when their
         records expire (``POLLEN_JOB_TTL`` after they finish).
         """
-        return listing.list_jobs(
-            self.store,
-            statuses=_choices("status", status, [s.value for s in JobStatus]),
-            providers=_choices("provider", provider, sorted(REGISTRY)),
-            since=_timestamp(since),
-            until=_timestamp(until),
-            metadata=metadata,
-            limit=limit,
-            cursor=cursor,
+        return self.store.run(
+            listing.query(
+                statuses=_choices("status", status, [s.value for s in JobStatus]),
+                providers=_choices("provider", provider, sorted(REGISTRY)),
+                since=_timestamp(since),
+                until=_timestamp(until),
+                metadata=metadata,
+                limit=limit,
+                cursor=cursor,
+            )
         )
 
     def status(self, job_id: str) -> JobStatus:
@@ -331,9 +332,8 @@ class Pollen:
         ]
         now = time.time()
         for item in chosen:
-            if item.state == "gone":
-                self.outbox.forget_gone(item.target)
-            self.outbox.replay(item.id, now=now)
+            gone = item.target if item.state == "gone" else None
+            self.outbox.replay(item.id, now=now, url=gone)
             self.celery.send_task(
                 contract.DELIVER_CALLBACK,
                 args=(item.id,),

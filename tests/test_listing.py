@@ -125,7 +125,7 @@ def test_finished_jobs_leave_the_indexes_when_they_expire(
     assert store.redis.zcard(keys.index("runware", "submitted")) == 2
     # an entry whose record is gone anyway is dropped when a listing meets it
     store.redis.delete(keys.job(running[0]))
-    page = listing.list_jobs(store, statuses=ALL, providers=["runware"])
+    page = store.run(listing.query(statuses=ALL, providers=["runware"]))
     assert _ids(page) == [running[1]]
     assert store.redis.zrange(keys.index("runware", "submitted"), 0, -1) == [running[1]]
     store.close()

@@ -23,17 +23,20 @@ from typing import Any
 import redis
 
 from pollen.errors import StoreUnavailable
-from pollen.store import keys
+from pollen.store import keys, ops
 from pollen.store.jobs import Store
 
 log = logging.getLogger(__name__)
 
 
+def marker(now: float | None = None) -> str:
+    """A new epoch marker: a random id and the time it was made."""
+    return f"{uuid.uuid4().hex} {now if now is not None else time.time():.3f}"
+
+
 def ensure_epoch(store: Store, now: float | None = None) -> str:
     """The store's epoch marker, written first if the store has none."""
-    marker = f"{uuid.uuid4().hex} {now if now is not None else time.time():.3f}"
-    store.redis.set(keys.EPOCH, marker, nx=True)
-    return str(store.redis.get(keys.EPOCH))
+    return store.run(ops.epoch(marker(now)))
 
 
 def check(store: Store, known: str | None, now: float | None = None) -> tuple[str, bool]:
@@ -43,20 +46,19 @@ def check(store: Store, known: str | None, now: float | None = None) -> tuple[st
     marker this process knew is gone.
     """
     now = time.time() if now is None else now
-    current = ensure_epoch(store, now)
-    if known is None or current == known:
-        return current, False
-    store.redis.hset(
-        keys.DATA_LOSS,
-        mapping={"detected_at": repr(now), "lost_epoch": known, "new_epoch": current},
-    )
+    current, lost = store.run(ops.check_epoch(known, marker(now), now))
+    if lost:
+        log_loss(known, current)
+    return current, lost
+
+
+def log_loss(known: str | None, current: str) -> None:
     log.error(
         "the job store lost its data (epoch %s is gone, now %s): Redis restarted without "
         "persistence or was flushed; jobs accepted before this are lost",
         known,
         current,
     )
-    return current, True
 
 
 def remembered(path: Path) -> str | None:
@@ -76,11 +78,7 @@ def remember(path: Path, epoch: str) -> None:
 
 def status(store: Store) -> dict[str, Any]:
     """The store's epoch and the last detected data loss, if any."""
-    loss = store.redis.hgetall(keys.DATA_LOSS)
-    return {
-        "epoch": store.redis.get(keys.EPOCH),
-        "data_loss": dict(loss) if loss else None,
-    }
+    return store.run(ops.store_status())
 
 
 def last_loss(url: str, timeout: float = 2.0) -> dict[str, str] | None:

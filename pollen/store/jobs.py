@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 
@@ -26,9 +26,11 @@ from pollen.models import (
     Job,
     JobStatus,
 )
-from pollen.store import keys, scripts
+from pollen.store import keys, ops, scripts
+from pollen.store.ops import flatten
 
 MAX_RESPONSES = 500
+T = TypeVar("T")
 
 #: the scripts of :class:`Store`, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
 SCRIPTS = (
@@ -108,13 +110,6 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
-def _flatten(fields: dict[str, Any]) -> list[str]:
-    flat: list[str] = []
-    for name, value in fields.items():
-        flat += [name, value if isinstance(value, str) else _dumps(value)]
-    return flat
-
-
 def _optional_float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
@@ -157,8 +152,6 @@ class Store:
             INDEX_PREFIX=keys.INDEX_PREFIX,
             INDEX_EXPIRY=keys.INDEX_EXPIRY,
         )
-        self._create = lua["create_job"]
-        self._rollback_create = lua["rollback_create"]
         self._transition = lua["transition"]
         self._claim_polls = lua["claim_polls"]
         self._record_polls = lua["record_polls"]
@@ -166,7 +159,13 @@ class Store:
         self._take_parked = lua["take_parked"]
         self._forget = lua["forget_job"]
         self._take_rate_tokens = lua["take_rate_tokens"]
-        self._cancel = lua["cancel_job"]
+        #: every script by name, for :mod:`pollen.store.ops` operations run on this client
+        self.scripts = lua
+
+    def run(self, op: ops.Op[T]) -> T:
+        """Run a store operation (:mod:`pollen.store.ops`) on this client."""
+        with _guard():
+            return ops.run(self.redis, self.scripts, op)
 
     def close(self) -> None:
         """Close the Redis connections (the outbox shares them)."""
@@ -188,13 +187,7 @@ class Store:
         ``fingerprint`` identifies the request: an existing job with a different one raises
         :class:`IdempotencyConflict` (compared in the same script that would create it).
         """
-        with _guard():
-            watch = repr(now + self.submit_grace)
-            created, existing = self._create(
-                keys=self._create_keys(job_id),
-                args=[job_id, repr(now), ttl, watch, fingerprint, *_flatten(fields)],
-            )
-        answer = self._created(job_id, fingerprint, created, existing)
+        [answer] = self.create_many([(job_id, fields, ttl, fingerprint)], now=now)
         if isinstance(answer, IdempotencyConflict):
             raise answer
         return answer
@@ -207,33 +200,7 @@ class Store:
         One answer per job: created or not, or the :class:`IdempotencyConflict` of an id
         already used with a different request (that job only).
         """
-        if not jobs:
-            return []
-        watch = repr(now + self.submit_grace)
-        with _guard():
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id, fields, ttl, fingerprint in jobs:
-                self._create(
-                    keys=self._create_keys(job_id),
-                    args=[job_id, repr(now), ttl, watch, fingerprint, *_flatten(fields)],
-                    client=pipe,
-                )
-            answers = pipe.execute()
-        return [
-            self._created(job_id, fingerprint, created, existing)
-            for (job_id, _, _, fingerprint), (created, existing) in zip(jobs, answers, strict=True)
-        ]
-
-    @staticmethod
-    def _created(
-        job_id: str, fingerprint: str, created: int, existing: str
-    ) -> bool | IdempotencyConflict:
-        if not created and existing and fingerprint and existing != fingerprint:
-            return IdempotencyConflict(
-                f"job_id {job_id!r} was already used with a different request; "
-                "use a new job_id for a new request"
-            )
-        return bool(created)
+        return self.run(ops.create_many(jobs, now=now, submit_grace=self.submit_grace))
 
     def rollback_create(self, job_id: str) -> bool:
         """Undo :meth:`create` of a still-queued job (its submit message could not be sent)."""
@@ -241,21 +208,7 @@ class Store:
 
     def rollback_many(self, job_ids: Sequence[str]) -> int:
         """:meth:`rollback_create` for many jobs in one round trip; how many were undone."""
-        with _guard():
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id in job_ids:
-                self._rollback_create(keys=self._create_keys(job_id), args=[job_id], client=pipe)
-            return sum(bool(undone) for undone in pipe.execute())
-
-    @staticmethod
-    def _create_keys(job_id: str) -> list[str]:
-        return [
-            keys.job(job_id),
-            keys.events(job_id),
-            keys.INFLIGHT,
-            keys.STATUS_COUNTS,
-            keys.BY_AGE,
-        ]
+        return self.run(ops.rollback_many(job_ids))
 
     def transition(
         self,
@@ -303,7 +256,7 @@ class Store:
                 keys.BY_AGE,
             ],
             args=[move.status.value, repr(now), self.finished_ttl, watch,
-                  *_flatten(move.fields)],
+                  *flatten(move.fields)],
             client=client,
         )  # fmt: skip
 
@@ -315,18 +268,12 @@ class Store:
         it, the other changes nothing. A job cancelled here waits on :meth:`cancels_due` until
         :meth:`cancel_followed` says its follow-up is done. JobNotFound if absent.
         """
-        with _guard():
-            moved, status = self._cancel(
-                keys=[
-                    keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.results(job_id),
-                    keys.result_order(job_id), keys.responses(job_id), keys.STATUS_COUNTS,
-                    keys.BY_AGE, keys.CANCELS,
-                ],
-                args=[repr(now), self.finished_ttl, repr(now + self.grace), reason],
-            )  # fmt: skip
-        if int(moved) == -1:
+        moved, status = self.run(
+            ops.cancel(job_id, reason, now=now, finished_ttl=self.finished_ttl, grace=self.grace)
+        )
+        if moved == -1:
             raise JobNotFound(job_id)
-        return int(moved) == 1, JobStatus(status)
+        return moved == 1, JobStatus(status)
 
     def cancels_due(self, now: float, limit: int) -> list[str]:
         """Cancelled jobs whose follow-up is overdue; each is watched one more grace period."""
@@ -468,7 +415,7 @@ class Store:
         return done
 
     def _record_arg(self, record: PollRecord, now: float) -> str:
-        error_fields = _flatten(record.fields)
+        error_fields = flatten(record.fields)
         return _dumps(
             {
                 "attempt": str(record.attempt),
@@ -491,7 +438,7 @@ class Store:
         """Set plain fields (no status change) on an existing job."""
         with _guard():
             self.redis.hset(
-                keys.job(job_id), mapping=dict(zip(*[iter(_flatten(fields))] * 2, strict=True))
+                keys.job(job_id), mapping=dict(zip(*[iter(flatten(fields))] * 2, strict=True))
             )
 
     def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
@@ -546,18 +493,7 @@ class Store:
     def get_with_results(self, job_ids: Sequence[str]) -> list[Job | None]:
         """Jobs with their results in the order they finished, in one round trip; None where
         a job is absent."""
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hgetall(keys.job(job_id))
-            pipe.hgetall(keys.results(job_id))
-            pipe.lrange(keys.result_order(job_id), 0, -1)
-        answers = pipe.execute()
-        jobs: list[Job | None] = []
-        for start in range(0, len(answers), 3):
-            fields, results, order = answers[start : start + 3]
-            found = [results[i] for i in order if i in results]
-            jobs.append(job_from_fields(fields, found) if fields else None)
-        return jobs
+        return self.run(ops.jobs_with_results(job_ids))
 
     def responses(self, job_id: str) -> list[dict[str, Any]]:
         """The provider envelopes kept for the job's audit, oldest first: each one that said
@@ -566,19 +502,10 @@ class Store:
 
     def task_details(self, job_id: str) -> dict[str, Any]:
         """The job's audit record, shaped like Runware's ``getTaskDetails`` data item."""
-        fields = self.raw(job_id)
-        last = fields.get("last_response") or self.redis.lindex(keys.responses(job_id), -1)
-        response = (
-            json.loads(last)["envelope"]
-            if last
-            else json.loads(fields.get("submit_response") or "{}")
-        )
-        return {
-            "taskType": "getTaskDetails",
-            "taskUUID": fields.get("provider_task_id") or fields.get("task_uuid"),
-            "request": json.loads(fields.get("sent_request") or "[]"),
-            "response": response,
-        }
+        details = self.run(ops.task_details(job_id))
+        if details is None:
+            raise JobNotFound(job_id)
+        return details
 
     @contextmanager
     def listen(self, job_id: str) -> Iterator[Callable[[float], bool]]:

@@ -22,17 +22,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
-
 from pollen.errors import InvalidJob
 from pollen.models import Job
 from pollen.store import keys
-from pollen.store.jobs import Store
+from pollen.store.ops import Batch, Op, cmd, jobs_with_results
 
-#: most index entries one call reads, as a multiple of ``limit`` (metadata filters)
+#: most index entries one listing reads, as a multiple of ``limit`` (metadata filters)
 EXAMINE_FACTOR = 10
 MAX_LIMIT = 1000
-
 Position = tuple[float, str]  #: (creation time, job id): newest first, then id descending
 
 
@@ -58,15 +55,7 @@ def decode(cursor: str) -> Position:
         raise InvalidJob(f"not a cursor from a previous page: {cursor!r}") from exc
 
 
-def _after(entry: Position, position: Position | None) -> bool:
-    """Whether ``entry`` comes after ``position`` (newest first, then id descending)."""
-    if position is None:
-        return True
-    return entry[0] < position[0] or (entry[0] == position[0] and entry[1] < position[1])
-
-
-def list_jobs(
-    store: Store,
+def query(
     *,
     statuses: Sequence[str],
     providers: Sequence[str],
@@ -75,8 +64,9 @@ def list_jobs(
     metadata: dict[str, str] | None = None,
     limit: int = 20,
     cursor: str | None = None,
-) -> JobPage:
-    """The newest jobs matching every filter given, after ``cursor``; see the module doc."""
+) -> Op[JobPage]:
+    """The newest jobs matching every filter given, after ``cursor`` (a store operation:
+    run it with ``Store.run`` or :func:`pollen.store.ops.arun`); see the module doc."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidJob(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     index_keys = [keys.index(p, s) for p in providers for s in statuses]
@@ -87,65 +77,58 @@ def list_jobs(
     budget = limit * EXAMINE_FACTOR
     while len(found) < limit and budget > 0:
         want = min(limit - len(found), budget)
-        entries = _merged(store.redis, index_keys, position, top, floor, want + 1)
+        entries = yield from _merged(index_keys, position, top, floor, want + 1)
         taken = entries[:want]
         budget -= len(taken)
-        jobs = store.get_with_results([job_id for _, job_id, _ in taken]) if taken else []
+        jobs = yield from jobs_with_results([job_id for _, job_id, _ in taken])
+        stale: Batch = []
         for (score, job_id, key), job in zip(taken, jobs, strict=True):
             position = (score, job_id)
             if job is None:
-                store.redis.zrem(key, job_id)  # expired: drop the stale entry
-            elif _matches(job, metadata):
+                stale.append(cmd("zrem", key, job_id))  # expired: drop the stale entry
+            elif not metadata or all(job.metadata.get(k) == v for k, v in metadata.items()):
                 found.append(job)
-        if len(entries) <= want:  # nothing after the last one taken
+        if stale:
+            yield stale
+        if len(entries) <= want:
             return JobPage(found, None)
         top = position[0] if position else top
     return JobPage(found, encode(position) if position else None)
 
 
+def _after(entry: Position, position: Position | None) -> bool:
+    """Whether ``entry`` comes after ``position`` (newest first, then id descending)."""
+    if position is None:
+        return True
+    return entry[0] < position[0] or (entry[0] == position[0] and entry[1] < position[1])
+
+
 def _merged(
-    client: redis.Redis,
-    index_keys: Sequence[str],
-    position: Position | None,
-    top: float,
-    floor: float,
-    want: int,
-) -> list[tuple[float, str, str]]:
-    """Up to ``want`` entries after ``position`` across the indexes, newest first."""
-    entries: list[tuple[float, str, str]] = []
-    for key in index_keys:
-        entries += [(s, j, key) for s, j in _after_in(client, key, position, top, floor, want)]
-    entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
-    return entries[:want]
-
-
-def _after_in(
-    client: redis.Redis,
-    key: str,
-    position: Position | None,
-    top: float,
-    floor: float,
-    want: int,
-) -> list[Position]:
-    """Up to ``want`` entries of one index after ``position`` (skipping its ties)."""
-    out: list[Position] = []
-    offset, chunk = 0, want + 8
+    index_keys: Sequence[str], position: Position | None, top: float, floor: float, want: int
+) -> Op[list[tuple[float, str, str]]]:
+    """Up to ``want`` entries after ``position`` across the indexes, newest first (one round
+    trip, plus one per index whose window was all ties with ``position``)."""
     high = "+inf" if math.isinf(top) else repr(top)
     low = "-inf" if math.isinf(floor) else repr(floor)
-    while len(out) < want:
-        raw: list[tuple[str, float]] = client.zrange(  # type: ignore[assignment]
-            key, high, low, desc=True, byscore=True, offset=offset, num=chunk, withscores=True
-        )
-        out += [
-            (float(score), str(member))
-            for member, score in raw
-            if _after((float(score), str(member)), position)
-        ]
-        if len(raw) < chunk:
-            break
-        offset += chunk
-    return out[:want]
-
-
-def _matches(job: Job, metadata: dict[str, str] | None) -> bool:
-    return not metadata or all(job.metadata.get(k) == v for k, v in metadata.items())
+    chunk = want + 8
+    offsets = dict.fromkeys(index_keys, 0)
+    entries: dict[str, list[Position]] = {key: [] for key in index_keys}
+    while offsets:
+        replies = yield [
+            cmd("zrange", key, high, low, desc=True, byscore=True, offset=offset, num=chunk,
+                withscores=True)
+            for key, offset in offsets.items()
+        ]  # fmt: skip
+        more: dict[str, int] = {}
+        for (key, offset), raw in zip(offsets.items(), replies, strict=True):
+            entries[key] += [
+                (float(score), str(member))
+                for member, score in raw
+                if _after((float(score), str(member)), position)
+            ]
+            if len(raw) == chunk and len(entries[key]) < want:
+                more[key] = offset + chunk
+        offsets = more
+    merged = [(s, j, key) for key, found in entries.items() for s, j in found[:want]]
+    merged.sort(key=lambda e: (e[0], e[1]), reverse=True)
+    return merged[:want]

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import redis
 
-from pollen.store import keys, scripts
+from pollen.store import keys, ops, scripts
 
 DeliveryState = Literal["pending", "sending", "delivered", "gone", "dead"]
 #: delivery states that never change again
@@ -78,7 +78,8 @@ class Outbox:
         self._claim = lua["claim_delivery"]
         self._record = lua["record_delivery"]
         self._take_due = lua["take_due"]
-        self._replay = lua["replay_delivery"]
+        #: every script by name, for :mod:`pollen.store.ops` operations run on this client
+        self.scripts = lua
 
     def create(
         self,
@@ -179,32 +180,24 @@ class Outbox:
         ids = self._take_due(keys=[keys.DUE], args=[repr(now), limit, watch])
         return [str(i) for i in ids]
 
-    def replay(self, delivery: str, *, now: float) -> bool:
-        """Make a delivery pending again with a fresh schedule; its webhook-id stays the same."""
-        return bool(
-            self._replay(keys=[keys.delivery(delivery), keys.DUE, keys.DEAD], args=[delivery, now])
-        )
+    def replay(self, delivery: str, *, now: float, url: str | None = None) -> bool:
+        """Make a delivery pending again with a fresh schedule; its webhook-id stays the same.
+        ``url``: a receiver that answered 410 Gone, to call again."""
+        return ops.run(self.redis, self.scripts, ops.replay(delivery, url, now=now))
 
     def count_for_job(self, job_id: str) -> int:
         return int(self.redis.llen(keys.job_deliveries(job_id)))
 
     def for_job(self, job_id: str) -> list[Delivery]:
-        ids = self.redis.lrange(keys.job_deliveries(job_id), 0, -1)
-        pipe = self.redis.pipeline(transaction=False)
-        for ident in ids:
-            pipe.hgetall(keys.delivery(str(ident)))
-        return [Delivery.from_fields(fields) for fields in pipe.execute() if fields]
+        records, _ = ops.run(self.redis, self.scripts, ops.deliveries(job_id, attempts=False))
+        return [Delivery.from_fields(fields) for fields in records]
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
-        raw = self.redis.lrange(keys.delivery_attempts(job_id), 0, -1)
-        return [json.loads(r) for r in raw]
+        _, attempts = ops.run(self.redis, self.scripts, ops.deliveries(job_id))
+        return attempts
 
     def dead(self, limit: int = 1000) -> list[str]:
         return [str(i) for i in self.redis.zrange(keys.DEAD, 0, limit - 1)]
 
     def mark_gone(self, url: str) -> None:
         self.redis.sadd(keys.GONE, url)
-
-    def forget_gone(self, url: str) -> None:
-        """Call ``url`` again (a replay of a delivery it answered 410 Gone to)."""
-        self.redis.srem(keys.GONE, url)

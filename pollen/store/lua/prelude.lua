@@ -16,6 +16,8 @@ end
 -- set per provider and status, scored by creation time) in step with a status change; `from`
 -- is nil for a new job. A terminal job is noted with when its record expires, for trimming.
 local function reindex(id, provider, created, from, to, expires_at)
+  if not provider then return end  -- a bare record (tests): nothing to list it by
+  created = created or '0'
   if from then redis.call('ZREM', INDEX_PREFIX .. provider .. ':' .. from, id) end
   redis.call('ZADD', INDEX_PREFIX .. provider .. ':' .. to, created, id)
   if expires_at then

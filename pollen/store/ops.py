@@ -1,0 +1,261 @@
+"""Store operations as plain generators, run by a synchronous or an asyncio Redis client.
+
+The producer's reads and writes (store jobs, read them, cancel, list) are written once, here,
+with no I/O: an operation is a generator that yields a batch of Redis commands, receives
+their replies (one pipeline round trip per batch), and returns its answer. :func:`run` drives
+it on ``redis.Redis`` (:class:`pollen.store.jobs.Store`, :class:`pollen.Pollen`),
+:func:`arun` on ``redis.asyncio.Redis`` (:class:`pollen.AsyncPollen`): two thin I/O faces,
+one implementation of what is read, written and concluded (the approach of sans-I/O
+libraries such as h11, and of httpx's shared sync/async models).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pollen.errors import IdempotencyConflict
+from pollen.models import Job
+from pollen.store import keys
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cmd:
+    """One Redis command: a method of redis-py's pipeline (so replies get redis-py's types)."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Lua:
+    """One call of a store script (``pollen/store/lua/<name>.lua``)."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+
+
+Batch = list[Cmd | Lua]
+#: an operation: yields batches, receives each batch's replies, returns its answer
+Op = Generator[Batch, list[Any], T]
+
+
+def cmd(method: str, *args: Any, **kwargs: Any) -> Cmd:
+    return Cmd(method, args, kwargs)
+
+
+def _queue(pipe: Any, scripts: Mapping[str, Any], batch: Batch) -> None:
+    for item in batch:
+        if isinstance(item, Lua):
+            scripts[item.name](keys=item.keys, args=item.args, client=pipe)
+        else:
+            getattr(pipe, item.method)(*item.args, **item.kwargs)
+
+
+def run(client: Any, scripts: Mapping[str, Any], op: Op[T]) -> T:
+    """Drive ``op`` on a ``redis.Redis`` client (``scripts``: its registered store scripts)."""
+    try:
+        batch = next(op)
+        while True:
+            pipe = client.pipeline(transaction=False)
+            _queue(pipe, scripts, batch)
+            batch = op.send(pipe.execute() if batch else [])
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def arun(client: Any, scripts: Mapping[str, Any], op: Op[T]) -> T:
+    """Drive ``op`` on a ``redis.asyncio.Redis`` client (``scripts``: its async scripts)."""
+    try:
+        batch = next(op)
+        while True:
+            replies: list[Any] = []
+            if batch:
+                async with client.pipeline(transaction=False) as pipe:
+                    _queue(pipe, scripts, batch)
+                    replies = await pipe.execute()
+            batch = op.send(replies)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+def flatten(fields: dict[str, Any]) -> list[str]:
+    """A hash's fields as the flat list Redis takes; non-strings as canonical JSON."""
+    flat: list[str] = []
+    for name, value in fields.items():
+        text = (
+            value
+            if isinstance(value, str)
+            else json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+        )
+        flat += [name, text]
+    return flat
+
+
+def create_keys(job_id: str) -> list[str]:
+    return [keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.STATUS_COUNTS, keys.BY_AGE]
+
+
+def create_many(
+    jobs: Sequence[tuple[str, dict[str, Any], int, str]], *, now: float, submit_grace: float
+) -> Op[list[bool | IdempotencyConflict]]:
+    """Store new queued jobs (job_id, fields, ttl, fingerprint): per job, created or not, or
+    the :class:`IdempotencyConflict` of an id already used with a different request."""
+    if not jobs:
+        return []
+    watch = repr(now + submit_grace)
+    replies = yield [
+        Lua(
+            "create_job",
+            create_keys(job_id),
+            [job_id, repr(now), ttl, watch, fingerprint, *flatten(fields)],
+        )
+        for job_id, fields, ttl, fingerprint in jobs
+    ]
+    answers: list[bool | IdempotencyConflict] = []
+    for (job_id, _, _, fingerprint), (created, existing) in zip(jobs, replies, strict=True):
+        if not created and existing and fingerprint and existing != fingerprint:
+            answers.append(
+                IdempotencyConflict(
+                    f"job_id {job_id!r} was already used with a different request; "
+                    "use a new job_id for a new request"
+                )
+            )
+        else:
+            answers.append(bool(created))
+    return answers
+
+
+def rollback_many(job_ids: Sequence[str]) -> Op[int]:
+    """Undo the creation of still-queued jobs whose messages could not be sent; how many."""
+    if not job_ids:
+        return 0
+    replies = yield [Lua("rollback_create", create_keys(j), [j]) for j in job_ids]
+    return sum(bool(undone) for undone in replies)
+
+
+def jobs_with_results(job_ids: Sequence[str]) -> Op[list[Job | None]]:
+    """Jobs with their results in the order they finished; None where a job is absent."""
+    from pollen.store.jobs import job_from_fields
+
+    if not job_ids:
+        return []
+    batch: Batch = []
+    for job_id in job_ids:
+        batch += [
+            cmd("hgetall", keys.job(job_id)),
+            cmd("hgetall", keys.results(job_id)),
+            cmd("lrange", keys.result_order(job_id), 0, -1),
+        ]
+    replies = yield batch
+    jobs: list[Job | None] = []
+    for start in range(0, len(replies), 3):
+        fields, results, order = replies[start : start + 3]
+        found = [results[i] for i in order if i in results]
+        jobs.append(job_from_fields(fields, found) if fields else None)
+    return jobs
+
+
+def cancel(
+    job_id: str, reason: str, *, now: float, finished_ttl: int, grace: float
+) -> Op[tuple[int, str]]:
+    """Move the job to ``cancelled`` unless it ended: (1 cancelled now / 0 had ended / -1
+    missing, the status after)."""
+    [(moved, status)] = yield [
+        Lua(
+            "cancel_job",
+            [
+                keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.results(job_id),
+                keys.result_order(job_id), keys.responses(job_id), keys.STATUS_COUNTS,
+                keys.BY_AGE, keys.CANCELS,
+            ],
+            [repr(now), finished_ttl, repr(now + grace), reason],
+        )
+    ]  # fmt: skip
+    return int(moved), str(status)
+
+
+def epoch(marker: str) -> Op[str]:
+    """The store's epoch marker, ``marker`` written first if the store has none."""
+    _, current = yield [cmd("set", keys.EPOCH, marker, nx=True), cmd("get", keys.EPOCH)]
+    return str(current)
+
+
+def check_epoch(known: str | None, marker: str, now: float) -> Op[tuple[str, bool]]:
+    """Compare the store's epoch marker with ``known`` (the one this process saw before):
+    (the current marker, whether ``known`` is gone). A loss is recorded in the store."""
+    current = yield from epoch(marker)
+    if known is None or current == known:
+        return current, False
+    yield [
+        cmd(
+            "hset",
+            keys.DATA_LOSS,
+            mapping={"detected_at": repr(now), "lost_epoch": known, "new_epoch": current},
+        )
+    ]
+    return current, True
+
+
+def store_status() -> Op[dict[str, Any]]:
+    """The store's epoch and the last detected data loss, if any."""
+    current, loss = yield [cmd("get", keys.EPOCH), cmd("hgetall", keys.DATA_LOSS)]
+    return {"epoch": current, "data_loss": dict(loss) if loss else None}
+
+
+def task_details(job_id: str) -> Op[dict[str, Any] | None]:
+    """The job's audit record, shaped like Runware's ``getTaskDetails`` data item (None if
+    the job is absent)."""
+    fields, last_kept = yield [
+        cmd("hgetall", keys.job(job_id)),
+        cmd("lindex", keys.responses(job_id), -1),
+    ]
+    if not fields:
+        return None
+    last = fields.get("last_response") or last_kept
+    response = (
+        json.loads(last)["envelope"] if last else json.loads(fields.get("submit_response") or "{}")
+    )
+    return {
+        "taskType": "getTaskDetails",
+        "taskUUID": fields.get("provider_task_id") or fields.get("task_uuid"),
+        "request": json.loads(fields.get("sent_request") or "[]"),
+        "response": response,
+    }
+
+
+# --- callbacks --------------------------------------------------------------------------
+
+
+def deliveries(
+    job_id: str, *, attempts: bool = True
+) -> Op[tuple[list[dict[str, str]], list[dict[str, Any]]]]:
+    """A job's callback deliveries (their stored fields, in event order) and, with
+    ``attempts``, every attempt made."""
+    batch: Batch = [cmd("lrange", keys.job_deliveries(job_id), 0, -1)]
+    if attempts:
+        batch.append(cmd("lrange", keys.delivery_attempts(job_id), 0, -1))
+    ids, *raw_attempts = yield batch
+    records = (yield [cmd("hgetall", keys.delivery(str(i))) for i in ids]) if ids else []
+    made = [json.loads(a) for a in raw_attempts[0]] if raw_attempts else []
+    return [r for r in records if r], made
+
+
+def replay(delivery: str, url: str | None, *, now: float) -> Op[bool]:
+    """Make a delivery pending again with a fresh schedule (its webhook-id stays); ``url``: a
+    receiver that answered 410 Gone, to call again."""
+    batch: Batch = [Lua("replay_delivery", [keys.delivery(delivery), keys.DUE, keys.DEAD],
+                        [delivery, now])]  # fmt: skip
+    if url is not None:
+        batch.append(cmd("srem", keys.GONE, url))
+    replies = yield batch
+    return bool(replies[0])
