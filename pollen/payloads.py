@@ -17,11 +17,13 @@ from typing import Annotated, Any, Union
 from pydantic import Field, TypeAdapter, ValidationError
 
 from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
-from pollen.errors import InvalidJob
+from pollen.errors import IdempotencyConflict, InvalidJob
 from pollen.models import JobRequest, JobStatus, PollOverrides
 from pollen.providers import REGISTRY
 from pollen.settings import Settings
+from pollen.store import ops
 from pollen.store.jobs import Store
+from pollen.store.ops import Op
 
 MAX_NESTING = 8
 #: seconds a job's keys outlive its deadline plus the finished-job TTL, and a callback
@@ -168,10 +170,19 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
     before writing anything, and :class:`IdempotencyConflict` when the id exists with a
     different request.
     """
+    return store.run(accept_op(settings, payload, now=now))
+
+
+def accept_op(settings: Settings, payload: Any, *, now: float) -> Op[tuple[str, bool]]:
+    """:func:`accept` as a store operation (:mod:`pollen.store.ops`)."""
     job = prepare(settings, payload, now=now)
-    created = store.create(
-        job.job_id, job.fields, now=now, ttl=job.ttl, fingerprint=job.fingerprint
+    [created] = yield from ops.create_many(
+        [(job.job_id, job.fields, job.ttl, job.fingerprint)],
+        now=now,
+        submit_grace=settings.submit_grace,
     )
+    if isinstance(created, IdempotencyConflict):
+        raise created
     return job.job_id, created
 
 
@@ -185,6 +196,13 @@ def accept_many(
     refused it; a refused payload writes nothing and refuses no other. The same ``job_id``
     twice in one call is refused the second time.
     """
+    return store.run(accept_many_op(settings, payloads, now=now))
+
+
+def accept_many_op(
+    settings: Settings, payloads: Sequence[Any], *, now: float
+) -> Op[list[tuple[str, bool] | InvalidJob]]:
+    """:func:`accept_many` as a store operation (:mod:`pollen.store.ops`)."""
     answers: list[tuple[str, bool] | InvalidJob] = []
     ready: list[tuple[int, Prepared]] = []
     seen: set[str] = set()
@@ -200,8 +218,10 @@ def accept_many(
         seen.add(job.job_id)
         ready.append((index, job))
         answers.append((job.job_id, False))
-    created = store.create_many(
-        [(job.job_id, job.fields, job.ttl, job.fingerprint) for _, job in ready], now=now
+    created = yield from ops.create_many(
+        [(job.job_id, job.fields, job.ttl, job.fingerprint) for _, job in ready],
+        now=now,
+        submit_grace=settings.submit_grace,
     )
     for (index, job), outcome in zip(ready, created, strict=True):
         answers[index] = outcome if isinstance(outcome, InvalidJob) else (job.job_id, outcome)

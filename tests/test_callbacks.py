@@ -257,13 +257,13 @@ def test_wait_blocks_on_the_job_events_without_busy_polling(
 ) -> None:
     job_id = client.submit("runware", video_request([2.0]))
     reads: list[float] = []
-    get = client.store.get
+    get = client.get
 
     def counted(ident: str) -> Job:
         reads.append(time.monotonic())
         return get(ident)
 
-    monkeypatch.setattr(client.store, "get", counted)
+    monkeypatch.setattr(client, "get", counted)
     job = client.wait(job_id, timeout=20)
     assert job.status is JobStatus.SUCCEEDED
     # About 2 s of waiting: the job is read once per event it announces, not in a loop.

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 import redis
 
 from pollen.backoff import PollPolicy
-from pollen.errors import IdempotencyConflict, JobNotFound, StoreUnavailable
+from pollen.errors import IdempotencyConflict, JobNotFound
 from pollen.models import (
     ErrorInfo,
     GenerationError,
@@ -114,17 +114,7 @@ def _optional_float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-@contextmanager
-def _guard() -> Iterator[None]:
-    """Map Redis failures onto pollen's error tree (a full Redis is a clear error)."""
-    try:
-        yield
-    except redis.ResponseError as exc:
-        if "OOM" in str(exc) or "READONLY" in str(exc):
-            raise StoreUnavailable(f"Redis refused the write: {exc}") from exc
-        raise
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+_guard = ops.guard
 
 
 class Store:

@@ -12,11 +12,14 @@ libraries such as h11, and of httpx's shared sync/async models).
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pollen.errors import IdempotencyConflict
+import redis
+
+from pollen.errors import IdempotencyConflict, StoreUnavailable
 from pollen.models import Job
 from pollen.store import keys
 
@@ -58,14 +61,43 @@ def _queue(pipe: Any, scripts: Mapping[str, Any], batch: Batch) -> None:
             getattr(pipe, item.method)(*item.args, **item.kwargs)
 
 
+def execute(client: Any, scripts: Mapping[str, Any], batch: Batch) -> list[Any]:
+    """One batch in one pipeline round trip on a ``redis.Redis`` client; the replies."""
+    if not batch:
+        return []
+    pipe = client.pipeline(transaction=False)
+    _queue(pipe, scripts, batch)
+    return list(pipe.execute())
+
+
+async def aexecute(client: Any, scripts: Mapping[str, Any], batch: Batch) -> list[Any]:
+    """:func:`execute` on a ``redis.asyncio.Redis`` client."""
+    if not batch:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, scripts, batch)
+        return list(await pipe.execute())
+
+
+@contextmanager
+def guard() -> Iterator[None]:
+    """Map Redis failures onto pollen's error tree (a full Redis is a clear error)."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if "OOM" in str(exc) or "READONLY" in str(exc):
+            raise StoreUnavailable(f"Redis refused the write: {exc}") from exc
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+
 def run(client: Any, scripts: Mapping[str, Any], op: Op[T]) -> T:
     """Drive ``op`` on a ``redis.Redis`` client (``scripts``: its registered store scripts)."""
     try:
         batch = next(op)
         while True:
-            pipe = client.pipeline(transaction=False)
-            _queue(pipe, scripts, batch)
-            batch = op.send(pipe.execute() if batch else [])
+            batch = op.send(execute(client, scripts, batch))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
@@ -75,12 +107,7 @@ async def arun(client: Any, scripts: Mapping[str, Any], op: Op[T]) -> T:
     try:
         batch = next(op)
         while True:
-            replies: list[Any] = []
-            if batch:
-                async with client.pipeline(transaction=False) as pipe:
-                    _queue(pipe, scripts, batch)
-                    replies = await pipe.execute()
-            batch = op.send(replies)
+            batch = op.send(await aexecute(client, scripts, batch))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 

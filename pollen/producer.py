@@ -1,0 +1,381 @@
+"""What a producer client does, written once for :class:`pollen.Pollen` and
+:class:`pollen.AsyncPollen`.
+
+Each operation here is a generator with no I/O. It yields *effects* and receives their
+outcomes: a :data:`~pollen.store.ops.Batch` of Redis commands (one pipeline round trip; the
+replies come back) or a :class:`Send` (one Celery message; None comes back, or the publish
+error is thrown in). The two clients are thin faces that perform the effects, one with
+``redis.Redis`` and Celery, the other with ``redis.asyncio`` (and Celery's publish in a
+worker thread, as kombu has no asyncio API). Validation, idempotency, rollback of jobs whose
+message could not be sent, data-loss detection, cancel and listing are therefore the same
+code on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pollen import contract
+from pollen.errors import InvalidJob, JobLost, JobNotFound, StoreUnavailable
+from pollen.models import Job, JobStatus
+from pollen.payloads import accept_many_op, accept_op
+from pollen.providers import REGISTRY
+from pollen.settings import Settings
+from pollen.store import durability, keys, listing, ops
+from pollen.store.listing import JobPage
+from pollen.store.ops import Batch
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Publish one Celery message of pollen's (by name: producers never import the worker)."""
+
+    name: str
+    queue: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    args: tuple[Any, ...] = ()
+    kwargsrepr: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Celery.send_task``."""
+        return {
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "queue": self.queue,
+            "kwargsrepr": self.kwargsrepr,
+            # No result to wait for: skips the result backend's per-message subscribe.
+            "ignore_result": True,
+        }
+
+
+Effect = Batch | Send
+#: a producer operation: yields effects, receives their outcomes, returns its answer
+Flow = Generator[Effect, Any, T]
+
+
+def drive(flow: Flow[T], execute: Callable[[Batch], list[Any]], send: Callable[[Send], None]) -> T:
+    """Run ``flow``, performing its effects with ``execute`` (a batch of Redis commands) and
+    ``send`` (a Celery message); an effect's error is thrown into the flow."""
+    outcome: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            effect = flow.throw(error) if error is not None else flow.send(outcome)
+            error = None
+            try:
+                if isinstance(effect, Send):
+                    send(effect)
+                    outcome = None
+                else:
+                    outcome = execute(effect)
+            except Exception as exc:
+                error = exc
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def adrive(
+    flow: Flow[T],
+    execute: Callable[[Batch], Awaitable[list[Any]]],
+    send: Callable[[Send], Awaitable[None]],
+) -> T:
+    """:func:`drive` with awaitable effects (the asyncio client)."""
+    outcome: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            effect = flow.throw(error) if error is not None else flow.send(outcome)
+            error = None
+            try:
+                if isinstance(effect, Send):
+                    await send(effect)
+                    outcome = None
+                else:
+                    outcome = await execute(effect)
+            except Exception as exc:
+                error = exc
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+@dataclass
+class Session:
+    """What a client remembers between calls."""
+
+    settings: Settings
+    epoch: str | None = None  #: the store's epoch marker when this client first submitted
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What ``submit_many`` did with each job, in the order given."""
+
+    job_ids: list[str | None]  #: the job's id, or None where the job was refused
+    errors: dict[int, InvalidJob] = field(default_factory=dict)  #: index -> why refused
+
+    @property
+    def accepted(self) -> list[str]:
+        """The ids of the jobs that were enqueued (or already existed with that request)."""
+        return [job_id for job_id in self.job_ids if job_id is not None]
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What ``cancel`` did."""
+
+    job: Job  #: the job after the call: ``cancelled``, or the status it had already ended in
+    cancelled: bool  #: False when the job had already finished (nothing changed)
+
+    @property
+    def message(self) -> str:
+        if self.cancelled:
+            return f"job {self.job.id} cancelled"
+        return f"job {self.job.id} had already finished ({self.job.status.value}): nothing to do"
+
+
+def payload_of(provider: str, request: Any, **optional: Any) -> dict[str, Any]:
+    """The job payload of ``submit(provider, request, ...)``: the options given, no Nones.
+    ``request`` may be a dict or a typed request model (``pollen.requests``)."""
+    body = (
+        request.model_dump(mode="json", exclude_none=True)
+        if hasattr(request, "model_dump")
+        else request
+    )
+    payload: dict[str, Any] = {"provider": provider, "request": body}
+    return payload | {k: v for k, v in optional.items() if v is not None}
+
+
+def _remember_epoch(session: Session) -> Flow[None]:
+    if session.epoch is None:
+        session.epoch = yield from ops.epoch(durability.marker())
+
+
+def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
+    """Store one job and send its ``pollen.submit`` message (the job is removed again if the
+    message cannot be sent)."""
+    settings = session.settings
+    job_id, created = yield from accept_op(settings, payload, now=time.time())
+    yield from _remember_epoch(session)
+    if created:
+        try:
+            yield Send(
+                contract.SUBMIT,
+                settings.queues.submit,
+                kwargs={"job_id": job_id},
+                kwargsrepr=contract.describe(job_id),
+            )
+        except Exception as exc:
+            yield from ops.rollback_many([job_id])
+            raise StoreUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
+    return job_id
+
+
+def submit_many(session: Session, payloads: Iterable[dict[str, Any]]) -> Flow[Submitted]:
+    """Store many jobs in one round trip and send one message per chunk of jobs."""
+    settings = session.settings
+    items = list(payloads)
+    answers = yield from accept_many_op(settings, items, now=time.time())
+    yield from _remember_epoch(session)
+    job_ids: list[str | None] = []
+    errors: dict[int, InvalidJob] = {}
+    by_provider: dict[str, list[str]] = {}
+    for index, answer in enumerate(answers):
+        if isinstance(answer, InvalidJob):
+            errors[index] = answer
+            job_ids.append(None)
+            continue
+        job_ids.append(answer[0])
+        if answer[1]:
+            by_provider.setdefault(str(items[index]["provider"]), []).append(answer[0])
+    chunks = [
+        jobs[start : start + size]
+        for provider, jobs in by_provider.items()
+        for size in [message_size(settings, provider)]
+        for start in range(0, len(jobs), size)
+    ]
+    fresh = [job_id for chunk in chunks for job_id in chunk]
+    sent = 0  # jobs enqueued so far
+    for chunk in chunks:
+        try:
+            yield Send(
+                contract.SUBMIT,
+                settings.queues.submit,
+                kwargs={"job_ids": chunk},
+                kwargsrepr=contract.describe_batch([(i, 0) for i in chunk]),
+            )
+        except Exception as exc:
+            unsent = fresh[sent:]
+            yield from ops.rollback_many(unsent)
+            raise StoreUnavailable(
+                f"could not enqueue {len(unsent)} of {len(items)} jobs (not stored; the "
+                f"first {sent} were enqueued): {exc}"
+            ) from exc
+        sent += len(chunk)
+    return Submitted(job_ids, errors)
+
+
+def message_size(settings: Settings, provider: str) -> int:
+    """Jobs per submit message: many for a provider that takes task arrays (one request per
+    ``POLLEN_BATCH_SIZE``), one batch for the others, whose tasks are created one request
+    each, so a message stays well inside the task time limit."""
+    batches = REGISTRY[provider].supports_batching
+    return contract.SUBMIT_BATCH_JOBS if batches else settings.batch_size
+
+
+def get(session: Session, job_id: str) -> Flow[Job]:
+    """The whole job; :class:`JobNotFound`, or :class:`JobLost` when the store is known to
+    have lost its data (then the job may have been lost)."""
+    [job] = yield from ops.jobs_with_results([job_id])
+    if job is not None:
+        return job
+    if session.epoch is not None:  # the store this client submitted to may be gone
+        now = time.time()
+        current, lost = yield from ops.check_epoch(session.epoch, durability.marker(now), now)
+        if lost:
+            durability.log_loss(session.epoch, current)
+        session.epoch = current
+    status = yield from ops.store_status()
+    loss = status["data_loss"]
+    if loss:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(loss["detected_at"])))
+        raise JobLost(job_id, f"the job store lost its data (detected {when}); it may be lost")
+    raise JobNotFound(job_id)
+
+
+def cancel(session: Session, job_id: str, reason: str) -> Flow[Cancellation]:
+    """Cancel a job that has not finished (see ``Pollen.cancel``)."""
+    settings = session.settings
+    moved, _ = yield from ops.cancel(
+        job_id,
+        reason,
+        now=time.time(),
+        finished_ttl=settings.job_ttl,
+        grace=settings.reconcile_grace,
+    )
+    if moved == -1:
+        raise JobNotFound(job_id)
+    if moved == 1:
+        # the follow-up (the provider's cancel call, the callback) is a worker's; if the
+        # broker is away, the reconciler sends it later
+        with contextlib.suppress(Exception):
+            yield Send(
+                contract.CANCEL,
+                settings.queues.callbacks,
+                kwargs={"job_id": job_id},
+                kwargsrepr=contract.describe(job_id),
+            )
+    job = yield from get(session, job_id)
+    return Cancellation(job, moved == 1)
+
+
+def jobs(
+    *,
+    status: str | Iterable[str] | None = None,
+    provider: str | Iterable[str] | None = None,
+    metadata: dict[str, str] | None = None,
+    since: float | datetime | None = None,
+    until: float | datetime | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> Flow[JobPage]:
+    """One page of jobs, newest first (see ``Pollen.jobs``)."""
+    page = yield from listing.query(
+        statuses=_choices("status", status, [s.value for s in JobStatus]),
+        providers=_choices("provider", provider, sorted(REGISTRY)),
+        since=_timestamp(since),
+        until=_timestamp(until),
+        metadata=metadata,
+        limit=limit,
+        cursor=cursor,
+    )
+    return page
+
+
+def _choices(name: str, given: str | Iterable[str] | None, known: Sequence[str]) -> list[str]:
+    """The values of a listing filter (all of ``known`` when not given), each checked."""
+    chosen = list(known) if given is None else [given] if isinstance(given, str) else list(given)
+    unknown = [str(value) for value in chosen if str(value) not in known]
+    if unknown:
+        raise InvalidJob(f"unknown {name} {', '.join(unknown)} (one of {', '.join(known)})")
+    return [str(value) for value in chosen]
+
+
+def _timestamp(value: float | datetime | None) -> float | None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidJob("since/until: give an aware datetime (with a timezone)")
+        return value.timestamp()
+    return value
+
+
+def _known(job_id: str) -> Flow[None]:
+    """JobNotFound unless the job exists."""
+    [exists] = yield [ops.cmd("exists", keys.job(job_id))]
+    if not exists:
+        raise JobNotFound(job_id)
+
+
+def callbacks(job_id: str) -> Flow[list[dict[str, Any]]]:
+    """The job's callback deliveries, each with its state and every attempt made."""
+    yield from _known(job_id)
+    records, attempts = yield from ops.deliveries(job_id)
+    return [
+        {
+            "webhook_id": d.id,
+            "event": d.event,
+            "kind": d.kind,
+            "target": d.target,
+            "state": d.state,
+            "attempts": [a for a in attempts if a.get("delivery") == d.id],
+            "next_at": d.next_at,
+            "replays": d.replays,
+        }
+        for d in map(_delivery, records)
+    ]
+
+
+def _delivery(fields: dict[str, str]) -> Any:
+    from pollen.store.outbox import Delivery
+
+    return Delivery.from_fields(fields)
+
+
+def replay_callbacks(
+    session: Session, job_id: str, delivery: str | None, everything: bool
+) -> Flow[list[str]]:
+    """Send a job's dead or gone deliveries again (see ``Pollen.replay_callbacks``)."""
+    yield from _known(job_id)
+    records, _ = yield from ops.deliveries(job_id, attempts=False)
+    chosen = [
+        d
+        for d in map(_delivery, records)
+        if (delivery is None or d.id == delivery)
+        and (everything or delivery is not None or d.state in ("dead", "gone"))
+    ]
+    now = time.time()
+    for item in chosen:
+        gone = item.target if item.state == "gone" else None
+        yield from ops.replay(item.id, gone, now=now)
+        yield Send(contract.DELIVER_CALLBACK, session.settings.queues.callbacks, args=(item.id,))
+    return [item.id for item in chosen]
+
+
+def task_details(job_id: str) -> Flow[dict[str, Any]]:
+    """The request pollen sent and the provider's latest response envelope (audit)."""
+    details = yield from ops.task_details(job_id)
+    if details is None:
+        raise JobNotFound(job_id)
+    return details
+
+
+def store_status() -> Flow[dict[str, Any]]:
+    """The store's epoch marker and the last detected data loss (None if never)."""
+    status = yield from ops.store_status()
+    return status
