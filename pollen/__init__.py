@@ -10,6 +10,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pollen.async_client import AsyncPollen as AsyncPollen
     from pollen.client import Cancellation as Cancellation
     from pollen.client import Pollen as Pollen
     from pollen.client import Submitted as Submitted
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from pollen.store.listing import JobPage as JobPage
 
 _EXPORTS = {
+    "AsyncPollen": "pollen.async_client",
     "Cancellation": "pollen.client",
     "Pollen": "pollen.client",
     "Submitted": "pollen.client",
@@ -47,6 +49,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AsyncPollen",
     "Cancellation",
     "GenerationError",
     "GenerationResult",

@@ -117,6 +117,17 @@ def _optional_float(value: str | None) -> float | None:
 _guard = ops.guard
 
 
+def script_texts() -> dict[str, str]:
+    """The store's scripts, by name, as sent to Redis (for any client, sync or asyncio)."""
+    return scripts.texts(
+        SCRIPTS,
+        prelude=True,
+        MAX_RESPONSES=MAX_RESPONSES,
+        INDEX_PREFIX=keys.INDEX_PREFIX,
+        INDEX_EXPIRY=keys.INDEX_EXPIRY,
+    )
+
+
 class Store:
     """Job state in Redis, keyed by job id."""
 
@@ -134,14 +145,7 @@ class Store:
         self.grace = grace
         #: how long a queued job may wait for its submit before the reconciler steps in
         self.submit_grace = submit_grace
-        lua = scripts.register(
-            client,
-            SCRIPTS,
-            prelude=True,
-            MAX_RESPONSES=MAX_RESPONSES,
-            INDEX_PREFIX=keys.INDEX_PREFIX,
-            INDEX_EXPIRY=keys.INDEX_EXPIRY,
-        )
+        lua = {name: client.register_script(text) for name, text in script_texts().items()}
         self._transition = lua["transition"]
         self._claim_polls = lua["claim_polls"]
         self._record_polls = lua["record_polls"]

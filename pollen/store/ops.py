@@ -56,7 +56,11 @@ def cmd(method: str, *args: Any, **kwargs: Any) -> Cmd:
 def _queue(pipe: Any, scripts: Mapping[str, Any], batch: Batch) -> None:
     for item in batch:
         if isinstance(item, Lua):
-            scripts[item.name](keys=item.keys, args=item.args, client=pipe)
+            # what redis-py's Script does with a pipeline, for sync and asyncio alike: the
+            # pipeline loads the script on first use, then calls it by its sha
+            script = scripts[item.name]
+            pipe.scripts.add(script)
+            pipe.evalsha(script.sha, len(item.keys), *item.keys, *item.args)
         else:
             getattr(pipe, item.method)(*item.args, **item.kwargs)
 

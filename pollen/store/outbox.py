@@ -68,12 +68,17 @@ class Delivery:
         )
 
 
+def script_texts() -> dict[str, str]:
+    """The outbox's scripts, by name, as sent to Redis (for any client, sync or asyncio)."""
+    return scripts.texts(SCRIPTS, FINAL_DELIVERY=frozenset(FINAL_STATES))
+
+
 class Outbox:
     """Delivery records in Redis."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        lua = scripts.register(client, SCRIPTS, FINAL_DELIVERY=frozenset(FINAL_STATES))
+        lua = {name: client.register_script(text) for name, text in script_texts().items()}
         self._create = lua["create_delivery"]
         self._claim = lua["claim_delivery"]
         self._record = lua["record_delivery"]

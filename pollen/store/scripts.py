@@ -12,9 +12,6 @@ import functools
 from collections.abc import Iterable, Mapping
 from importlib import resources
 
-import redis
-from redis.commands.core import Script
-
 from pollen.models import TERMINAL_RANK, JobStatus
 
 #: what a generated constant may be: a number, a string, a set of strings, a string -> int map
@@ -61,8 +58,7 @@ def text(name: str, *, prelude: bool = False, **extra: LuaValue) -> str:
     return constants(extra) + (source("prelude") if prelude else "") + source(name)
 
 
-def register(
-    client: redis.Redis, names: Iterable[str], *, prelude: bool = False, **extra: LuaValue
-) -> dict[str, Script]:
-    """Register scripts on ``client`` (EVALSHA, loaded on first use); name -> callable script."""
-    return {name: client.register_script(text(name, prelude=prelude, **extra)) for name in names}
+def texts(names: Iterable[str], *, prelude: bool = False, **extra: LuaValue) -> dict[str, str]:
+    """The full text of each script by name, to register on a client (``register_script``
+    of ``redis.Redis`` or ``redis.asyncio.Redis``)."""
+    return {name: text(name, prelude=prelude, **extra) for name in names}

@@ -1,0 +1,236 @@
+"""The asyncio producer client: :class:`AsyncPollen`, the same surface as :class:`pollen.Pollen`.
+
+    from pollen import AsyncPollen
+
+    async with AsyncPollen() as pollen:
+        job_id = await pollen.submit("runware", {"taskType": "videoInference", ...})
+        job = await pollen.wait(job_id, timeout=600)
+
+Every operation is the one :class:`pollen.Pollen` runs (:mod:`pollen.producer`); this module
+only performs their effects on ``redis.asyncio`` (one connection pool per client). Celery has
+no asyncio API, so a message is published from a worker thread (one short LPUSH).
+:meth:`AsyncPollen.wait` awaits the job's events on Pub/Sub: no polling, no thread; it honours
+its timeout, and a caller's cancellation (``asyncio.timeout``, ``task.cancel()``) unsubscribes
+and gives the connection back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+from celery import Celery
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from pollen import contract, producer
+from pollen.errors import WaitTimeout
+from pollen.models import Job, JobStatus
+from pollen.producer import Cancellation, Flow, Send, Session, Submitted
+from pollen.settings import Settings, get_settings
+from pollen.store import jobs, keys, ops, outbox
+from pollen.store.listing import JobPage
+
+T = TypeVar("T")
+#: longest single wait for an event, seconds (well below the Redis client's socket timeout)
+WAIT_SLICE = 5.0
+
+
+def async_redis(url: str) -> redis.asyncio.Redis:
+    """An asyncio Redis client with the sync client's settings: it rides out a restart
+    (reconnects with backoff for about 20 s)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=15,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+class AsyncPollen:
+    """Submit jobs to pollen's workers and follow them, from asyncio code."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.redis = async_redis(self.settings.redis_url)
+        texts = {**jobs.script_texts(), **outbox.script_texts()}
+        self._scripts = {name: self.redis.register_script(text) for name, text in texts.items()}
+        self._session = Session(self.settings)
+        self._celery: Celery | None = None
+
+    @property
+    def celery(self) -> Celery:
+        if self._celery is None:
+            self._celery = contract.producer_app(self.settings)
+        return self._celery
+
+    async def _run(self, flow: Flow[T]) -> T:
+        with ops.guard():
+            return await producer.adrive(flow, self._execute, self._send)
+
+    def _execute(self, batch: ops.Batch) -> Awaitable[list[Any]]:
+        return ops.aexecute(self.redis, self._scripts, batch)
+
+    async def _send(self, message: Send) -> None:
+        await asyncio.to_thread(self.celery.send_task, message.name, **message.options())
+
+    async def submit(
+        self,
+        provider: str,
+        request: Any,
+        *,
+        job_id: str | None = None,
+        callback_url: str | None = None,
+        callback_secret: str | None = None,
+        events: list[str] | None = None,
+        python_callback: dict[str, str] | None = None,
+        poll: dict[str, float] | None = None,
+        deadline: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """:meth:`pollen.Pollen.submit`."""
+        payload = producer.payload_of(
+            provider, request, job_id=job_id, callback_url=callback_url,
+            callback_secret=callback_secret, events=events, python_callback=python_callback,
+            poll=poll, deadline=deadline, metadata=metadata,
+        )  # fmt: skip
+        return await self.submit_payload(payload)
+
+    async def submit_payload(self, payload: dict[str, Any]) -> str:
+        """:meth:`pollen.Pollen.submit_payload`."""
+        return await self._run(producer.submit(self._session, payload))
+
+    async def submit_many(self, payloads: Iterable[dict[str, Any]]) -> Submitted:
+        """:meth:`pollen.Pollen.submit_many`."""
+        return await self._run(producer.submit_many(self._session, payloads))
+
+    async def cancel(
+        self, job_id: str, *, reason: str = "cancelled by the producer"
+    ) -> Cancellation:
+        """:meth:`pollen.Pollen.cancel`."""
+        return await self._run(producer.cancel(self._session, job_id, reason))
+
+    async def jobs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        provider: str | Iterable[str] | None = None,
+        metadata: dict[str, str] | None = None,
+        since: float | datetime | None = None,
+        until: float | datetime | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """:meth:`pollen.Pollen.jobs`."""
+        return await self._run(
+            producer.jobs(
+                status=status, provider=provider, metadata=metadata, since=since, until=until,
+                limit=limit, cursor=cursor,
+            )
+        )  # fmt: skip
+
+    async def get(self, job_id: str) -> Job:
+        """:meth:`pollen.Pollen.get`."""
+        return await self._run(producer.get(self._session, job_id))
+
+    result = get
+
+    async def status(self, job_id: str) -> JobStatus:
+        """The job's current status."""
+        return (await self.get(job_id)).status
+
+    async def store_status(self) -> dict[str, Any]:
+        """:meth:`pollen.Pollen.store_status`."""
+        return await self._run(producer.store_status())
+
+    async def callbacks(self, job_id: str) -> list[dict[str, Any]]:
+        """:meth:`pollen.Pollen.callbacks`."""
+        return await self._run(producer.callbacks(job_id))
+
+    async def replay_callbacks(
+        self, job_id: str, *, delivery: str | None = None, everything: bool = False
+    ) -> list[str]:
+        """:meth:`pollen.Pollen.replay_callbacks`."""
+        return await self._run(
+            producer.replay_callbacks(self._session, job_id, delivery, everything)
+        )
+
+    async def task_details(self, job_id: str) -> dict[str, Any]:
+        """:meth:`pollen.Pollen.task_details`."""
+        return await self._run(producer.task_details(job_id))
+
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float,
+        *,
+        on_change: Callable[[Job], Any] | None = None,
+    ) -> Job:
+        """Wait until the job ends (at most ``timeout`` seconds) by awaiting its events on
+        Redis Pub/Sub, reading the job after each; raises :class:`WaitTimeout` at
+        ``timeout``. ``on_change`` (a function or a coroutine function) gets the job each time
+        it is read. Cancelling the awaiting task unsubscribes and frees the connection."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pubsub = self.redis.pubsub()
+        try:
+            with ops.guard():
+                await pubsub.subscribe(keys.events(job_id))
+                await _confirmed(pubsub)  # from here on no event of the job is missed
+            while True:
+                job = await self.get(job_id)
+                if on_change is not None:
+                    called = on_change(job)
+                    if asyncio.iscoroutine(called):
+                        await called
+                if job.terminal:
+                    return job
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"job {job_id} is still {job.status.value} after {timeout:g}s"
+                    )
+                with ops.guard():
+                    await _next_event(pubsub, min(remaining, WAIT_SLICE))
+        finally:
+            await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        """Close the Redis connections (and the Celery producer, if one was made)."""
+        await self.redis.aclose()
+        if self._celery is not None:
+            await asyncio.to_thread(self._celery.close)
+
+    async def __aenter__(self) -> AsyncPollen:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def _confirmed(pubsub: Any, within: float = 2.0) -> None:
+    """Wait for Redis to confirm the subscription (at most ``within`` seconds)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + within
+    while (left := until - loop.time()) > 0:
+        message = await pubsub.get_message(timeout=min(left, 0.1))
+        if message is not None and message["type"] == "subscribe":
+            return
+
+
+async def _next_event(pubsub: Any, seconds: float) -> bool:
+    """True when an event of the job came within ``seconds``."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while (left := until - loop.time()) > 0:
+        message = await pubsub.get_message(timeout=left)
+        if message is not None and message["type"] == "message":
+            return True
+    return False
