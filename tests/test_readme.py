@@ -26,18 +26,21 @@ def readme_examples() -> list[str]:
 
 def test_readme_has_both_producer_examples() -> None:
     examples = readme_examples()
-    assert len(examples) == 5
+    assert len(examples) == 6
     assert "Pollen()" in examples[0]
     assert "submit_many(" in examples[1]
     assert ".cancel(" in examples[2]
     assert ".jobs(" in examples[3]
-    assert 'send_task(\n    "pollen.submit"' in examples[4]
-    assert "import pollen" not in examples[4] and "from pollen" not in examples[4]
+    assert "AsyncPollen()" in examples[4]
+    assert 'send_task(\n    "pollen.submit"' in examples[5]
+    assert "import pollen" not in examples[5] and "from pollen" not in examples[5]
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "index", [0, 1, 2, 3, 4], ids=["client", "submit_many", "cancel", "jobs", "send_task"]
+    "index",
+    [0, 1, 2, 3, 4, 5],
+    ids=["client", "submit_many", "cancel", "jobs", "asyncio", "send_task"],
 )
 def test_readme_example_runs(
     index: int, worker: Worker, worker_env: dict[str, str], clean: None
@@ -68,6 +71,8 @@ def test_readme_example_runs(
         assert again.endswith("had already finished (cancelled): nothing to do")
     elif index == 3:
         assert result.stdout.splitlines() == ["['succeeded']", "1 None"]
+    elif index == 4:
+        assert result.stdout.splitlines() == ["['succeeded', 'succeeded', 'succeeded']"]
     else:
         assert "'created': True" in result.stdout
 
