@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from pollen.models import Job as Job
     from pollen.models import JobRequest as JobRequest
     from pollen.models import JobStatus as JobStatus
+    from pollen.requests import CometRunwayRequest as CometRunwayRequest
+    from pollen.requests import RunwareImageRequest as RunwareImageRequest
+    from pollen.requests import RunwareVideoRequest as RunwareVideoRequest
+    from pollen.requests import UseapiRunwayRequest as UseapiRunwayRequest
     from pollen.store.listing import JobPage as JobPage
 
 _EXPORTS = {
@@ -46,11 +50,16 @@ _EXPORTS = {
     "JobRequest": "pollen.models",
     "JobStatus": "pollen.models",
     "JobPage": "pollen.store.listing",
+    "CometRunwayRequest": "pollen.requests",
+    "RunwareImageRequest": "pollen.requests",
+    "RunwareVideoRequest": "pollen.requests",
+    "UseapiRunwayRequest": "pollen.requests",
 }
 
 __all__ = [
     "AsyncPollen",
     "Cancellation",
+    "CometRunwayRequest",
     "GenerationError",
     "GenerationResult",
     "IdempotencyConflict",
@@ -63,8 +72,11 @@ __all__ = [
     "JobStatus",
     "Pollen",
     "PollenError",
+    "RunwareImageRequest",
+    "RunwareVideoRequest",
     "StoreUnavailable",
     "Submitted",
+    "UseapiRunwayRequest",
     "WaitTimeout",
 ]
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.errors import IdempotencyConflict, InvalidJob
 from pollen.models import JobRequest, JobStatus, PollOverrides
 from pollen.providers import REGISTRY
+from pollen.providers.runware import REQUEST_TAGS
 from pollen.settings import Settings
 from pollen.store import ops
 from pollen.store.jobs import Store
@@ -51,11 +52,19 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def _field_path(error: Any, provider: str) -> str:
-    loc = list(error["loc"])
-    if loc and loc[0] == provider:  # the union's tag, not a field
-        loc = loc[1:]
-    return ".".join(str(part) for part in loc) or "(payload)"
+def _field_loc(loc: Any, provider: str) -> tuple[Any, ...]:
+    """A validation error's location as the payload's field path: without the unions' tags
+    (the provider's job variant, a Runware request variant), which are not fields."""
+    parts = list(loc)
+    if parts and parts[0] == provider:
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] == "request" and parts[1] in REQUEST_TAGS:
+        parts = [parts[0], *parts[2:]]
+    return tuple(parts)
+
+
+def _field_path(error: Any) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(payload)"
 
 
 def _check_request_size(request: Any, max_bytes: int) -> None:
@@ -90,9 +99,12 @@ def parse_job_request(payload: Any, *, max_request_bytes: int) -> JobRequest:
     try:
         return JOB_REQUEST.validate_python(payload)
     except ValidationError as exc:
-        details = exc.errors(include_url=False, include_context=False, include_input=False)
+        details = [
+            {**error, "loc": _field_loc(error["loc"], provider)}
+            for error in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
         first = details[0]
-        message = f"{_field_path(first, provider)}: {first['msg']}"
+        message = f"{_field_path(first)}: {first['msg']}"
         if len(details) > 1:
             message += f" (and {len(details) - 1} more)"
         raise InvalidJob(message, errors=[dict(d) for d in details]) from None

@@ -26,21 +26,22 @@ def readme_examples() -> list[str]:
 
 def test_readme_has_both_producer_examples() -> None:
     examples = readme_examples()
-    assert len(examples) == 6
+    assert len(examples) == 7
     assert "Pollen()" in examples[0]
     assert "submit_many(" in examples[1]
     assert ".cancel(" in examples[2]
     assert ".jobs(" in examples[3]
     assert "AsyncPollen()" in examples[4]
-    assert 'send_task(\n    "pollen.submit"' in examples[5]
-    assert "import pollen" not in examples[5] and "from pollen" not in examples[5]
+    assert "RunwareImageRequest(" in examples[5] and "CometRunwayRequest(" in examples[5]
+    assert 'send_task(\n    "pollen.submit"' in examples[6]
+    assert "import pollen" not in examples[6] and "from pollen" not in examples[6]
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "index",
-    [0, 1, 2, 3, 4, 5],
-    ids=["client", "submit_many", "cancel", "jobs", "asyncio", "send_task"],
+    [0, 1, 2, 3, 4, 5, 6],
+    ids=["client", "submit_many", "cancel", "jobs", "asyncio", "typed", "send_task"],
 )
 def test_readme_example_runs(
     index: int, worker: Worker, worker_env: dict[str, str], clean: None
@@ -73,6 +74,8 @@ def test_readme_example_runs(
         assert result.stdout.splitlines() == ["['succeeded']", "1 None"]
     elif index == 4:
         assert result.stdout.splitlines() == ["['succeeded', 'succeeded', 'succeeded']"]
+    elif index == 5:
+        assert result.stdout.splitlines() == [str(["succeeded"] * 4)]
     else:
         assert "'created': True" in result.stdout
 

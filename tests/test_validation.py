@@ -399,11 +399,12 @@ def test_submit_twice_through_the_keyword_api(
 ) -> None:
     ids = {producer.submit("runware", good_request(), job_id="idem-2") for _ in range(3)}
     assert ids == {"idem-2"}
-    # One job: its record, the in-flight indexes and the status counters.
+    # One job: its record, the in-flight indexes, the listing index and the status counters.
     assert store_keys(store_redis) == {
         b"pollen:job:idem-2",
         b"pollen:inflight",
         b"pollen:inflight:created",
+        b"pollen:index:runware:queued",
         b"pollen:stats:status",
     }
     assert store_redis.hget("pollen:stats:status", "queued") == b"1"  # counted once
@@ -457,3 +458,53 @@ def test_visibility_timeout_just_above_the_floor_is_accepted() -> None:
     assert settings.visibility_timeout == 151
     with pytest.raises(ValidationError, match="visibility_timeout"):
         Settings(visibility_timeout=150, task_time_limit=120)
+
+
+# --- typed requests -----------------------------------------------------------------------
+
+
+def test_a_typed_request_is_the_same_job_as_its_dict() -> None:
+    from pollen import RunwareVideoRequest
+    from pollen.payloads import fingerprint, parse_job_request
+    from pollen.producer import payload_of
+
+    typed = RunwareVideoRequest(model="klingai:5@3", positivePrompt="a fox", duration=5)
+    as_dict = {"taskType": "videoInference", "model": "klingai:5@3", "positivePrompt": "a fox",
+               "duration": 5, "numberResults": 1}  # fmt: skip
+    parsed = [parse_job_request(payload_of("runware", r), max_request_bytes=65536)
+              for r in (typed, as_dict)]  # fmt: skip
+    assert fingerprint(parsed[0]) == fingerprint(parsed[1])  # one idempotency key
+    assert type(parsed[0].request).__name__ == "RunwareVideoRequest"
+
+
+def test_typed_request_fields_are_checked_where_the_request_is_built() -> None:
+    from pollen import CometRunwayRequest, RunwareImageRequest, UseapiRunwayRequest
+
+    with pytest.raises(ValidationError, match="width"):
+        RunwareImageRequest(model="runware:101@1", width=10)
+    with pytest.raises(ValidationError, match="resolution"):
+        UseapiRunwayRequest(text_prompt="a storm", resolution="4k")
+    with pytest.raises(ValidationError, match="promptText or promptImage"):
+        CometRunwayRequest(model="gen4_turbo")
+    other = RunwareImageRequest(model="runware:101@1", outputFormat="WEBP")  # passes through
+    assert other.model_dump()["outputFormat"] == "WEBP"
+
+
+@pytest.mark.parametrize(
+    ("request_body", "path"),
+    [
+        ({"taskType": "imageInference", "model": "m", "width": 10}, "request.width"),
+        ({"taskType": "videoInference", "model": "m", "duration": 0}, "request.duration"),
+        ({"taskType": "audioInference", "model": ""}, "request.model"),  # any other task type
+        ({"model": "m"}, "request.taskType"),
+    ],
+)
+def test_a_dict_request_names_the_bad_field_without_union_tags(
+    request_body: dict[str, Any], path: str
+) -> None:
+    from pollen.payloads import parse_job_request
+
+    with pytest.raises(InvalidJob) as info:
+        parse_job_request({"provider": "runware", "request": request_body}, max_request_bytes=9999)
+    assert str(info.value).startswith(f"{path}: ")
+    assert info.value.errors[0]["loc"] == tuple(path.split("."))

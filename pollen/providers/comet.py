@@ -46,6 +46,9 @@ class CometRunwayRequest(BaseModel):
     model: str = Field(min_length=1, max_length=100, examples=["gen4_turbo"])
     promptText: str | None = Field(None, min_length=1, max_length=5000)
     promptImage: str | None = Field(None, min_length=1, max_length=20_000)
+    ratio: str | None = Field(None, pattern=r"^\d+:\d+$", examples=["1280:720"])
+    duration: Literal[5, 10] | None = None
+    seed: int | None = Field(None, ge=0, le=4_294_967_295)
 
     @model_validator(mode="after")
     def _needs_a_prompt(self) -> CometRunwayRequest:

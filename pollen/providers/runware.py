@@ -9,10 +9,18 @@ items with ``"status": "error"``; request-level refusals (``taskNotFound``, bad 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from pollen.errors import (
     ProviderProtocolError,
@@ -51,13 +59,95 @@ class RunwareTask(BaseModel):
         return self
 
 
+class RunwareInputs(BaseModel):
+    """Media inputs of a Runware task (``inputs`` in the task-details seed)."""
+
+    model_config = ConfigDict(extra="allow", title="Runware inputs")
+
+    referenceImages: list[str] | None = Field(None, max_length=16)
+
+
+class RunwareImageRequest(RunwareTask):
+    """A Runware ``imageInference`` task, with the fields Runware's documents show typed
+    (``taskType`` is filled in); other parameters of Runware's API pass through."""
+
+    # taskType has a default for Python callers; a JSON payload must say it (as at runtime)
+    model_config = ConfigDict(
+        extra="allow",
+        title="Runware imageInference request",
+        json_schema_extra={"required": ["taskType", "model"]},
+    )
+
+    taskType: Literal["imageInference"] = "imageInference"
+    positivePrompt: str | None = Field(None, min_length=1, max_length=10_000)
+    negativePrompt: str | None = Field(None, min_length=1, max_length=10_000)
+    width: int | None = Field(None, ge=64, le=8192, examples=[1024])
+    height: int | None = Field(None, ge=64, le=8192, examples=[1024])
+    seed: int | None = Field(None, ge=0)
+    includeCost: bool | None = None
+    inputs: RunwareInputs | None = None
+
+
+class RunwareVideoRequest(RunwareTask):
+    """A Runware ``videoInference`` task, with the common fields typed (``taskType`` is
+    filled in); other parameters of Runware's API pass through."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        title="Runware videoInference request",
+        json_schema_extra={"required": ["taskType", "model"]},
+    )
+
+    taskType: Literal["videoInference"] = "videoInference"
+    positivePrompt: str | None = Field(None, min_length=1, max_length=10_000)
+    negativePrompt: str | None = Field(None, min_length=1, max_length=10_000)
+    duration: float | None = Field(None, gt=0, le=600, examples=[5])
+    width: int | None = Field(None, ge=64, le=8192)
+    height: int | None = Field(None, ge=64, le=8192)
+    seed: int | None = Field(None, ge=0)
+    includeCost: bool | None = None
+    inputs: RunwareInputs | None = None
+
+
+class RunwareOtherRequest(RunwareTask):
+    """Any other Runware inference task (the typed ones have their own models)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        title="Runware task (other task types)",
+        json_schema_extra={
+            "not": {
+                "properties": {"taskType": {"enum": ["imageInference", "videoInference"]}},
+                "required": ["taskType"],
+            }
+        },
+    )
+
+
+#: the tags of the Runware request variants (validation error paths leave them out)
+REQUEST_TAGS = ("imageInference", "videoInference", "anyInference")
+
+
+def _task_kind(value: Any) -> str:
+    kind = value.get("taskType") if isinstance(value, dict) else getattr(value, "taskType", None)
+    return kind if kind in REQUEST_TAGS[:2] else "anyInference"
+
+
+RunwareRequest = Annotated[
+    Annotated[RunwareImageRequest, Tag("imageInference")]
+    | Annotated[RunwareVideoRequest, Tag("videoInference")]
+    | Annotated[RunwareOtherRequest, Tag("anyInference")],
+    Discriminator(_task_kind),
+]
+
+
 class RunwareJob(JobRequest):
     """A job for Runware's task-array API."""
 
     model_config = ConfigDict(title="Runware job")
 
     provider: Literal["runware"]
-    request: RunwareTask
+    request: RunwareRequest
 
     @property
     def expected_results(self) -> int:

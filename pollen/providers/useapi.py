@@ -37,12 +37,20 @@ STATES: dict[str, ProviderState] = {
 
 
 class UseapiRunwayRequest(BaseModel):
-    """The body of useapi.net's Runway create call; other documented options pass through."""
+    """The body of useapi.net's Runway create call, with the options its task object echoes
+    typed; other documented options pass through."""
 
     model_config = ConfigDict(extra="allow", title="useapi.net Runway create request")
 
     text_prompt: str = Field(min_length=1, max_length=5000)
     seconds: Literal[5, 10] = 5
+    model: str | None = Field(None, min_length=1, max_length=100, examples=["gen3turbo"])
+    image: str | None = Field(None, min_length=1, max_length=20_000, description="init image")
+    seed: int | None = Field(None, ge=0, le=4_294_967_294)
+    exploreMode: bool | None = None
+    watermark: bool | None = None
+    enhance_prompt: bool | None = None
+    resolution: Literal["720p", "1080p"] | None = None
 
 
 class UseapiRunwayJob(JobRequest):
