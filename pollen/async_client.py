@@ -25,7 +25,6 @@ import redis
 import redis.asyncio
 from celery import Celery
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from pollen import contract, producer
 from pollen.errors import WaitTimeout
@@ -33,6 +32,7 @@ from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted
 from pollen.settings import Settings, get_settings
 from pollen.store import jobs, keys, ops, outbox
+from pollen.store.connection import client_options
 from pollen.store.listing import JobPage
 
 T = TypeVar("T")
@@ -41,17 +41,8 @@ WAIT_SLICE = 5.0
 
 
 def async_redis(url: str) -> redis.asyncio.Redis:
-    """An asyncio Redis client with the sync client's settings: it rides out a restart
-    (reconnects with backoff for about 20 s)."""
-    return redis.asyncio.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=15,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
+    """An asyncio Redis client with the sync client's settings: it rides out a restart."""
+    return redis.asyncio.Redis.from_url(url, **client_options(Retry))
 
 
 class AsyncPollen:

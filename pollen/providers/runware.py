@@ -67,7 +67,19 @@ class RunwareInputs(BaseModel):
     referenceImages: list[str] | None = Field(None, max_length=16)
 
 
-class RunwareImageRequest(RunwareTask):
+class _RunwareMediaRequest(RunwareTask):
+    """The fields image and video tasks share, typed."""
+
+    positivePrompt: str | None = Field(None, min_length=1, max_length=10_000)
+    negativePrompt: str | None = Field(None, min_length=1, max_length=10_000)
+    width: int | None = Field(None, ge=64, le=8192, examples=[1024])
+    height: int | None = Field(None, ge=64, le=8192, examples=[1024])
+    seed: int | None = Field(None, ge=0)
+    includeCost: bool | None = None
+    inputs: RunwareInputs | None = None
+
+
+class RunwareImageRequest(_RunwareMediaRequest):
     """A Runware ``imageInference`` task, with the fields Runware's documents show typed
     (``taskType`` is filled in); other parameters of Runware's API pass through."""
 
@@ -79,16 +91,9 @@ class RunwareImageRequest(RunwareTask):
     )
 
     taskType: Literal["imageInference"] = "imageInference"
-    positivePrompt: str | None = Field(None, min_length=1, max_length=10_000)
-    negativePrompt: str | None = Field(None, min_length=1, max_length=10_000)
-    width: int | None = Field(None, ge=64, le=8192, examples=[1024])
-    height: int | None = Field(None, ge=64, le=8192, examples=[1024])
-    seed: int | None = Field(None, ge=0)
-    includeCost: bool | None = None
-    inputs: RunwareInputs | None = None
 
 
-class RunwareVideoRequest(RunwareTask):
+class RunwareVideoRequest(_RunwareMediaRequest):
     """A Runware ``videoInference`` task, with the common fields typed (``taskType`` is
     filled in); other parameters of Runware's API pass through."""
 
@@ -99,14 +104,7 @@ class RunwareVideoRequest(RunwareTask):
     )
 
     taskType: Literal["videoInference"] = "videoInference"
-    positivePrompt: str | None = Field(None, min_length=1, max_length=10_000)
-    negativePrompt: str | None = Field(None, min_length=1, max_length=10_000)
     duration: float | None = Field(None, gt=0, le=600, examples=[5])
-    width: int | None = Field(None, ge=64, le=8192)
-    height: int | None = Field(None, ge=64, le=8192)
-    seed: int | None = Field(None, ge=0)
-    includeCost: bool | None = None
-    inputs: RunwareInputs | None = None
 
 
 class RunwareOtherRequest(RunwareTask):

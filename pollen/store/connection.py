@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import redis
@@ -17,17 +18,22 @@ from pollen.store.outbox import Outbox
 UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 
 
+def client_options(retry: type[Any] = Retry) -> dict[str, Any]:
+    """How pollen's Redis clients connect (``retry``: redis-py's Retry class of the sync or
+    the asyncio client): they ride out a restart, reconnecting with backoff for about 20 s."""
+    return {
+        "decode_responses": True,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 15,
+        "health_check_interval": 15,
+        "retry": retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+
+
 def redis_client(url: str) -> redis.Redis:
-    """A Redis client that rides out a restart: reconnects with backoff for about 20 s."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=15,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
+    """A Redis client that rides out a restart (:func:`client_options`)."""
+    return redis.Redis.from_url(url, **client_options())
 
 
 def open_store(settings: Settings) -> tuple[Store, Outbox]:
