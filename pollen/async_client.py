@@ -17,22 +17,19 @@ and gives the connection back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
-import redis
-import redis.asyncio
 from celery import Celery
-from redis.asyncio.retry import Retry
 
 from pollen import contract, producer
 from pollen.errors import WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted
 from pollen.settings import Settings, get_settings
-from pollen.store import jobs, keys, ops, outbox
-from pollen.store.connection import client_options
+from pollen.store import ops
+from pollen.store.aio import AsyncStore
 from pollen.store.listing import JobPage
 
 T = TypeVar("T")
@@ -40,19 +37,12 @@ T = TypeVar("T")
 WAIT_SLICE = 5.0
 
 
-def async_redis(url: str) -> redis.asyncio.Redis:
-    """An asyncio Redis client with the sync client's settings: it rides out a restart."""
-    return redis.asyncio.Redis.from_url(url, **client_options(Retry))
-
-
 class AsyncPollen:
     """Submit jobs to pollen's workers and follow them, from asyncio code."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        self.redis = async_redis(self.settings.redis_url)
-        texts = {**jobs.script_texts(), **outbox.script_texts()}
-        self._scripts = {name: self.redis.register_script(text) for name, text in texts.items()}
+        self.store = AsyncStore(self.settings.redis_url)
         self._session = Session(self.settings)
         self._celery: Celery | None = None
 
@@ -64,10 +54,7 @@ class AsyncPollen:
 
     async def _run(self, flow: Flow[T]) -> T:
         with ops.guard():
-            return await producer.adrive(flow, self._execute, self._send)
-
-    def _execute(self, batch: ops.Batch) -> Awaitable[list[Any]]:
-        return ops.aexecute(self.redis, self._scripts, batch)
+            return await producer.adrive(flow, self.store.execute, self._send)
 
     async def _send(self, message: Send) -> None:
         await asyncio.to_thread(self.celery.send_task, message.name, **message.options())
@@ -170,11 +157,7 @@ class AsyncPollen:
         it is read. Cancelling the awaiting task unsubscribes and frees the connection."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        pubsub = self.redis.pubsub()
-        try:
-            with ops.guard():
-                await pubsub.subscribe(keys.events(job_id))
-                await _confirmed(pubsub)  # from here on no event of the job is missed
+        async with self.store.listen(job_id) as next_event:
             while True:
                 job = await self.get(job_id)
                 if on_change is not None:
@@ -188,14 +171,11 @@ class AsyncPollen:
                     raise WaitTimeout(
                         f"job {job_id} is still {job.status.value} after {timeout:g}s"
                     )
-                with ops.guard():
-                    await _next_event(pubsub, min(remaining, WAIT_SLICE))
-        finally:
-            await pubsub.aclose()
+                await next_event(min(remaining, WAIT_SLICE))
 
     async def aclose(self) -> None:
         """Close the Redis connections (and the Celery producer, if one was made)."""
-        await self.redis.aclose()
+        await self.store.aclose()
         if self._celery is not None:
             await asyncio.to_thread(self._celery.close)
 
@@ -204,24 +184,3 @@ class AsyncPollen:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def _confirmed(pubsub: Any, within: float = 2.0) -> None:
-    """Wait for Redis to confirm the subscription (at most ``within`` seconds)."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + within
-    while (left := until - loop.time()) > 0:
-        message = await pubsub.get_message(timeout=min(left, 0.1))
-        if message is not None and message["type"] == "subscribe":
-            return
-
-
-async def _next_event(pubsub: Any, seconds: float) -> bool:
-    """True when an event of the job came within ``seconds``."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + seconds
-    while (left := until - loop.time()) > 0:
-        message = await pubsub.get_message(timeout=left)
-        if message is not None and message["type"] == "message":
-            return True
-    return False

@@ -126,7 +126,7 @@ async def test_a_cancelled_wait_leaves_no_connection_behind(
             await apollen.wait(job_id, timeout=60)
     await asyncio.sleep(0.1)
     assert _pubsub_clients(redis_server) == before
-    pool = apollen.redis.connection_pool
+    pool = apollen.store.redis.connection_pool
     assert not pool._in_use_connections  # every connection is back in the pool
 
 

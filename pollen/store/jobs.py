@@ -17,17 +17,15 @@ from typing import Any, Literal, TypeVar
 
 import redis
 
-from pollen.backoff import PollPolicy
 from pollen.errors import IdempotencyConflict, JobNotFound
 from pollen.models import (
-    ErrorInfo,
     GenerationError,
     GenerationResult,
     Job,
     JobStatus,
 )
 from pollen.store import keys, ops, scripts
-from pollen.store.ops import flatten
+from pollen.store.ops import flatten, job_from_fields
 
 MAX_RESPONSES = 500
 T = TypeVar("T")
@@ -108,10 +106,6 @@ class Recorded:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
-
-
-def _optional_float(value: str | None) -> float | None:
-    return float(value) if value not in (None, "") else None
 
 
 _guard = ops.guard
@@ -605,45 +599,3 @@ class Store:
         pipe.hgetall(keys.DATA_LOSS)
         inflight, by_status, dead, loss = pipe.execute()
         return {"inflight": inflight, "by_status": by_status, "dead": dead, "data_loss": loss}
-
-
-def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:
-    """Build the public Job view from the stored hash and result JSON documents."""
-    error = (
-        ErrorInfo(code=fields["error_code"], message=fields.get("error_message", ""))
-        if fields.get("error_code")
-        else None
-    )
-    return Job(
-        id=fields["id"],
-        provider=fields["provider"],
-        status=JobStatus(fields["status"]),
-        provider_task_id=fields.get("provider_task_id") or None,
-        created_at=float(fields["created_at"]),
-        submitted_at=_optional_float(fields.get("submitted_at")),
-        finished_at=_optional_float(fields.get("finished_at")),
-        updated_at=float(fields.get("updated_at") or fields["created_at"]),
-        deadline_at=_optional_float(fields.get("deadline_at")),
-        submit_attempts=int(fields.get("submit_attempts") or 0),
-        polls=int(fields.get("polls") or 0),
-        progress=_optional_float(fields.get("progress")),
-        cost=_optional_float(fields.get("cost")),
-        expected_results=int(fields.get("expected_results") or 1),
-        error=error,
-        results=[GenerationResult.model_validate_json(r) for r in results],
-        errors=[
-            GenerationError.model_validate(e) for e in json.loads(fields.get("errors") or "[]")
-        ],
-        callback_url=fields.get("callback_url") or None,
-        events=json.loads(fields.get("events") or '["completed"]'),
-        python_callback=json.loads(fields["python_callback"])
-        if fields.get("python_callback")
-        else None,
-        metadata=json.loads(fields.get("metadata") or "{}"),
-        request=json.loads(fields.get("request") or "{}"),
-        policy=PollPolicy.model_validate_json(fields["policy"]),
-        task_uuid=fields.get("task_uuid", ""),
-        poll_seq=int(fields.get("poll_seq") or 0),
-        next_poll_at=_optional_float(fields.get("next_poll_at")),
-        cancel_note=fields.get("cancel_note") or None,
-    )

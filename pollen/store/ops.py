@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import redis
 
+from pollen.backoff import PollPolicy
 from pollen.errors import IdempotencyConflict, StoreUnavailable
-from pollen.models import Job
+from pollen.models import ErrorInfo, GenerationError, GenerationResult, Job, JobStatus
 from pollen.store import keys
 
 T = TypeVar("T")
@@ -176,8 +177,6 @@ def rollback_many(job_ids: Sequence[str]) -> Op[int]:
 
 def jobs_with_results(job_ids: Sequence[str]) -> Op[list[Job | None]]:
     """Jobs with their results in the order they finished; None where a job is absent."""
-    from pollen.store.jobs import job_from_fields
-
     if not job_ids:
         return []
     batch: Batch = []
@@ -290,3 +289,49 @@ def replay(delivery: str, url: str | None, *, now: float) -> Op[bool]:
         batch.append(cmd("srem", keys.GONE, url))
     replies = yield batch
     return bool(replies[0])
+
+
+def _optional_float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:
+    """Build the public Job view from the stored hash and result JSON documents."""
+    error = (
+        ErrorInfo(code=fields["error_code"], message=fields.get("error_message", ""))
+        if fields.get("error_code")
+        else None
+    )
+    return Job(
+        id=fields["id"],
+        provider=fields["provider"],
+        status=JobStatus(fields["status"]),
+        provider_task_id=fields.get("provider_task_id") or None,
+        created_at=float(fields["created_at"]),
+        submitted_at=_optional_float(fields.get("submitted_at")),
+        finished_at=_optional_float(fields.get("finished_at")),
+        updated_at=float(fields.get("updated_at") or fields["created_at"]),
+        deadline_at=_optional_float(fields.get("deadline_at")),
+        submit_attempts=int(fields.get("submit_attempts") or 0),
+        polls=int(fields.get("polls") or 0),
+        progress=_optional_float(fields.get("progress")),
+        cost=_optional_float(fields.get("cost")),
+        expected_results=int(fields.get("expected_results") or 1),
+        error=error,
+        results=[GenerationResult.model_validate_json(r) for r in results],
+        errors=[
+            GenerationError.model_validate(e) for e in json.loads(fields.get("errors") or "[]")
+        ],
+        callback_url=fields.get("callback_url") or None,
+        events=json.loads(fields.get("events") or '["completed"]'),
+        python_callback=json.loads(fields["python_callback"])
+        if fields.get("python_callback")
+        else None,
+        metadata=json.loads(fields.get("metadata") or "{}"),
+        request=json.loads(fields.get("request") or "{}"),
+        policy=PollPolicy.model_validate_json(fields["policy"]),
+        task_uuid=fields.get("task_uuid", ""),
+        poll_seq=int(fields.get("poll_seq") or 0),
+        next_poll_at=_optional_float(fields.get("next_poll_at")),
+        cancel_note=fields.get("cancel_note") or None,
+    )
