@@ -5,7 +5,7 @@
     │   └── IdempotencyConflict         ... a job_id already used with a different request
     ├── JobNotFound                 no job with that id (never created, or expired)
     │   └── JobLost                     ... and the store is known to have lost its data
-    ├── StoreUnavailable            Redis refused a write (down, read-only, or full: noeviction OOM)
+    ├── StoreUnavailable            Redis is unreachable or refused a write (read-only, or full)
     ├── WaitTimeout                 wait() gave up before the job ended
     ├── CallbackNotDelivered        one callback delivery attempt did not deliver (its task fails)
     └── ProviderError               something went wrong talking to a provider
@@ -56,7 +56,7 @@ class JobLost(JobNotFound):
 
 
 class StoreUnavailable(PollenError):
-    """Redis could not take a write (unreachable, read-only replica, or out of memory)."""
+    """Redis is unreachable, or could not take a write (read-only replica, out of memory)."""
 
 
 class WaitTimeout(PollenError, TimeoutError):

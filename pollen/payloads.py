@@ -220,7 +220,8 @@ def accept_many_op(
     seen: set[str] = set()
     for index, payload in enumerate(payloads):
         try:
-            job = prepare(settings, payload, now=now)
+            # a microsecond apart: each job's creation time (its listing position) is its own
+            job = prepare(settings, payload, now=now + index * 1e-6)
         except InvalidJob as exc:
             answers.append(exc)
             continue
@@ -240,9 +241,24 @@ def accept_many_op(
     return answers
 
 
+#: request fields the first release's models had without a value (dumped as null): they stay
+#: in the fingerprint, so a job_id submitted before typed requests keeps its idempotency key
+LEGACY_NULLS: dict[str, frozenset[str]] = {
+    "runware": frozenset({"positivePrompt"}),
+    "comet_runway": frozenset({"promptText", "promptImage"}),
+}
+
+
 def fingerprint(request: JobRequest) -> str:
-    """sha256 of the validated request's canonical JSON: what makes two submits the same job."""
-    canonical = json.dumps(
-        request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
-    )
+    """sha256 of the validated request's canonical JSON: what makes two submits the same job.
+
+    Optional request fields left empty are left out, so a field a later release types does
+    not change the key of a request that does not use it.
+    """
+    document = request.model_dump(mode="json")
+    keep = LEGACY_NULLS.get(request.provider, frozenset())
+    document["request"] = {
+        k: v for k, v in document["request"].items() if v is not None or k in keep
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -201,3 +201,15 @@ def test_cancel_on_the_command_line(worker_env: dict[str, str], client: Pollen) 
     assert again.stdout.strip() == f"job {job_id} had already finished (cancelled): nothing to do"
     stored = json.loads(pollen(worker_env, "result", job_id).stdout)
     assert stored["status"] == "cancelled" and stored["error"]["message"] == "from a test"
+
+
+def test_a_follow_up_for_an_expired_job_stops_and_writes_nothing(deps: Any) -> None:
+    from pollen.store import keys
+
+    job_id = accept_job(deps, [0.2])
+    now = time.time()
+    deps.store.cancel(job_id, "gone soon", now=now)
+    deps.store.redis.delete(keys.job(job_id))  # the record expired before a worker followed up
+    assert cancels.follow_up(deps, job_id) == []
+    assert not deps.store.redis.exists(keys.job(job_id))  # no bare record without a TTL
+    assert deps.store.cancels_due(now + 10 * deps.settings.reconcile_grace, 100) == []

@@ -219,3 +219,42 @@ def test_jobs_on_the_command_line(
     assert_user_error(run(worker_env, "jobs", "--cursor", "zzz"), "not a cursor", 2)
     for job_id in job_ids:
         client.cancel(job_id)
+
+
+def test_jobs_submitted_together_page_without_rereading_their_ties(
+    pollen: Pollen, settings: Settings
+) -> None:
+    from pollen.payloads import accept_many_op
+
+    payloads = [{"provider": "runware", "request": video_request([1.0])} for _ in range(300)]
+    answers = pollen.store.run(accept_many_op(settings, payloads, now=time.time()))
+    created = {answer[0] for answer in answers if not isinstance(answer, Exception)}
+    assert len(created) == 300
+    stored = pollen.store.get_with_results(sorted(created))
+    assert len({job.created_at for job in stored if job}) == 300  # one position each
+    seen: list[str] = []
+    cursor = None
+    while True:
+        before = _commands(pollen.store.redis).get("cmdstat_zrange", 0)
+        page = pollen.jobs(status="queued", provider="runware", limit=20, cursor=cursor)
+        # one ZRANGE for the one index asked for, however deep in the call's jobs the page is
+        assert _commands(pollen.store.redis)["cmdstat_zrange"] - before == 1
+        seen += _ids(page)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert sorted(seen) == sorted(created)
+
+
+def test_an_expired_in_flight_job_leaves_the_indexes_when_the_reconciler_drops_it(
+    pollen: Pollen,
+) -> None:
+    from pollen.worker.reconciler import reconcile
+
+    store = pollen.store
+    [job_id] = _create(store, 1, prefix="lost")
+    _move(store, [job_id], JobStatus.SUBMITTED)
+    store.redis.delete(keys.job(job_id))  # expired (or evicted) while in flight
+    report = reconcile(store, lambda *_: None, now=time.time() + 10_000)
+    assert report.dropped == [job_id]
+    assert store.redis.zcard(keys.index("runware", "submitted")) == 0

@@ -508,3 +508,38 @@ def test_a_dict_request_names_the_bad_field_without_union_tags(
         parse_job_request({"provider": "runware", "request": request_body}, max_request_bytes=9999)
     assert str(info.value).startswith(f"{path}: ")
     assert info.value.errors[0]["loc"] == tuple(path.split("."))
+
+
+@pytest.mark.parametrize(
+    ("payload", "first_release"),
+    [
+        (
+            {"provider": "runware", "request": {"taskType": "videoInference",
+             "model": "klingai:5@3", "positivePrompt": "a fox", "numberResults": 2,
+             "duration": 5}, "job_id": "j1", "metadata": {"a": "b"}},
+            "b824d4250669b08f3b73d7e2b125b7901237e1830bd6d3d924063939e128680e",
+        ),
+        (
+            {"provider": "runware", "request": {"taskType": "imageInference",
+             "model": "runware:101@1", "width": 512, "height": 512}},
+            "c9d6d41dd23b2c7e3f2d127d98c8baf72f608f8935cf493ebffb2b9b46927d98",
+        ),
+        (
+            {"provider": "useapi_runway", "request": {"text_prompt": "a storm", "seconds": 10}},
+            "a96eed68eaa6331ad3b15ef0081029e24743020b23e7e0454d17951ebae28ecf",
+        ),
+        (
+            {"provider": "comet_runway", "request": {"model": "gen4_turbo",
+             "promptText": "a cat"}, "callback_url": "https://example.com/cb"},
+            "612beef8400603c1e0ef859332adccfb4fb0b36f216fa8a0b0f16ed5ee2128b1",
+        ),
+    ],
+)  # fmt: skip
+def test_typed_requests_keep_the_idempotency_keys_of_earlier_releases(
+    payload: dict[str, Any], first_release: str
+) -> None:
+    """A job_id submitted before the request models were typed is still the same job after:
+    the fingerprints below were computed by the release before (commit 4c22116)."""
+    from pollen.payloads import fingerprint, parse_job_request
+
+    assert fingerprint(parse_job_request(payload, max_request_bytes=65536)) == first_release

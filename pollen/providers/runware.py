@@ -104,7 +104,7 @@ class RunwareVideoRequest(_RunwareMediaRequest):
     )
 
     taskType: Literal["videoInference"] = "videoInference"
-    duration: float | None = Field(None, gt=0, le=600, examples=[5])
+    duration: int | float | None = Field(None, gt=0, le=600, examples=[5])  # kept as given
 
 
 class RunwareOtherRequest(RunwareTask):

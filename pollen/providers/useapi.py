@@ -168,6 +168,13 @@ class UseapiRunway(Provider):
             return "useapi.net no longer has the task (HTTP 404): nothing left to cancel"
         if response.status_code in (400, 401, 403):
             _task(response)  # raises ProviderRejected with useapi.net's message
+        if not 200 <= response.status_code < 300:
+            raise ProviderRejected(
+                f"useapi.net did not delete the task (HTTP {response.status_code}): "
+                f"{response.text[:120]!r}",
+                code=f"http{response.status_code}",
+                status=response.status_code,
+            )
         return f"task deleted at useapi.net (HTTP {response.status_code})"
 
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:

@@ -42,6 +42,7 @@ SCRIPTS = (
     "forget_job",
     "take_rate_tokens",
     "cancel_job",
+    "set_if_exists",
 )
 
 ClaimVerdict = Literal["ok", "busy", "alone", "stale", "done", "missing"]
@@ -272,12 +273,9 @@ class Store:
         return ids
 
     def cancel_followed(self, job_id: str, note: str) -> None:
-        """The follow-up of a cancelled job is done: keep what it did at the provider."""
-        with _guard():
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(keys.job(job_id), mapping={"cancel_state": "done", "cancel_note": note})
-            pipe.zrem(keys.CANCELS, job_id)
-            pipe.execute()
+        """The follow-up of a cancelled job is done (or moot: the job expired): keep what it
+        did at the provider, if the job is still stored, and stop watching it."""
+        self._set_if_exists(job_id, {"cancel_state": "done", "cancel_note": note}, keys.CANCELS)
 
     def trim_indexes(self, now: float, limit: int = 5000) -> int:
         """Remove finished jobs whose records expired from the listing indexes
@@ -297,12 +295,14 @@ class Store:
     def late_task(self, job_id: str, provider_task_id: str, note: str) -> None:
         """Keep the provider task of a job that was cancelled while its submit was in flight
         (its id, and what cancelling it did), if the job is still stored."""
+        self._set_if_exists(job_id, {"provider_task_id": provider_task_id, "cancel_note": note})
+
+    def _set_if_exists(self, job_id: str, fields: dict[str, str], follow_up: str = "") -> bool:
         with _guard():
-            if self.redis.exists(keys.job(job_id)):
-                self.redis.hset(
-                    keys.job(job_id),
-                    mapping={"provider_task_id": provider_task_id, "cancel_note": note},
-                )
+            written = self.scripts["set_if_exists"](
+                keys=[keys.job(job_id), follow_up], args=[job_id, *flatten(fields)]
+            )
+        return bool(written)
 
     def claim_poll(self, job_id: str, attempt: int, *, now: float, lease: float) -> Claim:
         """Take the lease for poll number ``attempt``; see ``Claim.verdict``."""
@@ -568,10 +568,23 @@ class Store:
         values = self.redis.hmget(keys.job(job_id), list(names))
         return [None if v is None else str(v) for v in values]
 
-    def forget_inflight(self, job_id: str) -> None:
-        """Stop watching a job (it expired, or finished and its index removal was lost)."""
+    def forget_inflight(self, job_id: str, providers: Sequence[str] = ()) -> None:
+        """Stop watching a job (it expired, or finished and its index removal was lost); for
+        an expired one, also drop it from the listing indexes of in-flight statuses of
+        ``providers`` (its record, which said which one, is gone)."""
         with _guard():
             self._forget(keys=[keys.INFLIGHT, keys.BY_AGE], args=[job_id])
+            listed = [
+                keys.index(provider, status.value)
+                for provider in providers
+                for status in JobStatus
+                if not status.terminal
+            ]
+            if listed:
+                pipe = self.redis.pipeline(transaction=False)
+                for key in listed:
+                    pipe.zrem(key, job_id)
+                pipe.execute()
 
     def try_lock(self, key: str, ttl: float) -> bool:
         """One holder per ``ttl`` seconds across all workers (no unlock: it simply expires)."""

@@ -86,7 +86,7 @@ def query(
             position = (score, job_id)
             if job is None:
                 stale.append(cmd("zrem", key, job_id))  # expired: drop the stale entry
-            elif not metadata or all(job.metadata.get(k) == v for k, v in metadata.items()):
+            elif _matches(job, statuses, providers, metadata):
                 found.append(job)
         if stale:
             yield stale
@@ -94,6 +94,16 @@ def query(
             return JobPage(found, None)
         top = position[0] if position else top
     return JobPage(found, encode(position) if position else None)
+
+
+def _matches(
+    job: Job, statuses: Sequence[str], providers: Sequence[str], metadata: dict[str, str] | None
+) -> bool:
+    """The job as read now still matches (it may have changed state since its index entry
+    was read: then it is left out rather than listed under a status it no longer has)."""
+    if job.status.value not in statuses or job.provider not in providers:
+        return False
+    return not metadata or all(job.metadata.get(k) == v for k, v in metadata.items())
 
 
 def _after(entry: Position, position: Position | None) -> bool:
@@ -106,8 +116,10 @@ def _after(entry: Position, position: Position | None) -> bool:
 def _merged(
     index_keys: Sequence[str], position: Position | None, top: float, floor: float, want: int
 ) -> Op[list[tuple[float, str, str]]]:
-    """Up to ``want`` entries after ``position`` across the indexes, newest first (one round
-    trip, plus one per index whose window was all ties with ``position``)."""
+    """Up to ``want`` entries after ``position`` across the indexes, newest first, each job
+    once (one round trip, plus one per further chunk of an index whose window held only
+    entries at or before ``position``; creation times are unique per ``submit_many`` call, so
+    such ties are rare)."""
     high = "+inf" if math.isinf(top) else repr(top)
     low = "-inf" if math.isinf(floor) else repr(floor)
     chunk = want + 8
@@ -131,4 +143,7 @@ def _merged(
         offsets = more
     merged = [(s, j, key) for key, found in entries.items() for s, j in found[:want]]
     merged.sort(key=lambda e: (e[0], e[1]), reverse=True)
-    return merged[:want]
+    unique: dict[str, tuple[float, str, str]] = {}  # a job that moved between two indexes
+    for entry in merged:  # while they were read is listed once
+        unique.setdefault(entry[1], entry)
+    return list(unique.values())[:want]

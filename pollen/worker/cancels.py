@@ -5,7 +5,9 @@ poll chain stops at its next step: a poll finds the job finished and does nothin
 ``pollen.cancel``, which runs :func:`follow_up` here: the worker holds the provider keys, so
 it is the one that asks the provider to cancel, where the provider documents a call for it,
 and sends the callbacks. Idempotent: a second run finds the follow-up done, and the callback
-deliveries have stable ids. A lost message is sent again by the reconciler.
+deliveries have stable ids (two copies running at once, a late message and the reconciler's
+resend, may both call the provider; the callback still goes once). A lost message is sent
+again by the reconciler.
 
 No Celery here.
 """
@@ -29,11 +31,12 @@ def follow_up(deps: Deps, job_id: str) -> list[str]:
     try:
         job = deps.store.get(job_id)
     except JobNotFound:
-        return []  # expired meanwhile: nothing left to tell
+        deps.store.cancel_followed(job_id, "")  # expired meanwhile: stop watching it
+        return []
     if job.status is not JobStatus.CANCELLED or deps.store.field(job_id, "cancel_state") != (
         "pending"
     ):
-        return []
+        return []  # done by an earlier copy (which stopped watching it)
     with logs.bound(job_id=job.id, provider=job.provider, provider_task_id=job.provider_task_id):
         note = cancel_at_provider(deps, job)
         log.info("job cancelled: %s", note)

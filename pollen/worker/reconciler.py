@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pollen import contract
 from pollen.models import JobStatus
+from pollen.providers import REGISTRY
 from pollen.store.jobs import Store
 from pollen.worker.metrics import RECONCILER
 
@@ -50,8 +51,9 @@ def reconcile(
     for job_id in store.overdue(now, limit):
         status, poll_seq = store.fields(job_id, "status", "poll_seq")
         if status is None or JobStatus(status).terminal:
-            # Expired or finished (a terminal write that lost its ZREM): stop watching.
-            store.forget_inflight(job_id)
+            # Expired or finished (a terminal write that lost its ZREM): stop watching; an
+            # expired job leaves the listing indexes too.
+            store.forget_inflight(job_id, providers=list(REGISTRY) if status is None else ())
             report.dropped.append(job_id)
             continue
         queued = status == JobStatus.QUEUED
@@ -79,10 +81,12 @@ def reconcile(
             RECONCILER.labels(action).inc(len(ids))
     if report.actions:
         log.warning(
-            "reconciler resumed %d jobs (resubmitted %s, re-polled %s, dropped %d)",
+            "reconciler resumed %d jobs (resubmitted %s, re-polled %s, dropped %d, cancel "
+            "follow-ups re-sent %d)",
             report.actions,
             report.resubmitted[:10],
             report.repolled[:10],
             len(report.dropped),
+            len(report.cancels),
         )
     return report

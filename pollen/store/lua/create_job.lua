@@ -10,6 +10,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-reindex(ARGV[1], redis.call('HGET', KEYS[1], 'provider'), ARGV[2], nil, 'queued', nil)
+local listed = redis.call('HMGET', KEYS[1], 'provider', 'created_at')
+reindex(ARGV[1], listed[1], listed[2] or ARGV[2], nil, 'queued', nil)
 event(KEYS[2], 'type', 'status', 'status', 'queued', 'at', ARGV[2])
 return {1, ''}

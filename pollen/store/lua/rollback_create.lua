@@ -6,7 +6,8 @@
 -- ARGV: id
 -- Returns 1 when undone, 0 when there was nothing (or nothing safe) to undo.
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('ZREM', INDEX_PREFIX .. redis.call('HGET', KEYS[1], 'provider') .. ':queued', ARGV[1])
+local provider = redis.call('HGET', KEYS[1], 'provider')
+if provider then redis.call('ZREM', INDEX_PREFIX .. provider .. ':queued', ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
