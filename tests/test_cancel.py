@@ -213,3 +213,32 @@ def test_a_follow_up_for_an_expired_job_stops_and_writes_nothing(deps: Any) -> N
     assert cancels.follow_up(deps, job_id) == []
     assert not deps.store.redis.exists(keys.job(job_id))  # no bare record without a TTL
     assert deps.store.cancels_due(now + 10 * deps.settings.reconcile_grace, 100) == []
+
+
+def test_a_cancel_call_that_fails_for_now_is_tried_again_and_the_callback_goes_once(
+    deps: Any, simulator: SimulatorServer
+) -> None:
+    from pollen.store import keys
+    from tests.helpers import sim_faults
+
+    payload = {"provider": "useapi_runway", "request": _useapi(60.0), "callback_url":
+               "http://127.0.0.1:9/hook"}  # fmt: skip
+    job_id, _ = payloads.accept(deps.settings, deps.store, payload, now=time.time())
+    submits.submit_batch(deps, [job_id])
+    assert deps.store.get(job_id).provider_task_id
+    deps.store.cancel(job_id, "retry me", now=time.time())
+    deps.store.redis.zadd(keys.CANCELS, {job_id: time.time() + 3600})  # the worker's reconciler
+    sim_faults(simulator.url, ["503", "503"])  # the next two provider requests fail
+    first = cancels.follow_up(deps, job_id)
+    assert len(first) == 1  # the callback is recorded once, on the first attempt
+    job = deps.store.get(job_id)
+    assert job.cancel_note and "pollen tries again" in job.cancel_note
+    assert deps.store.field(job_id, "cancel_state") == "pending"  # still to be followed up
+    assert cancels.follow_up(deps, job_id) == []  # second call: 503 again, no new callback
+    assert cancels.follow_up(deps, job_id) == []  # third call: deleted
+    job = deps.store.get(job_id)
+    assert job.cancel_note and job.cancel_note.startswith("task deleted at useapi.net")
+    assert deps.store.field(job_id, "cancel_attempts") == "2"
+    assert deps.store.field(job_id, "cancel_state") == "done"
+    assert deps.store.redis.zscore(keys.CANCELS, job_id) is None
+    assert sim_stats(simulator.url)["tasks"]["useapi:deleteTask"] == 1  # the 503s ran no handler

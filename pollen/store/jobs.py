@@ -277,6 +277,11 @@ class Store:
         did at the provider, if the job is still stored, and stop watching it."""
         self._set_if_exists(job_id, {"cancel_state": "done", "cancel_note": note}, keys.CANCELS)
 
+    def cancel_retry_later(self, job_id: str, note: str, attempts: int) -> None:
+        """The provider's cancel call failed and is worth another try: keep the note and the
+        count; the job stays on the follow-up list (the reconciler re-sends it)."""
+        self._set_if_exists(job_id, {"cancel_note": note, "cancel_attempts": str(attempts)})
+
     def trim_indexes(self, now: float, limit: int = 5000) -> int:
         """Remove finished jobs whose records expired from the listing indexes
         (:mod:`pollen.store.listing`); how many (the periodic round calls this)."""

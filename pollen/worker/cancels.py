@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 from pollen.callbacks import events
-from pollen.errors import JobNotFound, PollenError
+from pollen.errors import JobNotFound, PollenError, RetryableProviderError
 from pollen.models import Job, JobStatus
 from pollen.worker import logs, metrics
 from pollen.worker.runtime import Deps
@@ -25,25 +25,40 @@ from pollen.worker.runtime import Deps
 log = logging.getLogger(__name__)
 
 
+#: attempts at the provider's cancel call when it fails in a way worth retrying (5xx, 429,
+#: timeouts): the reconciler re-sends the follow-up one grace period after each
+CANCEL_ATTEMPTS = 5
+
+
 def follow_up(deps: Deps, job_id: str) -> list[str]:
     """Cancel the job's provider task and record the ``completed`` event; the callback
-    deliveries to send now (none when the follow-up was already done)."""
+    deliveries to send now (none when the follow-up was already done).
+
+    The callback goes once, with what the first attempt did at the provider. A provider
+    call that failed in a retryable way leaves the follow-up pending: the reconciler sends it
+    again (up to :data:`CANCEL_ATTEMPTS` calls), and ``Job.cancel_note`` shows the latest.
+    """
     try:
         job = deps.store.get(job_id)
     except JobNotFound:
         deps.store.cancel_followed(job_id, "")  # expired meanwhile: stop watching it
         return []
-    if job.status is not JobStatus.CANCELLED or deps.store.field(job_id, "cancel_state") != (
-        "pending"
-    ):
+    state, attempts = deps.store.fields(job_id, "cancel_state", "cancel_attempts")
+    if job.status is not JobStatus.CANCELLED or state != "pending":
         return []  # done by an earlier copy (which stopped watching it)
+    made = int(attempts or 0) + 1
     with logs.bound(job_id=job.id, provider=job.provider, provider_task_id=job.provider_task_id):
-        note = cancel_at_provider(deps, job)
-        log.info("job cancelled: %s", note)
+        note, retry = _cancel_at_provider(deps, job)
+        log.info("job cancelled (provider call %d): %s", made, note)
     deliveries: list[str] = []
-    if events.wants(job, "completed"):
+    if events.wants(job, "completed"):  # idempotent: a later attempt creates nothing new
         final = job.model_copy(update={"cancel_note": note})
         deliveries = events.emit(deps, final, "completed", events.completion_payload(final))
+    if retry and made < CANCEL_ATTEMPTS:
+        deps.store.cancel_retry_later(job_id, note, made)
+        return deliveries
+    if retry:
+        note = note.replace("pollen tries again", f"pollen gave up after {made} calls")
     deps.store.cancel_followed(job_id, note)
     metrics.JOBS_FINISHED.labels(job.provider, JobStatus.CANCELLED.value).inc()
     return deliveries
@@ -52,14 +67,22 @@ def follow_up(deps: Deps, job_id: str) -> list[str]:
 def cancel_at_provider(deps: Deps, job: Job) -> str:
     """What happened at the provider, in a few words (never raises for a provider error: a
     failed cancel call is recorded, the job stays cancelled)."""
+    return _cancel_at_provider(deps, job)[0]
+
+
+def _cancel_at_provider(deps: Deps, job: Job) -> tuple[str, bool]:
+    """(what happened at the provider, whether the call is worth another try)."""
     if not job.provider_task_id:
         if job.submit_attempts:
             return (
-                "cancelled while its submit was in flight: if the provider created the task, "
-                "pollen cancels it when the submit's answer arrives"
+                "cancelled while a submit may have been in flight: if the provider took the "
+                "task, pollen cancels it (where the provider can) when the answer arrives",
+                False,
             )
-        return "cancelled before it was submitted: nothing to cancel at the provider"
+        return "cancelled before it was submitted: nothing to cancel at the provider", False
     try:
-        return deps.calls.cancel(job)
+        return deps.calls.cancel(job), False
+    except RetryableProviderError as exc:
+        return f"the provider's cancel call failed ({exc}); pollen tries again", True
     except PollenError as exc:
-        return f"the provider's cancel call failed ({exc}); pollen stopped polling"
+        return f"the provider's cancel call failed ({exc}); pollen stopped polling", False
