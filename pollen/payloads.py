@@ -1,5 +1,5 @@
 """Turning a producer's payload into a validated :class:`JobRequest` (or a clear refusal),
-and storing it as a queued job (:func:`accept`, :func:`accept_many`).
+and storing it as a queued job (:func:`accept`, :func:`accept_many_op`).
 
 The accepted shape is the union of every registered dialect's job model, told apart by
 ``provider``; its JSON Schema is what ``pollen schema`` publishes.
@@ -198,23 +198,17 @@ def accept_op(settings: Settings, payload: Any, *, now: float) -> Op[tuple[str, 
     return job.job_id, created
 
 
-def accept_many(
-    settings: Settings, store: Store, payloads: Sequence[Any], *, now: float
-) -> list[tuple[str, bool] | InvalidJob]:
-    """:func:`accept` for many payloads, stored in one round trip.
+def accept_many_op(
+    settings: Settings, payloads: Sequence[Any], *, now: float
+) -> Op[list[tuple[str, bool] | InvalidJob]]:
+    """:func:`accept` for many payloads, stored in one round trip (a store operation:
+    :mod:`pollen.store.ops`).
 
     Each payload is judged on its own: one answer per payload, in order, either
     ``(job_id, created)`` or the :class:`InvalidJob` (or :class:`IdempotencyConflict`) that
     refused it; a refused payload writes nothing and refuses no other. The same ``job_id``
     twice in one call is refused the second time.
     """
-    return store.run(accept_many_op(settings, payloads, now=now))
-
-
-def accept_many_op(
-    settings: Settings, payloads: Sequence[Any], *, now: float
-) -> Op[list[tuple[str, bool] | InvalidJob]]:
-    """:func:`accept_many` as a store operation (:mod:`pollen.store.ops`)."""
     answers: list[tuple[str, bool] | InvalidJob] = []
     ready: list[tuple[int, Prepared]] = []
     seen: set[str] = set()

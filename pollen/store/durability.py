@@ -18,7 +18,6 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -32,11 +31,6 @@ log = logging.getLogger(__name__)
 def marker(now: float | None = None) -> str:
     """A new epoch marker: a random id and the time it was made."""
     return f"{uuid.uuid4().hex} {now if now is not None else time.time():.3f}"
-
-
-def ensure_epoch(store: Store, now: float | None = None) -> str:
-    """The store's epoch marker, written first if the store has none."""
-    return store.run(ops.epoch(marker(now)))
 
 
 def check(store: Store, known: str | None, now: float | None = None) -> tuple[str, bool]:
@@ -74,11 +68,6 @@ def remember(path: Path, epoch: str) -> None:
         path.write_text(epoch)
     except OSError as exc:  # a read-only filesystem only costs the restart case
         log.debug("cannot keep the epoch in %s: %s", path, exc)
-
-
-def status(store: Store) -> dict[str, Any]:
-    """The store's epoch and the last detected data loss, if any."""
-    return store.run(ops.store_status())
 
 
 def last_loss(url: str, timeout: float = 2.0) -> dict[str, str] | None:

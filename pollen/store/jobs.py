@@ -493,13 +493,6 @@ class Store:
         something new (a status word, a result, an error), not every poll's."""
         return [json.loads(r) for r in self.redis.lrange(keys.responses(job_id), 0, -1)]
 
-    def task_details(self, job_id: str) -> dict[str, Any]:
-        """The job's audit record, shaped like Runware's ``getTaskDetails`` data item."""
-        details = self.run(ops.task_details(job_id))
-        if details is None:
-            raise JobNotFound(job_id)
-        return details
-
     @contextmanager
     def listen(self, job_id: str) -> Iterator[Callable[[float], bool]]:
         """Listen to the job's lifecycle events (Pub/Sub) inside the block: yields

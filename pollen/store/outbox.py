@@ -185,21 +185,12 @@ class Outbox:
         ids = self._take_due(keys=[keys.DUE], args=[repr(now), limit, watch])
         return [str(i) for i in ids]
 
-    def replay(self, delivery: str, *, now: float, url: str | None = None) -> bool:
-        """Make a delivery pending again with a fresh schedule; its webhook-id stays the same.
-        ``url``: a receiver that answered 410 Gone, to call again."""
-        return ops.run(self.redis, self.scripts, ops.replay(delivery, url, now=now))
-
     def count_for_job(self, job_id: str) -> int:
         return int(self.redis.llen(keys.job_deliveries(job_id)))
 
     def for_job(self, job_id: str) -> list[Delivery]:
         records, _ = ops.run(self.redis, self.scripts, ops.deliveries(job_id, attempts=False))
         return [Delivery.from_fields(fields) for fields in records]
-
-    def attempts(self, job_id: str) -> list[dict[str, Any]]:
-        _, attempts = ops.run(self.redis, self.scripts, ops.deliveries(job_id))
-        return attempts
 
     def dead(self, limit: int = 1000) -> list[str]:
         return [str(i) for i in self.redis.zrange(keys.DEAD, 0, limit - 1)]

@@ -48,7 +48,7 @@ def follow_up(deps: Deps, job_id: str) -> list[str]:
         return []  # done by an earlier copy (which stopped watching it)
     made = int(attempts or 0) + 1
     with logs.bound(job_id=job.id, provider=job.provider, provider_task_id=job.provider_task_id):
-        note, retry = _cancel_at_provider(deps, job)
+        note, retry = cancel_at_provider(deps, job)
         log.info("job cancelled (provider call %d): %s", made, note)
     deliveries: list[str] = []
     if events.wants(job, "completed"):  # idempotent: a later attempt creates nothing new
@@ -64,14 +64,9 @@ def follow_up(deps: Deps, job_id: str) -> list[str]:
     return deliveries
 
 
-def cancel_at_provider(deps: Deps, job: Job) -> str:
-    """What happened at the provider, in a few words (never raises for a provider error: a
-    failed cancel call is recorded, the job stays cancelled)."""
-    return _cancel_at_provider(deps, job)[0]
-
-
-def _cancel_at_provider(deps: Deps, job: Job) -> tuple[str, bool]:
-    """(what happened at the provider, whether the call is worth another try)."""
+def cancel_at_provider(deps: Deps, job: Job) -> tuple[str, bool]:
+    """(what happened at the provider, in a few words; whether the call is worth another
+    try). Never raises for a provider error: the job stays cancelled either way."""
     if not job.provider_task_id:
         if job.submit_attempts:
             return (

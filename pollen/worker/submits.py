@@ -98,7 +98,7 @@ def _cancelled_meanwhile(deps: Deps, job: Job) -> bool:
     False when the job was not cancelled (an earlier copy of the message submitted it)."""
     if deps.store.field(job.id, "status") != JobStatus.CANCELLED.value:
         return False
-    note = cancel_at_provider(deps, job)
+    note, _ = cancel_at_provider(deps, job)
     deps.store.late_task(job.id, job.provider_task_id or "", note)
     with logs.bound(job_id=job.id, provider=job.provider, provider_task_id=job.provider_task_id):
         log.info("the provider took the task of a job cancelled meanwhile: %s", note)
