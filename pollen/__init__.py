@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pollen.models import Job as Job
     from pollen.models import JobRequest as JobRequest
     from pollen.models import JobStatus as JobStatus
+    from pollen.models import StoredCopy as StoredCopy
     from pollen.requests import CometRunwayRequest as CometRunwayRequest
     from pollen.requests import RunwareImageRequest as RunwareImageRequest
     from pollen.requests import RunwareVideoRequest as RunwareVideoRequest
@@ -49,6 +50,7 @@ _EXPORTS = {
     "Job": "pollen.models",
     "JobRequest": "pollen.models",
     "JobStatus": "pollen.models",
+    "StoredCopy": "pollen.models",
     "JobPage": "pollen.store.listing",
     "CometRunwayRequest": "pollen.requests",
     "RunwareImageRequest": "pollen.requests",
@@ -75,6 +77,7 @@ __all__ = [
     "RunwareImageRequest",
     "RunwareVideoRequest",
     "StoreUnavailable",
+    "StoredCopy",
     "Submitted",
     "UseapiRunwayRequest",
     "WaitTimeout",

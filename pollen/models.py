@@ -169,6 +169,23 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class StoredCopy(BaseModel):
+    """pollen's own copy of a generation's file (re-hosting, ``POLLEN_STORAGE__URL``).
+
+    ``pending`` until a worker has copied the provider's file; then ``stored`` (``url`` serves
+    the same bytes as long as the storage keeps them) or ``failed`` (``error`` says why).
+    """
+
+    status: Literal["pending", "stored", "failed"]
+    url: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    updated_at: float | None = None
+
+
 class GenerationResult(BaseModel):
     """One finished generation, the same shape whatever the provider."""
 
@@ -179,6 +196,9 @@ class GenerationResult(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     seen_at: float = Field(description="Unix time pollen first saw this generation finished.")
     raw: dict[str, Any] = Field(default_factory=dict, description="The provider's item, as sent.")
+    stored: StoredCopy | None = Field(
+        None, description="pollen's copy of the file, where re-hosting is on."
+    )
 
 
 class GenerationError(BaseModel):
