@@ -304,7 +304,7 @@ def test_runware_partial_results_then_success(client: httpx.Client) -> None:
     assert running["status"] == "processing"
     assert done["status"] == "success"
     assert set(done) == {"taskType", "taskUUID", "status", "videoUUID", "videoURL", "cost"}
-    assert done["videoURL"] == f"https://sim.pollen.invalid/video/{done['videoUUID']}.mp4"
+    assert done["videoURL"] == f"{client.base_url}/media/video/{done['videoUUID']}.mp4"
     assert isinstance(done["cost"], float)
     assert uuid.UUID(done["videoUUID"]).version == 4
 
@@ -616,7 +616,7 @@ def test_useapi_lifecycle_to_succeeded(client: httpx.Client) -> None:
     assert final["estimatedTimeToStartSeconds"] is None
     (artifact,) = final["artifacts"]
     assert set(artifact) == SEED_002_ARTIFACT_KEYS
-    assert artifact["url"].startswith("https://sim.pollen.invalid/")
+    assert artifact["url"].startswith(f"{client.base_url}/media/runway/")
     assert artifact["metadata"]["dimensions"] == [1280, 768]
     assert set(artifact["metadata"]) == {"frameRate", "duration", "dimensions", "size"}
     assert client.get(f"/v1/runwayml/tasks/{task['id']}").json()["status"] == "SUCCEEDED"
@@ -696,7 +696,7 @@ def test_comet_not_exist_window_then_success(client: httpx.Client, admin: httpx.
     assert final["fail_reason"] == ""
     assert final["finish_time"] >= final["start_time"] >= final["submit_time"] > 0
     assert final["data"]["status"] == "SUCCEEDED"
-    assert final["data"]["output"] == [f"https://sim.pollen.invalid/runway/{task_id}.mp4"]
+    assert final["data"]["output"] == [f"{client.base_url}/media/runway/{task_id}.mp4"]
     view = admin.get(f"/_sim/tasks/{task_id}").json()
     assert view["params"]["runway_version"] == "2024-11-06"
     assert view["provider_status"] == "SUCCESS"
@@ -859,3 +859,31 @@ def test_bulk_finished_view(client: httpx.Client, admin: httpx.Client) -> None:
     assert [task["label"] for task in useapi.values()] == ["runway job"]
     assert admin.post("/_sim/reset").status_code == 200
     assert admin.get("/_sim/finished").json()["tasks"] == {}
+
+
+def test_result_urls_serve_the_same_bytes_each_time(client: httpx.Client) -> None:
+    image = client.get("/media/image/abc.png")
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/png"
+    assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert client.get("/media/image/abc.png").content == image.content
+    assert client.get("/media/image/abd.png").content != image.content
+    video = client.get("/media/runway/xyz.mp4")
+    assert (video.status_code, video.headers["content-type"]) == (200, "video/mp4")
+    assert len(video.content) > 0
+
+
+def test_media_url_setting_moves_result_urls(client: httpx.Client, admin: httpx.Client) -> None:
+    assert admin.patch("/_sim/config", json={"media_url": "https://cdn.example/files"}).is_success
+    try:
+        task_uuid = new_uuid()
+        assert client.post("/v1", json=[inference(task_uuid)]).status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            items = get_response(client, task_uuid).json()["data"]
+            if items and items[0]["status"] == "success":
+                break
+            time.sleep(0.05)
+        assert items[0]["imageURL"].startswith("https://cdn.example/files/image/")
+    finally:
+        assert admin.patch("/_sim/config", json={"media_url": None}).is_success

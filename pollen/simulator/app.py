@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from pollen.simulator import admin, comet, runware, useapi
+from pollen.simulator import admin, comet, media, runware, useapi
 from pollen.simulator.config import SimulatorConfig
 from pollen.simulator.core import Simulator
 
@@ -16,6 +16,7 @@ def build_app(sim: Simulator) -> Starlette:
         *runware.routes(sim),
         *useapi.routes(sim),
         *comet.routes(sim),
+        *media.routes(sim),
     ]
     app = Starlette(routes=routes)
     app.state.simulator = sim

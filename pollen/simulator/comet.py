@@ -18,6 +18,7 @@ from starlette.routing import Route
 from pollen.simulator.core import Simulator
 from pollen.simulator.dialect import Dialect
 from pollen.simulator.gateway import Handler, json_body, provider_route
+from pollen.simulator.media import media_base, media_url
 from pollen.simulator.scripting import Script, parse_script
 from pollen.simulator.state import Generation, SimTask
 from pollen.simulator.timeline import fraction, iso_offset, slot_index, slot_start
@@ -57,7 +58,6 @@ STATUSES = {
     "CANCELLED": ("FAILURE", "CANCELLED"),
 }
 TERMINAL = ("SUCCESS", "FAILURE")
-MEDIA_HOST = "https://sim.pollen.invalid"
 DEFAULT_FAILURE_CODE = "INTERNAL.BAD_OUTPUT.CODE01"
 NOT_EXIST = _wrapper("task_not_exist", "task_not_exist")
 
@@ -121,7 +121,7 @@ def render(task: SimTask, now: float) -> dict[str, Any]:
         "createdAt": iso_offset(task.created_at),
     }
     if current.nested == "SUCCEEDED":
-        nested["output"] = [f"{MEDIA_HOST}/runway/{task.id}.{params['extension']}"]
+        nested["output"] = [media_url(task, f"runway/{task.id}.{params['extension']}")]
     if failed:
         nested["failure"] = reason
         nested["failureCode"] = params["failure_code"]
@@ -200,6 +200,7 @@ def _create_for(endpoint: str) -> Handler:
                 "failure_code": script.failure_code or DEFAULT_FAILURE_CODE,
                 "extension": "png" if action.endswith("IMAGE") else "mp4",
                 "runway_version": request.headers.get("x-runway-version"),
+                "media_base": media_base(sim),
             },
         )
         sim.store.add(task)

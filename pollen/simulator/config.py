@@ -31,6 +31,8 @@ class SimulatorConfig(BaseModel):
     retry_after: int = Field(default=1, ge=0)
     rate_limit: int | None = Field(default=None, ge=1)
     comet_not_exist_seconds: float = Field(default=3.0, ge=0)
+    #: base of result file URLs; unset: this simulator's own ``/media`` route
+    media_url: str | None = Field(default=None, max_length=2048)
     seed: int | None = None
 
     @model_validator(mode="after")

@@ -21,6 +21,8 @@ class Simulator:
     def __init__(self, config: SimulatorConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
+        #: ``<own url>/media`` once a server serves this simulator (result file URLs use it)
+        self.own_media_url: str | None = None
         self.store = TaskStore()
         self.stats = SimulatorStats()
         self.faults = FaultInjector(config.seed)

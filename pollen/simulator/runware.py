@@ -16,6 +16,7 @@ from pollen.simulator import runware_errors as err
 from pollen.simulator.core import Simulator
 from pollen.simulator.dialect import Dialect
 from pollen.simulator.gateway import json_body, provider_route
+from pollen.simulator.media import media_base, media_url
 from pollen.simulator.state import Generation, SimTask
 
 
@@ -42,7 +43,6 @@ DIALECT = Dialect(
 _UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 _KINDS = {"videoInference": ("video", "mp4", 0.18), "audioInference": ("audio", "mp3", 0.0065)}
 _IMAGE = ("image", "jpg", 0.0013)
-MEDIA_HOST = "https://sim.pollen.invalid"
 MAX_RESULTS = 20
 
 
@@ -152,7 +152,10 @@ def _inference(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
         created_at=now,
         request=copy.deepcopy(task),
         generations=_generations(sim, task, now),
-        params={"deliveryMethod": task.get("deliveryMethod", "sync")},
+        params={
+            "deliveryMethod": task.get("deliveryMethod", "sync"),
+            "media_base": media_base(sim),
+        },
     )
     if not sim.store.add(record):
         return _refused(err.conflict(uid))
@@ -170,7 +173,7 @@ def _result_item(task: SimTask, gen: Generation, now: float) -> dict[str, Any]:
         **base,
         "status": "success",
         f"{kind}UUID": gen.output_id,
-        f"{kind}URL": f"{MEDIA_HOST}/{kind}/{gen.output_id}.{ext}",
+        f"{kind}URL": media_url(task, f"{kind}/{gen.output_id}.{ext}"),
         "cost": cost,
     }
 

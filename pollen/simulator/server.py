@@ -85,6 +85,7 @@ class SimulatorServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self._requested_port))
         self._port = sock.getsockname()[1]
+        self.simulator.own_media_url = f"{self.url}/media"
         self._server = _ThreadServer(
             _uvicorn_config(self.simulator, self.host, self._port, "warning")
         )
@@ -156,4 +157,6 @@ class _ForegroundServer(uvicorn.Server):
 def run(config: SimulatorConfig, host: str, port: int) -> None:
     """Serve the simulator in the foreground until interrupted (``pollen simulator``)."""
     sim = Simulator(config)
+    shown = f"[{host}]" if ":" in host else host
+    sim.own_media_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{port}/media"
     _ForegroundServer(sim, _uvicorn_config(sim, host, port, "info")).run()

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from pollen.simulator.core import Simulator
 from pollen.simulator.dialect import Dialect
 from pollen.simulator.gateway import json_body, provider_route
+from pollen.simulator.media import media_base, media_url
 from pollen.simulator.scripting import Script, parse_script
 from pollen.simulator.state import Generation, SimTask
 from pollen.simulator.timeline import fraction, iso_ms, ratio_string, slot_index, slot_start
@@ -25,7 +26,6 @@ DIALECT = Dialect(
 )
 USER_ID = 1000
 DEFAULT_EMAIL = "sim@pollen.invalid"
-MEDIA_HOST = "https://sim.pollen.invalid"
 WAITING = ("PENDING", "THROTTLED")
 DEFAULT_ERROR = {
     "errorMessage": "An unexpected error occurred while generating the video.",
@@ -94,10 +94,10 @@ def _artifact(task: SimTask, finished_at: float) -> dict[str, Any]:
         "taskId": params["taskId"],
         "parentAssetGroupId": params["asset_group_id"],
         "filename": params["name"],
-        "url": f"{MEDIA_HOST}/runway/{asset}.mp4",
+        "url": media_url(task, f"runway/{asset}.mp4"),
         "fileSize": "12345678",
         "isDirectory": False,
-        "previewUrls": [f"{MEDIA_HOST}/runway/{asset}.jpg"],
+        "previewUrls": [media_url(task, f"runway/{asset}.jpg")],
         "private": True,
         "privateInTeam": True,
         "deleted": False,
@@ -216,6 +216,7 @@ async def create(sim: Simulator, request: Request) -> Response:
             "throttled_seconds": script.throttled_seconds,
             "status_sequence": list(script.status_sequence) if script.status_sequence else None,
             "fail": script.fail,
+            "media_base": media_base(sim),
         },
     )
     sim.store.add(task, aliases=[task.params["taskId"]])
