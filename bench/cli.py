@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.report import machine, table, write_json
 from bench.runner import log, run
-from bench.scenarios import SCENARIOS, SYSTEMS
+from bench.scenarios import ALL_SYSTEMS, SCENARIOS
 from bench.systems import Options
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, help="number of jobs (default: the scenario's)")
     parser.add_argument(
         "--systems",
-        help=f"comma-separated, from {','.join(SYSTEMS)} (default: the scenario's)",
+        help=f"comma-separated, from {','.join(ALL_SYSTEMS)} (default: the scenario's)",
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes per system")
     parser.add_argument(
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.systems:
         args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-        unknown = sorted(set(args.systems) - set(SYSTEMS))
+        unknown = sorted(set(args.systems) - set(ALL_SYSTEMS))
         if unknown:
             parser.error(f"unknown system(s): {', '.join(unknown)}")
     if args.jobs is not None and args.jobs < 1:

@@ -161,7 +161,7 @@ def _connect(app: Celery) -> None:
 
 
 def make_client(spec: ProducerSpec) -> Client:
-    if spec.system == "pollen":
+    if spec.system in ("pollen", "pollen-push", "pollen-push-lossy"):
         return PollenClient(spec)
     if spec.system == "pollen-many":
         return PollenManyClient(spec)

@@ -326,9 +326,8 @@ def run_system(
         redis_server = stack.enter_context(RedisServer())
         client = redis.Redis(port=redis_server.port)
         stack.callback(client.close)
-        http.post(f"{sim.url}/_sim/reset").raise_for_status()
-        http.post(f"{recv.url}/_recv/reset").raise_for_status()
         system = make_system(name, redis_server, sim.url, scenario, options)
+        _reset(http, sim, recv, system)
         stack.callback(system.stop)
         log(f"[{name}] starting {options.workers} worker(s), {_pool(name, options)}")
         t_start = time.monotonic()
@@ -392,6 +391,13 @@ def run_system(
     )
 
 
+def _reset(http: httpx.Client, sim: Service, recv: Service, system: System) -> None:
+    """A fresh simulator (with this system's settings) and receiver."""
+    http.post(f"{sim.url}/_sim/reset").raise_for_status()
+    http.patch(f"{sim.url}/_sim/config", json=system.sim_config()).raise_for_status()
+    http.post(f"{recv.url}/_recv/reset").raise_for_status()
+
+
 def _pool(name: str, options: Options) -> str:
     if name.startswith("pollen"):
         return f"{options.pollen_pool or 'threads'} x {options.pollen_concurrency or 32}"
@@ -402,6 +408,7 @@ def _components(
     system: System, redis_server: RedisServer, sim: Service, recv: Service
 ) -> Components:
     worker_pids = [w.proc.pid for w in system.workers if w.proc is not None]
+    worker_pids += system.extra_pids()
     assert redis_server.proc is not None and sim.proc is not None and recv.proc is not None
     return Components(
         {
@@ -522,6 +529,10 @@ def _metrics(
         "producers": producers.n,
         "submit_requests_per_job": _per_job(kinds.get("submit", 0), jobs),
         "status_requests_per_job": _per_job(kinds.get("status", 0), jobs),
+        "provider_requests_per_job": _per_job(stats.get("requests", 0), jobs),
+        "pushes_sent": stats.get("pushes", {}).get("sent"),
+        "pushes_lost": stats.get("pushes", {}).get("lost"),
+        "pushes_duplicated": stats.get("pushes", {}).get("duplicated"),
         "status_items_per_job": _per_job(status_items, jobs),
         "status_items_per_request": _per_job(status_items, accepted_status),
         "celery_messages_per_job": _per_job(messages.total, jobs),

@@ -11,6 +11,10 @@ from typing import Any
 
 #: pollen-many: pollen's workers, jobs enqueued with Pollen.submit_many (MANY_CHUNK per call)
 SYSTEMS = ("pollen", "pollen-many", "baseline", "baseline-pooled")
+#: pollen-push: pollen's workers and `pollen ingress`, the simulator pushing; -lossy: 20 % of
+#: the pushes lost, 10 % duplicated, reordered
+PUSH_SYSTEMS = ("pollen", "pollen-push", "pollen-push-lossy")
+ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:])
 
 #: pollen's defaults (``pollen/backoff.py``): 2 s before the first poll, then 1, 1.5, 2.25 ... 30 s
 DEFAULT_POLICY: dict[str, float] = {
@@ -145,6 +149,18 @@ SCENARIOS: dict[str, Scenario] = {
             baseline_cap=10_000,
             sample_interval=2.0,
             http_timeout=30.0,
+        ),
+        Scenario(
+            name="push",
+            description=(
+                "500 jobs of 20-40 s, polled on pollen's default schedule, with and without "
+                "provider pushes (and with 20 % of pushes lost, 10 % duplicated)"
+            ),
+            jobs=500,
+            duration_min=20.0,
+            duration_max=40.0,
+            timeout=600.0,
+            systems=PUSH_SYSTEMS,
         ),
         Scenario(
             name="rate-limit",

@@ -37,10 +37,18 @@ class Service(ManagedProcess):
 
     stop_timeout = 10.0
 
-    def __init__(self, name: str, module: str, args: Iterable[str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: Iterable[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.module = module
         self.args = list(args)
+        self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_file = log_dir / f"{name}.log"
@@ -56,7 +64,11 @@ class Service(ManagedProcess):
         argv = [sys.executable, "-m", self.module, "--port", str(self.port), *self.args]
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                argv, env=child_env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+                argv,
+                env=self.env or child_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
             )
         deadline = time.monotonic() + timeout
         with httpx.Client(trust_env=False, timeout=1.0) as client:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench import baseline
 from bench.producer import ProducerSpec
 from bench.scenarios import Scenario
-from bench.services import CeleryWorker, ProfiledPollenWorker, child_env, stop_workers
+from bench.services import CeleryWorker, ProfiledPollenWorker, Service, child_env, stop_workers
 from pollen.local.servers import RedisServer, Worker
 from pollen.worker.metrics import MULTIPROC_ENV
 
@@ -96,6 +96,14 @@ class System:
     def stop(self) -> None:
         stop_workers(self.workers)
 
+    def sim_config(self) -> dict[str, float]:
+        """The simulator's settings while this system runs (pushes off unless asked for)."""
+        return {"push_loss": 0.0, "push_duplicate": 0.0, "push_reorder": 0.0}
+
+    def extra_pids(self) -> list[int]:
+        """Processes of the system besides its workers (their CPU counts as the workers')."""
+        return []
+
 
 class PollenSystem(System):
     name = "pollen"
@@ -173,6 +181,60 @@ class BaselineSystem(System):
         )
 
 
+class PollenPushSystem(PollenSystem):
+    """pollen's workers with pushes on: ``pollen ingress`` (uvicorn, its own process) takes the
+    simulator's pushes; the workers ask for them (``POLLEN_INGRESS__PUBLIC_URL``). The ingress
+    process counts as a worker: its CPU is in "worker CPU / job"."""
+
+    name = "pollen-push"
+    #: the simulator's push faults while this system runs
+    push_faults: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ingress: Service | None = None
+
+    def sim_config(self) -> dict[str, float]:
+        return {**super().sim_config(), **self.push_faults}
+
+    def env(self) -> dict[str, str]:
+        assert self.ingress is not None, "the ingress starts before the workers"
+        return {**super().env(), "POLLEN_INGRESS__PUBLIC_URL": self.ingress.url}
+
+    def start(self, log_dir: Path, timeout: float = 60.0) -> None:
+        ingress = Service(
+            f"{self.name}-ingress",
+            "uvicorn",
+            ["--factory", "pollen.ingress.app:build_app", "--host", "127.0.0.1",
+             "--log-level", "warning", "--no-access-log"],
+            log_dir,
+        )  # fmt: skip
+        self.ingress = ingress
+        ingress.env = super().env()  # the ingress reads the same store and broker
+        ingress.start()
+        super().start(log_dir, timeout)
+
+    def extra_pids(self) -> list[int]:
+        return [self.ingress.pid] if self.ingress is not None else []
+
+    def stop(self) -> None:
+        super().stop()
+        if self.ingress is not None:
+            self.ingress.stop()
+
+
+class PollenPushLossySystem(PollenPushSystem):
+    """As ``pollen-push``, with 20 % of the simulator's pushes lost, 10 % sent twice and up to
+    0.5 s of random delay (so they arrive out of order)."""
+
+    name = "pollen-push-lossy"
+    push_faults: ClassVar[dict[str, float]] = {
+        "push_loss": 0.2,
+        "push_duplicate": 0.1,
+        "push_reorder": 0.5,
+    }
+
+
 class PollenManySystem(PollenSystem):
     """pollen's workers, unchanged; its producers enqueue with ``Pollen.submit_many``."""
 
@@ -186,6 +248,10 @@ def make_system(
         return PollenSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-many":
         return PollenManySystem(redis_server, sim_url, scenario, options)
+    if name == "pollen-push":
+        return PollenPushSystem(redis_server, sim_url, scenario, options)
+    if name == "pollen-push-lossy":
+        return PollenPushLossySystem(redis_server, sim_url, scenario, options)
     if name in ("baseline", "baseline-pooled"):
         pooled = name == "baseline-pooled"
         return BaselineSystem(redis_server, sim_url, scenario, options, pooled=pooled)

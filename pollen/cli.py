@@ -475,6 +475,28 @@ def simulator(
 
 
 @command()
+def ingress(
+    host: Annotated[str, _opt("HOST", "Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, _opt("PORT", "Port to listen on.", min=1, max=65535)] = 8088,
+) -> None:
+    """Take provider pushes and poll the pushed jobs at once (set POLLEN_INGRESS__PUBLIC_URL
+    on the workers to the URL providers reach this on)."""
+    with _extra("ingress"):
+        import uvicorn
+
+        from pollen.ingress.app import build_app
+
+    settings = _settings()
+    if not settings.ingress.public_url:
+        typer.echo(
+            "note: POLLEN_INGRESS__PUBLIC_URL is not set here; the workers need it to ask "
+            "providers to push",
+            err=True,
+        )
+    uvicorn.run(build_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+
+
+@command()
 def demo(
     jobs: Annotated[
         int, typer.Option(metavar="N", min=0, help="Extra single-image jobs to add.")

@@ -241,6 +241,9 @@ class Job(BaseModel):
     cancel_note: str | None = Field(
         None, description="What a cancel did at the provider (cancelled jobs, once followed up)."
     )
+    push_token: str | None = Field(
+        None, exclude=True, repr=False, description="The job's push URL token (never shown)."
+    )
 
     @property
     def terminal(self) -> bool:

@@ -85,6 +85,40 @@ class CallbackSettings(BaseModel):
     )
 
 
+class IngressSettings(BaseModel):
+    """Provider push as a wake-up (``pollen ingress``): the provider's push makes pollen poll
+    the job at once; polling stays the safety net, so a lost push costs only lag."""
+
+    public_url: str | None = Field(
+        None,
+        max_length=1024,
+        description="Where providers reach `pollen ingress` (https://hooks.example.com); set, "
+        "submissions ask Runware (webhookURL) and useapi.net (replyUrl) to push there.",
+    )
+    max_body_bytes: int = Field(
+        256 * 1024, gt=0, description="Largest push body the ingress reads, bytes."
+    )
+    poll_max_delay: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="With pushes on, jobs that get one poll at most this many seconds apart "
+        "(a longer cap than poll.max_delay saves provider requests; polling is the safety net).",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://hooks.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return url.rstrip("/")
+
+
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -106,6 +140,7 @@ class Settings(BaseSettings):
     poll: PollPolicy = PollPolicy()
     queues: QueueSettings = QueueSettings()
     callbacks: CallbackSettings = CallbackSettings()
+    ingress: IngressSettings = IngressSettings()
     job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
     max_request_bytes: int = Field(
         64 * 1024, gt=0, description="Largest accepted provider request, bytes of JSON."
@@ -216,7 +251,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _visibility_timeout_covers_countdowns(self) -> Settings:
-        floor = self.poll.max_delay + self.task_time_limit
+        floor = max(self.poll.max_delay, self.ingress.poll_max_delay or 0) + self.task_time_limit
         if self.visibility_timeout <= floor:
             raise ValueError(
                 f"visibility_timeout ({self.visibility_timeout}s) must be larger than "

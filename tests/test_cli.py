@@ -389,7 +389,7 @@ def test_no_command_prints_the_help(worker_env: dict[str, str]) -> None:
 COMMANDS = [
     [], ["worker"], ["submit"], ["wait"], ["status"], ["result"], ["details"], ["callbacks"],
     ["callbacks", "list"], ["callbacks", "replay"], ["simulator"], ["demo"], ["health"],
-    ["stats"], ["config"], ["schema"], ["cancel"], ["jobs"],
+    ["stats"], ["config"], ["schema"], ["cancel"], ["jobs"], ["ingress"],
 ]  # fmt: skip
 
 

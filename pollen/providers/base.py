@@ -16,6 +16,7 @@ import httpx
 from pydantic import SecretStr
 
 from pollen.errors import ProviderNotConfigured
+from pollen.ingress import tokens
 from pollen.models import GenerationError, GenerationResult, Job, JobRequest
 from pollen.settings import Settings
 
@@ -134,6 +135,17 @@ class Provider(ABC):
     @abstractmethod
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
         """The normalised status; raises from :mod:`pollen.errors` on failure answers."""
+
+    #: True if the provider can push to a URL of ours when the task has news (``pollen
+    #: ingress``): the submit request then carries :meth:`push_url`.
+    supports_push: ClassVar[bool] = False
+
+    def push_url(self, job: Job) -> str | None:
+        """Where the provider should push about ``job``, or None (push off, or no token)."""
+        public = self.settings.ingress.public_url
+        if not (self.supports_push and public and job.push_token):
+            return None
+        return tokens.push_url(public, self.name, job.push_token)
 
     #: True if the provider documents a call that cancels (or deletes) a task: the two
     #: methods below. Without it a cancel stops pollen's polling and nothing else.

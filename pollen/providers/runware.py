@@ -272,12 +272,17 @@ class Runware(Provider):
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
         )
 
+    supports_push = True
+
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
         return self._post([self._task(job, task_uuid)])
 
-    @staticmethod
-    def _task(job: Job, task_uuid: str) -> dict[str, Any]:
-        return {**job.request, "taskUUID": task_uuid, "deliveryMethod": "async"}
+    def _task(self, job: Job, task_uuid: str) -> dict[str, Any]:
+        task = {**job.request, "taskUUID": task_uuid, "deliveryMethod": "async"}
+        url = self.push_url(job)
+        if url is not None:  # a webhookURL of the producer's own is left as it is
+            task.setdefault("webhookURL", url)
+        return task
 
     def parse_submit(self, job: Job, task_uuid: str, response: httpx.Response) -> Submission:
         return self._submission(task_uuid, parse_envelope(response), response.status_code)

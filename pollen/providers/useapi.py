@@ -140,9 +140,15 @@ class UseapiRunway(Provider):
         key = self.settings.useapi.api_key.get_secret_value()
         return {"Authorization": f"Bearer {key}", "Accept": "application/json"}
 
+    supports_push = True
+
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
         url = self.settings.useapi.base_url.rstrip("/") + self.settings.useapi.create_path
-        return httpx.Request("POST", url, json=job.request, headers=self._headers())
+        body = dict(job.request)
+        push = self.push_url(job)
+        if push is not None and "replyUrl" not in body:  # the producer's own is left alone
+            body.update(replyUrl=push, replyRef=job.id)
+        return httpx.Request("POST", url, json=body, headers=self._headers())
 
     def parse_submit(self, job: Job, task_uuid: str, response: httpx.Response) -> Submission:
         task = _task(response)

@@ -119,7 +119,7 @@ class Admin:
         return JSONResponse({"ok": True})
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse(self.sim.stats.snapshot())
+        return JSONResponse({**self.sim.stats.snapshot(), "pushes": self.sim.pusher.counts()})
 
     async def get_config(self, request: Request) -> Response:
         return JSONResponse(self.sim.config.model_dump())

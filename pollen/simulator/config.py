@@ -31,6 +31,12 @@ class SimulatorConfig(BaseModel):
     retry_after: int = Field(default=1, ge=0)
     rate_limit: int | None = Field(default=None, ge=1)
     comet_not_exist_seconds: float = Field(default=3.0, ge=0)
+    #: pushes to a task's webhookURL / replyUrl: seconds after the news, share lost, share
+    #: sent twice, most seconds added at random (so pushes can arrive out of order)
+    push_delay: float = Field(default=0.02, ge=0, le=3600)
+    push_loss: float = Field(default=0.0, ge=0, le=1)
+    push_duplicate: float = Field(default=0.0, ge=0, le=1)
+    push_reorder: float = Field(default=0.0, ge=0, le=3600)
     #: base of result file URLs; unset: this simulator's own ``/media`` route
     media_url: str | None = Field(default=None, max_length=2048)
     seed: int | None = None

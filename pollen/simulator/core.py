@@ -11,6 +11,7 @@ from typing import Any
 
 from pollen.simulator.config import SimulatorConfig
 from pollen.simulator.faults import FaultInjector
+from pollen.simulator.push import BodyFn, Pusher
 from pollen.simulator.ratelimit import SimulatedRateLimit
 from pollen.simulator.state import SimulatorStats, TaskStore
 
@@ -27,6 +28,7 @@ class Simulator:
         self.stats = SimulatorStats()
         self.faults = FaultInjector(config.seed)
         self.limiter = SimulatedRateLimit()
+        self.pusher = Pusher(clock)
         self._lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: stalled requests answer at once
         self._rng = random.Random()
@@ -36,6 +38,7 @@ class Simulator:
         with self._lock:
             self._rng = random.Random(None if seed is None else f"durations-{seed}")
         self.faults.reseed(seed)
+        self.pusher.reseed(seed)
 
     def random_duration(self) -> float:
         """Seconds for a generation that has no scripted duration."""
@@ -52,6 +55,19 @@ class Simulator:
         """A fresh UUID v4 string; never seeded, so ids stay unique across resets and runs."""
         return str(uuid.uuid4())
 
+    def push(self, url: str, at: float, body: BodyFn) -> None:
+        """Push ``body`` to ``url`` when the news is out at ``at``, as the config says."""
+        config = self.config
+        self.pusher.plan(
+            url,
+            at,
+            body,
+            delay=config.push_delay,
+            loss=config.push_loss,
+            duplicate=config.push_duplicate,
+            reorder=config.push_reorder,
+        )
+
     def update_config(self, changes: Mapping[str, Any]) -> SimulatorConfig:
         """Apply a validated partial update (raises ``ValueError``/``ValidationError``)."""
         new = self.config.patched(changes)
@@ -67,4 +83,5 @@ class Simulator:
         self.stats.clear()
         self.faults.clear()
         self.limiter.clear()
+        self.pusher.clear()
         self._seed(self.config.seed)

@@ -160,7 +160,22 @@ def _inference(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
     if not sim.store.add(record):
         return _refused(err.conflict(uid))
     sim.stats.created()
+    if isinstance(task.get("webhookURL"), str):
+        _plan_pushes(sim, record, task["webhookURL"])
     return TaskAnswer(data=[{"taskType": record.task_type, "taskUUID": uid}], ok=True)
+
+
+def _plan_pushes(sim: Simulator, task: SimTask, url: str) -> None:
+    """Runware's webhook: each generation's own item (or its error) once it is finished."""
+    for gen in task.generations:
+
+        def body(now: float, gen: Generation = gen) -> dict[str, Any]:
+            at = max(now, gen.finished_at)
+            if gen.status(at) == "error" and gen.error is not None:
+                return {"errors": [err.generation_error(gen.error, task.id)]}
+            return {"data": [_result_item(task, gen, at)]}
+
+        sim.push(url, gen.finished_at, body)
 
 
 def _result_item(task: SimTask, gen: Generation, now: float) -> dict[str, Any]:

@@ -122,6 +122,7 @@ class SimulatorServer:
         if server is None or thread is None:
             return
         self.simulator.stopping.set()
+        self.simulator.pusher.close()
         server.should_exit = True
         thread.join(timeout)
         if thread.is_alive():

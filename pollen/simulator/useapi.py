@@ -222,6 +222,11 @@ async def create(sim: Simulator, request: Request) -> Response:
     sim.store.add(task, aliases=[task.params["taskId"]])
     sim.stats.submit(uid)
     sim.stats.created()
+    if isinstance(body.get("replyUrl"), str):
+        done = now + total
+        reply_ref = body.get("replyRef")
+        sim.push(body["replyUrl"], done,
+                 lambda at: {**render(task, max(at, done)), "replyRef": reply_ref})  # fmt: skip
     return JSONResponse(render(task, now))
 
 

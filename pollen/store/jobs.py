@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -43,6 +43,7 @@ SCRIPTS = (
     "take_rate_tokens",
     "cancel_job",
     "set_if_exists",
+    "take_push",
 )
 
 ClaimVerdict = Literal["ok", "busy", "alone", "stale", "done", "missing"]
@@ -442,18 +443,44 @@ class Store:
                 pipe.hgetall(keys.job(job_id))
             return [job_from_fields(f, []) if f else None for f in pipe.execute()]
 
-    def begin_submits(self, sent: Sequence[tuple[str, Any]]) -> list[int]:
+    def begin_submits(
+        self, sent: Sequence[tuple[str, Any]], push_tokens: Mapping[str, str] | None = None
+    ) -> tuple[list[int], dict[str, str]]:
         """Count a submit attempt of each (job_id, request) and keep the request about to be
-        sent (audit), in one round trip; the attempt numbers, in order."""
+        sent (audit), in one round trip. ``push_tokens`` are new push tokens for jobs that
+        have none: each is kept unless the job got one meanwhile (another copy of the submit).
+        Returns the attempt numbers, in order, and the push token each of those jobs has."""
         if not sent:
-            return []
+            return [], {}
+        push_tokens = push_tokens or {}
         with _guard():
             pipe = self.redis.pipeline(transaction=False)
             for job_id, request in sent:
                 pipe.hincrby(keys.job(job_id), "submit_attempts", 1)
                 pipe.hset(keys.job(job_id), "sent_request", _dumps(request))
-            answers = pipe.execute()
-        return [int(n) for n in answers[::2]]
+                if job_id in push_tokens:
+                    pipe.hsetnx(keys.job(job_id), "push_token", push_tokens[job_id])
+                    pipe.hget(keys.job(job_id), "push_token")
+            answers = iter(pipe.execute())
+        attempts: list[int] = []
+        stored: dict[str, str] = {}
+        for job_id, _ in sent:
+            attempts.append(int(next(answers)))
+            next(answers)
+            if job_id in push_tokens:
+                next(answers)
+                stored[job_id] = next(answers)
+        return attempts, stored
+
+    def pushed(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of ``job_ids`` a provider has pushed about (one round trip)."""
+        if not job_ids:
+            return set()
+        with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hexists(keys.job(job_id), "pushed_at")
+            return {job_id for job_id, yes in zip(job_ids, pipe.execute(), strict=True) if yes}
 
     def retry_later(self, retries: Sequence[tuple[str, str, float]]) -> None:
         """For each (job_id, last_error, expect_by): keep the error and watch the job until

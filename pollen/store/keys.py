@@ -64,6 +64,12 @@ def events(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+def pushes(job_id: str) -> str:
+    """List: the provider pushes the ingress took for the job (JSON: when, body), the last
+    few, oldest first (audit only: a push is never the result)."""
+    return f"{PREFIX}:job:{job_id}:pushes"
+
+
 def job_deliveries(job_id: str) -> str:
     """List: the job's callback delivery ids, in the order the events happened."""
     return f"{PREFIX}:job:{job_id}:deliveries"
@@ -96,6 +102,7 @@ def all_for(job_id: str) -> list[str]:
         results(job_id),
         result_order(job_id),
         responses(job_id),
+        pushes(job_id),
         job_deliveries(job_id),
         delivery_attempts(job_id),
     ]

@@ -334,4 +334,5 @@ def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:
         poll_seq=int(fields.get("poll_seq") or 0),
         next_poll_at=_optional_float(fields.get("next_poll_at")),
         cancel_note=fields.get("cancel_note") or None,
+        push_token=fields.get("push_token") or None,
     )

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pollen.backoff import next_delay
+from pollen.backoff import PollPolicy, next_delay
 from pollen.callbacks import events
 from pollen.errors import (
     ProviderNotConfigured,
@@ -26,6 +26,7 @@ from pollen.errors import (
     RetryableProviderError,
     TerminalProviderError,
 )
+from pollen.ingress import tokens
 from pollen.models import Job, JobStatus
 from pollen.providers.base import Submission
 from pollen.store.jobs import Move
@@ -88,8 +89,22 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
             out.deliveries += events.emit(deps, job, "started", events.started_payload(job))
         elif done == 0 and _cancelled_meanwhile(deps, job):
             out.polls = [due for due in out.polls if due.job_id != job.id]
+    _pushed_meanwhile(deps, out, [j for j, done in zip(started, moved, strict=True) if done == 1])
     end(deps, out, endings, now)
     return out
+
+
+def _pushed_meanwhile(deps: Deps, out: SubmitNext, started: Sequence[Job]) -> None:
+    """A provider that pushed while its submit answer was on its way (a fast task, a slow
+    network) has news already: poll those jobs at once instead of after the first delay."""
+    pushing = [job.id for job in started if job.push_token]
+    pushed = deps.store.pushed(pushing) if pushing else set()
+    if pushed:
+        now = deps.clock()
+        out.polls = [
+            Due(due.job_id, due.attempt, now, now) if due.job_id in pushed else due
+            for due in out.polls
+        ]
 
 
 def _cancelled_meanwhile(deps: Deps, job: Job) -> bool:
@@ -115,7 +130,14 @@ def _send(
     now: float,
 ) -> list[Ending]:
     """Create the tasks of one provider's jobs; what ends a job is returned."""
-    attempts = deps.store.begin_submits([(job.id, _sent(deps, job)) for job in jobs])
+    jobs = _with_push_tokens(deps, provider, jobs)
+    fresh = {job.id: job.push_token for job in jobs if job.push_token}
+    sent = [(job.id, _sent(deps, job)) for job in jobs]
+    attempts, kept = deps.store.begin_submits(sent, fresh)
+    jobs = [
+        job.model_copy(update={"push_token": kept[job.id]}) if job.id in kept else job
+        for job in jobs
+    ]  # another copy of this submit may have given a job its token first
     metrics.JOBS_STARTED.labels(provider).inc(attempts.count(1))
     answers = deps.calls.submit_many(provider, jobs)
     now = deps.clock()  # the first poll is due its delay after the provider took the task
@@ -177,10 +199,25 @@ def _triage(deps: Deps, out: SubmitNext, job: Job, now: float) -> Ending | None:
     return None
 
 
+def _with_push_tokens(deps: Deps, provider: str, jobs: list[Job]) -> list[Job]:
+    """With pushes on (``POLLEN_INGRESS__PUBLIC_URL``) and a provider that pushes, a job
+    without a push token gets a new one (kept by :meth:`Store.begin_submits` unless the job
+    got one meanwhile)."""
+    if not (deps.settings.ingress.public_url and deps.providers[provider].supports_push):
+        return jobs
+    return [
+        job if job.push_token else job.model_copy(update={"push_token": tokens.new_token(job.id)})
+        for job in jobs
+    ]
+
+
 def _sent(deps: Deps, job: Job) -> object:
-    """The request pollen sends for this job (kept for the audit)."""
+    """The request pollen sends for this job (kept for the audit, push token hidden)."""
     request = deps.providers[job.provider].submit_request(job, job.task_uuid)
-    return json.loads(request.content)
+    content = request.content.decode()
+    if job.push_token:
+        content = content.replace(job.push_token, tokens.redact(job.push_token))
+    return json.loads(content)
 
 
 def _submitted(
@@ -193,18 +230,28 @@ def _submitted(
         log.info("submitted (%s) on attempt %d", result.replace("_", " "), attempts)
     first = next_delay(job.policy, 0, elapsed=now - job.created_at, rng=deps.rng) or 0.0
     out.polls.append(Due(job.id, 1, now + first, now + first))
-    return Move(
-        job.id,
-        JobStatus.SUBMITTED,
-        expect_by=now + first,
-        fields={
-            "provider_task_id": answer.provider_task_id,
-            "submitted_at": repr(now),
-            "submit_response": answer.envelope,
-            "poll_seq": "1",
-            "next_poll_at": repr(now + first),
-        },
-    )
+    fields = {
+        "provider_task_id": answer.provider_task_id,
+        "submitted_at": repr(now),
+        "submit_response": answer.envelope,
+        "poll_seq": "1",
+        "next_poll_at": repr(now + first),
+    }
+    relaxed = _relaxed(deps, job)
+    if relaxed is not None:
+        fields["policy"] = relaxed.model_dump_json()
+    return Move(job.id, JobStatus.SUBMITTED, expect_by=now + first, fields=fields)
+
+
+def _relaxed(deps: Deps, job: Job) -> PollPolicy | None:
+    """The poll policy of a job the provider will push about, when pushes relax polling
+    (``POLLEN_INGRESS__POLL_MAX_DELAY`` above the job's cap); None to keep the job's own."""
+    cap = deps.settings.ingress.poll_max_delay
+    if cap is None or cap <= job.policy.max_delay:
+        return None
+    if deps.providers[job.provider].push_url(job) is None:
+        return None
+    return job.policy.model_copy(update={"max_delay": cap})
 
 
 def _retry(

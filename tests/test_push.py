@@ -1,0 +1,467 @@
+"""Provider push as a wake-up: the push makes pollen poll the job at once through the fenced
+poll; a push is never the result, and a job whose push never comes still finishes by polling.
+
+Real parts: a Redis server (the session's, on databases of this module's own), a pollen
+worker, the ingress served by uvicorn, and a simulator of this module's own that pushes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from pollen import JobStatus, Pollen
+from pollen.ingress import tokens
+from pollen.ingress.app import build_app
+from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
+from pollen.providers.base import Submission
+from pollen.settings import IngressSettings, Settings
+from pollen.simulator import SimulatorConfig, SimulatorServer
+from pollen.store import keys
+from pollen.worker import submits
+from pollen.worker.runtime import build_deps
+from tests.conftest import eventually
+from tests.helpers import video_request
+
+pytestmark = pytest.mark.integration
+
+STORE_DB, BROKER_DB = 2, 3
+#: polls so slow that a job finishing within SLOW_FIRST_POLL seconds was woken by a push
+SLOW_FIRST_POLL = 6.0
+SLOW = {"initial_delay": SLOW_FIRST_POLL, "interval": SLOW_FIRST_POLL, "max_delay": 6.0}
+
+
+class _ThreadServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class IngressServer:
+    """``pollen ingress``'s app, served by uvicorn in a thread on a free port."""
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        self.app = build_app(settings)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = _ThreadServer(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> IngressServer:
+        self.thread.start()
+        eventually(self._up, timeout=10, what="the ingress to answer")
+        return self
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def counts(self) -> dict[tuple[str, str], float]:
+        """``pollen_pushes_total`` by (provider, outcome), from ``GET /metrics``."""
+        out: dict[tuple[str, str], float] = {}
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith("pollen_pushes_total{"):
+                labels, value = line[len("pollen_pushes_total{") :].split("} ")
+                parts = dict(p.split("=") for p in labels.split(","))
+                out[(parts["provider"].strip('"'), parts["outcome"].strip('"'))] = float(value)
+        return out
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def pusher_sim() -> Iterator[SimulatorServer]:
+    config = SimulatorConfig(duration_min=0.2, duration_max=0.4, seed=11, timeout_seconds=5)
+    with SimulatorServer(config) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def ingress_url() -> str:
+    """Chosen before the ingress starts: the workers' settings name it."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def push_env(
+    worker_env: dict[str, str],
+    redis_server: RedisServer,
+    pusher_sim: SimulatorServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    ingress_url: str,
+) -> dict[str, str]:
+    heartbeat = tmp_path_factory.mktemp("push-heartbeat") / "worker.heartbeat"
+    return {
+        **worker_env,
+        "POLLEN_REDIS_URL": redis_server.url(STORE_DB),
+        "POLLEN_BROKER_URL": redis_server.url(BROKER_DB),
+        "POLLEN_HEARTBEAT_FILE": str(heartbeat),
+        "POLLEN_METRICS_PORT": str(free_port()),
+        "POLLEN_RUNWARE__BASE_URL": f"{pusher_sim.url}/v1",
+        "POLLEN_USEAPI__BASE_URL": pusher_sim.url,
+        "POLLEN_COMET__BASE_URL": pusher_sim.url,
+        "POLLEN_INGRESS__PUBLIC_URL": ingress_url,
+    }
+
+
+@pytest.fixture(scope="module")
+def push_settings(push_env: dict[str, str]) -> Settings:
+    return _settings(push_env)
+
+
+@pytest.fixture(scope="module")
+def ingress(push_settings: Settings, ingress_url: str) -> Iterator[IngressServer]:
+    with IngressServer(push_settings, int(ingress_url.rsplit(":", 1)[1])) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def push_worker(
+    push_env: dict[str, str],
+    redis_server: RedisServer,
+    ingress: IngressServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Worker]:
+    log = tmp_path_factory.mktemp("push-worker") / "worker.log"
+    with Worker(push_env, name="push-worker", concurrency=8, log_file=str(log)) as proc:
+        try:
+            proc.wait_ready(redis_server.url(BROKER_DB))
+        except RuntimeError:
+            print(Path(log).read_text())
+            raise
+        yield proc
+
+
+@pytest.fixture
+def store(redis_server: RedisServer, pusher_sim: SimulatorServer) -> Iterator[Any]:
+    client = redis.Redis.from_url(redis_server.url(STORE_DB), decode_responses=True)
+    epoch = client.get(keys.EPOCH)
+    client.flushdb()
+    if epoch is not None:
+        client.set(keys.EPOCH, epoch)
+    httpx.post(f"{pusher_sim.url}/_sim/reset").raise_for_status()
+    _sim_config(pusher_sim, push_loss=0.0, push_duplicate=0.0, push_reorder=0.0, push_delay=0.02)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pollen(push_settings: Settings, store: Any) -> Iterator[Pollen]:
+    with Pollen(push_settings) as client:
+        yield client
+
+
+def _sim_config(sim: SimulatorServer, **changes: Any) -> None:
+    httpx.patch(f"{sim.url}/_sim/config", json=changes).raise_for_status()
+
+
+def _sim_stats(sim: SimulatorServer) -> dict[str, Any]:
+    return dict(httpx.get(f"{sim.url}/_sim/stats").json())
+
+
+def _image(duration: float) -> dict[str, Any]:
+    return video_request([duration]) | {"taskType": "imageInference", "model": "runware:101@1"}
+
+
+def _finished(pollen: Pollen, job_id: str) -> Any:
+    job = pollen.get(job_id)
+    return job if job.terminal else None
+
+
+def _token(store: Any, job_id: str) -> str:
+    return str(eventually(lambda: store.hget(keys.job(job_id), "push_token"), what="a token"))
+
+
+def test_a_push_wakes_the_job_up_long_before_its_first_poll(
+    push_worker: Worker, pollen: Pollen, store: Any, ingress: IngressServer,
+    pusher_sim: SimulatorServer,
+) -> None:  # fmt: skip
+    before = ingress.counts().get(("runware", "polled"), 0)
+    started = time.time()
+    job_id = pollen.submit("runware", _image(0.3), poll=SLOW)
+    job = eventually(lambda: _finished(pollen, job_id), timeout=SLOW_FIRST_POLL - 1)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.finished_at - started < SLOW_FIRST_POLL - 1  # no scheduled poll was due yet
+    assert job.polls == 1  # the push's poll: the provider said it, not the push
+    assert len(job.results) == 1 and job.results[0].url
+    # The provider was asked to push to this job's own URL; the audit never shows the token.
+    token = store.hget(keys.job(job_id), "push_token")
+    assert token and tokens.job_of(token) == job_id
+    sent = json.loads(store.hget(keys.job(job_id), "sent_request") or "[]")
+    assert sent[0]["webhookURL"] == f"{ingress.url}/push/runware/{tokens.redact(token)}"
+    assert token not in json.dumps(sent)
+    [push] = [json.loads(p) for p in store.lrange(keys.pushes(job_id), 0, -1)]
+    assert json.loads(push["body"])["data"][0]["taskUUID"] == job.task_uuid
+    assert store.hget(keys.job(job_id), "pushes") == "1"
+    assert ingress.counts()[("runware", "polled")] == before + 1
+    assert _sim_stats(pusher_sim)["pushes"]["sent"] == 1
+
+
+def test_useapi_reply_url_wakes_the_job_up(
+    push_worker: Worker, pollen: Pollen, store: Any, ingress: IngressServer
+) -> None:
+    request = {"text_prompt": "a slow pan over a harbour", "simulate": {"duration": 0.3}}
+    job_id = pollen.submit("useapi_runway", request, poll=SLOW)
+    job = eventually(lambda: _finished(pollen, job_id), timeout=SLOW_FIRST_POLL - 1)
+    assert job.status is JobStatus.SUCCEEDED and job.polls == 1
+    sent = json.loads(store.hget(keys.job(job_id), "sent_request") or "{}")
+    assert sent["replyRef"] == job_id
+    assert sent["replyUrl"].startswith(f"{ingress.url}/push/useapi_runway/")
+
+
+def test_a_lost_push_costs_only_lag_polling_finishes_the_job(
+    push_worker: Worker, pollen: Pollen, pusher_sim: SimulatorServer
+) -> None:
+    _sim_config(pusher_sim, push_loss=1.0)
+    started = time.time()
+    job_id = pollen.submit("runware", _image(0.3), poll={**SLOW, "initial_delay": 2.0})
+    job = eventually(lambda: _finished(pollen, job_id), timeout=15)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.finished_at - started >= 2.0  # the scheduled poll, not a push, finished it
+    assert _sim_stats(pusher_sim)["pushes"]["lost"] == 1
+
+
+def test_duplicated_and_reordered_pushes_end_the_job_once(
+    push_worker: Worker, pollen: Pollen, store: Any, pusher_sim: SimulatorServer,
+    ingress: IngressServer,
+) -> None:  # fmt: skip
+    _sim_config(pusher_sim, push_duplicate=1.0, push_reorder=0.3)
+    with CallbackReceiver() as receiver:
+        job_id = pollen.submit(
+            "runware", video_request([0.2, 0.4, 0.6]), poll=SLOW,
+            callback_url=f"{receiver.url}/dup",
+        )  # fmt: skip
+        job = eventually(lambda: _finished(pollen, job_id), timeout=SLOW_FIRST_POLL - 1)
+        assert job.status is JobStatus.SUCCEEDED and len(job.results) == 3
+        eventually(lambda: _sim_stats(pusher_sim)["pushes"].get("sent", 0) == 6, timeout=5)
+        time.sleep(0.5)  # any second completion would be on its way by now
+        completions = [r for r in receiver.received("/dup") if r["json"]["type"] == "job.completed"]
+    assert len(completions) == 1
+    assert _sim_stats(pusher_sim)["submits_by_task"] == {job.task_uuid: 1}
+    assert int(store.hget(keys.job(job_id), "pushes") or 0) <= 6
+    assert pollen.get(job_id).polls <= 6  # at most one poll per push, fenced
+
+
+def _post(ingress: IngressServer, provider: str, token: str, body: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{ingress.url}/push/{provider}/{token}", content=content)
+
+
+def test_forged_foreign_and_replayed_pushes_are_answered_and_never_acted_on(
+    push_worker: Worker, pollen: Pollen, store: Any, ingress: IngressServer,
+    pusher_sim: SimulatorServer,
+) -> None:  # fmt: skip
+    _sim_config(pusher_sim, push_loss=1.0)  # only this test's own pushes reach the ingress
+    slow = {"initial_delay": 30.0, "interval": 30.0, "max_delay": 30.0}
+    job_a = pollen.submit("runware", video_request([60.0]), poll=slow)
+    job_b = pollen.submit("runware", video_request([60.0]), poll=slow)
+    token_a = _token(store, job_a)
+    eventually(lambda: pollen.get(job_a).status is JobStatus.SUBMITTED, what="A submitted")
+    before = ingress.counts()
+
+    # A forged token: the job's id in the right shape, a random secret part.
+    forged = tokens.new_token(job_a)
+    assert _post(ingress, "runware", forged, {"data": []}).status_code == 404
+    # The right token on the wrong provider's path.
+    assert _post(ingress, "useapi_runway", token_a, {"data": []}).status_code == 404
+    # Not a token at all, and a job that does not exist.
+    assert _post(ingress, "runware", "nonsense", {}).status_code == 404
+    assert _post(ingress, "runware", tokens.new_token("no-such-job"), {}).status_code == 404
+    # A body claiming job B finished, pushed with A's token: A is polled (the provider says
+    # it is still running); B is not touched.
+    b = pollen.get(job_b)
+    claim = {"data": [{"taskUUID": b.task_uuid, "status": "success", "videoURL": "http://x/y"}]}
+    answer = _post(ingress, "runware", token_a, claim)
+    assert (answer.status_code, answer.json()) == (202, {"outcome": "polled", "job_id": job_a})
+    eventually(lambda: pollen.get(job_a).polls == 1, what="the push's poll of A")
+    a = pollen.get(job_a)
+    assert a.status is JobStatus.PROCESSING and a.results == []
+    assert pollen.get(job_b).polls == 0 and pollen.get(job_b).results == []
+
+    after = ingress.counts()
+    assert after[("runware", "forged")] - before.get(("runware", "forged"), 0) == 1
+    assert after[("useapi_runway", "forged")] - before.get(("useapi_runway", "forged"), 0) == 1
+    assert after[("runware", "unknown")] - before.get(("runware", "unknown"), 0) == 2
+
+    # Replayed after the job ended: answered 200, no provider request.
+    pollen.cancel(job_a)
+    requests = _sim_stats(pusher_sim)["requests"]
+    replay = _post(ingress, "runware", token_a, claim)
+    assert (replay.status_code, replay.json()) == (200, {"outcome": "finished"})
+    assert _sim_stats(pusher_sim)["requests"] == requests
+    assert store.hget(keys.job(job_a), "pushes") == "1"  # the finished job's push not kept
+
+
+def test_oversized_and_malformed_bodies_are_refused(
+    push_worker: Worker, pollen: Pollen, store: Any, ingress: IngressServer,
+    pusher_sim: SimulatorServer, push_settings: Settings,
+) -> None:  # fmt: skip
+    _sim_config(pusher_sim, push_loss=1.0)
+    job_id = pollen.submit("runware", video_request([60.0]), poll={"initial_delay": 30.0})
+    token = _token(store, job_id)
+    limit = push_settings.ingress.max_body_bytes
+    big = b'{"pad": "' + b"x" * limit + b'"}'
+    assert _post(ingress, "runware", token, big).status_code == 413
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # no Content-Length
+    streamed = httpx.post(f"{ingress.url}/push/runware/{token}", content=chunks)
+    assert streamed.status_code == 413
+    assert _post(ingress, "runware", token, b"{not json").status_code == 400
+    just_fits = b'{"pad": "' + b"x" * (limit - 11) + b'"}'
+    assert len(just_fits) == limit
+    assert _post(ingress, "runware", token, just_fits).status_code == 202
+    [kept] = store.lrange(keys.pushes(job_id), 0, -1)
+    assert json.loads(kept)["truncated"] is True and json.loads(kept)["bytes"] == limit
+    assert ingress.counts()[("runware", "oversized")] >= 2
+
+
+def test_a_push_before_the_submit_answer_is_stored_polls_at_once(
+    push_settings: Settings, pollen: Pollen, store: Any, ingress: IngressServer
+) -> None:
+    """Deterministic: the push comes between the provider taking the task and pollen storing
+    its answer (the submit step is called here, with the push in between)."""
+    deps = build_deps(push_settings)
+    try:
+        from pollen import payloads
+
+        job_id, _ = payloads.accept(
+            push_settings, deps.store, {"provider": "runware", "request": _image(30.0),
+                                        "poll": SLOW}, now=time.time(),
+        )  # fmt: skip
+        real_submit = deps.calls.submit_many
+
+        def submit_then_push(provider: str, jobs: list[Any]) -> Any:
+            answers = real_submit(provider, jobs)
+            token = store.hget(keys.job(job_id), "push_token") or ""
+            answer = _post(ingress, "runware", token, {"data": []})
+            assert answer.json() == {"outcome": "noted", "job_id": job_id}
+            return answers
+
+        deps.calls.submit_many = submit_then_push  # type: ignore[method-assign,assignment]
+        started = time.time()
+        out = submits.submit_batch(deps, [job_id])
+        [due] = out.polls
+        assert due.due - started < 1.0  # not SLOW_FIRST_POLL: the push said there is news
+        # Without the push, the first poll waits its policy's first delay.
+        job_2, _ = payloads.accept(
+            push_settings, deps.store, {"provider": "runware", "request": _image(30.0),
+                                        "poll": SLOW}, now=time.time(),
+        )  # fmt: skip
+        deps.calls.submit_many = real_submit  # type: ignore[method-assign]
+        [due_2] = submits.submit_batch(deps, [job_2]).polls
+        assert due_2.due - time.time() > SLOW_FIRST_POLL * 0.7
+    finally:
+        deps.http.close()
+        deps.store.redis.close()
+
+
+def test_push_requests_and_the_relaxed_schedule(push_settings: Settings, store: Any) -> None:
+    """What the submit asks of each provider; a producer's own push URL is left alone; with
+    ``poll_max_delay`` a pushed job's cap grows, other jobs keep theirs."""
+    relaxed = push_settings.model_copy(
+        update={"ingress": IngressSettings(public_url="https://hooks.example", poll_max_delay=300)}
+    )
+    deps = build_deps(relaxed)
+    try:
+        from pollen import payloads
+
+        ids = []
+        for provider, request in [
+            ("runware", _image(30.0)),
+            ("runware", {**_image(30.0), "webhookURL": "https://mine.example/hook"}),
+            (
+                "comet_runway",
+                {
+                    "model": "gen4_turbo",
+                    "promptText": "a harbour at dawn",
+                    "promptImage": "https://example.invalid/cat.png",
+                },
+            ),
+        ]:
+            job_id, _ = payloads.accept(relaxed, deps.store, {"provider": provider,
+                                        "request": request}, now=time.time())  # fmt: skip
+            ids.append(job_id)
+        deps.calls.submit_many = lambda provider, jobs: [  # type: ignore[method-assign,assignment]
+            Submission(f"task-{job.id}", {}) for job in jobs
+        ]
+        submits.submit_batch(deps, ids)
+        own, producers, comet = (deps.store.get(i) for i in ids)
+        token = own.push_token or ""
+        sent = deps.providers["runware"].submit_request(own, own.task_uuid)
+        [task] = json.loads(sent.content)
+        assert task["webhookURL"] == f"https://hooks.example/push/runware/{token}"
+        assert own.policy.max_delay == 300
+        sent = deps.providers["runware"].submit_request(producers, producers.task_uuid)
+        assert json.loads(sent.content)[0]["webhookURL"] == "https://mine.example/hook"
+        assert comet.push_token is None  # CometAPI documents no push
+        assert comet.policy.max_delay == push_settings.poll.max_delay
+        assert "push_token" not in own.model_dump()  # never in a status or callback body
+    finally:
+        deps.http.close()
+        deps.store.redis.close()
+
+
+def test_tokens_round_trip_and_refuse_garbage() -> None:
+    token = tokens.new_token("job:1.a-b")
+    assert tokens.job_of(token) == "job:1.a-b"
+    assert tokens.new_token("job:1.a-b") != token
+    assert tokens.redact(token).endswith(".***") and token.split(".")[1] not in tokens.redact(token)
+    encoded = base64.urlsafe_b64encode(b"x").decode().rstrip("=")
+    for bad in ["", "abc", f"{encoded}.short", "a.b.c", "%%%." + "x" * 30, "x" * 300]:
+        assert tokens.job_of(bad) is None, bad
+
+
+def test_the_ingress_command_serves_and_refuses_bad_settings(push_env: dict[str, str]) -> None:
+    from tests.test_cli import assert_user_error, pollen
+
+    bad = {**push_env, "POLLEN_INGRESS__PUBLIC_URL": "hooks.example.com"}
+    assert_user_error(pollen(bad, "ingress"), "POLLEN_INGRESS__PUBLIC_URL: Value error, must be")
+    assert_user_error(pollen(push_env, "ingress", "--port", "0"), "Invalid value", code=2)
+    port = free_port()
+    env = {**os.environ, **push_env}
+    argv = [sys.executable, "-m", "pollen.cli", "ingress", "--host", "127.0.0.1", "--port",
+            str(port)]  # fmt: skip
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        try:
+            url = f"http://127.0.0.1:{port}"
+            eventually(lambda: _answers(f"{url}/readyz"), timeout=20, what="pollen ingress")
+            answer = httpx.post(f"{url}/push/runware/{tokens.new_token('nope')}", content=b"{}")
+            assert (answer.status_code, answer.json()) == (404, {"outcome": "unknown"})
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
