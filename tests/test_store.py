@@ -17,10 +17,13 @@ import redis
 
 from pollen import Pollen
 from pollen.errors import IdempotencyConflict, JobNotFound, StoreUnavailable
+from pollen.ingress import tokens
+from pollen.ingress.pushes import take_push
 from pollen.local.servers import RedisServer, free_port
 from pollen.models import GenerationResult, JobStatus
+from pollen.producer import drive
 from pollen.settings import Settings
-from pollen.store import keys, scripts
+from pollen.store import keys, ops, scripts
 from pollen.store.connection import redis_client
 from pollen.store.jobs import SCRIPTS as JOB_SCRIPTS
 from pollen.store.jobs import Store
@@ -180,13 +183,20 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
     item = outbox.get(delivery)
     assert item is not None
     outbox.record(item, {"outcome": "delivered"}, state="delivered", now=now)
+    token = tokens.new_token("j")
+    store.redis.hset(keys.job("j"), "push_token", token)
+    push = take_push(Settings(), "runware", token, b"{}", now=now)
+    sent: list[Any] = []
+    outcome = drive(push, lambda batch: ops.execute(store.redis, store.scripts, batch), sent.append)
+    assert (outcome.verdict, len(sent)) == ("polled", 1)
     assert store.transition("j", JobStatus.SUCCEEDED, now=now)
 
     job_keys = keys.all_for("j")
     assert keys.job_deliveries("j") in job_keys and keys.delivery_attempts("j") in job_keys
     ttls = {key: raw.ttl(key) for key in job_keys}
     assert all(ttl > 0 for ttl in ttls.values()), ttls  # -2 missing, -1 no expiry
-    for key in (keys.job("j"), keys.results("j"), keys.result_order("j"), keys.responses("j")):
+    for key in (keys.job("j"), keys.results("j"), keys.result_order("j"), keys.responses("j"),
+                keys.pushes("j")):  # fmt: skip
         assert ttls[key] <= FINISHED_TTL
     assert 0 < raw.ttl(keys.delivery(delivery)) <= JOB_TTL
 

@@ -48,7 +48,9 @@ local function move(k, status, now, ttl, watch, fields)
     redis.call('ZREM', k.by_age, id)
     event(k.events, 'type', 'completed', 'status', status, 'at', now)
     local ms = tonumber(ttl) * 1000
-    for _, key in ipairs({k.job, k.events, k.results, k.order, k.responses}) do
+    -- the job's push list (keys.pushes) is named after its record, not passed by every caller
+    local pushes = k.job .. ':pushes'
+    for _, key in ipairs({k.job, k.events, k.results, k.order, k.responses, pushes}) do
       redis.call('PEXPIRE', key, ms)  -- a no-op for a key the job never had
     end
   else
