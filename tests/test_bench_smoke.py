@@ -130,6 +130,42 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
         assert len(row.split("  ")) > len(SYSTEMS), row
 
 
+PUSH_SYSTEMS = ["pollen", "pollen-push", "pollen-push-lossy"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(200)
+def test_push_scenario_compares_polling_with_pushes(tmp_path: Path) -> None:
+    """A small ``push`` run: the same jobs polled only, woken by pushes, woken by lossy
+    pushes. Jobs of 1-2 s with a first poll at 2 s: polling alone waits for that poll."""
+    argv = [
+        sys.executable, "-m", "bench", "--scenario", "push", "--jobs", "20",
+        "--durations", "1,2", "--workers", "1", "--producers", "1", "--timeout", "60",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=190, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-5000:]
+    [written] = tmp_path.glob("push-*.json")
+    document = json.loads(written.read_text())
+    assert document["systems"] == PUSH_SYSTEMS
+    results = {name: document["results"][name]["metrics"] for name in PUSH_SYSTEMS}
+    for name, metrics in results.items():
+        assert metrics["completed"] == metrics["jobs"] == 20, name
+        assert metrics["duplicate_callbacks"] == metrics["lost"] == metrics["failed"] == 0, name
+        assert metrics["duplicate_provider_tasks"] == 0, name
+    polled, pushed, lossy = (results[name] for name in PUSH_SYSTEMS)
+    assert polled["pushes_sent"] in (None, 0)
+    assert pushed["pushes_sent"] >= 20 and not pushed["pushes_lost"]
+    assert lossy["pushes_lost"] > 0
+    # Woken by a push, a job calls back well before its first scheduled poll at 2 s.
+    assert pushed["callback_lag_p99_s"] < 0.5 < polled["callback_lag_p99_s"]
+    # Lost pushes cost only lag: those jobs end on their poll schedule.
+    assert lossy["callback_lag_p99_s"] <= lossy["schedule_lag_p99_s"] + 1.0
+    header = next(line for line in done.stdout.splitlines() if line.startswith("metric "))
+    assert header.split() == ["metric", *PUSH_SYSTEMS]
+    assert "provider requests / job (all kinds)" in done.stdout
+
+
 OBSERVE = """
 import sys
 from pollen.worker import metrics

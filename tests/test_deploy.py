@@ -178,11 +178,13 @@ def test_compose_services_have_health_checks_and_restart_policies() -> None:
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
     assert "/healthz" in " ".join(services["simulator"]["healthcheck"]["test"])
-    for name in ("redis", "worker", "flower", "simulator"):
+    assert "/readyz" in " ".join(services["ingress"]["healthcheck"]["test"])
+    for name in ("redis", "worker", "flower", "simulator", "ingress"):
         assert services[name]["restart"] == "unless-stopped", name
     assert services["producer"]["restart"] == "no"
     assert services["simulator"]["profiles"] == ["demo"]
     assert services["producer"]["profiles"] == ["demo"]
+    assert services["ingress"]["profiles"] == ["push"]
     assert {name for name, s in services.items() if "profiles" not in s} == {
         "redis",
         "worker",
@@ -373,7 +375,7 @@ def test_every_container_has_requests_limits_and_a_restricted_security_context()
     namespace = one(objects, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     specs = dict(pod_specs(objects))
-    assert set(specs) == {"pollen-worker", "pollen-flower", "pollen-redis"}
+    assert set(specs) == {"pollen-worker", "pollen-flower", "pollen-redis", "pollen-ingress"}
     for name, template in specs.items():
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -402,7 +404,11 @@ def test_services_and_disruption_budget_select_their_pods() -> None:
     pdb = one(objects, "PodDisruptionBudget", "pollen-worker")
     assert selected(pdb["spec"]["selector"]["matchLabels"]) == ["pollen-worker"]
     assert pdb["spec"]["maxUnavailable"] == 1
-    for service, workload in (("pollen-flower", "pollen-flower"), ("pollen-redis", "pollen-redis")):
+    for service, workload in (
+        ("pollen-flower", "pollen-flower"),
+        ("pollen-redis", "pollen-redis"),
+        ("pollen-ingress", "pollen-ingress"),
+    ):
         svc = one(objects, "Service", service)
         assert selected(svc["spec"]["selector"]) == [workload]
         kind = "StatefulSet" if workload == "pollen-redis" else "Deployment"
@@ -420,6 +426,22 @@ def test_flower_auth_comes_from_a_secret_and_probes_the_open_healthcheck() -> No
     assert flower["args"][:3] == ["-A", "pollen.worker", "flower"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert flower[probe]["httpGet"]["path"] == "/healthcheck"
+
+
+def test_the_ingress_runs_the_cli_command_and_probes_its_own_endpoints() -> None:
+    """``pollen ingress`` in both deployments, on the port its Service and the compose file
+    use, probed on /healthz (up) and /readyz (Redis answers), which the app serves."""
+    from pollen.ingress.app import build_app
+
+    objects = render("base")
+    ingress = container(objects, "Deployment", "pollen-ingress")
+    assert ingress["args"] == ["ingress", "--host", "0.0.0.0", "--port", "8088"]
+    assert compose()["services"]["ingress"]["command"] == ingress["args"]
+    paths = {route.path for route in build_app().routes}  # type: ignore[attr-defined]
+    assert {"/push/{provider}/{token}", "/healthz", "/readyz", "/metrics"} <= paths
+    assert ingress["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert ingress["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert one(objects, "Deployment", "pollen-ingress")["spec"]["replicas"] >= 2
 
 
 def test_flower_runs_the_same_known_options_in_compose_and_kubernetes() -> None:

@@ -111,7 +111,8 @@ class Ingress:
         body: dict[str, Any] = {"outcome": verdict}
         if outcome is not None and outcome.acted:
             body["job_id"] = outcome.job_id
-        level = logging.INFO if outcome is not None and outcome.acted else logging.WARNING
+        # a push for a finished job is normal (duplicates, a provider's retry); the rest is not
+        level = logging.INFO if verdict in ("polled", "noted", "finished") else logging.WARNING
         if len(token) <= MAX_TOKEN_LENGTH:
             log.log(level, "push %s/%s: %s", provider, redact(token), verdict)
         return JSONResponse(body, status_code=STATUS[verdict])
