@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,10 +24,10 @@ from pydantic import ValidationError
 from pollen import Pollen
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
 from pollen.models import Job, JobStatus, StoredCopy
-from pollen.settings import Settings, StorageSettings
+from pollen.settings import StorageSettings
 from pollen.simulator import SimulatorServer
 from pollen.storage import object_key
-from tests.conftest import eventually
+from tests.conftest import eventually, settings_from
 
 pytestmark = pytest.mark.integration
 
@@ -54,16 +53,6 @@ def video_request() -> dict[str, Any]:
         "positivePrompt": "a fox in snow",
         "simulate": {"durations": [0.2]},
     }
-
-
-def _settings(env: dict[str, str]) -> Settings:
-    saved = dict(os.environ)
-    try:
-        os.environ.update(env)
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @contextmanager
@@ -94,7 +83,7 @@ def rehost_worker(
     with Worker(env, name="rehost", concurrency=4, log_file=str(log)) as proc:
         try:
             proc.wait_ready(redis_server.url(broker_db), timeout=60)
-            with Pollen(_settings(env)) as client:
+            with Pollen(settings_from(env)) as client:
                 yield client
         except BaseException:
             print(log.read_text())

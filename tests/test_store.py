@@ -22,9 +22,9 @@ from pollen.models import GenerationResult, JobStatus
 from pollen.settings import Settings
 from pollen.store import keys, scripts
 from pollen.store.connection import redis_client
+from pollen.store.copies import SCRIPTS as COPY_SCRIPTS
 from pollen.store.jobs import SCRIPTS as JOB_SCRIPTS
 from pollen.store.jobs import Store
-from pollen.store.copies import SCRIPTS as COPY_SCRIPTS
 from pollen.store.outbox import SCRIPTS as OUTBOX_SCRIPTS
 from pollen.store.outbox import Outbox
 from pollen.worker import health
