@@ -19,6 +19,8 @@ POLL = "pollen.poll"
 DELIVER_CALLBACK = "pollen.deliver_callback"
 #: the follow-up of a cancel (provider cancel call, completion callback): kwargs job_id
 CANCEL = "pollen.cancel"
+#: copy one result's file to pollen's storage (re-hosting): args job_id, generation id
+COPY_RESULT = "pollen.copy_result"
 #: most jobs one ``pollen.submit(job_ids=[...])`` message carries (submit_many, retries)
 SUBMIT_BATCH_JOBS = 500
 
@@ -54,6 +56,7 @@ def routes(queues: QueueSettings) -> dict[str, dict[str, str]]:
         POLL: {"queue": queues.poll},
         DELIVER_CALLBACK: {"queue": queues.callbacks},
         CANCEL: {"queue": queues.callbacks},
+        COPY_RESULT: {"queue": queues.callbacks},
     }
 
 

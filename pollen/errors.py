@@ -8,6 +8,9 @@
     ├── StoreUnavailable            Redis is unreachable or refused a write (read-only, or full)
     ├── WaitTimeout                 wait() gave up before the job ended
     ├── CallbackNotDelivered        one callback delivery attempt did not deliver (its task fails)
+    ├── CopyError                   re-hosting a result's file did not work this time
+    │   ├── CopyUnavailable             storage or the result's host failed for now: retried
+    │   └── CopyRefused                 it never will (too large, 404, a refused address)
     └── ProviderError               something went wrong talking to a provider
         ├── RetryableProviderError  try again later, within the job's deadline
         │   ├── ProviderUnavailable     5xx, timeout, connection error
@@ -65,6 +68,18 @@ class WaitTimeout(PollenError, TimeoutError):
 
 class CallbackNotDelivered(PollenError):
     """A callback delivery attempt did not deliver; it is retried on its schedule, or is dead."""
+
+
+class CopyError(PollenError):
+    """Copying a generation's file to pollen's storage (re-hosting) did not work this time."""
+
+
+class CopyUnavailable(CopyError):
+    """The storage or the host of the result URL failed for now; the copy is tried again."""
+
+
+class CopyRefused(CopyError):
+    """The copy can never work (the file is too large or gone, its address is refused)."""
 
 
 class ProviderError(PollenError):

@@ -70,7 +70,7 @@ class PollOverrides(BaseModel):
         return PollPolicy.model_validate(merged)
 
 
-EventName = Literal["started", "progress", "partial", "completed"]
+EventName = Literal["started", "progress", "partial", "completed", "result_stored"]
 DEFAULT_EVENTS: tuple[EventName, ...] = ("completed",)
 
 
@@ -111,7 +111,9 @@ class JobRequest(BaseModel):
         default_factory=lambda: list(DEFAULT_EVENTS),
         min_length=1,
         description="Which events the callback URL receives: started (the provider accepted), "
-        "progress (rate-limited), partial (a generation finished), completed (terminal).",
+        "progress (rate-limited), partial (a generation finished), completed (terminal), "
+        "result_stored (pollen's copy of a result's file is done or failed, where re-hosting "
+        "is on; jobs that receive completed receive it too).",
     )
     python_callback: PythonCallback | None = Field(
         None, description="A Celery task of the producer's app to send the final result to."

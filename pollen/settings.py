@@ -119,6 +119,65 @@ class IngressSettings(BaseModel):
         return url.rstrip("/")
 
 
+STORAGE_SCHEMES = ("file", "s3")
+COPY_SCHEDULE = [0.0, 10.0, 60.0, 300.0, 1800.0]
+
+
+class StorageSettings(BaseModel):
+    """Re-hosting: pollen's own copy of every finished generation's file (off without url)."""
+
+    url: str | None = Field(
+        None,
+        description="Where copies go: file:///a/directory or s3://bucket/prefix; unset: "
+        "re-hosting is off.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base URL the stored files are served from (a CDN, a web server over the "
+        "directory); a stored URL is this plus the object's key.",
+    )
+    max_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="Largest file copied, bytes; larger ones fail."
+    )
+    schedule: list[float] = Field(
+        default_factory=lambda: list(COPY_SCHEDULE),
+        min_length=1,
+        description="Delay before each copy attempt, seconds (JSON list); its length is the "
+        "number of attempts.",
+    )
+    timeout: float = Field(60.0, gt=0, description="HTTP timeout of the result URL, seconds.")
+    allow_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Networks result URLs may be fetched from although private (JSON list of "
+        "CIDRs).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, R2...); unset: AWS."
+    )
+    s3_region: str | None = Field(None, description="S3 region.")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="S3 access key id; unset: boto3's own credential chain."
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key.")
+
+    @field_validator("url")
+    @classmethod
+    def _a_storage_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in STORAGE_SCHEMES:
+            raise ValueError(
+                f"must start with {' or '.join(s + '://' for s in STORAGE_SCHEMES)}, not {url!r}"
+            )
+        local = parts.netloc in ("", "localhost") and parts.path.startswith("/")
+        if parts.scheme == "file" and not local:
+            raise ValueError(f"a file:// storage URL needs an absolute path (file:///dir): {url!r}")
+        if parts.scheme == "s3" and not parts.netloc:
+            raise ValueError(f"an s3:// storage URL needs a bucket (s3://bucket/prefix): {url!r}")
+        return url
+
+
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -141,6 +200,7 @@ class Settings(BaseSettings):
     queues: QueueSettings = QueueSettings()
     callbacks: CallbackSettings = CallbackSettings()
     ingress: IngressSettings = IngressSettings()
+    storage: StorageSettings = StorageSettings()
     job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
     max_request_bytes: int = Field(
         64 * 1024, gt=0, description="Largest accepted provider request, bytes of JSON."

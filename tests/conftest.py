@@ -79,16 +79,21 @@ def worker_env(
     }
 
 
-@pytest.fixture(scope="session")
-def settings(worker_env: dict[str, str]) -> Settings:
-    """The same settings the worker reads from its environment."""
+def settings_from(env: dict[str, str]) -> Settings:
+    """The settings a process with ``env`` added to this one's environment reads."""
     saved = dict(os.environ)
     try:
-        os.environ.update(worker_env)
+        os.environ.update(env)
         return Settings()
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def settings(worker_env: dict[str, str]) -> Settings:
+    """The same settings the worker reads from its environment."""
+    return settings_from(worker_env)
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,7 @@ def test_importing_the_producer_loads_no_worker_metrics_or_simulator() -> None:
         "pollen.poll": {"queue": "pollen.poll"},
         "pollen.deliver_callback": {"queue": "pollen.callbacks"},
         "pollen.cancel": {"queue": "pollen.callbacks"},
+        "pollen.copy_result": {"queue": "pollen.callbacks"},
     }
     print(f"from pollen import Pollen: {result['seconds']:.3f}s, {result['modules']} modules")
 

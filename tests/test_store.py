@@ -25,6 +25,7 @@ from pollen.producer import drive
 from pollen.settings import Settings
 from pollen.store import keys, ops, scripts
 from pollen.store.connection import redis_client
+from pollen.store.copies import SCRIPTS as COPY_SCRIPTS
 from pollen.store.jobs import SCRIPTS as JOB_SCRIPTS
 from pollen.store.jobs import Store
 from pollen.store.outbox import SCRIPTS as OUTBOX_SCRIPTS
@@ -168,6 +169,7 @@ def _result(ident: str) -> GenerationResult:
 
 def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> None:
     outbox = Outbox(store.redis)
+    store.rehost = True  # its results' copies (re-hosting) are the job's keys too
     now = time.time()
     assert _create(store, "j", now=now)
     store.transition("j", JobStatus.SUBMITTED, now=now, poll_seq="1")
@@ -195,8 +197,11 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
     assert keys.job_deliveries("j") in job_keys and keys.delivery_attempts("j") in job_keys
     ttls = {key: raw.ttl(key) for key in job_keys}
     assert all(ttl > 0 for ttl in ttls.values()), ttls  # -2 missing, -1 no expiry
-    for key in (keys.job("j"), keys.results("j"), keys.result_order("j"), keys.responses("j"),
-                keys.pushes("j")):  # fmt: skip
+    assert keys.stored("j") in job_keys
+    for key in (
+        keys.job("j"), keys.results("j"), keys.result_order("j"), keys.responses("j"),
+        keys.stored("j"), keys.pushes("j"),
+    ):  # fmt: skip
         assert ttls[key] <= FINISHED_TTL
     assert 0 < raw.ttl(keys.delivery(delivery)) <= JOB_TTL
 
@@ -283,7 +288,7 @@ def test_every_lua_file_is_a_registered_script_with_its_keys_and_args() -> None:
         for path in resources.files("pollen.store").joinpath("lua").iterdir()
         if path.name.endswith(".lua")
     }
-    used = {*JOB_SCRIPTS, *OUTBOX_SCRIPTS}
+    used = {*JOB_SCRIPTS, *OUTBOX_SCRIPTS, *COPY_SCRIPTS}
     assert shipped == used | {"prelude"}
     for name in used:
         lines = scripts.source(name).splitlines()

@@ -101,9 +101,16 @@ def post(
 
 
 def pinned_request(
-    url: str, body: bytes, headers: Mapping[str, str], *, timeout: float, policy: AddressPolicy
+    url: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    *,
+    timeout: float,
+    policy: AddressPolicy,
+    method: str = "POST",
 ) -> httpx.Request:
-    """A POST to the first vetted address of ``url``'s host, carrying the original Host/SNI.
+    """A POST (or ``method``) to the first vetted address of ``url``'s host, carrying the
+    original Host/SNI (re-hosting fetches result files with GET through it).
 
     Raises UnsafeCallbackURL (policy), httpx.InvalidURL, or OSError (DNS failure).
     """
@@ -120,7 +127,7 @@ def pinned_request(
     # for one SNI name out of the pool, where it could be reused for another name on that IP.
     sent_headers |= {"host": target.netloc.decode("ascii"), "connection": "close"}
     return httpx.Request(
-        "POST",
+        method,
         target.copy_with(host=address),
         content=body,
         headers=sent_headers,

@@ -89,9 +89,22 @@ def partial_payload(job: Job, result: GenerationResult, index: int) -> dict[str,
     }
 
 
+def stored_payload(job: Job, result: GenerationResult) -> dict[str, Any]:
+    """The ``data`` of ``job.result_stored``: the result with its copy (``result.stored``:
+    ``stored`` with its URL and checksum, or ``failed`` with the error)."""
+    index = next((n for n, r in enumerate(job.results, start=1) if r.id == result.id), 0)
+    return {**_summary(job), "index": index, "result": result.model_dump(exclude={"raw"})}
+
+
+def subscribed(job: Job, kind: str) -> bool:
+    """Whether the job's callback URL receives ``kind``: the events it lists; ``result_stored``
+    also where it lists ``completed`` (the copy is the completion's follow-up)."""
+    return kind in job.events or (kind == "result_stored" and "completed" in job.events)
+
+
 def wants(job: Job, kind: str) -> bool:
     """Whether the event ``kind`` of this job goes anywhere (saves building its body)."""
-    return bool(job.callback_url and kind in job.events) or bool(
+    return bool(job.callback_url and subscribed(job, kind)) or bool(
         job.python_callback and kind == "completed"
     )
 
@@ -107,7 +120,7 @@ def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = ""
     ttl = deps.settings.job_ttl + EXTRA_TTL
     watch = deps.settings.reconcile_grace
     created: list[str] = []
-    if job.callback_url and kind in job.events:
+    if job.callback_url and subscribed(job, kind):
         ident = delivery_id(job.id, kind, suffix)
         if deps.outbox.create(
             ident, job_id=job.id, event=kind, kind="http", target=job.callback_url,

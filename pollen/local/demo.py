@@ -108,6 +108,10 @@ def _report(
                 f"  {result.kind} {result.url}  (stored {offset:.1f} s after submit)",
                 soft_wrap=True,
             )
+            if result.stored is not None:
+                copy = result.stored
+                where = copy.url or copy.error or ""
+                console.print(f"    pollen's copy: {copy.status} {where}", soft_wrap=True)
         for error in job.errors:
             console.print(
                 f"  [red]generation error {error.code}[/red]: {error.message}", soft_wrap=True
@@ -121,13 +125,16 @@ def _report(
             signature = "[green]signature ok[/green]"
         except webhooks.WebhookVerificationError as exc:
             signature = f"[red]bad signature: {exc}[/red]"
-        detail = (
-            f"result {data.get('index')}/{data.get('expected_results')}"
-            if envelope.get("type") == "job.partial"
-            else f"{data.get('status')} with {len(data.get('results', []))} result(s)"
-        )
+        kind = envelope.get("type")
+        if kind == "job.partial":
+            detail = f"result {data.get('index')}/{data.get('expected_results')}"
+        elif kind == "job.result_stored":
+            stored = (data.get("result") or {}).get("stored") or {}
+            detail = f"copy of result {data.get('index')}: {stored.get('status')}"
+        else:
+            detail = f"{data.get('status')} with {len(data.get('results', []))} result(s)"
         console.print(
-            f"{envelope.get('type', '?'):<14} job {str(data.get('job_id'))[:8]} {detail}  "
+            f"{envelope.get('type', '?'):<17} job {str(data.get('job_id'))[:8]} {detail}  "
             f"({signature})",
             soft_wrap=True,
         )
@@ -158,6 +165,9 @@ def run_demo(extra_jobs: int = 2) -> int:
                 "POLLEN_POLL__INITIAL_DELAY": "1.0",
                 "POLLEN_POLL__INTERVAL": "0.5",
                 "POLLEN_POLL__MAX_DELAY": "2.0",
+                # re-hosting into the demo's directory; the simulator's result URLs are local
+                "POLLEN_STORAGE__URL": (Path(tmp) / "stored").as_uri(),
+                "POLLEN_STORAGE__ALLOW_CIDRS": '["127.0.0.0/8"]',
             }
             console.print(f"  redis {Path(redis_server.binary).name} on :{redis_server.port}")
             console.print(f"  simulator {sim.url}   receiver {receiver.url}")

@@ -2,8 +2,13 @@
 
 ``GET /media/<kind>/<name>`` answers deterministic bytes for any name: images are real PNGs
 (a small square whose colour comes from the name), other kinds are bytes derived from the
-name with the content type their extension says. The same name always gives the same bytes,
+name with the content type their extension says (2 KiB for an image, 32 KiB otherwise).
+The same name always gives the same bytes,
 so a copy can be compared with its source.
+
+``GET /media/expired/<anything>`` answers 404, like a provider's URL after it expired: point
+result URLs there with the config's ``media_url`` (``<simulator>/media/expired``) to script
+results whose files are gone.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ CONTENT_TYPES = {
     "mp3": "audio/mpeg",
 }
 IMAGE_SIDE = 64
+#: copies of a name's 32-byte digest in one file: images 2 KiB, videos and audio 32 KiB (so
+#: a size limit between the two tells them apart)
+REPEATS = {"image": 64}
+DEFAULT_REPEATS = 1024
 
 
 def media_base(sim: Simulator) -> str:
@@ -68,7 +77,8 @@ def body(kind: str, name: str) -> tuple[bytes, str]:
     if extension == "png":
         return png(name), content_type
     seed = hashlib.sha256(f"{kind}/{name}".encode()).digest()
-    return seed * 64, content_type
+    repeats = REPEATS.get(content_type.partition("/")[0], DEFAULT_REPEATS)
+    return seed * repeats, content_type
 
 
 async def serve(request: Request) -> Response:
@@ -77,6 +87,14 @@ async def serve(request: Request) -> Response:
     return Response(data, media_type=content_type)
 
 
+async def expired(request: Request) -> Response:
+    del request
+    return Response("this file has expired", status_code=404, media_type="text/plain")
+
+
 def routes(sim: Simulator) -> list[Route]:
     del sim  # the bytes depend on the name alone
-    return [Route("/media/{kind}/{name}", serve, methods=["GET"])]
+    return [
+        Route("/media/expired/{rest:path}", expired, methods=["GET"]),
+        Route("/media/{kind}/{name}", serve, methods=["GET"]),
+    ]

@@ -44,6 +44,7 @@ def open_store(settings: Settings) -> tuple[Store, Outbox]:
         finished_ttl=settings.job_ttl,
         grace=settings.reconcile_grace,
         submit_grace=settings.submit_grace,
+        rehost=settings.storage.url is not None,
     )
     return store, Outbox(client)
 

@@ -23,6 +23,7 @@ from pollen.models import (
     GenerationResult,
     Job,
     JobStatus,
+    StoredCopy,
 )
 from pollen.store import keys, ops, scripts
 from pollen.store.ops import flatten, job_from_fields
@@ -134,8 +135,11 @@ class Store:
         finished_ttl: int,
         grace: float = 60.0,
         submit_grace: float = 60.0,
+        rehost: bool = False,
     ) -> None:
         self.redis = client
+        #: re-hosting is on: each new generation's copy is marked pending and due at once
+        self.rehost = rehost
         self.finished_ttl = finished_ttl
         #: how late a job's next sign of life may be before the reconciler steps in
         self.grace = grace
@@ -244,6 +248,7 @@ class Store:
                 keys.responses(job_id),
                 keys.STATUS_COUNTS,
                 keys.BY_AGE,
+                keys.stored(job_id),
             ],
             args=[move.status.value, repr(now), self.finished_ttl, watch,
                   *flatten(move.fields)],
@@ -381,7 +386,7 @@ class Store:
         """Record a batch of poll answers in one round trip; one :class:`Recorded` each."""
         if not records:
             return []
-        shared = [keys.INFLIGHT, keys.STATUS_COUNTS, keys.BY_AGE]
+        shared = [keys.INFLIGHT, keys.STATUS_COUNTS, keys.BY_AGE, keys.COPIES_DUE]
         per_job = [
             key
             for r in records
@@ -391,6 +396,7 @@ class Store:
                 keys.results(r.job_id),
                 keys.result_order(r.job_id),
                 keys.responses(r.job_id),
+                keys.stored(r.job_id),
             )
         ]
         with _guard():
@@ -399,11 +405,12 @@ class Store:
                 args=[repr(now), self.finished_ttl, *(self._record_arg(r, now) for r in records)],
             )
         done = []
-        for verdict, added, finished, flat, results, count in answers:
+        for verdict, added, finished, flat, results, count, copies in answers:
             job = None
             if flat:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                job = job_from_fields(fields, [r for r in results if r])
+                stored = dict(zip(copies[::2], copies[1::2], strict=True))
+                job = job_from_fields(fields, [r for r in results if r], stored)
             ids = [str(i) for i in added]
             done.append(Recorded(verdict, ids, bool(finished), job, int(count)))
         return done
@@ -425,8 +432,16 @@ class Store:
                 "finish": record.finish.value if record.finish else "",
                 "fields": error_fields,
                 "final": int(record.final),
+                "copy": self._pending_copy(now),
             }
         )
+
+    def _pending_copy(self, now: float) -> str:
+        """What a new generation's ``stored`` starts as: pending with re-hosting on, else
+        nothing ('')."""
+        if not self.rehost:
+            return ""
+        return StoredCopy(status="pending", updated_at=now).model_dump_json()
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set plain fields (no status change) on an existing job."""

@@ -32,6 +32,11 @@ INDEX_PREFIX = f"{PREFIX}:index:"
 #: sorted set "<provider>|<status>|<job id>" -> when that finished job's record expires: the
 #: periodic round removes expired jobs from the listing indexes
 INDEX_EXPIRY = f"{PREFIX}:index:expiry"
+#: sorted set "<job id>|<generation id>" -> when that result's copy (re-hosting) must be tried
+#: (again); the periodic round sends the due ones
+COPIES_DUE = f"{PREFIX}:copies:due"
+#: sorted set "<job id>|<generation id>" -> until when a worker holds that copy (its lease)
+COPIES_RUNNING = f"{PREFIX}:copies:running"
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"
@@ -50,6 +55,12 @@ def results(job_id: str) -> str:
 def result_order(job_id: str) -> str:
     """List: generation ids in the order pollen first saw them finish."""
     return f"{PREFIX}:job:{job_id}:order"
+
+
+def stored(job_id: str) -> str:
+    """Hash: generation id -> pollen's copy of its file (``StoredCopy`` JSON, re-hosting);
+    merged into the results when the job is read."""
+    return f"{PREFIX}:job:{job_id}:stored"
 
 
 def responses(job_id: str) -> str:
@@ -103,6 +114,7 @@ def all_for(job_id: str) -> list[str]:
         result_order(job_id),
         responses(job_id),
         pushes(job_id),
+        stored(job_id),
         job_deliveries(job_id),
         delivery_attempts(job_id),
     ]

@@ -21,7 +21,14 @@ import redis
 
 from pollen.backoff import PollPolicy
 from pollen.errors import IdempotencyConflict, StoreUnavailable
-from pollen.models import ErrorInfo, GenerationError, GenerationResult, Job, JobStatus
+from pollen.models import (
+    ErrorInfo,
+    GenerationError,
+    GenerationResult,
+    Job,
+    JobStatus,
+    StoredCopy,
+)
 from pollen.store import keys
 
 T = TypeVar("T")
@@ -185,13 +192,14 @@ def jobs_with_results(job_ids: Sequence[str]) -> Op[list[Job | None]]:
             cmd("hgetall", keys.job(job_id)),
             cmd("hgetall", keys.results(job_id)),
             cmd("lrange", keys.result_order(job_id), 0, -1),
+            cmd("hgetall", keys.stored(job_id)),
         ]
     replies = yield batch
     jobs: list[Job | None] = []
-    for start in range(0, len(replies), 3):
-        fields, results, order = replies[start : start + 3]
+    for start in range(0, len(replies), 4):
+        fields, results, order, stored = replies[start : start + 4]
         found = [results[i] for i in order if i in results]
-        jobs.append(job_from_fields(fields, found) if fields else None)
+        jobs.append(job_from_fields(fields, found, stored) if fields else None)
     return jobs
 
 
@@ -206,7 +214,7 @@ def cancel(
             [
                 keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.results(job_id),
                 keys.result_order(job_id), keys.responses(job_id), keys.STATUS_COUNTS,
-                keys.BY_AGE, keys.CANCELS,
+                keys.BY_AGE, keys.CANCELS, keys.stored(job_id),
             ],
             [repr(now), finished_ttl, repr(now + grace), reason],
         )
@@ -295,8 +303,20 @@ def _optional_float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:
-    """Build the public Job view from the stored hash and result JSON documents."""
+def _with_copy(result: str, stored: Mapping[str, str]) -> GenerationResult:
+    """One result with pollen's copy of its file (``stored``: generation id -> its JSON)."""
+    parsed = GenerationResult.model_validate_json(result)
+    copy = stored.get(parsed.id)
+    if copy is not None:
+        parsed.stored = StoredCopy.model_validate_json(copy)
+    return parsed
+
+
+def job_from_fields(
+    fields: dict[str, str], results: Sequence[str], stored: Mapping[str, str] | None = None
+) -> Job:
+    """Build the public Job view from the stored hash and result JSON documents; ``stored``
+    (generation id -> ``StoredCopy`` JSON) fills in each result's re-hosted copy."""
     error = (
         ErrorInfo(code=fields["error_code"], message=fields.get("error_message", ""))
         if fields.get("error_code")
@@ -318,7 +338,7 @@ def job_from_fields(fields: dict[str, str], results: Sequence[str]) -> Job:
         cost=_optional_float(fields.get("cost")),
         expected_results=int(fields.get("expected_results") or 1),
         error=error,
-        results=[GenerationResult.model_validate_json(r) for r in results],
+        results=[_with_copy(r, stored or {}) for r in results],
         errors=[
             GenerationError.model_validate(e) for e in json.loads(fields.get("errors") or "[]")
         ],

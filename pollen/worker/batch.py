@@ -49,6 +49,8 @@ class BatchNext:
     deliveries: list[str] = field(default_factory=list)  #: callback deliveries to send now
     completions: list[str] = field(default_factory=list)  #: the ``completed`` ones among them
     finished: list[str] = field(default_factory=list)  #: jobs this batch ended
+    #: (job id, generation id) of the new results to copy to storage now (re-hosting)
+    copies: list[tuple[str, str]] = field(default_factory=list)
     providers: set[str] = field(default_factory=set)  #: for the task's Flower repr
 
 
@@ -272,6 +274,8 @@ def _follow(deps: Deps, out: BatchNext, plan: _Plan, done: Recorded, now: float)
     job, record = plan.job, plan.record
     if done.verdict != "ok" or record is None:
         return  # a stale copy: the copy that recorded this attempt does what follows
+    if deps.storage is not None:  # their copies were marked pending with the results
+        out.copies += [(job.id, generation) for generation in done.added]
     snapshot = plan.snapshot
     if snapshot is not None:
         out.deliveries += _partial_events(deps, job, done.added, done.result_count, snapshot)

@@ -103,7 +103,8 @@ def check_store(deps: Any) -> bool:
 
 
 def release_due(app: Any, deps: Any, now: float) -> None:
-    """Send the polls and deliveries that waited in Redis and are due before the next round.
+    """Send the polls, deliveries and copies that waited in Redis and are due before the next
+    round.
 
     Parked polls go out as batches grouped by due time (each poll may wait up to
     ``batch_window_max`` for its batch), one message per batch.
@@ -118,6 +119,12 @@ def release_due(app: Any, deps: Any, now: float) -> None:
         now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
     ):
         app.send_task(contract.DELIVER_CALLBACK, args=(delivery,), ignore_result=True)
+    if deps.storage is None:
+        return  # a worker without re-hosting leaves copies to the workers that have it
+    for job_id, generation in deps.copies.take_due(
+        now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
+    ):
+        app.send_task(contract.COPY_RESULT, args=(job_id, generation), ignore_result=True)
 
 
 def send_batch(app: Any, items: list[grouping.Item], countdown: float = 0.0) -> None:

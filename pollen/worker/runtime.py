@@ -21,7 +21,9 @@ from pollen.providers.calls import ProviderCalls
 from pollen.providers.http import observe_requests
 from pollen.providers.ratelimit import RateLimiter
 from pollen.settings import Settings, get_settings
+from pollen.storage import Storage, open_storage
 from pollen.store.connection import http_client, open_store
+from pollen.store.copies import Copies
 from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
 from pollen.worker.leases import LeaseRenewer
@@ -38,14 +40,20 @@ class Deps:
     providers: dict[str, Provider]
     outbox: Outbox
     policy: AddressPolicy
+    #: where copies of results go (re-hosting), None when it is off
+    storage: Storage | None = None
+    #: which result URLs a copy may fetch (``POLLEN_STORAGE__ALLOW_CIDRS``)
+    fetch_policy: AddressPolicy = field(default_factory=AddressPolicy)
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     epoch: str | None = None  #: the store's epoch marker this process saw (data-loss check)
     limiter: RateLimiter = field(init=False)  #: provider request budget shared by all workers
     calls: ProviderCalls = field(init=False)  #: provider requests, batched where possible
     leases: LeaseRenewer = field(init=False)  #: keeps running polls' leases alive
+    copies: Copies = field(init=False)  #: copy state of results' files (re-hosting)
 
     def __post_init__(self) -> None:
+        self.copies = Copies(self.store.redis)
         self.limiter = RateLimiter(self.store, self.settings.rate_limits)
         self.leases = LeaseRenewer(self.store, self.settings.poll_lease, self.clock)
         self.calls = ProviderCalls(
@@ -80,6 +88,8 @@ def build_deps(settings: Settings) -> Deps:
         providers=build_providers(settings),
         outbox=outbox,
         policy=AddressPolicy(settings.callbacks.allow_cidrs),
+        storage=open_storage(settings.storage),
+        fetch_policy=AddressPolicy(settings.storage.allow_cidrs),
     )
 
 

@@ -5,6 +5,7 @@
                   due time, one of them by ``self.retry(countdown=...)``
 ``pollen.deliver_callback``  POST the completion body to the job's callback URL
 ``pollen.cancel``  the follow-up of a cancel: the provider's cancel call, the callbacks
+``pollen.copy_result``  copy one result's file to pollen's storage (re-hosting)
 """
 
 from __future__ import annotations
@@ -30,7 +31,17 @@ from pollen.callbacks import events
 from pollen.errors import CallbackNotDelivered, InvalidJob, JobNotFound
 from pollen.providers import build_providers
 from pollen.settings import get_settings
-from pollen.worker import batch, cancels, grouping, health, logs, periodic, runtime, submits
+from pollen.worker import (
+    batch,
+    cancels,
+    grouping,
+    health,
+    logs,
+    periodic,
+    rehost,
+    runtime,
+    submits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +280,8 @@ def poll(
     outcome = batch.poll_batch(deps, batch_items)
     # The next polls first: a slow receiver must not make the jobs still running late.
     mine = _schedule(outcome.polls, now=deps.clock())
+    for job_id_, generation in outcome.copies:
+        copy_result.apply_async((job_id_, generation))
     callbacks = _deliver_now(deps, outcome.deliveries)
     answer = {"jobs": len(batch_items), "finished": len(outcome.finished), **callbacks}
     if mine is None:
@@ -338,3 +351,19 @@ def cancel(job_id: str) -> dict[str, Any]:
     deliveries = cancels.follow_up(runtime.deps(), job_id)
     _send_deliveries(deliveries)
     return {"job_id": job_id, "callbacks": len(deliveries)}
+
+
+@shared_task(name=contract.COPY_RESULT, throws=(InvalidJob,))
+def copy_result(job_id: str, generation: str) -> str:
+    """One attempt at copying one result's file to storage (:func:`rehost.copy_result`).
+
+    Its retries are not this message's: a failed attempt is due again in Redis and the
+    periodic round sends a new message when it is due, so no wait is held in a worker.
+    """
+    if not isinstance(job_id, str) or not isinstance(generation, str):
+        raise InvalidJob(
+            f"pollen.copy_result: needs two id strings, got {job_id!r}, {generation!r}"
+        )
+    outcome = rehost.copy_result(runtime.deps(), job_id, generation)
+    _send_deliveries(outcome.deliveries)
+    return outcome.detail

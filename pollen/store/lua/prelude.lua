@@ -27,7 +27,7 @@ end
 
 -- move(k, status, now, finished_ttl_seconds, watch_at, fields): move one job forward to
 -- `status` (never back, never out of a terminal state) and set `fields` (a flat list).
--- k holds the keys: job, events, results, order, responses, inflight, counts, by_age.
+-- k holds the keys: job, events, results, order, responses, inflight, counts, by_age, stored.
 -- Returns 1 when moved, 0 when the job already was there or beyond, -1 when it is missing.
 local function move(k, status, now, ttl, watch, fields)
   local current = redis.call('HGET', k.job, 'status')
@@ -50,7 +50,7 @@ local function move(k, status, now, ttl, watch, fields)
     local ms = tonumber(ttl) * 1000
     -- the job's push list (keys.pushes) is named after its record, not passed by every caller
     local pushes = k.job .. ':pushes'
-    for _, key in ipairs({k.job, k.events, k.results, k.order, k.responses, pushes}) do
+    for _, key in ipairs({k.job, k.events, k.results, k.order, k.responses, k.stored, pushes}) do
       redis.call('PEXPIRE', key, ms)  -- a no-op for a key the job never had
     end
   else

@@ -3,27 +3,32 @@
 -- answer is kept (the last one in the job's hash; the audit list gets it only when it says
 -- something new), the chain moves to attempt + 1, and a finishing answer moves the job to
 -- its terminal status (move() in prelude). A stale copy of one job's poll changes nothing,
--- for that job only.
--- KEYS: inflight, status_counts, by_age, then per job: job, events, results, order, responses
+-- for that job only. With re-hosting on (`copy` set), each new generation's copy is marked
+-- pending in the job's stored hash and put on the copies' due set, in the same call, so a
+-- worker dying after this script cannot lose a copy.
+-- KEYS: inflight, status_counts, by_age, copies_due, then per job: job, events, results,
+--   order, responses, stored
 -- ARGV: now, finished_ttl_seconds, then one JSON object per job:
 --   attempt, apply (record an answer), envelope, keep (push it to the audit list),
 --   progress, cost, errors, next_at, watch_at, results ([[id, json], ...]),
---   finish (terminal status or ''), fields (flat list set on the job), final (return the job)
+--   finish (terminal status or ''), fields (flat list set on the job), final (return the job),
+--   copy (the pending copy's JSON, '' when re-hosting is off)
 -- Returns one {verdict, added ids, finished (0/1), fields (flat), results in order, number
--- of results (when some were added, else 0)} per job; verdict is ok, stale or missing.
+-- of results (when some were added, else 0), stored (flat, with fields)} per job; verdict is
+-- ok, stale or missing.
 local now, ttl = ARGV[1], ARGV[2]
 local out = {}
 for i = 3, #ARGV do
   local a = cjson.decode(ARGV[i])
-  local base = 3 + (i - 3) * 5
+  local base = 4 + (i - 3) * 6
   local k = {job = KEYS[base + 1], events = KEYS[base + 2], results = KEYS[base + 3],
-    order = KEYS[base + 4], responses = KEYS[base + 5], inflight = KEYS[1], counts = KEYS[2],
-    by_age = KEYS[3]}
+    order = KEYS[base + 4], responses = KEYS[base + 5], stored = KEYS[base + 6],
+    inflight = KEYS[1], counts = KEYS[2], by_age = KEYS[3]}
   local job = redis.call('HMGET', k.job, 'status', 'poll_seq', 'id', 'provider', 'created_at')
   if not job[1] then
-    out[#out + 1] = {'missing', {}, 0, {}, {}, 0}
+    out[#out + 1] = {'missing', {}, 0, {}, {}, 0, {}}
   elseif job[2] ~= a.attempt or RANK[job[1]] == TERMINAL then
-    out[#out + 1] = {'stale', {}, 0, {}, {}, 0}
+    out[#out + 1] = {'stale', {}, 0, {}, {}, 0, {}}
   else
     local added = {}
     if a.apply == 1 then
@@ -35,6 +40,12 @@ for i = 3, #ARGV do
               redis.call('PEXPIRE', k.results, left)
               redis.call('PEXPIRE', k.order, left)
             end
+          end
+          if a.copy ~= '' then
+            redis.call('HSET', k.stored, pair[1], a.copy)
+            redis.call('ZADD', KEYS[4], now, job[3] .. '|' .. pair[1])
+            local left = redis.call('PTTL', k.job)
+            if left > 0 then redis.call('PEXPIRE', k.stored, left) end
           end
           event(k.events, 'type', 'partial', 'generation', pair[1], 'at', now)
           added[#added + 1] = pair[1]
@@ -66,15 +77,16 @@ for i = 3, #ARGV do
     if #a.fields > 0 then redis.call('HSET', k.job, unpack(a.fields)) end
     local finished = 0
     if a.finish ~= '' and move(k, a.finish, now, ttl, '', {}) == 1 then finished = 1 end
-    local fields, results = {}, {}
+    local fields, results, stored = {}, {}, {}
     if a.final == 1 and finished == 1 then
       fields = redis.call('HGETALL', k.job)
       local order = redis.call('LRANGE', k.order, 0, -1)
       if #order > 0 then results = redis.call('HMGET', k.results, unpack(order)) end
+      stored = redis.call('HGETALL', k.stored)
     end
     local count = 0
     if #added > 0 then count = redis.call('HLEN', k.results) end
-    out[#out + 1] = {'ok', added, finished, fields, results, count}
+    out[#out + 1] = {'ok', added, finished, fields, results, count, stored}
   end
 end
 return out
