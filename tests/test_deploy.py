@@ -310,9 +310,10 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     packages = locked()
     assert len(packages) > 20
-    # The image runs workers, Flower and the simulator: the core and those two extras.
+    # The image runs workers (re-hosting to S3 too), Flower, the ingress and the simulator.
     extras = project["optional-dependencies"]
-    for spec in [*project["dependencies"], *extras["worker"], *extras["simulator"]]:
+    image = ("worker", "simulator", "ingress", "storage")
+    for spec in [*project["dependencies"], *(s for name in image for s in extras[name])]:
         requirement = Requirement(spec)
         name = canonicalize_name(requirement.name)
         assert name in packages, f"{name} missing: run scripts/lock_requirements.sh"

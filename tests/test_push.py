@@ -34,7 +34,7 @@ from pollen.simulator import SimulatorConfig, SimulatorServer
 from pollen.store import keys
 from pollen.worker import submits
 from pollen.worker.runtime import build_deps
-from tests.conftest import eventually
+from tests.conftest import eventually, settings_from
 from tests.helpers import video_request
 
 pytestmark = pytest.mark.integration
@@ -88,16 +88,6 @@ class IngressServer:
         return out
 
 
-def _settings(env: dict[str, str]) -> Settings:
-    saved = dict(os.environ)
-    try:
-        os.environ.update(env)
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 @pytest.fixture(scope="module")
 def pusher_sim() -> Iterator[SimulatorServer]:
     config = SimulatorConfig(duration_min=0.2, duration_max=0.4, seed=11, timeout_seconds=5)
@@ -135,7 +125,7 @@ def push_env(
 
 @pytest.fixture(scope="module")
 def push_settings(push_env: dict[str, str]) -> Settings:
-    return _settings(push_env)
+    return settings_from(push_env)
 
 
 @pytest.fixture(scope="module")
