@@ -70,7 +70,9 @@ def finished_per_minute(minutes: Sequence[Minute]) -> Chart:
             title = f"{when} UTC: {count} {status}"
             colour = OUTCOME_COLOURS[status]
             rects.append(Rect(x + 1, base, max(slot - 2, 1), height, colour, title))
-        if i % 10 == 0 or i == len(minutes) - 1:
+        if i == len(minutes) - 1:
+            labels.append(Label(x + slot, HEIGHT - 6, when, "end"))
+        elif i % 10 == 0 and i < len(minutes) - 5:
             labels.append(Label(x + slot / 2, HEIGHT - 6, when))
     gridlines = [8 + plot_h * f for f in (0, 0.5, 1)]
     return Chart(WIDTH, HEIGHT, rects, labels, gridlines, not rects)

@@ -40,7 +40,9 @@ HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin: result links never tell a provider which job page they were on, and forms
+    # still send their Origin (no-referrer would make it "null")
+    (b"referrer-policy", b"same-origin"),
 ]
 
 
