@@ -178,7 +178,10 @@ def test_compose_services_have_health_checks_and_restart_policies() -> None:
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
     assert "/healthz" in " ".join(services["simulator"]["healthcheck"]["test"])
-    for name in ("redis", "worker", "flower", "simulator"):
+    assert "create_connection(('127.0.0.1', 5556)" in " ".join(
+        services["dashboard"]["healthcheck"]["test"]
+    )
+    for name in ("redis", "worker", "flower", "dashboard", "simulator"):
         assert services[name]["restart"] == "unless-stopped", name
     assert services["producer"]["restart"] == "no"
     assert services["simulator"]["profiles"] == ["demo"]
@@ -187,6 +190,7 @@ def test_compose_services_have_health_checks_and_restart_policies() -> None:
         "redis",
         "worker",
         "flower",
+        "dashboard",
     }
 
 
@@ -203,8 +207,12 @@ def test_compose_flower_requires_auth_and_the_file_holds_no_secret() -> None:
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert flower["entrypoint"] == ["celery"]
     assert "flower" in flower["command"]
+    dashboard = services["dashboard"]
+    auth = dashboard["environment"]["POLLEN_DASHBOARD__BASIC_AUTH"]
+    assert auth.startswith("${POLLEN_DASHBOARD__BASIC_AUTH:?")
+    assert dashboard["command"][0] == "dashboard" and "--no-auth" not in dashboard["command"]
     # Published on loopback only.
-    for name in ("redis", "flower"):
+    for name in ("redis", "flower", "dashboard"):
         assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
@@ -308,9 +316,10 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     packages = locked()
     assert len(packages) > 20
-    # The image runs workers, Flower and the simulator: the core and those two extras.
+    # The image runs workers, Flower, the simulator and the dashboard: the core and those extras.
     extras = project["optional-dependencies"]
-    for spec in [*project["dependencies"], *extras["worker"], *extras["simulator"]]:
+    deps = [*project["dependencies"], *extras["worker"], *extras["simulator"], *extras["dashboard"]]
+    for spec in deps:
         requirement = Requirement(spec)
         name = canonicalize_name(requirement.name)
         assert name in packages, f"{name} missing: run scripts/lock_requirements.sh"
@@ -373,7 +382,7 @@ def test_every_container_has_requests_limits_and_a_restricted_security_context()
     namespace = one(objects, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     specs = dict(pod_specs(objects))
-    assert set(specs) == {"pollen-worker", "pollen-flower", "pollen-redis"}
+    assert set(specs) == {"pollen-worker", "pollen-flower", "pollen-dashboard", "pollen-redis"}
     for name, template in specs.items():
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -402,7 +411,11 @@ def test_services_and_disruption_budget_select_their_pods() -> None:
     pdb = one(objects, "PodDisruptionBudget", "pollen-worker")
     assert selected(pdb["spec"]["selector"]["matchLabels"]) == ["pollen-worker"]
     assert pdb["spec"]["maxUnavailable"] == 1
-    for service, workload in (("pollen-flower", "pollen-flower"), ("pollen-redis", "pollen-redis")):
+    for service, workload in (
+        ("pollen-flower", "pollen-flower"),
+        ("pollen-dashboard", "pollen-dashboard"),
+        ("pollen-redis", "pollen-redis"),
+    ):
         svc = one(objects, "Service", service)
         assert selected(svc["spec"]["selector"]) == [workload]
         kind = "StatefulSet" if workload == "pollen-redis" else "Deployment"
@@ -420,6 +433,20 @@ def test_flower_auth_comes_from_a_secret_and_probes_the_open_healthcheck() -> No
     assert flower["args"][:3] == ["-A", "pollen.worker", "flower"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert flower[probe]["httpGet"]["path"] == "/healthcheck"
+
+
+def test_dashboard_auth_comes_from_a_secret_and_it_runs_as_in_compose() -> None:
+    dashboard = container(render("base"), "Deployment", "pollen-dashboard")
+    auth = next(e for e in dashboard["env"] if e["name"] == "POLLEN_DASHBOARD__BASIC_AUTH")
+    assert "value" not in auth
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": "pollen-dashboard", "key": "basic-auth"}
+    assert not auth["valueFrom"]["secretKeyRef"].get("optional", False)
+    assert dashboard["args"] == compose()["services"]["dashboard"]["command"]
+    assert "--no-auth" not in dashboard["args"]
+    port = int(dashboard["args"][dashboard["args"].index("--port") + 1])
+    assert [p["containerPort"] for p in dashboard["ports"]] == [port]
+    for probe in ("readinessProbe", "livenessProbe"):  # every route asks for credentials
+        assert dashboard[probe]["tcpSocket"]["port"] == "http"
 
 
 def test_flower_runs_the_same_known_options_in_compose_and_kubernetes() -> None:
