@@ -204,9 +204,12 @@ def _dashboard(console: Console, settings: Settings, wanted: bool) -> Iterator[s
 def _stay_up(console: Console, url: str) -> None:
     """Keep the dashboard up until Ctrl+C, when someone is at a terminal to press it."""
     if not sys.stdin.isatty():
-        console.print(f"\n(stdin is not a terminal: not keeping the dashboard at {url} up)")
+        console.print(f"\n(stdin is not a terminal: the dashboard {url} stops now)", soft_wrap=True)
         return
-    console.print(f"\nthe dashboard stays up at {url}/ : Ctrl+C stops it and everything else")
+    console.print(
+        f"\nthe dashboard stays up at {url}/ until Ctrl+C (which stops everything)",
+        soft_wrap=True,
+    )
     try:
         while True:
             time.sleep(3600)
