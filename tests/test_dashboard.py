@@ -26,6 +26,7 @@ from pollen.dashboard.server import DashboardServer
 from pollen.local.servers import CallbackReceiver, Worker, free_port
 from pollen.settings import Settings, parse_basic_auth
 from tests.conftest import eventually
+from tests.helpers import image_request as image
 from tests.helpers import video_request
 
 USER, PASSWORD = "ops", "correct horse battery"
@@ -65,16 +66,6 @@ def page(web: httpx.Client, path: str, **params: Any) -> BeautifulSoup:
 def rows(soup: BeautifulSoup) -> list[str]:
     """The job ids of the jobs table, in order."""
     return [str(tr["data-job"]) for tr in soup.select("#jobs-table tbody tr[data-job]")]
-
-
-def image(prompt: str) -> dict[str, Any]:
-    return {
-        "taskType": "imageInference",
-        "model": "runware:101@1",
-        "positivePrompt": prompt,
-        "width": 512,
-        "height": 512,
-    }
 
 
 def states(client: Pollen, job_id: str) -> list[str]:

@@ -27,7 +27,7 @@ from pollen.dashboard.server import DashboardServer
 from pollen.local.servers import CallbackReceiver, Worker, free_port
 from pollen.settings import Settings
 from tests.conftest import eventually
-from tests.helpers import video_request
+from tests.helpers import image_request, video_request
 
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
 
@@ -88,14 +88,7 @@ def browser_page(settings: Settings, clean: None) -> Iterator[tuple[Any, str, li
 
 
 def image(prompt: str) -> dict[str, Any]:
-    return {
-        "taskType": "imageInference",
-        "model": "runware:101@1",
-        "positivePrompt": prompt,
-        "width": 512,
-        "height": 512,
-        "outputFormat": "PNG",  # the simulator serves real PNGs for these
-    }
+    return image_request(prompt, output_format="PNG")  # real PNGs: the thumbnails render
 
 
 def until(page: Any, predicate: str, timeout: float = 15) -> None:

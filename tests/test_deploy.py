@@ -423,12 +423,17 @@ def test_services_and_disruption_budget_select_their_pods() -> None:
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports
 
 
+def assert_from_secret(found: dict[str, Any], variable: str, secret: str) -> None:
+    """``variable`` comes from key ``basic-auth`` of the required Secret ``secret``."""
+    auth = next(e for e in found["env"] if e["name"] == variable)
+    assert "value" not in auth
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "basic-auth"}
+    assert not auth["valueFrom"]["secretKeyRef"].get("optional", False)
+
+
 def test_flower_auth_comes_from_a_secret_and_probes_the_open_healthcheck() -> None:
     flower = container(render("base"), "Deployment", "pollen-flower")
-    auth = next(e for e in flower["env"] if e["name"] == "FLOWER_BASIC_AUTH")
-    assert "value" not in auth
-    assert auth["valueFrom"]["secretKeyRef"] == {"name": "pollen-flower", "key": "basic-auth"}
-    assert not auth["valueFrom"]["secretKeyRef"].get("optional", False)
+    assert_from_secret(flower, "FLOWER_BASIC_AUTH", "pollen-flower")
     assert flower["command"] == ["celery"]
     assert flower["args"][:3] == ["-A", "pollen.worker", "flower"]
     for probe in ("readinessProbe", "livenessProbe"):
@@ -437,10 +442,7 @@ def test_flower_auth_comes_from_a_secret_and_probes_the_open_healthcheck() -> No
 
 def test_dashboard_auth_comes_from_a_secret_and_it_runs_as_in_compose() -> None:
     dashboard = container(render("base"), "Deployment", "pollen-dashboard")
-    auth = next(e for e in dashboard["env"] if e["name"] == "POLLEN_DASHBOARD__BASIC_AUTH")
-    assert "value" not in auth
-    assert auth["valueFrom"]["secretKeyRef"] == {"name": "pollen-dashboard", "key": "basic-auth"}
-    assert not auth["valueFrom"]["secretKeyRef"].get("optional", False)
+    assert_from_secret(dashboard, "POLLEN_DASHBOARD__BASIC_AUTH", "pollen-dashboard")
     assert dashboard["args"] == compose()["services"]["dashboard"]["command"]
     assert "--no-auth" not in dashboard["args"]
     port = int(dashboard["args"][dashboard["args"].index("--port") + 1])
