@@ -105,12 +105,13 @@ class AsyncPollen:
         until: float | datetime | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        oldest_first: bool = False,
     ) -> JobPage:
         """:meth:`pollen.Pollen.jobs`."""
         return await self._run(
             producer.jobs(
                 status=status, provider=provider, metadata=metadata, since=since, until=until,
-                limit=limit, cursor=cursor,
+                limit=limit, cursor=cursor, oldest_first=oldest_first,
             )
         )  # fmt: skip
 

@@ -120,15 +120,21 @@ def _client() -> Iterator[Pollen]:
     """A producer client, after a quick PING: an unreachable Redis is an error in seconds,
     not after the client's ~20 s of reconnect retries."""
     from pollen import Pollen
-    from pollen.worker.health import check_reachable
 
     settings = _settings()
+    _reachable(settings)
+    with Pollen(settings) as client:
+        yield client
+
+
+def _reachable(settings: Settings) -> None:
+    """Exit 1 with one line unless the store answers a PING within seconds."""
+    from pollen.worker.health import check_reachable
+
     check = check_reachable(settings.redis_url, "redis")
     if not check.ok:
         reason = check.detail.removeprefix("unreachable: ")
         _fail(f"Redis at {redact(settings.redis_url)} is unreachable ({reason})")
-    with Pollen(settings) as client:
-        yield client
 
 
 def _about_a_job(use: Callable[[Pollen], T]) -> T:
@@ -501,12 +507,69 @@ def demo(
     jobs: Annotated[
         int, typer.Option(metavar="N", min=0, help="Extra single-image jobs to add.")
     ] = 2,
+    no_dashboard: Annotated[
+        bool, typer.Option("--no-dashboard", help="Do not run the jobs dashboard beside it.")
+    ] = False,
 ) -> None:
-    """Run everything locally: Redis, simulator, a worker, a few jobs; show progress and results."""
+    """Run everything locally: Redis, simulator, a worker, a few jobs; show progress and results.
+
+    The jobs dashboard runs beside them; on a terminal it stays up after the report until
+    Ctrl+C.
+    """
     with _extra("local"):
         from pollen.local.demo import run_demo
 
-    raise typer.Exit(run_demo(extra_jobs=jobs))
+    raise typer.Exit(run_demo(extra_jobs=jobs, dashboard=not no_dashboard))
+
+
+def _dashboard_credentials(basic_auth: str | None, no_auth: bool, settings: Settings) -> Any:
+    """The dashboard's credentials from ``--basic-auth`` or the settings; None with
+    ``--no-auth``. Missing or malformed ones are one line and exit 2."""
+    from pollen.dashboard.security import Credentials
+    from pollen.settings import parse_basic_auth
+
+    configured = settings.dashboard.basic_auth
+    given = basic_auth or (configured.get_secret_value() if configured else None)
+    if no_auth:
+        if basic_auth:
+            _fail("give --basic-auth or --no-auth, not both", 2)
+        return None
+    if given is None:
+        _fail(
+            "the dashboard needs credentials: --basic-auth user:password or "
+            "POLLEN_DASHBOARD__BASIC_AUTH (--no-auth to run without, for local use only)",
+            2,
+        )
+    try:
+        return Credentials(*parse_basic_auth(given))
+    except ValueError as exc:
+        _fail(f"--basic-auth: {exc}", 2)
+
+
+@command()
+def dashboard(
+    port: Annotated[int | None, _opt("PORT", "Port (default 5556).", min=1, max=65535)] = None,
+    host: Annotated[str | None, _opt("HOST", "Address (default 127.0.0.1).")] = None,
+    basic_auth: Annotated[
+        str | None,
+        _opt("USER:PASSWORD", "Credentials to ask for (or POLLEN_DASHBOARD__BASIC_AUTH)."),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Run without credentials (local use only).")
+    ] = False,
+) -> None:
+    """Serve the jobs dashboard: jobs, results, callbacks, an overview (needs credentials)."""
+    with _extra("dashboard"):
+        from pollen.dashboard.server import serve
+
+    settings = _settings()
+    credentials = _dashboard_credentials(basic_auth, no_auth, settings)
+    _reachable(settings)
+    where = host or settings.dashboard.host
+    listen = port or settings.dashboard.port
+    auth = "no auth" if credentials is None else f"basic auth, user {credentials.user}"
+    typer.echo(f"pollen dashboard on http://{where}:{listen}/ ({auth}); Ctrl+C stops it", err=True)
+    serve(settings, credentials, where, listen)
 
 
 @command()

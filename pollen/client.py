@@ -131,8 +131,10 @@ class Pollen:
         until: float | datetime | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        oldest_first: bool = False,
     ) -> JobPage:
-        """List jobs, newest first: one page and the cursor of the next.
+        """List jobs, newest first (``oldest_first=True``: oldest first): one page and the
+        cursor of the next.
 
         Every filter given must match: ``status`` and ``provider`` (one or several),
         ``metadata`` (each key equal), ``since``/``until`` (creation time, unix seconds or an
@@ -143,7 +145,7 @@ class Pollen:
         return self._run(
             producer.jobs(
                 status=status, provider=provider, metadata=metadata, since=since, until=until,
-                limit=limit, cursor=cursor,
+                limit=limit, cursor=cursor, oldest_first=oldest_first,
             )
         )  # fmt: skip
 

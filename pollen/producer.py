@@ -284,8 +284,9 @@ def jobs(
     until: float | datetime | None = None,
     limit: int = 20,
     cursor: str | None = None,
+    oldest_first: bool = False,
 ) -> Flow[JobPage]:
-    """One page of jobs, newest first (see ``Pollen.jobs``)."""
+    """One page of jobs, newest (or oldest) first (see ``Pollen.jobs``)."""
     page = yield from listing.query(
         statuses=_choices("status", status, [s.value for s in JobStatus]),
         providers=_choices("provider", provider, sorted(REGISTRY)),
@@ -294,6 +295,7 @@ def jobs(
         metadata=metadata,
         limit=limit,
         cursor=cursor,
+        oldest_first=oldest_first,
     )
     return page
 

@@ -178,6 +178,32 @@ class StorageSettings(BaseModel):
         return url
 
 
+def parse_basic_auth(value: str) -> tuple[str, str]:
+    """``user:password`` as (user, password): both non-empty, the user without a colon (the
+    password may hold one); ValueError saying what is wrong."""
+    user, colon, password = value.partition(":")
+    if not colon or not user or not password:
+        raise ValueError("give user:password (both non-empty)")
+    return user, password
+
+
+class DashboardSettings(BaseModel):
+    """The jobs dashboard (``pollen dashboard``); its command-line options override these."""
+
+    basic_auth: SecretStr | None = Field(
+        None, description="user:password the dashboard asks for (it refuses to start without)."
+    )
+    host: str = Field("127.0.0.1", description="Address the dashboard listens on.")
+    port: int = Field(5556, ge=1, le=65535, description="Port the dashboard listens on.")
+
+    @field_validator("basic_auth")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_basic_auth(value.get_secret_value())
+        return value
+
+
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -201,6 +227,7 @@ class Settings(BaseSettings):
     callbacks: CallbackSettings = CallbackSettings()
     ingress: IngressSettings = IngressSettings()
     storage: StorageSettings = StorageSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
     max_request_bytes: int = Field(
         64 * 1024, gt=0, description="Largest accepted provider request, bytes of JSON."

@@ -27,6 +27,21 @@ def video_request(durations: list[float], errors: list[str | None] | None = None
     }
 
 
+def image_request(prompt: str, output_format: str | None = None) -> dict[str, Any]:
+    """A Runware imageInference task (``output_format`` "PNG": the simulator serves real PNGs
+    at its result URLs)."""
+    request: dict[str, Any] = {
+        "taskType": "imageInference",
+        "model": "runware:101@1",
+        "positivePrompt": prompt,
+        "width": 512,
+        "height": 512,
+    }
+    if output_format is not None:
+        request["outputFormat"] = output_format
+    return request
+
+
 def accept_job(deps: Any, durations: list[float]) -> str:
     """Store a new video job directly through the accept step (no message is sent)."""
 

@@ -389,7 +389,7 @@ def test_no_command_prints_the_help(worker_env: dict[str, str]) -> None:
 COMMANDS = [
     [], ["worker"], ["submit"], ["wait"], ["status"], ["result"], ["details"], ["callbacks"],
     ["callbacks", "list"], ["callbacks", "replay"], ["simulator"], ["demo"], ["health"],
-    ["stats"], ["config"], ["schema"], ["cancel"], ["jobs"], ["ingress"],
+    ["stats"], ["config"], ["schema"], ["cancel"], ["jobs"], ["ingress"], ["dashboard"],
 ]  # fmt: skip
 
 
@@ -416,7 +416,9 @@ def test_help_reads_naturally(worker_env: dict[str, str], args: list[str]) -> No
     # flags take no value; a metavar (JOB, SECONDS, PORT) says what the others take
     for type_name in ("<bool>", "<str>", "<int>", "<float>"):
         assert type_name not in result.stdout
-    assert "--no-" not in result.stdout  # a flag is --local, not --local/--no-local
+    # a flag is --local, not --local/--no-local (a flag named --no-auth is fine: no pair)
+    for negative in re.findall(r"--no-([a-z-]+)", result.stdout):
+        assert f"--{negative}" not in result.stdout.replace(f"--no-{negative}", ""), negative
     usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
     assert "{" not in usage
     expected = {"submit": "PAYLOAD", "status": "JOB", "result": "JOB"}
@@ -430,8 +432,9 @@ def test_help_reads_naturally(worker_env: dict[str, str], args: list[str]) -> No
 
 
 def test_demo_at_80_columns_prints_real_costs_and_a_rule_of_its_own() -> None:
-    """The demo piped at 80 columns (it starts its own Redis, simulator and worker)."""
-    result = pollen({"COLUMNS": "80"}, "demo", "--jobs", "1", timeout=150)
+    """The demo piped at 80 columns (it starts its own Redis, simulator, worker and the
+    dashboard); stdin is not a terminal, so it ends by itself after the report."""
+    result = pollen({"COLUMNS": "80"}, "demo", "--jobs", "1", stdin="", timeout=150)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     lines = result.stdout.splitlines()
     assert "cost None" not in result.stdout  # the Runway dialects report no cost
@@ -444,3 +447,8 @@ def test_demo_at_80_columns_prints_real_costs_and_a_rule_of_its_own() -> None:
     assert len(jobs) == 5
     assert re.search(r"3 videos, 2-6 s: succeeded, cost \d", "\n".join(jobs))
     assert all(re.search(r": (succeeded|failed)(, cost [\d.e-]+)?$", line) for line in jobs), jobs
+    dashboard = re.search(
+        r"dashboard (http://127\.0\.0\.1:\d+)/ +\(user demo, password \S+\)", result.stdout
+    )
+    assert dashboard, result.stdout[:2000]
+    assert f"not a terminal: the dashboard {dashboard.group(1)} stops now" in result.stdout

@@ -179,7 +179,10 @@ def test_compose_services_have_health_checks_and_restart_policies() -> None:
     assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
     assert "/healthz" in " ".join(services["simulator"]["healthcheck"]["test"])
     assert "/readyz" in " ".join(services["ingress"]["healthcheck"]["test"])
-    for name in ("redis", "worker", "flower", "simulator", "ingress"):
+    assert "create_connection(('127.0.0.1', 5556)" in " ".join(
+        services["dashboard"]["healthcheck"]["test"]
+    )
+    for name in ("redis", "worker", "flower", "dashboard", "simulator", "ingress"):
         assert services[name]["restart"] == "unless-stopped", name
     assert services["producer"]["restart"] == "no"
     assert services["simulator"]["profiles"] == ["demo"]
@@ -189,6 +192,7 @@ def test_compose_services_have_health_checks_and_restart_policies() -> None:
         "redis",
         "worker",
         "flower",
+        "dashboard",
     }
 
 
@@ -205,8 +209,12 @@ def test_compose_flower_requires_auth_and_the_file_holds_no_secret() -> None:
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert flower["entrypoint"] == ["celery"]
     assert "flower" in flower["command"]
+    dashboard = services["dashboard"]
+    auth = dashboard["environment"]["POLLEN_DASHBOARD__BASIC_AUTH"]
+    assert auth.startswith("${POLLEN_DASHBOARD__BASIC_AUTH:?")
+    assert dashboard["command"][0] == "dashboard" and "--no-auth" not in dashboard["command"]
     # Published on loopback only.
-    for name in ("redis", "flower"):
+    for name in ("redis", "flower", "dashboard"):
         assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
@@ -310,9 +318,10 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     packages = locked()
     assert len(packages) > 20
-    # The image runs workers (re-hosting to S3 too), Flower, the ingress and the simulator.
+    # The image runs workers (re-hosting to S3 too), Flower, the ingress, the dashboard and the
+    # simulator.
     extras = project["optional-dependencies"]
-    image = ("worker", "simulator", "ingress", "storage")
+    image = ("worker", "simulator", "ingress", "storage", "dashboard")
     for spec in [*project["dependencies"], *(s for name in image for s in extras[name])]:
         requirement = Requirement(spec)
         name = canonicalize_name(requirement.name)
@@ -376,7 +385,9 @@ def test_every_container_has_requests_limits_and_a_restricted_security_context()
     namespace = one(objects, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     specs = dict(pod_specs(objects))
-    assert set(specs) == {"pollen-worker", "pollen-flower", "pollen-redis", "pollen-ingress"}
+    assert set(specs) == {
+        "pollen-worker", "pollen-flower", "pollen-dashboard", "pollen-redis", "pollen-ingress",
+    }  # fmt: skip
     for name, template in specs.items():
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -407,6 +418,7 @@ def test_services_and_disruption_budget_select_their_pods() -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
     for service, workload in (
         ("pollen-flower", "pollen-flower"),
+        ("pollen-dashboard", "pollen-dashboard"),
         ("pollen-redis", "pollen-redis"),
         ("pollen-ingress", "pollen-ingress"),
     ):
@@ -417,12 +429,17 @@ def test_services_and_disruption_budget_select_their_pods() -> None:
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports
 
 
+def assert_from_secret(found: dict[str, Any], variable: str, secret: str) -> None:
+    """``variable`` comes from key ``basic-auth`` of the required Secret ``secret``."""
+    auth = next(e for e in found["env"] if e["name"] == variable)
+    assert "value" not in auth
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "basic-auth"}
+    assert not auth["valueFrom"]["secretKeyRef"].get("optional", False)
+
+
 def test_flower_auth_comes_from_a_secret_and_probes_the_open_healthcheck() -> None:
     flower = container(render("base"), "Deployment", "pollen-flower")
-    auth = next(e for e in flower["env"] if e["name"] == "FLOWER_BASIC_AUTH")
-    assert "value" not in auth
-    assert auth["valueFrom"]["secretKeyRef"] == {"name": "pollen-flower", "key": "basic-auth"}
-    assert not auth["valueFrom"]["secretKeyRef"].get("optional", False)
+    assert_from_secret(flower, "FLOWER_BASIC_AUTH", "pollen-flower")
     assert flower["command"] == ["celery"]
     assert flower["args"][:3] == ["-A", "pollen.worker", "flower"]
     for probe in ("readinessProbe", "livenessProbe"):
@@ -443,6 +460,17 @@ def test_the_ingress_runs_the_cli_command_and_probes_its_own_endpoints() -> None
     assert ingress["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert ingress["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert one(objects, "Deployment", "pollen-ingress")["spec"]["replicas"] >= 2
+
+
+def test_dashboard_auth_comes_from_a_secret_and_it_runs_as_in_compose() -> None:
+    dashboard = container(render("base"), "Deployment", "pollen-dashboard")
+    assert_from_secret(dashboard, "POLLEN_DASHBOARD__BASIC_AUTH", "pollen-dashboard")
+    assert dashboard["args"] == compose()["services"]["dashboard"]["command"]
+    assert "--no-auth" not in dashboard["args"]
+    port = int(dashboard["args"][dashboard["args"].index("--port") + 1])
+    assert [p["containerPort"] for p in dashboard["ports"]] == [port]
+    for probe in ("readinessProbe", "livenessProbe"):  # every route asks for credentials
+        assert dashboard[probe]["tcpSocket"]["port"] == "http"
 
 
 def test_flower_runs_the_same_known_options_in_compose_and_kubernetes() -> None:

@@ -122,4 +122,18 @@ def test_only_the_store_imports_redis() -> None:
 )
 def test_producer_modules_never_import_the_worker(module: str) -> None:
     seen = _reachable(_graph(), module)
-    assert not {m for m in seen if m.startswith(("pollen.worker", "pollen.simulator"))}
+    assert not {
+        m for m in seen if m.startswith(("pollen.worker", "pollen.simulator", "pollen.dashboard"))
+    }
+
+
+def test_the_dashboard_reads_through_the_producer_client_and_the_store() -> None:
+    """The dashboard is a face over ``AsyncPollen`` and the store's operations: it never
+    reaches into the worker, the simulator or the local processes."""
+    graph = _graph()
+    dashboard = {name for name in graph if name.startswith("pollen.dashboard")}
+    assert {"pollen.dashboard.app", "pollen.dashboard.views"} <= dashboard
+    seen = set().union(*(_reachable(graph, name) for name in dashboard))
+    assert not {
+        m for m in seen if m.startswith(("pollen.worker", "pollen.simulator", "pollen.local"))
+    }

@@ -258,3 +258,23 @@ def test_an_expired_in_flight_job_leaves_the_indexes_when_the_reconciler_drops_i
     report = reconcile(store, lambda *_: None, now=time.time() + 10_000)
     assert report.dropped == [job_id]
     assert store.redis.zcard(keys.index("runware", "submitted")) == 0
+
+
+def test_oldest_first_pages_through_the_same_jobs_in_reverse(pollen: Pollen) -> None:
+    store = pollen.store
+    early = _create(store, 3, prefix="early", now=1000.0)
+    late = _create(store, 4, metadata={"team": "x"}, prefix="late", now=2000.0)
+    _move(store, late[:2], JobStatus.SUBMITTED)
+    newest = _ids(pollen.jobs(limit=100))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = pollen.jobs(limit=2, cursor=cursor, oldest_first=True)
+        seen += _ids(page)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == newest[::-1] and len(seen) == 7
+    assert _ids(pollen.jobs(oldest_first=True, limit=1)) == [early[0]]
+    window = pollen.jobs(oldest_first=True, since=1500, metadata={"team": "x"}, limit=3)
+    assert _ids(window) == late[:3] and window.next_cursor is not None

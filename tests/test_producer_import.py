@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = (
     "pollen.worker",
     "pollen.simulator",
+    "pollen.dashboard",
+    "jinja2",
     "prometheus_client",
     "starlette",
     "uvicorn",

@@ -60,6 +60,7 @@ def test_readme_example_runs(
         assert result.stdout.splitlines()[0] in {"queued", "submitted"}
         status, urls, *_ = result.stdout.splitlines()[1].split(" ", 2)
         assert status == "succeeded"
+        # result URLs are the simulator's own /media files (http) since 58cfc5d
         assert urls.startswith("['http") and result.stdout.count(".mp4") == 2
     elif index == 1:
         accepted, errors, *statuses = result.stdout.splitlines()

@@ -887,3 +887,14 @@ def test_media_url_setting_moves_result_urls(client: httpx.Client, admin: httpx.
         assert items[0]["imageURL"].startswith("https://cdn.example/files/image/")
     finally:
         assert admin.patch("/_sim/config", json={"media_url": None}).is_success
+
+
+def test_runware_output_format_png_gives_a_png_url_that_serves_a_png(client: httpx.Client) -> None:
+    task_uuid = new_uuid()
+    task = inference(task_uuid, outputFormat="PNG", simulate={"durations": [0]})
+    assert client.post("/v1", json=[task]).status_code == 200
+    [item] = get_response(client, task_uuid).json()["data"]
+    assert item["imageURL"].endswith(f"/image/{item['imageUUID']}.png")
+    served = httpx.get(item["imageURL"])
+    assert served.headers["content-type"] == "image/png"
+    assert served.content.startswith(b"\x89PNG\r\n\x1a\n")

@@ -2,15 +2,22 @@
 
 Starts a local Redis (``redis-server`` or the embedded Valkey), the provider simulator, a
 callback receiver and a Celery worker; enqueues a few jobs; shows live progress; prints the
-stored results and the callbacks received; stops everything it started.
+stored results and the callbacks received. The jobs dashboard runs beside them (its URL and
+a one-off password are printed first); on a terminal it stays up after the report until
+Ctrl+C, so the jobs can be looked at; otherwise (stdin not a terminal: CI, scripts) the demo
+ends by itself. Either way it stops everything it started.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,7 @@ from rich.table import Table
 
 from pollen.callbacks import webhooks
 from pollen.client import Pollen
-from pollen.local.servers import CallbackReceiver, RedisServer, Worker
+from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
 from pollen.models import Job
 from pollen.settings import Settings
 from pollen.simulator import SimulatorConfig, SimulatorServer
@@ -140,7 +147,7 @@ def _report(
         )
 
 
-def run_demo(extra_jobs: int = 2) -> int:
+def run_demo(extra_jobs: int = 2, dashboard: bool = True) -> int:
     console = Console()
     secret = webhooks.new_secret()
     with tempfile.TemporaryDirectory(prefix="pollen-demo-") as tmp:
@@ -175,12 +182,49 @@ def run_demo(extra_jobs: int = 2) -> int:
                 worker.wait_ready(redis_server.url(0))
                 os.environ.update(env)
                 settings = Settings()
-                with Pollen(settings) as client:
+                with _dashboard(console, settings, dashboard) as url, Pollen(settings) as client:
                     code = _run_jobs(console, client, receiver, extra_jobs, secret)
+                    if url and not code:
+                        _stay_up(console, url)
                 if code:
                     console.print(f"[red]worker log:[/red]\n{log.read_text()[-3000:]}")
         console.print("stopped the worker, the simulator and Redis.")
         return code
+
+
+@contextmanager
+def _dashboard(console: Console, settings: Settings, wanted: bool) -> Iterator[str | None]:
+    """The jobs dashboard on this process's thread while the block runs (its URL), with a
+    one-off password; None when not ``wanted``."""
+    if not wanted:
+        yield None
+        return
+    from pollen.dashboard.security import Credentials
+    from pollen.dashboard.server import DashboardServer
+
+    credentials = Credentials("demo", secrets.token_urlsafe(9))
+    with DashboardServer(settings, credentials, free_port()) as server:
+        console.print(
+            f"  dashboard {server.url}/  (user demo, password {credentials.password})",
+            soft_wrap=True,
+        )
+        yield server.url
+
+
+def _stay_up(console: Console, url: str) -> None:
+    """Keep the dashboard up until Ctrl+C, when someone is at a terminal to press it."""
+    if not sys.stdin.isatty():
+        console.print(f"\n(stdin is not a terminal: the dashboard {url} stops now)", soft_wrap=True)
+        return
+    console.print(
+        f"\nthe dashboard stays up at {url}/ until Ctrl+C (which stops everything)",
+        soft_wrap=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print()
 
 
 def _run_jobs(

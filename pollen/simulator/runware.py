@@ -184,6 +184,8 @@ def _result_item(task: SimTask, gen: Generation, now: float) -> dict[str, Any]:
     if status == "processing":
         return {**base, "status": "processing"}
     kind, ext, cost = _KINDS.get(task.task_type, _IMAGE)
+    if kind == "image":  # Runware's outputFormat: JPG (the default), PNG or WEBP
+        ext = str(task.request.get("outputFormat") or ext).lower()
     return {
         **base,
         "status": "success",

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 
 from pollen.store import jobs, keys, ops, outbox
 from pollen.store.connection import client_options
+
+T = TypeVar("T")
 
 
 class AsyncStore:
@@ -29,6 +31,11 @@ class AsyncStore:
     def execute(self, batch: ops.Batch) -> Awaitable[list[Any]]:
         """One batch of commands in one pipeline round trip."""
         return ops.aexecute(self.redis, self.scripts, batch)
+
+    async def run(self, op: ops.Op[T]) -> T:
+        """Run a store operation (:mod:`pollen.store.ops`) on this client."""
+        with ops.guard():
+            return await ops.arun(self.redis, self.scripts, op)
 
     @asynccontextmanager
     async def listen(self, job_id: str) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:

@@ -122,6 +122,8 @@ def script_texts() -> dict[str, str]:
         MAX_RESPONSES=MAX_RESPONSES,
         INDEX_PREFIX=keys.INDEX_PREFIX,
         INDEX_EXPIRY=keys.INDEX_EXPIRY,
+        FINISHED_PREFIX=keys.FINISHED_PREFIX,
+        FINISHED_TTL=keys.FINISHED_TTL,
     )
 
 

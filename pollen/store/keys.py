@@ -37,6 +37,10 @@ INDEX_EXPIRY = f"{PREFIX}:index:expiry"
 COPIES_DUE = f"{PREFIX}:copies:due"
 #: sorted set "<job id>|<generation id>" -> until when a worker holds that copy (its lease)
 COPIES_RUNNING = f"{PREFIX}:copies:running"
+#: ``FINISHED_PREFIX + "<unix minute>"`` is a hash: terminal status -> jobs that reached it in
+#: that minute (the dashboard's finished-per-minute chart); each expires after FINISHED_TTL
+FINISHED_PREFIX = f"{PREFIX}:stats:finished:"
+FINISHED_TTL = 2 * 3600
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"
@@ -104,6 +108,11 @@ def rate_window(provider: str) -> str:
 def index(provider: str, status: str) -> str:
     """Sorted set: the ids of one provider's jobs in one status, by creation time."""
     return f"{INDEX_PREFIX}{provider}:{status}"
+
+
+def finished(minute: int) -> str:
+    """Hash: terminal status -> jobs that reached it during ``minute`` (unix time // 60)."""
+    return f"{FINISHED_PREFIX}{minute}"
 
 
 def all_for(job_id: str) -> list[str]:

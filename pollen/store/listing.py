@@ -8,7 +8,8 @@ their records expire (:meth:`Store.trim_indexes <pollen.store.jobs.Store.trim_in
 the periodic round); an entry whose record is gone
 anyway is dropped when a listing meets it.
 
-Pages are cursor-based, like Replicate's ``predictions.list``: a cursor is the position
+Newest first by default, oldest first when asked. Pages are cursor-based, like Replicate's
+``predictions.list``: a cursor is the position
 (creation time, job id) of the last job returned, so a page never repeats or skips a job
 because others were created or changed state meanwhile. With a ``metadata`` filter a page may
 hold fewer than ``limit`` jobs (at most :data:`EXAMINE_FACTOR` x ``limit`` entries are read
@@ -64,20 +65,25 @@ def query(
     metadata: dict[str, str] | None = None,
     limit: int = 20,
     cursor: str | None = None,
+    oldest_first: bool = False,
 ) -> Op[JobPage]:
-    """The newest jobs matching every filter given, after ``cursor`` (a store operation:
-    run it with ``Store.run`` or :func:`pollen.store.ops.arun`); see the module doc."""
+    """The newest (or, with ``oldest_first``, the oldest) jobs matching every filter given,
+    after ``cursor`` (a store operation: run it with ``Store.run`` or
+    :func:`pollen.store.ops.arun`); see the module doc. A cursor continues the order of the
+    page it came from."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidJob(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     index_keys = [keys.index(p, s) for p in providers for s in statuses]
     position = decode(cursor) if cursor else None
-    top = position[0] if position else (math.inf if until is None else until)
-    floor = -math.inf if since is None else since
+    window = [-math.inf if since is None else since, math.inf if until is None else until]
+    edge = 0 if oldest_first else 1  # the end of the window that moves as pages are read
+    if position:
+        window[edge] = position[0]
     found: list[Job] = []
     budget = limit * EXAMINE_FACTOR
     while len(found) < limit and budget > 0:
         want = min(limit - len(found), budget)
-        entries = yield from _merged(index_keys, position, top, floor, want + 1)
+        entries = yield from _merged(index_keys, position, window, want + 1, oldest_first)
         taken = entries[:want]
         budget -= len(taken)
         jobs = yield from jobs_with_results([job_id for _, job_id, _ in taken])
@@ -92,7 +98,8 @@ def query(
             yield stale
         if len(entries) <= want:
             return JobPage(found, None)
-        top = position[0] if position else top
+        if position:
+            window[edge] = position[0]
     return JobPage(found, encode(position) if position else None)
 
 
@@ -106,29 +113,34 @@ def _matches(
     return not metadata or all(job.metadata.get(k) == v for k, v in metadata.items())
 
 
-def _after(entry: Position, position: Position | None) -> bool:
-    """Whether ``entry`` comes after ``position`` (newest first, then id descending)."""
+def _after(entry: Position, position: Position | None, ascending: bool) -> bool:
+    """Whether ``entry`` comes after ``position`` in the listing's order (newest first, then
+    id descending; or the reverse)."""
     if position is None:
         return True
-    return entry[0] < position[0] or (entry[0] == position[0] and entry[1] < position[1])
+    return entry > position if ascending else entry < position
 
 
 def _merged(
-    index_keys: Sequence[str], position: Position | None, top: float, floor: float, want: int
+    index_keys: Sequence[str],
+    position: Position | None,
+    window: Sequence[float],
+    want: int,
+    ascending: bool,
 ) -> Op[list[tuple[float, str, str]]]:
-    """Up to ``want`` entries after ``position`` across the indexes, newest first, each job
-    once (one round trip, plus one per further chunk of an index whose window held only
-    entries at or before ``position``; creation times are unique per ``submit_many`` call, so
-    such ties are rare)."""
-    high = "+inf" if math.isinf(top) else repr(top)
-    low = "-inf" if math.isinf(floor) else repr(floor)
+    """Up to ``want`` entries after ``position`` across the indexes, scored within ``window``
+    (low, high), in the listing's order, each job once (one round trip, plus one per further
+    chunk of an index whose window held only entries at or before ``position``; creation
+    times are unique per ``submit_many`` call, so such ties are rare)."""
+    low, high = ("-inf" if v == -math.inf else "+inf" if v == math.inf else repr(v) for v in window)
+    start, stop = (low, high) if ascending else (high, low)
     chunk = want + 8
     offsets = dict.fromkeys(index_keys, 0)
     entries: dict[str, list[Position]] = {key: [] for key in index_keys}
     while offsets:
         replies = yield [
-            cmd("zrange", key, high, low, desc=True, byscore=True, offset=offset, num=chunk,
-                withscores=True)
+            cmd("zrange", key, start, stop, desc=not ascending, byscore=True, offset=offset,
+                num=chunk, withscores=True)
             for key, offset in offsets.items()
         ]  # fmt: skip
         more: dict[str, int] = {}
@@ -136,13 +148,13 @@ def _merged(
             entries[key] += [
                 (float(score), str(member))
                 for member, score in raw
-                if _after((float(score), str(member)), position)
+                if _after((float(score), str(member)), position, ascending)
             ]
             if len(raw) == chunk and len(entries[key]) < want:
                 more[key] = offset + chunk
         offsets = more
     merged = [(s, j, key) for key, found in entries.items() for s, j in found[:want]]
-    merged.sort(key=lambda e: (e[0], e[1]), reverse=True)
+    merged.sort(key=lambda e: (e[0], e[1]), reverse=not ascending)
     unique: dict[str, tuple[float, str, str]] = {}  # a job that moved between two indexes
     for entry in merged:  # while they were read is listed once
         unique.setdefault(entry[1], entry)

@@ -356,3 +356,36 @@ def job_from_fields(
         cancel_note=fields.get("cancel_note") or None,
         push_token=fields.get("push_token") or None,
     )
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What pollen kept of a job's exchanges with its provider, and when it began processing."""
+
+    sent_request: Any  #: the last request body sent to create the task (None before any)
+    submit_response: Any  #: the provider's answer to it
+    responses: list[dict[str, Any]]  #: the poll answers that said something new, oldest first
+    processing_at: float | None  #: when a poll first saw the task running (None before)
+    last_error: str  #: the last retryable error, while the job retries
+
+
+def audit(job_id: str) -> Op[Audit | None]:
+    """The job's audit record (None if the job is absent), in one round trip."""
+    names = ("id", "sent_request", "submit_response", "processing_at", "last_error")
+    fields, responses = yield [
+        cmd("hmget", keys.job(job_id), *names),
+        cmd("lrange", keys.responses(job_id), 0, -1),
+    ]
+    found = dict(zip(names, fields, strict=True))
+    if not found["id"]:
+        return None
+    return Audit(
+        sent_request=json.loads(found["sent_request"]) if found["sent_request"] else None,
+        submit_response=json.loads(found["submit_response"]) if found["submit_response"] else None,
+        responses=[json.loads(r) for r in responses],
+        processing_at=_optional_float(found["processing_at"]),
+        last_error=found["last_error"] or "",
+    )

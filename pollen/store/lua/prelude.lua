@@ -4,6 +4,7 @@
 --   MAX_RESPONSES  how many provider responses a job keeps
 --   FINAL_DELIVERY  set of delivery states that never change again
 --   INDEX_PREFIX, INDEX_EXPIRY  the listing indexes' key names (pollen/store/keys.py)
+--   FINISHED_PREFIX, FINISHED_TTL  the per-minute counts of jobs reaching a terminal status
 -- event(channel, field, value, ...): announce one lifecycle event on the job's channel (Pub/Sub:
 -- what wait() listens to; nothing is stored, so a job costs no stream in memory).
 local function event(channel, ...)
@@ -44,6 +45,9 @@ local function move(k, status, now, ttl, watch, fields)
   reindex(id, job[2], job[3], current, status, expires_at)
   if RANK[status] == TERMINAL then
     redis.call('HSET', k.job, 'finished_at', now)
+    local minute = FINISHED_PREFIX .. math.floor(tonumber(now) / 60)
+    redis.call('HINCRBY', minute, status, 1)
+    redis.call('EXPIRE', minute, FINISHED_TTL)
     redis.call('ZREM', k.inflight, id)
     redis.call('ZREM', k.by_age, id)
     event(k.events, 'type', 'completed', 'status', status, 'at', now)

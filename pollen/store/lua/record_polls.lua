@@ -67,7 +67,7 @@ for i = 3, #ARGV do
       if a.progress ~= '' then redis.call('HSET', k.job, 'progress', a.progress) end
       if a.cost ~= '' then redis.call('HSET', k.job, 'cost', a.cost) end
       if job[1] == 'submitted' then
-        redis.call('HSET', k.job, 'status', 'processing')
+        redis.call('HSET', k.job, 'status', 'processing', 'processing_at', now)
         reindex(job[3], job[4], job[5], 'submitted', 'processing', nil)
         redis.call('HINCRBY', k.counts, 'submitted', -1)
         redis.call('HINCRBY', k.counts, 'processing', 1)

@@ -1,0 +1,74 @@
+"""The dashboard's ASGI app: routes, templates (package data), static files, and one
+:class:`pollen.AsyncPollen` for the app's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from pollen import AsyncPollen, StoreUnavailable
+from pollen.dashboard import present, views
+from pollen.dashboard.security import Credentials, Protect, csrf_key, csrf_token
+from pollen.settings import Settings
+from pollen.store.connection import queue_depths
+
+HERE = Path(__file__).resolve().parent
+
+
+def templates() -> Jinja2Templates:
+    found = Jinja2Templates(directory=HERE / "templates")
+    found.env.filters.update(iso=present.iso, span=present.span, pretty=present.pretty)
+    return found
+
+
+async def unavailable(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(f"the job store is unavailable: {exc}\n", status_code=503)
+
+
+def build_app(settings: Settings, credentials: Credentials | None) -> Starlette:
+    """The dashboard for the store ``settings`` name; ``credentials`` None: no auth (local use
+    only: the CLI asks for ``--no-auth`` explicitly)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.pollen = AsyncPollen(settings)
+        try:
+            yield
+        finally:
+            await app.state.pollen.aclose()
+
+    routes = [
+        Route("/", views.jobs, name="jobs"),
+        Route("/jobs/{job_id}", views.job, name="job"),
+        Route("/jobs/{job_id}/cancel", views.cancel, methods=["POST"], name="cancel"),
+        Route("/jobs/{job_id}/replay", views.replay, methods=["POST"], name="replay"),
+        Route("/overview", views.overview, name="overview"),
+        Route("/api/counts", views.counts, name="counts"),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Protect, credentials=credentials)],
+        exception_handlers={StoreUnavailable: unavailable},
+        lifespan=lifespan,
+    )
+    q = settings.queues
+    app.state.templates = templates()
+    # paths, not absolute URLs: right behind any proxy or port-forward
+    app.state.templates.env.globals["path_for"] = lambda name, **params: str(
+        app.url_path_for(name, **params)
+    )
+    app.state.csrf_key = csrf_key(credentials)
+    app.state.csrf_token = csrf_token(app.state.csrf_key)
+    app.state.queue_names = [q.submit, q.poll, q.callbacks]
+    app.state.queue_depths = queue_depths(settings.broker, app.state.queue_names)
+    return app
