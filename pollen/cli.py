@@ -499,7 +499,9 @@ def ingress(
             "providers to push",
             err=True,
         )
-    uvicorn.run(build_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+    # no access log: a push's path holds the job's token (the app logs pushes, redacted)
+    uvicorn.run(build_app(settings), host=host, port=port, log_level="info", access_log=False,
+                proxy_headers=True)  # fmt: skip
 
 
 @command()

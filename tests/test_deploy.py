@@ -460,6 +460,11 @@ def test_the_ingress_runs_the_cli_command_and_probes_its_own_endpoints() -> None
     assert ingress["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert ingress["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert one(objects, "Deployment", "pollen-ingress")["spec"]["replicas"] >= 2
+    # Internet-facing: the store and the broker only, never the provider keys.
+    assert {"pollen-ingress"} == {
+        ref["secretRef"]["name"] for ref in ingress["envFrom"] if "secretRef" in ref
+    }
+    assert set(compose()["services"]["ingress"]["environment"]) == {"POLLEN_REDIS_URL"}
 
 
 def test_dashboard_auth_comes_from_a_secret_and_it_runs_as_in_compose() -> None:

@@ -25,9 +25,9 @@ import redis
 import uvicorn
 
 from pollen import JobStatus, Pollen
-from pollen.ingress import tokens
 from pollen.ingress.app import build_app
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
+from pollen.providers import push as tokens
 from pollen.providers.base import Submission
 from pollen.settings import IngressSettings, Settings
 from pollen.simulator import SimulatorConfig, SimulatorServer
@@ -296,11 +296,14 @@ def test_forged_foreign_and_replayed_pushes_are_answered_and_never_acted_on(
     a = pollen.get(job_a)
     assert a.status is JobStatus.PROCESSING and a.results == []
     assert pollen.get(job_b).polls == 0 and pollen.get(job_b).results == []
+    # A token naming another key of A's (its push list) is no job's: unknown, not an error.
+    assert store.exists(keys.pushes(job_a))
+    assert _post(ingress, "runware", tokens.new_token(f"{job_a}:pushes"), {}).status_code == 404
 
     after = ingress.counts()
     assert after[("runware", "forged")] - before.get(("runware", "forged"), 0) == 1
     assert after[("useapi_runway", "forged")] - before.get(("useapi_runway", "forged"), 0) == 1
-    assert after[("runware", "unknown")] - before.get(("runware", "unknown"), 0) == 2
+    assert after[("runware", "unknown")] - before.get(("runware", "unknown"), 0) == 3
 
     # Replayed after the job ended: answered 200, no provider request.
     pollen.cancel(job_a)
@@ -411,6 +414,9 @@ def test_push_requests_and_the_relaxed_schedule(push_settings: Settings, store: 
         assert own.policy.max_delay == 300
         sent = deps.providers["runware"].submit_request(producers, producers.task_uuid)
         assert json.loads(sent.content)[0]["webhookURL"] == "https://mine.example/hook"
+        # ... so no push will come for that job: no token, and its own poll cap
+        assert producers.push_token is None
+        assert producers.policy.max_delay == push_settings.poll.max_delay
         assert comet.push_token is None  # CometAPI documents no push
         assert comet.policy.max_delay == push_settings.poll.max_delay
         assert "push_token" not in own.model_dump()  # never in a status or callback body
@@ -425,7 +431,8 @@ def test_tokens_round_trip_and_refuse_garbage() -> None:
     assert tokens.new_token("job:1.a-b") != token
     assert tokens.redact(token).endswith(".***") and token.split(".")[1] not in tokens.redact(token)
     encoded = base64.urlsafe_b64encode(b"x").decode().rstrip("=")
-    for bad in ["", "abc", f"{encoded}.short", "a.b.c", "%%%." + "x" * 30, "x" * 300]:
+    spaced = tokens.new_token("not a job id")  # the id must be one pollen accepts
+    for bad in ["", "abc", f"{encoded}.short", "a.b.c", "%%%." + "x" * 30, "x" * 300, spaced]:
         assert tokens.job_of(bad) is None, bad
 
 

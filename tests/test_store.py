@@ -17,11 +17,11 @@ import redis
 
 from pollen import Pollen
 from pollen.errors import IdempotencyConflict, JobNotFound, StoreUnavailable
-from pollen.ingress import tokens
 from pollen.ingress.pushes import take_push
 from pollen.local.servers import RedisServer, free_port
 from pollen.models import GenerationResult, JobStatus
 from pollen.producer import drive
+from pollen.providers import push as tokens
 from pollen.settings import Settings
 from pollen.store import keys, ops, scripts
 from pollen.store.connection import redis_client

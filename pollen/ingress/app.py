@@ -26,9 +26,9 @@ from starlette.routing import Route
 from pollen import contract, producer
 from pollen.errors import StoreUnavailable
 from pollen.ingress.pushes import PushOutcome, take_push
-from pollen.ingress.tokens import MAX_TOKEN_LENGTH, redact
 from pollen.producer import Send
 from pollen.providers import REGISTRY
+from pollen.providers.push import MAX_TOKEN_LENGTH, redact
 from pollen.settings import Settings, get_settings
 from pollen.store import ops
 from pollen.store.aio import AsyncStore
@@ -119,8 +119,7 @@ class Ingress:
 
     async def ready(self, request: Request) -> Response:
         try:
-            with ops.guard():
-                await self.store.redis.ping()
+            await self.store.ping()
         except StoreUnavailable as exc:
             return JSONResponse({"ready": False, "error": str(exc)}, status_code=503)
         return JSONResponse({"ready": True})

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pollen import contract
-from pollen.ingress import tokens
 from pollen.models import JobStatus
 from pollen.producer import Flow, Send
 from pollen.providers import REGISTRY
+from pollen.providers import push as tokens
 from pollen.settings import Settings
-from pollen.store import keys
-from pollen.store.ops import Lua, cmd
+from pollen.store import ops
 
 #: how many pushes a job's audit list keeps, and how much of each body
 KEEP_PUSHES = 10
@@ -66,19 +65,15 @@ def take_push(
         json.loads(body)
     except ValueError:
         return PushOutcome("malformed", job_id)
-    [(stored, owner)] = yield [cmd("hmget", keys.job(job_id), "push_token", "provider")]
+    stored, owner = yield from ops.push_target(job_id)
     if stored is None or owner is None:
         return PushOutcome("unknown", job_id)
     if not hmac.compare_digest(stored.encode(), token.encode()) or owner != provider:
         return PushOutcome("forged", job_id)
-    entry = audit_entry(body, now)
-    script = Lua(
-        "take_push", [keys.job(job_id), keys.pushes(job_id)], [repr(now), entry, KEEP_PUSHES]
-    )
-    [answer] = yield [script]
-    if not answer:
+    answer = yield from ops.record_push(job_id, audit_entry(body, now), now=now, keep=KEEP_PUSHES)
+    if answer is None:
         return PushOutcome("unknown", job_id)
-    status, seq = JobStatus(answer[0]), int(answer[1])
+    status, seq = answer
     if status.terminal:
         return PushOutcome("finished", job_id)
     if status is JobStatus.QUEUED:

@@ -16,8 +16,8 @@ import httpx
 from pydantic import SecretStr
 
 from pollen.errors import ProviderNotConfigured
-from pollen.ingress import tokens
 from pollen.models import GenerationError, GenerationResult, Job, JobRequest
+from pollen.providers import push as tokens
 from pollen.settings import Settings
 
 ProviderState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
@@ -136,14 +136,24 @@ class Provider(ABC):
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
         """The normalised status; raises from :mod:`pollen.errors` on failure answers."""
 
-    #: True if the provider can push to a URL of ours when the task has news (``pollen
-    #: ingress``): the submit request then carries :meth:`push_url`.
-    supports_push: ClassVar[bool] = False
+    #: the request field in which the provider takes a URL to push to when the task has news
+    #: (``pollen ingress``), or None if it cannot push: the submit request then carries
+    #: :meth:`push_url` there, unless the producer's request has a URL of its own in it
+    push_field: ClassVar[str | None] = None
+
+    def pushes(self, job: Job) -> bool:
+        """Whether the provider will push to pollen about ``job`` (pushes on, a provider that
+        pushes, and no push URL of the producer's own in the request)."""
+        return bool(
+            self.push_field
+            and self.settings.ingress.public_url
+            and self.push_field not in job.request
+        )
 
     def push_url(self, job: Job) -> str | None:
-        """Where the provider should push about ``job``, or None (push off, or no token)."""
+        """Where the provider should push about ``job``, or None (it will not push to us)."""
         public = self.settings.ingress.public_url
-        if not (self.supports_push and public and job.push_token):
+        if not (public and job.push_token and self.pushes(job)):
             return None
         return tokens.push_url(public, self.name, job.push_token)
 

@@ -272,16 +272,16 @@ class Runware(Provider):
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
         )
 
-    supports_push = True
+    push_field = "webhookURL"
 
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
         return self._post([self._task(job, task_uuid)])
 
     def _task(self, job: Job, task_uuid: str) -> dict[str, Any]:
         task = {**job.request, "taskUUID": task_uuid, "deliveryMethod": "async"}
-        url = self.push_url(job)
-        if url is not None:  # a webhookURL of the producer's own is left as it is
-            task.setdefault("webhookURL", url)
+        url = self.push_url(job)  # None when the producer's request has a webhookURL
+        if url is not None:
+            task["webhookURL"] = url
         return task
 
     def parse_submit(self, job: Job, task_uuid: str, response: httpx.Response) -> Submission:

@@ -140,13 +140,13 @@ class UseapiRunway(Provider):
         key = self.settings.useapi.api_key.get_secret_value()
         return {"Authorization": f"Bearer {key}", "Accept": "application/json"}
 
-    supports_push = True
+    push_field = "replyUrl"
 
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
         url = self.settings.useapi.base_url.rstrip("/") + self.settings.useapi.create_path
         body = dict(job.request)
-        push = self.push_url(job)
-        if push is not None and "replyUrl" not in body:  # the producer's own is left alone
+        push = self.push_url(job)  # None when the producer's request has a replyUrl
+        if push is not None:
             body.update(replyUrl=push, replyRef=job.id)
         return httpx.Request("POST", url, json=body, headers=self._headers())
 

@@ -57,6 +57,11 @@ class AsyncStore:
         finally:
             await pubsub.aclose()
 
+    async def ping(self) -> None:
+        """Raise :class:`~pollen.errors.StoreUnavailable` unless Redis answers."""
+        with ops.guard():
+            await self.redis.ping()
+
     async def aclose(self) -> None:
         await self.redis.aclose()
 

@@ -45,6 +45,7 @@ SCRIPTS = (
     "cancel_job",
     "set_if_exists",
     "take_push",
+    "push_target",
 )
 
 ClaimVerdict = Literal["ok", "busy", "alone", "stale", "done", "missing"]

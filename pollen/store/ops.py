@@ -271,6 +271,28 @@ def task_details(job_id: str) -> Op[dict[str, Any] | None]:
     }
 
 
+# --- provider pushes --------------------------------------------------------------------
+
+
+def push_target(job_id: str) -> Op[tuple[str | None, str | None]]:
+    """The job's push token and provider (None, None when the job is absent)."""
+    [answer] = yield [Lua("push_target", [keys.job(job_id)], [])]
+    token, provider = answer or (None, None)
+    return token, provider
+
+
+def record_push(
+    job_id: str, entry: str, *, now: float, keep: int
+) -> Op[tuple[JobStatus, int] | None]:
+    """Keep a verified push in the job's audit list and count it (a finished job's is not
+    kept); the job's status and poll attempt, or None when the job is gone."""
+    [answer] = yield [Lua("take_push", [keys.job(job_id), keys.pushes(job_id)],
+                          [repr(now), entry, keep])]  # fmt: skip
+    if not answer:
+        return None
+    return JobStatus(answer[0]), int(answer[1])
+
+
 # --- callbacks --------------------------------------------------------------------------
 
 

@@ -26,8 +26,8 @@ from pollen.errors import (
     RetryableProviderError,
     TerminalProviderError,
 )
-from pollen.ingress import tokens
 from pollen.models import Job, JobStatus
+from pollen.providers import push as tokens
 from pollen.providers.base import Submission
 from pollen.store.jobs import Move
 from pollen.worker import logs, metrics
@@ -200,13 +200,14 @@ def _triage(deps: Deps, out: SubmitNext, job: Job, now: float) -> Ending | None:
 
 
 def _with_push_tokens(deps: Deps, provider: str, jobs: list[Job]) -> list[Job]:
-    """With pushes on (``POLLEN_INGRESS__PUBLIC_URL``) and a provider that pushes, a job
-    without a push token gets a new one (kept by :meth:`Store.begin_submits` unless the job
-    got one meanwhile)."""
-    if not (deps.settings.ingress.public_url and deps.providers[provider].supports_push):
-        return jobs
+    """A job the provider will push about (``POLLEN_INGRESS__PUBLIC_URL`` set, a provider that
+    pushes, no push URL of the producer's own) and without a push token gets a new one (kept
+    by :meth:`Store.begin_submits` unless the job got one meanwhile)."""
+    dialect = deps.providers[provider]
     return [
-        job if job.push_token else job.model_copy(update={"push_token": tokens.new_token(job.id)})
+        job.model_copy(update={"push_token": tokens.new_token(job.id)})
+        if not job.push_token and dialect.pushes(job)
+        else job
         for job in jobs
     ]
 

@@ -1,4 +1,4 @@
-"""Per-job push tokens: the last part of the URL a provider pushes to.
+"""Per-job push tokens: the last part of the URL a provider pushes to (``pollen ingress``).
 
 A token is ``<job id, base64url>.<random part>``: the ingress finds the job from the token
 alone and accepts a push only if the whole token equals the one stored with that job (the
@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
+
+from pollen.models import JOB_ID_PATTERN
 
 #: bytes of randomness in a token's secret part
 RANDOM_BYTES = 18
+_JOB_ID = re.compile(JOB_ID_PATTERN.removeprefix("^").removesuffix("$"))
 #: longest token the ingress looks at (a 128-character job id and the random part)
 MAX_TOKEN_LENGTH = 200
 
@@ -33,9 +37,10 @@ def job_of(token: str) -> str | None:
     try:
         padded = encoded + "=" * (-len(encoded) % 4)
         job_id = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
-        return job_id.decode("utf-8") or None
+        decoded = job_id.decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
         return None
+    return decoded if _JOB_ID.fullmatch(decoded) else None
 
 
 def push_url(public_url: str, provider: str, token: str) -> str:
