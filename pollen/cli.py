@@ -548,6 +548,17 @@ def _dashboard_credentials(basic_auth: str | None, no_auth: bool, settings: Sett
         _fail(f"--basic-auth: {exc}", 2)
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @command()
 def dashboard(
     port: Annotated[int | None, _opt("PORT", "Port (default 5556).", min=1, max=65535)] = None,
@@ -566,9 +577,11 @@ def dashboard(
 
     settings = _settings()
     credentials = _dashboard_credentials(basic_auth, no_auth, settings)
-    _reachable(settings)
     where = host or settings.dashboard.host
     listen = port or settings.dashboard.port
+    if credentials is None and not _loopback(where):
+        _fail(f"--no-auth serves only on a loopback address (127.0.0.1, ::1), not {where}", 2)
+    _reachable(settings)
     auth = "no auth" if credentials is None else f"basic auth, user {credentials.user}"
     typer.echo(f"pollen dashboard on http://{where}:{listen}/ ({auth}); Ctrl+C stops it", err=True)
     serve(settings, credentials, where, listen)

@@ -142,8 +142,8 @@ class StorageSettings(BaseModel):
     schedule: list[float] = Field(
         default_factory=lambda: list(COPY_SCHEDULE),
         min_length=1,
-        description="Delay before each copy attempt, seconds (JSON list); its length is the "
-        "number of attempts.",
+        description="Copy attempts (JSON list): its length is how many; the first runs as soon "
+        "as the result is seen, each later entry is the delay before that attempt, seconds.",
     )
     timeout: float = Field(60.0, gt=0, description="HTTP timeout of the result URL, seconds.")
     allow_cidrs: list[str] = Field(

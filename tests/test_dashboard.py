@@ -248,6 +248,13 @@ def test_overview_shows_finished_per_minute_in_flight_queues_and_dead_letters(
     assert "3 succeeded" in states and "1 queued" in states
 
 
+def test_queue_depths_are_unknown_for_another_or_an_unreachable_broker() -> None:
+    from pollen.dashboard.app import _depth_reader
+
+    assert _depth_reader("amqp://guest@127.0.0.1//", ["a", "b"])() == [None, None]
+    assert _depth_reader(f"redis://127.0.0.1:{free_port()}/0", ["a"])() == [None]
+
+
 # --- actions, auth, CSRF --------------------------------------------------------------------
 
 
@@ -390,6 +397,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         (["--basic-auth", "nopassword"], {}, 2, "--basic-auth: give user:password"),
         (["--basic-auth", "a:b", "--no-auth"], {}, 2, "give --basic-auth or --no-auth, not both"),
         (["--port", "0", "--no-auth"], {}, 2, "Invalid value for '--port'"),
+        (["--no-auth", "--host", "0.0.0.0"], {}, 2, "--no-auth serves only on a loopback"),
         ([], {"POLLEN_DASHBOARD__BASIC_AUTH": "x"}, 1, "POLLEN_DASHBOARD__BASIC_AUTH"),
         (["--no-auth"], {"POLLEN_REDIS_URL": "redis://127.0.0.1:9/0"}, 1, "is unreachable"),
     ],

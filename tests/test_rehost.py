@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_por
 from pollen.models import Job, JobStatus, StoredCopy
 from pollen.settings import StorageSettings
 from pollen.simulator import SimulatorServer
-from pollen.storage import object_key
+from pollen.storage import media_type, object_key
 from tests.conftest import eventually, settings_from
 
 pytestmark = pytest.mark.integration
@@ -301,13 +302,71 @@ def test_storage_settings_refuse_an_unknown_scheme_and_a_relative_directory() ->
     assert StorageSettings().url is None  # off by default
 
 
-def test_object_keys_come_from_the_ids_and_keep_the_extension() -> None:
-    url = "https://cdn.example.com/a/b/video.mp4?sig=1"
-    assert object_key("job-1", "gen-1", url, "video/mp4") == "job-1/gen-1.mp4"
-    assert object_key("a/b", "c d", "https://x/y", "image/png") == "a_b/c_d.png"
-    assert object_key("j", "g", "https://x/y", "application/x-unknown") == "j/g"
+def test_object_keys_come_from_the_ids_and_only_media_types_are_kept() -> None:
+    assert object_key("job-1", "gen-1", "video/mp4") == "job-1/gen-1.mp4"
+    assert object_key("a/b", "c d", "image/png") == "a_b/c_d.png"
+    assert object_key("j", "g", "application/x-unknown") == "j/g"
+    assert media_type("image/jpeg; charset=binary") == "image/jpeg"
+    # A result host must not get a page or a script served from pollen's storage.
+    for hostile in ("text/html", "image/svg+xml", "application/javascript", ""):
+        assert media_type(hostile) == "application/octet-stream"
+        assert object_key("j", "g", media_type(hostile)) == "j/g"
 
 
 def test_stored_copy_json_round_trips() -> None:
     copy = StoredCopy(status="stored", url="file:///x", sha256="0" * 64, size=3, attempts=1)
     assert StoredCopy.model_validate(json.loads(copy.model_dump_json())) == copy
+
+
+def test_an_interrupted_copy_counts_its_attempt_and_a_dead_copier_cannot_loop(
+    settings: Any, clean: None, tmp_path: Path
+) -> None:
+    """Driven step by step on the session's store and simulator (no worker copies: the
+    session's worker has re-hosting off). A copy that raises something unexpected is recorded
+    as a failed attempt; a claim that is never recorded (its worker was killed) still counts,
+    so the copy ends ``failed`` instead of being tried until the job expires."""
+    from pollen import payloads
+    from pollen.worker import batch, rehost, submits
+    from pollen.worker.runtime import build_deps
+
+    storage = StorageSettings(url=tmp_path.as_uri(), allow_cidrs=["127.0.0.0/8"],
+                              schedule=[0, 0.05])  # fmt: skip
+    deps = build_deps(settings.model_copy(update={"storage": storage}))
+    try:
+        payload = {"provider": "runware", "request": image_request()}
+        job_id, _ = payloads.accept(deps.settings, deps.store, payload, now=deps.clock())
+        submits.submit_batch(deps, [job_id])
+
+        def polled() -> str | None:
+            job = deps.store.get(job_id)
+            if not job.results:
+                batch.poll_batch(deps, [(job_id, job.poll_seq)])
+                return None
+            return job.results[0].id
+
+        generation = eventually(polled, timeout=10, interval=0.1, what="the image")
+
+        def fail(*args: Any, **kwargs: Any) -> str:
+            raise RuntimeError("disk on fire")
+
+        deps.storage.put = fail  # type: ignore[union-attr,method-assign]
+        outcome = rehost.copy_result(deps, job_id, generation)
+        copy = deps.store.get(job_id).results[0].stored
+        assert outcome.state == "pending" and copy is not None
+        assert copy.attempts == 1 and "copy interrupted: RuntimeError('disk on fire')" in (
+            copy.error or ""
+        )
+        # A copier that claims the copy and dies: its lease runs out, nothing recorded.
+        time.sleep(0.06)  # the retry is due
+        claim = deps.copies.claim(job_id, generation, now=deps.clock(), lease=0.01)
+        assert claim.verdict == "ok" and claim.copy is not None and claim.copy.attempts == 2
+        time.sleep(0.02)
+        outcome = rehost.copy_result(deps, job_id, generation)
+        copy = deps.store.get(job_id).results[0].stored
+        assert outcome.state == "failed" and copy is not None and copy.status == "failed"
+        assert copy.attempts == 3
+        assert "stopped before they were done (gave up after 3 attempts)" in (copy.error or "")
+        assert not list(tmp_path.rglob("*.png"))  # never tried once the schedule was spent
+    finally:
+        deps.http.close()
+        deps.store.redis.close()

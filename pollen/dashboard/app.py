@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -18,7 +19,8 @@ from starlette.templating import Jinja2Templates
 from pollen import AsyncPollen, StoreUnavailable
 from pollen.dashboard import present, views
 from pollen.dashboard.security import Credentials, Protect, csrf_key, csrf_token
-from pollen.settings import Settings
+from pollen.settings import REDIS_SCHEMES, Settings
+from pollen.store import ops
 from pollen.store.connection import queue_depths
 
 HERE = Path(__file__).resolve().parent
@@ -70,5 +72,22 @@ def build_app(settings: Settings, credentials: Credentials | None) -> Starlette:
     app.state.csrf_key = csrf_key(credentials)
     app.state.csrf_token = csrf_token(app.state.csrf_key)
     app.state.queue_names = [q.submit, q.poll, q.callbacks]
-    app.state.queue_depths = queue_depths(settings.broker, app.state.queue_names)
+    app.state.queue_depths = _depth_reader(settings.broker, app.state.queue_names)
     return app
+
+
+def _depth_reader(broker: str, queues: list[str]) -> Callable[[], list[int | None]]:
+    """Queue lengths, read from a Redis broker; unknown (None) for another broker, or when
+    the broker does not answer."""
+    if urlsplit(broker).scheme.lower() not in REDIS_SCHEMES:
+        return lambda: [None] * len(queues)
+    read = queue_depths(broker, queues)
+
+    def guarded() -> list[int | None]:
+        try:
+            with ops.guard():
+                return list(read())
+        except StoreUnavailable:
+            return [None] * len(queues)
+
+    return guarded

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -135,8 +135,11 @@ def _refused() -> Response:
     return PlainTextResponse("refused: the form's CSRF token is missing or wrong\n", 403)
 
 
-def _back(job_id: str, note: str) -> Response:
-    return RedirectResponse(f"/jobs/{quote(job_id)}?note={quote(note)}", status_code=303)
+def _back(request: Request, job_id: str, note: str) -> Response:
+    """Back to the job's page after an action (behind a path prefix too)."""
+    path = request.app.url_path_for("job", job_id=quote(job_id))
+    root = request.scope.get("root_path", "")
+    return RedirectResponse(f"{root}{path}?{urlencode({'note': note})}", status_code=303)
 
 
 async def cancel(request: Request) -> Response:
@@ -147,7 +150,7 @@ async def cancel(request: Request) -> Response:
         outcome = await _pollen(request).cancel(job_id, reason="cancelled from the dashboard")
     except JobNotFound as exc:
         return render(request, "missing.html", 404, message=str(exc))
-    return _back(job_id, outcome.message)
+    return _back(request, job_id, outcome.message)
 
 
 async def replay(request: Request) -> Response:
@@ -158,4 +161,4 @@ async def replay(request: Request) -> Response:
         replayed = await _pollen(request).replay_callbacks(job_id)
     except JobNotFound as exc:
         return render(request, "missing.html", 404, message=str(exc))
-    return _back(job_id, f"replayed {len(replayed)} callback deliveries")
+    return _back(request, job_id, f"replayed {len(replayed)} callback deliveries")

@@ -8,22 +8,39 @@ A backend stores one object under a key and says the URL that serves it:
   (``pip install 'pollen[storage]'``).
 
 The key of a copy is ``<prefix>/<job id>/<generation id><extension>``: copying the same
-result twice writes the same object, so a repeated copy is harmless. Backends raise
+result twice writes the same object, so a repeated copy is harmless. A copy is stored as the
+media type its host declared only when that is an image, video or audio type pollen knows
+(never HTML or SVG), else as ``application/octet-stream``. Backends raise
 :class:`pollen.errors.CopyUnavailable` when the storage fails (the copy is tried again).
 """
 
 from __future__ import annotations
 
-import mimetypes
 import re
-from pathlib import PurePosixPath
 from typing import IO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from pollen.settings import StorageSettings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+#: what a stored file may be served as: media, never a page or a script (a hostile result
+#: host must not get HTML or SVG served from your bucket or CDN); anything else is stored as
+#: application/octet-stream with no extension
+MEDIA_TYPES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/avif": ".avif",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/quicktime": ".mov",
+    "audio/mpeg": ".mp3",
+    "audio/wav": ".wav",
+    "audio/ogg": ".ogg",
+    "audio/flac": ".flac",
+}
+OPAQUE = "application/octet-stream"
 
 
 class Storage(Protocol):
@@ -35,13 +52,18 @@ class Storage(Protocol):
         ...
 
 
-def object_key(job_id: str, generation: str, url: str, content_type: str) -> str:
-    """``<job id>/<generation id><extension>``; the extension from the URL's path, else from
-    the content type. Unsafe characters become ``_`` (keys are also file names)."""
-    suffix = PurePosixPath(unquote(urlsplit(url).path)).suffix
-    if not _EXTENSION.fullmatch(suffix):
-        suffix = mimetypes.guess_extension(content_type.partition(";")[0].strip()) or ""
-    return f"{_UNSAFE.sub('_', job_id)}/{_UNSAFE.sub('_', generation)}{suffix.lower()}"
+def media_type(content_type: str) -> str:
+    """The type a copy is stored and served as: the host's if it is a known media type, else
+    ``application/octet-stream``."""
+    declared = content_type.partition(";")[0].strip().lower()
+    return declared if declared in MEDIA_TYPES else OPAQUE
+
+
+def object_key(job_id: str, generation: str, content_type: str) -> str:
+    """``<job id>/<generation id><extension>``, the extension from the stored media type (none
+    for other types). Unsafe characters become ``_`` (keys are also file names)."""
+    suffix = MEDIA_TYPES.get(media_type(content_type), "")
+    return f"{_UNSAFE.sub('_', job_id)}/{_UNSAFE.sub('_', generation)}{suffix}"
 
 
 def public(base: str, key: str) -> str:

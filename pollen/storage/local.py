@@ -39,6 +39,7 @@ class LocalStorage:
                 except BaseException:
                     os.unlink(out.name)
                     raise
+            os.chmod(out.name, 0o644)  # a web server over the directory may serve it
             os.replace(out.name, target)
         except OSError as exc:
             raise CopyUnavailable(f"storage {self.root} refused the write: {exc}") from exc

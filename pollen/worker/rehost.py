@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import dataclass, field
 
 from pollen.callbacks import events
-from pollen.errors import CopyError, CopyRefused
+from pollen.errors import CopyError, CopyRefused, CopyUnavailable
 from pollen.models import GenerationResult, StoredCopy
-from pollen.storage import Storage, object_key
+from pollen.storage import Storage, media_type, object_key
 from pollen.storage.fetch import fetch
 from pollen.worker import logs
 from pollen.worker.runtime import Deps
@@ -55,12 +55,17 @@ def copy_result(deps: Deps, job_id: str, generation: str) -> CopyOutcome:
     if claim.copy is None or claim.result is None:
         return CopyOutcome(None, f"not copied: the copy is {claim.verdict}")
     logs.bind(job_id=job_id)
-    attempts = claim.copy.attempts + 1
+    attempts = claim.copy.attempts  # this one included: the claim counts it
     due_at = 0.0
     try:
+        if attempts > len(deps.settings.storage.schedule):  # earlier claims never recorded
+            raise CopyUnavailable("the workers copying it stopped before they were done")
         copy = _copy(deps, storage, job_id, claim.result, attempts)
     except CopyError as exc:
         copy, due_at = _failed(deps, exc, attempts, now)
+    except Exception as exc:  # a soft time limit, a full disk, a bug: retried like a failure
+        log.exception("copy of %s interrupted", generation)
+        copy, due_at = _failed(deps, CopyUnavailable(f"copy interrupted: {exc!r}"), attempts, now)
     if deps.copies.record(job_id, generation, copy, now=deps.clock(), due_at=due_at) is None:
         return CopyOutcome(None, "not recorded: the job expired or the copy was finished")
     if copy.status == "pending":
@@ -85,11 +90,12 @@ def _copy(
             max_bytes=settings.max_bytes, timeout=settings.timeout,
         )  # fmt: skip
         spool.seek(0)
-        key = object_key(job_id, result.id, result.url, got.content_type)
-        url = storage.put(key, spool, size=got.size, content_type=got.content_type)
+        content_type = media_type(got.content_type)
+        key = object_key(job_id, result.id, content_type)
+        url = storage.put(key, spool, size=got.size, content_type=content_type)
     return StoredCopy(
         status="stored", url=url, sha256=got.sha256, size=got.size,
-        content_type=got.content_type, attempts=attempts, updated_at=deps.clock(),
+        content_type=content_type, attempts=attempts, updated_at=deps.clock(),
     )  # fmt: skip
 
 
@@ -107,7 +113,9 @@ def _failed(deps: Deps, exc: CopyError, attempts: int, now: float) -> tuple[Stor
 
 def _event(deps: Deps, job_id: str, generation: str) -> list[str]:
     """The ``job.result_stored`` deliveries of a finished copy (to send now)."""
-    job = deps.store.get(job_id)
+    [job] = deps.store.get_with_results([job_id])
+    if job is None:  # expired since the copy was recorded
+        return []
     result = next((r for r in job.results if r.id == generation), None)
     if result is None or not events.wants(job, "result_stored"):
         return []

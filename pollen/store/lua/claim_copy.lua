@@ -1,5 +1,5 @@
 -- Claim one result's copy (re-hosting) for this worker: only a pending copy, one worker at a
--- time. The copy stays on the due set at the end of the lease, so a worker that dies while
+-- time, counting the attempt. The copy stays on the due set at the end of the lease, so a worker that dies while
 -- copying leaves it due again; a copy that is no longer pending leaves both sets.
 -- KEYS: stored, results, job, copies_due, copies_running
 -- ARGV: member (job id|generation id), generation id, now, lease_seconds
@@ -26,4 +26,10 @@ end
 local lease_end = now + tonumber(ARGV[4])
 redis.call('ZADD', KEYS[5], lease_end, member)
 redis.call('ZADD', KEYS[4], lease_end, member)
+-- The attempt counts when it starts: a worker killed mid-copy (out of memory, a full disk, a
+-- hard time limit) cannot have its copy tried forever.
+local state = cjson.decode(copy)
+state.attempts = (tonumber(state.attempts) or 0) + 1
+copy = cjson.encode(state)
+redis.call('HSET', KEYS[1], ARGV[2], copy)
 return {'ok', copy, result}
