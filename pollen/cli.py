@@ -269,6 +269,7 @@ def worker(
         from pollen.worker.app import build_worker_app
 
     settings = _settings()
+    _storage_usable(settings)
     q = settings.queues
     names = queues or ",".join([q.submit, q.poll, q.callbacks])
     celery = build_worker_app(settings)
@@ -448,6 +449,28 @@ def callbacks_replay(
     typer.echo(f"replayed {len(replayed)} deliveries" + "".join(f"\n  {d}" for d in replayed))
 
 
+def _storage_usable(settings: Settings) -> None:
+    """Re-hosting to S3 needs boto3 (the storage extra): say so before the worker starts."""
+    import importlib.util
+
+    url = settings.storage.url or ""
+    if url.startswith("s3://") and importlib.util.find_spec("boto3") is None:
+        _fail(f"POLLEN_STORAGE__URL={url} needs boto3: pip install 'pollen[storage]'")
+
+
+def _port_free(host: str, port: int) -> None:
+    """A server command's address must be free: one line, not uvicorn's start-up failure."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def _opt(metavar: str, help: str, **kwargs: Any) -> Any:
     return typer.Option(metavar=metavar, help=help, **kwargs)
 
@@ -493,12 +516,12 @@ def ingress(
         from pollen.ingress.app import build_app
 
     settings = _settings()
-    if not settings.ingress.public_url:
-        typer.echo(
-            "note: POLLEN_INGRESS__PUBLIC_URL is not set here; the workers need it to ask "
-            "providers to push",
-            err=True,
-        )
+    _port_free(host, port)
+    typer.echo(
+        f"pollen ingress on http://{host}:{port}/push/<provider>/<token>; the workers ask "
+        "providers to push here when their POLLEN_INGRESS__PUBLIC_URL points at it",
+        err=True,
+    )
     # no access log: a push's path holds the job's token (the app logs pushes, redacted)
     uvicorn.run(build_app(settings), host=host, port=port, log_level="info", access_log=False,
                 proxy_headers=True)  # fmt: skip
@@ -582,6 +605,7 @@ def dashboard(
     if credentials is None and not _loopback(where):
         _fail(f"--no-auth serves only on a loopback address (127.0.0.1, ::1), not {where}", 2)
     _reachable(settings)
+    _port_free(where, listen)
     auth = "no auth" if credentials is None else f"basic auth, user {credentials.user}"
     typer.echo(f"pollen dashboard on http://{where}:{listen}/ ({auth}); Ctrl+C stops it", err=True)
     serve(settings, credentials, where, listen)

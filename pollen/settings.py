@@ -116,6 +116,8 @@ class IngressSettings(BaseModel):
             raise ValueError("must be an http(s) URL such as https://hooks.example.com")
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment")
+        if parts.path.rstrip("/").endswith("/push"):
+            raise ValueError("give the ingress's base URL: pollen adds /push/<provider>/<token>")
         return url.rstrip("/")
 
 

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -442,6 +443,14 @@ def test_the_ingress_command_serves_and_refuses_bad_settings(push_env: dict[str,
     bad = {**push_env, "POLLEN_INGRESS__PUBLIC_URL": "hooks.example.com"}
     assert_user_error(pollen(bad, "ingress"), "POLLEN_INGRESS__PUBLIC_URL: Value error, must be")
     assert_user_error(pollen(push_env, "ingress", "--port", "0"), "Invalid value", code=2)
+    with_path = {**push_env, "POLLEN_INGRESS__PUBLIC_URL": "https://hooks.example.com/push/"}
+    assert_user_error(pollen(with_path, "ingress"), "give the ingress's base URL")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        result = pollen(push_env, "ingress", "--host", "127.0.0.1", "--port", busy)
+        assert_user_error(result, f"cannot listen on 127.0.0.1:{busy}")
     port = free_port()
     env = {**os.environ, **push_env}
     argv = [sys.executable, "-m", "pollen.cli", "ingress", "--host", "127.0.0.1", "--port",

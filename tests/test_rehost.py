@@ -123,7 +123,7 @@ def files(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Pollen, Path]]:
     """A worker copying to a local directory, files up to 4096 bytes (the simulator's images,
-    2 KiB, pass; its videos, 32 KiB, do not), result URLs on 127.0.0.0/8 allowed."""
+    small PNGs, pass; its videos, 32 KiB, do not), result URLs on 127.0.0.0/8 allowed."""
     root = tmp_path_factory.mktemp("stored")
     log = tmp_path_factory.mktemp("rehost") / "files.log"
     storage = {"url": root.as_uri(), "max_bytes": "4096", "allow_cidrs": '["127.0.0.0/8"]'}
@@ -146,7 +146,7 @@ def test_the_copy_lands_in_the_directory_with_the_same_bytes_and_an_event(
     assert kept == original
     assert copy.sha256 == hashlib.sha256(original).hexdigest()
     assert copy.size == len(original)
-    assert copy.content_type == "image/jpeg"
+    assert copy.content_type == "image/png"
     assert copy.attempts == 1
     assert path_of(copy.url or "").is_relative_to(root)
     assert client.get(job_id).results[0].url == result.url  # the provider's URL stays beside it
@@ -268,11 +268,12 @@ def test_the_copy_lands_in_s3_and_its_url_serves_the_same_bytes(
         copy = copy_of(client, job_id)
     assert copy.status == "stored", copy
     generation = job.results[0].id
-    assert copy.url == f"{s3_server}/{BUCKET}/copies/{job_id}/{generation}.jpg"
+    # stored under the media type the host declared (the simulator's images are PNGs)
+    assert copy.url == f"{s3_server}/{BUCKET}/copies/{job_id}/{generation}.png"
     served = httpx.get(copy.url)
     original = httpx.get(job.results[0].url or "").content
     assert served.content == original
-    assert served.headers["content-type"] == "image/jpeg"
+    assert served.headers["content-type"] == "image/png"
     assert hashlib.sha256(served.content).hexdigest() == copy.sha256
 
 

@@ -61,15 +61,15 @@ def take_push(
     job_id = tokens.job_of(token)
     if job_id is None or provider not in REGISTRY:
         return PushOutcome("unknown")
-    try:
-        json.loads(body)
-    except ValueError:
-        return PushOutcome("malformed", job_id)
     stored, owner = yield from ops.push_target(job_id)
     if stored is None or owner is None:
         return PushOutcome("unknown", job_id)
     if not hmac.compare_digest(stored.encode(), token.encode()) or owner != provider:
         return PushOutcome("forged", job_id)
+    try:
+        json.loads(body)
+    except ValueError:
+        return PushOutcome("malformed", job_id)
     answer = yield from ops.record_push(job_id, audit_entry(body, now), now=now, keep=KEEP_PUSHES)
     if answer is None:
         return PushOutcome("unknown", job_id)

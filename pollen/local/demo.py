@@ -112,7 +112,7 @@ def _report(
         for result in job.results:
             offset = result.seen_at - (job.submitted_at or job.created_at)
             console.print(
-                f"  {result.kind} {result.url}  (stored {offset:.1f} s after submit)",
+                f"  {result.kind} {result.url}  (seen {offset:.1f} s after submit)",
                 soft_wrap=True,
             )
             if result.stored is not None:

@@ -1,10 +1,9 @@
 """The files behind the simulator's result URLs, so a result can be fetched like a real one.
 
 ``GET /media/<kind>/<name>`` answers deterministic bytes for any name: images are real PNGs
-(a small square whose colour comes from the name), other kinds are bytes derived from the
-name with the content type their extension says (2 KiB for an image, 32 KiB otherwise).
-The same name always gives the same bytes,
-so a copy can be compared with its source.
+(a small square whose colour comes from the name; ``image/png`` whatever the extension says),
+other kinds are bytes derived from the name with the content type their extension says (32 KiB).
+The same name always gives the same bytes, so a copy can be compared with its source.
 
 ``GET /media/expired/<anything>`` answers 404, like a provider's URL after it expired: point
 result URLs there with the config's ``media_url`` (``<simulator>/media/expired``) to script
@@ -33,10 +32,9 @@ CONTENT_TYPES = {
     "mp3": "audio/mpeg",
 }
 IMAGE_SIDE = 64
-#: copies of a name's 32-byte digest in one file: images 2 KiB, videos and audio 32 KiB (so
-#: a size limit between the two tells them apart)
-REPEATS = {"image": 64}
-DEFAULT_REPEATS = 1024
+#: other files (videos, audio): the name's 32-byte sha256 this many times, 32 KiB, so a size
+#: limit between an image's PNG (well under 1 KiB) and 32 KiB tells them apart
+REPEATS = 1024
 
 
 def media_base(sim: Simulator) -> str:
@@ -74,11 +72,10 @@ def body(kind: str, name: str) -> tuple[bytes, str]:
     """The bytes and content type served for ``/media/<kind>/<name>``."""
     extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
-    if extension == "png":
-        return png(name), content_type
+    if content_type.startswith("image/"):  # a real picture, whatever the extension asked for
+        return png(name), "image/png"
     seed = hashlib.sha256(f"{kind}/{name}".encode()).digest()
-    repeats = REPEATS.get(content_type.partition("/")[0], DEFAULT_REPEATS)
-    return seed * repeats, content_type
+    return seed * REPEATS, content_type
 
 
 async def serve(request: Request) -> Response:
