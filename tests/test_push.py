@@ -24,8 +24,10 @@ import httpx
 import pytest
 import redis
 import uvicorn
+from bs4 import BeautifulSoup
 
 from pollen import JobStatus, Pollen
+from pollen.dashboard.server import DashboardServer
 from pollen.ingress.app import build_app
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
 from pollen.providers import push as tokens
@@ -194,7 +196,7 @@ def _token(store: Any, job_id: str) -> str:
 
 def test_a_push_wakes_the_job_up_long_before_its_first_poll(
     push_worker: Worker, pollen: Pollen, store: Any, ingress: IngressServer,
-    pusher_sim: SimulatorServer,
+    pusher_sim: SimulatorServer, push_settings: Settings,
 ) -> None:  # fmt: skip
     before = ingress.counts().get(("runware", "polled"), 0)
     started = time.time()
@@ -215,6 +217,13 @@ def test_a_push_wakes_the_job_up_long_before_its_first_poll(
     assert store.hget(keys.job(job_id), "pushes") == "1"
     assert ingress.counts()[("runware", "polled")] == before + 1
     assert _sim_stats(pusher_sim)["pushes"]["sent"] == 1
+    # The dashboard's audit trail shows the push beside the provider's answers.
+    with DashboardServer(push_settings, None, free_port()) as dashboard:
+        page = BeautifulSoup(httpx.get(f"{dashboard.url}/jobs/{job_id}").text, "html.parser")
+    [shown] = page.select("#audit details.push")
+    summary = shown.select_one("summary")
+    assert summary is not None and "provider push 1" in summary.get_text()
+    assert job.task_uuid in shown.get_text() and token not in str(page)
 
 
 def test_useapi_reply_url_wakes_the_job_up(

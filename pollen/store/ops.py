@@ -392,14 +392,17 @@ class Audit:
     responses: list[dict[str, Any]]  #: the poll answers that said something new, oldest first
     processing_at: float | None  #: when a poll first saw the task running (None before)
     last_error: str  #: the last retryable error, while the job retries
+    #: the provider's pushes the ingress took (``at``, ``bytes``, ``body``), oldest first
+    pushes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def audit(job_id: str) -> Op[Audit | None]:
     """The job's audit record (None if the job is absent), in one round trip."""
     names = ("id", "sent_request", "submit_response", "processing_at", "last_error")
-    fields, responses = yield [
+    fields, responses, pushes = yield [
         cmd("hmget", keys.job(job_id), *names),
         cmd("lrange", keys.responses(job_id), 0, -1),
+        cmd("lrange", keys.pushes(job_id), 0, -1),
     ]
     found = dict(zip(names, fields, strict=True))
     if not found["id"]:
@@ -410,4 +413,5 @@ def audit(job_id: str) -> Op[Audit | None]:
         responses=[json.loads(r) for r in responses],
         processing_at=_optional_float(found["processing_at"]),
         last_error=found["last_error"] or "",
+        pushes=[json.loads(p) for p in pushes],
     )
