@@ -371,3 +371,29 @@ def test_an_interrupted_copy_counts_its_attempt_and_a_dead_copier_cannot_loop(
     finally:
         deps.http.close()
         deps.store.redis.close()
+
+
+def test_the_worker_command_says_s3_needs_boto3_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the storage extra, ``pollen worker`` stops with one line (exit 1) instead of a
+    worker process dying at start with a traceback."""
+    import importlib.util
+
+    import typer
+
+    from pollen import cli
+    from pollen.settings import Settings
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a)
+    )
+    settings = Settings(storage=StorageSettings(url="s3://bucket/prefix"))
+    with pytest.raises(typer.Exit) as stopped:
+        cli._storage_usable(settings)
+    assert stopped.value.exit_code == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: POLLEN_STORAGE__URL=s3://bucket/prefix needs boto3: pip install 'pollen[storage]'"
+    )
+    cli._storage_usable(Settings(storage=StorageSettings(url="file:///tmp/x")))  # no boto3 needed
