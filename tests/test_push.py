@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,8 @@ def push_env(
         "POLLEN_USEAPI__BASE_URL": pusher_sim.url,
         "POLLEN_COMET__BASE_URL": pusher_sim.url,
         "POLLEN_INGRESS__PUBLIC_URL": ingress_url,
+        # wide enough that the concurrent pushes of a test share one poll message
+        "POLLEN_INGRESS__WAKE_WINDOW": "0.3",
     }
 
 
@@ -322,6 +325,30 @@ def test_forged_foreign_and_replayed_pushes_are_answered_and_never_acted_on(
     assert (replay.status_code, replay.json()) == (200, {"outcome": "finished"})
     assert _sim_stats(pusher_sim)["requests"] == requests
     assert store.hget(keys.job(job_a), "pushes") == "1"  # the finished job's push not kept
+
+
+def test_pushes_of_one_moment_are_polled_in_one_provider_request(
+    push_worker: Worker, pollen: Pollen, store: Any, ingress: IngressServer,
+    pusher_sim: SimulatorServer,
+) -> None:  # fmt: skip
+    _sim_config(pusher_sim, push_loss=1.0)  # only this test's own pushes reach the ingress
+    slow = {"initial_delay": 30.0, "interval": 30.0, "max_delay": 30.0}
+    jobs = [pollen.submit("runware", video_request([60.0]), poll=slow) for _ in range(5)]
+    tokens_by_job = {job_id: _token(store, job_id) for job_id in jobs}
+    eventually(
+        lambda: all(pollen.get(j).status is JobStatus.SUBMITTED for j in jobs), what="submitted"
+    )
+    before = _sim_stats(pusher_sim)
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(
+            lambda job_id: _post(ingress, "runware", tokens_by_job[job_id], {"data": []}), jobs
+        ))  # fmt: skip
+    assert [a.status_code for a in answers] == [202] * len(jobs)
+    eventually(lambda: all(pollen.get(j).polls == 1 for j in jobs), what="each job polled once")
+    after = _sim_stats(pusher_sim)
+    status = after["requests_by_kind"]["status"] - before["requests_by_kind"].get("status", 0)
+    items = after["tasks"]["getResponse"] - before["tasks"].get("getResponse", 0)
+    assert (status, items) == (1, 5)  # one Runware request asking about the five tasks
 
 
 def test_oversized_and_malformed_bodies_are_refused(

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from pollen import contract, producer
 from pollen.errors import StoreUnavailable
 from pollen.ingress.pushes import PushOutcome, take_push
+from pollen.ingress.wakes import WakeBatcher
 from pollen.producer import Send
 from pollen.providers import REGISTRY
 from pollen.providers.push import MAX_TOKEN_LENGTH, redact
@@ -60,6 +61,12 @@ class Ingress:
         self.settings = settings
         self.store = AsyncStore(settings.redis_url)
         self.celery: Celery = contract.producer_app(settings)
+        self.wakes = WakeBatcher(
+            self.publish,
+            queue=settings.queues.poll,
+            window=settings.ingress.wake_window,
+            size=settings.batch_size,
+        )
         self.registry = CollectorRegistry()
         self.pushes = Counter(
             "pollen_pushes_total",
@@ -68,9 +75,17 @@ class Ingress:
             registry=self.registry,
         )
 
-    async def send(self, message: Send) -> None:
+    async def publish(self, message: Send) -> None:
         # kombu has no asyncio API: publish from a worker thread, as AsyncPollen does
         await asyncio.to_thread(self.celery.send_task, message.name, **message.options())
+
+    async def send(self, message: Send) -> None:
+        """A push's poll goes with the others of the same moment (:mod:`pollen.ingress.wakes`)."""
+        if message.name != contract.POLL:
+            await self.publish(message)
+            return
+        for job_id, attempt in message.kwargs["items"]:
+            await self.wakes.wake(job_id, attempt)
 
     async def read_body(self, request: Request) -> bytes:
         """The body, refused as soon as it is longer than the limit (declared or streamed)."""
