@@ -98,13 +98,6 @@ class IngressSettings(BaseModel):
     max_body_bytes: int = Field(
         256 * 1024, gt=0, description="Largest push body the ingress reads, bytes."
     )
-    wake_window: float = Field(
-        0.02,
-        ge=0,
-        le=1,
-        description="Seconds the ingress gathers pushes before it sends their polls as one "
-        "message (one provider request per batch where the provider takes task arrays).",
-    )
     poll_max_delay: float | None = Field(
         None,
         gt=0,

@@ -7,6 +7,7 @@ worker, the ingress served by uvicorn, and a simulator of this module's own that
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -124,8 +125,6 @@ def push_env(
         "POLLEN_USEAPI__BASE_URL": pusher_sim.url,
         "POLLEN_COMET__BASE_URL": pusher_sim.url,
         "POLLEN_INGRESS__PUBLIC_URL": ingress_url,
-        # wide enough that the concurrent pushes of a test share one poll message
-        "POLLEN_INGRESS__WAKE_WINDOW": "0.3",
     }
 
 
@@ -339,16 +338,38 @@ def test_pushes_of_one_moment_are_polled_in_one_provider_request(
         lambda: all(pollen.get(j).status is JobStatus.SUBMITTED for j in jobs), what="submitted"
     )
     before = _sim_stats(pusher_sim)
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        answers = list(pool.map(
-            lambda job_id: _post(ingress, "runware", tokens_by_job[job_id], {"data": []}), jobs
-        ))  # fmt: skip
+    # Hold the first push's publish until the other four pushes are waiting behind it, as a
+    # slow broker would: they must go together in the next message.
+    wakes = ingress.app.state.ingress.wakes
+    real, gate, held = wakes.publish, threading.Event(), threading.Event()
+
+    async def slow_first(message: Any) -> None:
+        if not held.is_set():
+            held.set()
+            await asyncio.to_thread(gate.wait, 10)
+        await real(message)
+
+    wakes.publish = slow_first
+    try:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            first = pool.submit(_post, ingress, "runware", tokens_by_job[jobs[0]], {"data": []})
+            assert held.wait(10)
+            rest = [
+                pool.submit(_post, ingress, "runware", tokens_by_job[job_id], {"data": []})
+                for job_id in jobs[1:]
+            ]
+            eventually(lambda: len(wakes._batches) == 1 and len(wakes._batches[0][0]) == 4,
+                       what="four pushes waiting")  # fmt: skip
+            gate.set()
+            answers = [first.result(10), *(f.result(10) for f in rest)]
+    finally:
+        wakes.publish = real
     assert [a.status_code for a in answers] == [202] * len(jobs)
     eventually(lambda: all(pollen.get(j).polls == 1 for j in jobs), what="each job polled once")
     after = _sim_stats(pusher_sim)
     status = after["requests_by_kind"]["status"] - before["requests_by_kind"].get("status", 0)
     items = after["tasks"]["getResponse"] - before["tasks"].get("getResponse", 0)
-    assert (status, items) == (1, 5)  # one Runware request asking about the five tasks
+    assert (status, items) == (2, 5)  # the first alone, then one request about the other four
 
 
 def test_oversized_and_malformed_bodies_are_refused(

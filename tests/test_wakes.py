@@ -1,6 +1,7 @@
-"""The ingress's wake-up batcher (pure asyncio, a fake publisher): pushes of one moment share a
-poll message, one job is polled once per message, a full batch goes at once, and a refused
-publish reaches every push it carried (so each provider retries)."""
+"""The ingress's wake-up batcher (pure asyncio, a fake publisher): the first push's poll goes
+at once; pushes that arrive while a publish is on its way share the next message; one job is
+polled once per message; a batch holds at most ``size`` jobs; a refused publish reaches every
+push it carried (so each provider retries)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ def anyio_backend() -> str:
 
 
 class Publisher:
-    def __init__(self, fail: Exception | None = None) -> None:
+    """Records messages; the first publish waits for ``release`` when ``hold`` is set."""
+
+    def __init__(self, fail: Exception | None = None, hold: bool = False) -> None:
         self.sent: list[Send] = []
         self.fail = fail
+        self.release = asyncio.Event()
+        if not hold:
+            self.release.set()
 
     async def __call__(self, message: Send) -> None:
-        await asyncio.sleep(0)
+        await self.release.wait()
         if self.fail is not None:
             raise self.fail
         self.sent.append(message)
@@ -35,33 +41,37 @@ class Publisher:
         return [message.kwargs["items"] for message in self.sent]
 
 
-async def test_pushes_of_one_moment_share_a_message_and_a_job_is_polled_once() -> None:
-    publish = Publisher()
-    batcher = WakeBatcher(publish, queue="q", window=0.05, size=50)
-    await asyncio.gather(batcher.wake("a", 3), batcher.wake("b", 1), batcher.wake("a", 3))
-    assert publish.items() == [[["a", 3], ["b", 1]]]
-    [message] = publish.sent
-    assert (message.name, message.queue) == (contract.POLL, "q")
-    await batcher.wake("c", 2)  # a later push: a message of its own
-    assert publish.items()[1:] == [[["c", 2]]]
+async def test_a_lone_push_goes_at_once_and_pushes_meanwhile_share_the_next_message() -> None:
+    publish = Publisher(hold=True)
+    batcher = WakeBatcher(publish, queue="q", size=50)
+    first = asyncio.create_task(batcher.wake("a", 3))
+    await asyncio.sleep(0.01)  # its publish is on its way (held)
+    later = [asyncio.create_task(batcher.wake(j, n)) for j, n in [("b", 1), ("c", 2), ("b", 1)]]
+    await asyncio.sleep(0.01)
+    assert not first.done() and not any(task.done() for task in later)
+    publish.release.set()
+    await asyncio.gather(first, *later)
+    assert publish.items() == [[["a", 3]], [["b", 1], ["c", 2]]]
+    assert {(m.name, m.queue) for m in publish.sent} == {(contract.POLL, "q")}
 
 
-async def test_a_full_batch_goes_without_waiting_for_the_window() -> None:
-    publish = Publisher()
-    batcher = WakeBatcher(publish, queue="q", window=30.0, size=2)
-    started = asyncio.get_running_loop().time()
-    await asyncio.gather(batcher.wake("a", 1), batcher.wake("b", 1))
-    assert asyncio.get_running_loop().time() - started < 1.0
-    assert publish.items() == [[["a", 1], ["b", 1]]]
+async def test_a_batch_holds_at_most_size_jobs() -> None:
+    publish = Publisher(hold=True)
+    batcher = WakeBatcher(publish, queue="q", size=2)
+    waits = [asyncio.create_task(batcher.wake(j, 1)) for j in "abcde"]
+    await asyncio.sleep(0.01)
+    publish.release.set()
+    await asyncio.gather(*waits)
+    assert publish.items() == [[["a", 1], ["b", 1]], [["c", 1], ["d", 1]], [["e", 1]]]
 
 
 async def test_a_refused_publish_fails_every_push_it_carried() -> None:
     publish = Publisher(fail=ConnectionError("broker away"))
-    batcher = WakeBatcher(publish, queue="q", window=0.01, size=50)
+    batcher = WakeBatcher(publish, queue="q", size=50)
     outcomes = await asyncio.gather(
         batcher.wake("a", 1), batcher.wake("b", 1), return_exceptions=True
     )
     assert [type(o) for o in outcomes] == [ConnectionError, ConnectionError]
     publish.fail = None
-    await batcher.wake("a", 1)  # the next push starts a new batch
+    await batcher.wake("a", 1)  # the next push starts afresh
     assert publish.items() == [[["a", 1]]]

@@ -61,12 +61,7 @@ class Ingress:
         self.settings = settings
         self.store = AsyncStore(settings.redis_url)
         self.celery: Celery = contract.producer_app(settings)
-        self.wakes = WakeBatcher(
-            self.publish,
-            queue=settings.queues.poll,
-            window=settings.ingress.wake_window,
-            size=settings.batch_size,
-        )
+        self.wakes = WakeBatcher(self.publish, queue=settings.queues.poll, size=settings.batch_size)
         self.registry = CollectorRegistry()
         self.pushes = Counter(
             "pollen_pushes_total",
