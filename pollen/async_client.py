@@ -54,9 +54,11 @@ class AsyncPollen:
 
     async def _run(self, flow: Flow[T]) -> T:
         with ops.guard():
-            return await producer.adrive(flow, self.store.execute, self._send)
+            return await producer.adrive(flow, self.store.execute, self.publish)
 
-    async def _send(self, message: Send) -> None:
+    async def publish(self, message: Send) -> None:
+        """Publish one of pollen's Celery messages (kombu has no asyncio API: from a worker
+        thread)."""
         await asyncio.to_thread(self.celery.send_task, message.name, **message.options())
 
     async def submit(

@@ -22,8 +22,7 @@ from pollen import JobStatus, Pollen, payloads
 from pollen.callbacks import webhooks
 from pollen.dashboard import present
 from pollen.dashboard.security import Credentials, csrf_ok, csrf_token
-from pollen.dashboard.server import DashboardServer
-from pollen.local.servers import CallbackReceiver, Worker, free_port
+from pollen.local.servers import CallbackReceiver, DashboardServer, Worker, free_port
 from pollen.settings import Settings, parse_basic_auth
 from tests.conftest import eventually
 from tests.helpers import image_request as image

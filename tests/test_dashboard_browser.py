@@ -23,8 +23,7 @@ import pytest
 
 from pollen import Pollen
 from pollen.dashboard.security import Credentials
-from pollen.dashboard.server import DashboardServer
-from pollen.local.servers import CallbackReceiver, Worker, free_port
+from pollen.local.servers import CallbackReceiver, DashboardServer, Worker, free_port
 from pollen.settings import Settings
 from tests.conftest import eventually
 from tests.helpers import image_request, video_request

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import socket
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,15 @@ import uvicorn
 from bs4 import BeautifulSoup
 
 from pollen import JobStatus, Pollen
-from pollen.dashboard.server import DashboardServer
 from pollen.ingress.app import build_app
-from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
+from pollen.local.servers import (
+    CallbackReceiver,
+    DashboardServer,
+    RedisServer,
+    ThreadedApp,
+    Worker,
+    free_port,
+)
 from pollen.providers import push as tokens
 from pollen.providers.base import Submission
 from pollen.settings import IngressSettings, Settings
@@ -40,7 +45,7 @@ from pollen.store import keys
 from pollen.worker import submits
 from pollen.worker.runtime import build_deps
 from tests.conftest import eventually, settings_from
-from tests.helpers import video_request
+from tests.helpers import sim_stats, video_request
 
 pytestmark = pytest.mark.integration
 
@@ -50,37 +55,13 @@ SLOW_FIRST_POLL = 6.0
 SLOW = {"initial_delay": SLOW_FIRST_POLL, "interval": SLOW_FIRST_POLL, "max_delay": 6.0}
 
 
-class _ThreadServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class IngressServer:
-    """``pollen ingress``'s app, served by uvicorn in a thread on a free port."""
+class IngressServer(ThreadedApp):
+    """``pollen ingress``'s app, served by uvicorn on a thread of the test process."""
 
     def __init__(self, settings: Settings, port: int) -> None:
         self.app = build_app(settings)
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = _ThreadServer(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> IngressServer:
-        self.thread.start()
-        eventually(self._up, timeout=10, what="the ingress to answer")
-        return self
-
-    def _up(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning")
+        super().__init__(config, name="ingress")
 
     def counts(self) -> dict[tuple[str, str], float]:
         """``pollen_pushes_total`` by (provider, outcome), from ``GET /metrics``."""
@@ -179,10 +160,6 @@ def _sim_config(sim: SimulatorServer, **changes: Any) -> None:
     httpx.patch(f"{sim.url}/_sim/config", json=changes).raise_for_status()
 
 
-def _sim_stats(sim: SimulatorServer) -> dict[str, Any]:
-    return dict(httpx.get(f"{sim.url}/_sim/stats").json())
-
-
 def _image(duration: float) -> dict[str, Any]:
     return video_request([duration]) | {"taskType": "imageInference", "model": "runware:101@1"}
 
@@ -218,7 +195,7 @@ def test_a_push_wakes_the_job_up_long_before_its_first_poll(
     assert json.loads(push["body"])["data"][0]["taskUUID"] == job.task_uuid
     assert store.hget(keys.job(job_id), "pushes") == "1"
     assert ingress.counts()[("runware", "polled")] == before + 1
-    assert _sim_stats(pusher_sim)["pushes"]["sent"] == 1
+    assert sim_stats(pusher_sim.url)["pushes"]["sent"] == 1
     # The dashboard's audit trail shows the push beside the provider's answers.
     with DashboardServer(push_settings, None, free_port()) as dashboard:
         page = BeautifulSoup(httpx.get(f"{dashboard.url}/jobs/{job_id}").text, "html.parser")
@@ -249,7 +226,7 @@ def test_a_lost_push_costs_only_lag_polling_finishes_the_job(
     job = eventually(lambda: _finished(pollen, job_id), timeout=15)
     assert job.status is JobStatus.SUCCEEDED
     assert job.finished_at - started >= 2.0  # the scheduled poll, not a push, finished it
-    assert _sim_stats(pusher_sim)["pushes"]["lost"] == 1
+    assert sim_stats(pusher_sim.url)["pushes"]["lost"] == 1
 
 
 def test_duplicated_and_reordered_pushes_end_the_job_once(
@@ -264,11 +241,11 @@ def test_duplicated_and_reordered_pushes_end_the_job_once(
         )  # fmt: skip
         job = eventually(lambda: _finished(pollen, job_id), timeout=SLOW_FIRST_POLL - 1)
         assert job.status is JobStatus.SUCCEEDED and len(job.results) == 3
-        eventually(lambda: _sim_stats(pusher_sim)["pushes"].get("sent", 0) == 6, timeout=5)
+        eventually(lambda: sim_stats(pusher_sim.url)["pushes"].get("sent", 0) == 6, timeout=5)
         time.sleep(0.5)  # any second completion would be on its way by now
         completions = [r for r in receiver.received("/dup") if r["json"]["type"] == "job.completed"]
     assert len(completions) == 1
-    assert _sim_stats(pusher_sim)["submits_by_task"] == {job.task_uuid: 1}
+    assert sim_stats(pusher_sim.url)["submits_by_task"] == {job.task_uuid: 1}
     assert int(store.hget(keys.job(job_id), "pushes") or 0) <= 6
     assert pollen.get(job_id).polls <= 6  # at most one poll per push, fenced
 
@@ -319,10 +296,10 @@ def test_forged_foreign_and_replayed_pushes_are_answered_and_never_acted_on(
 
     # Replayed after the job ended: answered 200, no provider request.
     pollen.cancel(job_a)
-    requests = _sim_stats(pusher_sim)["requests"]
+    requests = sim_stats(pusher_sim.url)["requests"]
     replay = _post(ingress, "runware", token_a, claim)
     assert (replay.status_code, replay.json()) == (200, {"outcome": "finished"})
-    assert _sim_stats(pusher_sim)["requests"] == requests
+    assert sim_stats(pusher_sim.url)["requests"] == requests
     assert store.hget(keys.job(job_a), "pushes") == "1"  # the finished job's push not kept
 
 
@@ -337,7 +314,7 @@ def test_pushes_of_one_moment_are_polled_in_one_provider_request(
     eventually(
         lambda: all(pollen.get(j).status is JobStatus.SUBMITTED for j in jobs), what="submitted"
     )
-    before = _sim_stats(pusher_sim)
+    before = sim_stats(pusher_sim.url)
     # Hold the first push's publish until the other four pushes are waiting behind it, as a
     # slow broker would: they must go together in the next message.
     wakes = ingress.app.state.ingress.wakes
@@ -366,7 +343,7 @@ def test_pushes_of_one_moment_are_polled_in_one_provider_request(
         wakes.publish = real
     assert [a.status_code for a in answers] == [202] * len(jobs)
     eventually(lambda: all(pollen.get(j).polls == 1 for j in jobs), what="each job polled once")
-    after = _sim_stats(pusher_sim)
+    after = sim_stats(pusher_sim.url)
     status = after["requests_by_kind"]["status"] - before["requests_by_kind"].get("status", 0)
     items = after["tasks"]["getResponse"] - before["tasks"].get("getResponse", 0)
     assert (status, items) == (2, 5)  # the first alone, then one request about the other four

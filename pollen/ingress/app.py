@@ -9,14 +9,12 @@ unknown or finished jobs, oversized and malformed bodies are answered and counte
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from celery import Celery
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pollen import contract, producer
+from pollen.async_client import AsyncPollen
 from pollen.errors import StoreUnavailable
 from pollen.ingress.pushes import PushOutcome, take_push
 from pollen.ingress.wakes import WakeBatcher
@@ -32,7 +31,6 @@ from pollen.providers import REGISTRY
 from pollen.providers.push import MAX_TOKEN_LENGTH, redact
 from pollen.settings import Settings, get_settings
 from pollen.store import ops
-from pollen.store.aio import AsyncStore
 
 log = logging.getLogger("pollen.ingress")
 
@@ -55,13 +53,16 @@ class TooLarge(Exception):
 
 
 class Ingress:
-    """The app's state: one async Redis client, the producer's Celery app, the counters."""
+    """The app's state: a producer client (its asyncio Redis client and Celery publishing),
+    the wake-up batcher, the counters."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = AsyncStore(settings.redis_url)
-        self.celery: Celery = contract.producer_app(settings)
-        self.wakes = WakeBatcher(self.publish, queue=settings.queues.poll, size=settings.batch_size)
+        self.client = AsyncPollen(settings)
+        self.store = self.client.store
+        self.wakes = WakeBatcher(
+            self.client.publish, queue=settings.queues.poll, size=settings.batch_size
+        )
         self.registry = CollectorRegistry()
         self.pushes = Counter(
             "pollen_pushes_total",
@@ -70,14 +71,10 @@ class Ingress:
             registry=self.registry,
         )
 
-    async def publish(self, message: Send) -> None:
-        # kombu has no asyncio API: publish from a worker thread, as AsyncPollen does
-        await asyncio.to_thread(self.celery.send_task, message.name, **message.options())
-
     async def send(self, message: Send) -> None:
         """A push's poll goes with the others of the same moment (:mod:`pollen.ingress.wakes`)."""
         if message.name != contract.POLL:
-            await self.publish(message)
+            await self.client.publish(message)
             return
         for job_id, attempt in message.kwargs["items"]:
             await self.wakes.wake(job_id, attempt)
@@ -151,7 +148,7 @@ def build_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
-            await ingress.store.aclose()
+            await ingress.client.aclose()
 
     routes = [
         Route("/push/{provider}/{token}", ingress.push, methods=["POST"]),

@@ -200,7 +200,7 @@ def _dashboard(console: Console, settings: Settings, wanted: bool) -> Iterator[s
         yield None
         return
     from pollen.dashboard.security import Credentials
-    from pollen.dashboard.server import DashboardServer
+    from pollen.local.servers import DashboardServer
 
     credentials = Credentials("demo", secrets.token_urlsafe(9))
     with DashboardServer(settings, credentials, free_port()) as server:

