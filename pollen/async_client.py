@@ -28,7 +28,7 @@ from pollen.errors import WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted
 from pollen.settings import Settings, get_settings
-from pollen.store import ops
+from pollen.store import effects
 from pollen.store.aio import AsyncStore
 from pollen.store.listing import JobPage
 
@@ -53,7 +53,7 @@ class AsyncPollen:
         return self._celery
 
     async def _run(self, flow: Flow[T]) -> T:
-        with ops.guard():
+        with effects.guard():
             return await producer.adrive(flow, self.store.execute, self.publish)
 
     async def publish(self, message: Send) -> None:

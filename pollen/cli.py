@@ -343,7 +343,9 @@ def _status_line(job: Job, last_error: str) -> str:
 @command()
 def status(job_id: JobId) -> None:
     """Print a job's status, polls and results so far (and the last error while retrying)."""
-    job, fields = _about_a_job(lambda client: (client.get(job_id), client.store.raw(job_id)))
+    job, fields = _about_a_job(
+        lambda client: (client.get(job_id), client.store.lifecycle.raw(job_id))
+    )
     typer.echo(_status_line(job, fields.get("last_error", "")))
 
 

@@ -25,7 +25,7 @@ from pollen.errors import WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted
 from pollen.settings import Settings, get_settings
-from pollen.store import ops
+from pollen.store import effects
 from pollen.store.connection import open_store
 from pollen.store.listing import JobPage
 
@@ -56,11 +56,11 @@ class Pollen:
     def _run(self, flow: Flow[T]) -> T:
         """Perform an operation's effects: Redis pipelines on this client's connection pool,
         Celery messages through its producer app."""
-        with ops.guard():
+        with effects.guard():
             return producer.drive(flow, self._execute, self._send)
 
-    def _execute(self, batch: ops.Batch) -> list[Any]:
-        return ops.execute(self.store.redis, self._scripts, batch)
+    def _execute(self, batch: effects.Batch) -> list[Any]:
+        return effects.execute(self.store.redis, self._scripts, batch)
 
     def _send(self, message: Send) -> None:
         self.celery.send_task(message.name, **message.options())

@@ -22,9 +22,9 @@ from pollen.models import JobRequest, JobStatus, PollOverrides
 from pollen.providers import REGISTRY
 from pollen.providers.runware import REQUEST_TAGS
 from pollen.settings import Settings
-from pollen.store import ops
-from pollen.store.jobs import Store
-from pollen.store.ops import Op
+from pollen.store import lifecycle
+from pollen.store.effects import Op
+from pollen.store.sync import Store
 
 MAX_NESTING = 8
 #: seconds a job's keys outlive its deadline plus the finished-job TTL, and a callback
@@ -186,9 +186,9 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
 
 
 def accept_op(settings: Settings, payload: Any, *, now: float) -> Op[tuple[str, bool]]:
-    """:func:`accept` as a store operation (:mod:`pollen.store.ops`)."""
+    """:func:`accept` as a store operation (:mod:`pollen.store.effects`)."""
     job = prepare(settings, payload, now=now)
-    [created] = yield from ops.create_many(
+    [created] = yield from lifecycle.create_many(
         [(job.job_id, job.fields, job.ttl, job.fingerprint)],
         now=now,
         submit_grace=settings.submit_grace,
@@ -202,7 +202,7 @@ def accept_many_op(
     settings: Settings, payloads: Sequence[Any], *, now: float
 ) -> Op[list[tuple[str, bool] | InvalidJob]]:
     """:func:`accept` for many payloads, stored in one round trip (a store operation:
-    :mod:`pollen.store.ops`).
+    :mod:`pollen.store.effects`).
 
     Each payload is judged on its own: one answer per payload, in order, either
     ``(job_id, created)`` or the :class:`InvalidJob` (or :class:`IdempotencyConflict`) that
@@ -225,7 +225,7 @@ def accept_many_op(
         seen.add(job.job_id)
         ready.append((index, job))
         answers.append((job.job_id, False))
-    created = yield from ops.create_many(
+    created = yield from lifecycle.create_many(
         [(job.job_id, job.fields, job.ttl, job.fingerprint) for _, job in ready],
         now=now,
         submit_grace=settings.submit_grace,

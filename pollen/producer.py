@@ -2,7 +2,7 @@
 :class:`pollen.AsyncPollen`.
 
 Each operation here is a generator with no I/O. It yields *effects* and receives their
-outcomes: a :data:`~pollen.store.ops.Batch` of Redis commands (one pipeline round trip; the
+outcomes: a :data:`~pollen.store.effects.Batch` of Redis commands (one pipeline round trip; the
 replies come back) or a :class:`Send` (one Celery message; None comes back, or the publish
 error is thrown in). The two clients are thin faces that perform the effects, one with
 ``redis.Redis`` and Celery, the other with ``redis.asyncio`` (and Celery's publish in a
@@ -26,9 +26,9 @@ from pollen.models import Job, JobStatus
 from pollen.payloads import accept_many_op, accept_op
 from pollen.providers import REGISTRY
 from pollen.settings import Settings
-from pollen.store import durability, keys, listing, ops
+from pollen.store import deliveries, durability, keys, lifecycle, listing
+from pollen.store.effects import Batch, cmd
 from pollen.store.listing import JobPage
-from pollen.store.ops import Batch
 
 T = TypeVar("T")
 
@@ -154,7 +154,7 @@ def payload_of(provider: str, request: Any, **optional: Any) -> dict[str, Any]:
 
 def _remember_epoch(session: Session) -> Flow[None]:
     if session.epoch is None:
-        session.epoch = yield from ops.epoch(durability.marker())
+        session.epoch = yield from durability.epoch(durability.marker())
 
 
 def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
@@ -172,7 +172,7 @@ def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
                 kwargsrepr=contract.describe(job_id),
             )
         except Exception as exc:
-            yield from ops.rollback_many([job_id])
+            yield from lifecycle.rollback_many([job_id])
             raise StoreUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
     return job_id
 
@@ -212,7 +212,7 @@ def submit_many(session: Session, payloads: Iterable[dict[str, Any]]) -> Flow[Su
             )
         except Exception as exc:
             unsent = fresh[sent:]
-            yield from ops.rollback_many(unsent)
+            yield from lifecycle.rollback_many(unsent)
             raise StoreUnavailable(
                 f"could not enqueue {len(unsent)} of {len(items)} jobs (not stored; the "
                 f"first {sent} were enqueued): {exc}"
@@ -232,16 +232,18 @@ def message_size(settings: Settings, provider: str) -> int:
 def get(session: Session, job_id: str) -> Flow[Job]:
     """The whole job; :class:`JobNotFound`, or :class:`JobLost` when the store is known to
     have lost its data (then the job may have been lost)."""
-    [job] = yield from ops.jobs_with_results([job_id])
+    [job] = yield from lifecycle.jobs_with_results([job_id])
     if job is not None:
         return job
     if session.epoch is not None:  # the store this client submitted to may be gone
         now = time.time()
-        current, lost = yield from ops.check_epoch(session.epoch, durability.marker(now), now)
+        current, lost = yield from durability.check_epoch(
+            session.epoch, durability.marker(now), now
+        )
         if lost:
             durability.log_loss(session.epoch, current)
         session.epoch = current
-    status = yield from ops.store_status()
+    status = yield from durability.store_status()
     loss = status["data_loss"]
     if loss:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(loss["detected_at"])))
@@ -252,7 +254,7 @@ def get(session: Session, job_id: str) -> Flow[Job]:
 def cancel(session: Session, job_id: str, reason: str) -> Flow[Cancellation]:
     """Cancel a job that has not finished (see ``Pollen.cancel``)."""
     settings = session.settings
-    moved, _ = yield from ops.cancel(
+    moved, _ = yield from lifecycle.cancel(
         job_id,
         reason,
         now=time.time(),
@@ -319,7 +321,7 @@ def _timestamp(value: float | datetime | None) -> float | None:
 
 def _known(job_id: str) -> Flow[None]:
     """JobNotFound unless the job exists."""
-    [exists] = yield [ops.cmd("exists", keys.job(job_id))]
+    [exists] = yield [cmd("exists", keys.job(job_id))]
     if not exists:
         raise JobNotFound(job_id)
 
@@ -327,7 +329,7 @@ def _known(job_id: str) -> Flow[None]:
 def callbacks(job_id: str) -> Flow[list[dict[str, Any]]]:
     """The job's callback deliveries, each with its state and every attempt made."""
     yield from _known(job_id)
-    records, attempts = yield from ops.deliveries(job_id)
+    records, attempts = yield from deliveries.deliveries(job_id)
     return [
         {
             "webhook_id": d.id,
@@ -354,7 +356,7 @@ def replay_callbacks(
 ) -> Flow[list[str]]:
     """Send a job's dead or gone deliveries again (see ``Pollen.replay_callbacks``)."""
     yield from _known(job_id)
-    records, _ = yield from ops.deliveries(job_id, attempts=False)
+    records, _ = yield from deliveries.deliveries(job_id, attempts=False)
     chosen = [
         d
         for d in map(_delivery, records)
@@ -364,14 +366,14 @@ def replay_callbacks(
     now = time.time()
     for item in chosen:
         gone = item.target if item.state == "gone" else None
-        yield from ops.replay(item.id, gone, now=now)
+        yield from deliveries.replay(item.id, gone, now=now)
         yield Send(contract.DELIVER_CALLBACK, session.settings.queues.callbacks, args=(item.id,))
     return [item.id for item in chosen]
 
 
 def task_details(job_id: str) -> Flow[dict[str, Any]]:
     """The request pollen sent and the provider's latest response envelope (audit)."""
-    details = yield from ops.task_details(job_id)
+    details = yield from lifecycle.task_details(job_id)
     if details is None:
         raise JobNotFound(job_id)
     return details
@@ -379,5 +381,5 @@ def task_details(job_id: str) -> Flow[dict[str, Any]]:
 
 def store_status() -> Flow[dict[str, Any]]:
     """The store's epoch marker and the last detected data loss (None if never)."""
-    status = yield from ops.store_status()
+    status = yield from durability.store_status()
     return status

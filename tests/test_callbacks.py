@@ -199,7 +199,9 @@ def test_long_waits_are_parked_in_redis_not_sent_as_countdowns(
         from tests import steps
 
         job_id, _ = payloads.accept(hours, deps.store, payload, now=time.time())
-        steps.finish(deps, deps.store.get(job_id), JobStatus.FAILED, "test", "ended by test")
+        steps.finish(
+            deps, deps.store.lifecycle.get(job_id), JobStatus.FAILED, "test", "ended by test"
+        )
         receiver.script("/later", (500, {}, 0.0))
         sent: list[str] = []
         outcome = deliver(deps, delivery_id(job_id, "completed"), lambda *a: sent.append(a[0]))
@@ -243,7 +245,9 @@ def test_callback_retry_jitter_draws_from_the_injected_rng(
         from tests import steps
 
         job_id, _ = payloads.accept(tuned, deps.store, payload, now=time.time())
-        steps.finish(deps, deps.store.get(job_id), JobStatus.FAILED, "test", "ended by test")
+        steps.finish(
+            deps, deps.store.lifecycle.get(job_id), JobStatus.FAILED, "test", "ended by test"
+        )
         receiver.script("/jitter", (500, {}, 0.0))
         outcome = deliver(deps, delivery_id(job_id, "completed"), lambda *a: None)
         assert outcome.state == "pending"

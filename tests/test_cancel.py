@@ -136,14 +136,17 @@ def test_a_job_cancelled_before_its_submit_never_reaches_the_provider(
     deps: Any, simulator: SimulatorServer
 ) -> None:
     job_id = accept_job(deps, [0.2])
-    cancelled, status = deps.store.cancel(job_id, "changed my mind", now=time.time())
+    cancelled, status = deps.store.lifecycle.cancel(job_id, "changed my mind", now=time.time())
     assert cancelled and status is JobStatus.CANCELLED
-    assert deps.store.cancel(job_id, "again", now=time.time()) == (False, JobStatus.CANCELLED)
+    assert deps.store.lifecycle.cancel(job_id, "again", now=time.time()) == (
+        False,
+        JobStatus.CANCELLED,
+    )
     outcome = submits.submit_batch(deps, [job_id])  # its submit message arrives after
     assert outcome.polls == [] and outcome.retries == []
     assert sim_stats(simulator.url)["created"] == 0
     cancels.follow_up(deps, job_id)
-    job = deps.store.get(job_id)
+    job = deps.store.lifecycle.get(job_id)
     assert job.cancel_note == "cancelled before it was submitted: nothing to cancel at the provider"
     assert cancels.follow_up(deps, job_id) == []  # done once: a second run does nothing
 
@@ -157,7 +160,9 @@ def test_the_provider_task_of_a_submit_in_flight_at_the_cancel_is_cancelled_too(
 
     def submit_then_cancel(provider: str, jobs: list[Any]) -> list[Any]:
         answers: list[Any] = real(provider, jobs)  # the provider took the task ...
-        deps.store.cancel(job_id, "too late", now=time.time())  # ... as the producer cancels
+        deps.store.lifecycle.cancel(
+            job_id, "too late", now=time.time()
+        )  # ... as the producer cancels
         return answers
 
     deps.calls.submit_many = submit_then_cancel
@@ -166,7 +171,7 @@ def test_the_provider_task_of_a_submit_in_flight_at_the_cancel_is_cancelled_too(
     finally:
         deps.calls.submit_many = real
     assert outcome.polls == []  # the job is not polled
-    job = deps.store.get(job_id)
+    job = deps.store.lifecycle.get(job_id)
     assert job.status is JobStatus.CANCELLED
     assert job.provider_task_id and job.cancel_note.startswith("task deleted at useapi.net")
     assert sim_stats(simulator.url)["tasks"]["useapi:deleteTask"] == 1
@@ -175,7 +180,7 @@ def test_the_provider_task_of_a_submit_in_flight_at_the_cancel_is_cancelled_too(
 def test_the_reconciler_sends_a_lost_follow_up_again(deps: Any) -> None:
     job_id = accept_job(deps, [0.2])
     now = time.time()
-    deps.store.cancel(job_id, "lost message", now=now)  # and no pollen.cancel was sent
+    deps.store.lifecycle.cancel(job_id, "lost message", now=now)  # and no pollen.cancel was sent
     sent: list[tuple[str, dict[str, object]]] = []
 
     def send(name: str, kwargs: dict[str, object]) -> None:
@@ -208,11 +213,11 @@ def test_a_follow_up_for_an_expired_job_stops_and_writes_nothing(deps: Any) -> N
 
     job_id = accept_job(deps, [0.2])
     now = time.time()
-    deps.store.cancel(job_id, "gone soon", now=now)
+    deps.store.lifecycle.cancel(job_id, "gone soon", now=now)
     deps.store.redis.delete(keys.job(job_id))  # the record expired before a worker followed up
     assert cancels.follow_up(deps, job_id) == []
     assert not deps.store.redis.exists(keys.job(job_id))  # no bare record without a TTL
-    assert deps.store.cancels_due(now + 10 * deps.settings.reconcile_grace, 100) == []
+    assert deps.store.schedule.cancels_due(now + 10 * deps.settings.reconcile_grace, 100) == []
 
 
 def test_a_cancel_call_that_fails_for_now_is_tried_again_and_the_callback_goes_once(
@@ -225,20 +230,22 @@ def test_a_cancel_call_that_fails_for_now_is_tried_again_and_the_callback_goes_o
                "http://127.0.0.1:9/hook"}  # fmt: skip
     job_id, _ = payloads.accept(deps.settings, deps.store, payload, now=time.time())
     submits.submit_batch(deps, [job_id])
-    assert deps.store.get(job_id).provider_task_id
-    deps.store.cancel(job_id, "retry me", now=time.time())
+    assert deps.store.lifecycle.get(job_id).provider_task_id
+    deps.store.lifecycle.cancel(job_id, "retry me", now=time.time())
     deps.store.redis.zadd(keys.CANCELS, {job_id: time.time() + 3600})  # the worker's reconciler
     sim_faults(simulator.url, ["503", "503"])  # the next two provider requests fail
     first = cancels.follow_up(deps, job_id)
     assert len(first) == 1  # the callback is recorded once, on the first attempt
-    job = deps.store.get(job_id)
+    job = deps.store.lifecycle.get(job_id)
     assert job.cancel_note and "pollen tries again" in job.cancel_note
-    assert deps.store.field(job_id, "cancel_state") == "pending"  # still to be followed up
+    assert (
+        deps.store.lifecycle.field(job_id, "cancel_state") == "pending"
+    )  # still to be followed up
     assert cancels.follow_up(deps, job_id) == []  # second call: 503 again, no new callback
     assert cancels.follow_up(deps, job_id) == []  # third call: deleted
-    job = deps.store.get(job_id)
+    job = deps.store.lifecycle.get(job_id)
     assert job.cancel_note and job.cancel_note.startswith("task deleted at useapi.net")
-    assert deps.store.field(job_id, "cancel_attempts") == "2"
-    assert deps.store.field(job_id, "cancel_state") == "done"
+    assert deps.store.lifecycle.field(job_id, "cancel_attempts") == "2"
+    assert deps.store.lifecycle.field(job_id, "cancel_state") == "done"
     assert deps.store.redis.zscore(keys.CANCELS, job_id) is None
     assert sim_stats(simulator.url)["tasks"]["useapi:deleteTask"] == 1  # the 503s ran no handler

@@ -203,7 +203,7 @@ def test_status_shows_the_last_error_while_retrying(
 ) -> None:
     sim_faults(simulator.url, ["503"] * 30, retry_after=1)
     job_id = client.submit_payload(IMAGE)
-    eventually(lambda: client.store.raw(job_id).get("last_error"), what="a failed submit")
+    eventually(lambda: client.store.lifecycle.raw(job_id).get("last_error"), what="a failed submit")
     result = pollen(worker_env, "status", job_id)
     assert result.returncode == 0, result.stderr
     assert not client.get(job_id).terminal

@@ -254,7 +254,7 @@ def _comet(simulate: dict[str, Any]) -> dict[str, Any]:
 
 def _provider_statuses(client: Pollen, job_id: str) -> list[str]:
     seen: list[str] = []
-    for entry in client.store.responses(job_id):
+    for entry in client.store.lifecycle.responses(job_id):
         envelope = entry["envelope"]
         status = envelope.get("status") or (envelope.get("data") or {}).get("status")
         if status is None and envelope.get("code") == "task_not_exist":

@@ -28,7 +28,7 @@ def test_redelivered_submit_after_the_provider_accepted_creates_no_second_task(
     job_id = accept_job(deps, [5.0])
     first = steps.submit(deps, job_id)
     assert first.poll_in is not None and first.attempt == 1
-    job = deps.store.get(job_id)
+    job = deps.store.lifecycle.get(job_id)
     assert job.status is JobStatus.SUBMITTED
     # The worker crashed after the provider accepted but before the status was persisted:
     # the redelivered message finds the job queued and submits the same taskUUID again.
@@ -38,7 +38,7 @@ def test_redelivered_submit_after_the_provider_accepted_creates_no_second_task(
     stats = sim_stats(simulator.url)
     assert stats["submits_by_task"][job.task_uuid] == 2  # the provider saw both...
     assert stats["created"] == 1  # ...and refused the second as conflictTaskUUID
-    job = deps.store.get(job_id)
+    job = deps.store.lifecycle.get(job_id)
     assert job.status is JobStatus.SUBMITTED
     assert job.provider_task_id == job.task_uuid
     assert job.submit_attempts == 2
@@ -58,12 +58,12 @@ def test_a_poll_attempt_acts_once(deps: Deps) -> None:
     job_id = accept_job(deps, [0.1, 0.1])
     steps.submit(deps, job_id)
     now = time.time()
-    assert deps.store.claim_poll(job_id, 1, now=now, lease=60).verdict == "ok"
-    busy = deps.store.claim_poll(job_id, 1, now=now, lease=60)
+    assert deps.store.polls.claim([(job_id, 1)], now=now, lease=60)[0].verdict == "ok"
+    busy = deps.store.polls.claim([(job_id, 1)], now=now, lease=60)[0]
     assert busy.verdict == "busy" and 59.99 < busy.wait < 60.01
-    assert deps.store.claim_poll(job_id, 2, now=now, lease=60).verdict == "stale"
+    assert deps.store.polls.claim([(job_id, 2)], now=now, lease=60)[0].verdict == "stale"
     # A lease that expired (its holder died) can be taken over, and the death is counted.
-    taken = deps.store.claim_poll(job_id, 1, now=now + 61, lease=60)
+    taken = deps.store.polls.claim([(job_id, 1)], now=now + 61, lease=60)[0]
     assert taken.verdict == "ok" and taken.worker_losses == 1
 
 
@@ -76,7 +76,7 @@ def test_the_same_poll_applied_twice_records_each_generation_once(deps: Deps) ->
     second = batch.poll_batch(deps, [(job_id, 1)])
     assert first.finished == [job_id]
     assert second.finished == [] and second.polls == [] and second.deliveries == []
-    job = deps.store.get(job_id)
+    job = deps.store.lifecycle.get(job_id)
     assert job.status is JobStatus.SUCCEEDED
     assert len(job.results) == 2
     assert deps.store.redis.llen(keys.result_order(job_id)) == 2

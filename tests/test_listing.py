@@ -19,7 +19,8 @@ from pollen.local.servers import RedisServer, Worker
 from pollen.settings import Settings
 from pollen.store import keys, listing
 from pollen.store.connection import open_store
-from pollen.store.jobs import Move, Store
+from pollen.store.lifecycle import Move
+from pollen.store.sync import Store
 from tests.helpers import video_request
 
 LISTING_DB = 7
@@ -49,13 +50,13 @@ def _create(
     fields |= {"updated_at": repr(now), "metadata": metadata or {}, "policy": "{}"}
     ids = [f"{prefix}-{i:05d}" for i in range(count)]
     jobs = [(job_id, {"id": job_id, **fields}, 600, "") for job_id in ids]
-    assert all(store.create_many(jobs, now=now))
+    assert all(store.lifecycle.create_many(jobs, now=now))
     return [job_id for job_id, *_ in jobs]
 
 
 def _move(store: Store, job_ids: list[str], *statuses: JobStatus) -> None:
     for status in statuses:
-        store.transition_many([Move(j, status) for j in job_ids], now=time.time())
+        store.lifecycle.transition_many([Move(j, status) for j in job_ids], now=time.time())
 
 
 def _ids(page: JobPage) -> list[str]:
@@ -117,9 +118,9 @@ def test_finished_jobs_leave_the_indexes_when_they_expire(
     _move(store, done, JobStatus.SUBMITTED, JobStatus.SUCCEEDED)
     _move(store, running, JobStatus.SUBMITTED)
     assert store.redis.zcard(keys.index("runware", "succeeded")) == 3
-    assert store.trim_indexes(time.time()) == 0  # not expired yet
+    assert store.schedule.trim_indexes(time.time()) == 0  # not expired yet
     time.sleep(1.2)
-    assert store.trim_indexes(time.time()) == 3
+    assert store.schedule.trim_indexes(time.time()) == 3
     assert store.redis.zcard(keys.index("runware", "succeeded")) == 0
     assert store.redis.zcard(keys.INDEX_EXPIRY) == 0
     assert store.redis.zcard(keys.index("runware", "submitted")) == 2
@@ -230,7 +231,7 @@ def test_jobs_submitted_together_page_without_rereading_their_ties(
     answers = pollen.store.run(accept_many_op(settings, payloads, now=time.time()))
     created = {answer[0] for answer in answers if not isinstance(answer, Exception)}
     assert len(created) == 300
-    stored = pollen.store.get_with_results(sorted(created))
+    stored = pollen.store.lifecycle.get_with_results(sorted(created))
     assert len({job.created_at for job in stored if job}) == 300  # one position each
     seen: list[str] = []
     cursor = None

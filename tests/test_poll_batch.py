@@ -42,7 +42,7 @@ def test_one_request_and_one_message_poll_every_job_of_a_batch(
     assert _status_requests(simulator) - before == 1  # one Runware task array for all twelve
     assert sorted(out.finished) == sorted(ids)
     for job_id in ids:
-        job = deps.store.get(job_id)
+        job = deps.store.lifecycle.get(job_id)
         assert job.status is JobStatus.SUCCEEDED and len(job.results) == 1 and job.polls == 1
 
 
@@ -51,26 +51,26 @@ def test_a_stale_copy_of_one_job_changes_nothing_while_the_others_proceed(
 ) -> None:
     stale, *others = _submitted(deps, [30.0], 3)
     batch.poll_batch(deps, [(stale, 1)])  # poll 1 of this job already ran: the chain is at 2
-    before = deps.store.raw(stale)
+    before = deps.store.lifecycle.raw(stale)
     out = batch.poll_batch(deps, [(stale, 1), *((job_id, 1) for job_id in others)])
-    assert deps.store.raw(stale) == before  # the stale copy wrote nothing
+    assert deps.store.lifecycle.raw(stale) == before  # the stale copy wrote nothing
     assert sorted(p.job_id for p in out.polls) == sorted(others)  # only theirs go on
     for job_id in others:
-        job = deps.store.get(job_id)
+        job = deps.store.lifecycle.get(job_id)
         assert job.poll_seq == 2 and job.polls == 1 and job.status is JobStatus.PROCESSING
 
 
 def test_one_bad_item_fails_only_itself(deps: Deps, simulator: SimulatorServer) -> None:
     bad, *good = _submitted(deps, [0.05], 3)
     # The provider no longer knows this job's task: its own error, not its neighbours'.
-    deps.store.update(bad, provider_task_id="00000000-0000-4000-8000-000000000000")
+    deps.store.lifecycle.update(bad, provider_task_id="00000000-0000-4000-8000-000000000000")
     time.sleep(0.3)
     out = batch.poll_batch(deps, [(bad, 1), ("no-such-job", 1), *((j, 1) for j in good)])
     assert sorted(out.finished) == sorted([bad, *good])
-    assert deps.store.get(bad).status is JobStatus.FAILED
-    assert deps.store.get(bad).error is not None
+    assert deps.store.lifecycle.get(bad).status is JobStatus.FAILED
+    assert deps.store.lifecycle.get(bad).error is not None
     for job_id in good:
-        assert deps.store.get(job_id).status is JobStatus.SUCCEEDED
+        assert deps.store.lifecycle.get(job_id).status is JobStatus.SUCCEEDED
 
 
 def test_a_failed_request_retries_every_job_on_its_own_schedule(
@@ -82,17 +82,17 @@ def test_a_failed_request_retries_every_job_on_its_own_schedule(
     out = batch.poll_batch(deps, [(job_id, 1) for job_id in ids])
     assert out.finished == []
     assert sorted(p.job_id for p in out.polls) == sorted(ids)
-    policy = deps.store.get(ids[0]).policy
+    policy = deps.store.lifecycle.get(ids[0]).policy
     for poll in out.polls:
-        job = deps.store.get(poll.job_id)
+        job = deps.store.lifecycle.get(poll.job_id)
         assert job.poll_seq == 2 and poll.attempt == 2
         assert job.next_poll_at == pytest.approx(poll.due)
         # each job's own backoff after poll 1 (jittered down by at most its jitter)
         assert now + policy.interval * (1 - policy.jitter) - 0.5 <= poll.due
         assert poll.due <= now + policy.interval + 0.5
-        assert deps.store.field(poll.job_id, "last_error")
+        assert deps.store.lifecycle.field(poll.job_id, "last_error")
     assert len({p.due for p in out.polls}) == len(ids)  # jitter per job: own due times
-    assert len(deps.store.responses(ids[0])) == 1  # the failure is kept for the audit
+    assert len(deps.store.lifecycle.responses(ids[0])) == 1  # the failure is kept for the audit
 
 
 def test_a_batch_through_the_worker_finishes_each_job_once_with_its_partials_in_order(
@@ -113,7 +113,8 @@ def test_a_batch_through_the_worker_finishes_each_job_once_with_its_partials_in_
     }
     # Stray extra copy of a batch that names all three (a redelivery): changes nothing.
     eventually(
-        lambda: all(client.store.field(i, "poll_seq") for i in ids.values()), what="submitted"
+        lambda: all(client.store.lifecycle.field(i, "poll_seq") for i in ids.values()),
+        what="submitted",
     )
     client.celery.send_task(
         "pollen.poll", kwargs={"items": [[i, 1] for i in ids.values()]}, queue="pollen.poll"
@@ -149,17 +150,19 @@ def test_a_job_whose_last_poller_died_is_polled_alone_and_the_death_counted_once
     suspect, other = _submitted(deps, [30.0], 2)
     now = time.time()
     # A worker took poll 1's lease and died without recording (the lease ran out).
-    assert deps.store.claim_poll(suspect, 1, now=now - 200, lease=60).verdict == "ok"
-    before = deps.store.raw(suspect)
+    assert deps.store.polls.claim([(suspect, 1)], now=now - 200, lease=60)[0].verdict == "ok"
+    before = deps.store.lifecycle.raw(suspect)
     out = batch.poll_batch(deps, [(suspect, 1), (other, 1)])
-    assert deps.store.raw(suspect) == before  # not polled with the others, nothing counted
+    assert (
+        deps.store.lifecycle.raw(suspect) == before
+    )  # not polled with the others, nothing counted
     (alone,) = [p for p in out.polls if p.job_id == suspect]
     assert alone.alone and alone.attempt == 1 and alone.due <= time.time()
-    assert deps.store.get(other).polls == 1  # its batch-mate went ahead
+    assert deps.store.lifecycle.get(other).polls == 1  # its batch-mate went ahead
     # On its own, the death is counted once and the job is polled.
     batch.poll_batch(deps, [(suspect, 1)])
-    assert deps.store.field(suspect, "worker_losses") == "1"
-    assert deps.store.get(suspect).polls == 1
+    assert deps.store.lifecycle.field(suspect, "worker_losses") == "1"
+    assert deps.store.lifecycle.get(suspect).polls == 1
 
 
 def test_a_batch_that_fails_before_recording_gives_its_leases_back(
@@ -180,8 +183,8 @@ def test_a_batch_that_fails_before_recording_gives_its_leases_back(
         p.alone for p in out.polls
     )
     for job_id in ids:
-        assert deps.store.field(job_id, "worker_losses") is None
-        assert deps.store.get(job_id).polls == 1
+        assert deps.store.lifecycle.field(job_id, "worker_losses") is None
+        assert deps.store.lifecycle.get(job_id).polls == 1
 
 
 def test_a_submit_that_got_no_answer_is_retried_not_failed(
@@ -193,5 +196,5 @@ def test_a_submit_that_got_no_answer_is_retried_not_failed(
     )
     out = submits.submit_batch(deps, [job_id])
     assert out.finished == [] and [j for j, _ in out.retries] == [job_id]
-    assert deps.store.get(job_id).status is JobStatus.QUEUED
-    assert (deps.store.field(job_id, "last_error") or "").startswith("interrupted:")
+    assert deps.store.lifecycle.get(job_id).status is JobStatus.QUEUED
+    assert (deps.store.lifecycle.field(job_id, "last_error") or "").startswith("interrupted:")

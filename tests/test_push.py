@@ -441,7 +441,7 @@ def test_push_requests_and_the_relaxed_schedule(push_settings: Settings, store: 
             Submission(f"task-{job.id}", {}) for job in jobs
         ]
         submits.submit_batch(deps, ids)
-        own, producers, comet = (deps.store.get(i) for i in ids)
+        own, producers, comet = (deps.store.lifecycle.get(i) for i in ids)
         token = own.push_token or ""
         sent = deps.providers["runware"].submit_request(own, own.task_uuid)
         [task] = json.loads(sent.content)

@@ -13,7 +13,7 @@ from pollen.errors import RateLimited
 from pollen.local.servers import RedisServer
 from pollen.providers.ratelimit import MAX_SLEEP, RateLimiter
 from pollen.store.connection import redis_client
-from pollen.store.jobs import Store
+from pollen.store.sync import Store
 from tests.conftest import STORE_DB
 
 

@@ -27,7 +27,7 @@ def test_reconcile_sends_the_missing_step_once_per_grace_period(deps: Deps) -> N
     steps.submit(deps, finished)
     time.sleep(0.3)
     batch.poll_batch(deps, [(finished, 1)])
-    assert deps.store.get(finished).status is JobStatus.SUCCEEDED
+    assert deps.store.lifecycle.get(finished).status is JobStatus.SUCCEEDED
     # Finishing a job expires the job's own keys, never the shared in-flight index.
     assert deps.store.redis.ttl(keys.job(finished)) > 0
     assert deps.store.redis.ttl(keys.INFLIGHT) == -1

@@ -339,7 +339,7 @@ def test_an_interrupted_copy_counts_its_attempt_and_a_dead_copier_cannot_loop(
         submits.submit_batch(deps, [job_id])
 
         def polled() -> str | None:
-            job = deps.store.get(job_id)
+            job = deps.store.lifecycle.get(job_id)
             if not job.results:
                 batch.poll_batch(deps, [(job_id, job.poll_seq)])
                 return None
@@ -352,7 +352,7 @@ def test_an_interrupted_copy_counts_its_attempt_and_a_dead_copier_cannot_loop(
 
         deps.storage.put = fail  # type: ignore[union-attr,method-assign]
         outcome = rehost.copy_result(deps, job_id, generation)
-        copy = deps.store.get(job_id).results[0].stored
+        copy = deps.store.lifecycle.get(job_id).results[0].stored
         assert outcome.state == "pending" and copy is not None
         assert copy.attempts == 1 and "copy interrupted: RuntimeError('disk on fire')" in (
             copy.error or ""
@@ -363,7 +363,7 @@ def test_an_interrupted_copy_counts_its_attempt_and_a_dead_copier_cannot_loop(
         assert claim.verdict == "ok" and claim.copy is not None and claim.copy.attempts == 2
         time.sleep(0.02)
         outcome = rehost.copy_result(deps, job_id, generation)
-        copy = deps.store.get(job_id).results[0].stored
+        copy = deps.store.lifecycle.get(job_id).results[0].stored
         assert outcome.state == "failed" and copy is not None and copy.status == "failed"
         assert copy.attempts == 3
         assert "stopped before they were done (gave up after 3 attempts)" in (copy.error or "")

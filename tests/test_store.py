@@ -23,13 +23,14 @@ from pollen.models import GenerationResult, JobStatus
 from pollen.producer import drive
 from pollen.providers import push as tokens
 from pollen.settings import Settings
-from pollen.store import keys, ops, scripts
+from pollen.store import effects, keys, scripts
 from pollen.store.connection import redis_client
 from pollen.store.copies import SCRIPTS as COPY_SCRIPTS
-from pollen.store.jobs import SCRIPTS as JOB_SCRIPTS
-from pollen.store.jobs import Store
 from pollen.store.outbox import SCRIPTS as OUTBOX_SCRIPTS
 from pollen.store.outbox import Outbox
+from pollen.store.polls import PollRecord, Recorded
+from pollen.store.sync import SCRIPTS as JOB_SCRIPTS
+from pollen.store.sync import Store
 from pollen.worker import health
 from pollen.worker.periodic import check_store
 from pollen.worker.runtime import Deps, build_deps
@@ -65,7 +66,7 @@ def store(raw: redis.Redis, redis_server: RedisServer) -> Iterator[Store]:
 
 def _create(store: Store, job_id: str, fingerprint: str = "fp-1", now: float = NOW) -> bool:
     fields = {"id": job_id, "provider": "runware", "status": "queued", "poll_seq": "0"}
-    return store.create(job_id, fields, now=now, ttl=JOB_TTL, fingerprint=fingerprint)
+    return store.lifecycle.create(job_id, fields, now=now, ttl=JOB_TTL, fingerprint=fingerprint)
 
 
 def _counts(raw: redis.Redis) -> dict[str, int]:
@@ -91,8 +92,8 @@ def test_a_status_only_moves_forward(
 ) -> None:
     assert _create(store, "j")
     if start is not JobStatus.QUEUED:
-        assert store.transition("j", start, now=NOW + 1)
-    moved = store.transition("j", target, now=NOW + 2)
+        assert store.lifecycle.transition("j", start, now=NOW + 1)
+    moved = store.lifecycle.transition("j", target, now=NOW + 2)
     assert moved is (target.rank > start.rank)
     final = target if moved else start
     assert _status(raw, "j") == final.value
@@ -103,7 +104,7 @@ def test_a_status_only_moves_forward(
 
 def test_a_transition_of_a_missing_job_is_job_not_found(store: Store) -> None:
     with pytest.raises(JobNotFound):
-        store.transition("nope", JobStatus.SUBMITTED, now=NOW)
+        store.lifecycle.transition("nope", JobStatus.SUBMITTED, now=NOW)
 
 
 # --- counters and indexes -----------------------------------------------------------------
@@ -116,26 +117,26 @@ def test_counters_and_indexes_follow_create_transition_finish_and_rollback(
         assert _create(store, f"j{n}", now=NOW + n)
     assert _counts(raw) == {"queued": 5}
     assert _indexed(raw) == ({f"j{n}" for n in range(5)},) * 2
-    store.transition("j0", JobStatus.SUBMITTED, now=NOW + 10)
-    store.transition("j1", JobStatus.PROCESSING, now=NOW + 10)
-    store.transition("j2", JobStatus.SUCCEEDED, now=NOW + 10)
-    store.transition("j3", JobStatus.FAILED, now=NOW + 10)
+    store.lifecycle.transition("j0", JobStatus.SUBMITTED, now=NOW + 10)
+    store.lifecycle.transition("j1", JobStatus.PROCESSING, now=NOW + 10)
+    store.lifecycle.transition("j2", JobStatus.SUCCEEDED, now=NOW + 10)
+    store.lifecycle.transition("j3", JobStatus.FAILED, now=NOW + 10)
     assert _counts(raw) == {"queued": 1, "submitted": 1, "processing": 1, "succeeded": 1,
                             "failed": 1}  # fmt: skip
     assert _indexed(raw) == ({"j0", "j1", "j4"},) * 2
     # The oldest in-flight job is still the first created.
     assert raw.zrange(keys.BY_AGE, 0, 0) == ["j0"]
 
-    assert store.rollback_create("j4")
+    assert store.lifecycle.rollback_create("j4")
     assert _counts(raw) == {"submitted": 1, "processing": 1, "succeeded": 1, "failed": 1}
     assert _indexed(raw) == ({"j0", "j1"},) * 2
     # A job that already moved on is not undone.
-    assert not store.rollback_create("j0")
+    assert not store.lifecycle.rollback_create("j0")
     assert _status(raw, "j0") == "submitted"
     assert _counts(raw)["submitted"] == 1
     assert _indexed(raw) == ({"j0", "j1"},) * 2
     # Nothing to undo for an unknown id: the counters stay.
-    assert not store.rollback_create("never")
+    assert not store.lifecycle.rollback_create("never")
     assert _counts(raw) == {"submitted": 1, "processing": 1, "succeeded": 1, "failed": 1}
 
 
@@ -153,7 +154,7 @@ def test_rollback_undoes_exactly_what_create_wrote(store: Store, raw: redis.Redi
     before = dump()
     before_counts = _counts(raw)
     assert _create(store, "j")
-    assert store.rollback_create("j")
+    assert store.lifecycle.rollback_create("j")
     assert dump() == before
     assert _counts(raw) == before_counts
     # The id is free again: the retried submit creates it anew.
@@ -169,16 +170,14 @@ def _result(ident: str) -> GenerationResult:
 
 def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> None:
     outbox = Outbox(store.redis)
-    store.rehost = True  # its results' copies (re-hosting) are the job's keys too
+    store.polls.rehost = True  # its results' copies (re-hosting) are the job's keys too
     now = time.time()
     assert _create(store, "j", now=now)
-    store.transition("j", JobStatus.SUBMITTED, now=now, poll_seq="1")
-    assert store.claim_poll("j", 1, now=now, lease=30).verdict == "ok"
-    added = store.apply_poll(
-        "j", 1, now=now, envelope={"data": []}, results=[_result("g1")], errors=[],
-        progress=0.5, cost=None, next_poll_at=now + 1,
-    )  # fmt: skip
-    assert added == ["g1"]
+    store.lifecycle.transition("j", JobStatus.SUBMITTED, now=now, poll_seq="1")
+    assert store.polls.claim([("j", 1)], now=now, lease=30)[0].verdict == "ok"
+    recorded = _record(store, "j", 1, now=now, envelope={"data": []}, results=[_result("g1")],
+                       progress=0.5, next_poll_at=now + 1)  # fmt: skip
+    assert (recorded.verdict, recorded.added) == ("ok", ["g1"])
     delivery = "msg_j_completed"
     outbox.create(delivery, job_id="j", event="completed", kind="http", target="https://x/cb",
                   body="{}", now=now, watch=60, ttl=JOB_TTL)  # fmt: skip
@@ -189,11 +188,13 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
     store.redis.hset(keys.job("j"), "push_token", token)
     push = take_push(Settings(), "runware", token, b"{}", now=now)
     sent: list[Any] = []
-    outcome = drive(push, lambda batch: ops.execute(store.redis, store.scripts, batch), sent.append)
+    outcome = drive(
+        push, lambda batch: effects.execute(store.redis, store.scripts, batch), sent.append
+    )
     assert (outcome.verdict, len(sent)) == ("polled", 1)
-    assert store.transition("j", JobStatus.SUCCEEDED, now=now)
+    assert store.lifecycle.transition("j", JobStatus.SUCCEEDED, now=now)
 
-    job_keys = keys.all_for("j")
+    job_keys = set(raw.keys(keys.job("j") + "*"))  # the record and every key named after it
     assert keys.job_deliveries("j") in job_keys and keys.delivery_attempts("j") in job_keys
     ttls = {key: raw.ttl(key) for key in job_keys}
     assert all(ttl > 0 for ttl in ttls.values()), ttls  # -2 missing, -1 no expiry
@@ -211,37 +212,44 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
 
 def _submitted(store: Store, job_id: str, now: float) -> None:
     assert _create(store, job_id, now=now)
-    store.transition(job_id, JobStatus.SUBMITTED, now=now, poll_seq="1")
+    store.lifecycle.transition(job_id, JobStatus.SUBMITTED, now=now, poll_seq="1")
 
 
 def test_a_busy_lease_and_a_stale_attempt_are_refused(store: Store) -> None:
     _submitted(store, "j", NOW)
-    assert store.claim_poll("j", 1, now=NOW, lease=30).verdict == "ok"
-    busy = store.claim_poll("j", 1, now=NOW + 29.5, lease=30)
+    assert store.polls.claim([("j", 1)], now=NOW, lease=30)[0].verdict == "ok"
+    busy = store.polls.claim([("j", 1)], now=NOW + 29.5, lease=30)[0]
     assert busy.verdict == "busy" and 0.49 < busy.wait < 0.51
-    assert store.claim_poll("j", 1, now=NOW + 30.5, lease=30).verdict == "ok"  # lease expired
-    assert store.claim_poll("j", 0, now=NOW, lease=30).verdict == "stale"
-    assert store.claim_poll("j", 2, now=NOW, lease=30).verdict == "stale"
-    assert store.claim_poll("nope", 1, now=NOW, lease=30).verdict == "missing"
-    store.transition("j", JobStatus.SUCCEEDED, now=NOW)
-    assert store.claim_poll("j", 1, now=NOW + 100, lease=30).verdict == "done"
+    assert (
+        store.polls.claim([("j", 1)], now=NOW + 30.5, lease=30)[0].verdict == "ok"
+    )  # lease expired
+    assert store.polls.claim([("j", 0)], now=NOW, lease=30)[0].verdict == "stale"
+    assert store.polls.claim([("j", 2)], now=NOW, lease=30)[0].verdict == "stale"
+    assert store.polls.claim([("nope", 1)], now=NOW, lease=30)[0].verdict == "missing"
+    store.lifecycle.transition("j", JobStatus.SUCCEEDED, now=NOW)
+    assert store.polls.claim([("j", 1)], now=NOW + 100, lease=30)[0].verdict == "done"
+
+
+def _record(store: Store, job_id: str, attempt: int, *, now: float, **found: Any) -> Recorded:
+    """One poll answer recorded (kept for the audit, as a provider answer)."""
+    [recorded] = store.polls.record([PollRecord(job_id, attempt, keep=True, **found)], now=now)
+    return recorded
 
 
 def test_a_stale_poll_answer_changes_nothing(store: Store, raw: redis.Redis) -> None:
     now = time.time()
     _submitted(store, "j", now)
-    assert store.claim_poll("j", 1, now=now, lease=30).verdict == "ok"
-    assert store.apply_poll(
-        "j", 1, now=now, envelope={"n": 1}, results=[_result("g1")], errors=[],
-        progress=0.3, cost=None, next_poll_at=now + 1,
-    ) == ["g1"]  # fmt: skip
+    assert store.polls.claim([("j", 1)], now=now, lease=30)[0].verdict == "ok"
+    first = _record(store, "j", 1, now=now, envelope={"n": 1}, results=[_result("g1")],
+                    progress=0.3, next_poll_at=now + 1)  # fmt: skip
+    assert first == Recorded("ok", ["g1"], result_count=1)
     snapshot = {key: raw.dump(key) for key in raw.keys("*")}
-    stale: dict[str, Any] = {"now": now + 1, "errors": [], "progress": 0.9, "cost": 2.0}
+    stale: dict[str, Any] = {"now": now + 1, "progress": 0.9, "cost": 2.0}
     for attempt in (1, 3):  # the same poll again, and one from the future
-        assert store.apply_poll(
-            "j", attempt, envelope={"n": attempt}, results=[_result("g2")],
+        assert _record(
+            store, "j", attempt, envelope={"n": attempt}, results=[_result("g2")],
             next_poll_at=now + 2, **stale,
-        ) is None  # fmt: skip
+        ) == Recorded("stale")  # fmt: skip
     assert {key: raw.dump(key) for key in raw.keys("*")} == snapshot
 
 
@@ -265,18 +273,20 @@ def test_a_duplicate_create_returns_false_and_writes_nothing(
 
 def test_fields_forget_and_lock(store: Store, raw: redis.Redis) -> None:
     assert _create(store, "j")
-    assert store.field("j", "provider") == "runware"
-    assert store.field("j", "absent") is None and store.field("nope", "id") is None
-    assert store.fields("j", "status", "poll_seq", "absent") == ["queued", "0", None]
-    store.forget_inflight("j")
+    assert store.lifecycle.field("j", "provider") == "runware"
+    assert (
+        store.lifecycle.field("j", "absent") is None and store.lifecycle.field("nope", "id") is None
+    )
+    assert store.lifecycle.fields("j", "status", "poll_seq", "absent") == ["queued", "0", None]
+    store.schedule.forget_inflight("j")
     assert _indexed(raw) == (set(), set())
     assert _status(raw, "j") == "queued"  # only the indexes: the record stays
-    assert store.try_lock("pollen:lock:test", ttl=0.3)
+    assert store.locks.acquire("pollen:lock:test", ttl=0.3)
     time.sleep(0.2)
-    assert not store.try_lock("pollen:lock:test", ttl=0.3)  # held for 0.3 s
+    assert not store.locks.acquire("pollen:lock:test", ttl=0.3)  # held for 0.3 s
     time.sleep(0.15)
-    assert store.try_lock("pollen:lock:test", ttl=0.3)  # expired: the next round takes it
-    assert store.try_lock("pollen:lock:tiny", ttl=0.0001)  # under 1 ms is still a lock
+    assert store.locks.acquire("pollen:lock:test", ttl=0.3)  # expired: the next round takes it
+    assert store.locks.acquire("pollen:lock:tiny", ttl=0.0001)  # under 1 ms is still a lock
 
 
 # --- the Lua files --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def unsent_job(deps: Any) -> str:
     """A job stored but never sent, that the session worker's reconciler leaves alone."""
     job_id = accept_job(deps, [0.2])
-    deps.store.watch(job_id, time.time() + 3600)  # not overdue for an hour
+    deps.store.schedule.watch(job_id, time.time() + 3600)  # not overdue for an hour
     return job_id
 
 

@@ -20,7 +20,7 @@ from pollen import AsyncPollen, StoreUnavailable
 from pollen.dashboard import present, views
 from pollen.dashboard.security import Credentials, Protect, csrf_key, csrf_token
 from pollen.settings import REDIS_SCHEMES, Settings
-from pollen.store import ops
+from pollen.store import effects
 from pollen.store.connection import queue_depths
 
 HERE = Path(__file__).resolve().parent
@@ -85,7 +85,7 @@ def _depth_reader(broker: str, queues: list[str]) -> Callable[[], list[int | Non
 
     def guarded() -> list[int | None]:
         try:
-            with ops.guard():
+            with effects.guard():
                 return list(read())
         except StoreUnavailable:
             return [None] * len(queues)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pollen.models import Job, JobStatus
-from pollen.store.ops import Audit
+from pollen.store.lifecycle import Audit
 
 #: the ages the jobs table filters by (created within), as shown and in seconds
 AGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}

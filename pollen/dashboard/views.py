@@ -19,7 +19,7 @@ from pollen import AsyncPollen, InvalidJob, JobNotFound
 from pollen.dashboard import charts, present
 from pollen.dashboard.security import csrf_ok, same_origin
 from pollen.providers import REGISTRY
-from pollen.store import ops, stats
+from pollen.store import lifecycle, stats
 from pollen.store.listing import JobPage
 
 #: minutes of finished jobs the overview draws
@@ -95,7 +95,7 @@ async def job(request: Request) -> Response:
         found = await client.get(job_id)
     except JobNotFound as exc:
         return render(request, "missing.html", 404, message=str(exc))
-    audit = await client.store.run(ops.audit(job_id))
+    audit = await client.store.run(lifecycle.audit(job_id))
     deliveries = await client.callbacks(job_id)
     return render(
         request, "job.html", job=found, audit=audit, deliveries=deliveries,

@@ -30,7 +30,7 @@ from pollen.producer import Send
 from pollen.providers import REGISTRY
 from pollen.providers.push import MAX_TOKEN_LENGTH, redact
 from pollen.settings import Settings, get_settings
-from pollen.store import ops
+from pollen.store import effects
 
 log = logging.getLogger("pollen.ingress")
 
@@ -99,7 +99,7 @@ class Ingress:
         try:
             body = await self.read_body(request)
             flow = take_push(self.settings, provider, token, body, now=time.time())
-            with ops.guard():
+            with effects.guard():
                 outcome = await producer.adrive(flow, self.store.execute, self.send)
         except TooLarge:
             return self.answer(label, "oversized", token)

@@ -20,7 +20,7 @@ from pollen.producer import Flow, Send
 from pollen.providers import REGISTRY
 from pollen.providers import push as tokens
 from pollen.settings import Settings
-from pollen.store import ops
+from pollen.store import pushes
 
 #: how many pushes a job's audit list keeps, and how much of each body
 KEEP_PUSHES = 10
@@ -61,7 +61,7 @@ def take_push(
     job_id = tokens.job_of(token)
     if job_id is None or provider not in REGISTRY:
         return PushOutcome("unknown")
-    stored, owner = yield from ops.push_target(job_id)
+    stored, owner = yield from pushes.push_target(job_id)
     if stored is None or owner is None:
         return PushOutcome("unknown", job_id)
     if not hmac.compare_digest(stored.encode(), token.encode()) or owner != provider:
@@ -70,7 +70,9 @@ def take_push(
         json.loads(body)
     except ValueError:
         return PushOutcome("malformed", job_id)
-    answer = yield from ops.record_push(job_id, audit_entry(body, now), now=now, keep=KEEP_PUSHES)
+    answer = yield from pushes.record_push(
+        job_id, audit_entry(body, now), now=now, keep=KEEP_PUSHES
+    )
     if answer is None:
         return PushOutcome("unknown", job_id)
     status, seq = answer

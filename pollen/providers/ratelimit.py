@@ -1,7 +1,7 @@
 """A provider request budget shared by every worker: a sliding one-second window in Redis.
 
 Each request to a rate-limited provider first takes a slot (one Lua call in the store,
-:meth:`pollen.store.jobs.Store.take_rate_tokens`, on Redis's own clock so all workers agree);
+:meth:`pollen.store.rates.RateTokens.take`, on Redis's own clock so all workers agree);
 the policy (slots per window, sleeping or refusing) is here. No window of one second ever
 holds more than the limit. A wait of a fraction of a second is slept through; a longer one
 becomes :class:`RateLimited`, which the steps turn into a countdown retry like a provider's
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pollen.errors import RateLimited
 
 if TYPE_CHECKING:
-    from pollen.store.jobs import Store
+    from pollen.store.sync import Store
 
 MAX_SLEEP = 0.25  #: longer waits become a countdown retry instead of a sleeping task
 
@@ -52,7 +52,7 @@ class RateLimiter:
         slots, window_ms = (limit, 1000) if limit >= 1 else (1, round(1000 / limit))
         while True:
             member = f"{os.getpid()}:{next(self._ids)}:{time.monotonic_ns()}"
-            wait_ms, now_ms = self._store.take_rate_tokens(
+            wait_ms, now_ms = self._store.rates.take(
                 provider, limit=int(slots), window_ms=window_ms, member=member
             )
             if wait_ms == 0:

@@ -1,6 +1,6 @@
 """The job store on ``redis.asyncio``, for :class:`pollen.AsyncPollen`.
 
-It runs the same operations as the synchronous store (:mod:`pollen.store.ops`) on an asyncio
+It runs the same operations as the synchronous store (:mod:`pollen.store.effects`) on an asyncio
 connection pool, and listens to a job's events on Pub/Sub without a thread.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 from redis.asyncio.retry import Retry
 
-from pollen.store import jobs, keys, ops, outbox
+from pollen.store import effects, keys, outbox, sync
 from pollen.store.connection import client_options
 
 T = TypeVar("T")
@@ -25,17 +25,17 @@ class AsyncStore:
 
     def __init__(self, url: str) -> None:
         self.redis = redis.asyncio.Redis.from_url(url, **client_options(Retry))
-        texts = {**jobs.script_texts(), **outbox.script_texts()}
+        texts = {**sync.script_texts(), **outbox.script_texts()}
         self.scripts = {name: self.redis.register_script(text) for name, text in texts.items()}
 
-    def execute(self, batch: ops.Batch) -> Awaitable[list[Any]]:
+    def execute(self, batch: effects.Batch) -> Awaitable[list[Any]]:
         """One batch of commands in one pipeline round trip."""
-        return ops.aexecute(self.redis, self.scripts, batch)
+        return effects.aexecute(self.redis, self.scripts, batch)
 
-    async def run(self, op: ops.Op[T]) -> T:
-        """Run a store operation (:mod:`pollen.store.ops`) on this client."""
-        with ops.guard():
-            return await ops.arun(self.redis, self.scripts, op)
+    async def run(self, op: effects.Op[T]) -> T:
+        """Run a store operation (:mod:`pollen.store.effects`) on this client."""
+        with effects.guard():
+            return await effects.arun(self.redis, self.scripts, op)
 
     @asynccontextmanager
     async def listen(self, job_id: str) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
@@ -45,12 +45,12 @@ class AsyncStore:
         the awaiting task being cancelled, unsubscribes and frees the connection."""
         pubsub = self.redis.pubsub()
         try:
-            with ops.guard():
+            with effects.guard():
                 await pubsub.subscribe(keys.events(job_id))
                 await _confirmed(pubsub)
 
             async def next_event(seconds: float) -> bool:
-                with ops.guard():
+                with effects.guard():
                     return await _next_event(pubsub, seconds)
 
             yield next_event
@@ -59,7 +59,7 @@ class AsyncStore:
 
     async def ping(self) -> None:
         """Raise :class:`~pollen.errors.StoreUnavailable` unless Redis answers."""
-        with ops.guard():
+        with effects.guard():
             await self.redis.ping()
 
     async def aclose(self) -> None:

@@ -11,8 +11,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from pollen.settings import Settings
-from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
+from pollen.store.sync import Store
 
 #: what a call raises when Redis cannot be reached (for callers outside the store)
 UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)

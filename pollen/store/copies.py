@@ -11,12 +11,15 @@ lease, so a worker dying mid-copy leaves the copy due again. States: pending →
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import redis
 
 from pollen.models import GenerationResult, StoredCopy
-from pollen.store import keys, ops, scripts
+from pollen.store import keys, scripts
+from pollen.store.effects import Lua, Op, guard, run, single
+
+T = TypeVar("T")
 
 #: the scripts of :class:`Copies`, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
 SCRIPTS = ("claim_copy", "record_copy", "take_due")
@@ -38,6 +41,53 @@ class CopyClaim:
     result: GenerationResult | None = None
 
 
+def take_due(*, now: float, limit: int, watch: float) -> Op[list[tuple[str, str]]]:
+    """(job id, generation id) of the copies due now, each pushed ``watch`` seconds later in
+    case its message is lost."""
+    taken = yield from single(Lua("take_due", [keys.COPIES_DUE], [repr(now), limit, watch]))
+    return [tuple(str(m).split("|", 1)) for m in taken]  # type: ignore[misc]
+
+
+def claim(job_id: str, generation: str, *, now: float, lease: float) -> Op[CopyClaim]:
+    """Take the copy for ``lease`` seconds if it is pending and nobody holds it."""
+    verdict, copy, result = yield from single(
+        Lua(
+            "claim_copy",
+            [
+                keys.stored(job_id), keys.results(job_id), keys.job(job_id),
+                keys.COPIES_DUE, keys.COPIES_RUNNING,
+            ],
+            [member(job_id, generation), generation, repr(now), lease],
+        )
+    )  # fmt: skip
+    if verdict != "ok":
+        return CopyClaim(verdict)
+    return CopyClaim(
+        "ok", StoredCopy.model_validate_json(copy), GenerationResult.model_validate_json(result)
+    )
+
+
+def record(
+    job_id: str, generation: str, copy: StoredCopy, *, now: float, due_at: float
+) -> Op[str | None]:
+    """Keep ``copy`` as the generation's copy and end the lease: the job's status, or None
+    when nothing was written."""
+    written, status = yield from single(
+        Lua(
+            "record_copy",
+            [
+                keys.stored(job_id), keys.job(job_id), keys.COPIES_DUE,
+                keys.COPIES_RUNNING, keys.events(job_id),
+            ],
+            [
+                member(job_id, generation), generation, copy.model_dump_json(),
+                copy.status, repr(due_at), repr(now),
+            ],
+        )
+    )  # fmt: skip
+    return str(status) if written else None
+
+
 class Copies:
     """Copy state in Redis, keyed by job id and generation id."""
 
@@ -48,28 +98,19 @@ class Copies:
         )
         self.scripts = {name: client.register_script(text) for name, text in texts.items()}
 
+    def run(self, op: Op[T]) -> T:
+        """Run a copy operation on this client (the copies' own scripts)."""
+        with guard():
+            return run(self.redis, self.scripts, op)
+
     def take_due(self, *, now: float, limit: int, watch: float) -> list[tuple[str, str]]:
         """(job id, generation id) of the copies due now, each pushed ``watch`` seconds later
         in case its message is lost."""
-        with ops.guard():
-            taken = self.scripts["take_due"](keys=[keys.COPIES_DUE], args=[repr(now), limit, watch])
-        return [tuple(str(m).split("|", 1)) for m in taken]  # type: ignore[misc]
+        return self.run(take_due(now=now, limit=limit, watch=watch))
 
     def claim(self, job_id: str, generation: str, *, now: float, lease: float) -> CopyClaim:
         """Take the copy for ``lease`` seconds if it is pending and nobody holds it."""
-        with ops.guard():
-            verdict, copy, result = self.scripts["claim_copy"](
-                keys=[
-                    keys.stored(job_id), keys.results(job_id), keys.job(job_id),
-                    keys.COPIES_DUE, keys.COPIES_RUNNING,
-                ],
-                args=[member(job_id, generation), generation, repr(now), lease],
-            )  # fmt: skip
-        if verdict != "ok":
-            return CopyClaim(verdict)
-        return CopyClaim(
-            "ok", StoredCopy.model_validate_json(copy), GenerationResult.model_validate_json(result)
-        )
+        return self.run(claim(job_id, generation, now=now, lease=lease))
 
     def record(
         self, job_id: str, generation: str, copy: StoredCopy, *, now: float, due_at: float = 0.0
@@ -77,18 +118,7 @@ class Copies:
         """Keep ``copy`` as the generation's copy and end the lease (pending: due again at
         ``due_at``). The job's status, or None when nothing was written (the job expired, or
         the copy was already finished)."""
-        with ops.guard():
-            written, status = self.scripts["record_copy"](
-                keys=[
-                    keys.stored(job_id), keys.job(job_id), keys.COPIES_DUE,
-                    keys.COPIES_RUNNING, keys.events(job_id),
-                ],
-                args=[
-                    member(job_id, generation), generation, copy.model_dump_json(),
-                    copy.status, repr(due_at), repr(now),
-                ],
-            )  # fmt: skip
-        return str(status) if written else None
+        return self.run(record(job_id, generation, copy, now=now, due_at=due_at))
 
     def due_count(self) -> int:
         """Copies not finished yet (pending ones, waiting or being made)."""

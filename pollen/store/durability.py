@@ -18,12 +18,14 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from pollen.errors import StoreUnavailable
-from pollen.store import keys, ops
-from pollen.store.jobs import Store
+from pollen.store import keys
+from pollen.store.effects import Op, cmd
+from pollen.store.sync import Store
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,38 @@ def check(store: Store, known: str | None, now: float | None = None) -> tuple[st
     marker this process knew is gone.
     """
     now = time.time() if now is None else now
-    current, lost = store.run(ops.check_epoch(known, marker(now), now))
+    current, lost = store.run(check_epoch(known, marker(now), now))
     if lost:
         log_loss(known, current)
     return current, lost
+
+
+def epoch(marker: str) -> Op[str]:
+    """The store's epoch marker, ``marker`` written first if the store has none."""
+    _, current = yield [cmd("set", keys.EPOCH, marker, nx=True), cmd("get", keys.EPOCH)]
+    return str(current)
+
+
+def check_epoch(known: str | None, marker: str, now: float) -> Op[tuple[str, bool]]:
+    """Compare the store's epoch marker with ``known`` (the one this process saw before):
+    (the current marker, whether ``known`` is gone). A loss is recorded in the store."""
+    current = yield from epoch(marker)
+    if known is None or current == known:
+        return current, False
+    yield [
+        cmd(
+            "hset",
+            keys.DATA_LOSS,
+            mapping={"detected_at": repr(now), "lost_epoch": known, "new_epoch": current},
+        )
+    ]
+    return current, True
+
+
+def store_status() -> Op[dict[str, Any]]:
+    """The store's epoch and the last detected data loss, if any."""
+    current, loss = yield [cmd("get", keys.EPOCH), cmd("hgetall", keys.DATA_LOSS)]
+    return {"epoch": current, "data_loss": dict(loss) if loss else None}
 
 
 def log_loss(known: str | None, current: str) -> None:

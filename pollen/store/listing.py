@@ -4,9 +4,8 @@ The store's scripts keep one sorted set per provider and status (``keys.index``)
 creation time, in step with every status change. A listing reads only the sets of the
 statuses and providers asked for (newest first, merged), so its cost does not depend on how
 many jobs are in other states; no ``SCAN``, no ``KEYS``. Finished jobs leave the indexes when
-their records expire (:meth:`Store.trim_indexes <pollen.store.jobs.Store.trim_indexes>`, from
-the periodic round); an entry whose record is gone
-anyway is dropped when a listing meets it.
+their records expire (:meth:`pollen.store.schedule.Schedule.trim_indexes`, from the periodic
+round); an entry whose record is gone anyway is dropped when a listing meets it.
 
 Newest first by default, oldest first when asked. Pages are cursor-based, like Replicate's
 ``predictions.list``: a cursor is the position
@@ -26,7 +25,8 @@ from dataclasses import dataclass
 from pollen.errors import InvalidJob
 from pollen.models import Job
 from pollen.store import keys
-from pollen.store.ops import Batch, Op, cmd, jobs_with_results
+from pollen.store.effects import Batch, Op, cmd
+from pollen.store.lifecycle import jobs_with_results
 
 #: most index entries one listing reads, as a multiple of ``limit`` (metadata filters)
 EXAMINE_FACTOR = 10
@@ -69,7 +69,7 @@ def query(
 ) -> Op[JobPage]:
     """The newest (or, with ``oldest_first``, the oldest) jobs matching every filter given,
     after ``cursor`` (a store operation: run it with ``Store.run`` or
-    :func:`pollen.store.ops.arun`); see the module doc. A cursor continues the order of the
+    :func:`pollen.store.effects.arun`); see the module doc. A cursor continues the order of the
     page it came from."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidJob(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")

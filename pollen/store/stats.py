@@ -1,6 +1,6 @@
 """``pollen stats`` and the dashboard's overview: what the fleet holds right now, read from Redis.
 
-Both are store operations (:mod:`pollen.store.ops`): :func:`snapshot` (jobs by state,
+Both are store operations (:mod:`pollen.store.effects`): :func:`snapshot` (jobs by state,
 in-flight and overdue jobs, the oldest in-flight job, dead letters) and
 :func:`finished_per_minute` (jobs that reached each terminal status, per minute, from the
 counters the terminal transition keeps, ``keys.finished``); :func:`collect` runs the first on
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pollen.store import keys
-from pollen.store.ops import Op, cmd
+from pollen.store.effects import Op, cmd
 
 if TYPE_CHECKING:
-    from pollen.store.jobs import Store
+    from pollen.store.sync import Store
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,17 @@ def finished_per_minute(now: float, minutes: int) -> Op[list[Minute]]:
         Minute(minute * 60, {status: int(n) for status, n in sorted(counts.items())})
         for minute, counts in zip(starts, replies, strict=True)
     ]
+
+
+def gauges() -> Op[dict[str, Any]]:
+    """What the metrics scrape reads: in-flight jobs, jobs by status, dead letters, loss."""
+    inflight, by_status, dead, loss = yield [
+        cmd("zcard", keys.INFLIGHT),
+        cmd("hgetall", keys.STATUS_COUNTS),
+        cmd("zcard", keys.DEAD),
+        cmd("hgetall", keys.DATA_LOSS),
+    ]
+    return {"inflight": inflight, "by_status": by_status, "dead": dead, "data_loss": loss}
 
 
 def collect(store: Store, now: float | None = None) -> Stats:

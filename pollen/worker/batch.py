@@ -30,7 +30,7 @@ from pollen.errors import (
 from pollen.models import Job, JobStatus
 from pollen.providers import Snapshot
 from pollen.providers.base import TERMINAL_STATES
-from pollen.store.jobs import Claim, PollRecord, Recorded
+from pollen.store.polls import Claim, PollRecord, Recorded
 from pollen.worker import logs, metrics
 from pollen.worker.grouping import Due, Item, due
 from pollen.worker.runtime import Deps
@@ -70,7 +70,7 @@ def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
     """Poll every (job id, attempt) of ``items`` once; see the module docstring."""
     now = deps.clock()
     out = BatchNext()
-    claims = deps.store.claim_polls(items, now=now, lease=deps.settings.poll_lease)
+    claims = deps.store.polls.claim(items, now=now, lease=deps.settings.poll_lease)
     plans: list[_Plan] = []
     for (job_id, attempt), claim in zip(items, claims, strict=True):
         plan = _claimed(deps, out, job_id, attempt, claim, now)
@@ -82,12 +82,12 @@ def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
             _ask(deps, [p for p in plans if p.record is None], now)
             records = [p.record for p in plans if p.record is not None]
             # Stamped when the answers are in (finished_at is when pollen learnt it ended).
-            recorded = deps.store.record_polls(records, now=deps.clock())
+            recorded = deps.store.polls.record(records, now=deps.clock())
     except BaseException:
         # Nothing was recorded (a soft time limit, Redis away): give the leases back, so the
         # next copy of these polls acts at once and no worker death is counted.
         with contextlib.suppress(Exception):
-            deps.store.renew_leases(held, until=0.0)
+            deps.store.polls.renew(held, until=0.0)
         raise
     for plan, done in zip(plans, recorded, strict=True):
         try:

@@ -39,11 +39,11 @@ def follow_up(deps: Deps, job_id: str) -> list[str]:
     again (up to :data:`CANCEL_ATTEMPTS` calls), and ``Job.cancel_note`` shows the latest.
     """
     try:
-        job = deps.store.get(job_id)
+        job = deps.store.lifecycle.get(job_id)
     except JobNotFound:
-        deps.store.cancel_followed(job_id, "")  # expired meanwhile: stop watching it
+        deps.store.lifecycle.cancel_followed(job_id, "")  # expired meanwhile: stop watching it
         return []
-    state, attempts = deps.store.fields(job_id, "cancel_state", "cancel_attempts")
+    state, attempts = deps.store.lifecycle.fields(job_id, "cancel_state", "cancel_attempts")
     if job.status is not JobStatus.CANCELLED or state != "pending":
         return []  # done by an earlier copy (which stopped watching it)
     made = int(attempts or 0) + 1
@@ -55,11 +55,11 @@ def follow_up(deps: Deps, job_id: str) -> list[str]:
         final = job.model_copy(update={"cancel_note": note})
         deliveries = events.emit(deps, final, "completed", events.completion_payload(final))
     if retry and made < CANCEL_ATTEMPTS:
-        deps.store.cancel_retry_later(job_id, note, made)
+        deps.store.lifecycle.cancel_retry_later(job_id, note, made)
         return deliveries
     if retry:
         note = note.replace("pollen tries again", f"pollen gave up after {made} calls")
-    deps.store.cancel_followed(job_id, note)
+    deps.store.lifecycle.cancel_followed(job_id, note)
     metrics.JOBS_FINISHED.labels(job.provider, JobStatus.CANCELLED.value).inc()
     return deliveries
 

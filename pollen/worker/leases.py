@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from pollen.store.jobs import Store
+from pollen.store.sync import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class LeaseRenewer:
             if not items:
                 continue
             try:
-                self.store.renew_leases(items, until=self.clock() + self.lease)
+                self.store.polls.renew(items, until=self.clock() + self.lease)
                 self.renewals += 1
             except Exception:  # Redis away for a moment: the next round tries again
                 log.warning("could not renew %d poll leases", len(items), exc_info=True)

@@ -17,8 +17,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from pollen.store import stats
+
 if TYPE_CHECKING:
-    from pollen.store.jobs import Store
+    from pollen.store.sync import Store
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -86,7 +88,7 @@ class RedisGauges(Collector):
         depth = GaugeMetricFamily("pollen_queue_depth", "Messages waiting", labels=["queue"])
         for queue, length in zip(self.queues, self.queue_depths(), strict=True):
             depth.add_metric([queue], float(length))
-        gauges = self.store.gauges()
+        gauges = self.store.run(stats.gauges())
         inflight, by_state = gauges["inflight"], gauges["by_status"]
         dead, loss = gauges["dead"], gauges["data_loss"]
         yield GaugeMetricFamily(

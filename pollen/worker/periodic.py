@@ -71,16 +71,16 @@ def tick(app: Any) -> None:
     try:
         check_store(deps)
         now = deps.clock()
-        if deps.store.try_lock(keys.TICK_LOCK, ttl=settings.tick_interval * 0.9):
+        if deps.store.locks.acquire(keys.TICK_LOCK, ttl=settings.tick_interval * 0.9):
             release_due(app, deps, now)
-        if deps.store.try_lock(keys.RECONCILE_LOCK, ttl=settings.reconcile_interval * 0.9):
+        if deps.store.locks.acquire(keys.RECONCILE_LOCK, ttl=settings.reconcile_interval * 0.9):
             reconcile(
                 deps.store,
                 lambda name, kwargs: app.send_task(name, kwargs=kwargs, ignore_result=True),
                 now=now,
                 batch_size=settings.batch_size,
             )
-            deps.store.trim_indexes(now)
+            deps.store.schedule.trim_indexes(now)
     except Exception:
         log.exception("periodic round failed; the next one will try again")
 
@@ -111,7 +111,7 @@ def release_due(app: Any, deps: Any, now: float) -> None:
     """
     horizon = now + deps.settings.tick_interval
     slack = deps.settings.batch_window_max
-    parked = deps.store.take_parked_polls(horizon=horizon, limit=DUE_PER_ROUND)
+    parked = deps.store.schedule.take_parked(horizon=horizon, limit=DUE_PER_ROUND)
     polls = [grouping.Due(job_id, attempt, due, due + slack) for job_id, attempt, due in parked]
     for group in grouping.group(polls, max_size=deps.settings.batch_size):
         send_batch(app, group.items, countdown=max(0.0, group.at - now))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pollen import contract
 from pollen.models import JobStatus
 from pollen.providers import REGISTRY
-from pollen.store.jobs import Store
+from pollen.store.sync import Store
 from pollen.worker.metrics import RECONCILER
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,19 @@ def reconcile(
     """
     report = Report()
     polls: list[list[object]] = []
-    for job_id in store.overdue(now, limit):
-        status, poll_seq = store.fields(job_id, "status", "poll_seq")
+    for job_id in store.schedule.overdue(now, limit):
+        status, poll_seq = store.lifecycle.fields(job_id, "status", "poll_seq")
         if status is None or JobStatus(status).terminal:
             # Expired or finished (a terminal write that lost its ZREM): stop watching; an
             # expired job leaves the listing indexes too.
-            store.forget_inflight(job_id, providers=list(REGISTRY) if status is None else ())
+            store.schedule.forget_inflight(
+                job_id, providers=list(REGISTRY) if status is None else ()
+            )
             report.dropped.append(job_id)
             continue
         queued = status == JobStatus.QUEUED
         # look again after one more grace period, not every round
-        store.watch(job_id, now, queued=queued)
+        store.schedule.watch(job_id, now, queued=queued)
         if queued:
             report.resubmitted.append(job_id)
         else:
@@ -68,7 +70,7 @@ def reconcile(
         send(contract.POLL, {"items": polls[start : start + batch_size]})
     for start in range(0, len(report.resubmitted), batch_size):
         send(contract.SUBMIT, {"job_ids": report.resubmitted[start : start + batch_size]})
-    for job_id in store.cancels_due(now, limit):  # cancelled, but the follow-up never ran
+    for job_id in store.schedule.cancels_due(now, limit):  # cancelled, but the follow-up never ran
         send(contract.CANCEL, {"job_id": job_id})
         report.cancels.append(job_id)
     for action, ids in (

@@ -113,7 +113,7 @@ def _failed(deps: Deps, exc: CopyError, attempts: int, now: float) -> tuple[Stor
 
 def _event(deps: Deps, job_id: str, generation: str) -> list[str]:
     """The ``job.result_stored`` deliveries of a finished copy (to send now)."""
-    [job] = deps.store.get_with_results([job_id])
+    [job] = deps.store.lifecycle.get_with_results([job_id])
     if job is None:  # expired since the copy was recorded
         return []
     result = next((r for r in job.results if r.id == generation), None)

@@ -24,8 +24,8 @@ from pollen.settings import Settings, get_settings
 from pollen.storage import Storage, open_storage
 from pollen.store.connection import http_client, open_store
 from pollen.store.copies import Copies
-from pollen.store.jobs import Store
 from pollen.store.outbox import Outbox
+from pollen.store.sync import Store
 from pollen.worker.leases import LeaseRenewer
 from pollen.worker.metrics import observe_provider_request
 

@@ -29,7 +29,8 @@ from pollen.errors import (
 from pollen.models import Job, JobStatus
 from pollen.providers import push as tokens
 from pollen.providers.base import Submission
-from pollen.store.jobs import Move
+from pollen.store import pushes
+from pollen.store.lifecycle import Move
 from pollen.worker import logs, metrics
 from pollen.worker.cancels import cancel_at_provider
 from pollen.worker.grouping import Due
@@ -67,7 +68,7 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     out = SubmitNext()
     endings: list[Ending] = []
     sending: dict[str, list[Job]] = {}
-    for job_id, job in zip(job_ids, deps.store.get_many(job_ids), strict=True):
+    for job_id, job in zip(job_ids, deps.store.lifecycle.get_many(job_ids), strict=True):
         if job is None:
             out.missing.append(job_id)
             continue
@@ -83,7 +84,7 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     started: list[Job] = []
     for provider, jobs in sending.items():
         endings += _send(deps, out, provider, jobs, moves, started, now)
-    moved = deps.store.transition_many(moves, now=now)
+    moved = deps.store.lifecycle.transition_many(moves, now=now)
     for job, done in zip(started, moved, strict=True):
         if done == 1 and events.wants(job, "started"):
             out.deliveries += events.emit(deps, job, "started", events.started_payload(job))
@@ -98,7 +99,7 @@ def _pushed_meanwhile(deps: Deps, out: SubmitNext, started: Sequence[Job]) -> No
     """A provider that pushed while its submit answer was on its way (a fast task, a slow
     network) has news already: poll those jobs at once instead of after the first delay."""
     pushing = [job.id for job in started if job.push_token]
-    pushed = deps.store.pushed(pushing) if pushing else set()
+    pushed = deps.store.run(pushes.pushed(pushing)) if pushing else set()
     if pushed:
         now = deps.clock()
         out.polls = [
@@ -111,10 +112,10 @@ def _cancelled_meanwhile(deps: Deps, job: Job) -> bool:
     """The provider took a task for a job that was cancelled while the request was in
     flight: cancel that task too (where the provider can) and keep its id and the outcome.
     False when the job was not cancelled (an earlier copy of the message submitted it)."""
-    if deps.store.field(job.id, "status") != JobStatus.CANCELLED.value:
+    if deps.store.lifecycle.field(job.id, "status") != JobStatus.CANCELLED.value:
         return False
     note, _ = cancel_at_provider(deps, job)
-    deps.store.late_task(job.id, job.provider_task_id or "", note)
+    deps.store.lifecycle.late_task(job.id, job.provider_task_id or "", note)
     with logs.bound(job_id=job.id, provider=job.provider, provider_task_id=job.provider_task_id):
         log.info("the provider took the task of a job cancelled meanwhile: %s", note)
     return True
@@ -133,7 +134,7 @@ def _send(
     jobs = _with_push_tokens(deps, provider, jobs)
     fresh = {job.id: job.push_token for job in jobs if job.push_token}
     sent = [(job.id, _sent(deps, job)) for job in jobs]
-    attempts, kept = deps.store.begin_submits(sent, fresh)
+    attempts, kept = deps.store.lifecycle.begin_submits(sent, fresh)
     jobs = [
         job.model_copy(update={"push_token": kept[job.id]}) if job.id in kept else job
         for job in jobs
@@ -159,7 +160,7 @@ def _send(
             ending = _retry(deps, out, retries, job, count, _retryable(job, answer), now)
             if ending is not None:
                 endings.append(ending)
-    deps.store.retry_later(retries)
+    deps.store.schedule.retry_later(retries)
     return endings
 
 
@@ -170,7 +171,9 @@ def end(deps: Deps, out: SubmitNext, endings: Sequence[Ending], now: float) -> N
         Move(e.job.id, e.status, fields={"error_code": e.code, "error_message": e.message})
         for e in endings
     ]
-    for ending, done in zip(endings, deps.store.transition_many(moves, now=now), strict=True):
+    for ending, done in zip(
+        endings, deps.store.lifecycle.transition_many(moves, now=now), strict=True
+    ):
         if done != 1:
             continue
         try:
@@ -202,7 +205,8 @@ def _triage(deps: Deps, out: SubmitNext, job: Job, now: float) -> Ending | None:
 def _with_push_tokens(deps: Deps, provider: str, jobs: list[Job]) -> list[Job]:
     """A job the provider will push about (``POLLEN_INGRESS__PUBLIC_URL`` set, a provider that
     pushes, no push URL of the producer's own) and without a push token gets a new one (kept
-    by :meth:`Store.begin_submits` unless the job got one meanwhile)."""
+    by :meth:`pollen.store.lifecycle.Lifecycle.begin_submits` unless the job got one
+    meanwhile)."""
     dialect = deps.providers[provider]
     return [
         job.model_copy(update={"push_token": tokens.new_token(job.id)})
@@ -307,5 +311,5 @@ def _finished(deps: Deps, out: SubmitNext, ending: Ending) -> None:
     with logs.bound(job_id=job.id, provider=job.provider):
         log.log(level, "job %s%s", ending.status.value, detail)
     if events.wants(job, "completed"):
-        final = deps.store.get(job.id)
+        final = deps.store.lifecycle.get(job.id)
         out.deliveries += events.emit(deps, final, "completed", events.completion_payload(final))

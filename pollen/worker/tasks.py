@@ -123,7 +123,7 @@ def _schedule(
             parked += [(job_id, attempt, group.at) for job_id, attempt in group.items]
         elif group is not mine:
             send_polls(group, now=now)
-    deps.store.park_polls(parked)
+    deps.store.schedule.park(parked)
     return mine
 
 

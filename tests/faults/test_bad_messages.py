@@ -142,7 +142,7 @@ def test_malformed_submit_messages_are_refused_and_the_worker_keeps_serving(
         assert producer.AsyncResult(unreadable).state == "PENDING"
     store_keys = {str(k) for k in client.store.redis.keys("pollen:job:*")}
     assert store_keys and all(created["job_id"] in key for key in store_keys)
-    assert not client.store.exists("pickled")
+    assert not client.store.lifecycle.exists("pickled")
     assert fleet.alive("pod")
     eventually(lambda: broker.llen(queue) == 0, what="the queue drained")
     result = tally(client, [job.id], sim_stats=sim_stats(fault_sim))

@@ -173,7 +173,7 @@ def test_a_crash_between_the_retry_publish_and_the_ack_leaves_one_poll_chain(
     )
     eventually(
         lambda: (
-            int(client.store.raw(job_id)["poll_seq"]) == 3
+            int(client.store.lifecycle.raw(job_id)["poll_seq"]) == 3
             and broker.poll_message(redis_broker, job_id, 2) is None
             and broker.poll_message(redis_broker, job_id, 3) is not None
         ),

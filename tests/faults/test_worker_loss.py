@@ -57,7 +57,7 @@ def test_a_pod_killed_during_a_stalled_poll_is_replaced_and_the_job_ends_once(
     assert task is not None
     eventually(lambda: gate.polls(task) == 1, what="the first poll at the provider")
     eventually(lambda: sim_stats(fault_sim)["faults"].get("timeout") == 1, what="the stall")
-    assert float(client.store.raw(job_id).get("lease_until") or 0) > time.time()
+    assert float(client.store.lifecycle.raw(job_id).get("lease_until") or 0) > time.time()
     fault_at = time.time()
     fleet.kill_pod("pod-a")
     assert client.get(job_id).polls == 0  # the stalled poll never recorded its answer
@@ -66,7 +66,7 @@ def test_a_pod_killed_during_a_stalled_poll_is_replaced_and_the_job_ends_once(
     job = client.wait(job_id, timeout=40)
     assert job.status is JobStatus.SUCCEEDED, job.error
     assert len(job.results) == 2
-    assert client.store.raw(job_id).get("worker_losses") == "1"
+    assert client.store.lifecycle.raw(job_id).get("worker_losses") == "1"
     completed = delivery_id(job_id, "completed")
     eventually(lambda: receiver.received("/pod"), what="the callbacks")
     eventually(
@@ -145,7 +145,7 @@ def test_killed_pool_processes_requeue_the_poll_and_a_poison_job_is_given_up(
 
     assert jobs[victim].status is JobStatus.SUCCEEDED, jobs[victim].error
     assert len(kills[victim_task]) == 1
-    assert client.store.raw(victim)["worker_losses"] == "1"
+    assert client.store.lifecycle.raw(victim)["worker_losses"] == "1"
     poison_error = jobs[poison].error
     assert jobs[poison].status is JobStatus.FAILED
     assert poison_error is not None and poison_error.code == "workerLost", poison_error
@@ -200,7 +200,7 @@ def test_a_provider_answer_slower_than_the_soft_time_limit_is_not_a_worker_loss(
     eventually(receiver.received, what="the completion callback")
     result = tally(client, [job_id], sim_stats=sim_stats(fault_sim), receiver=receiver)
     result.fill(case, fault_at)
-    losses = client.store.raw(job_id).get("worker_losses", "0")
+    losses = client.store.lifecycle.raw(job_id).get("worker_losses", "0")
     assert "Soft time limit (1s) exceeded" in fleet.log("pod")  # the fault did happen
     case.notes.append(
         f"The poll was interrupted by the soft time limit; the job ended {case.recovery_s} s "

@@ -1,0 +1,142 @@
+"""The schedule: what is due when. Parked polls, the reconciler's watch list, cancel
+follow-ups, and trimming the listing indexes of expired jobs.
+
+Long poll waits are parked in Redis (``keys.PARKED_POLLS``) instead of held as countdown
+messages; every in-flight job is watched (``keys.INFLIGHT``) until its next step is due plus
+a grace period, after which the reconciler resumes it; a cancelled job waits on
+``keys.CANCELS`` until its follow-up is done. The periodic round reads all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pollen.models import JobStatus
+from pollen.store import keys
+from pollen.store.effects import Batch, Lua, Op, Runner, cmd, single
+
+#: the schedule's scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
+SCRIPTS = ("take_parked", "forget_job")
+
+
+# --- operations -------------------------------------------------------------------------
+
+
+def take_parked(*, horizon: float, limit: int) -> Op[list[tuple[str, int, float]]]:
+    """Remove and return the parked polls due before ``horizon``: (job, attempt, due)."""
+    taken = yield from single(Lua("take_parked", [keys.PARKED_POLLS], [repr(horizon), limit]))
+    polls = []
+    for member, due in zip(taken[::2], taken[1::2], strict=True):
+        job_id, _, attempt = str(member).rpartition("|")
+        polls.append((job_id, int(attempt), float(due)))
+    return polls
+
+
+def due_ids(key: str, now: float, limit: int) -> Op[list[str]]:
+    """The first ``limit`` members of the sorted set ``key`` scored at or before ``now``."""
+    ids = yield from single(cmd("zrangebyscore", key, "-inf", now, start=0, num=limit))
+    return [str(i) for i in ids]
+
+
+def cancels_due(now: float, limit: int, grace: float) -> Op[list[str]]:
+    """Cancelled jobs whose follow-up is overdue; each is watched one more grace period."""
+    ids = yield from due_ids(keys.CANCELS, now, limit)
+    if ids:
+        yield [cmd("zadd", keys.CANCELS, dict.fromkeys(ids, now + grace), xx=True)]
+    return ids
+
+
+def forget(job_id: str, listed: Sequence[str]) -> Op[None]:
+    """Stop watching a job, and drop it from the listing indexes ``listed``."""
+    yield [Lua("forget_job", [keys.INFLIGHT, keys.BY_AGE], [job_id])]
+    if listed:
+        yield [cmd("zrem", key, job_id) for key in listed]
+
+
+def retry_later(retries: Sequence[tuple[str, str, float]], grace: float) -> Op[None]:
+    """For each (job_id, last_error, expect_by): keep the error and watch the job until its
+    next step is due (plus grace)."""
+    batch: Batch = []
+    for job_id, error, expect_by in retries:
+        batch += [
+            cmd("hset", keys.job(job_id), "last_error", error),
+            cmd("zadd", keys.INFLIGHT, {job_id: expect_by + grace}, xx=True),
+        ]
+    if batch:
+        yield batch
+
+
+def trim_indexes(now: float, limit: int) -> Op[int]:
+    """Remove finished jobs whose records expired from the listing indexes; how many."""
+    expired = yield from single(
+        cmd("zrangebyscore", keys.INDEX_EXPIRY, "-inf", now, start=0, num=limit)
+    )
+    if not expired:
+        return 0
+    batch: Batch = []
+    for member in expired:
+        provider, status, job_id = str(member).split("|", 2)
+        batch.append(cmd("zrem", keys.index(provider, status), job_id))
+    yield [*batch, cmd("zrem", keys.INDEX_EXPIRY, *expired)]
+    return len(expired)
+
+
+# --- on the synchronous client ----------------------------------------------------------
+
+
+class Schedule:
+    """What is due when, on one client: ``Store.schedule``."""
+
+    def __init__(self, run: Runner, *, grace: float, submit_grace: float) -> None:
+        self.run = run
+        #: how late a job's next sign of life may be before the reconciler steps in
+        self.grace = grace
+        #: how long a queued job may wait for its submit before the reconciler steps in
+        self.submit_grace = submit_grace
+
+    def park(self, polls: Sequence[tuple[str, int, float]]) -> None:
+        """Keep long waits in Redis: the periodic round sends each (job, attempt, due) poll
+        when it is due. One round trip for all of them."""
+        if polls:
+            due = {f"{job}|{attempt}": at for job, attempt, at in polls}
+            self.run(single(cmd("zadd", keys.PARKED_POLLS, due)))
+
+    def take_parked(self, *, horizon: float, limit: int) -> list[tuple[str, int, float]]:
+        """Remove and return the parked polls due before ``horizon``: (job, attempt, due)."""
+        return self.run(take_parked(horizon=horizon, limit=limit))
+
+    def watch(self, job_id: str, expect_by: float, *, queued: bool = False) -> None:
+        """Expect the job's next step by ``expect_by`` plus the grace (the submit grace for a
+        queued job); only for in-flight jobs."""
+        grace = self.submit_grace if queued else self.grace
+        self.run(single(cmd("zadd", keys.INFLIGHT, {job_id: expect_by + grace}, xx=True)))
+
+    def retry_later(self, retries: Sequence[tuple[str, str, float]]) -> None:
+        """For each (job_id, last_error, expect_by): keep the error and watch the job until
+        its next step is due (plus grace). One round trip."""
+        self.run(retry_later(retries, self.grace))
+
+    def overdue(self, now: float, limit: int) -> list[str]:
+        """In-flight jobs whose next step is overdue (their chain may be lost)."""
+        return self.run(due_ids(keys.INFLIGHT, now, limit))
+
+    def cancels_due(self, now: float, limit: int) -> list[str]:
+        """Cancelled jobs whose follow-up is overdue; each is watched one more grace period."""
+        return self.run(cancels_due(now, limit, self.grace))
+
+    def forget_inflight(self, job_id: str, providers: Sequence[str] = ()) -> None:
+        """Stop watching a job (it expired, or finished and its index removal was lost); for
+        an expired one, also drop it from the listing indexes of in-flight statuses of
+        ``providers`` (its record, which said which one, is gone)."""
+        listed = [
+            keys.index(provider, status.value)
+            for provider in providers
+            for status in JobStatus
+            if not status.terminal
+        ]
+        self.run(forget(job_id, listed))
+
+    def trim_indexes(self, now: float, limit: int = 5000) -> int:
+        """Remove finished jobs whose records expired from the listing indexes
+        (:mod:`pollen.store.listing`); how many (the periodic round calls this)."""
+        return self.run(trim_indexes(now, limit))
