@@ -51,11 +51,6 @@ def span(seconds: float | None) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
-def running_for(job: Job, now: float) -> float:
-    """How long the job ran (until it finished) or has been running (until now)."""
-    return (job.finished_at or now) - job.created_at
-
-
 def prompt(job: Job) -> str:
     return next((str(job.request[f]) for f in PROMPT_FIELDS if job.request.get(f)), "")
 

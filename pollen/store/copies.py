@@ -119,7 +119,3 @@ class Copies:
         ``due_at``). The job's status, or None when nothing was written (the job expired, or
         the copy was already finished)."""
         return self.run(record(job_id, generation, copy, now=now, due_at=due_at))
-
-    def due_count(self) -> int:
-        """Copies not finished yet (pending ones, waiting or being made)."""
-        return int(self.redis.zcard(keys.COPIES_DUE))

@@ -113,17 +113,3 @@ def index(provider: str, status: str) -> str:
 def finished(minute: int) -> str:
     """Hash: terminal status -> jobs that reached it during ``minute`` (unix time // 60)."""
     return f"{FINISHED_PREFIX}{minute}"
-
-
-def all_for(job_id: str) -> list[str]:
-    """Every key that belongs to one job (for TTLs and deletion), its delivery lists included."""
-    return [
-        job(job_id),
-        results(job_id),
-        result_order(job_id),
-        responses(job_id),
-        pushes(job_id),
-        stored(job_id),
-        job_deliveries(job_id),
-        delivery_attempts(job_id),
-    ]
