@@ -396,4 +396,5 @@ def test_the_worker_command_says_s3_needs_boto3_before_it_starts(
     assert capsys.readouterr().err.strip() == (
         "error: POLLEN_STORAGE__URL=s3://bucket/prefix needs boto3: pip install 'pollen[storage]'"
     )
-    servers.storage_usable(Settings(storage=StorageSettings(url="file:///tmp/x")))  # no boto3 needed
+    # no boto3 needed
+    servers.storage_usable(Settings(storage=StorageSettings(url="file:///tmp/x")))

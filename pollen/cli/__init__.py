@@ -65,6 +65,7 @@ app = typer.Typer(
 )
 callbacks = typer.Typer(help="Inspect and re-send a job's callback deliveries.", cls=_Group)
 
+#: (the app or a group, the command's name, its function), in the order ``--help`` lists them
 COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "worker", servers.worker),
     (app, "submit", jobs.submit),
@@ -84,7 +85,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "schema", admin.schema),
     (callbacks, "list", jobs.callbacks_list),
     (callbacks, "replay", jobs.callbacks_replay),
-]  #: (where, name, function) in the order ``--help`` lists them
+]
 for where, name, function in COMMANDS:
     where.command(name, cls=_Command)(function)
 app.add_typer(callbacks, name="callbacks")
