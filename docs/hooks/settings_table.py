@@ -1,0 +1,54 @@
+"""MkDocs hook: the configuration page's tables, generated from ``pollen.settings``.
+
+Every ``POLLEN_*`` variable comes from :func:`pollen.settings.environment_variables` (what
+``pollen config`` prints too), with its default and its ``Field(description=...)``, so the page
+cannot drift from the code. A page asks for the tables with the marker below.
+"""
+
+from __future__ import annotations
+
+import html
+from itertools import groupby
+from typing import Any
+
+from pollen.settings import Settings, environment_variables
+
+MARKER = "<!-- settings-table -->"
+SHOWN = {"None": "(unset)", "(secret)": "(empty)", "(per store)": "(per store)"}
+
+
+def _group(env: str) -> str:
+    """The settings group of a variable: ``POLLEN_POLL__JITTER`` is in ``poll``."""
+    name, nested, _ = env.removeprefix("POLLEN_").partition("__")
+    return name.lower() if nested else ""
+
+
+def _title(group: str) -> str:
+    if not group:
+        return "General"
+    model = Settings.model_fields[group].annotation
+    summary = (getattr(model, "__doc__", "") or "").strip().split("\n\n")[0]
+    return f"`POLLEN_{group.upper()}__*`: {' '.join(summary.split()).rstrip('.')}"
+
+
+def _cell(text: str) -> str:
+    """Plain text as a Markdown table cell: no HTML, no emphasis, no column breaks."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("*", "\\*")
+
+
+def _default(shown: str) -> str:
+    return SHOWN.get(shown) or f"`{shown.strip(chr(39))}`"
+
+
+def settings_markdown() -> str:
+    """One table per settings group: variable, default, meaning."""
+    parts: list[str] = []
+    for group, rows in groupby(environment_variables(), key=lambda row: _group(row[0])):
+        parts += [f"## {_title(group)}", "", "| variable | default | meaning |", "|---|---|---|"]
+        parts += [f"| `{env}` | {_default(shown)} | {_cell(text)} |" for env, shown, text in rows]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def on_page_markdown(markdown: str, **_: Any) -> str:
+    return markdown.replace(MARKER, settings_markdown()) if MARKER in markdown else markdown
