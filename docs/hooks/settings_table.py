@@ -44,7 +44,8 @@ def settings_markdown() -> str:
     """One table per settings group: variable, default, meaning."""
     parts: list[str] = []
     for group, rows in groupby(environment_variables(), key=lambda row: _group(row[0])):
-        parts += [f"## {_title(group)}", "", "| variable | default | meaning |", "|---|---|---|"]
+        heading = f"## {_title(group)} {{ #{group or 'general'} }}"
+        parts += [heading, "", "| variable | default | meaning |", "|---|---|---|"]
         parts += [f"| `{env}` | {_default(shown)} | {_cell(text)} |" for env, shown, text in rows]
         parts.append("")
     return "\n".join(parts)
