@@ -56,6 +56,8 @@ def test_configuration_page_lists_every_setting(site: Path) -> None:
     missing = [env for env, _, _ in environment_variables() if f"<code>{env}</code>" not in html]
     assert missing == []
     assert "Seconds a poll's claim on its jobs lasts" in text(html)  # a description
+    headings = re.findall(r'<h2 id="([^"]+)"', html)
+    assert headings[0] == "general" and len(headings) == len(set(headings))  # one per group
 
 
 def test_readme_sections_are_included_not_copied(site: Path) -> None:

@@ -8,7 +8,7 @@ cannot drift from the code. A page asks for the tables with the marker below.
 from __future__ import annotations
 
 import html
-from itertools import groupby
+import re
 from typing import Any
 
 from pollen.settings import Settings, environment_variables
@@ -24,11 +24,13 @@ def _group(env: str) -> str:
 
 
 def _title(group: str) -> str:
+    """A group's heading: its model's summary line, up to its first colon or semicolon."""
     if not group:
         return "General"
     model = Settings.model_fields[group].annotation
-    summary = (getattr(model, "__doc__", "") or "").strip().split("\n\n")[0]
-    return f"`POLLEN_{group.upper()}__*`: {' '.join(summary.split()).rstrip('.')}"
+    summary = " ".join((getattr(model, "__doc__", "") or "").split())
+    summary = re.split(r"[:;] |\. ", summary, maxsplit=1)[0].rstrip(".").replace("``", "`")
+    return f"`POLLEN_{group.upper()}__*`: {summary}"
 
 
 def _cell(text: str) -> str:
@@ -41,9 +43,12 @@ def _default(shown: str) -> str:
 
 
 def settings_markdown() -> str:
-    """One table per settings group: variable, default, meaning."""
+    """One table per settings group (variable, default, meaning), the top-level ones first."""
+    groups: dict[str, list[tuple[str, str, str]]] = {"": []}
+    for row in environment_variables():
+        groups.setdefault(_group(row[0]), []).append(row)
     parts: list[str] = []
-    for group, rows in groupby(environment_variables(), key=lambda row: _group(row[0])):
+    for group, rows in groups.items():
         heading = f"## {_title(group)} {{ #{group or 'general'} }}"
         parts += [heading, "", "| variable | default | meaning |", "|---|---|---|"]
         parts += [f"| `{env}` | {_default(shown)} | {_cell(text)} |" for env, shown, text in rows]
