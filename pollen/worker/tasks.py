@@ -220,9 +220,10 @@ def _submitted(deps: runtime.Deps, outcome: submits.SubmitNext) -> None:
     """Send the started events and the first polls of submitted jobs. A first poll due after
     the next periodic round waits in Redis: the round sends the first polls of every job
     submitted about then together, as batches (whichever message submitted them)."""
-    _send_deliveries(outcome.deliveries)
     now = deps.clock()
-    plan = planner.plan(outcome.polls, now=now, limits=planner.Limits.of(deps.settings), first=True)
+    limits = planner.Limits.of(deps.settings)
+    plan = planner.plan(outcome.polls, outcome.deliveries, now=now, limits=limits, first=True)
+    _deliver(deps, plan)  # all queued: a submit does not wait for receivers
     _carry_out(deps, plan, now=now)
 
 
