@@ -63,7 +63,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a task does after a step, in this order: send, park, deliver, retry."""
+    """What a task does after a step: send and park polls, deliver callbacks, retry."""
 
     retry: Batch | None = None  #: the message's own countdown retry
     send: tuple[Batch, ...] = ()  #: other countdown messages
