@@ -238,7 +238,7 @@ S3_STORAGE = {
 
 
 def public_bucket(endpoint: str) -> None:
-    """Create the bucket, readable by anyone (as the README suggests for stored URLs that are
+    """Create the bucket, readable by anyone (as docs/results.md suggests for stored URLs that are
     opened directly; a private bucket answers 403 to a plain GET)."""
     import boto3
 
