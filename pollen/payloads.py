@@ -16,7 +16,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
+from pollen.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.errors import IdempotencyConflict, InvalidJob
 from pollen.models import JobRequest, JobStatus, PollOverrides
 from pollen.providers import REGISTRY

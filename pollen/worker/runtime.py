@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from pollen.callbacks.addresses import AddressPolicy
+from pollen.addresses import AddressPolicy
 from pollen.providers import Provider, build_providers
 from pollen.providers.calls import ProviderCalls
 from pollen.providers.http import observe_requests
