@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pollen.callbacks import delivery as http_delivery
 from pollen.callbacks import webhooks
 from pollen.models import GenerationResult, Job
-from pollen.payloads import EXTRA_TTL
+from pollen.store import keys
 from pollen.store.outbox import Delivery, DeliveryState, delivery_id
 from pollen.worker import logs, metrics
 
@@ -117,7 +117,7 @@ def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = ""
     """
     now = deps.clock()
     body = envelope(kind, data, now)
-    ttl = deps.settings.job_ttl + EXTRA_TTL
+    ttl = deps.settings.job_ttl + keys.EXTRA_TTL
     watch = deps.settings.reconcile_grace
     created: list[str] = []
     if job.callback_url and subscribed(job, kind):
