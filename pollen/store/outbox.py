@@ -72,7 +72,7 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class Claim:
+class DeliveryClaim:
     """A delivery claimed for one attempt, with what the attempt needs (one round trip)."""
 
     verdict: Verdict
@@ -83,7 +83,7 @@ class Claim:
     wait: float | None = None  #: ``blocked``: seconds until it is due again
 
     @classmethod
-    def from_reply(cls, reply: list[Any]) -> Claim:
+    def from_reply(cls, reply: list[Any]) -> DeliveryClaim:
         verdict, flat, gone, secret, finished_at, wait = reply
         if verdict not in ("ok", "blocked"):
             return cls(verdict)
@@ -161,7 +161,7 @@ class Outbox:
         )
         return bool(created)
 
-    def take(self, delivery: str, *, now: float, lease: float, recheck: float) -> Claim:
+    def take(self, delivery: str, *, now: float, lease: float, recheck: float) -> DeliveryClaim:
         """Claim a delivery for sending, for ``lease`` seconds, with everything the attempt
         needs. It is ``blocked`` instead while an earlier unfinished event of its job goes to
         the same target: pending again, due after that one's next try plus ``recheck``
@@ -170,7 +170,7 @@ class Outbox:
             keys=[keys.delivery(delivery), keys.GONE, keys.DUE],
             args=[repr(now), lease, recheck, delivery],
         )
-        return Claim.from_reply(reply)
+        return DeliveryClaim.from_reply(reply)
 
     def get(self, delivery: str) -> Delivery | None:
         fields = self.redis.hgetall(keys.delivery(delivery))

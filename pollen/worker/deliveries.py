@@ -22,7 +22,7 @@ from pollen.callbacks import delivery as http_delivery
 from pollen.callbacks import events, webhooks
 from pollen.models import Job
 from pollen.store import keys
-from pollen.store.outbox import Claim, Delivery, DeliveryState, delivery_id
+from pollen.store.outbox import Delivery, DeliveryClaim, DeliveryState, delivery_id
 from pollen.worker import logs, metrics
 from pollen.worker.runtime import Deps
 
@@ -113,7 +113,7 @@ def _send_celery(item: Delivery, send_task: SendTask, now: float) -> dict[str, A
     }
 
 
-def _post(deps: Deps, claim: Claim, item: Delivery, timeout: float) -> dict[str, Any]:
+def _post(deps: Deps, claim: DeliveryClaim, item: Delivery, timeout: float) -> dict[str, Any]:
     if claim.gone:
         return {
             "at": deps.clock(),
@@ -154,7 +154,7 @@ def _secrets(deps: Deps, own: str) -> list[str]:
 
 
 def _settle(
-    deps: Deps, claim: Claim, item: Delivery, attempt: dict[str, Any], now: float
+    deps: Deps, claim: DeliveryClaim, item: Delivery, attempt: dict[str, Any], now: float
 ) -> DeliveryOutcome:
     settings = deps.settings.callbacks
     metrics.CALLBACKS.labels(attempt["outcome"]).inc()
