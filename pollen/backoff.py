@@ -31,7 +31,10 @@ class PollPolicy(BaseModel):
     min_delay: float = Field(0.2, ge=0, le=3600, description="Floor of a jittered delay.")
     jitter: float = Field(0.2, ge=0, le=1, description="Fraction of a delay taken off at random.")
     deadline: float = Field(
-        3600.0, gt=0, le=7 * 86400, description="Seconds after acceptance before timed_out."
+        3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds after acceptance before a job ends timed_out.",
     )
 
     @model_validator(mode="after")

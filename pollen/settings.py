@@ -22,15 +22,19 @@ from pollen.backoff import PollPolicy
 class RunwareSettings(BaseModel):
     """Runware's task-array API."""
 
-    base_url: str = Field("https://api.runware.ai/v1", description="The single POST endpoint.")
-    api_key: SecretStr = Field(SecretStr(""), description="Bearer token.")
+    base_url: str = Field(
+        "https://api.runware.ai/v1", description="Runware's single POST endpoint."
+    )
+    api_key: SecretStr = Field(SecretStr(""), description="Runware API key (secret).")
 
 
 class UseapiSettings(BaseModel):
     """Runway through useapi.net."""
 
-    base_url: str = Field("https://api.useapi.net", description="useapi.net API root.")
-    api_key: SecretStr = Field(SecretStr(""), description="Bearer token.")
+    base_url: str = Field(
+        "https://api.useapi.net", description="useapi.net API root (Runway through useapi.net)."
+    )
+    api_key: SecretStr = Field(SecretStr(""), description="useapi.net API token (secret).")
     create_path: str = Field(
         "/v1/runwayml/gen3/create", description="Path of the create call (model-specific)."
     )
@@ -39,8 +43,10 @@ class UseapiSettings(BaseModel):
 class CometSettings(BaseModel):
     """Runway through CometAPI's official-format wrapper."""
 
-    base_url: str = Field("https://api.cometapi.com", description="CometAPI API root.")
-    api_key: SecretStr = Field(SecretStr(""), description="Bearer token.")
+    base_url: str = Field(
+        "https://api.cometapi.com", description="CometAPI API root (Runway through CometAPI)."
+    )
+    api_key: SecretStr = Field(SecretStr(""), description="CometAPI key (secret).")
     runway_version: str | None = Field(None, description="X-Runway-Version header, if set.")
     not_exist_grace: float = Field(
         30.0, ge=0, description="Seconds a new task may answer task_not_exist before it fails."
@@ -131,7 +137,7 @@ class StorageSettings(BaseModel):
     url: str | None = Field(
         None,
         description="Where copies go: file:///a/directory or s3://bucket/prefix; unset: "
-        "re-hosting is off.",
+        "re-hosting is off. Another scheme stops the worker at start.",
     )
     public_url: str | None = Field(
         None,
@@ -139,13 +145,16 @@ class StorageSettings(BaseModel):
         "directory); a stored URL is this plus the object's key.",
     )
     max_bytes: int = Field(
-        512 * 1024 * 1024, gt=0, description="Largest file copied, bytes; larger ones fail."
+        512 * 1024 * 1024,
+        gt=0,
+        description="Largest file copied, bytes (512 MiB); larger ones fail.",
     )
     schedule: list[float] = Field(
         default_factory=lambda: list(COPY_SCHEDULE),
         min_length=1,
         description="Copy attempts (JSON list): its length is how many; the first runs as soon "
-        "as the result is seen, each later entry is the delay before that attempt, seconds.",
+        "as the result is seen, each later entry is the delay before that attempt, seconds. An "
+        "attempt counts when it starts, so a copier killed mid-copy uses one up too.",
     )
     timeout: float = Field(60.0, gt=0, description="HTTP timeout of the result URL, seconds.")
     allow_cidrs: list[str] = Field(
@@ -158,9 +167,13 @@ class StorageSettings(BaseModel):
     )
     s3_region: str | None = Field(None, description="S3 region.")
     s3_access_key_id: SecretStr | None = Field(
-        None, description="S3 access key id; unset: boto3's own credential chain."
+        None,
+        description="S3 access key id (secret); unset: boto3's own credential chain (IAM "
+        "role, AWS_*).",
     )
-    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key.")
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="S3 secret access key (secret)."
+    )
 
     @field_validator("url")
     @classmethod
@@ -193,10 +206,12 @@ class DashboardSettings(BaseModel):
     """The jobs dashboard (``pollen dashboard``); its command-line options override these."""
 
     basic_auth: SecretStr | None = Field(
-        None, description="user:password the dashboard asks for (it refuses to start without)."
+        None,
+        description="user:password the dashboard asks for; it refuses to start without (or "
+        "--no-auth). --basic-auth overrides it.",
     )
-    host: str = Field("127.0.0.1", description="Address the dashboard listens on.")
-    port: int = Field(5556, ge=1, le=65535, description="Port the dashboard listens on.")
+    host: str = Field("127.0.0.1", description="Address the dashboard listens on (--host).")
+    port: int = Field(5556, ge=1, le=65535, description="Port the dashboard listens on (--port).")
 
     @field_validator("basic_auth")
     @classmethod
@@ -254,7 +269,9 @@ class Settings(BaseSettings):
         "the poll runs, so a dead worker's jobs are free again this long after it died.",
     )
     max_worker_losses: int = Field(
-        3, ge=1, description="Worker deaths while polling one job before the job fails."
+        3,
+        ge=1,
+        description="Worker deaths while polling one job before the job fails (a poison job).",
     )
     tick_interval: float = Field(
         1.0, gt=0, description="Seconds between rounds that release parked polls and callbacks."
@@ -282,7 +299,9 @@ class Settings(BaseSettings):
         "harmless but cost a message each).",
     )
     log_format: Literal["text", "json"] = Field(
-        "text", description="Worker log lines: readable text, or one JSON object per line."
+        "text",
+        description="Worker log lines: readable text, or json: one object per line, with "
+        "job_id, provider, provider_task_id, attempt.",
     )
     log_level: str = Field("INFO", description="Log level of pollen's workers.")
     metrics_port: int | None = Field(
@@ -292,9 +311,11 @@ class Settings(BaseSettings):
         default_factory=lambda data: default_heartbeat_file(data.get("redis_url", "")),
         description="File the worker touches on every heartbeat (for `pollen health --local`); "
         "default pollen-worker-<store>.heartbeat in the temp dir, <store> a hash of the store's "
-        "host:port/db.",
+        "host:port/db. The store's epoch marker is remembered beside it "
+        "(pollen-worker-<store>.epoch), so workers of different stores on one machine never "
+        "raise a false data-loss alarm.",
     )
-    http_timeout: float = Field(30.0, gt=0, description="Timeout of one provider request, s.")
+    http_timeout: float = Field(30.0, gt=0, description="Timeout of one provider request, seconds.")
     batch_size: int = Field(
         50,
         ge=1,
@@ -303,7 +324,11 @@ class Settings(BaseSettings):
         "takes task arrays.",
     )
     batch_wait: float = Field(
-        0.02, ge=0, le=1, description="Seconds a poll waits for others to share its request."
+        0.02,
+        ge=0,
+        le=1,
+        description="Seconds a single poll waits for others of the same process to share its "
+        "request.",
     )
     batch_window: float = Field(
         0.1,
@@ -327,7 +352,9 @@ class Settings(BaseSettings):
         description="Requests per second per provider, shared by all workers (JSON, e.g. "
         '{"runware": 50}).',
     )
-    http_max_connections: int = Field(100, gt=0, description="Pool size per worker process.")
+    http_max_connections: int = Field(
+        100, gt=0, description="HTTP connection pool size per worker process."
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.runner import cpu_seconds, poll_lateness, schedule_lags
+from bench.analysis import schedule_lags
+from bench.sampling import cpu_seconds, poll_lateness
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMS = ["pollen", "pollen-many", "baseline", "baseline-pooled"]

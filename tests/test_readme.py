@@ -1,4 +1,5 @@
-"""The README's producer examples run as written; its settings and command tables are complete."""
+"""The code examples of the README and the docs pages run as written; the command table is
+complete. (The configuration page is generated from the settings: see test_docs.py.)"""
 
 from __future__ import annotations
 
@@ -8,47 +9,110 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pollen.local.servers import Worker
-from pollen.settings import environment_variables
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+#: every page whose code examples run here: the README and the docs site's pages
+SOURCES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+TESTED = re.compile(r"<!-- tested: ([a-z_]+) -->\s*```python\n(.*?)```", re.DOTALL)
+#: what may stand right before a python block: run here, or says why it is not
+MARKER = re.compile(r"<!-- (?:tested: [a-z_]+|receiver-example[^>]*|not run: [^>]+) -->\s*$")
 
 
-def readme_examples() -> list[str]:
-    """Python blocks that directly follow a ``<!-- tested ... -->`` marker."""
-    pattern = re.compile(r"<!-- tested[^>]*-->\s*```python\n(.*?)```", re.DOTALL)
-    return pattern.findall(README.read_text())
+def examples() -> dict[str, str]:
+    """Python blocks that directly follow a ``<!-- tested: NAME -->`` marker, by name."""
+    found: dict[str, str] = {}
+    for path in SOURCES:
+        for name, code in TESTED.findall(path.read_text()):
+            assert name not in found, f"two examples named {name}"
+            found[name] = code
+    return found
 
 
-def test_readme_has_both_producer_examples() -> None:
-    examples = readme_examples()
-    assert len(examples) == 7
-    assert "Pollen()" in examples[0]
-    assert "submit_many(" in examples[1]
-    assert ".cancel(" in examples[2]
-    assert ".jobs(" in examples[3]
-    assert "AsyncPollen()" in examples[4]
-    assert "RunwareImageRequest(" in examples[5] and "CometRunwayRequest(" in examples[5]
-    assert 'send_task(\n    "pollen.submit"' in examples[6]
-    assert "import pollen" not in examples[6] and "from pollen" not in examples[6]
+def check_client(out: str) -> None:
+    assert out.splitlines()[0] in {"queued", "submitted"}
+    status, urls, *_ = out.splitlines()[1].split(" ", 2)
+    assert status == "succeeded"
+    # result URLs are the simulator's own /media files (http) since 58cfc5d
+    assert urls.startswith("['http") and out.count(".mp4") == 2
+
+
+def check_submit_many(out: str) -> None:
+    accepted, errors, *statuses = out.splitlines()
+    assert len(ast.literal_eval(accepted)) == 2  # a printed list of two ids
+    assert errors.startswith("{2: 'request.positivePrompt")
+    assert statuses == ["succeeded", "succeeded"]
+
+
+def check_cancel(out: str) -> None:
+    cancelled, again = out.splitlines()
+    assert cancelled == "True cancelled the user closed the tab"
+    assert again.endswith("had already finished (cancelled): nothing to do")
+
+
+def check_jobs(out: str) -> None:
+    assert out.splitlines() == ["['succeeded']", "1 None"]
+
+
+def check_asyncio(out: str) -> None:
+    assert out.splitlines() == ["['succeeded', 'succeeded', 'succeeded']"]
+
+
+def check_typed(out: str) -> None:
+    assert out.splitlines() == [str(["succeeded"] * 4)]
+
+
+def check_send_task(out: str) -> None:
+    assert "'created': True" in out
+
+
+CHECKS: dict[str, Callable[[str], None]] = {
+    "client": check_client,
+    "submit_many": check_submit_many,
+    "cancel": check_cancel,
+    "jobs": check_jobs,
+    "asyncio": check_asyncio,
+    "typed": check_typed,
+    "send_task": check_send_task,
+}
+
+
+def test_every_python_example_runs_or_says_why() -> None:
+    unmarked = []
+    for path in SOURCES:
+        text = path.read_text()
+        for block in re.finditer(r"^```python$", text, re.MULTILINE):
+            before = text[: block.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            if not MARKER.match(before):
+                unmarked.append(f"{path.name}:{text.count(chr(10), 0, block.start()) + 1}")
+    assert unmarked == []
+
+
+def test_the_producer_examples_are_all_there() -> None:
+    found = examples()
+    assert sorted(found) == sorted(CHECKS)
+    assert "Pollen()" in found["client"]
+    assert "submit_many(" in found["submit_many"]
+    assert ".cancel(" in found["cancel"]
+    assert ".jobs(" in found["jobs"]
+    assert "AsyncPollen()" in found["asyncio"]
+    assert "RunwareImageRequest(" in found["typed"] and "CometRunwayRequest(" in found["typed"]
+    assert 'send_task(\n    "pollen.submit"' in found["send_task"]
+    assert "import pollen" not in found["send_task"]
+    assert "from pollen" not in found["send_task"]
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(
-    "index",
-    [0, 1, 2, 3, 4, 5, 6],
-    ids=["client", "submit_many", "cancel", "jobs", "asyncio", "typed", "send_task"],
-)
-def test_readme_example_runs(
-    index: int, worker: Worker, worker_env: dict[str, str], clean: None
-) -> None:
-    code = readme_examples()[index]
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_example_runs(name: str, worker: Worker, worker_env: dict[str, str], clean: None) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", examples()[name]],
         env={**os.environ, **worker_env},
         capture_output=True,
         text=True,
@@ -56,35 +120,7 @@ def test_readme_example_runs(
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    if index == 0:
-        assert result.stdout.splitlines()[0] in {"queued", "submitted"}
-        status, urls, *_ = result.stdout.splitlines()[1].split(" ", 2)
-        assert status == "succeeded"
-        # result URLs are the simulator's own /media files (http) since 58cfc5d
-        assert urls.startswith("['http") and result.stdout.count(".mp4") == 2
-    elif index == 1:
-        accepted, errors, *statuses = result.stdout.splitlines()
-        assert len(ast.literal_eval(accepted)) == 2  # a printed list of two ids
-        assert errors.startswith("{2: 'request.positivePrompt")
-        assert statuses == ["succeeded", "succeeded"]
-    elif index == 2:
-        cancelled, again = result.stdout.splitlines()
-        assert cancelled == "True cancelled the user closed the tab"
-        assert again.endswith("had already finished (cancelled): nothing to do")
-    elif index == 3:
-        assert result.stdout.splitlines() == ["['succeeded']", "1 None"]
-    elif index == 4:
-        assert result.stdout.splitlines() == ["['succeeded', 'succeeded', 'succeeded']"]
-    elif index == 5:
-        assert result.stdout.splitlines() == [str(["succeeded"] * 4)]
-    else:
-        assert "'created': True" in result.stdout
-
-
-def test_readme_documents_every_setting() -> None:
-    text = README.read_text()
-    missing = [env for env, _, _ in environment_variables() if f"`{env}`" not in text]
-    assert missing == []
+    CHECKS[name](result.stdout)
 
 
 def test_readme_receiver_example_verifies_and_dedupes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -238,7 +238,7 @@ S3_STORAGE = {
 
 
 def public_bucket(endpoint: str) -> None:
-    """Create the bucket, readable by anyone (as the README suggests for stored URLs that are
+    """Create the bucket, readable by anyone (as docs/results.md suggests for stored URLs that are
     opened directly; a private bucket answers 403 to a plain GET)."""
     import boto3
 
@@ -382,7 +382,7 @@ def test_the_worker_command_says_s3_needs_boto3_before_it_starts(
 
     import typer
 
-    from pollen import cli
+    from pollen.cli import servers
     from pollen.settings import Settings
 
     real = importlib.util.find_spec
@@ -391,9 +391,10 @@ def test_the_worker_command_says_s3_needs_boto3_before_it_starts(
     )
     settings = Settings(storage=StorageSettings(url="s3://bucket/prefix"))
     with pytest.raises(typer.Exit) as stopped:
-        cli._storage_usable(settings)
+        servers.storage_usable(settings)
     assert stopped.value.exit_code == 1
     assert capsys.readouterr().err.strip() == (
         "error: POLLEN_STORAGE__URL=s3://bucket/prefix needs boto3: pip install 'pollen[storage]'"
     )
-    cli._storage_usable(Settings(storage=StorageSettings(url="file:///tmp/x")))  # no boto3 needed
+    # no boto3 needed
+    servers.storage_usable(Settings(storage=StorageSettings(url="file:///tmp/x")))

@@ -4,7 +4,7 @@ One poll message carries many (job id, attempt) pairs. :func:`poll_batch` takes 
 lease in one Redis call (each job fenced by its own attempt number), asks each provider once
 for all its jobs (:meth:`~pollen.providers.calls.ProviderCalls.status_many`), records every
 answer in one Redis call, and says when each job still running is due again. Every job keeps
-its own backoff: the caller groups the next polls by due time (:mod:`pollen.worker.grouping`).
+its own backoff: the caller plans the next polls by due time (:mod:`pollen.worker.planner`).
 
 No Celery here. A job's failure is its own: a provider error, a stale copy or a missing job
 never changes what happens to the other jobs of the batch.

@@ -7,13 +7,14 @@ lets one worker do each round.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import bootsteps
 
 from pollen import contract
 from pollen.store import durability, keys
-from pollen.worker import grouping, metrics, runtime
+from pollen.worker import grouping, metrics, planner, runtime
 from pollen.worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,12 @@ def release_due(app: Any, deps: Any, now: float) -> None:
     ``batch_window_max`` for its batch), one message per batch.
     """
     horizon = now + deps.settings.tick_interval
-    slack = deps.settings.batch_window_max
     parked = deps.store.take_parked_polls(horizon=horizon, limit=DUE_PER_ROUND)
-    polls = [grouping.Due(job_id, attempt, due, due + slack) for job_id, attempt, due in parked]
-    for group in grouping.group(polls, max_size=deps.settings.batch_size):
-        send_batch(app, group.items, countdown=max(0.0, group.at - now))
+    plan = planner.release(
+        parked, slack=deps.settings.batch_window_max, batch_size=deps.settings.batch_size
+    )
+    for batch in plan.send:
+        send_batch(app, batch.items, countdown=batch.countdown(now))
     for delivery in deps.outbox.take_due(
         now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
     ):
@@ -127,7 +129,7 @@ def release_due(app: Any, deps: Any, now: float) -> None:
         app.send_task(contract.COPY_RESULT, args=(job_id, generation), ignore_result=True)
 
 
-def send_batch(app: Any, items: list[grouping.Item], countdown: float = 0.0) -> None:
+def send_batch(app: Any, items: Sequence[grouping.Item], countdown: float = 0.0) -> None:
     """One ``pollen.poll`` message for a batch of (job id, attempt) pairs."""
     app.send_task(
         contract.POLL,

@@ -37,6 +37,7 @@ from pollen.worker import (
     health,
     logs,
     periodic,
+    planner,
     rehost,
     runtime,
     submits,
@@ -93,43 +94,11 @@ def _close_resources(**_: Any) -> None:
     runtime.close()
 
 
-def _schedule(
-    polls: list[grouping.Due], *, now: float, first: bool = False
-) -> grouping.Group | None:
-    """Send the next polls as batches grouped by due time; return the largest group, which
-    the poll task sends as its own countdown retry (the chain goes on by retries), or None.
-
-    What waits in Redis instead (the periodic round sends it when it is due, as batches of
-    everything parked that falls due together, whichever message it came from):
-
-    - a group due later than ``POLLEN_PARK_AFTER``, so worker memory holds no long countdowns;
-    - besides the largest group, a fragment of under half a batch due after the next periodic
-      round, so the fragments jitter splits off batches merge again instead of each costing
-      a message of its own;
-    - ``first`` (the first polls of a submit): every group due after the next round, so jobs
-      submitted one message each are polled together.
-    """
-    deps = runtime.deps()
-    settings = deps.settings
-    small = max(2, settings.batch_size // 2)
-    groups = grouping.group(polls, max_size=settings.batch_size)
-    near = [group for group in groups if group.at - now <= settings.park_after]
-    mine = None if first or not near else max(near, key=lambda group: len(group.items))
-    parked: list[tuple[str, int, float]] = []
-    for group in groups:
-        wait = group.at - now
-        merge = (first or len(group.items) < small) and wait > settings.tick_interval
-        if group is not mine and (wait > settings.park_after or merge):
-            parked += [(job_id, attempt, group.at) for job_id, attempt in group.items]
-        elif group is not mine:
-            send_polls(group, now=now)
-    deps.store.park_polls(parked)
-    return mine
-
-
-def send_polls(group: grouping.Group, *, now: float) -> None:
-    """One poll message for a group, sent to run when the group is due."""
-    periodic.send_batch(current_app, group.items, countdown=max(0.0, group.at - now))
+def _carry_out(deps: runtime.Deps, plan: planner.Plan, *, now: float) -> None:
+    """Send the plan's poll messages and park its long waits in Redis (not its retry)."""
+    for message in plan.send:
+        periodic.send_batch(current_app, message.items, countdown=message.countdown(now))
+    deps.store.park_polls(plan.park)
 
 
 def _send_deliveries(deliveries: Iterable[str]) -> None:
@@ -137,27 +106,27 @@ def _send_deliveries(deliveries: Iterable[str]) -> None:
         deliver_callback.apply_async((delivery,))
 
 
-def _deliver_now(deps: runtime.Deps, deliveries: list[str]) -> dict[str, int]:
-    """Deliver a batch's callbacks from here, in order, with a short timeout; what fails or
-    waits goes on through the callbacks queue (same delivery id, same schedule).
+def _deliver(deps: runtime.Deps, plan: planner.Plan) -> dict[str, int]:
+    """Send the plan's queued callbacks, then deliver its inline ones from here, in order;
+    what fails or waits goes on through the callbacks queue (same delivery id, same schedule).
 
-    Bounded: once the attempts made here took longer than two timeouts, the rest are sent
-    to the callbacks queue, so a dead receiver cannot hold up the poll chain. Returns how
-    many were delivered here and how many went on to the queue (the task's result).
+    Bounded: once the attempts made here took longer than the plan's budget, the rest are
+    sent to the callbacks queue, so a dead receiver cannot hold up the poll chain. Returns
+    how many were delivered here and how many went on to the queue (the task's result).
     """
-    timeout = deps.settings.inline_callback_timeout
-    budget = time.monotonic() + 2 * timeout
-    counts = {"callbacks_delivered": 0, "callbacks_queued": 0}
-    for index, ident in enumerate(deliveries):
+    _send_deliveries(plan.queue)
+    counts = {"callbacks_delivered": 0, "callbacks_queued": len(plan.queue)}
+    budget = time.monotonic() + plan.budget
+    for index, ident in enumerate(plan.inline):
         outcome = None
-        if timeout > 0 and time.monotonic() <= budget:
+        if time.monotonic() <= budget:
             try:
-                outcome = deliver(deps, ident, _send_task, timeout=timeout)
+                outcome = deliver(deps, ident, _send_task, timeout=plan.inline_timeout)
             except Exception:  # Redis away, say: this one and the rest go through the queue
                 log.exception("could not deliver callback %s here; it goes to the queue", ident)
         if outcome is None:
-            _send_deliveries(deliveries[index:])
-            counts["callbacks_queued"] += len(deliveries) - index
+            _send_deliveries(plan.inline[index:])
+            counts["callbacks_queued"] += len(plan.inline) - index
             break
         if outcome.state == "delivered":
             counts["callbacks_delivered"] += 1
@@ -229,23 +198,21 @@ def _submit_many(self: Task, deps: runtime.Deps, job_ids: list[str]) -> dict[str
                     outcome.missing[:10])  # fmt: skip
     _submitted(deps, outcome)
     answer = {"jobs": len(job_ids), "created": len(outcome.fresh)}
-    if not outcome.retries:
-        return answer
     now = deps.clock()
-    later = [grouping.Due(j, 0, now + delay, now + delay) for j, delay in outcome.retries]
-    groups = grouping.group(later, max_size=contract.SUBMIT_BATCH_JOBS)
-    for group in groups[1:]:
+    plan = planner.submit_retries(outcome.retries, now=now, max_size=contract.SUBMIT_BATCH_JOBS)
+    if plan.retry is None:
+        return answer
+    for later in plan.send:
         submit.apply_async(
-            kwargs={"job_ids": [j for j, _ in group.items]},
-            countdown=max(0.0, group.at - now),
-            kwargsrepr=contract.describe_batch(group.items),
+            kwargs={"job_ids": [j for j, _ in later.items]},
+            countdown=later.countdown(now),
+            kwargsrepr=contract.describe_batch(later.items),
         )
-    mine = groups[0]
     raise self.retry(
         args=(),
-        kwargs={"job_ids": [j for j, _ in mine.items]},
-        countdown=max(0.0, mine.at - now),
-        kwargsrepr=contract.describe_batch(mine.items),
+        kwargs={"job_ids": [j for j, _ in plan.retry.items]},
+        countdown=plan.retry.countdown(now),
+        kwargsrepr=contract.describe_batch(plan.retry.items),
     )
 
 
@@ -253,9 +220,11 @@ def _submitted(deps: runtime.Deps, outcome: submits.SubmitNext) -> None:
     """Send the started events and the first polls of submitted jobs. A first poll due after
     the next periodic round waits in Redis: the round sends the first polls of every job
     submitted about then together, as batches (whichever message submitted them)."""
-    _send_deliveries(outcome.deliveries)
     now = deps.clock()
-    _schedule(outcome.polls, now=now, first=True)
+    limits = planner.Limits.of(deps.settings)
+    plan = planner.plan(outcome.polls, outcome.deliveries, now=now, limits=limits, first=True)
+    _deliver(deps, plan)  # all queued: a submit does not wait for receivers
+    _carry_out(deps, plan, now=now)
 
 
 def _job_ids(job_ids: Any) -> list[str]:
@@ -278,19 +247,22 @@ def poll(
     batch_items = _batch_items(job_id, attempt, items)
     deps = runtime.deps()
     outcome = batch.poll_batch(deps, batch_items)
+    now = deps.clock()
+    limits = planner.Limits.of(deps.settings)
+    plan = planner.plan(outcome.polls, outcome.deliveries, now=now, limits=limits)
     # The next polls first: a slow receiver must not make the jobs still running late.
-    mine = _schedule(outcome.polls, now=deps.clock())
+    _carry_out(deps, plan, now=now)
     for job_id_, generation in outcome.copies:
         copy_result.apply_async((job_id_, generation))
-    callbacks = _deliver_now(deps, outcome.deliveries)
+    callbacks = _deliver(deps, plan)
     answer = {"jobs": len(batch_items), "finished": len(outcome.finished), **callbacks}
-    if mine is None:
+    if plan.retry is None:
         return answer
     raise self.retry(
         args=(),
-        kwargs={"items": [list(item) for item in mine.items]},
-        countdown=max(0.0, mine.at - deps.clock()),
-        kwargsrepr=contract.describe_batch(mine.items, ",".join(sorted(outcome.providers))),
+        kwargs={"items": [list(item) for item in plan.retry.items]},
+        countdown=plan.retry.countdown(deps.clock()),  # after the inline deliveries
+        kwargsrepr=contract.describe_batch(plan.retry.items, ",".join(sorted(outcome.providers))),
     )
 
 

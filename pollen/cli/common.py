@@ -1,0 +1,109 @@
+"""What the command modules share: one-line failures, the settings, a producer client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+
+if TYPE_CHECKING:
+    from pollen.client import Pollen
+    from pollen.settings import Settings
+
+T = TypeVar("T")
+
+
+def opt(metavar: str, help: str, **kwargs: Any) -> Any:
+    return typer.Option(metavar=metavar, help=help, **kwargs)
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``****``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
+
+
+def load_settings() -> Settings:
+    """The settings; an invalid environment is one line naming each bad variable."""
+    from pydantic import ValidationError
+
+    from pollen.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"POLLEN_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"]
+            for e in exc.errors()
+            # a default computed from a bad value only repeats that value's error
+            if e["type"] != "default_factory_not_called"
+        )
+        fail(f"invalid settings: {problems}")
+
+
+@contextmanager
+def connected() -> Iterator[Pollen]:
+    """A producer client, after a quick PING: an unreachable Redis is an error in seconds,
+    not after the client's ~20 s of reconnect retries."""
+    from pollen import Pollen
+
+    settings = load_settings()
+    require_redis(settings)
+    with Pollen(settings) as client:
+        yield client
+
+
+def require_redis(settings: Settings) -> None:
+    """Exit 1 with one line unless the store answers a PING within seconds."""
+    from pollen.worker.health import check_reachable
+
+    check = check_reachable(settings.redis_url, "redis")
+    if not check.ok:
+        reason = check.detail.removeprefix("unreachable: ")
+        fail(f"Redis at {redact(settings.redis_url)} is unreachable ({reason})")
+
+
+def about_a_job(use: Callable[[Pollen], T]) -> T:
+    """Run ``use`` with a producer client; an unknown job id is a clear error and exit 1."""
+    from pollen import JobNotFound
+
+    with connected() as client:
+        try:
+            return use(client)
+        except JobNotFound as exc:
+            fail(str(exc))
+
+
+@contextmanager
+def needs_extra(name: str) -> Iterator[None]:
+    """Imports of a command that needs pollen's ``name`` extra: a missing package is a one-line
+    hint, not a traceback (``pip install pollen`` is the producer only)."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.partition(".")[0] == "pollen":
+            raise
+        fail(f"this command needs {exc.name.partition('.')[0]}: pip install 'pollen[{name}]'")
