@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from pollen.backoff import PollPolicy
+from pollen.webhook_keys import secret_key
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
@@ -150,8 +151,6 @@ class JobRequest(BaseModel):
     @classmethod
     def _usable_secret(cls, value: str | None) -> str | None:
         if value is not None:
-            from pollen.callbacks.webhooks import secret_key
-
             secret_key(value)  # raises ValueError with the reason
         return value
 

@@ -16,20 +16,17 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
+from pollen.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.errors import IdempotencyConflict, InvalidJob
 from pollen.models import JobRequest, JobStatus, PollOverrides
 from pollen.providers import REGISTRY
 from pollen.providers.runware import REQUEST_TAGS
 from pollen.settings import Settings
-from pollen.store import lifecycle
+from pollen.store import keys, lifecycle
 from pollen.store.effects import Op
 from pollen.store.sync import Store
 
 MAX_NESTING = 8
-#: seconds a job's keys outlive its deadline plus the finished-job TTL, and a callback
-#: delivery's record the finished-job TTL: the one slack for every key pollen expires
-EXTRA_TTL = 3600
 KNOWN_PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
 
 _models = tuple(provider.job_model for provider in REGISTRY.values())
@@ -170,7 +167,7 @@ def prepare(settings: Settings, payload: Any, *, now: float) -> Prepared:
         "polls": "0",
         "poll_seq": "0",
     }
-    ttl = int(policy.deadline) + settings.job_ttl + EXTRA_TTL
+    ttl = int(policy.deadline) + settings.job_ttl + keys.EXTRA_TTL
     return Prepared(job_id, fields, ttl, fingerprint(request))
 
 

@@ -21,11 +21,11 @@ import redis
 from standardwebhooks import Webhook
 
 from pollen import InvalidJob, Job, JobStatus, Pollen, payloads
-from pollen.callbacks.events import deliver
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.settings import Settings
 from pollen.store import keys
 from pollen.store.outbox import delivery_id
+from pollen.worker.deliveries import deliver
 from pollen.worker.runtime import build_deps
 from tests.conftest import BROKER_DB, STORE_DB, WEBHOOK_SECRET, eventually
 from tests.helpers import video_request

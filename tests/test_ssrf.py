@@ -1,4 +1,4 @@
-"""The callback SSRF guard (:mod:`pollen.callbacks.addresses`): submission-time URL checks,
+"""The callback SSRF guard (:mod:`pollen.addresses`): submission-time URL checks,
 address rules, the allowlist, and connect-time resolution (with ``socket.getaddrinfo`` faked
 where a test needs a particular DNS answer).
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL, unsafe_reason
+from pollen.addresses import AddressPolicy, UnsafeCallbackURL, unsafe_reason
 from pollen.errors import InvalidJob
 
 DEFAULT = AddressPolicy()

@@ -1,5 +1,6 @@
-"""Callbacks: the events a job sends (:mod:`.events`), Standard Webhooks signing
-(:mod:`.webhooks`), one HTTP delivery attempt (:mod:`.delivery`) and the address policy that
-keeps callbacks off private networks (:mod:`.addresses`). Their state lives in the store's
-outbox (:mod:`pollen.store.outbox`).
+"""Callbacks: the events a job sends and their bodies (:mod:`.events`), Standard Webhooks
+signing (:mod:`.webhooks`) and one HTTP POST to a receiver, classified (:mod:`.delivery`).
+Their state lives in the store's outbox (:mod:`pollen.store.outbox`); the worker makes the
+delivery attempts (:mod:`pollen.worker.deliveries`); the address policy that keeps them off
+private networks is :mod:`pollen.addresses`.
 """

@@ -1,10 +1,11 @@
 """One webhook delivery attempt: POST once to a vetted, pinned address and classify the answer.
 
 The URL's host is resolved once with :meth:`AddressPolicy.resolve` (every answer vetted) and
-the request goes to the first vetted IP, so a DNS answer cannot change between the check and
-the connect. The original ``host[:port]`` travels in the ``Host`` header, and for https the
-original name is the TLS SNI (httpcore's ``sni_hostname`` request extension), so the
-certificate is still verified against the real name.
+the request goes to the first vetted IP (:func:`pollen.addresses.pinned_request`), so a DNS
+answer cannot change between the check and the connect. The original ``host[:port]`` travels
+in the ``Host`` header, and for https the original name is the TLS SNI (httpcore's
+``sni_hostname`` request extension), so the certificate is still verified against the real
+name.
 
 The request is built here, not from the client's defaults: the client's headers, cookies and
 auth never reach a callback receiver. Redirects are never followed; at most
@@ -23,12 +24,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import httpx
 
-from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
+from pollen.addresses import AddressPolicy, UnsafeCallbackURL, pinned_request
 from pollen.providers.http import parse_retry_after
 
 AttemptResult = Literal["delivered", "retry", "gone", "failed"]
@@ -52,11 +53,6 @@ class Attempt:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the job's delivery log in Redis)."""
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Attempt:
-        """The inverse of :meth:`to_dict`; unknown keys are ignored."""
-        return cls(**{field.name: data[field.name] for field in fields(cls)})
 
 
 def post(
@@ -83,7 +79,8 @@ def post(
         return Attempt(at, status_code, latency_ms, error, retry_after, outcome)
 
     try:
-        request = pinned_request(url, body, headers, timeout=timeout, policy=policy)
+        sent = {"user-agent": USER_AGENT, **headers}
+        request = pinned_request(url, body, sent, timeout=timeout, policy=policy)
     except UnsafeCallbackURL as exc:
         return attempt("failed", str(exc))
     except httpx.InvalidURL as exc:
@@ -98,41 +95,6 @@ def post(
         return attempt("retry", f"{type(exc).__name__}: {exc}")
     outcome, error, retry_after = classify(status_code, response_headers, now=at)
     return attempt(outcome, error, status_code, retry_after)
-
-
-def pinned_request(
-    url: str,
-    body: bytes | None,
-    headers: Mapping[str, str],
-    *,
-    timeout: float,
-    policy: AddressPolicy,
-    method: str = "POST",
-) -> httpx.Request:
-    """A POST (or ``method``) to the first vetted address of ``url``'s host, carrying the
-    original Host/SNI (re-hosting fetches result files with GET through it).
-
-    Raises UnsafeCallbackURL (policy), httpx.InvalidURL, or OSError (DNS failure).
-    """
-    policy.check_url(url)
-    target = httpx.URL(url)
-    host = target.raw_host.decode("ascii")
-    port = target.port or (443 if target.scheme == "https" else 80)
-    address = policy.resolve(host, port)[0]
-    extensions: dict[str, Any] = {"timeout": httpx.Timeout(timeout).as_dict()}
-    if target.scheme == "https":
-        extensions["sni_hostname"] = host
-    sent_headers = {"user-agent": USER_AGENT} | {k.lower(): v for k, v in headers.items()}
-    # The Host header names the original host; Connection: close keeps a connection opened
-    # for one SNI name out of the pool, where it could be reused for another name on that IP.
-    sent_headers |= {"host": target.netloc.decode("ascii"), "connection": "close"}
-    return httpx.Request(
-        method,
-        target.copy_with(host=address),
-        content=body,
-        headers=sent_headers,
-        extensions=extensions,
-    )
 
 
 def classify(

@@ -23,10 +23,8 @@ from secrets import token_bytes
 from standardwebhooks.webhooks import Webhook
 
 from pollen.errors import PollenError
+from pollen.webhook_keys import SECRET_PREFIX, secret_key
 
-SECRET_PREFIX = "whsec_"
-MIN_KEY_BYTES = 24
-MAX_KEY_BYTES = 64
 NEW_KEY_BYTES = 32
 DEFAULT_TOLERANCE = 300
 
@@ -38,21 +36,6 @@ class WebhookVerificationError(PollenError):
 def new_secret() -> str:
     """A fresh signing secret: ``whsec_`` + base64 of 32 random bytes."""
     return SECRET_PREFIX + base64.b64encode(token_bytes(NEW_KEY_BYTES)).decode("ascii")
-
-
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_...`` secret (prefix optional); ValueError if it is unusable."""
-    encoded = secret.removeprefix(SECRET_PREFIX)
-    try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("webhook secret is not base64 (expected 'whsec_<base64>')") from exc
-    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
-        raise ValueError(
-            f"webhook secret decodes to {len(key)} bytes; it must be "
-            f"{MIN_KEY_BYTES}..{MAX_KEY_BYTES} bytes"
-        )
-    return key
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

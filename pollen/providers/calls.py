@@ -25,10 +25,11 @@ from pollen.providers.base import Submission
 from pollen.providers.batching import Batcher
 from pollen.providers.http import send
 from pollen.providers.ratelimit import RateLimiter
-from pollen.worker import metrics
 
 Item = tuple[Job, float]
 Answer = TypeVar("Answer")
+#: ``(provider, jobs)`` of every status request that carried several jobs' polls
+BatchObserver = Callable[[str, int], None]
 #: most requests one call runs at once for a provider without task arrays
 MAX_CONCURRENT = 16
 
@@ -44,8 +45,11 @@ class ProviderCalls:
         *,
         batch_size: int,
         batch_wait: float,
+        observe_batch: BatchObserver | None = None,
     ) -> None:
         self.http = http
+        #: the worker's batch-size histogram; providers never import the worker's metrics
+        self.observe_batch = observe_batch
         self.providers = providers
         self.limiter = limiter
         self.batch_size = batch_size
@@ -89,7 +93,8 @@ class ProviderCalls:
         self.limiter.acquire(provider.name)
         request = provider.status_batch_request(jobs)
         answer = send(self.http, request, provider=provider.name, kind="status")
-        metrics.BATCH_SIZE.labels(provider.name).observe(len(jobs))
+        if self.observe_batch is not None:
+            self.observe_batch(provider.name, len(jobs))
         return provider.parse_status_batch(jobs, answer, now)
 
     # --- submit -------------------------------------------------------------------------

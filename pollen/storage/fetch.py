@@ -1,9 +1,9 @@
 """Fetching a result's file: streamed, size-limited, hashed, through the address policy.
 
 The result URL comes from a provider's answer, so it is vetted like a callback URL
-(:class:`pollen.callbacks.addresses.AddressPolicy`, with ``POLLEN_STORAGE__ALLOW_CIDRS``):
+(:class:`pollen.addresses.AddressPolicy`, with ``POLLEN_STORAGE__ALLOW_CIDRS``):
 its host is resolved once, every address checked, and the request pinned to a vetted one
-(:func:`pollen.callbacks.delivery.pinned_request`). Redirects are followed by hand, each hop
+(:func:`pollen.addresses.pinned_request`). Redirects are followed by hand, each hop
 vetted the same way. The body is streamed into ``sink`` while it is counted and hashed; a
 ``Content-Length`` over the limit is refused before reading, and counting stops a body that
 grows past it.
@@ -22,8 +22,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from pollen.callbacks.addresses import AddressPolicy, UnsafeCallbackURL
-from pollen.callbacks.delivery import pinned_request
+from pollen.addresses import AddressPolicy, UnsafeCallbackURL, pinned_request
 from pollen.errors import CopyRefused, CopyUnavailable
 
 MAX_REDIRECTS = 3

@@ -41,6 +41,9 @@ COPIES_RUNNING = f"{PREFIX}:copies:running"
 #: that minute (the dashboard's finished-per-minute chart); each expires after FINISHED_TTL
 FINISHED_PREFIX = f"{PREFIX}:stats:finished:"
 FINISHED_TTL = 2 * 3600
+#: seconds a job's keys outlive its deadline plus the finished-job TTL, and a callback
+#: delivery's record the finished-job TTL: the one slack for every key pollen expires
+EXTRA_TTL = 3600
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"

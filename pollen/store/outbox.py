@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import redis
 
-from pollen.store import keys, ops, scripts
+from pollen.store import keys, scripts
 
 DeliveryState = Literal["pending", "sending", "delivered", "gone", "dead"]
 #: delivery states that never change again
@@ -28,6 +28,9 @@ FINAL_STATES = ("delivered", "gone", "dead")
 
 #: the scripts of :class:`Outbox`, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
 SCRIPTS = ("create_delivery", "claim_delivery", "record_delivery", "take_due", "replay_delivery")
+#: what :meth:`Outbox.take` answers: ``ok`` to send, ``blocked`` (waits for an earlier event),
+#: ``busy`` (another copy sends), ``missing``, or a final state (nothing to do)
+Verdict = Literal["ok", "blocked", "busy", "missing", "delivered", "gone", "dead"]
 
 
 def delivery_id(job_id: str, event: str, suffix: str = "") -> str:
@@ -68,9 +71,43 @@ class Delivery:
         )
 
 
+@dataclass(frozen=True)
+class DeliveryClaim:
+    """A delivery claimed for one attempt, with what the attempt needs (one round trip)."""
+
+    verdict: Verdict
+    delivery: Delivery | None = None  #: with ``ok`` and ``blocked``
+    gone: bool = False  #: its target answered 410 Gone before
+    secret: str = ""  #: the job's own callback secret ("" for none)
+    finished_at: float | None = None  #: when the job ended, if it has
+    wait: float | None = None  #: ``blocked``: seconds until it is due again
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> DeliveryClaim:
+        verdict, flat, gone, secret, finished_at, wait = reply
+        if verdict not in ("ok", "blocked"):
+            return cls(verdict)
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return cls(
+            verdict,
+            Delivery.from_fields(fields),
+            gone=bool(gone),
+            secret=str(secret),
+            finished_at=float(finished_at) if finished_at else None,
+            wait=float(wait) if wait else None,
+        )
+
+
 def script_texts() -> dict[str, str]:
     """The outbox's scripts, by name, as sent to Redis (for any client, sync or asyncio)."""
-    return scripts.texts(SCRIPTS, FINAL_DELIVERY=frozenset(FINAL_STATES))
+    job = keys.job("")
+    return scripts.texts(
+        SCRIPTS,
+        FINAL_DELIVERY=frozenset(FINAL_STATES),
+        JOB_PREFIX=job,
+        DELIVERIES_SUFFIX=keys.job_deliveries("").removeprefix(job),
+        DELIVERY_PREFIX=keys.delivery(""),
+    )
 
 
 class Outbox:
@@ -124,17 +161,16 @@ class Outbox:
         )
         return bool(created)
 
-    def take(self, delivery: str, *, now: float, lease: float) -> tuple[str, Delivery | None, bool]:
-        """Claim a delivery for sending: ``ok`` to send, ``busy`` (another copy sends),
-        ``missing`` or a final state (nothing to do); with ``ok``, the delivery and whether its
-        target answered 410 Gone before. One round trip for what a sender needs."""
-        verdict, flat, gone = self._claim(
-            keys=[keys.delivery(delivery), keys.GONE], args=[repr(now), lease]
+    def take(self, delivery: str, *, now: float, lease: float, recheck: float) -> DeliveryClaim:
+        """Claim a delivery for sending, for ``lease`` seconds, with everything the attempt
+        needs. It is ``blocked`` instead while an earlier unfinished event of its job goes to
+        the same target: pending again, due after that one's next try plus ``recheck``
+        seconds (at least ``recheck``)."""
+        reply = self._claim(
+            keys=[keys.delivery(delivery), keys.GONE, keys.DUE],
+            args=[repr(now), lease, recheck, delivery],
         )
-        if verdict != "ok":
-            return str(verdict), None, False
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return "ok", Delivery.from_fields(fields), bool(gone)
+        return DeliveryClaim.from_reply(reply)
 
     def get(self, delivery: str) -> Delivery | None:
         fields = self.redis.hgetall(keys.delivery(delivery))
@@ -149,7 +185,8 @@ class Outbox:
         now: float,
         due_at: float | None = None,
     ) -> int:
-        """Log one attempt and move the delivery to ``state`` (pending: due again at ``due_at``).
+        """Log one attempt and move the delivery to ``state`` (pending: due again at ``due_at``;
+        gone: its target is never called again).
 
         Returns the number of attempts made so far.
         """
@@ -161,6 +198,7 @@ class Outbox:
                     keys.delivery_attempts(delivery.job_id),
                     keys.DUE,
                     keys.DEAD,
+                    keys.GONE,
                 ],
                 args=[
                     delivery.id,
@@ -169,31 +207,15 @@ class Outbox:
                     repr(due_at if due_at is not None else now),
                     repr(now),
                     attempt.get("error") or "",
+                    delivery.target,
                 ],
             )
         )
-
-    def release(self, delivery: Delivery, *, due_at: float) -> None:
-        """Give back a claim without an attempt (the delivery must wait for an earlier one)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.delivery(delivery.id), mapping={"state": "pending", "lease_until": "0"})
-        pipe.zadd(keys.DUE, {delivery.id: due_at})
-        pipe.execute()
 
     def take_due(self, *, now: float, limit: int, watch: float) -> list[str]:
         """Deliveries due now (each pushed ``watch`` seconds later in case its message is lost)."""
         ids = self._take_due(keys=[keys.DUE], args=[repr(now), limit, watch])
         return [str(i) for i in ids]
 
-    def count_for_job(self, job_id: str) -> int:
-        return int(self.redis.llen(keys.job_deliveries(job_id)))
-
-    def for_job(self, job_id: str) -> list[Delivery]:
-        records, _ = ops.run(self.redis, self.scripts, ops.deliveries(job_id, attempts=False))
-        return [Delivery.from_fields(fields) for fields in records]
-
     def dead(self, limit: int = 1000) -> list[str]:
         return [str(i) for i in self.redis.zrange(keys.DEAD, 0, limit - 1)]
-
-    def mark_gone(self, url: str) -> None:
-        self.redis.sadd(keys.GONE, url)

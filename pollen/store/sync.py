@@ -68,10 +68,6 @@ class Store:
         with effects.guard():
             return effects.run(self.redis, self.scripts, op)
 
-    def field(self, job_id: str, name: str) -> str | None:
-        """One field of the job's record (None if the job or the field is absent)."""
-        return self.lifecycle.field(job_id, name)
-
     @contextmanager
     def listen(self, job_id: str) -> Iterator[Callable[[float], bool]]:
         """Listen to the job's lifecycle events (Pub/Sub) inside the block: yields

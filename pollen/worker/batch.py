@@ -32,6 +32,7 @@ from pollen.providers import Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.store.polls import Claim, PollRecord, Recorded
 from pollen.worker import logs, metrics
+from pollen.worker.deliveries import emit
 from pollen.worker.grouping import Due, Item, due
 from pollen.worker.runtime import Deps
 
@@ -282,7 +283,7 @@ def _follow(deps: Deps, out: BatchNext, plan: _Plan, done: Recorded, now: float)
         if "progress_event_at" in record.fields and snapshot.progress is not None:
             data = events.progress_payload(job, snapshot.progress)
             suffix = str(round(snapshot.progress * 1000))
-            out.deliveries += events.emit(deps, job, "progress", data, suffix=suffix)
+            out.deliveries += emit(deps, job, "progress", data, suffix=suffix)
     if record.finish is not None:
         if done.finished:
             _finished(deps, out, job, record, done)
@@ -312,7 +313,7 @@ def _finished(deps: Deps, out: BatchNext, job: Job, record: PollRecord, done: Re
     with _context(job):
         log.log(level, "job %s%s", status.value, detail)
     if done.job is not None:
-        sends = events.emit(deps, done.job, "completed", events.completion_payload(done.job))
+        sends = emit(deps, done.job, "completed", events.completion_payload(done.job))
         out.deliveries += sends
         out.completions += sends
 
@@ -332,5 +333,5 @@ def _partial_events(
     sends: list[str] = []
     for offset, ident in enumerate(new, start=1):
         data = events.partial_payload(job, by_id[ident], known + offset)
-        sends += events.emit(deps, job, "partial", data, suffix=ident)
+        sends += emit(deps, job, "partial", data, suffix=ident)
     return sends

@@ -20,6 +20,7 @@ from pollen.callbacks import events
 from pollen.errors import JobNotFound, PollenError, RetryableProviderError
 from pollen.models import Job, JobStatus
 from pollen.worker import logs, metrics
+from pollen.worker.deliveries import emit
 from pollen.worker.runtime import Deps
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def follow_up(deps: Deps, job_id: str) -> list[str]:
     deliveries: list[str] = []
     if events.wants(job, "completed"):  # idempotent: a later attempt creates nothing new
         final = job.model_copy(update={"cancel_note": note})
-        deliveries = events.emit(deps, final, "completed", events.completion_payload(final))
+        deliveries = emit(deps, final, "completed", events.completion_payload(final))
     if retry and made < CANCEL_ATTEMPTS:
         deps.store.lifecycle.cancel_retry_later(job_id, note, made)
         return deliveries

@@ -68,6 +68,11 @@ def observe_provider_request(provider: str, kind: str, seconds: float) -> None:
     PROVIDER_SECONDS.labels(provider, kind).observe(seconds)
 
 
+def observe_batch_size(provider: str, jobs: int) -> None:
+    """:class:`pollen.providers.calls.ProviderCalls` hook: the batch-size histogram."""
+    BATCH_SIZE.labels(provider).observe(jobs)
+
+
 RECONCILER = Counter("pollen_reconciler_actions_total", "Reconciler actions", ["action"])
 STORE_DATA_LOSS = Counter(
     "pollen_store_data_loss_total", "Times a worker found the job store emptied under it"

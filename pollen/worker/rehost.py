@@ -23,6 +23,7 @@ from pollen.models import GenerationResult, StoredCopy
 from pollen.storage import Storage, media_type, object_key
 from pollen.storage.fetch import fetch
 from pollen.worker import logs
+from pollen.worker.deliveries import emit
 from pollen.worker.runtime import Deps
 
 log = logging.getLogger(__name__)
@@ -120,4 +121,4 @@ def _event(deps: Deps, job_id: str, generation: str) -> list[str]:
     if result is None or not events.wants(job, "result_stored"):
         return []
     data = events.stored_payload(job, result)
-    return events.emit(deps, job, "result_stored", data, suffix=generation)
+    return emit(deps, job, "result_stored", data, suffix=generation)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from pollen.callbacks.addresses import AddressPolicy
+from pollen.addresses import AddressPolicy
 from pollen.providers import Provider, build_providers
 from pollen.providers.calls import ProviderCalls
 from pollen.providers.http import observe_requests
@@ -27,7 +27,7 @@ from pollen.store.copies import Copies
 from pollen.store.outbox import Outbox
 from pollen.store.sync import Store
 from pollen.worker.leases import LeaseRenewer
-from pollen.worker.metrics import observe_provider_request
+from pollen.worker.metrics import observe_batch_size, observe_provider_request
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Deps:
             self.limiter,
             batch_size=self.settings.batch_size,
             batch_wait=self.settings.batch_wait,
+            observe_batch=observe_batch_size,
         )
 
 

@@ -33,6 +33,7 @@ from pollen.store import pushes
 from pollen.store.lifecycle import Move
 from pollen.worker import logs, metrics
 from pollen.worker.cancels import cancel_at_provider
+from pollen.worker.deliveries import emit
 from pollen.worker.grouping import Due
 from pollen.worker.runtime import Deps
 
@@ -87,7 +88,7 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     moved = deps.store.lifecycle.transition_many(moves, now=now)
     for job, done in zip(started, moved, strict=True):
         if done == 1 and events.wants(job, "started"):
-            out.deliveries += events.emit(deps, job, "started", events.started_payload(job))
+            out.deliveries += emit(deps, job, "started", events.started_payload(job))
         elif done == 0 and _cancelled_meanwhile(deps, job):
             out.polls = [due for due in out.polls if due.job_id != job.id]
     _pushed_meanwhile(deps, out, [j for j, done in zip(started, moved, strict=True) if done == 1])
@@ -312,4 +313,4 @@ def _finished(deps: Deps, out: SubmitNext, ending: Ending) -> None:
         log.log(level, "job %s%s", ending.status.value, detail)
     if events.wants(job, "completed"):
         final = deps.store.lifecycle.get(job.id)
-        out.deliveries += events.emit(deps, final, "completed", events.completion_payload(final))
+        out.deliveries += emit(deps, final, "completed", events.completion_payload(final))

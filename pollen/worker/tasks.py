@@ -27,7 +27,6 @@ from celery.signals import (
 )
 
 from pollen import contract, payloads
-from pollen.callbacks import events
 from pollen.errors import CallbackNotDelivered, InvalidJob, JobNotFound
 from pollen.providers import build_providers
 from pollen.settings import get_settings
@@ -43,6 +42,7 @@ from pollen.worker import (
     runtime,
     submits,
 )
+from pollen.worker.deliveries import deliver
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _deliver(deps: runtime.Deps, plan: planner.Plan) -> dict[str, int]:
         outcome = None
         if time.monotonic() <= budget:
             try:
-                outcome = events.deliver(deps, ident, _send_task, timeout=plan.inline_timeout)
+                outcome = deliver(deps, ident, _send_task, timeout=plan.inline_timeout)
             except Exception:  # Redis away, say: this one and the rest go through the queue
                 log.exception("could not deliver callback %s here; it goes to the queue", ident)
         if outcome is None:
@@ -306,7 +306,7 @@ def deliver_callback(self: Task, delivery: str) -> str:
     wait is not a retry of this message (the periodic round sends a new one when it is due),
     and a SUCCESS would hide the failed attempt, so the task fails with the reason.
     """
-    outcome = events.deliver(runtime.deps(), delivery, _send_task)
+    outcome = deliver(runtime.deps(), delivery, _send_task)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
     if outcome.state in ("pending", "dead", "gone"):

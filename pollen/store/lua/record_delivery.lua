@@ -1,6 +1,7 @@
--- Log one delivery attempt and move the delivery to its next state.
--- KEYS: delivery, attempts_log, due, dead
--- ARGV: id, state, attempt_json, due_at, now, error
+-- Log one delivery attempt and move the delivery to its next state; a target that answered
+-- 410 Gone is noted, so it is never called again.
+-- KEYS: delivery, attempts_log, due, dead, gone
+-- ARGV: id, state, attempt_json, due_at, now, error, target
 -- Returns the number of attempts made so far.
 redis.call('RPUSH', KEYS[2], ARGV[3])
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -13,6 +14,7 @@ else
   redis.call('ZREM', KEYS[3], ARGV[1])
 end
 if ARGV[2] == 'dead' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1]) end
+if ARGV[2] == 'gone' then redis.call('SADD', KEYS[5], ARGV[7]) end
 local ttl = redis.call('TTL', KEYS[1])
 if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 return n

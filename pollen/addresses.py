@@ -1,15 +1,15 @@
-"""Which callback destinations pollen may POST to (the SSRF guard).
+"""Which destinations pollen may send to (the SSRF guard), and requests pinned to them.
 
-A producer chooses the callback URL and pollen's workers send to it from inside the cluster,
-so a URL pointing at Redis, the cloud metadata service or an admin port must be refused. Two
-checks, both through one :class:`AddressPolicy`:
+A producer chooses the callback URL, and a provider the URL of a result file; pollen's workers
+send to them from inside the cluster, so a URL pointing at Redis, the cloud metadata service or
+an admin port must be refused. Two checks, both through one :class:`AddressPolicy`:
 
 - :meth:`AddressPolicy.check_url` at submission: scheme, shape, and IP literals in every form
   the OS or a browser accepts (``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``127.1``,
   ``[::ffff:127.0.0.1]``). No DNS here.
 - :meth:`AddressPolicy.resolve` at connect time: every address a name resolves to must pass
-  :meth:`AddressPolicy.check_ip`; the caller then connects to one of those exact addresses
-  (see :mod:`pollen.callbacks.delivery`), so a DNS answer cannot change between check and connect.
+  :meth:`AddressPolicy.check_ip`; :func:`pinned_request` then connects to one of those exact
+  addresses, so a DNS answer cannot change between check and connect.
 
 An address passes if it is globally routable public unicast, or inside an allowlisted CIDR.
 IPv6 forms that carry an IPv4 address (IPv4-mapped, IPv4-compatible, SIIT, NAT64 64:ff9b::/96,
@@ -23,9 +23,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterator, Sequence
-from typing import TypeAlias
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
+
+import httpx
 
 from pollen.errors import InvalidJob
 
@@ -305,3 +307,39 @@ def _is_loopback_name(name: str) -> bool:
 
 def _is_internal_name(name: str) -> bool:
     return "." not in name or name in _INTERNAL_NAMES or name.endswith(_INTERNAL_SUFFIXES)
+
+
+def pinned_request(
+    url: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    *,
+    timeout: float,
+    policy: AddressPolicy,
+    method: str = "POST",
+) -> httpx.Request:
+    """A POST (or ``method``) to the first vetted address of ``url``'s host, carrying the
+    original Host/SNI (callbacks POST through it; re-hosting fetches result files with GET).
+
+    Only ``headers`` (names lower-cased) travel, plus Host and ``Connection: close``: no
+    client defaults. Raises UnsafeCallbackURL (policy), httpx.InvalidURL, or OSError (DNS).
+    """
+    policy.check_url(url)
+    target = httpx.URL(url)
+    host = target.raw_host.decode("ascii")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    address = policy.resolve(host, port)[0]
+    extensions: dict[str, Any] = {"timeout": httpx.Timeout(timeout).as_dict()}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = host
+    sent_headers = {k.lower(): v for k, v in headers.items()}
+    # The Host header names the original host; Connection: close keeps a connection opened
+    # for one SNI name out of the pool, where it could be reused for another name on that IP.
+    sent_headers |= {"host": target.netloc.decode("ascii"), "connection": "close"}
+    return httpx.Request(
+        method,
+        target.copy_with(host=address),
+        content=body,
+        headers=sent_headers,
+        extensions=extensions,
+    )
