@@ -1,7 +1,7 @@
 """Listing jobs (``Pollen.jobs``, ``pollen jobs``): indexes kept by the store's scripts, filters
 that combine, stable cursors while jobs change state, expired jobs leaving the indexes, and a
-cost that does not grow with the jobs in other states. On a real Redis; the store tests use a
-database of their own, so the session's worker does not move their jobs."""
+cost that does not grow with the jobs in other states. On a real Redis; most tests use a
+server of their own, so no worker moves their jobs and its command counts are theirs alone."""
 
 from __future__ import annotations
 
@@ -27,10 +27,19 @@ LISTING_DB = 7
 ALL = [status.value for status in JobStatus]
 
 
+@pytest.fixture(scope="module")
+def quiet_redis() -> Iterator[RedisServer]:
+    """A Redis server of this module's own: no worker moves its jobs, and its command
+    statistics count only what the test's client sent (the session's server also serves the
+    worker's periodic round)."""
+    with RedisServer() as server:
+        yield server
+
+
 @pytest.fixture
-def pollen(redis_server: RedisServer, settings: Settings) -> Iterator[Pollen]:
-    """A client on a database no worker reads (jobs stay where the test puts them)."""
-    url = redis_server.url(LISTING_DB)
+def pollen(quiet_redis: RedisServer, settings: Settings) -> Iterator[Pollen]:
+    """A client on a server no worker reads (jobs stay where the test puts them)."""
+    url = quiet_redis.url(LISTING_DB)
     redis.Redis.from_url(url).flushdb()
     with Pollen(settings.model_copy(update={"redis_url": url, "job_ttl": 60})) as client:
         yield client

@@ -120,7 +120,7 @@ class Outbox:
         self._claim = lua["claim_delivery"]
         self._record = lua["record_delivery"]
         self._take_due = lua["take_due"]
-        #: every script by name, for :mod:`pollen.store.ops` operations run on this client
+        #: every script by name, for :mod:`pollen.store.effects` operations run on this client
         self.scripts = lua
 
     def create(

@@ -9,7 +9,7 @@ A next poll waits in one of three ways:
 
 A callback delivery is attempted from the step itself (inline, with a short timeout, within a
 time budget) or sent to the callbacks queue; a failed attempt waits again by countdown or in
-the outbox's due set, which :mod:`pollen.callbacks.events` decides.
+the outbox's due set, which :mod:`pollen.worker.deliveries` decides.
 
 The Celery tasks call a function here with what a step returned and do what the
 :class:`Plan` says. Polls are grouped by due time with :mod:`pollen.worker.grouping`.
