@@ -205,6 +205,8 @@ def callbacks_list(job_id: JobId) -> None:
     Each attempt: its time (ISO 8601), outcome, HTTP status, latency and error.
     """
     deliveries = about_a_job(lambda client: client.callbacks(job_id))
+    if not deliveries:
+        typer.echo(f"no callback deliveries for {job_id}", err=True)
     for item in deliveries:
         typer.echo(f"{item['webhook_id']}  {item['event']:<9} {item['state']:<9} {item['target']}")
         for attempt in item["attempts"]:
