@@ -40,7 +40,6 @@ from tests.helpers import video_request
 
 FINISHED_TTL = 600
 JOB_TTL = 7200
-SUBMIT_GRACE = 60.0
 NOW = 1_700_000_000.0
 
 
@@ -61,8 +60,7 @@ def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def store(raw: redis.Redis, redis_server: RedisServer) -> Iterator[Store]:
-    client = redis_client(redis_server.url(STORE_DB))
-    built = Store(client, finished_ttl=FINISHED_TTL, grace=60, submit_grace=SUBMIT_GRACE)
+    built = Store(redis_client(redis_server.url(STORE_DB)), finished_ttl=FINISHED_TTL, grace=60)
     yield built
     built.close()
 
@@ -71,11 +69,9 @@ def _create(store: Store, job_id: str, fingerprint: str = "fp-1", now: float = N
     """Store a new queued job (a batch of one); raises the IdempotencyConflict the store
     answers for an id already used with another fingerprint."""
     fields = {"id": job_id, "provider": "runware", "status": "queued", "poll_seq": "0"}
-    [answer] = store.run(
-        lifecycle.create_many(
-            [(job_id, fields, JOB_TTL, fingerprint)], now=now, submit_grace=SUBMIT_GRACE
-        )
-    )
+    jobs = [(job_id, fields, JOB_TTL, fingerprint)]
+    grace = store.schedule.submit_grace
+    [answer] = store.run(lifecycle.create_many(jobs, now=now, submit_grace=grace))
     if isinstance(answer, IdempotencyConflict):
         raise answer
     return answer
