@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from pollen import payloads
+from pollen.store import lifecycle
+from pollen.store.sync import Store
 
 
 def video_request(durations: list[float], errors: list[str | None] | None = None) -> dict[str, Any]:
@@ -40,6 +42,14 @@ def image_request(prompt: str, output_format: str | None = None) -> dict[str, An
     if output_format is not None:
         request["outputFormat"] = output_format
     return request
+
+
+def kept_responses(store: Store, job_id: str) -> list[dict[str, Any]]:
+    """The provider envelopes kept for the job's audit, oldest first (its audit record, as
+    the dashboard reads it)."""
+    audit = store.run(lifecycle.audit(job_id))
+    assert audit is not None, f"job {job_id} is missing"
+    return audit.responses
 
 
 def accept_job(deps: Any, durations: list[float]) -> str:

@@ -1,4 +1,5 @@
-"""Tests' shortcuts for one job: submit it, or end it, the way the worker's batch steps do.
+"""Tests' shortcuts for one job: submit it, or end it, the way the worker's batch steps do;
+or cancel it, the way a producer does.
 
 The work is :func:`pollen.worker.submits.submit_batch` and :func:`pollen.worker.submits.end`
 (batches of one): these only turn their answers into a :class:`Next` a test can assert on.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pollen import producer
 from pollen.errors import JobNotFound
 from pollen.models import Job, JobStatus
+from pollen.producer import Cancellation, Send, Session
+from pollen.store import effects
 from pollen.worker.runtime import Deps
 from pollen.worker.submits import Ending, SubmitNext, end, submit_batch
 
@@ -48,3 +52,15 @@ def finish(deps: Deps, job: Job, status: JobStatus, code: str = "", message: str
     end(deps, out, [Ending(job, status, code, message)], deps.clock())
     return Next(finished=bool(out.finished), provider=job.provider,
                 deliveries=tuple(out.deliveries))  # fmt: skip
+
+
+def cancel(deps: Deps, job_id: str, reason: str) -> tuple[Cancellation, list[Send]]:
+    """Cancel one job as :meth:`pollen.Pollen.cancel` does, but keep the follow-up message it
+    sends (``pollen.cancel``) unsent: the answer, and the messages kept back."""
+    unsent: list[Send] = []
+    flow = producer.cancel(Session(deps.settings), job_id, reason)
+    answer = producer.drive(
+        flow, lambda batch: effects.execute(deps.store.redis, deps.store.scripts, batch),
+        unsent.append,
+    )  # fmt: skip
+    return answer, unsent

@@ -16,6 +16,7 @@ from pollen.local.servers import CallbackReceiver, Worker
 from pollen.simulator import SimulatorServer
 from pollen.worker import cancels, submits
 from pollen.worker.reconciler import reconcile
+from tests import steps
 from tests.conftest import eventually
 from tests.helpers import accept_job, sim_stats, video_request
 
@@ -136,12 +137,11 @@ def test_a_job_cancelled_before_its_submit_never_reaches_the_provider(
     deps: Any, simulator: SimulatorServer
 ) -> None:
     job_id = accept_job(deps, [0.2])
-    cancelled, status = deps.store.lifecycle.cancel(job_id, "changed my mind", now=time.time())
-    assert cancelled and status is JobStatus.CANCELLED
-    assert deps.store.lifecycle.cancel(job_id, "again", now=time.time()) == (
-        False,
-        JobStatus.CANCELLED,
-    )
+    answer, unsent = steps.cancel(deps, job_id, "changed my mind")
+    assert answer.cancelled and answer.job.status is JobStatus.CANCELLED
+    assert [message.name for message in unsent] == [contract.CANCEL]
+    again, unsent = steps.cancel(deps, job_id, "again")
+    assert (again.cancelled, again.job.status, unsent) == (False, JobStatus.CANCELLED, [])
     outcome = submits.submit_batch(deps, [job_id])  # its submit message arrives after
     assert outcome.polls == [] and outcome.retries == []
     assert sim_stats(simulator.url)["created"] == 0
@@ -160,9 +160,7 @@ def test_the_provider_task_of_a_submit_in_flight_at_the_cancel_is_cancelled_too(
 
     def submit_then_cancel(provider: str, jobs: list[Any]) -> list[Any]:
         answers: list[Any] = real(provider, jobs)  # the provider took the task ...
-        deps.store.lifecycle.cancel(
-            job_id, "too late", now=time.time()
-        )  # ... as the producer cancels
+        steps.cancel(deps, job_id, "too late")  # ... as the producer cancels
         return answers
 
     deps.calls.submit_many = submit_then_cancel
@@ -179,8 +177,8 @@ def test_the_provider_task_of_a_submit_in_flight_at_the_cancel_is_cancelled_too(
 
 def test_the_reconciler_sends_a_lost_follow_up_again(deps: Any) -> None:
     job_id = accept_job(deps, [0.2])
+    steps.cancel(deps, job_id, "lost message")  # and its pollen.cancel is never sent
     now = time.time()
-    deps.store.lifecycle.cancel(job_id, "lost message", now=now)  # and no pollen.cancel was sent
     sent: list[tuple[str, dict[str, object]]] = []
 
     def send(name: str, kwargs: dict[str, object]) -> None:
@@ -213,7 +211,7 @@ def test_a_follow_up_for_an_expired_job_stops_and_writes_nothing(deps: Any) -> N
 
     job_id = accept_job(deps, [0.2])
     now = time.time()
-    deps.store.lifecycle.cancel(job_id, "gone soon", now=now)
+    steps.cancel(deps, job_id, "gone soon")
     deps.store.redis.delete(keys.job(job_id))  # the record expired before a worker followed up
     assert cancels.follow_up(deps, job_id) == []
     assert not deps.store.redis.exists(keys.job(job_id))  # no bare record without a TTL
@@ -231,7 +229,7 @@ def test_a_cancel_call_that_fails_for_now_is_tried_again_and_the_callback_goes_o
     job_id, _ = payloads.accept(deps.settings, deps.store, payload, now=time.time())
     submits.submit_batch(deps, [job_id])
     assert deps.store.lifecycle.get(job_id).provider_task_id
-    deps.store.lifecycle.cancel(job_id, "retry me", now=time.time())
+    steps.cancel(deps, job_id, "retry me")
     deps.store.redis.zadd(keys.CANCELS, {job_id: time.time() + 3600})  # the worker's reconciler
     sim_faults(simulator.url, ["503", "503"])  # the next two provider requests fail
     first = cancels.follow_up(deps, job_id)

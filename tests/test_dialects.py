@@ -20,7 +20,7 @@ from pollen.providers.comet import CometRunway
 from pollen.providers.useapi import STATES as USEAPI_STATES
 from pollen.providers.useapi import UseapiRunway
 from pollen.settings import Settings
-from tests.helpers import seeds
+from tests.helpers import kept_responses, seeds
 
 NOW = 1_800_000_000.0
 
@@ -254,7 +254,7 @@ def _comet(simulate: dict[str, Any]) -> dict[str, Any]:
 
 def _provider_statuses(client: Pollen, job_id: str) -> list[str]:
     seen: list[str] = []
-    for entry in client.store.lifecycle.responses(job_id):
+    for entry in kept_responses(client.store, job_id):
         envelope = entry["envelope"]
         status = envelope.get("status") or (envelope.get("data") or {}).get("status")
         if status is None and envelope.get("code") == "task_not_exist":

@@ -17,7 +17,7 @@ import redis
 from pollen import InvalidJob, JobPage, JobStatus, Pollen
 from pollen.local.servers import RedisServer, Worker
 from pollen.settings import Settings
-from pollen.store import keys, listing
+from pollen.store import keys, lifecycle, listing
 from pollen.store.connection import open_store
 from pollen.store.lifecycle import Move
 from pollen.store.sync import Store
@@ -59,7 +59,8 @@ def _create(
     fields |= {"updated_at": repr(now), "metadata": metadata or {}, "policy": "{}"}
     ids = [f"{prefix}-{i:05d}" for i in range(count)]
     jobs = [(job_id, {"id": job_id, **fields}, 600, "") for job_id in ids]
-    assert all(store.lifecycle.create_many(jobs, now=now))
+    grace = store.schedule.submit_grace
+    assert all(store.run(lifecycle.create_many(jobs, now=now, submit_grace=grace)))
     return [job_id for job_id, *_ in jobs]
 
 

@@ -11,7 +11,7 @@ from pollen import JobStatus, Pollen
 from pollen.local.servers import CallbackReceiver, Worker
 from pollen.simulator import SimulatorServer
 from tests.conftest import eventually
-from tests.helpers import sim_faults, sim_stats, video_request
+from tests.helpers import kept_responses, sim_faults, sim_stats, video_request
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_provider_503_and_429_for_a_while_then_success(
     job = client.wait(job_id, timeout=30)
     assert job.status is JobStatus.SUCCEEDED
     assert len(job.results) == 1
-    failed_polls = [r for r in client.store.lifecycle.responses(job_id) if "error" in r["envelope"]]
+    failed_polls = [r for r in kept_responses(client.store, job_id) if "error" in r["envelope"]]
     # Five faults hit submit and polls: every one is recorded as an attempt.
     assert job.submit_attempts + len(failed_polls) - 1 == 5
     assert sim_stats(simulator.url)["by_status"].get("429") == 2

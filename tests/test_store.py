@@ -16,16 +16,17 @@ import pytest
 import redis
 
 from pollen import Pollen
-from pollen.errors import IdempotencyConflict, JobNotFound, StoreUnavailable
+from pollen.errors import IdempotencyConflict, StoreUnavailable
 from pollen.ingress.pushes import take_push
 from pollen.local.servers import RedisServer, free_port
 from pollen.models import GenerationResult, JobStatus
 from pollen.producer import drive
 from pollen.providers import push as tokens
 from pollen.settings import Settings
-from pollen.store import effects, keys, scripts
+from pollen.store import effects, keys, lifecycle, scripts
 from pollen.store.connection import redis_client
 from pollen.store.copies import SCRIPTS as COPY_SCRIPTS
+from pollen.store.lifecycle import Move
 from pollen.store.outbox import SCRIPTS as OUTBOX_SCRIPTS
 from pollen.store.outbox import Outbox
 from pollen.store.polls import PollRecord, Recorded
@@ -65,8 +66,27 @@ def store(raw: redis.Redis, redis_server: RedisServer) -> Iterator[Store]:
 
 
 def _create(store: Store, job_id: str, fingerprint: str = "fp-1", now: float = NOW) -> bool:
+    """Store a new queued job (a batch of one); raises the IdempotencyConflict the store
+    answers for an id already used with another fingerprint."""
     fields = {"id": job_id, "provider": "runware", "status": "queued", "poll_seq": "0"}
-    return store.lifecycle.create(job_id, fields, now=now, ttl=JOB_TTL, fingerprint=fingerprint)
+    jobs = [(job_id, fields, JOB_TTL, fingerprint)]
+    grace = store.schedule.submit_grace
+    [answer] = store.run(lifecycle.create_many(jobs, now=now, submit_grace=grace))
+    if isinstance(answer, IdempotencyConflict):
+        raise answer
+    return answer
+
+
+def _transition(store: Store, job_id: str, status: JobStatus, *, now: float, **fields: Any) -> bool:
+    """Move one existing job forward (a batch of one): False if it was there or beyond."""
+    [moved] = store.lifecycle.transition_many([Move(job_id, status, fields=fields)], now=now)
+    assert moved != -1, f"job {job_id} is missing"
+    return bool(moved)
+
+
+def _rollback(store: Store, job_id: str) -> bool:
+    """Undo the creation of one still-queued job (a batch of one): whether it was undone."""
+    return store.run(lifecycle.rollback_many([job_id])) == 1
 
 
 def _counts(raw: redis.Redis) -> dict[str, int]:
@@ -92,8 +112,8 @@ def test_a_status_only_moves_forward(
 ) -> None:
     assert _create(store, "j")
     if start is not JobStatus.QUEUED:
-        assert store.lifecycle.transition("j", start, now=NOW + 1)
-    moved = store.lifecycle.transition("j", target, now=NOW + 2)
+        assert _transition(store, "j", start, now=NOW + 1)
+    moved = _transition(store, "j", target, now=NOW + 2)
     assert moved is (target.rank > start.rank)
     final = target if moved else start
     assert _status(raw, "j") == final.value
@@ -102,9 +122,9 @@ def test_a_status_only_moves_forward(
     assert inflight == by_age == (set() if final.terminal else {"j"})
 
 
-def test_a_transition_of_a_missing_job_is_job_not_found(store: Store) -> None:
-    with pytest.raises(JobNotFound):
-        store.lifecycle.transition("nope", JobStatus.SUBMITTED, now=NOW)
+def test_a_transition_of_a_missing_job_answers_missing(store: Store, raw: redis.Redis) -> None:
+    assert store.lifecycle.transition_many([Move("nope", JobStatus.SUBMITTED)], now=NOW) == [-1]
+    assert raw.keys("pollen:job:*") == []  # and writes no record
 
 
 # --- counters and indexes -----------------------------------------------------------------
@@ -117,26 +137,26 @@ def test_counters_and_indexes_follow_create_transition_finish_and_rollback(
         assert _create(store, f"j{n}", now=NOW + n)
     assert _counts(raw) == {"queued": 5}
     assert _indexed(raw) == ({f"j{n}" for n in range(5)},) * 2
-    store.lifecycle.transition("j0", JobStatus.SUBMITTED, now=NOW + 10)
-    store.lifecycle.transition("j1", JobStatus.PROCESSING, now=NOW + 10)
-    store.lifecycle.transition("j2", JobStatus.SUCCEEDED, now=NOW + 10)
-    store.lifecycle.transition("j3", JobStatus.FAILED, now=NOW + 10)
+    _transition(store, "j0", JobStatus.SUBMITTED, now=NOW + 10)
+    _transition(store, "j1", JobStatus.PROCESSING, now=NOW + 10)
+    _transition(store, "j2", JobStatus.SUCCEEDED, now=NOW + 10)
+    _transition(store, "j3", JobStatus.FAILED, now=NOW + 10)
     assert _counts(raw) == {"queued": 1, "submitted": 1, "processing": 1, "succeeded": 1,
                             "failed": 1}  # fmt: skip
     assert _indexed(raw) == ({"j0", "j1", "j4"},) * 2
     # The oldest in-flight job is still the first created.
     assert raw.zrange(keys.BY_AGE, 0, 0) == ["j0"]
 
-    assert store.lifecycle.rollback_create("j4")
+    assert _rollback(store, "j4")
     assert _counts(raw) == {"submitted": 1, "processing": 1, "succeeded": 1, "failed": 1}
     assert _indexed(raw) == ({"j0", "j1"},) * 2
     # A job that already moved on is not undone.
-    assert not store.lifecycle.rollback_create("j0")
+    assert not _rollback(store, "j0")
     assert _status(raw, "j0") == "submitted"
     assert _counts(raw)["submitted"] == 1
     assert _indexed(raw) == ({"j0", "j1"},) * 2
     # Nothing to undo for an unknown id: the counters stay.
-    assert not store.lifecycle.rollback_create("never")
+    assert not _rollback(store, "never")
     assert _counts(raw) == {"submitted": 1, "processing": 1, "succeeded": 1, "failed": 1}
 
 
@@ -154,7 +174,7 @@ def test_rollback_undoes_exactly_what_create_wrote(store: Store, raw: redis.Redi
     before = dump()
     before_counts = _counts(raw)
     assert _create(store, "j")
-    assert store.lifecycle.rollback_create("j")
+    assert _rollback(store, "j")
     assert dump() == before
     assert _counts(raw) == before_counts
     # The id is free again: the retried submit creates it anew.
@@ -173,7 +193,7 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
     store.polls.rehost = True  # its results' copies (re-hosting) are the job's keys too
     now = time.time()
     assert _create(store, "j", now=now)
-    store.lifecycle.transition("j", JobStatus.SUBMITTED, now=now, poll_seq="1")
+    _transition(store, "j", JobStatus.SUBMITTED, now=now, poll_seq="1")
     assert store.polls.claim([("j", 1)], now=now, lease=30)[0].verdict == "ok"
     recorded = _record(store, "j", 1, now=now, envelope={"data": []}, results=[_result("g1")],
                        progress=0.5, next_poll_at=now + 1)  # fmt: skip
@@ -192,7 +212,7 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
         push, lambda batch: effects.execute(store.redis, store.scripts, batch), sent.append
     )
     assert (outcome.verdict, len(sent)) == ("polled", 1)
-    assert store.lifecycle.transition("j", JobStatus.SUCCEEDED, now=now)
+    assert _transition(store, "j", JobStatus.SUCCEEDED, now=now)
 
     job_keys = set(raw.keys(keys.job("j") + "*"))  # the record and every key named after it
     assert keys.job_deliveries("j") in job_keys and keys.delivery_attempts("j") in job_keys
@@ -212,7 +232,7 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
 
 def _submitted(store: Store, job_id: str, now: float) -> None:
     assert _create(store, job_id, now=now)
-    store.lifecycle.transition(job_id, JobStatus.SUBMITTED, now=now, poll_seq="1")
+    _transition(store, job_id, JobStatus.SUBMITTED, now=now, poll_seq="1")
 
 
 def test_a_busy_lease_and_a_stale_attempt_are_refused(store: Store) -> None:
@@ -226,7 +246,7 @@ def test_a_busy_lease_and_a_stale_attempt_are_refused(store: Store) -> None:
     assert store.polls.claim([("j", 0)], now=NOW, lease=30)[0].verdict == "stale"
     assert store.polls.claim([("j", 2)], now=NOW, lease=30)[0].verdict == "stale"
     assert store.polls.claim([("nope", 1)], now=NOW, lease=30)[0].verdict == "missing"
-    store.lifecycle.transition("j", JobStatus.SUCCEEDED, now=NOW)
+    _transition(store, "j", JobStatus.SUCCEEDED, now=NOW)
     assert store.polls.claim([("j", 1)], now=NOW + 100, lease=30)[0].verdict == "done"
 
 

@@ -18,7 +18,7 @@ from pollen.errors import IdempotencyConflict, JobNotFound
 from pollen.models import Job, JobStatus
 from pollen.store import keys
 from pollen.store.decode import job_from_fields, optional_float
-from pollen.store.effects import Batch, Lua, Op, Runner, cmd, dumps, flatten, pairs, single
+from pollen.store.effects import Batch, Lua, Op, Runner, cmd, dumps, flatten
 
 #: the lifecycle's scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
 SCRIPTS = ("create_job", "rollback_create", "transition", "cancel_job", "set_if_exists")
@@ -114,7 +114,13 @@ def cancel(
     job_id: str, reason: str, *, now: float, finished_ttl: int, grace: float
 ) -> Op[tuple[int, str]]:
     """Move the job to ``cancelled`` unless it ended: (1 cancelled now / 0 had ended / -1
-    missing, the status after)."""
+    missing, the status after).
+
+    A cancel and the poll that finishes the job race safely: whichever comes first ends it,
+    the other changes nothing. A job cancelled here waits on
+    :meth:`Schedule.cancels_due <pollen.store.schedule.Schedule.cancels_due>` until
+    :meth:`Lifecycle.cancel_followed` says its follow-up is done.
+    """
     [(moved, status)] = yield [
         Lua(
             "cancel_job",
@@ -259,90 +265,19 @@ def audit(job_id: str) -> Op[Audit | None]:
 class Lifecycle:
     """Jobs' lifecycle on one client: ``Store.lifecycle``."""
 
-    def __init__(
-        self, run: Runner, *, finished_ttl: int, grace: float, submit_grace: float
-    ) -> None:
+    def __init__(self, run: Runner, *, finished_ttl: int, grace: float) -> None:
         self.run = run
         self.finished_ttl = finished_ttl
         #: how late a job's next sign of life may be before the reconciler steps in
         self.grace = grace
-        #: how long a queued job may wait for its submit before the reconciler steps in
-        self.submit_grace = submit_grace
-
-    def create(
-        self,
-        job_id: str,
-        fields: dict[str, Any],
-        *,
-        now: float,
-        ttl: int,
-        fingerprint: str = "",
-    ) -> bool:
-        """Store a new queued job; False (and nothing written) if the id already exists.
-
-        ``fingerprint`` identifies the request: an existing job with a different one raises
-        :class:`IdempotencyConflict` (compared in the same script that would create it).
-        """
-        [answer] = self.create_many([(job_id, fields, ttl, fingerprint)], now=now)
-        if isinstance(answer, IdempotencyConflict):
-            raise answer
-        return answer
-
-    def create_many(
-        self, jobs: Sequence[tuple[str, dict[str, Any], int, str]], *, now: float
-    ) -> list[bool | IdempotencyConflict]:
-        """:meth:`create` for many (job_id, fields, ttl, fingerprint) in one round trip.
-
-        One answer per job: created or not, or the :class:`IdempotencyConflict` of an id
-        already used with a different request (that job only).
-        """
-        return self.run(create_many(jobs, now=now, submit_grace=self.submit_grace))
-
-    def rollback_create(self, job_id: str) -> bool:
-        """Undo :meth:`create` of a still-queued job (its submit message could not be sent)."""
-        return self.run(rollback_many([job_id])) == 1
-
-    def transition(
-        self,
-        job_id: str,
-        status: JobStatus,
-        *,
-        now: float,
-        expect_by: float | None = None,
-        **fields: Any,
-    ) -> bool:
-        """Move a job forward to ``status``; False if it already was there or beyond.
-
-        ``expect_by`` is when the job's next step is due (the reconciler resumes it if
-        nothing happened by then plus the grace period).
-        """
-        [moved] = self.transition_many([Move(job_id, status, expect_by, fields)], now=now)
-        if moved == -1:
-            raise JobNotFound(job_id)
-        return bool(moved)
 
     def transition_many(self, moves: Sequence[Move], *, now: float) -> list[int]:
-        """:meth:`transition` for many jobs in one round trip: 1 moved, 0 already there or
-        beyond, -1 missing, per move."""
+        """Move jobs forward (``expect_by``: when a job's next step is due; the reconciler
+        resumes it if nothing happened by then plus the grace period), in one round trip:
+        1 moved, 0 already there or beyond, -1 missing, per move."""
         return self.run(
             transition_many(moves, now=now, finished_ttl=self.finished_ttl, grace=self.grace)
         )
-
-    def cancel(self, job_id: str, reason: str, *, now: float) -> tuple[bool, JobStatus]:
-        """Move the job to ``cancelled`` unless it already ended: (cancelled now, the status
-        it is in after).
-
-        A cancel and the poll that finishes the job race safely: whichever comes first ends
-        it, the other changes nothing. A job cancelled here waits on
-        :meth:`Schedule.cancels_due <pollen.store.schedule.Schedule.cancels_due>` until
-        :meth:`cancel_followed` says its follow-up is done. JobNotFound if absent.
-        """
-        moved, status = self.run(
-            cancel(job_id, reason, now=now, finished_ttl=self.finished_ttl, grace=self.grace)
-        )
-        if moved == -1:
-            raise JobNotFound(job_id)
-        return moved == 1, JobStatus(status)
 
     def cancel_followed(self, job_id: str, note: str) -> None:
         """The follow-up of a cancelled job is done (or moot: the job expired): keep what it
@@ -370,10 +305,6 @@ class Lifecycle:
         Returns the attempt numbers, in order, and the push token each of those jobs has."""
         return self.run(begin_submits(sent, push_tokens or {}))
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        """Set plain fields (no status change) on an existing job."""
-        self.run(single(cmd("hset", keys.job(job_id), mapping=pairs(flatten(fields)))))
-
     def get(self, job_id: str) -> Job:
         """The job with its results in the order they finished; JobNotFound if absent."""
         [job] = self.get_with_results([job_id])
@@ -397,9 +328,6 @@ class Lifecycle:
             raise JobNotFound(job_id)
         return found
 
-    def exists(self, job_id: str) -> bool:
-        return bool(self.run(single(cmd("exists", keys.job(job_id)))))
-
     def field(self, job_id: str, name: str) -> str | None:
         """One field of the job's record (None if the job or the field is absent)."""
         [value] = self.run(fields(job_id, name))
@@ -408,9 +336,3 @@ class Lifecycle:
     def fields(self, job_id: str, *names: str) -> list[str | None]:
         """Several fields of the job's record, in the order asked (None where absent)."""
         return self.run(fields(job_id, *names))
-
-    def responses(self, job_id: str) -> list[dict[str, Any]]:
-        """The provider envelopes kept for the job's audit, oldest first: each one that said
-        something new (a status word, a result, an error), not every poll's."""
-        kept = self.run(single(cmd("lrange", keys.responses(job_id), 0, -1)))
-        return [json.loads(r) for r in kept]

@@ -55,9 +55,7 @@ class Store:
         self.redis = client
         #: every script by name, registered on this client
         self.scripts = {name: client.register_script(text) for name, text in script_texts().items()}
-        self.lifecycle = lifecycle.Lifecycle(
-            self.run, finished_ttl=finished_ttl, grace=grace, submit_grace=submit_grace
-        )
+        self.lifecycle = lifecycle.Lifecycle(self.run, finished_ttl=finished_ttl, grace=grace)
         self.polls = polls.Polls(self.run, finished_ttl=finished_ttl, grace=grace, rehost=rehost)
         self.schedule = schedule.Schedule(self.run, grace=grace, submit_grace=submit_grace)
         self.rates = rates.RateTokens(client, self.scripts)

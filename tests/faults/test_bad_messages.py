@@ -22,6 +22,7 @@ import redis
 
 from pollen import JobStatus
 from pollen.simulator import SimulatorServer
+from pollen.store import lifecycle
 from tests.conftest import eventually
 from tests.faults.audit import tally
 from tests.faults.conftest import MakeFleet, sim_stats, start_pods
@@ -142,7 +143,7 @@ def test_malformed_submit_messages_are_refused_and_the_worker_keeps_serving(
         assert producer.AsyncResult(unreadable).state == "PENDING"
     store_keys = {str(k) for k in client.store.redis.keys("pollen:job:*")}
     assert store_keys and all(created["job_id"] in key for key in store_keys)
-    assert not client.store.lifecycle.exists("pickled")
+    assert client.store.run(lifecycle.records(["pickled"])) == [{}]  # no such job
     assert fleet.alive("pod")
     eventually(lambda: broker.llen(queue) == 0, what="the queue drained")
     result = tally(client, [job.id], sim_stats=sim_stats(fault_sim))
