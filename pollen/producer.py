@@ -26,7 +26,7 @@ from pollen.models import Job, JobStatus
 from pollen.payloads import accept_many_op, accept_op
 from pollen.providers import REGISTRY
 from pollen.settings import Settings
-from pollen.store import deliveries, durability, keys, lifecycle, listing
+from pollen.store import durability, keys, lifecycle, listing, outbox
 from pollen.store.effects import Batch, cmd
 from pollen.store.listing import JobPage
 
@@ -329,7 +329,7 @@ def _known(job_id: str) -> Flow[None]:
 def callbacks(job_id: str) -> Flow[list[dict[str, Any]]]:
     """The job's callback deliveries, each with its state and every attempt made."""
     yield from _known(job_id)
-    records, attempts = yield from deliveries.deliveries(job_id)
+    records, attempts = yield from outbox.for_job(job_id)
     return [
         {
             "webhook_id": d.id,
@@ -341,14 +341,8 @@ def callbacks(job_id: str) -> Flow[list[dict[str, Any]]]:
             "next_at": d.next_at,
             "replays": d.replays,
         }
-        for d in map(_delivery, records)
+        for d in map(outbox.Delivery.from_fields, records)
     ]
-
-
-def _delivery(fields: dict[str, str]) -> Any:
-    from pollen.store.outbox import Delivery
-
-    return Delivery.from_fields(fields)
 
 
 def replay_callbacks(
@@ -356,17 +350,17 @@ def replay_callbacks(
 ) -> Flow[list[str]]:
     """Send a job's dead or gone deliveries again (see ``Pollen.replay_callbacks``)."""
     yield from _known(job_id)
-    records, _ = yield from deliveries.deliveries(job_id, attempts=False)
+    records, _ = yield from outbox.for_job(job_id, attempts=False)
     chosen = [
         d
-        for d in map(_delivery, records)
+        for d in map(outbox.Delivery.from_fields, records)
         if (delivery is None or d.id == delivery)
         and (everything or delivery is not None or d.state in ("dead", "gone"))
     ]
     now = time.time()
     for item in chosen:
         gone = item.target if item.state == "gone" else None
-        yield from deliveries.replay(item.id, gone, now=now)
+        yield from outbox.replay(item.id, gone, now=now)
         yield Send(contract.DELIVER_CALLBACK, session.settings.queues.callbacks, args=(item.id,))
     return [item.id for item in chosen]
 

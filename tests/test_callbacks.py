@@ -94,6 +94,8 @@ def test_redirects_are_not_followed(
     receiver.script("/moved", (301, {"Location": target}, 0.0), (302, {"Location": target}, 0.0))
     job_id = client.submit("runware", video_request([0.1]), callback_url=f"{receiver.url}/moved")
     wait_for(receiver, "/moved", 3)
+    # the third answer reached the worker; its record follows the response
+    eventually(lambda: state(client, job_id) == "delivered", what="delivered")
     assert receiver.received("/elsewhere") == []
     attempts = client.callbacks(job_id)[0]["attempts"]
     assert [a["status_code"] for a in attempts] == [301, 302, 200]

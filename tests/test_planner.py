@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pollen.worker.grouping import Due, Item
-from pollen.worker.planner import Batch, Limits, Plan, plan, release, submit_retries
+from pollen.worker.planner import Limits, Message, Plan, plan, release, submit_retries
 
 NOW = 1_700_000_000.0
 LIMITS = Limits(batch_size=10, park_after=30.0, tick_interval=1.0, inline_timeout=2.0)
@@ -41,7 +41,7 @@ def test_a_group_due_past_park_after_is_parked_with_its_due_time() -> None:
 def test_the_largest_near_group_is_the_tasks_own_retry() -> None:
     polls = [*_polls("a", 3, 0.5), *_polls("b", 6, 5.0), *_polls("c", 7, 40.0)]
     result = plan(polls, now=NOW, limits=LIMITS)
-    assert result.retry == Batch(NOW + 5.0, tuple((f"b{i}", 3) for i in range(6)))
+    assert result.retry == Message(NOW + 5.0, tuple((f"b{i}", 3) for i in range(6)))
     # the larger group is past park_after: it waits in Redis, not as the retry
     assert _parked(result) == {f"c{i}" for i in range(7)}
     assert [_names(b.items) for b in result.send] == [{"a0", "a1", "a2"}]
@@ -64,7 +64,7 @@ def test_a_small_fragment_due_before_the_next_tick_is_sent() -> None:
     polls = [*_polls("big", 8, 5.0), *_polls("frag", 4, 0.8)]
     result = plan(polls, now=NOW, limits=LIMITS)
     assert result.park == ()
-    assert result.send == (Batch(NOW + 0.8, tuple((f"frag{i}", 3) for i in range(4))),)
+    assert result.send == (Message(NOW + 0.8, tuple((f"frag{i}", 3) for i in range(4))),)
     assert result.send[0].countdown(NOW) == pytest.approx(0.8)
 
 
@@ -94,7 +94,7 @@ def test_first_parks_every_group_due_after_the_next_round_and_sends_the_rest() -
 def test_a_poll_due_already_runs_at_once() -> None:
     alone = Due("suspect", 2, NOW - 1.0, NOW - 1.0, alone=True)
     result = plan([alone, *_polls("b", 6, 5.0)], now=NOW, limits=LIMITS)
-    assert result.send == (Batch(NOW - 1.0, (("suspect", 2),)),)
+    assert result.send == (Message(NOW - 1.0, (("suspect", 2),)),)
     assert result.send[0].countdown(NOW) == 0.0
 
 
@@ -129,7 +129,7 @@ def test_released_polls_all_go_out_batched_by_due_time() -> None:
 def test_submit_retries_the_earliest_batch_itself_and_sends_the_others() -> None:
     retries = [("late", 9.0), *[(f"s{i}", 1.0) for i in range(3)]]
     result = submit_retries(retries, now=NOW, max_size=2)
-    assert result.retry == Batch(NOW + 1.0, (("s0", 0), ("s1", 0)))
+    assert result.retry == Message(NOW + 1.0, (("s0", 0), ("s1", 0)))
     assert [(b.at, b.items) for b in result.send] == [
         (NOW + 1.0, (("s2", 0),)),
         (NOW + 9.0, (("late", 0),)),
@@ -164,7 +164,7 @@ def _dues(spec: list[tuple[float, float, bool]]) -> list[Due]:
     ]
 
 
-def _batches(result: Plan) -> list[Batch]:
+def _messages(result: Plan) -> list[Message]:
     return [*([result.retry] if result.retry else []), *result.send]
 
 
@@ -175,10 +175,10 @@ def test_every_poll_is_planned_exactly_once_never_early_never_past_its_window(
     polls = _dues(spec)
     by_item = {(p.job_id, p.attempt): p for p in polls}
     result = plan(polls, now=NOW, limits=limits, first=first)
-    planned = [item for b in _batches(result) for item in b.items]
+    planned = [item for b in _messages(result) for item in b.items]
     planned += [(job_id, attempt) for job_id, attempt, _ in result.park]
     assert Counter(planned) == Counter(by_item.keys())
-    for b in _batches(result):
+    for b in _messages(result):
         assert 1 <= len(b.items) <= limits.batch_size
         assert b.countdown(NOW) >= 0.0
         for item in b.items:
@@ -215,7 +215,7 @@ def test_there_is_a_retry_whenever_a_group_is_due_within_park_after(
 ) -> None:
     polls = _dues(spec)
     result = plan(polls, now=NOW, limits=limits)
-    near = any(b.at - NOW <= limits.park_after for b in _batches(result)) or any(
+    near = any(b.at - NOW <= limits.park_after for b in _messages(result)) or any(
         at - NOW <= limits.park_after for _, _, at in result.park
     )
     assert (result.retry is not None) == near
@@ -260,7 +260,7 @@ def test_submit_retries_each_job_once_never_early(delays: list[float], size: int
     retries = [(f"j{i}", delay) for i, delay in enumerate(delays)]
     result = submit_retries(retries, now=NOW, max_size=size)
     assert result.park == () and (result.retry is None) == (not retries)
-    batches = _batches(result)
+    batches = _messages(result)
     assert Counter(job_id for b in batches for job_id, _ in b.items) == Counter(
         job_id for job_id, _ in retries
     )

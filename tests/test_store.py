@@ -201,9 +201,9 @@ def test_every_key_of_a_finished_job_expires(store: Store, raw: redis.Redis) -> 
     delivery = "msg_j_completed"
     outbox.create(delivery, job_id="j", event="completed", kind="http", target="https://x/cb",
                   body="{}", now=now, watch=60, ttl=JOB_TTL)  # fmt: skip
-    item = outbox.get(delivery)
-    assert item is not None
-    outbox.record(item, {"outcome": "delivered"}, state="delivered", now=now)
+    claim = outbox.claim(delivery, now=now, lease=30, recheck=1)
+    assert claim.verdict == "ok" and claim.delivery is not None
+    outbox.record(claim.delivery, {"outcome": "delivered"}, state="delivered", now=now)
     token = tokens.new_token("j")
     store.redis.hset(keys.job("j"), "push_token", token)
     push = take_push(Settings(), "runware", token, b"{}", now=now)

@@ -45,7 +45,7 @@ class ProviderCalls:
         *,
         batch_size: int,
         batch_wait: float,
-        observe_batch: BatchObserver | None = None,
+        observe_batch: BatchObserver,
     ) -> None:
         self.http = http
         #: the worker's batch-size histogram; providers never import the worker's metrics
@@ -93,8 +93,7 @@ class ProviderCalls:
         self.limiter.acquire(provider.name)
         request = provider.status_batch_request(jobs)
         answer = send(self.http, request, provider=provider.name, kind="status")
-        if self.observe_batch is not None:
-            self.observe_batch(provider.name, len(jobs))
+        self.observe_batch(provider.name, len(jobs))
         return provider.parse_status_batch(jobs, answer, now)
 
     # --- submit -------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 One module per idea: :mod:`.lifecycle` (create, move forward, cancel, read a job),
 :mod:`.polls` (poll fencing and leases), :mod:`.schedule` (parked polls, the reconciler's
 watch list, index trimming), :mod:`.pushes` (provider pushes), :mod:`.listing` (pages of
-jobs), :mod:`.outbox` and :mod:`.deliveries` (callback deliveries), :mod:`.copies`
+jobs), :mod:`.outbox` (callback deliveries), :mod:`.copies`
 (re-hosted files), :mod:`.rates` (provider rate tokens), :mod:`.locks` (periodic locks),
 :mod:`.durability` (the epoch marker that detects a store that lost its data), :mod:`.stats`
 (counts for operators). Underneath: :mod:`.effects` (operations as generators, run by

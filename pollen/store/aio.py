@@ -29,7 +29,7 @@ class AsyncStore:
         self.scripts = {name: self.redis.register_script(text) for name, text in texts.items()}
 
     def execute(self, batch: effects.Batch) -> Awaitable[list[Any]]:
-        """One batch of commands in one pipeline round trip."""
+        """One batch of commands in one round trip (a pipeline for more than one)."""
         return effects.aexecute(self.redis, self.scripts, batch)
 
     async def run(self, op: effects.Op[T]) -> T:

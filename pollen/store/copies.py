@@ -17,7 +17,7 @@ import redis
 
 from pollen.models import GenerationResult, StoredCopy
 from pollen.store import keys, scripts
-from pollen.store.effects import Lua, Op, guard, run, single
+from pollen.store.effects import Lua, Op, perform, single
 
 T = TypeVar("T")
 
@@ -100,8 +100,7 @@ class Copies:
 
     def run(self, op: Op[T]) -> T:
         """Run a copy operation on this client (the copies' own scripts)."""
-        with guard():
-            return run(self.redis, self.scripts, op)
+        return perform(self.redis, self.scripts, op)
 
     def take_due(self, *, now: float, limit: int, watch: float) -> list[tuple[str, str]]:
         """(job id, generation id) of the copies due now, each pushed ``watch`` seconds later

@@ -148,6 +148,13 @@ def run(client: Any, scripts: Mapping[str, Any], op: Op[T]) -> T:
         return done.value  # type: ignore[no-any-return]
 
 
+def perform(client: Any, scripts: Mapping[str, Any], op: Op[T]) -> T:
+    """:func:`run` with Redis failures mapped onto pollen's error tree (:func:`guard`): what
+    each synchronous face of the store (the job store, the outbox, the copies) runs."""
+    with guard():
+        return run(client, scripts, op)
+
+
 async def arun(client: Any, scripts: Mapping[str, Any], op: Op[T]) -> T:
     """Drive ``op`` on a ``redis.asyncio.Redis`` client (``scripts``: its async scripts)."""
     try:

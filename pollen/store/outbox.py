@@ -15,12 +15,13 @@ States: pending → sending → delivered | gone (410) | dead (schedule exhauste
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis
 
-from pollen.store import keys, scripts
+from pollen.store import effects, keys, scripts
+from pollen.store.effects import Batch, Lua, Op, cmd
 
 DeliveryState = Literal["pending", "sending", "delivered", "gone", "dead"]
 #: delivery states that never change again
@@ -28,7 +29,7 @@ FINAL_STATES = ("delivered", "gone", "dead")
 
 #: the scripts of :class:`Outbox`, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
 SCRIPTS = ("create_delivery", "claim_delivery", "record_delivery", "take_due", "replay_delivery")
-#: what :meth:`Outbox.take` answers: ``ok`` to send, ``blocked`` (waits for an earlier event),
+#: what :meth:`Outbox.claim` answers: ``ok`` to send, ``blocked`` (waits for an earlier event),
 #: ``busy`` (another copy sends), ``missing``, or a final state (nothing to do)
 Verdict = Literal["ok", "blocked", "busy", "missing", "delivered", "gone", "dead"]
 
@@ -78,7 +79,7 @@ class DeliveryClaim:
     verdict: Verdict
     delivery: Delivery | None = None  #: with ``ok`` and ``blocked``
     gone: bool = False  #: its target answered 410 Gone before
-    secret: str = ""  #: the job's own callback secret ("" for none)
+    secret: str = field(default="", repr=False)  #: the job's own callback secret ("" for none)
     finished_at: float | None = None  #: when the job ended, if it has
     wait: float | None = None  #: ``blocked``: seconds until it is due again
 
@@ -115,13 +116,12 @@ class Outbox:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        lua = {name: client.register_script(text) for name, text in script_texts().items()}
-        self._create = lua["create_delivery"]
-        self._claim = lua["claim_delivery"]
-        self._record = lua["record_delivery"]
-        self._take_due = lua["take_due"]
         #: every script by name, for :mod:`pollen.store.effects` operations run on this client
-        self.scripts = lua
+        self.scripts = {name: client.register_script(text) for name, text in script_texts().items()}
+
+    def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """One outbox script, one round trip (Redis failures as ``StoreUnavailable``)."""
+        return effects.perform(self.redis, self.scripts, effects.single(Lua(script, keys, args)))
 
     def create(
         self,
@@ -155,26 +155,24 @@ class Outbox:
             "next_at": repr(now),
         }
         flat = [item for pair in fields.items() for item in pair]
-        created = self._create(
-            keys=[keys.delivery(delivery), keys.job_deliveries(job_id), keys.DUE],
-            args=[delivery, repr(now + watch), ttl, *flat],
+        created = self._call(
+            "create_delivery",
+            [keys.delivery(delivery), keys.job_deliveries(job_id), keys.DUE],
+            [delivery, repr(now + watch), ttl, *flat],
         )
         return bool(created)
 
-    def take(self, delivery: str, *, now: float, lease: float, recheck: float) -> DeliveryClaim:
+    def claim(self, delivery: str, *, now: float, lease: float, recheck: float) -> DeliveryClaim:
         """Claim a delivery for sending, for ``lease`` seconds, with everything the attempt
         needs. It is ``blocked`` instead while an earlier unfinished event of its job goes to
         the same target: pending again, due after that one's next try plus ``recheck``
         seconds (at least ``recheck``)."""
-        reply = self._claim(
-            keys=[keys.delivery(delivery), keys.GONE, keys.DUE],
-            args=[repr(now), lease, recheck, delivery],
+        reply = self._call(
+            "claim_delivery",
+            [keys.delivery(delivery), keys.GONE, keys.DUE],
+            [repr(now), lease, recheck, delivery],
         )
         return DeliveryClaim.from_reply(reply)
-
-    def get(self, delivery: str) -> Delivery | None:
-        fields = self.redis.hgetall(keys.delivery(delivery))
-        return Delivery.from_fields(fields) if fields else None  # type: ignore[arg-type]
 
     def record(
         self,
@@ -192,15 +190,16 @@ class Outbox:
         """
         entry = json.dumps({"delivery": delivery.id, "event": delivery.event, **attempt})
         return int(
-            self._record(
-                keys=[
+            self._call(
+                "record_delivery",
+                [
                     keys.delivery(delivery.id),
                     keys.delivery_attempts(delivery.job_id),
                     keys.DUE,
                     keys.DEAD,
                     keys.GONE,
                 ],
-                args=[
+                [
                     delivery.id,
                     state,
                     entry,
@@ -214,8 +213,33 @@ class Outbox:
 
     def take_due(self, *, now: float, limit: int, watch: float) -> list[str]:
         """Deliveries due now (each pushed ``watch`` seconds later in case its message is lost)."""
-        ids = self._take_due(keys=[keys.DUE], args=[repr(now), limit, watch])
+        ids = self._call("take_due", [keys.DUE], [repr(now), limit, watch])
         return [str(i) for i in ids]
 
-    def dead(self, limit: int = 1000) -> list[str]:
-        return [str(i) for i in self.redis.zrange(keys.DEAD, 0, limit - 1)]
+
+# What the producer reads and replays (store operations, run on either client).
+
+
+def for_job(
+    job_id: str, *, attempts: bool = True
+) -> Op[tuple[list[dict[str, str]], list[dict[str, Any]]]]:
+    """A job's callback deliveries (their stored fields, in event order) and, with
+    ``attempts``, every attempt made."""
+    batch: Batch = [cmd("lrange", keys.job_deliveries(job_id), 0, -1)]
+    if attempts:
+        batch.append(cmd("lrange", keys.delivery_attempts(job_id), 0, -1))
+    ids, *raw_attempts = yield batch
+    records = (yield [cmd("hgetall", keys.delivery(str(i))) for i in ids]) if ids else []
+    made = [json.loads(a) for a in raw_attempts[0]] if raw_attempts else []
+    return [r for r in records if r], made
+
+
+def replay(delivery: str, url: str | None, *, now: float) -> Op[bool]:
+    """Make a delivery pending again with a fresh schedule (its webhook-id stays); ``url``: a
+    receiver that answered 410 Gone, to call again."""
+    batch: Batch = [Lua("replay_delivery", [keys.delivery(delivery), keys.DUE, keys.DEAD],
+                        [delivery, now])]  # fmt: skip
+    if url is not None:
+        batch.append(cmd("srem", keys.GONE, url))
+    replies = yield batch
+    return bool(replies[0])

@@ -63,8 +63,7 @@ class Store:
 
     def run(self, op: effects.Op[T]) -> T:
         """Run a store operation (:mod:`pollen.store.effects`) on this client."""
-        with effects.guard():
-            return effects.run(self.redis, self.scripts, op)
+        return effects.perform(self.redis, self.scripts, op)
 
     @contextmanager
     def listen(self, job_id: str) -> Iterator[Callable[[float], bool]]:

@@ -80,7 +80,7 @@ def deliver(
     """
     settings = deps.settings.callbacks
     now = deps.clock()
-    claim = deps.outbox.take(ident, now=now, lease=settings.timeout + 30, recheck=BLOCKED_RECHECK)
+    claim = deps.outbox.claim(ident, now=now, lease=settings.timeout + 30, recheck=BLOCKED_RECHECK)
     item = claim.delivery
     if item is None:  # finished, missing, or another copy is sending it right now
         return DeliveryOutcome(None, detail=f"not sent: the delivery is {claim.verdict}")

@@ -50,7 +50,7 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Batch:
+class Message:
     """Polls (or submits) that go in one message, to run at ``at``."""
 
     at: float
@@ -65,8 +65,8 @@ class Batch:
 class Plan:
     """What a task does after a step: send and park polls, deliver callbacks, retry."""
 
-    retry: Batch | None = None  #: the message's own countdown retry
-    send: tuple[Batch, ...] = ()  #: other countdown messages
+    retry: Message | None = None  #: the message's own countdown retry
+    send: tuple[Message, ...] = ()  #: other countdown messages
     park: tuple[Parked, ...] = ()  #: polls that wait in Redis for the periodic round
     #: deliveries to attempt here, in this order, while the attempts took under ``budget``
     #: seconds; those left when the budget is spent (or an attempt errs) go to the queue
@@ -105,7 +105,7 @@ def plan(
     groups = group(polls, max_size=limits.batch_size)
     mine = None if first else _largest_near(groups, now=now, limits=limits)
     small = max(2, limits.batch_size // 2)
-    send: list[Batch] = []
+    send: list[Message] = []
     park: list[Parked] = []
     for each in groups:
         if each is mine:
@@ -115,9 +115,9 @@ def plan(
         if wait > limits.park_after or merge:
             park += [(job_id, attempt, each.at) for job_id, attempt in each.items]
         else:
-            send.append(_batch(each))
+            send.append(_message(each))
     polls_plan = Plan(
-        retry=None if mine is None else _batch(mine), send=tuple(send), park=tuple(park)
+        retry=None if mine is None else _message(mine), send=tuple(send), park=tuple(park)
     )
     return _deliver(polls_plan, deliveries, inline=not first, timeout=limits.inline_timeout)
 
@@ -140,7 +140,7 @@ def release(parked: Iterable[Parked], *, slack: float, batch_size: int) -> Plan:
     """The plan for parked polls the periodic round took: every poll goes out in a message,
     batched by due time, each waiting up to ``slack`` seconds for its batch."""
     polls = [Due(job_id, attempt, due, due + slack) for job_id, attempt, due in parked]
-    return Plan(send=tuple(_batch(each) for each in group(polls, max_size=batch_size)))
+    return Plan(send=tuple(_message(each) for each in group(polls, max_size=batch_size)))
 
 
 def submit_retries(retries: Iterable[tuple[str, float]], *, now: float, max_size: int) -> Plan:
@@ -148,11 +148,11 @@ def submit_retries(retries: Iterable[tuple[str, float]], *, now: float, max_size
     time, the earliest one the message's own retry; nothing is parked. Items are
     (job id, 0)."""
     later = [Due(job_id, 0, now + delay, now + delay) for job_id, delay in retries]
-    groups = [_batch(each) for each in group(later, max_size=max_size)]
+    groups = [_message(each) for each in group(later, max_size=max_size)]
     if not groups:
         return Plan()
     return Plan(retry=groups[0], send=tuple(groups[1:]))
 
 
-def _batch(each: Group) -> Batch:
-    return Batch(each.at, tuple(each.items))
+def _message(each: Group) -> Message:
+    return Message(each.at, tuple(each.items))
