@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from pollen.settings import QueueSettings, Settings
 
@@ -60,6 +61,14 @@ def routes(queues: QueueSettings) -> dict[str, dict[str, str]]:
     }
 
 
+def declared(queues: QueueSettings) -> list[Queue]:
+    """Each queue with its own direct exchange and routing key, as a plain Celery app declares
+    a queue it sends to: a message published to one queue lands in that queue only."""
+    names = (queues.submit, queues.poll, queues.callbacks)
+    # kombu's constructors are untyped
+    return [Queue(name, Exchange(name), routing_key=name) for name in names]  # type: ignore[no-untyped-call]
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings both sides need: where messages go and how they are encoded.
 
@@ -85,6 +94,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # little gain (Flower reads the worker's events).
         "task_send_sent_event": False,
         "task_default_queue": settings.queues.submit,
+        "task_queues": declared(settings.queues),
         "task_routes": routes(settings.queues),
     }
 

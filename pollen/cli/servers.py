@@ -3,7 +3,7 @@ dashboard."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -38,11 +38,13 @@ def _pools() -> list[str]:
 
 def worker(
     concurrency: Annotated[
-        int,
-        typer.Option("--concurrency", "-c", metavar="N", help="Threads (or processes) per worker."),
-    ] = 32,
+        int | None,
+        typer.Option(
+            "--concurrency", "-c", metavar="N", help="Threads (or processes) per worker (32)."
+        ),
+    ] = None,
     pool: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--pool",
             "-P",
@@ -50,29 +52,47 @@ def worker(
             help="threads (default: the work is I/O; polls batch), prefork (time limits, "
             "crash isolation), solo; gevent or eventlet when installed.",
         ),
-    ] = "threads",
+    ] = None,
     hostname: Annotated[str, typer.Option("--hostname", "-n", metavar="NAME")] = "pollen@%h",
     queues: Annotated[str | None, typer.Option("--queues", "-Q", metavar="QUEUES")] = None,
     loglevel: Annotated[str | None, typer.Option("--loglevel", "-l", metavar="LEVEL")] = None,
 ) -> None:
     """Run a Celery worker for pollen's queues (task events on, for Flower)."""
-    if pool not in _pools():
+    if pool is not None and pool not in _pools():
         raise typer.BadParameter(f"{pool!r} is not one of {', '.join(_pools())}", param_hint="-P")
     _prepare_metrics_dir()
     with needs_extra("worker"):
         import pollen.worker.tasks  # noqa: F401  # what the worker runs needs the extra
-        from pollen.worker.app import build_worker_app
+        from pollen.worker.app import CONCURRENCY, POOL, build_worker_app
 
     settings = load_settings()
     storage_usable(settings)
     q = settings.queues
     names = queues or ",".join([q.submit, q.poll, q.callbacks])
-    celery = build_worker_app(settings)
+    pool = pool or POOL
+    size = CONCURRENCY if concurrency is None else concurrency
+    # the app's configuration names the pool too: Celery reads "-P prefork" as "no -P" and runs
+    # the configured pool instead
+    celery = build_worker_app(settings, pool, size)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
-    celery.start(
-        [*quiet, "worker", "-Q", names, "-c", str(concurrency), "-P", pool, "-n", hostname,
-         "-l", loglevel or settings.log_level, "-E", "--without-mingle", "--without-gossip"]
+    run_celery(
+        celery,
+        [*quiet, "worker", "-Q", names, "-c", str(size), "-P", pool, "-n", hostname,
+         "-l", loglevel or settings.log_level, "-E", "--without-mingle", "--without-gossip"],
     )  # fmt: skip
+
+
+def run_celery(app: Any, argv: list[str]) -> NoReturn:
+    """Run Celery's command line on ``app`` and exit with its code, as ``celery -A`` would.
+
+    ``Celery.start`` drops the code (its worker's ``Unrecoverable error`` would exit 0), so
+    this hands the app to Celery's command the way ``start`` does and lets it exit.
+    """
+    from celery.bin.celery import celery as command
+
+    command.params[0].default = app  # the --app option's value, as Celery.start sets it
+    command.main(args=argv, prog_name="celery")  # standalone: exits with the command's code
+    raise SystemExit(0)  # not reached: main exits
 
 
 def storage_usable(settings: Settings) -> None:

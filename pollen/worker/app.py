@@ -1,7 +1,8 @@
 """Builds pollen's worker Celery app from settings. Tasks live in :mod:`pollen.worker.tasks`.
 
 Run a worker with ``pollen worker`` or ``celery -A pollen.worker worker``: either consumes all
-of pollen's queues unless ``-Q`` picks some. Nothing is built at import: ``pollen.worker``
+of pollen's queues unless ``-Q`` picks some, and both run :data:`POOL` with :data:`CONCURRENCY`
+unless ``-P``/``-c`` say otherwise. Nothing is built at import: ``pollen.worker``
 builds :func:`default_app` when Celery first asks for its ``app``.
 """
 
@@ -11,27 +12,32 @@ import functools
 from typing import Any
 
 from celery import Celery
-from kombu.entity import Queue
 
 from pollen import contract
 from pollen.settings import Settings, get_settings
 
+#: the pool both worker commands run by default: the work is I/O and polls batch
+POOL = "threads"
+#: threads (or processes) per worker by default
+CONCURRENCY = 32
 
-def worker_config(settings: Settings) -> dict[str, Any]:
+
+def worker_config(
+    settings: Settings, pool: str = POOL, concurrency: int = CONCURRENCY
+) -> dict[str, Any]:
     """The producer's contract (:func:`pollen.contract.celery_config`) plus what only a worker
     reads, chosen so a Redis broker is safe for long countdown-based polling:
 
     * late acks + reject on worker lost: a task killed mid-run is redelivered, not lost;
     * prefetch 1: a busy worker does not hoard messages other workers could run;
-    * every pollen queue declared, so the plain ``celery worker`` command consumes them all;
+    * the pool and its size, so the plain ``celery worker`` command runs what ``pollen worker``
+      runs (``-c`` and ``-P`` other than ``prefork`` override them: Celery reads ``-P prefork``
+      as its default, so ``pollen worker -P prefork`` sets the pool here instead);
     * task events on (Flower), results kept only for ``pollen.submit``.
     """
-    queues = settings.queues
     return contract.celery_config(settings) | {
-        "task_queues": [
-            Queue(name)  # type: ignore[no-untyped-call]  # kombu's constructor is untyped
-            for name in (queues.submit, queues.poll, queues.callbacks)
-        ],
+        "worker_pool": pool,
+        "worker_concurrency": concurrency,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -47,11 +53,13 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build_worker_app(settings: Settings | None = None) -> Celery:
+def build_worker_app(
+    settings: Settings | None = None, pool: str = POOL, concurrency: int = CONCURRENCY
+) -> Celery:
     """The worker's Celery app: pollen's tasks, the periodic round and the metrics exporter."""
     settings = settings or get_settings()
     app = Celery("pollen", include=["pollen.worker.tasks"])
-    app.conf.update(worker_config(settings))
+    app.conf.update(worker_config(settings, pool, concurrency))
     from pollen.worker.periodic import MetricsExporter, Periodic
 
     app.steps["worker"].add(Periodic)
