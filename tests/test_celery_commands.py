@@ -1,0 +1,165 @@
+"""Celery's own commands on pollen's app behave like ``pollen worker``: the same exit code on a
+fatal error, the same pool, and queues that each receive only their own messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import celery
+import pytest
+import redis
+
+from pollen.local.servers import RedisServer, Worker, free_port
+
+pytestmark = pytest.mark.integration
+
+#: databases no other test uses: a broker nobody else consumes, and its store
+BROKER, STORE = 11, 12
+QUEUES = ("pollen.submit", "pollen.poll", "pollen.callbacks")
+PLAIN_CELERY = [sys.executable, "-m", "celery", "-A", "pollen.worker"]
+
+
+class CeleryWorker(Worker):
+    """``celery -A pollen.worker worker`` (no pool or concurrency flags) in a child process."""
+
+    def start(self) -> None:
+        self._spawn([*PLAIN_CELERY, "worker", "-n", f"{self.name}@%h", *self.extra_args])
+
+
+@pytest.fixture
+def own_env(
+    worker_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """The session's worker settings on two empty databases of the session's Redis."""
+    env = {
+        **worker_env,
+        "POLLEN_BROKER_URL": redis_server.url(BROKER),
+        "POLLEN_REDIS_URL": redis_server.url(STORE),
+        "POLLEN_METRICS_PORT": str(free_port()),
+        "POLLEN_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
+    }
+    for db in (BROKER, STORE):
+        redis.Redis.from_url(redis_server.url(db)).flushdb()
+    yield env
+    for db in (BROKER, STORE):
+        redis.Redis.from_url(redis_server.url(db)).flushdb()
+
+
+def exit_code(args: list[str], env: dict[str, str], log: Path) -> int:
+    """Run a worker command that must stop by itself; its exit code."""
+    with log.open("wb") as out:
+        done = subprocess.run(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=60, check=False
+        )
+    return done.returncode
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        # what the banner shows needs the result backend: one Celery cannot load
+        {"POLLEN_RESULT_BACKEND": "nosuchbackend://localhost", "POLLEN_LOG_FORMAT": "text"},
+        {"POLLEN_METRICS_PORT": "taken"},  # the metrics exporter cannot listen
+    ],
+    ids=["result-backend", "metrics-port"],
+)
+def test_both_worker_commands_exit_1_on_an_unrecoverable_error(
+    own_env: dict[str, str], tmp_path: Path, fault: dict[str, str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = {**os.environ, **own_env, **{k: v.replace("taken", port) for k, v in fault.items()}}
+        pollen_log, celery_log = tmp_path / "pollen.log", tmp_path / "celery.log"
+        pollen = exit_code([sys.executable, "-m", "pollen.cli", "worker"], env, pollen_log)
+        plain = exit_code([*PLAIN_CELERY, "worker"], env, celery_log)
+    for log in (pollen_log, celery_log):
+        assert "Unrecoverable error" in log.read_text()
+    assert pollen == plain == 1
+
+
+def test_a_worker_that_starts_and_stops_cleanly_exits_0(
+    own_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    worker = Worker(own_env, name="clean-exit", concurrency=2)
+    with worker:
+        worker.wait_ready(redis_server.url(BROKER))
+    assert worker.proc is not None
+    assert worker.proc.returncode == 0
+
+
+def stats(env: dict[str, str]) -> dict[str, object]:
+    """The pool in ``celery inspect stats`` of the one worker on this broker."""
+    done = subprocess.run(
+        [*PLAIN_CELERY, "inspect", "stats", "--json", "--timeout", "5"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    replies: dict[str, dict[str, object]] = json.loads(done.stdout)
+    (reply,) = replies.values()
+    pool = reply["pool"]
+    assert isinstance(pool, dict)
+    return pool
+
+
+@pytest.mark.parametrize(
+    ("flags", "implementation", "size"),
+    [
+        ((), "celery.concurrency.thread:TaskPool", 32),  # the app's configuration
+        (("-P", "solo"), "celery.concurrency.solo:TaskPool", 1),  # flags still win
+        (("-c", "3"), "celery.concurrency.thread:TaskPool", 3),
+    ],
+)
+def test_plain_celery_worker_runs_pollens_pool_unless_flags_say_otherwise(
+    own_env: dict[str, str],
+    redis_server: RedisServer,
+    flags: tuple[str, ...],
+    implementation: str,
+    size: int,
+) -> None:
+    with CeleryWorker(own_env, name="plain", extra_args=flags) as worker:
+        worker.wait_ready(redis_server.url(BROKER))
+        pool = stats(own_env)
+    assert pool["implementation"] == implementation
+    assert pool["max-concurrency"] == size
+
+
+def test_pollen_worker_runs_the_pool_it_is_given(
+    own_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """Celery reads ``-P prefork`` as "no -P" and runs the configured pool: pollen's own
+    command configures the pool it is given."""
+    with Worker(own_env, name="forked", pool="prefork", concurrency=2) as worker:
+        worker.wait_ready(redis_server.url(BROKER))
+        pool = stats(own_env)
+    assert pool["implementation"] == "celery.concurrency.prefork:TaskPool"
+    assert pool["max-concurrency"] == 2
+
+
+def test_each_queue_is_bound_to_its_own_exchange_and_receives_only_its_messages(
+    own_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    broker = redis.Redis.from_url(redis_server.url(BROKER), decode_responses=True)
+    with CeleryWorker(own_env, name="binder") as worker:
+        worker.wait_ready(redis_server.url(BROKER))
+        for name in QUEUES:
+            bound = broker.smembers(f"_kombu.binding.{name}")
+            assert [member.split("\x06\x16") for member in bound] == [[name, "", name]]
+    # The worker is gone: what a plain Celery app sends stays in the queues, to be counted.
+    producer = celery.Celery(broker=redis_server.url(BROKER))
+    try:
+        for name in QUEUES:
+            before = {queue: broker.llen(queue) for queue in QUEUES}
+            producer.send_task("pollen.submit", kwargs={"job_ids": []}, queue=name)
+            after = {queue: broker.llen(queue) for queue in QUEUES}
+            grown = {queue: after[queue] - before[queue] for queue in QUEUES}
+            assert grown == {queue: int(queue == name) for queue in QUEUES}
+    finally:
+        producer.close()
+        broker.close()
