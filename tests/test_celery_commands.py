@@ -10,12 +10,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import celery
 import pytest
 import redis
 
+from pollen import contract
 from pollen.local.servers import RedisServer, Worker, free_port
+from tests.conftest import settings_from
 
 pytestmark = pytest.mark.integration
 
@@ -145,21 +148,28 @@ def test_pollen_worker_runs_the_pool_it_is_given(
 def test_each_queue_is_bound_to_its_own_exchange_and_receives_only_its_messages(
     own_env: dict[str, str], redis_server: RedisServer
 ) -> None:
-    broker = redis.Redis.from_url(redis_server.url(BROKER), decode_responses=True)
+    broker = redis.Redis.from_url(redis_server.url(BROKER))
     with CeleryWorker(own_env, name="binder") as worker:
         worker.wait_ready(redis_server.url(BROKER))
         for name in QUEUES:
-            bound = broker.smembers(f"_kombu.binding.{name}")
-            assert [member.split("\x06\x16") for member in bound] == [[name, "", name]]
-    # The worker is gone: what a plain Celery app sends stays in the queues, to be counted.
-    producer = celery.Celery(broker=redis_server.url(BROKER))
+            bound = cast("set[bytes]", broker.smembers(f"_kombu.binding.{name}"))
+            key = name.encode()
+            assert [member.split(b"\x06\x16") for member in bound] == [[key, b"", key]]
+    # The worker is gone: what is sent stays in the queues, to be counted.
+    plain = celery.Celery(broker=redis_server.url(BROKER))
+    pollens = contract.producer_app(settings_from(own_env))
+    sends = [(plain, "pollen.submit", {"queue": name}, name) for name in QUEUES] + [
+        (pollens, contract.SUBMIT, {}, "pollen.submit"),  # pollen's routes
+        (pollens, contract.POLL, {}, "pollen.poll"),
+        (pollens, contract.DELIVER_CALLBACK, {}, "pollen.callbacks"),
+    ]
     try:
-        for name in QUEUES:
+        for app, task, options, lands_in in sends:
             before = {queue: broker.llen(queue) for queue in QUEUES}
-            producer.send_task("pollen.submit", kwargs={"job_ids": []}, queue=name)
-            after = {queue: broker.llen(queue) for queue in QUEUES}
-            grown = {queue: after[queue] - before[queue] for queue in QUEUES}
-            assert grown == {queue: int(queue == name) for queue in QUEUES}
+            app.send_task(task, kwargs={"job_ids": []}, **options)
+            grown = {queue: broker.llen(queue) - before[queue] for queue in QUEUES}
+            assert grown == {queue: int(queue == lands_in) for queue in QUEUES}, task
     finally:
-        producer.close()
+        plain.close()
+        pollens.close()
         broker.close()
