@@ -19,10 +19,14 @@ class Flower:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"}
+        env = {
+            **os.environ,
+            "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}",
+            "POLLEN_BROKER_URL": broker_url,
+        }
         env.pop("FLOWER_UNAUTHENTICATED_API", None)
-        args = [
-            sys.executable, "-m", "celery", "--broker", broker_url, "flower",
+        args = [  # the documented command: the app finds the broker from pollen's settings
+            sys.executable, "-m", "celery", "-A", "pollen.worker", "flower",
             f"--port={self.port}", "--address=127.0.0.1",
         ]  # fmt: skip
         with log.open("wb") as out:
