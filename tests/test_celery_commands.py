@@ -149,6 +149,9 @@ def test_each_queue_is_bound_to_its_own_exchange_and_receives_only_its_messages(
     own_env: dict[str, str], redis_server: RedisServer
 ) -> None:
     broker = redis.Redis.from_url(redis_server.url(BROKER))
+    # what an earlier pollen declared: every queue on pollen.submit with its routing key
+    old = [f"pollen.submit\x06\x16\x06\x16{name}" for name in QUEUES]
+    broker.sadd("_kombu.binding.pollen.submit", *old)
     with CeleryWorker(own_env, name="binder") as worker:
         worker.wait_ready(redis_server.url(BROKER))
         for name in QUEUES:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from pollen.errors import StoreUnavailable
 from pollen.settings import Settings
 from pollen.store.outbox import Outbox
 from pollen.store.sync import Store
@@ -72,6 +73,29 @@ def queue_depths(url: str, queues: list[str]) -> Callable[[], list[int]]:
         return [int(n) for n in pipe.execute()]
 
     return read
+
+
+#: how kombu's Redis transport joins a binding's fields (routing key, pattern, queue)
+BINDING_SEPARATOR = "\x06\x16"
+
+
+def drop_stale_bindings(url: str, queues: list[str]) -> int:
+    """Remove from each queue's exchange in the broker every binding but ``queue -> queue``
+    (see :mod:`pollen.worker.bindings`); how many. Raises ``StoreUnavailable``."""
+    client = redis_client(url)
+    removed = 0
+    try:
+        for name in queues:
+            key = f"_kombu.binding.{name}"
+            own = BINDING_SEPARATOR.join([name, "", name]).encode()
+            stale = [m for m in cast("set[bytes]", client.smembers(key)) if m != own]
+            if stale:
+                removed += int(client.srem(key, *stale))
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+    finally:
+        client.close()
+    return removed
 
 
 def http_client(settings: Settings) -> httpx.Client:

@@ -65,6 +65,7 @@ def build_worker_app(
     app.steps["worker"].add(Periodic)
     app.steps["worker"].add(MetricsExporter)
     app.steps["worker"].add("pollen.worker.resilience:BrokerRestartGuard")
+    app.steps["worker"].add("pollen.worker.bindings:DropStaleBindings")
     return app
 
 
