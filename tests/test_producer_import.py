@@ -154,11 +154,9 @@ def test_the_distribution_is_pollen_jobs_and_the_import_is_pollen() -> None:
     ``pollen-jobs``, imported as ``pollen``, and installs the ``pollen`` command."""
     dist = metadata.distribution("pollen-jobs")
     assert dist.version == pollen.__version__
-    assert metadata.packages_distributions()["pollen"][0] == "pollen-jobs"
+    assert "pollen-jobs" in metadata.packages_distributions()["pollen"]
     scripts = {e.name: e.value for e in dist.entry_points if e.group == "console_scripts"}
     assert scripts == {"pollen": "pollen.cli:main"}
-    with pytest.raises(metadata.PackageNotFoundError):
-        metadata.distribution("pollen")
 
 
 # --- Celery's own worker command --------------------------------------------------------------
