@@ -444,6 +444,119 @@ def test_the_shared_client_fixture_refuses_too(
         broker.close()
 
 
+# --------------------------------------------------------------------------- misspelt fields
+
+RUNWARE_IMAGE = {"taskType": "imageInference", "model": "runware:100@1", "positivePrompt": "a fox"}
+RUNWARE_AUDIO = {"taskType": "audioInference", "model": "m", "positivePrompt": "rain"}
+USEAPI = {"text_prompt": "a cat chasing a dog"}
+COMET = {"model": "gen4_turbo", "promptText": "the cat jumps"}
+
+# (provider, request, an unknown field close to a typed one, the field it was meant as, an
+# unknown field the provider may well take: far enough from every typed one to pass through)
+DIALECTS = [
+    pytest.param("runware", good_request(), "positivPrompt", "positivePrompt", "outputFormat",
+                 id="runware-video"),
+    pytest.param("runware", RUNWARE_IMAGE, "negativeprompt", "negativePrompt", "CFGScale",
+                 id="runware-image"),
+    pytest.param("runware", RUNWARE_AUDIO, "numberResult", "numberResults", "outputType",
+                 id="runware-other-task"),
+    pytest.param("useapi_runway", USEAPI, "textPrompt", "text_prompt", "image_last",
+                 id="useapi"),
+    pytest.param("comet_runway", COMET, "promptImages", "promptImage", "contentModeration",
+                 id="comet"),
+]  # fmt: skip
+
+
+def likeness(a: str, b: str) -> float:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
+
+
+def typed_fields(provider: str, request: dict[str, Any]) -> list[str]:
+    from pollen.payloads import parse_job_request
+
+    job = parse_job_request({"provider": provider, "request": request}, max_request_bytes=9999)
+    return list(type(job.request).model_fields)
+
+
+@pytest.mark.parametrize(("provider", "request_body", "typo", "meant", "other"), DIALECTS)
+def test_a_field_close_to_a_typed_one_is_refused_with_a_suggestion(
+    producer: Pollen,
+    store_redis: redis.Redis,
+    broker_redis: redis.Redis,
+    submit_queue: str,
+    provider: str,
+    request_body: dict[str, Any],
+    typo: str,
+    meant: str,
+    other: str,
+) -> None:
+    from pollen.payloads import TYPO_CUTOFF
+
+    assert likeness(typo, meant) >= TYPO_CUTOFF
+    with pytest.raises(InvalidJob) as info:
+        producer.submit(provider, request_body | {typo: "x"})
+    assert str(info.value) == f"request.{typo}: unknown field; did you mean {meant!r}?"
+    assert info.value.errors == [
+        {"type": "unknown_field", "loc": ("request", typo), "msg": f"unknown field; did you "
+         f"mean {meant!r}?"}
+    ]  # fmt: skip
+    assert_nothing_left(store_redis, broker_redis, submit_queue)
+
+
+@pytest.mark.parametrize(("provider", "request_body", "typo", "meant", "other"), DIALECTS)
+def test_a_field_far_from_every_typed_one_passes_through(
+    producer: Pollen,
+    provider: str,
+    request_body: dict[str, Any],
+    typo: str,
+    meant: str,
+    other: str,
+) -> None:
+    from pollen.payloads import TYPO_CUTOFF
+
+    fields = typed_fields(provider, request_body)
+    assert max(likeness(other, field) for field in fields) < TYPO_CUTOFF
+    job_id = producer.submit(provider, request_body | {other: "x"})
+    assert producer.get(job_id).request[other] == "x"
+
+
+def test_the_cutoff_lies_between_a_typo_and_a_real_parameter(producer: Pollen) -> None:
+    """Runware's inputs.referenceVideos is a parameter of its own, 0.80 like referenceImages;
+    inputs.referenceImage (0.97) is a typo."""
+    from pollen.payloads import TYPO_CUTOFF
+
+    assert likeness("referenceVideos", "referenceImages") < TYPO_CUTOFF
+    assert likeness("referenceImage", "referenceImages") >= TYPO_CUTOFF
+    videos = with_request(inputs={"referenceVideos": ["https://example.test/a.mp4"]})
+    job_id = producer.submit_payload(videos | {"job_id": None})
+    assert producer.get(job_id).request["inputs"] == videos["request"]["inputs"]
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(with_request(inputs={"referenceImage": ["https://x.test/a"]}))
+    assert str(info.value) == (
+        "request.inputs.referenceImage: unknown field; did you mean 'referenceImages'?"
+    )
+
+
+def test_every_misspelt_field_is_named(producer: Pollen) -> None:
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(with_request(positivPrompt="a", durration=5))
+    assert str(info.value).endswith("(and 1 more)")
+    assert [error["loc"] for error in info.value.errors] == [
+        ("request", "positivPrompt"),
+        ("request", "durration"),
+    ]
+
+
+def test_a_typed_request_with_a_misspelt_field_is_refused_at_submit(producer: Pollen) -> None:
+    from pollen.requests import RunwareVideoRequest
+
+    request = RunwareVideoRequest(model="klingai:5@3", positivPrompt="a fox")
+    with pytest.raises(InvalidJob, match=r"^request\.positivPrompt: unknown field; did you "):
+        producer.submit("runware", request)
+
+
 # --------------------------------------------------------------------------- settings
 
 
