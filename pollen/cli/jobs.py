@@ -88,10 +88,17 @@ def submit(
         float | None,
         typer.Option(metavar="SECONDS", help="Wait up to this long, showing progress."),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='Print one JSON document: {"job_id": ...}, or the finished job.'
+        ),
+    ] = False,
 ) -> None:
     """Enqueue a job (see schema/job-request.schema.json) and print its id.
 
     With --wait, print the finished job as JSON; exit 1 if it did not succeed, 3 if still running.
+    With --json, stdout is exactly one JSON document; progress stays on stderr.
     """
     from pollen import InvalidJob
 
@@ -101,7 +108,10 @@ def submit(
             job_id = client.submit_payload(job)
         except InvalidJob as exc:
             fail(str(exc), 2)
-        typer.echo(job_id)
+        if as_json and wait is None:
+            print_json({"job_id": job_id})
+        elif not as_json:
+            typer.echo(job_id)  # with --json and --wait, the finished job carries its id
         if wait is not None:
             finished = _follow(client, job_id, wait)
             print_json(_with_iso(finished.model_dump(mode="json", exclude={"request"})))
