@@ -160,6 +160,17 @@ def test_submit_wait_json_of_a_failed_job_is_still_one_document_and_exit_1(
     assert json.loads(result.stdout)["error"]["code"] == "missingParameter"
 
 
+def test_submit_wait_json_of_a_job_still_running_prints_it_as_it_stands_and_exits_3(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    job = {"provider": "runware", "request": video_request([20])}
+    result = pollen(worker_env, "submit", json.dumps(job), "--wait", "1", "--json")
+    assert result.returncode == 3, result.stderr
+    running = json.loads(result.stdout)
+    assert running["status"] in ("queued", "submitted", "processing") and running["id"]
+    assert "still" in result.stderr.splitlines()[-1]
+
+
 def test_submit_a_misspelt_field_is_a_usage_error_with_a_suggestion(
     worker_env: dict[str, str], clean: None
 ) -> None:
