@@ -26,7 +26,7 @@ from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
 from pollen.settings import Settings, get_settings
 from pollen.store import effects
-from pollen.store.connection import open_store, producer_options
+from pollen.store.connection import open_store, producer_client
 from pollen.store.listing import JobPage
 
 __all__ = ["Cancellation", "Pollen", "Submitted"]
@@ -47,7 +47,8 @@ class Pollen:
         call keeps trying an unreachable Redis before it raises :class:`StoreUnavailable`."""
         self.settings = producer_settings(settings or get_settings(), redis_timeout)
         window = self.settings.producer.redis_timeout
-        self.store, self.outbox = open_store(self.settings, producer_options(window))
+        client = producer_client(self.settings.redis_url, window)
+        self.store, self.outbox = open_store(self.settings, client)
         self._session = Session(self.settings)
         self._scripts = {**self.store.scripts, **self.outbox.scripts}
         self._celery: Celery | None = None

@@ -99,15 +99,21 @@ def producer_options(window: float, asyncio: bool = False) -> dict[str, Any]:
     }
 
 
-def redis_client(url: str, options: dict[str, Any] | None = None) -> redis.Redis:
-    """A Redis client with ``options`` (default :func:`client_options`: rides out a restart)."""
-    return redis.Redis.from_url(url, **(options or client_options()))
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client that rides out a restart (:func:`client_options`)."""
+    return redis.Redis.from_url(url, **client_options())
 
 
-def open_store(settings: Settings, options: dict[str, Any] | None = None) -> tuple[Store, Outbox]:
+def producer_client(url: str, window: float) -> redis.Redis:
+    """A Redis client that gives up after about ``window`` seconds (:func:`producer_options`)."""
+    return redis.Redis.from_url(url, **producer_options(window))
+
+
+def open_store(settings: Settings, client: redis.Redis | None = None) -> tuple[Store, Outbox]:
     """The job store and the callback outbox of ``settings.redis_url``, sharing one client
-    (``options``: how it connects, default :func:`client_options`)."""
-    client = redis_client(settings.redis_url, options)
+    (default :func:`redis_client`)."""
+    if client is None:
+        client = redis_client(settings.redis_url)
     store = Store(
         client,
         finished_ttl=settings.job_ttl,
