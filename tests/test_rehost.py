@@ -212,6 +212,7 @@ def test_a_result_url_on_a_private_address_is_refused(
     assert copy.status == "failed"
     assert "refused by the address policy" in (copy.error or ""), copy
     assert "loopback" in (copy.error or "")
+    assert "POLLEN_STORAGE__ALLOW_CIDRS" in (copy.error or "")
     assert copy.attempts == 1
     assert not (tmp_path / "out").exists()
 
@@ -394,7 +395,8 @@ def test_the_worker_command_says_s3_needs_boto3_before_it_starts(
         servers.storage_usable(settings)
     assert stopped.value.exit_code == 1
     assert capsys.readouterr().err.strip() == (
-        "error: POLLEN_STORAGE__URL=s3://bucket/prefix needs boto3: pip install 'pollen[storage]'"
+        "error: POLLEN_STORAGE__URL=s3://bucket/prefix needs boto3: "
+        "pip install 'pollen-jobs[storage]'"
     )
     # no boto3 needed
     servers.storage_usable(Settings(storage=StorageSettings(url="file:///tmp/x")))
