@@ -48,7 +48,8 @@ def worker_config(settings: Settings) -> dict[str, Any]:
 
 
 def build_worker_app(settings: Settings | None = None) -> Celery:
-    """The worker's Celery app: pollen's tasks, the periodic round and the metrics exporter."""
+    """The worker's Celery app: pollen's tasks, the periodic round, the metrics exporter and
+    the start-up checks (a worker whose webhooks would go unsigned refuses to start)."""
     settings = settings or get_settings()
     app = Celery("pollen", include=["pollen.worker.tasks"])
     app.conf.update(worker_config(settings))
@@ -57,6 +58,7 @@ def build_worker_app(settings: Settings | None = None) -> Celery:
     app.steps["worker"].add(Periodic)
     app.steps["worker"].add(MetricsExporter)
     app.steps["worker"].add("pollen.worker.resilience:BrokerRestartGuard")
+    app.steps["worker"].add("pollen.worker.signing:SigningCheck")
     return app
 
 
