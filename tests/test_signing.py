@@ -54,7 +54,7 @@ def test_allow_unsigned_defaults_to_false() -> None:
 # --- pollen secret ----------------------------------------------------------------------------
 
 
-def test_pollen_secret_prints_a_new_signing_secret(worker_env: dict[str, str]) -> None:
+def test_pollen_secret_prints_a_new_signing_secret() -> None:
     first, second = (pollen({}, "secret") for _ in range(2))
     for result in (first, second):
         assert result.returncode == 0, result.stderr
