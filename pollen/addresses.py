@@ -88,6 +88,11 @@ _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 
 
+#: the settings that hold the allow-lists, named in each refusal an allow-list could lift
+CALLBACKS_SETTING = "POLLEN_CALLBACKS__ALLOW_CIDRS"
+STORAGE_SETTING = "POLLEN_STORAGE__ALLOW_CIDRS"
+
+
 class UnsafeCallbackURL(InvalidJob):
     """A callback URL or address pollen refuses to send to (SSRF guard)."""
 
@@ -95,10 +100,12 @@ class UnsafeCallbackURL(InvalidJob):
 class AddressPolicy:
     """Allowed callback destinations: public unicast addresses plus allowlisted CIDRs."""
 
-    def __init__(self, allow: Sequence[str] = ()) -> None:
+    def __init__(self, allow: Sequence[str] = (), *, setting: str = CALLBACKS_SETTING) -> None:
         if isinstance(allow, str):
             raise TypeError("allow must be a sequence of CIDR strings, not one string")
         self.allow: tuple[IPNetwork, ...] = tuple(_network(cidr) for cidr in allow)
+        #: the environment variable that holds ``allow``, named in the refusals it could lift
+        self.setting = setting
 
     def __repr__(self) -> str:
         return f"AddressPolicy(allow={[str(net) for net in self.allow]!r})"
@@ -112,7 +119,7 @@ class AddressPolicy:
         address = _address(ip)
         reason = self._refusal(address)
         if reason is not None:
-            raise UnsafeCallbackURL(f"callback address {address} refused: {reason}")
+            raise UnsafeCallbackURL(f"callback address {address} refused: {reason}{self._lift()}")
 
     def check_url(self, url: str) -> str:
         """Return ``url`` unchanged if pollen may POST to it; UnsafeCallbackURL otherwise.
@@ -150,9 +157,14 @@ class AddressPolicy:
             reason = self._refusal(_address(address))
             if reason is not None:
                 raise UnsafeCallbackURL(
-                    f"callback host {host!r} resolves to {address}, which is refused: {reason}"
+                    f"callback host {host!r} resolves to {address}, which is refused: "
+                    f"{reason}{self._lift()}"
                 )
         return addresses
+
+    def _lift(self, network: str = "its network") -> str:
+        """How to allow a refused destination: what to add to which setting."""
+        return f"; to allow it, add {network} to {self.setting}"
 
     def _refusal(self, ip: IPAddress) -> str | None:
         return None if self.allows(ip) else unsafe_reason(ip)
@@ -162,12 +174,12 @@ class AddressPolicy:
         if _is_loopback_name(name):
             if not any(self.allows(ip) for ip in _LOOPBACKS):
                 raise UnsafeCallbackURL(
-                    f"callback host {host!r} is a loopback name (allowlist 127.0.0.0/8 to allow)"
+                    f"callback host {host!r} is a loopback name{self._lift('127.0.0.0/8')}"
                 )
         elif _is_internal_name(name) and not self.allow:
             raise UnsafeCallbackURL(
                 f"callback host {host!r} is an internal-only name (metadata, *.internal, "
-                "*.local, single-label); allowlist the network it lives in to allow it"
+                f"*.local, single-label){self._lift('the network it lives in')}"
             )
 
 

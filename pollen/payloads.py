@@ -7,14 +7,15 @@ The accepted shape is the union of every registered dialect's job model, told ap
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Union
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from pollen.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.errors import IdempotencyConflict, InvalidJob
@@ -27,6 +28,10 @@ from pollen.store.effects import Op
 from pollen.store.sync import Store
 
 MAX_NESTING = 8
+#: how alike (difflib ratio, case ignored) an unknown request field must be to a typed one to be
+#: refused as its misspelling: positivPrompt is 0.96 like positivePrompt, while Runware's
+#: referenceVideos, a real parameter, is 0.80 like referenceImages and passes through
+TYPO_CUTOFF = 0.85
 KNOWN_PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
 
 _models = tuple(provider.job_model for provider in REGISTRY.values())
@@ -64,6 +69,47 @@ def _field_path(error: Any) -> str:
     return ".".join(str(part) for part in error["loc"]) or "(payload)"
 
 
+def _invalid(details: list[dict[str, Any]]) -> InvalidJob:
+    """The refusal naming the first bad field (and how many more there are)."""
+    first = details[0]
+    message = f"{_field_path(first)}: {first['msg']}"
+    if len(details) > 1:
+        message += f" (and {len(details) - 1} more)"
+    return InvalidJob(message, errors=details)
+
+
+def _misspelt(model: BaseModel, loc: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """The fields of ``model`` (and of the models in it) that no model types but that are
+    close to one it does: each one's location and the field it was probably meant as.
+
+    Fields far from every typed one pass through: providers add parameters pollen does not type.
+    """
+    fields = type(model).model_fields
+    typed = {
+        spelling.lower(): spelling
+        for name, field in fields.items()
+        for spelling in (name, field.alias)
+        if spelling
+    }
+    for extra in model.model_extra or {}:
+        close = difflib.get_close_matches(extra.lower(), typed, n=1, cutoff=TYPO_CUTOFF)
+        if close:
+            yield (*loc, extra), typed[close[0]]
+    for name in fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _misspelt(value, (*loc, name))
+
+
+def _check_spelling(request: BaseModel) -> None:
+    details = [
+        {"type": "unknown_field", "loc": loc, "msg": f"unknown field; did you mean {meant!r}?"}
+        for loc, meant in _misspelt(request, ("request",))
+    ]
+    if details:
+        raise _invalid(details)
+
+
 def _check_request_size(request: Any, max_bytes: int) -> None:
     if _too_deep(request, MAX_NESTING):
         raise InvalidJob(f"request: nested deeper than {MAX_NESTING} levels")
@@ -94,17 +140,15 @@ def parse_job_request(payload: Any, *, max_request_bytes: int) -> JobRequest:
         raise InvalidJob(f"provider: unknown provider {provider!r} (known: {known})")
     _check_request_size(payload.get("request"), max_request_bytes)
     try:
-        return JOB_REQUEST.validate_python(payload)
+        job = JOB_REQUEST.validate_python(payload)
     except ValidationError as exc:
         details = [
             {**error, "loc": _field_loc(error["loc"], provider)}
             for error in exc.errors(include_url=False, include_context=False, include_input=False)
         ]
-        first = details[0]
-        message = f"{_field_path(first)}: {first['msg']}"
-        if len(details) > 1:
-            message += f" (and {len(details) - 1} more)"
-        raise InvalidJob(message, errors=[dict(d) for d in details]) from None
+        raise _invalid(details) from None
+    _check_spelling(job.request)
+    return job
 
 
 def job_request_schema() -> dict[str, Any]:

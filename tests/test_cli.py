@@ -129,6 +129,59 @@ def test_submit_wait_prints_plain_progress_lines_then_the_job(
     assert any(" results 1/2" in line for line in progress)
 
 
+def test_submit_json_prints_one_document_with_the_job_id(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    result = pollen(worker_env, "submit", json.dumps(IMAGE), "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert list(document) == ["job_id"] and re.fullmatch(r"[0-9a-f]{32}", document["job_id"])
+    assert result.stderr == ""
+
+
+def test_submit_wait_json_prints_only_the_finished_job(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    job = {"provider": "runware", "request": video_request([0.5, 1.5])}
+    result = pollen(worker_env, "submit", json.dumps(job), "--wait", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    finished = json.loads(result.stdout)
+    assert finished["status"] == "succeeded" and len(finished["results"]) == 2
+    progress = result.stderr.splitlines()
+    assert progress[-1] == f"{finished['id']} succeeded results 2/2 progress 100%"
+
+
+def test_submit_wait_json_of_a_failed_job_is_still_one_document_and_exit_1(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    job = {"provider": "runware", "request": {"taskType": "imageInference", "model": "m:1@1"}}
+    result = pollen(worker_env, "submit", json.dumps(job), "--wait", "30", "--json")
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["error"]["code"] == "missingParameter"
+
+
+def test_submit_wait_json_of_a_job_still_running_prints_it_as_it_stands_and_exits_3(
+    worker_env: dict[str, str], worker: Worker, clean: None
+) -> None:
+    job = {"provider": "runware", "request": video_request([20])}
+    result = pollen(worker_env, "submit", json.dumps(job), "--wait", "1", "--json")
+    assert result.returncode == 3, result.stderr
+    running = json.loads(result.stdout)
+    assert running["status"] in ("queued", "submitted", "processing") and running["id"]
+    assert "still" in result.stderr.splitlines()[-1]
+
+
+def test_submit_a_misspelt_field_is_a_usage_error_with_a_suggestion(
+    worker_env: dict[str, str], clean: None
+) -> None:
+    request = {"taskType": "imageInference", "model": "runware:101@1", "positivPrompt": "a fox"}
+    job = {"provider": "runware", "request": request}
+    result = pollen(worker_env, "submit", json.dumps(job), "--json")
+    line = assert_user_error(result, "request.positivPrompt: unknown field", code=2)
+    assert line.endswith("did you mean 'positivePrompt'?")
+    assert result.stdout == ""
+
+
 def test_submit_wait_for_a_job_that_fails_exits_1(
     worker_env: dict[str, str], worker: Worker, clean: None
 ) -> None:
@@ -243,6 +296,30 @@ def test_callbacks_list_shows_a_refused_attempt_once_and_replay_names_an_unknown
     assert re.fullmatch(r"    \S+Z  retry +HTTP 500  \d+ ms", attempt), attempt
     replay = pollen(worker_env, "callbacks", "replay", job_id, "--delivery", "msg_nope")
     assert_user_error(replay, f"job {job_id} has no delivery msg_nope")
+
+
+def test_callbacks_list_says_why_the_worker_refused_what_the_producer_allowed(
+    worker_env: dict[str, str], worker: Worker, settings: Settings, clean: None
+) -> None:
+    """The producer allow-lists ::1, the workers only 127.0.0.0/8: the job is accepted and its
+    delivery refused, and the listed attempt names the refusal and the setting to change."""
+    from pollen import Pollen
+
+    callbacks = settings.callbacks.model_copy(update={"allow_cidrs": ["127.0.0.0/8", "::1/128"]})
+    hook = f"http://[::1]:{free_port()}/hook"
+    with Pollen(settings.model_copy(update={"callbacks": callbacks})) as producer:
+        job_id = producer.submit_payload({**IMAGE, "callback_url": hook})
+        producer.wait(job_id, 30)
+        eventually(lambda: attempted(producer, job_id), what="a delivery attempt")
+    listed = pollen(worker_env, "callbacks", "list", job_id)
+    assert listed.returncode == 0, listed.stderr
+    delivery, attempt = listed.stdout.splitlines()[:2]
+    assert delivery.endswith(hook)
+    assert re.fullmatch(
+        r"    \S+Z  failed +HTTP -  \d+ ms  callback address ::1 refused: loopback; to allow "
+        r"it, add its network to POLLEN_CALLBACKS__ALLOW_CIDRS",
+        attempt,
+    ), attempt
 
 
 @pytest.mark.parametrize("command", ["list", "replay"])

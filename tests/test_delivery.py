@@ -319,7 +319,8 @@ def test_localhost_is_refused_at_connect_time_too(http: httpx.Client) -> None:
     assert attempt.outcome == "failed"
     assert (
         attempt.error
-        == "callback host 'localhost' resolves to 127.0.0.1, which is refused: loopback"
+        == "callback host 'localhost' resolves to 127.0.0.1, which is refused: loopback; to "
+        "allow it, add its network to POLLEN_CALLBACKS__ALLOW_CIDRS"
     )
     assert (receiver.requests, receiver.connections) == ([], 0)
 

@@ -212,6 +212,7 @@ def test_a_result_url_on_a_private_address_is_refused(
     assert copy.status == "failed"
     assert "refused by the address policy" in (copy.error or ""), copy
     assert "loopback" in (copy.error or "")
+    assert "POLLEN_STORAGE__ALLOW_CIDRS" in (copy.error or "")
     assert copy.attempts == 1
     assert not (tmp_path / "out").exists()
 

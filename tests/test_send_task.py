@@ -58,3 +58,23 @@ def test_send_task_with_a_bad_payload_is_refused_and_stores_nothing(
     job_id = ok.get(timeout=20)["job_id"]
     assert client.wait(job_id, timeout=20).status is JobStatus.SUCCEEDED
     producer.close()
+
+
+def test_send_task_with_a_misspelt_field_is_refused_with_a_suggestion(
+    worker: Worker, client: Pollen, redis_server: RedisServer
+) -> None:
+    producer = celery.Celery(
+        broker=redis_server.url(BROKER_DB), backend=redis_server.url(BROKER_DB)
+    )
+    request = video_request([0.2])
+    request["positivPrompt"] = request.pop("positivePrompt")
+    typo = {"provider": "runware", "request": request, "job_id": "typo-1"}
+    answer = producer.send_task("pollen.submit", kwargs={"job": typo}, queue="pollen.submit")
+    with pytest.raises(Exception) as caught:
+        answer.get(timeout=20)
+    assert type(caught.value).__name__ == "InvalidJob"
+    assert str(caught.value) == (
+        "request.positivPrompt: unknown field; did you mean 'positivePrompt'?"
+    )
+    assert client.store.redis.keys("pollen:job:*") == []
+    producer.close()

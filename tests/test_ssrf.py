@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from pollen.addresses import AddressPolicy, UnsafeCallbackURL, unsafe_reason
+from pollen.addresses import (
+    CALLBACKS_SETTING,
+    STORAGE_SETTING,
+    AddressPolicy,
+    UnsafeCallbackURL,
+    unsafe_reason,
+)
 from pollen.errors import InvalidJob
 
 DEFAULT = AddressPolicy()
@@ -213,6 +219,46 @@ def test_any_allowlist_admits_internal_names_but_not_loopback_names() -> None:
         corp.check_ip("10.21.0.1")
     with pytest.raises(UnsafeCallbackURL, match="loopback name"):
         corp.check_url("http://localhost/x")
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1/", "callback address 127.0.0.1 refused: loopback; to allow it, add "
+         "its network to POLLEN_CALLBACKS__ALLOW_CIDRS"),
+        ("http://[::ffff:10.0.0.1]/", "which is private (RFC 1918); to allow it, add its "
+         "network to POLLEN_CALLBACKS__ALLOW_CIDRS"),
+        ("http://localhost/", "callback host 'localhost' is a loopback name; to allow it, add "
+         "127.0.0.0/8 to POLLEN_CALLBACKS__ALLOW_CIDRS"),
+        ("http://receiver:8080/", "single-label); to allow it, add the network it lives in to "
+         "POLLEN_CALLBACKS__ALLOW_CIDRS"),
+    ],
+)  # fmt: skip
+def test_a_refusal_the_allowlist_could_lift_names_its_setting(url: str, says: str) -> None:
+    with pytest.raises(UnsafeCallbackURL) as caught:
+        DEFAULT.check_url(url)
+    assert str(caught.value).endswith(says)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/", "http://user:pw@example.com/", "http://example.com:99999/"]
+)
+def test_a_refusal_no_allowlist_could_lift_does_not_name_it(url: str) -> None:
+    with pytest.raises(UnsafeCallbackURL) as caught:
+        DEFAULT.check_url(url)
+    assert "ALLOW_CIDRS" not in str(caught.value)
+
+
+def test_each_policy_names_its_own_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dns(monkeypatch, {"files.example.com": ["10.1.2.3"]})
+    fetch = AddressPolicy(setting=STORAGE_SETTING)
+    with pytest.raises(UnsafeCallbackURL) as caught:
+        fetch.resolve("files.example.com", 443)
+    assert str(caught.value) == (
+        "callback host 'files.example.com' resolves to 10.1.2.3, which is refused: private "
+        "(RFC 1918); to allow it, add its network to POLLEN_STORAGE__ALLOW_CIDRS"
+    )
+    assert CALLBACKS_SETTING not in str(caught.value)
 
 
 @pytest.mark.parametrize("cidr", ["10.0.0.1/8", "300.0.0.0/8", "localhost", "::1/129", ""])

@@ -12,11 +12,12 @@ the message count is exact even if another test module started a worker that con
 from __future__ import annotations
 
 import base64
+import difflib
 import json
 import math
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -26,6 +27,7 @@ from pollen import Pollen
 from pollen.errors import IdempotencyConflict, InvalidJob
 from pollen.local.servers import RedisServer
 from pollen.models import JobStatus
+from pollen.payloads import TYPO_CUTOFF, parse_job_request
 from pollen.settings import QueueSettings, Settings
 
 STORE_DB, BROKER_DB = 1, 0
@@ -442,6 +444,110 @@ def test_the_shared_client_fixture_refuses_too(
         assert broker.llen("pollen.submit") <= before
     finally:
         broker.close()
+
+
+# --------------------------------------------------------------------------- misspelt fields
+
+RUNWARE_IMAGE = {"taskType": "imageInference", "model": "runware:100@1", "positivePrompt": "a fox"}
+RUNWARE_AUDIO = {"taskType": "audioInference", "model": "m", "positivePrompt": "rain"}
+USEAPI = {"text_prompt": "a cat chasing a dog"}
+COMET = {"model": "gen4_turbo", "promptText": "the cat jumps"}
+
+
+class Misspelling(NamedTuple):
+    """A dialect's request, an unknown field close to a typed one, the field it was meant as,
+    and an unknown field the provider may well take: far enough from every typed one."""
+
+    provider: str
+    request: dict[str, Any]
+    typo: str
+    meant: str
+    other: str
+
+
+DIALECTS = [
+    pytest.param(Misspelling("runware", good_request(), "positivPrompt", "positivePrompt",
+                             "outputFormat"), id="runware-video"),
+    pytest.param(Misspelling("runware", RUNWARE_IMAGE, "negativeprompt", "negativePrompt",
+                             "CFGScale"), id="runware-image"),
+    pytest.param(Misspelling("runware", RUNWARE_AUDIO, "numberResult", "numberResults",
+                             "outputType"), id="runware-other-task"),
+    pytest.param(Misspelling("useapi_runway", USEAPI, "textPrompt", "text_prompt",
+                             "image_last"), id="useapi"),
+    pytest.param(Misspelling("comet_runway", COMET, "promptImages", "promptImage",
+                             "contentModeration"), id="comet"),
+]  # fmt: skip
+
+
+def likeness(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
+
+
+def typed_fields(provider: str, request: dict[str, Any]) -> list[str]:
+    job = parse_job_request({"provider": provider, "request": request}, max_request_bytes=9999)
+    return list(type(job.request).model_fields)
+
+
+@pytest.mark.parametrize("case", DIALECTS)
+def test_a_field_close_to_a_typed_one_is_refused_with_a_suggestion(
+    producer: Pollen,
+    store_redis: redis.Redis,
+    broker_redis: redis.Redis,
+    submit_queue: str,
+    case: Misspelling,
+) -> None:
+    assert likeness(case.typo, case.meant) >= TYPO_CUTOFF
+    with pytest.raises(InvalidJob) as info:
+        producer.submit(case.provider, case.request | {case.typo: "x"})
+    said = f"unknown field; did you mean {case.meant!r}?"
+    assert str(info.value) == f"request.{case.typo}: {said}"
+    assert info.value.errors == [
+        {"type": "unknown_field", "loc": ("request", case.typo), "msg": said}
+    ]
+    assert_nothing_left(store_redis, broker_redis, submit_queue)
+
+
+@pytest.mark.parametrize("case", DIALECTS)
+def test_a_field_far_from_every_typed_one_passes_through(
+    producer: Pollen, case: Misspelling
+) -> None:
+    fields = typed_fields(case.provider, case.request)
+    assert max(likeness(case.other, field) for field in fields) < TYPO_CUTOFF
+    job_id = producer.submit(case.provider, case.request | {case.other: "x"})
+    assert producer.get(job_id).request[case.other] == "x"
+
+
+def test_the_cutoff_lies_between_a_typo_and_a_real_parameter(producer: Pollen) -> None:
+    """Runware's inputs.referenceVideos is a parameter of its own, 0.80 like referenceImages;
+    inputs.referenceImage (0.97) is a typo."""
+    assert likeness("referenceVideos", "referenceImages") < TYPO_CUTOFF
+    assert likeness("referenceImage", "referenceImages") >= TYPO_CUTOFF
+    videos = with_request(inputs={"referenceVideos": ["https://example.test/a.mp4"]})
+    job_id = producer.submit_payload(videos | {"job_id": None})
+    assert producer.get(job_id).request["inputs"] == videos["request"]["inputs"]
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(with_request(inputs={"referenceImage": ["https://x.test/a"]}))
+    assert str(info.value) == (
+        "request.inputs.referenceImage: unknown field; did you mean 'referenceImages'?"
+    )
+
+
+def test_every_misspelt_field_is_named(producer: Pollen) -> None:
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(with_request(positivPrompt="a", durration=5))
+    assert str(info.value).endswith("(and 1 more)")
+    assert [error["loc"] for error in info.value.errors] == [
+        ("request", "positivPrompt"),
+        ("request", "durration"),
+    ]
+
+
+def test_a_typed_request_with_a_misspelt_field_is_refused_at_submit(producer: Pollen) -> None:
+    from pollen.requests import RunwareVideoRequest
+
+    request = RunwareVideoRequest(model="klingai:5@3", positivPrompt="a fox")
+    with pytest.raises(InvalidJob, match=r"^request\.positivPrompt: unknown field; did you "):
+        producer.submit("runware", request)
 
 
 # --------------------------------------------------------------------------- settings

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -50,9 +51,12 @@ def _progress(job: Job) -> str:
     return line
 
 
-def _follow(client: Pollen, job_id: str, timeout: float) -> Job:
+def _follow(
+    client: Pollen, job_id: str, timeout: float, *, running: Callable[[], None] = lambda: None
+) -> Job:
     """``client.wait`` with progress on stderr: one updating line on a terminal, else one
-    plain line per change. Exit 3 (one line) if the job is still running at ``timeout``."""
+    plain line per change. Exit 3 (one line) if the job is still running at ``timeout``,
+    after calling ``running``."""
     from pollen import JobNotFound, WaitTimeout
 
     live = sys.stderr.isatty()
@@ -71,6 +75,7 @@ def _follow(client: Pollen, job_id: str, timeout: float) -> Job:
     except JobNotFound as exc:
         fail(str(exc))
     except WaitTimeout as exc:
+        running()
         fail(str(exc), 3)
     finally:
         if live and shown:
@@ -88,10 +93,18 @@ def submit(
         float | None,
         typer.Option(metavar="SECONDS", help="Wait up to this long, showing progress."),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='Print one JSON document: {"job_id": ...}, or the finished job.'
+        ),
+    ] = False,
 ) -> None:
     """Enqueue a job (see schema/job-request.schema.json) and print its id.
 
     With --wait, print the finished job as JSON; exit 1 if it did not succeed, 3 if still running.
+    With --json, stdout is exactly one JSON document; progress stays on stderr (still running
+    after --wait: the job as it stands).
     """
     from pollen import InvalidJob
 
@@ -101,10 +114,18 @@ def submit(
             job_id = client.submit_payload(job)
         except InvalidJob as exc:
             fail(str(exc), 2)
-        typer.echo(job_id)
+        if as_json and wait is None:
+            print_json({"job_id": job_id})
+        elif not as_json:
+            typer.echo(job_id)  # with --json and --wait, the finished job carries its id
         if wait is not None:
-            finished = _follow(client, job_id, wait)
-            print_json(_with_iso(finished.model_dump(mode="json", exclude={"request"})))
+
+            def as_it_stands() -> None:  # still one document, which carries the job's id
+                if as_json:
+                    print_json(_job_json(client.get(job_id)))
+
+            finished = _follow(client, job_id, wait, running=as_it_stands)
+            print_json(_job_json(finished))
             if finished.status.value != "succeeded":
                 raise typer.Exit(1)
 
@@ -157,6 +178,12 @@ def cancel(
 
 
 TIMESTAMPS = ("created_at", "submitted_at", "finished_at", "updated_at", "deadline_at")
+
+
+def _job_json(job: Job) -> dict[str, Any]:
+    """A job as ``submit --wait`` and ``jobs --json`` print it: without its request, with ISO
+    timestamps."""
+    return _with_iso(job.model_dump(mode="json", exclude={"request"}))
 
 
 def _with_iso(record: dict[str, Any]) -> dict[str, Any]:
@@ -302,13 +329,7 @@ def jobs(
         except InvalidJob as exc:
             fail(str(exc), 2)
     if as_json:
-        print_json(
-            {
-                "jobs": [_with_iso(job.model_dump(mode="json", exclude={"request"}))
-                         for job in page.jobs],
-                "next_cursor": page.next_cursor,
-            }
-        )  # fmt: skip
+        print_json({"jobs": [_job_json(job) for job in page.jobs], "next_cursor": page.next_cursor})
         return
     typer.echo(f"{'JOB':36}  {'STATUS':10}  {'PROVIDER':14}  {'CREATED (UTC)':20}  RESULTS  POLLS")
     for job in page.jobs:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from pollen.addresses import AddressPolicy
+from pollen.addresses import STORAGE_SETTING, AddressPolicy
 from pollen.providers import Provider, build_providers
 from pollen.providers.calls import ProviderCalls
 from pollen.providers.http import observe_requests
@@ -90,7 +90,7 @@ def build_deps(settings: Settings) -> Deps:
         outbox=outbox,
         policy=AddressPolicy(settings.callbacks.allow_cidrs),
         storage=open_storage(settings.storage),
-        fetch_policy=AddressPolicy(settings.storage.allow_cidrs),
+        fetch_policy=AddressPolicy(settings.storage.allow_cidrs, setting=STORAGE_SETTING),
     )
 
 
