@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pollen.callbacks import webhooks
-from pollen.local.servers import RedisServer, Worker, free_port
+from pollen.local.servers import RedisServer, Worker
 from pollen.settings import CallbackSettings
 from pollen.worker import signing
 from tests.test_cli import assert_user_error, pollen
@@ -76,22 +77,19 @@ def test_pollen_secret_takes_no_argument() -> None:
 @pytest.fixture
 def bare_env(worker_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     """The session's worker environment on a Redis of its own (a worker here never takes the
-    session's jobs), without a signing secret."""
+    session's jobs), without a signing secret nor a metrics port (none to collide on)."""
     with RedisServer() as server:
-        env = {k: v for k, v in worker_env.items() if k != SECRETS}
+        env = {k: v for k, v in worker_env.items() if k not in (SECRETS, "POLLEN_METRICS_PORT")}
         yield env | {
             "POLLEN_REDIS_URL": server.url(1),
             "POLLEN_BROKER_URL": server.url(0),
-            "POLLEN_METRICS_PORT": str(free_port()),
             "POLLEN_HEARTBEAT_FILE": str(tmp_path / "worker.heartbeat"),
         }
 
 
 def unset(env: dict[str, str]) -> dict[str, str]:
     """``env`` added to this process's environment, with no signing secret in either."""
-    from os import environ
-
-    return {k: v for k, v in {**environ, **env}.items() if k not in (SECRETS, ALLOW)}
+    return {k: v for k, v in {**os.environ, **env}.items() if k not in (SECRETS, ALLOW)}
 
 
 @pytest.mark.integration
