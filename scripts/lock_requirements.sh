@@ -19,7 +19,7 @@ trap 'rm -rf "$tools"' EXIT
 python3 -m venv "$tools/venv"
 "$tools/venv/bin/pip" install --quiet uv
 uv="$tools/venv/bin/uv"
-"$venv/bin/python" -m pip freeze --exclude-editable | grep -v '^pollen==' > "$tools/installed.txt"
+"$venv/bin/python" -m pip freeze --exclude-editable | grep -v -i -E '^pollen[-_.]jobs( @|==)' > "$tools/installed.txt"
 common=(--universal --python-version 3.11 --generate-hashes --no-header --annotation-style line
         --index-url https://pypi.org/simple)
 {

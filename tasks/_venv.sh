@@ -16,6 +16,8 @@ ensure_venv() {
     return
   fi
   .venv/bin/python -m pip install --quiet --upgrade pip
+  # a .venv from before the distribution was renamed to pollen-jobs: drop the old "pollen"
+  .venv/bin/python -m pip uninstall --quiet --yes pollen 2>/dev/null || true
   .venv/bin/python -m pip install --quiet --editable ".${extras}"
   echo "${stamp}" > "${marker}"
 }

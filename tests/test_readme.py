@@ -161,3 +161,19 @@ def test_readme_command_table_lists_every_command() -> None:
     section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `pollen ([a-z]+(?: (?:list|replay))?)\b", section, re.MULTILINE)
     assert sorted(rows) == sorted(commands)
+
+
+#: an install line that names the package index's "pollen" (an unrelated project), not ours
+TAKEN_NAME = re.compile(r"pip install (?:pollen\b(?![-_.\w])|'pollen\[)")
+
+
+def test_install_lines_name_the_distribution_pollen_jobs() -> None:
+    """pollen is published as ``pollen-jobs``; the pages and the code's hints say so (the
+    changelog may tell what the old name installs)."""
+    sources = [*SOURCES, *sorted((ROOT / "pollen").rglob("*.py"))]
+    found = [f"{p.name}: {m[0]}" for p in sources for m in TAKEN_NAME.finditer(p.read_text())]
+    assert found == []
+    assert TAKEN_NAME.search("pip install pollen  # the producer")
+    assert TAKEN_NAME.search("pip install 'pollen[worker]'")
+    assert not TAKEN_NAME.search("pip install pollen-jobs 'pollen-jobs[worker]'")
+    assert "`pollen-jobs`" in README.read_text().split("## Install", 1)[1].split("\n## ", 1)[0]

@@ -395,7 +395,8 @@ def test_the_worker_command_says_s3_needs_boto3_before_it_starts(
         servers.storage_usable(settings)
     assert stopped.value.exit_code == 1
     assert capsys.readouterr().err.strip() == (
-        "error: POLLEN_STORAGE__URL=s3://bucket/prefix needs boto3: pip install 'pollen[storage]'"
+        "error: POLLEN_STORAGE__URL=s3://bucket/prefix needs boto3: "
+        "pip install 'pollen-jobs[storage]'"
     )
     # no boto3 needed
     servers.storage_usable(Settings(storage=StorageSettings(url="file:///tmp/x")))

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
+from pollen.install import pip_install
+
 if TYPE_CHECKING:
     from pollen.client import Pollen
     from pollen.settings import Settings
@@ -100,10 +102,10 @@ def about_a_job(use: Callable[[Pollen], T]) -> T:
 @contextmanager
 def needs_extra(name: str) -> Iterator[None]:
     """Imports of a command that needs pollen's ``name`` extra: a missing package is a one-line
-    hint, not a traceback (``pip install pollen`` is the producer only)."""
+    hint, not a traceback (``pip install pollen-jobs`` is the producer only)."""
     try:
         yield
     except ModuleNotFoundError as exc:
         if not exc.name or exc.name.partition(".")[0] == "pollen":
             raise
-        fail(f"this command needs {exc.name.partition('.')[0]}: pip install 'pollen[{name}]'")
+        fail(f"this command needs {exc.name.partition('.')[0]}: {pip_install(name)}")

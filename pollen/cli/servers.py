@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pollen.cli.common import fail, load_settings, needs_extra, opt, require_redis
+from pollen.install import pip_install
 
 if TYPE_CHECKING:
     from pollen.settings import Settings
@@ -84,7 +85,7 @@ def storage_usable(settings: Settings) -> None:
 
     url = settings.storage.url or ""
     if url.startswith("s3://") and importlib.util.find_spec("boto3") is None:
-        fail(f"POLLEN_STORAGE__URL={url} needs boto3: pip install 'pollen[storage]'")
+        fail(f"POLLEN_STORAGE__URL={url} needs boto3: {pip_install('storage')}")
 
 
 def _port_free(host: str, port: int) -> None:

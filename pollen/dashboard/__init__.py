@@ -1,4 +1,4 @@
-"""The jobs dashboard (``pollen dashboard``, ``pip install 'pollen[dashboard]'``).
+"""The jobs dashboard (``pollen dashboard``, ``pip install 'pollen-jobs[dashboard]'``).
 
 Server-rendered pages beside Flower: the jobs with filters and live counts, one job's
 timeline, results, errors, audit trail and callback deliveries (with cancel and replay), and

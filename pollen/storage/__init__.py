@@ -5,7 +5,7 @@ A backend stores one object under a key and says the URL that serves it:
 - ``file:///a/directory`` (:mod:`pollen.storage.local`): files in a local directory, the
   embedded default; the URL is ``file://…`` or ``public_url`` + key.
 - ``s3://bucket/prefix`` (:mod:`pollen.storage.s3`): any S3-compatible store through boto3
-  (``pip install 'pollen[storage]'``).
+  (``pip install 'pollen-jobs[storage]'``).
 
 The key of a copy is ``<prefix>/<job id>/<generation id><extension>``: copying the same
 result twice writes the same object, so a repeated copy is harmless. A copy is stored as the

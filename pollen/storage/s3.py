@@ -2,7 +2,7 @@
 
 boto3 is AWS's own SDK, maintained with the service, and speaks to any S3-compatible store
 (MinIO, Cloudflare R2, Ceph...) through ``POLLEN_STORAGE__S3_ENDPOINT_URL``; it is the
-``storage`` extra (``pip install 'pollen[storage]'``), not a producer dependency. One client
+``storage`` extra (``pip install 'pollen-jobs[storage]'``), not a producer dependency. One client
 per worker process; the upload is boto3's managed transfer (multipart for large files).
 """
 
@@ -12,6 +12,7 @@ from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
 from pollen.errors import CopyUnavailable
+from pollen.install import pip_install
 from pollen.settings import StorageSettings
 from pollen.storage import public
 
@@ -37,7 +38,7 @@ class S3Storage:
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise RuntimeError(
                 "POLLEN_STORAGE__URL is s3://… but boto3 is not installed: "
-                "pip install 'pollen[storage]'"
+                + pip_install("storage")
             ) from exc
         parts = urlsplit(settings.url or "")
         key_id, secret = settings.s3_access_key_id, settings.s3_secret_access_key
