@@ -26,23 +26,26 @@ from celery import Celery
 from pollen import contract, producer
 from pollen.errors import WaitTimeout
 from pollen.models import Job, JobStatus
-from pollen.producer import Cancellation, Flow, Send, Session, Submitted
+from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
 from pollen.settings import Settings, get_settings
 from pollen.store import effects
 from pollen.store.aio import AsyncStore
 from pollen.store.listing import JobPage
 
 T = TypeVar("T")
-#: longest single wait for an event, seconds (well below the Redis client's socket timeout)
+#: longest single wait for an event, seconds (each read has its own timeout)
 WAIT_SLICE = 5.0
 
 
 class AsyncPollen:
     """Submit jobs to pollen's workers and follow them, from asyncio code."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
-        self.store = AsyncStore(self.settings.redis_url)
+    def __init__(
+        self, settings: Settings | None = None, *, redis_timeout: float | None = None
+    ) -> None:
+        """``redis_timeout``: :meth:`pollen.Pollen`'s."""
+        self.settings = producer_settings(settings or get_settings(), redis_timeout)
+        self.store = AsyncStore(self.settings.redis_url, self.settings.producer.redis_timeout)
         self._session = Session(self.settings)
         self._celery: Celery | None = None
 

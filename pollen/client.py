@@ -23,16 +23,16 @@ from celery import Celery
 from pollen import contract, producer
 from pollen.errors import WaitTimeout
 from pollen.models import Job, JobStatus
-from pollen.producer import Cancellation, Flow, Send, Session, Submitted
+from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
 from pollen.settings import Settings, get_settings
 from pollen.store import effects
-from pollen.store.connection import open_store
+from pollen.store.connection import open_store, producer_client
 from pollen.store.listing import JobPage
 
 __all__ = ["Cancellation", "Pollen", "Submitted"]
 
 T = TypeVar("T")
-#: longest blocking read of wait(), seconds; shorter than the Redis client's socket timeout
+#: longest blocking read of wait(), seconds
 WAIT_SLICE = 5.0
 
 
@@ -40,9 +40,15 @@ class Pollen:
     """Submit jobs to pollen's workers and follow them (:class:`pollen.AsyncPollen` is the
     same client for asyncio; both run the operations of :mod:`pollen.producer`)."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
-        self.store, self.outbox = open_store(self.settings)
+    def __init__(
+        self, settings: Settings | None = None, *, redis_timeout: float | None = None
+    ) -> None:
+        """``redis_timeout`` (default ``settings.producer.redis_timeout``, 5 s): seconds a
+        call keeps trying an unreachable Redis before it raises :class:`StoreUnavailable`."""
+        self.settings = producer_settings(settings or get_settings(), redis_timeout)
+        window = self.settings.producer.redis_timeout
+        client = producer_client(self.settings.redis_url, window)
+        self.store, self.outbox = open_store(self.settings, client)
         self._session = Session(self.settings)
         self._scripts = {**self.store.scripts, **self.outbox.scripts}
         self._celery: Celery | None = None
@@ -195,14 +201,12 @@ class Pollen:
         """Block until the job ends (at most ``timeout`` seconds), without busy-polling.
 
         Listens to the job's events (Redis Pub/Sub) in slices of at most :data:`WAIT_SLICE`
-        seconds (and a third of the Redis client's socket timeout, which a longer blocking
-        read would run into), reading the job after each event and each slice. So it returns,
-        or raises :class:`WaitTimeout`, within about ``timeout`` seconds whatever the timeout.
+        seconds (each read waits with its own timeout, not the client's socket timeout),
+        reading the job after each event and each slice. So it returns, or raises
+        :class:`WaitTimeout`, within about ``timeout`` seconds whatever the timeout.
         ``on_change`` is called with the job each time it is read, for progress displays.
         """
         deadline = time.monotonic() + timeout
-        socket_timeout = self.store.redis.connection_pool.connection_kwargs.get("socket_timeout")
-        longest = min(WAIT_SLICE, float(socket_timeout) / 3) if socket_timeout else WAIT_SLICE
         with self.store.listen(job_id) as next_event:
             while True:
                 job = self.get(job_id)
@@ -215,7 +219,7 @@ class Pollen:
                     raise WaitTimeout(
                         f"job {job_id} is still {job.status.value} after {timeout:g}s"
                     )
-                next_event(min(remaining, longest))
+                next_event(min(remaining, WAIT_SLICE))
 
     def close(self) -> None:
         self.store.close()

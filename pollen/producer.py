@@ -25,7 +25,7 @@ from pollen.errors import InvalidJob, JobLost, JobNotFound, StoreUnavailable
 from pollen.models import Job, JobStatus
 from pollen.payloads import accept_many_op, accept_op
 from pollen.providers import REGISTRY
-from pollen.settings import Settings
+from pollen.settings import ProducerSettings, Settings
 from pollen.store import durability, keys, lifecycle, listing, outbox
 from pollen.store.effects import Batch, cmd
 from pollen.store.listing import JobPage
@@ -138,6 +138,15 @@ class Cancellation:
         if self.cancelled:
             return f"job {self.job.id} cancelled"
         return f"job {self.job.id} had already finished ({self.job.status.value}): nothing to do"
+
+
+def producer_settings(settings: Settings, redis_timeout: float | None) -> Settings:
+    """``settings`` with the client's ``redis_timeout`` argument, if given (checked as the
+    ``POLLEN_PRODUCER__REDIS_TIMEOUT`` setting is)."""
+    if redis_timeout is None:
+        return settings
+    producer = ProducerSettings(redis_timeout=redis_timeout)
+    return settings.model_copy(update={"producer": producer})
 
 
 def payload_of(provider: str, request: Any, **optional: Any) -> dict[str, Any]:

@@ -227,6 +227,23 @@ class DashboardSettings(BaseModel):
         return value
 
 
+#: how long a producer call waits for an unreachable Redis by default, seconds
+PRODUCER_REDIS_TIMEOUT = 5.0
+
+
+class ProducerSettings(BaseModel):
+    """The producer clients (``pollen.Pollen``, ``pollen.AsyncPollen``) inside your app."""
+
+    redis_timeout: float = Field(
+        PRODUCER_REDIS_TIMEOUT,
+        gt=0,
+        description="Seconds a producer call keeps trying an unreachable Redis (and waits for "
+        "one answer) before it raises StoreUnavailable: long enough to ride out a failover or "
+        "a quick restart, short enough for a web request to answer 503 instead of hanging. "
+        "Workers keep their own ~20 s reconnect window.",
+    )
+
+
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -251,6 +268,7 @@ class Settings(BaseSettings):
     ingress: IngressSettings = IngressSettings()
     storage: StorageSettings = StorageSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    producer: ProducerSettings = ProducerSettings()
     job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
     max_request_bytes: int = Field(
         64 * 1024, gt=0, description="Largest accepted provider request, bytes of JSON."

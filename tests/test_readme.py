@@ -72,6 +72,10 @@ def check_send_task(out: str) -> None:
     assert "'created': True" in out
 
 
+def check_unreachable(out: str) -> None:
+    assert out.startswith("503 Service Unavailable: Redis is unreachable")
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "client": check_client,
     "submit_many": check_submit_many,
@@ -80,6 +84,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "asyncio": check_asyncio,
     "typed": check_typed,
     "send_task": check_send_task,
+    "unreachable": check_unreachable,
 }
 
 
@@ -104,6 +109,7 @@ def test_the_producer_examples_are_all_there() -> None:
     assert "AsyncPollen()" in found["asyncio"]
     assert "RunwareImageRequest(" in found["typed"] and "CometRunwayRequest(" in found["typed"]
     assert 'send_task(\n    "pollen.submit"' in found["send_task"]
+    assert "redis_timeout=" in found["unreachable"]
     assert "import pollen" not in found["send_task"]
     assert "from pollen" not in found["send_task"]
 

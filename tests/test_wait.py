@@ -1,5 +1,5 @@
-"""Pollen.wait() honours its timeout, whatever it is: it blocks in slices shorter than the
-Redis client's socket timeout (15 s) instead of one XREAD that redis-py would time out and retry."""
+"""Pollen.wait() honours its timeout, whatever it is: it listens in slices of at most
+WAIT_SLICE, each read with its own timeout, so a wait outlives the client's socket timeout."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pollen import WaitTimeout
+from pollen import Pollen, WaitTimeout
 from pollen.client import WAIT_SLICE
 from pollen.local.servers import Worker
 from tests.helpers import accept_job
@@ -30,7 +30,7 @@ def unsent_job(deps: Any) -> str:
     [
         0.5,
         3.0,
-        # slow on purpose (17 s): longer than the Redis client's 15 s socket timeout
+        # slow on purpose (17 s): longer than the Redis client's socket timeout (5 s), and 15 s
         pytest.param(17.0, id="17s-over-socket-timeout-slow"),
     ],
 )
@@ -48,9 +48,18 @@ def test_wait_on_a_job_without_events_raises_wait_timeout_in_time(
     assert len(reads) <= math.ceil(timeout / WAIT_SLICE) + 2
 
 
-def test_wait_slices_are_shorter_than_the_socket_timeout(client: Any) -> None:
-    socket_timeout = client.store.redis.connection_pool.connection_kwargs["socket_timeout"]
-    assert socket_timeout > WAIT_SLICE
+def test_a_wait_outlives_a_socket_timeout_shorter_than_its_slices(
+    settings: Any, clean: None, deps: Any
+) -> None:
+    timeout = 3.0
+    with Pollen(settings, redis_timeout=1.0) as short:  # socket timeout 1 s < WAIT_SLICE
+        job_id = unsent_job(deps)
+        reads: list[float] = []
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout, match=f"still queued after {timeout:g}s"):
+            short.wait(job_id, timeout, on_change=lambda job: reads.append(time.monotonic()))
+    assert timeout <= time.monotonic() - started < timeout + 1
+    assert len(reads) <= math.ceil(timeout / WAIT_SLICE) + 2  # no read per socket timeout
 
 
 def test_wait_returns_a_job_that_finishes_after_the_first_slice(

@@ -68,8 +68,8 @@ def load_settings() -> Settings:
 
 @contextmanager
 def connected() -> Iterator[Pollen]:
-    """A producer client, after a quick PING: an unreachable Redis is an error in seconds,
-    not after the client's ~20 s of reconnect retries."""
+    """A producer client, after a quick PING: an unreachable Redis is one clear line within
+    about a second, before the client would try it for its whole window (5 s by default)."""
     from pollen import Pollen
 
     settings = load_settings()

@@ -12,19 +12,19 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import redis.asyncio
-from redis.asyncio.retry import Retry
 
 from pollen.store import effects, keys, outbox, sync
-from pollen.store.connection import client_options
+from pollen.store.connection import producer_options
 
 T = TypeVar("T")
 
 
 class AsyncStore:
-    """One asyncio Redis client and the store's scripts registered on it."""
+    """One asyncio Redis client (a producer's: it gives up on an unreachable Redis after
+    about ``window`` seconds) and the store's scripts registered on it."""
 
-    def __init__(self, url: str) -> None:
-        self.redis = redis.asyncio.Redis.from_url(url, **client_options(Retry))
+    def __init__(self, url: str, window: float) -> None:
+        self.redis = redis.asyncio.Redis.from_url(url, **producer_options(window, asyncio=True))
         texts = {**sync.script_texts(), **outbox.script_texts()}
         self.scripts = {name: self.redis.register_script(text) for name, text in texts.items()}
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.retry import Retry
 
 from pollen.settings import Settings
@@ -31,14 +33,87 @@ def client_options(retry: type[Any] = Retry) -> dict[str, Any]:
     }
 
 
+class Window(AbstractBackoff):
+    """A retry budget of ``seconds`` from the start of each command: backoff doubles from
+    50 ms up to 1 s and never sleeps past the end; :meth:`open` (the Retry's ``is_retryable``)
+    says no once the time is up, so a failure then is raised instead of retried. ``depth``
+    counts the calls under way: a reconnect retried inside a command keeps its window."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.until = time.monotonic() + seconds
+        self.depth = 0
+
+    def reset(self) -> None:
+        if self.depth <= 1:
+            self.until = time.monotonic() + self.seconds
+
+    def compute(self, failures: int) -> float:
+        left = self.until - time.monotonic()
+        return max(0.0, min(0.05 * 2.0 ** min(failures, 5), 1.0, left))
+
+    def open(self, _error: Exception) -> bool:
+        return time.monotonic() < self.until
+
+
+class WindowRetry(Retry):
+    """redis-py's Retry within one :class:`Window` per command (reconnects included)."""
+
+    def __init__(self, window: Window) -> None:
+        super().__init__(window, retries=-1, is_retryable=window.open)
+        self.window = window
+
+    def call_with_retry(self, *args: Any, **kwargs: Any) -> Any:
+        self.window.depth += 1
+        try:
+            return super().call_with_retry(*args, **kwargs)
+        finally:
+            self.window.depth -= 1
+
+
+class AsyncWindowRetry(AsyncRetry):
+    """:class:`WindowRetry` for ``redis.asyncio``."""
+
+    def __init__(self, window: Window) -> None:
+        super().__init__(window, retries=-1, is_retryable=window.open)
+        self.window = window
+
+    async def call_with_retry(self, *args: Any, **kwargs: Any) -> Any:
+        self.window.depth += 1
+        try:
+            return await super().call_with_retry(*args, **kwargs)
+        finally:
+            self.window.depth -= 1
+
+
+def producer_options(window: float, asyncio: bool = False) -> dict[str, Any]:
+    """How the producer clients connect: an app's request should fail, not hang, while Redis
+    is away, so a command is tried again for ``window`` seconds and each connect or reply is
+    waited for at most that long. It gives up after about ``window`` seconds (at most twice
+    that if the last try began just before the end and then waited its full timeout)."""
+    retry = AsyncWindowRetry if asyncio else WindowRetry
+    return client_options() | {
+        "socket_connect_timeout": window,
+        "socket_timeout": window,
+        "retry": retry(Window(window)),
+    }
+
+
 def redis_client(url: str) -> redis.Redis:
     """A Redis client that rides out a restart (:func:`client_options`)."""
     return redis.Redis.from_url(url, **client_options())
 
 
-def open_store(settings: Settings) -> tuple[Store, Outbox]:
-    """The job store and the callback outbox of ``settings.redis_url``, sharing one client."""
-    client = redis_client(settings.redis_url)
+def producer_client(url: str, window: float) -> redis.Redis:
+    """A Redis client that gives up after about ``window`` seconds (:func:`producer_options`)."""
+    return redis.Redis.from_url(url, **producer_options(window))
+
+
+def open_store(settings: Settings, client: redis.Redis | None = None) -> tuple[Store, Outbox]:
+    """The job store and the callback outbox of ``settings.redis_url``, sharing one client
+    (default :func:`redis_client`)."""
+    if client is None:
+        client = redis_client(settings.redis_url)
     store = Store(
         client,
         finished_ttl=settings.job_ttl,
