@@ -17,6 +17,7 @@ from bench import baseline
 from bench.producer import ProducerSpec
 from bench.scenarios import Scenario
 from bench.services import CeleryWorker, ProfiledPollenWorker, Service, child_env, stop_workers
+from pollen.callbacks.webhooks import new_secret
 from pollen.local.servers import RedisServer, Worker
 from pollen.worker.metrics import MULTIPROC_ENV
 
@@ -119,6 +120,7 @@ class PollenSystem(System):
                 "POLLEN_HTTP_TIMEOUT": repr(self.scenario.http_timeout),
                 "POLLEN_CALLBACKS__TIMEOUT": repr(self.scenario.http_timeout),
                 "POLLEN_CALLBACKS__ALLOW_CIDRS": json.dumps(LOOPBACK),
+                "POLLEN_CALLBACKS__SECRETS": json.dumps([new_secret()]),  # signed, as deployed
                 "POLLEN_LOG_LEVEL": self.options.loglevel,
                 **policy,
             }

@@ -70,8 +70,14 @@ class CallbackSettings(BaseModel):
     timeout: float = Field(15.0, gt=0, description="HTTP timeout of one delivery, seconds.")
     secrets: list[SecretStr] = Field(
         default_factory=list,
-        description="Signing secrets (whsec_...); all sign, so a new one can be added first "
-        "during rotation. JSON list.",
+        description="Signing secrets (whsec_..., `pollen secret` makes one); all sign, so a new "
+        "one can be added first during rotation. JSON list. A worker without one refuses to "
+        "start unless allow_unsigned is true.",
+    )
+    allow_unsigned: bool = Field(
+        False,
+        description="Let a worker without secrets start and deliver webhooks unsigned "
+        "(receivers cannot tell them from forgeries); warned at every start.",
     )
     schedule: list[float] = Field(
         default_factory=lambda: list(SVIX_LIKE_SCHEDULE),

@@ -17,6 +17,7 @@ top-level page and the same-origin requests the page makes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pollen import Pollen  # noqa: E402
+from pollen.callbacks.webhooks import new_secret  # noqa: E402
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port  # noqa: E402
 from pollen.settings import Settings  # noqa: E402
 from pollen.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
@@ -139,6 +141,7 @@ def main() -> None:
             "POLLEN_POLL__INTERVAL": "0.5",
             # The callback receiver listens on loopback, which callbacks may not reach otherwise.
             "POLLEN_CALLBACKS__ALLOW_CIDRS": '["127.0.0.0/8"]',
+            "POLLEN_CALLBACKS__SECRETS": json.dumps([new_secret()]),
         }
         port = free_port()
         flower = flower_process(redis_server.url(0), port, Path(tmp) / "flower.log")

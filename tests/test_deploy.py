@@ -222,6 +222,18 @@ def test_compose_flower_requires_auth_and_the_file_holds_no_secret() -> None:
                 assert re.fullmatch(rf"\$\{{{key}(:-|:\?[^}}]*)?\}}", value), (name, key, value)
 
 
+def test_compose_workers_require_a_webhook_signing_secret() -> None:
+    """Workers refuse to start without one; compose says so before starting anything."""
+    worker = compose()["services"]["worker"]
+    secrets = worker["environment"]["POLLEN_CALLBACKS__SECRETS"]
+    assert secrets.startswith("${POLLEN_CALLBACKS__SECRETS:?")
+    assert "POLLEN_CALLBACKS__ALLOW_UNSIGNED" not in worker["environment"]
+    example = (ROOT / "config" / "pollen.env.example").read_text()
+    assert re.search(r"^POLLEN_CALLBACKS__SECRETS=$", example, re.MULTILINE)
+    steps = (ROOT / "deploy" / "README.md").read_text()
+    assert 'POLLEN_CALLBACKS__SECRETS="[\\"$(pollen secret)\\"]"' in steps
+
+
 def test_compose_demo_job_is_a_valid_job_payload() -> None:
     command = compose()["services"]["producer"]["command"]
     assert command[0] == "submit"

@@ -82,6 +82,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "stats", admin.stats),
     (app, "jobs", jobs.jobs),
     (app, "config", admin.config),
+    (app, "secret", admin.secret),
     (app, "schema", admin.schema),
     (callbacks, "list", jobs.callbacks_list),
     (callbacks, "replay", jobs.callbacks_replay),

@@ -1,4 +1,4 @@
-"""The admin commands, for whoever runs pollen: health, stats, config, schema."""
+"""The admin commands, for whoever runs pollen: health, stats, config, secret, schema."""
 
 from __future__ import annotations
 
@@ -112,6 +112,13 @@ def config() -> None:
         if env not in os.environ:
             shown += f" (default: {fallbacks[env]})" if env in fallbacks else " (default)"
         typer.echo(f"{env}={shown}\n    {description}")
+
+
+def secret() -> None:
+    """Print a new webhook signing secret (whsec_...) for POLLEN_CALLBACKS__SECRETS."""
+    from pollen.callbacks.webhooks import new_secret
+
+    typer.echo(new_secret())
 
 
 def schema(

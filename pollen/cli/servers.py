@@ -64,10 +64,13 @@ def worker(
     _prepare_metrics_dir()
     with needs_extra("worker"):
         import pollen.worker.tasks  # noqa: F401  # what the worker runs needs the extra
+        from pollen.worker import signing
         from pollen.worker.app import CONCURRENCY, POOL, build_worker_app
 
     settings = load_settings()
     storage_usable(settings)
+    if reason := signing.refusal(settings.callbacks):
+        fail(reason)  # before Celery's own start-up lines
     q = settings.queues
     names = queues or ",".join([q.submit, q.poll, q.callbacks])
     pool = pool or POOL

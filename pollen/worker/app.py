@@ -56,7 +56,8 @@ def worker_config(
 def build_worker_app(
     settings: Settings | None = None, pool: str = POOL, concurrency: int = CONCURRENCY
 ) -> Celery:
-    """The worker's Celery app: pollen's tasks, the periodic round and the metrics exporter."""
+    """The worker's Celery app: pollen's tasks, the periodic round, the metrics exporter and
+    the start-up checks (a worker whose webhooks would go unsigned refuses to start)."""
     settings = settings or get_settings()
     app = Celery("pollen", include=["pollen.worker.tasks"])
     app.conf.update(worker_config(settings, pool, concurrency))
@@ -66,6 +67,7 @@ def build_worker_app(
     app.steps["worker"].add(MetricsExporter)
     app.steps["worker"].add("pollen.worker.resilience:BrokerRestartGuard")
     app.steps["worker"].add("pollen.worker.bindings:DropStaleBindings")
+    app.steps["worker"].add("pollen.worker.signing:SigningCheck")
     return app
 
 
