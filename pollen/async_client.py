@@ -77,12 +77,14 @@ class AsyncPollen:
         poll: dict[str, float] | None = None,
         deadline: float | None = None,
         metadata: dict[str, str] | None = None,
+        tenant: str | None = None,
+        priority: int | None = None,
     ) -> str:
         """:meth:`pollen.Pollen.submit`."""
         payload = producer.payload_of(
             provider, request, job_id=job_id, callback_url=callback_url,
             callback_secret=callback_secret, events=events, python_callback=python_callback,
-            poll=poll, deadline=deadline, metadata=metadata,
+            poll=poll, deadline=deadline, metadata=metadata, tenant=tenant, priority=priority,
         )  # fmt: skip
         return await self.submit_payload(payload)
 

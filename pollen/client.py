@@ -84,6 +84,8 @@ class Pollen:
         poll: dict[str, float] | None = None,
         deadline: float | None = None,
         metadata: dict[str, str] | None = None,
+        tenant: str | None = None,
+        priority: int | None = None,
     ) -> str:
         """Enqueue a job and return its id; the same ``job_id`` twice is one job.
 
@@ -94,7 +96,7 @@ class Pollen:
         payload = producer.payload_of(
             provider, request, job_id=job_id, callback_url=callback_url,
             callback_secret=callback_secret, events=events, python_callback=python_callback,
-            poll=poll, deadline=deadline, metadata=metadata,
+            poll=poll, deadline=deadline, metadata=metadata, tenant=tenant, priority=priority,
         )  # fmt: skip
         return self.submit_payload(payload)
 

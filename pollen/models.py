@@ -17,6 +17,12 @@ from pollen.backoff import PollPolicy
 from pollen.webhook_keys import secret_key
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: a tenant's name (part of Redis keys and metric labels)
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+#: the tenant of a job that names none: one shared tenant
+DEFAULT_TENANT = "default"
+#: the range of a job's priority
+MAX_PRIORITY = 1000
 
 
 class JobStatus(StrEnum):
@@ -129,6 +135,19 @@ class JobRequest(BaseModel):
     metadata: dict[str, str] | None = Field(
         None, max_length=32, description="Producer's own tags, echoed in results and callbacks."
     )
+    tenant: str | None = Field(
+        None,
+        pattern=TENANT_PATTERN,
+        description="Who the job is for (your user, team or customer): jobs waiting for a capped "
+        "provider account take turns by tenant. Unset: the shared tenant 'default'.",
+    )
+    priority: int = Field(
+        0,
+        strict=True,
+        ge=-MAX_PRIORITY,
+        le=MAX_PRIORITY,
+        description="Jobs waiting for a capped provider account go highest priority first.",
+    )
 
     @property
     def expected_results(self) -> int:
@@ -234,6 +253,14 @@ class Job(BaseModel):
     events: list[str] = Field(default_factory=lambda: ["completed"])
     python_callback: dict[str, Any] | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    tenant: str = DEFAULT_TENANT
+    priority: int = 0
+    account: str | None = Field(
+        None, description="The provider account the job's task belongs to (once admitted)."
+    )
+    queue_reason: str | None = Field(
+        None, description="Why the job waits in pollen (queued for a capped provider's slot)."
+    )
     request: dict[str, Any] = Field(default_factory=dict)
     policy: PollPolicy
     task_uuid: str = Field("", description="The idempotency key pollen sent to the provider.")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from pollen.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.errors import IdempotencyConflict, InvalidJob
-from pollen.models import JobRequest, JobStatus, PollOverrides
+from pollen.models import DEFAULT_TENANT, JobRequest, JobStatus, PollOverrides
 from pollen.providers import REGISTRY
 from pollen.providers.runware import REQUEST_TAGS
 from pollen.settings import Settings
@@ -207,6 +207,8 @@ def prepare(settings: Settings, payload: Any, *, now: float) -> Prepared:
         "events": request.events,
         "python_callback": request.python_callback.model_dump() if request.python_callback else "",
         "metadata": request.metadata or {},
+        "tenant": request.tenant or DEFAULT_TENANT,
+        "priority": str(request.priority),
         "submit_attempts": "0",
         "polls": "0",
         "poll_seq": "0",
@@ -291,6 +293,9 @@ def fingerprint(request: JobRequest) -> str:
     not change the key of a request that does not use it.
     """
     document = request.model_dump(mode="json")
+    for name, unset in (("tenant", None), ("priority", 0)):  # fields later than the first keys
+        if document.get(name) == unset:
+            del document[name]
     keep = LEGACY_NULLS.get(request.provider, frozenset())
     document["request"] = {
         k: v for k, v in document["request"].items() if v is not None or k in keep

@@ -7,19 +7,112 @@ Build it with :func:`get_settings` (cached) or construct ``Settings(...)`` direc
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pollen.backoff import PollPolicy
 
+#: what a provider account's or a tenant's name may hold (it is part of Redis keys and metric
+#: labels)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+#: the name of a provider's account configured by its own api_key (no ``accounts`` list)
+DEFAULT_ACCOUNT = "default"
 
-class RunwareSettings(BaseModel):
+
+class AccountSettings(BaseModel):
+    """One provider account: its key, and how much it may run at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="The account's name (jobs record it).")
+    api_key: SecretStr = Field(description="The account's API key (secret).")
+    base_url: str | None = Field(None, description="API root; unset: the provider's base_url.")
+    max_in_flight: int | None = Field(
+        None, ge=1, le=100_000, description="Most provider tasks of this account at once."
+    )
+    rate: float | None = Field(None, gt=0, description="Most requests per second of this account.")
+
+
+class ProviderAccounts(BaseModel):
+    """What every provider's settings have: one key and its cap, or a list of accounts."""
+
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Most provider tasks the api_key may have running at once, fleet-wide; jobs "
+        "past it wait in pollen, fairly shared between tenants. Unset: no cap.",
+    )
+    accounts: list[AccountSettings] = Field(
+        default_factory=list,
+        description='Several accounts instead of api_key (JSON list of {"name", "api_key", '
+        '"base_url", "max_in_flight", "rate"}); jobs go to an account with free slots.',
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_configure(self) -> ProviderAccounts:
+        if not self.accounts:
+            return self
+        key = getattr(self, "api_key", None)
+        if (key is not None and key.get_secret_value()) or self.max_in_flight is not None:
+            raise ValueError("set either accounts, or api_key (and max_in_flight), not both")
+        names = [account.name for account in self.accounts]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"account names must differ: {', '.join(repeated)} repeated")
+        return self
+
+    def resolved(self) -> list[AccountSettings]:
+        """The provider's accounts: the ``accounts`` list (each with a base URL), or one
+        account named ``default`` made of ``api_key``, ``base_url`` and ``max_in_flight``."""
+        base_url: str = getattr(self, "base_url", "")
+        if self.accounts:
+            return [
+                a if a.base_url else a.model_copy(update={"base_url": base_url})
+                for a in self.accounts
+            ]
+        key = getattr(self, "api_key", SecretStr(""))
+        return [
+            AccountSettings(
+                name=DEFAULT_ACCOUNT, api_key=key, base_url=base_url,
+                max_in_flight=self.max_in_flight,
+            )
+        ]  # fmt: skip
+
+
+class TenantSettings(BaseModel):
+    """One tenant's share of capped provider accounts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(
+        1.0, gt=0, le=1000, description="Its share: a tenant of weight 2 gets twice the turns."
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Most of its jobs holding a capped provider's slots at once."
+    )
+
+
+class AdmissionSettings(BaseModel):
+    """Admission to capped provider accounts (``max_in_flight``)."""
+
+    cooldown: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Seconds an account's cap stays lowered to what it holds after the provider "
+        "refused a create for capacity (429); the job waits in pollen meanwhile.",
+    )
+
+
+class RunwareSettings(ProviderAccounts):
     """Runware's task-array API."""
 
     base_url: str = Field(
@@ -28,7 +121,7 @@ class RunwareSettings(BaseModel):
     api_key: SecretStr = Field(SecretStr(""), description="Runware API key (secret).")
 
 
-class UseapiSettings(BaseModel):
+class UseapiSettings(ProviderAccounts):
     """Runway through useapi.net."""
 
     base_url: str = Field(
@@ -40,7 +133,7 @@ class UseapiSettings(BaseModel):
     )
 
 
-class CometSettings(BaseModel):
+class CometSettings(ProviderAccounts):
     """Runway through CometAPI's official-format wrapper."""
 
     base_url: str = Field(
@@ -269,6 +362,12 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     dashboard: DashboardSettings = DashboardSettings()
     producer: ProducerSettings = ProducerSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    tenants: dict[str, TenantSettings] = Field(
+        default_factory=dict,
+        description='Tenants\' weights and caps (JSON, e.g. {"acme": {"weight": 2, '
+        '"max_in_flight": 10}}); a tenant not named has weight 1 and no cap of its own.',
+    )
     job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
     max_request_bytes: int = Field(
         64 * 1024, gt=0, description="Largest accepted provider request, bytes of JSON."
@@ -379,6 +478,14 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         100, gt=0, description="HTTP connection pool size per worker process."
     )
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, tenants: dict[str, TenantSettings]) -> dict[str, TenantSettings]:
+        for name in tenants:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"tenant name {name!r} must match {NAME_PATTERN}")
+        return tenants
 
     @field_validator("redis_url")
     @classmethod

@@ -93,9 +93,7 @@ class Copies:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        texts = scripts.texts(
-            SCRIPTS, prelude=True, INDEX_PREFIX=keys.INDEX_PREFIX, INDEX_EXPIRY=keys.INDEX_EXPIRY
-        )
+        texts = scripts.texts(SCRIPTS, prelude=True)
         self.scripts = {name: client.register_script(text) for name, text in texts.items()}
 
     def run(self, op: Op[T]) -> T:

@@ -6,7 +6,15 @@ import json
 from collections.abc import Mapping, Sequence
 
 from pollen.backoff import PollPolicy
-from pollen.models import ErrorInfo, GenerationError, GenerationResult, Job, JobStatus, StoredCopy
+from pollen.models import (
+    DEFAULT_TENANT,
+    ErrorInfo,
+    GenerationError,
+    GenerationResult,
+    Job,
+    JobStatus,
+    StoredCopy,
+)
 
 
 def optional_float(value: str | None) -> float | None:
@@ -58,6 +66,10 @@ def job_from_fields(
         if fields.get("python_callback")
         else None,
         metadata=json.loads(fields.get("metadata") or "{}"),
+        tenant=fields.get("tenant") or DEFAULT_TENANT,
+        priority=int(fields.get("priority") or 0),
+        account=fields.get("account") or None,
+        queue_reason=fields.get("queue_reason") or None,
         request=json.loads(fields.get("request") or "{}"),
         policy=PollPolicy.model_validate_json(fields["policy"]),
         task_uuid=fields.get("task_uuid", ""),

@@ -44,6 +44,14 @@ FINISHED_TTL = 2 * 3600
 #: seconds a job's keys outlive its deadline plus the finished-job TTL, and a callback
 #: delivery's record the finished-job TTL: the one slack for every key pollen expires
 EXTRA_TTL = 3600
+#: admission (fair queueing for capped provider accounts): ``ADMIT_PREFIX + "<provider>:..."``
+#: holds one provider's queue and slots (:mod:`pollen.store.admission` names each key)
+ADMIT_PREFIX = f"{PREFIX}:admit:"
+#: hash "<tenant>|<status>" -> jobs of that tenant in that status (in-flight ones go up and
+#: down, terminal ones only up), "<tenant>|cost" -> the provider cost of its finished jobs
+TENANT_STATS = f"{PREFIX}:stats:tenant"
+#: the tenant of a job that names none
+DEFAULT_TENANT = "default"
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"
@@ -116,3 +124,13 @@ def index(provider: str, status: str) -> str:
 def finished(minute: int) -> str:
     """Hash: terminal status -> jobs that reached it during ``minute`` (unix time // 60)."""
     return f"{FINISHED_PREFIX}{minute}"
+
+
+def admit(provider: str, part: str) -> str:
+    """One key of a provider's admission state (see :mod:`pollen.store.admission`)."""
+    return f"{ADMIT_PREFIX}{provider}:{part}"
+
+
+def slots(provider: str, account: str) -> str:
+    """Sorted set: the jobs holding a slot of one provider account, by when they took it."""
+    return admit(provider, f"slots:{account}")

@@ -1,6 +1,6 @@
 """The job store on a synchronous ``redis.Redis`` client: one client, its scripts, and the
 store's ideas built on them (``store.lifecycle``, ``store.polls``, ``store.schedule``,
-``store.rates``, ``store.locks``).
+``store.admission``, ``store.rates``, ``store.locks``).
 
 Every call, script or command, is an operation (:mod:`pollen.store.effects`) run by
 :meth:`Store.run`; :class:`pollen.store.aio.AsyncStore` runs the same operations on asyncio.
@@ -15,7 +15,17 @@ from typing import TypeVar
 
 import redis
 
-from pollen.store import effects, keys, lifecycle, polls, pushes, rates, schedule, scripts
+from pollen.store import (
+    admission,
+    effects,
+    keys,
+    lifecycle,
+    polls,
+    pushes,
+    rates,
+    schedule,
+    scripts,
+)
 from pollen.store.locks import Locks
 
 T = TypeVar("T")
@@ -24,7 +34,14 @@ T = TypeVar("T")
 MAX_RESPONSES = 500
 
 #: the job scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
-SCRIPTS = (*lifecycle.SCRIPTS, *polls.SCRIPTS, *schedule.SCRIPTS, *pushes.SCRIPTS, *rates.SCRIPTS)
+SCRIPTS = (
+    *lifecycle.SCRIPTS,
+    *admission.SCRIPTS,
+    *polls.SCRIPTS,
+    *schedule.SCRIPTS,
+    *pushes.SCRIPTS,
+    *rates.SCRIPTS,
+)
 
 
 def script_texts() -> dict[str, str]:
@@ -33,10 +50,6 @@ def script_texts() -> dict[str, str]:
         SCRIPTS,
         prelude=True,
         MAX_RESPONSES=MAX_RESPONSES,
-        INDEX_PREFIX=keys.INDEX_PREFIX,
-        INDEX_EXPIRY=keys.INDEX_EXPIRY,
-        FINISHED_PREFIX=keys.FINISHED_PREFIX,
-        FINISHED_TTL=keys.FINISHED_TTL,
     )
 
 
@@ -60,6 +73,7 @@ class Store:
         self.schedule = schedule.Schedule(self.run, grace=grace, submit_grace=submit_grace)
         self.rates = rates.RateTokens(client, self.scripts)
         self.locks = Locks(self.run)
+        self.admission = admission.Admission(self.run, grace=grace, submit_grace=submit_grace)
 
     def run(self, op: effects.Op[T]) -> T:
         """Run a store operation (:mod:`pollen.store.effects`) on this client."""

@@ -30,6 +30,14 @@ JOBS_STARTED = Counter("pollen_jobs_started_total", "Jobs a worker began to subm
 JOBS_FINISHED = Counter(
     "pollen_jobs_finished_total", "Jobs that reached a terminal state", ["provider", "status"]
 )
+ADMITTED = Counter(
+    "pollen_admitted_total", "Jobs admitted into a capped provider account's slot", ["provider"]
+)
+CAPACITY_REFUSALS = Counter(
+    "pollen_capacity_refusals_total",
+    "Creates a capped provider refused for capacity (the job went back to the queue)",
+    ["provider"],
+)
 SUBMITS = Counter("pollen_submits_total", "Submit attempts by outcome", ["provider", "result"])
 POLLS = Counter("pollen_polls_total", "Poll steps by outcome", ["provider", "result"])
 CALLBACKS = Counter("pollen_callbacks_total", "Callback delivery attempts by outcome", ["result"])

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from celery import bootsteps
 
 from pollen import contract
 from pollen.store import durability, keys
-from pollen.worker import grouping, metrics, planner, runtime
+from pollen.worker import admission, grouping, metrics, planner, runtime
 from pollen.worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def tick(app: Any) -> None:
                 batch_size=settings.batch_size,
             )
             deps.store.schedule.trim_indexes(now)
+            admission.sweep(deps)
     except Exception:
         log.exception("periodic round failed; the next one will try again")
 
@@ -104,12 +106,13 @@ def check_store(deps: Any) -> bool:
 
 
 def release_due(app: Any, deps: Any, now: float) -> None:
-    """Send the polls, deliveries and copies that waited in Redis and are due before the next
-    round.
+    """Admit waiting jobs into free provider-account slots; send the polls, deliveries and
+    copies that waited in Redis and are due before the next round.
 
     Parked polls go out as batches grouped by due time (each poll may wait up to
     ``batch_window_max`` for its batch), one message per batch.
     """
+    admission.pump(deps, deps.capacity.capped_providers, partial(_send_submits, app), now=now)
     horizon = now + deps.settings.tick_interval
     parked = deps.store.schedule.take_parked(horizon=horizon, limit=DUE_PER_ROUND)
     plan = planner.release(
@@ -127,6 +130,10 @@ def release_due(app: Any, deps: Any, now: float) -> None:
         now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
     ):
         app.send_task(contract.COPY_RESULT, args=(job_id, generation), ignore_result=True)
+
+
+def _send_submits(app: Any, job_ids: list[str]) -> None:
+    app.send_task(contract.SUBMIT, kwargs={"job_ids": job_ids}, ignore_result=True)
 
 
 def send_batch(app: Any, items: Sequence[grouping.Item], countdown: float = 0.0) -> None:

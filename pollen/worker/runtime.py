@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from pollen.addresses import STORAGE_SETTING, AddressPolicy
+from pollen.capacity import Capacity
 from pollen.providers import Provider, build_providers
 from pollen.providers.calls import ProviderCalls
 from pollen.providers.http import observe_requests
@@ -51,9 +52,11 @@ class Deps:
     calls: ProviderCalls = field(init=False)  #: provider requests, batched where possible
     leases: LeaseRenewer = field(init=False)  #: keeps running polls' leases alive
     copies: Copies = field(init=False)  #: copy state of results' files (re-hosting)
+    capacity: Capacity = field(init=False)  #: provider accounts' caps, tenants' shares
 
     def __post_init__(self) -> None:
         self.copies = Copies(self.store.redis)
+        self.capacity = Capacity.of(self.settings)
         self.limiter = RateLimiter(self.store, self.settings.rate_limits)
         self.leases = LeaseRenewer(self.store, self.settings.poll_lease, self.clock)
         self.calls = ProviderCalls(

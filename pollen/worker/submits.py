@@ -31,7 +31,7 @@ from pollen.providers import push as tokens
 from pollen.providers.base import Submission
 from pollen.store import pushes
 from pollen.store.lifecycle import Move
-from pollen.worker import logs, metrics
+from pollen.worker import admission, logs, metrics
 from pollen.worker.cancels import cancel_at_provider
 from pollen.worker.deliveries import emit
 from pollen.worker.grouping import Due
@@ -50,6 +50,7 @@ class SubmitNext:
     finished: list[str] = field(default_factory=list)  #: jobs this batch ended
     missing: list[str] = field(default_factory=list)  #: ids with no stored job
     fresh: set[str] = field(default_factory=set)  #: jobs whose first submit this was
+    waiting: int = 0  #: jobs that wait for a capped provider account's slot
     providers: set[str] = field(default_factory=set)
 
 
@@ -81,6 +82,7 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
             sending.setdefault(job.provider, []).append(job)
         if job.status is JobStatus.QUEUED and job.submit_attempts == 0:
             out.fresh.add(job.id)
+    _gate(deps, out, sending, now)
     moves: list[Move] = []
     started: list[Job] = []
     for provider, jobs in sending.items():
@@ -94,6 +96,14 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     _pushed_meanwhile(deps, out, [j for j, done in zip(started, moved, strict=True) if done == 1])
     end(deps, out, endings, now)
     return out
+
+
+def _gate(deps: Deps, out: SubmitNext, sending: dict[str, list[Job]], now: float) -> None:
+    """A capped provider's jobs take a slot first: those admitted are sent (with jobs that
+    waited and whose turn it is), the others wait in pollen's queue."""
+    for provider in [p for p in sending if deps.capacity.capped(p)]:
+        sending[provider], waiting = admission.gate(deps, provider, sending[provider], now=now)
+        out.waiting += waiting
 
 
 def _pushed_meanwhile(deps: Deps, out: SubmitNext, started: Sequence[Job]) -> None:
@@ -132,6 +142,8 @@ def _send(
     now: float,
 ) -> list[Ending]:
     """Create the tasks of one provider's jobs; what ends a job is returned."""
+    if not jobs:  # a capped provider's jobs may all wait
+        return []
     jobs = _with_push_tokens(deps, provider, jobs)
     fresh = {job.id: job.push_token for job in jobs if job.push_token}
     sent = [(job.id, _sent(deps, job)) for job in jobs]
@@ -145,8 +157,12 @@ def _send(
     now = deps.clock()  # the first poll is due its delay after the provider took the task
     retries: list[tuple[str, str, float]] = []
     endings: list[Ending] = []
+    refused: list[Job] = []
     for job, count, answer in zip(jobs, attempts, answers, strict=True):
-        if isinstance(answer, Submission):
+        if isinstance(answer, RateLimited) and job.account and deps.capacity.capped(provider):
+            metrics.SUBMITS.labels(job.provider, "capacity").inc()
+            refused.append(job)  # capacity, not failure: the job waits in pollen again
+        elif isinstance(answer, Submission):
             moves.append(_submitted(deps, out, job, answer, count, now))
             started.append(
                 job.model_copy(
@@ -162,6 +178,7 @@ def _send(
             if ending is not None:
                 endings.append(ending)
     deps.store.schedule.retry_later(retries)
+    out.waiting += admission.requeue(deps, provider, refused, now=now)
     return endings
 
 
@@ -195,7 +212,11 @@ def _triage(deps: Deps, out: SubmitNext, job: Job, now: float) -> Ending | None:
         return None
     if job.deadline_at is not None and now >= job.deadline_at:
         message = f"no result within the {job.policy.deadline:g}s deadline"
-        return Ending(job, JobStatus.TIMED_OUT, "deadline", message + " (never accepted)")
+        if job.queue_reason:
+            message += f" (never admitted: it was {job.queue_reason})"
+        else:
+            message += " (never accepted)"
+        return Ending(job, JobStatus.TIMED_OUT, "deadline", message)
     missing = deps.providers[job.provider].missing_credentials()
     if missing:  # this worker can never submit it: fail now, not after an hour of retries
         metrics.SUBMITS.labels(job.provider, "misconfigured").inc()

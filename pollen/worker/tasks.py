@@ -31,6 +31,7 @@ from pollen.errors import CallbackNotDelivered, InvalidJob, JobNotFound
 from pollen.providers import build_providers
 from pollen.settings import get_settings
 from pollen.worker import (
+    admission,
     batch,
     cancels,
     grouping,
@@ -137,6 +138,13 @@ def _deliver(deps: runtime.Deps, plan: planner.Plan) -> dict[str, int]:
     return {name: count for name, count in counts.items() if count}
 
 
+def _send_submits(job_ids: list[str]) -> None:
+    submit.apply_async(
+        kwargs={"job_ids": job_ids},
+        kwargsrepr=contract.describe_batch([(job_id, 0) for job_id in job_ids]),
+    )
+
+
 def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
     """Send a Celery task of the producer's app by name (Python callbacks)."""
     current_app.send_task(
@@ -188,6 +196,8 @@ def submit(
             kwargsrepr=contract.describe(job_id, next(iter(outcome.providers), "")),
         )
     _submitted(deps, outcome)
+    if outcome.waiting:
+        return {"job_id": job_id, "created": created, "waiting": outcome.waiting}
     return {"job_id": job_id, "created": created}
 
 
@@ -198,6 +208,8 @@ def _submit_many(self: Task, deps: runtime.Deps, job_ids: list[str]) -> dict[str
                     outcome.missing[:10])  # fmt: skip
     _submitted(deps, outcome)
     answer = {"jobs": len(job_ids), "created": len(outcome.fresh)}
+    if outcome.waiting:
+        answer["waiting"] = outcome.waiting
     now = deps.clock()
     plan = planner.submit_retries(outcome.retries, now=now, max_size=contract.SUBMIT_BATCH_JOBS)
     if plan.retry is None:
@@ -254,6 +266,8 @@ def poll(
     _carry_out(deps, plan, now=now)
     for job_id_, generation in outcome.copies:
         copy_result.apply_async((job_id_, generation))
+    if outcome.finished:  # their slots are free: admit the next jobs
+        admission.pump(deps, outcome.providers, _send_submits, now=now)
     callbacks = _deliver(deps, plan)
     answer = {"jobs": len(batch_items), "finished": len(outcome.finished), **callbacks}
     if plan.retry is None:

@@ -5,6 +5,9 @@
 --   FINAL_DELIVERY  set of delivery states that never change again
 --   INDEX_PREFIX, INDEX_EXPIRY  the listing indexes' key names (pollen/store/keys.py)
 --   FINISHED_PREFIX, FINISHED_TTL  the per-minute counts of jobs reaching a terminal status
+--   ADMIT_PREFIX   the admission state's keys (pollen/store/admission.py names each one)
+--   TENANT_STATS, DEFAULT_TENANT  the per-tenant counts; the tenant of a job that names none
+--   JOB_KEY_PREFIX  a job's record is JOB_KEY_PREFIX .. id
 -- event(channel, field, value, ...): announce one lifecycle event on the job's channel (Pub/Sub:
 -- what wait() listens to; nothing is stored, so a job costs no stream in memory).
 local function event(channel, ...)
@@ -26,6 +29,59 @@ local function reindex(id, provider, created, from, to, expires_at)
   end
 end
 
+-- tenant_of(value): the tenant a stored `tenant` field names (the default one when unset)
+local function tenant_of(value)
+  if not value or value == '' then return DEFAULT_TENANT end
+  return value
+end
+
+-- tenant_moved(tenant, from, to): the per-tenant status counts follow one job's status
+-- (`from` is nil for a new job, `to` nil for one that is undone)
+local function tenant_moved(tenant, from, to)
+  if from then redis.call('HINCRBY', TENANT_STATS, tenant .. '|' .. from, -1) end
+  if to then redis.call('HINCRBY', TENANT_STATS, tenant .. '|' .. to, 1) end
+end
+
+-- admit_key(provider, part): one key of a provider's admission state
+local function admit_key(provider, part)
+  return ADMIT_PREFIX .. provider .. ':' .. part
+end
+
+-- unqueue(id, provider, tenant, priority): take a job out of its provider's admission queue
+-- (its tenant leaves the priority's rotation when it has no job left there); 1 if it was in
+local function unqueue(id, provider, tenant, priority)
+  local q = admit_key(provider, 'q:' .. priority .. ':' .. tenant)
+  if redis.call('ZREM', q, id) == 0 then return 0 end
+  local waiting = admit_key(provider, 'waiting')
+  if redis.call('HINCRBY', waiting, tenant, -1) <= 0 then redis.call('HDEL', waiting, tenant) end
+  if redis.call('EXISTS', q) == 0 then
+    local rotation = admit_key(provider, 't:' .. priority)
+    redis.call('ZREM', rotation, tenant)
+    if redis.call('EXISTS', rotation) == 0 then
+      redis.call('ZREM', admit_key(provider, 'prios'), priority)
+    end
+  end
+  return 1
+end
+
+-- release(id, provider, account, tenant): give back the provider-account slot the job holds
+-- (a no-op when it holds none)
+local function release(id, provider, account, tenant)
+  redis.call('ZREM', admit_key(provider, 'slots:' .. account), id)
+  redis.call('ZREM', admit_key(provider, 'held:' .. tenant), id)
+end
+
+-- leave_admission(job_key, id, provider, fields): a job that ends gives back its slot or
+-- leaves the admission queue; `fields` = {tenant, account, waiting, priority}
+local function leave_admission(job_key, id, provider, f)
+  local tenant = tenant_of(f[1])
+  if f[2] and f[2] ~= '' then release(id, provider, f[2], tenant) end
+  if f[3] == '1' then
+    unqueue(id, provider, tenant, f[4] or '0')
+    redis.call('HDEL', job_key, 'waiting', 'queue_reason')
+  end
+end
+
 -- move(k, status, now, finished_ttl_seconds, watch_at, fields): move one job forward to
 -- `status` (never back, never out of a terminal state) and set `fields` (a flat list).
 -- k holds the keys: job, events, results, order, responses, inflight, counts, by_age, stored.
@@ -38,12 +94,19 @@ local function move(k, status, now, ttl, watch, fields)
   redis.call('HINCRBY', k.counts, current, -1)
   redis.call('HINCRBY', k.counts, status, 1)
   if #fields > 0 then redis.call('HSET', k.job, unpack(fields)) end
-  local job = redis.call('HMGET', k.job, 'id', 'provider', 'created_at')
+  local job = redis.call('HMGET', k.job, 'id', 'provider', 'created_at', 'tenant', 'account',
+    'waiting', 'priority', 'cost')
   local id = job[1]
+  local tenant = tenant_of(job[4])
   local expires_at = nil
   if RANK[status] == TERMINAL then expires_at = tonumber(now) + tonumber(ttl) end
   reindex(id, job[2], job[3], current, status, expires_at)
+  tenant_moved(tenant, current, status)
   if RANK[status] == TERMINAL then
+    if job[2] then leave_admission(k.job, id, job[2], {job[4], job[5], job[6], job[7]}) end
+    if job[8] and job[8] ~= '' then
+      redis.call('HINCRBYFLOAT', TENANT_STATS, tenant .. '|cost', job[8])
+    end
     redis.call('HSET', k.job, 'finished_at', now)
     local minute = FINISHED_PREFIX .. math.floor(tonumber(now) / 60)
     redis.call('HINCRBY', minute, status, 1)

@@ -24,7 +24,8 @@ for i = 3, #ARGV do
   local k = {job = KEYS[base + 1], events = KEYS[base + 2], results = KEYS[base + 3],
     order = KEYS[base + 4], responses = KEYS[base + 5], stored = KEYS[base + 6],
     inflight = KEYS[1], counts = KEYS[2], by_age = KEYS[3]}
-  local job = redis.call('HMGET', k.job, 'status', 'poll_seq', 'id', 'provider', 'created_at')
+  local job = redis.call('HMGET', k.job, 'status', 'poll_seq', 'id', 'provider', 'created_at',
+    'tenant')
   if not job[1] then
     out[#out + 1] = {'missing', {}, 0, {}, {}, 0, {}}
   elseif job[2] ~= a.attempt or RANK[job[1]] == TERMINAL then
@@ -71,6 +72,7 @@ for i = 3, #ARGV do
         reindex(job[3], job[4], job[5], 'submitted', 'processing', nil)
         redis.call('HINCRBY', k.counts, 'submitted', -1)
         redis.call('HINCRBY', k.counts, 'processing', 1)
+        tenant_moved(tenant_of(job[6]), 'submitted', 'processing')
         event(k.events, 'type', 'status', 'status', 'processing', 'at', now)
       end
     end

@@ -1,12 +1,14 @@
 -- Undo create_job.lua for a job whose submit message could not be sent: exactly what it
 -- wrote (the job hash, its event stream, both in-flight indexes, its listing index entry,
--- the queued count).
+-- the queued counts).
 -- Only a job still queued is undone; one that moved on is left alone.
 -- KEYS: job, events, inflight, status_counts, by_age
 -- ARGV: id
 -- Returns 1 when undone, 0 when there was nothing (or nothing safe) to undo.
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-local provider = redis.call('HGET', KEYS[1], 'provider')
+local listed = redis.call('HMGET', KEYS[1], 'provider', 'tenant')
+local provider = listed[1]
+tenant_moved(tenant_of(listed[2]), 'queued', nil)
 if provider then redis.call('ZREM', INDEX_PREFIX .. provider .. ':queued', ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])

@@ -1,0 +1,204 @@
+-- Admission to one provider's capped accounts, in one call: give back refused slots, queue
+-- new jobs, then admit waiting jobs into free slots.
+--
+-- The queue (keys from admit_key(provider, ...), prelude):
+--   prios             sorted set of the priorities that have waiting jobs (score = priority)
+--   t:<prio>          sorted set: the tenants with waiting jobs at that priority, scored by
+--                     their pass (stride scheduling: a tenant's pass grows by 1/weight per job
+--                     admitted, the lowest pass goes next, so equal weights take turns)
+--   q:<prio>:<tenant> sorted set: that tenant's waiting jobs at that priority, by creation
+--   vt                hash prio -> the pass of the last job admitted there (a tenant that
+--                     starts waiting joins the turn at that point: never ahead, never behind)
+--   waiting           hash tenant -> its waiting jobs
+--   slots:<account>   sorted set: the jobs holding one of the account's slots, by admission
+--   held:<tenant>     sorted set: the jobs of the tenant holding a slot (its own cap)
+--   lowered           hash account -> "cap|until": a cap lowered after a capacity refusal
+-- A job's record says where it is: `waiting` = 1 while queued here, `account` once admitted.
+--
+-- Order: the highest priority first; within it, tenants by pass, skipping a tenant at its cap
+-- (then lower priorities go, so a capped tenant never blocks them); within a tenant, FIFO.
+-- KEYS: inflight
+-- ARGV: provider, now, limit (most jobs to admit), accounts JSON [[name, cap], ...],
+--   tenants JSON {tenant: [weight, cap (0: none)]}, submit_watch (an admitted job's next step
+--   is overdue after it), grace, cooldown_until, requeue JSON [[id, account], ...],
+--   enqueue JSON [[id, tenant, priority, created_at, deadline_at], ...]
+-- Returns {admitted (flat: id, account, ...), held (flat: id, account: jobs of `enqueue` that
+-- were admitted earlier), waiting (flat: id, reason), requeued}.
+local provider, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local accounts = cjson.decode(ARGV[4])
+local shares = cjson.decode(ARGV[5])
+local submit_watch, grace, cooldown_until = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local requeue, enqueue = cjson.decode(ARGV[9]), cjson.decode(ARGV[10])
+local INFLIGHT = KEYS[1]
+local waiting_key = admit_key(provider, 'waiting')
+local prios_key = admit_key(provider, 'prios')
+local vt_key = admit_key(provider, 'vt')
+local lowered_key = admit_key(provider, 'lowered')
+
+local function share(tenant)
+  local s = shares[tenant]
+  if s then return tonumber(s[1]), tonumber(s[2]) end
+  return 1, 0
+end
+
+-- put(id, tenant, prio, created): queue one job (its record says waiting)
+local function put(id, tenant, prio, created)
+  local q = admit_key(provider, 'q:' .. prio .. ':' .. tenant)
+  if redis.call('ZADD', q, created, id) == 0 then return end
+  redis.call('HINCRBY', waiting_key, tenant, 1)
+  local rotation = admit_key(provider, 't:' .. prio)
+  if not redis.call('ZSCORE', rotation, tenant) then
+    redis.call('ZADD', rotation, tonumber(redis.call('HGET', vt_key, prio) or '0'), tenant)
+  end
+  redis.call('ZADD', prios_key, tonumber(prio), prio)
+  redis.call('HSET', JOB_KEY_PREFIX .. id, 'waiting', '1')
+end
+
+-- 1. capacity refusals: the slot goes back, the job waits again at its place in the queue,
+-- and the account's cap is lowered to what it still holds until cooldown_until
+local requeued = 0
+local refused = {}
+for _, r in ipairs(requeue) do
+  local id, account = r[1], r[2]
+  local job_key = JOB_KEY_PREFIX .. id
+  local f = redis.call('HMGET', job_key, 'status', 'account', 'tenant', 'priority', 'created_at',
+    'deadline_at')
+  if f[1] == 'queued' and f[2] == account then
+    local tenant = tenant_of(f[3])
+    release(id, provider, account, tenant)
+    redis.call('HDEL', job_key, 'account', 'admitted_at')
+    redis.call('HINCRBY', job_key, 'capacity_refusals', 1)
+    put(id, tenant, f[4] or '0', tonumber(f[5] or now))
+    if f[6] then redis.call('ZADD', INFLIGHT, 'XX', tonumber(f[6]) + grace, id) end
+    refused[account] = true
+    requeued = requeued + 1
+  end
+end
+for account in pairs(refused) do
+  local holds = redis.call('ZCARD', admit_key(provider, 'slots:' .. account))
+  redis.call('HSET', lowered_key, account, holds .. '|' .. cooldown_until)
+end
+
+-- 2. new jobs: queue those still queued and neither waiting nor admitted; report those
+-- admitted earlier (a redelivered submit, the reconciler's resubmit) so they are sent
+local held = {}
+local fresh = {}
+for _, e in ipairs(enqueue) do
+  local id = e[1]
+  local f = redis.call('HMGET', JOB_KEY_PREFIX .. id, 'status', 'waiting', 'account')
+  if f[1] == 'queued' then
+    if f[3] and f[3] ~= '' then
+      held[#held + 1] = id
+      held[#held + 1] = f[3]
+    elseif f[2] ~= '1' then
+      put(id, e[2], e[3], tonumber(e[4]))
+      redis.call('ZADD', INFLIGHT, 'XX', tonumber(e[5]) + grace, id)
+      fresh[#fresh + 1] = e
+    end
+  end
+end
+
+-- 3. free slots per account (a lowered cap holds until its time is up)
+local free, total = {}, 0
+local in_use, capacity = 0, 0
+for i, a in ipairs(accounts) do
+  local cap = tonumber(a[2])
+  local low = redis.call('HGET', lowered_key, a[1])
+  if low then
+    local sep = string.find(low, '|', 1, true)
+    if tonumber(string.sub(low, sep + 1)) > now then
+      cap = math.min(cap, tonumber(string.sub(low, 1, sep - 1)))
+    else
+      redis.call('HDEL', lowered_key, a[1])
+    end
+  end
+  local used = redis.call('ZCARD', admit_key(provider, 'slots:' .. a[1]))
+  free[i] = math.max(0, cap - used)
+  total = total + free[i]
+  in_use = in_use + used
+  capacity = capacity + cap
+end
+
+-- next_turn(): the priority, tenant and pass whose job goes next, or nil
+local function next_turn()
+  for _, prio in ipairs(redis.call('ZREVRANGE', prios_key, 0, -1)) do
+    local rotation = admit_key(provider, 't:' .. prio)
+    local start = 0
+    while true do
+      local chunk = redis.call('ZRANGE', rotation, start, start + 15, 'WITHSCORES')
+      if #chunk == 0 then break end
+      for i = 1, #chunk, 2 do
+        local tenant = chunk[i]
+        local _, cap = share(tenant)
+        if cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap then
+          return prio, tenant, tonumber(chunk[i + 1])
+        end
+      end
+      start = start + 16
+    end
+  end
+  return nil
+end
+
+-- 4. admit
+local admitted = {}
+while total > 0 and #admitted < 2 * limit do
+  local prio, tenant, pass = next_turn()
+  if not prio then break end
+  local q = admit_key(provider, 'q:' .. prio .. ':' .. tenant)
+  local id = redis.call('ZRANGE', q, 0, 0)[1]
+  if not id then  -- a turn with no job left (should not happen): drop the turn
+    local rotation = admit_key(provider, 't:' .. prio)
+    redis.call('ZREM', rotation, tenant)
+    if redis.call('EXISTS', rotation) == 0 then redis.call('ZREM', prios_key, prio) end
+  end
+  if id then unqueue(id, provider, tenant, prio) end
+  local job_key = JOB_KEY_PREFIX .. (id or '')
+  if id then redis.call('HDEL', job_key, 'waiting', 'queue_reason') end
+  if id and redis.call('HGET', job_key, 'status') == 'queued' then  -- else it ended meanwhile
+    local best = 1
+    for i = 2, #free do if free[i] > free[best] then best = i end end
+    local account = accounts[best][1]
+    free[best] = free[best] - 1
+    total = total - 1
+    in_use = in_use + 1
+    redis.call('ZADD', admit_key(provider, 'slots:' .. account), now, id)
+    redis.call('ZADD', admit_key(provider, 'held:' .. tenant), now, id)
+    redis.call('HSET', job_key, 'account', account, 'admitted_at', tostring(now))
+    redis.call('ZADD', INFLIGHT, 'XX', submit_watch, id)
+    admitted[#admitted + 1] = id
+    admitted[#admitted + 1] = account
+    redis.call('HSET', vt_key, prio, tostring(pass))
+    local weight = share(tenant)
+    redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
+  end
+end
+
+-- 5. why the new jobs still wait, in words
+local waiting = {}
+if #fresh > 0 then
+  local counts = redis.call('HVALS', waiting_key)
+  local jobs = 0
+  for _, n in ipairs(counts) do jobs = jobs + tonumber(n) end
+  for _, e in ipairs(fresh) do
+    local id, tenant, prio = e[1], e[2], e[3]
+    local job_key = JOB_KEY_PREFIX .. id
+    if redis.call('HGET', job_key, 'waiting') == '1' then
+      local ahead = redis.call('ZRANK', admit_key(provider, 'q:' .. prio .. ':' .. tenant), id)
+      local _, cap = share(tenant)
+      local mine = ''
+      if cap > 0 then
+        local holds = redis.call('ZCARD', admit_key(provider, 'held:' .. tenant))
+        mine = string.format('; tenant %s holds %d of its %d', tenant, holds, cap)
+      end
+      local reason = string.format(
+        'waiting for capacity on %s (%d of %d slots in use across %d account(s)%s; %d jobs ' ..
+        'waiting across %d tenant(s), %d of tenant %s ahead of this one)',
+        provider, in_use, capacity, #accounts, mine, jobs, #counts, ahead or 0, tenant)
+      redis.call('HSET', job_key, 'queue_reason', reason)
+      waiting[#waiting + 1] = id
+      waiting[#waiting + 1] = reason
+    end
+  end
+end
+return {admitted, held, waiting, requeued}

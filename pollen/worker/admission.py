@@ -1,0 +1,124 @@
+"""Admission to capped provider accounts, from the worker's side.
+
+A capped provider's job (:mod:`pollen.capacity`) takes a slot before its create goes out:
+
+- the submit step hands its queued jobs to :func:`gate`, which queues them and admits what
+  the free slots allow in one Redis call; the jobs admitted (this batch's, or others that
+  waited longer or have a higher priority or tenant turn) are sent by the same step;
+- when slots free up (a poll that ended jobs, the periodic round), :func:`pump` admits more and
+  sends their ``pollen.submit`` messages;
+- a create the provider refused for capacity goes back to the queue (:func:`requeue`), and
+  the account's cap is lowered to what it holds for ``POLLEN_ADMISSION__COOLDOWN``;
+- :func:`sweep` (the reconciler's round) takes back slots whose jobs vanished.
+
+No Celery here: the caller passes how to send a submit message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+from pollen import contract
+from pollen.models import Job
+from pollen.store.admission import Admitted, Entry
+from pollen.worker import metrics
+from pollen.worker.runtime import Deps
+
+log = logging.getLogger(__name__)
+
+#: most jobs one pump admits per provider (the periodic round pumps again a second later)
+PUMP_LIMIT = 500
+
+#: send(job_ids): one ``pollen.submit`` message for admitted jobs
+SendSubmits = Callable[[list[str]], None]
+
+
+def entry(job: Job) -> Entry:
+    deadline_at = job.deadline_at or job.created_at + job.policy.deadline
+    return Entry(job.id, job.tenant, job.priority, job.created_at, deadline_at)
+
+
+def _admit(
+    deps: Deps,
+    provider: str,
+    *,
+    now: float,
+    limit: int,
+    enqueue: Sequence[Job] = (),
+    requeue: Sequence[tuple[str, str]] = (),
+) -> Admitted:
+    capacity = deps.capacity
+    result = deps.store.admission.admit(
+        provider,
+        now=now,
+        limit=limit,
+        caps=capacity.caps(provider),
+        shares=capacity.shares(),
+        enqueue=[entry(job) for job in enqueue],
+        requeue=requeue,
+        cooldown_until=now + deps.settings.admission.cooldown,
+    )
+    if result.admitted:
+        metrics.ADMITTED.labels(provider).inc(len(result.admitted))
+    return result
+
+
+def gate(deps: Deps, provider: str, jobs: Sequence[Job], *, now: float) -> tuple[list[Job], int]:
+    """Of a capped provider's queued ``jobs``, the ones to send now, each with its account,
+    plus waiting jobs the free slots admitted ahead of them (fairness decides, not arrival);
+    and how many of ``jobs`` wait. One round trip (two when others were admitted)."""
+    limit = max(len(jobs), deps.settings.batch_size)
+    result = _admit(deps, provider, now=now, limit=limit, enqueue=jobs)
+    mine = {job.id: job for job in jobs}
+    ready: list[Job] = []
+    for job_id, account in {**result.held, **result.admitted}.items():
+        if job_id in mine:
+            ready.append(mine[job_id].model_copy(update={"account": account}))
+    others = [job_id for job_id in result.admitted if job_id not in mine]
+    # a job admitted but expired before this read is missing: the sweep frees its slot
+    ready += [job for job in deps.store.lifecycle.get_many(others) if job is not None]
+    for job_id, reason in result.waiting.items():
+        log.info("job %s waits: %s", job_id, reason)
+    return ready, len(result.waiting)
+
+
+def pump(deps: Deps, providers: Iterable[str], send: SendSubmits, *, now: float) -> int:
+    """Admit waiting jobs of the capped ``providers`` into their free slots and send their
+    submits (batches of ``contract.SUBMIT_BATCH_JOBS``); how many were admitted."""
+    count = 0
+    for provider in sorted(set(providers) & deps.capacity.capped_providers):
+        admitted = list(_admit(deps, provider, now=now, limit=PUMP_LIMIT).admitted)
+        for start in range(0, len(admitted), contract.SUBMIT_BATCH_JOBS):
+            send(admitted[start : start + contract.SUBMIT_BATCH_JOBS])
+        count += len(admitted)
+    return count
+
+
+def requeue(deps: Deps, provider: str, refused: Sequence[Job], *, now: float) -> int:
+    """Give back the slots of jobs whose create the provider refused for capacity and put
+    the jobs back at their place in the queue; how many."""
+    pairs = [(job.id, job.account) for job in refused if job.account]
+    if not pairs:
+        return 0
+    result = _admit(deps, provider, now=now, limit=0, requeue=pairs)
+    metrics.CAPACITY_REFUSALS.labels(provider).inc(len(pairs))
+    log.warning(
+        "%s refused %d create(s) for capacity; the jobs wait in pollen and the cap of account(s) "
+        "%s is lowered to what they hold for %gs",
+        provider, len(pairs), ", ".join(sorted({a for _, a in pairs})),
+        deps.settings.admission.cooldown,
+    )  # fmt: skip
+    return result.requeued
+
+
+def sweep(deps: Deps) -> int:
+    """Take back the slots of jobs that vanished without giving theirs back; how many."""
+    freed = 0
+    for provider in sorted(deps.capacity.capped_providers):
+        ids = deps.store.admission.sweep(provider, [a for a, _ in deps.capacity.caps(provider)])
+        if ids:
+            log.warning("%s: took back %d slot(s) of vanished jobs: %s", provider, len(ids),
+                        ids[:10])  # fmt: skip
+        freed += len(ids)
+    return freed
