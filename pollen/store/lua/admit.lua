@@ -12,6 +12,8 @@
 --   waiting           hash tenant -> its waiting jobs
 --   slots:<account>   sorted set: the jobs holding one of the account's slots, by admission
 --   held:<tenant>     sorted set: the jobs of the tenant holding a slot (its own cap)
+--   owners            hash job -> tenant of every job holding a slot (the sweep gives a
+--                     vanished job's share back to its tenant)
 --   lowered           hash account -> "cap|until": a cap lowered after a capacity refusal
 -- A job's record says where it is: `waiting` = 1 while queued here, `account` once admitted.
 --
@@ -164,6 +166,7 @@ while total > 0 and #admitted < 2 * limit do
     in_use = in_use + 1
     redis.call('ZADD', admit_key(provider, 'slots:' .. account), now, id)
     redis.call('ZADD', admit_key(provider, 'held:' .. tenant), now, id)
+    redis.call('HSET', admit_key(provider, 'owners'), id, tenant)
     redis.call('HSET', job_key, 'account', account, 'admitted_at', tostring(now))
     redis.call('ZADD', INFLIGHT, 'XX', submit_watch, id)
     admitted[#admitted + 1] = id

@@ -1,0 +1,303 @@
+"""Every way a job ends gives back its provider-account slot, and the next waiting job gets it.
+
+A Runware account capped at two tasks at once (``max_in_flight``), real Redis and the
+simulator over HTTP; the worker's steps are called directly (submit, poll, cancel, the
+periodic pump and sweep), and one test runs the same paths on real worker processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from pollen import JobStatus, payloads
+from pollen.local.servers import RedisServer
+from pollen.settings import Settings, TenantSettings
+from pollen.simulator import SimulatorServer
+from pollen.store import keys
+from pollen.worker import admission, batch, cancels, submits
+from pollen.worker.reconciler import reconcile
+from pollen.worker.runtime import Deps, build_deps
+from tests import steps
+from tests.conftest import eventually
+from tests.fleet import Fleet
+from tests.helpers import sim_faults, video_request
+
+pytestmark = pytest.mark.integration
+
+CAP = 2
+SLOTS = keys.slots("runware", "default")
+
+
+@pytest.fixture
+def capped(settings: Settings, clean: None) -> Iterator[Deps]:
+    """The steps' dependencies with the Runware key capped at :data:`CAP` tasks at once."""
+    runware = settings.runware.model_copy(update={"max_in_flight": CAP})
+    built = build_deps(settings.model_copy(update={"runware": runware}))
+    yield built
+    built.http.close()
+    built.store.redis.close()
+
+
+def accept(deps: Deps, label: str, durations: list[float] | None = None, **job: Any) -> str:
+    """Store a new Runware video job (its prompt is ``label``, how the simulator's tasks are
+    told apart); no message is sent."""
+    request = video_request(durations or [0.2])
+    request["positivePrompt"] = label
+    payload = {"provider": "runware", "request": request, **job}
+    job_id, created = payloads.accept(deps.settings, deps.store, payload, now=time.time())
+    assert created
+    return job_id
+
+
+def holders(deps: Deps) -> list[str]:
+    """The jobs holding a slot of the capped account, in Redis."""
+    return [str(job_id) for job_id in deps.store.redis.zrange(SLOTS, 0, -1)]
+
+
+def in_use(deps: Deps) -> int:
+    return deps.store.admission.queue_state("runware", deps.capacity.caps("runware"),
+                                            now=time.time()).in_use  # fmt: skip
+
+
+def waiting(deps: Deps) -> dict[str, int]:
+    return deps.store.admission.queue_state("runware", deps.capacity.caps("runware"),
+                                            now=time.time()).waiting  # fmt: skip
+
+
+def created_at_provider(simulator: SimulatorServer) -> list[str]:
+    """The labels of every task the simulator was asked to create."""
+    tasks = httpx.get(f"{simulator.url}/_sim/finished").json()["tasks"]
+    return sorted(task["label"] for task in tasks.values())
+
+
+def pump(deps: Deps) -> list[str]:
+    """The periodic round's admission: the jobs it admitted (their submits are not sent)."""
+    sent: list[list[str]] = []
+    admission.pump(deps, ["runware"], sent.append, now=deps.clock())
+    return [job_id for ids in sent for job_id in ids]
+
+
+def full(deps: Deps) -> tuple[list[str], str]:
+    """Two running jobs holding both slots, and one waiting for them."""
+    running = [accept(deps, "running-1", [30.0]), accept(deps, "running-2", [30.0])]
+    for job_id in running:
+        assert steps.submit(deps, job_id).poll_in is not None
+    behind = accept(deps, "waiting")
+    assert submits.submit_batch(deps, [behind]).waiting == 1
+    assert holders(deps) == running and waiting(deps) == {"default": 1}
+    return running, behind
+
+
+def assert_freed(deps: Deps, job_id: str, behind: str) -> None:
+    """``job_id`` gave back its slot, and the periodic round admits ``behind`` into it."""
+    assert job_id not in holders(deps)
+    assert in_use(deps) == CAP - 1
+    assert pump(deps) == [behind]
+    assert behind in holders(deps) and in_use(deps) == CAP and waiting(deps) == {}
+    assert deps.store.lifecycle.get(behind).account == "default"
+
+
+def test_a_job_that_succeeds_gives_back_its_slot(capped: Deps) -> None:
+    quick = accept(capped, "quick", [0.1])
+    steps.submit(capped, quick)
+    other = accept(capped, "other", [30.0])
+    steps.submit(capped, other)
+    behind = accept(capped, "behind")
+    assert submits.submit_batch(capped, [behind]).waiting == 1
+    assert pump(capped) == []  # every slot is held
+    time.sleep(0.3)
+    assert batch.poll_batch(capped, [(quick, 1)]).finished == [quick]
+    assert capped.store.lifecycle.get(quick).status is JobStatus.SUCCEEDED
+    assert_freed(capped, quick, behind)
+
+
+def test_a_job_the_provider_fails_gives_back_its_slot(capped: Deps) -> None:
+    request = video_request([0.1], errors=["timeoutProvider"])
+    job_id, _ = payloads.accept(
+        capped.settings, capped.store, {"provider": "runware", "request": request},
+        now=time.time(),
+    )  # fmt: skip
+    steps.submit(capped, job_id)
+    steps.submit(capped, accept(capped, "other", [30.0]))
+    behind = accept(capped, "behind")
+    submits.submit_batch(capped, [behind])
+    time.sleep(0.3)
+    batch.poll_batch(capped, [(job_id, 1)])
+    assert capped.store.lifecycle.get(job_id).status is JobStatus.FAILED
+    assert_freed(capped, job_id, behind)
+
+
+def test_a_job_past_its_deadline_while_running_gives_back_its_slot(capped: Deps) -> None:
+    (late, _), behind = full(capped)
+    capped.clock = lambda: time.time() + 7200  # past every deadline
+    batch.poll_batch(capped, [(late, 1)])
+    job = capped.store.lifecycle.get(late)
+    assert job.status is JobStatus.TIMED_OUT and job.error is not None
+    assert_freed(capped, late, behind)
+
+
+def test_a_job_cancelled_while_running_gives_back_its_slot(capped: Deps) -> None:
+    (cancelled, _), behind = full(capped)
+    answer, _ = steps.cancel(capped, cancelled, "no longer needed")
+    assert answer.cancelled
+    cancels.follow_up(capped, cancelled)
+    assert_freed(capped, cancelled, behind)
+
+
+def test_a_job_cancelled_while_it_waits_leaves_the_queue_and_never_reaches_the_provider(
+    capped: Deps, simulator: SimulatorServer
+) -> None:
+    (first, _), cancelled = full(capped)
+    behind = accept(capped, "behind")
+    submits.submit_batch(capped, [behind])
+    assert waiting(capped) == {"default": 2}
+    answer, _ = steps.cancel(capped, cancelled, "changed my mind")
+    assert answer.cancelled and answer.job.status is JobStatus.CANCELLED
+    assert waiting(capped) == {"default": 1}  # it left the queue at once
+    assert capped.store.redis.hget(keys.job(cancelled), "waiting") is None
+    cancels.follow_up(capped, cancelled)
+    note = capped.store.lifecycle.get(cancelled).cancel_note
+    assert note is not None and note.startswith("cancelled before it was submitted")
+    steps.cancel(capped, first, "make room")
+    assert pump(capped) == [behind]  # the next one in line, not the cancelled job
+    assert submits.submit_batch(capped, [cancelled, behind]).polls[0].job_id == behind
+    assert created_at_provider(simulator) == ["behind", "running-1", "running-2"]
+
+
+def test_a_create_the_provider_refuses_gives_back_its_slot(
+    capped: Deps, simulator: SimulatorServer
+) -> None:
+    steps.submit(capped, accept(capped, "running", [30.0]))
+    refused, behind = accept(capped, "refused"), accept(capped, "behind")
+    sim_faults(simulator.url, ["400"])
+    out = submits.submit_batch(capped, [refused, behind])
+    assert out.finished == [refused] and out.waiting == 1
+    job = capped.store.lifecycle.get(refused)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert job.error.code == "http400"
+    assert_freed(capped, refused, behind)
+
+
+def test_a_create_without_an_answer_keeps_its_slot_until_the_job_ends(
+    capped: Deps, simulator: SimulatorServer
+) -> None:
+    steps.submit(capped, accept(capped, "running", [30.0]))
+    unanswered, behind = accept(capped, "unanswered", [0.1]), accept(capped, "behind")
+    sim_faults(simulator.url, ["timeout"])  # the simulator takes the task, after the client gave up
+    out = submits.submit_batch(capped, [unanswered, behind])
+    assert [job_id for job_id, _ in out.retries] == [unanswered] and out.waiting == 1
+    # the provider may have its task: the slot stays taken while the create is tried again
+    assert unanswered in holders(capped) and pump(capped) == []
+    eventually(lambda: "unanswered" in created_at_provider(simulator), timeout=15,
+               what="the simulator to create the task")  # fmt: skip
+    again = submits.submit_batch(capped, [unanswered])
+    assert [due.job_id for due in again.polls] == [unanswered]
+    job = capped.store.lifecycle.get(unanswered)
+    assert job.status is JobStatus.SUBMITTED and job.account == "default"
+    assert unanswered in holders(capped) and pump(capped) == []
+    time.sleep(0.3)
+    batch.poll_batch(capped, [(unanswered, 1)])
+    assert capped.store.lifecycle.get(unanswered).status is JobStatus.SUCCEEDED
+    assert_freed(capped, unanswered, behind)
+    assert created_at_provider(simulator).count("unanswered") == 1
+
+
+def test_a_create_that_never_gets_an_answer_gives_back_its_slot_at_the_deadline(
+    capped: Deps, simulator: SimulatorServer
+) -> None:
+    steps.submit(capped, accept(capped, "running", [30.0]))
+    unanswered, behind = accept(capped, "unanswered"), accept(capped, "behind")
+    sim_faults(simulator.url, ["503", "503"])
+    assert submits.submit_batch(capped, [unanswered, behind]).retries
+    assert submits.submit_batch(capped, [unanswered]).retries  # still held while it retries
+    assert unanswered in holders(capped) and pump(capped) == []
+    capped.clock = lambda: time.time() + 7200
+    out = submits.submit_batch(capped, [unanswered])
+    assert out.finished == [unanswered]
+    job = capped.store.lifecycle.get(unanswered)
+    assert job.status is JobStatus.TIMED_OUT and job.error is not None
+    assert "never accepted" in job.error.message
+    assert_freed(capped, unanswered, behind)
+
+
+def test_the_sweep_takes_back_the_slot_of_a_job_whose_record_expired(capped: Deps) -> None:
+    (vanished, kept), behind = full(capped)
+    assert admission.sweep(capped) == 0  # every holder is alive: nothing is taken
+    capped.store.redis.delete(keys.job(vanished))
+    assert admission.sweep(capped) == 1
+    assert holders(capped) == [kept]
+    assert_freed(capped, vanished, behind)
+    assert admission.sweep(capped) == 0
+
+
+def test_a_deadline_that_passes_while_a_job_waits_times_it_out_and_it_leaves_the_queue(
+    capped: Deps,
+) -> None:
+    _, late = full(capped)
+    job = capped.store.lifecycle.get(late)
+    assert job.queue_reason is not None and "waiting for capacity on runware" in job.queue_reason
+    assert job.deadline_at is not None
+    sent: list[tuple[str, dict[str, object]]] = []
+    now = job.deadline_at + capped.settings.reconcile_grace + 1
+    report = reconcile(capped.store, lambda name, kwargs: sent.append((name, kwargs)), now=now)
+    assert report.resubmitted == [late]  # the reconciler wakes it at its deadline
+    capped.clock = lambda: now
+    assert submits.submit_batch(capped, [late]).finished == [late]
+    job = capped.store.lifecycle.get(late)
+    assert job.status is JobStatus.TIMED_OUT and job.error is not None
+    assert "never admitted" in job.error.message
+    assert "waiting for capacity on runware" in job.error.message
+    assert waiting(capped) == {} and in_use(capped) == CAP
+    assert pump(capped) == []
+
+
+def test_real_workers_give_back_every_slot(
+    worker_env: dict[str, str], redis_server: RedisServer, simulator: SimulatorServer,
+    tmp_path: Any, clean: None,
+) -> None:  # fmt: skip
+    """Success, provider failure and cancels on real worker processes: the slots of a capped
+    account are given back and every job ends; the cap is never passed at the provider."""
+    with Fleet(
+        worker_env, redis_server.url(0), tmp_path, POLLEN_RUNWARE__MAX_IN_FLIGHT=str(CAP),
+        POLLEN_TICK_INTERVAL="0.2",
+    ) as fleet:  # fmt: skip
+        fleet.start("capped", concurrency=2)
+        with fleet.client() as client:
+            ok = [client.submit("runware", video_request([0.3])) for _ in range(3)]
+            failing = client.submit("runware", video_request([0.2], errors=["timeoutProvider"]))
+            long = client.submit("runware", video_request([30.0]))
+            last = client.submit("runware", video_request([0.2]))
+            eventually(lambda: client.get(long).status is JobStatus.PROCESSING, timeout=30,
+                       what="the long job to run")  # fmt: skip
+            client.cancel(long)
+            ends = {job_id: client.wait(job_id, timeout=30).status for job_id in [*ok, last]}
+            assert set(ends.values()) == {JobStatus.SUCCEEDED}
+            assert client.wait(failing, timeout=30).status is JobStatus.FAILED
+            store = client.store.redis
+            eventually(lambda: store.zcard(SLOTS) == 0, timeout=10, what="every slot back")
+            assert store.hgetall(keys.admit("runware", "waiting")) == {}
+
+
+def test_the_sweep_gives_back_a_tenant_its_share_of_a_job_whose_record_expired(
+    settings: Settings, clean: None
+) -> None:
+    runware = settings.runware.model_copy(update={"max_in_flight": CAP})
+    tenants = {"acme": TenantSettings(max_in_flight=1)}
+    deps = build_deps(settings.model_copy(update={"runware": runware, "tenants": tenants}))
+    try:
+        vanished = accept(deps, "vanished", [30.0], tenant="acme")
+        steps.submit(deps, vanished)
+        behind = accept(deps, "behind", tenant="acme")
+        assert submits.submit_batch(deps, [behind]).waiting == 1  # acme holds its one slot
+        deps.store.redis.delete(keys.job(vanished))
+        assert admission.sweep(deps) == 1
+        assert deps.store.redis.zcard(keys.admit("runware", "held:acme")) == 0
+        assert pump(deps) == [behind]
+    finally:
+        deps.http.close()
+        deps.store.redis.close()
