@@ -26,6 +26,7 @@ from tests import steps
 from tests.conftest import eventually
 from tests.fleet import Fleet
 from tests.helpers import sim_faults, video_request
+from tests.test_cli import pollen
 
 pytestmark = pytest.mark.integration
 
@@ -236,11 +237,14 @@ def test_the_sweep_takes_back_the_slot_of_a_job_whose_record_expired(capped: Dep
 
 
 def test_a_deadline_that_passes_while_a_job_waits_times_it_out_and_it_leaves_the_queue(
-    capped: Deps,
+    capped: Deps, worker_env: dict[str, str]
 ) -> None:
     _, late = full(capped)
     job = capped.store.lifecycle.get(late)
     assert job.queue_reason is not None and "waiting for capacity on runware" in job.queue_reason
+    status = pollen(worker_env, "status", late)  # the status line says why it waits
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.rstrip().endswith(f"tenant=default priority=0 {job.queue_reason}")
     assert job.deadline_at is not None
     sent: list[tuple[str, dict[str, object]]] = []
     now = job.deadline_at + capped.settings.reconcile_grace + 1

@@ -150,9 +150,11 @@ def wait_for(
 def _status_line(job: Job, last_error: str) -> str:
     detail = f" ({job.error.code}: {job.error.message})" if job.error else ""
     retrying = f" last error: {last_error}" if last_error and not job.terminal else ""
+    waits = f" {job.queue_reason}" if job.queue_reason and not job.terminal else ""
     return (
         f"{job.id} {job.status.value}{detail} polls={job.polls} "
-        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}{retrying}"
+        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)} "
+        f"tenant={job.tenant} priority={job.priority}{waits}{retrying}"
     )
 
 
