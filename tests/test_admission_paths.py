@@ -137,6 +137,7 @@ def test_a_job_past_its_deadline_while_running_gives_back_its_slot(capped: Deps)
     (late, _), behind = full(capped)
     capped.clock = lambda: time.time() + 7200  # past every deadline
     batch.poll_batch(capped, [(late, 1)])
+    capped.clock = time.time
     job = capped.store.lifecycle.get(late)
     assert job.status is JobStatus.TIMED_OUT and job.error is not None
     assert_freed(capped, late, behind)
@@ -219,6 +220,7 @@ def test_a_create_that_never_gets_an_answer_gives_back_its_slot_at_the_deadline(
     assert unanswered in holders(capped) and pump(capped) == []
     capped.clock = lambda: time.time() + 7200
     out = submits.submit_batch(capped, [unanswered])
+    capped.clock = time.time
     assert out.finished == [unanswered]
     job = capped.store.lifecycle.get(unanswered)
     assert job.status is JobStatus.TIMED_OUT and job.error is not None
@@ -305,3 +307,37 @@ def test_the_sweep_gives_back_a_tenant_its_share_of_a_job_whose_record_expired(
     finally:
         deps.http.close()
         deps.store.redis.close()
+
+
+def test_a_job_whose_deadline_passed_in_the_queue_is_never_given_a_slot(capped: Deps) -> None:
+    first, second = accept(capped, "running-1", [30.0]), accept(capped, "running-2", [30.0])
+    submits.submit_batch(capped, [first, second])
+    late, behind = accept(capped, "late", deadline=60), accept(capped, "behind")
+    assert submits.submit_batch(capped, [late, behind]).waiting == 2
+    capped.clock = lambda: time.time() + 120  # past the late job's deadline only
+    steps.cancel(capped, first, "make room")
+    sent: list[list[str]] = []
+    assert admission.pump(capped, ["runware"], sent.append, now=capped.clock()) == 1
+    # the slot goes to a job that can still use it; the late one's submit times it out
+    assert holders(capped) == [second, behind] and waiting(capped) == {}
+    assert sorted(job_id for ids in sent for job_id in ids) == sorted([late, behind])
+    assert submits.submit_batch(capped, [late]).finished == [late]
+    job = capped.store.lifecycle.get(late)
+    assert job.status is JobStatus.TIMED_OUT and job.error is not None
+    assert "never admitted: it was waiting for capacity on runware" in job.error.message
+
+
+def test_a_submit_that_meets_a_job_expired_in_the_queue_times_it_out(capped: Deps) -> None:
+    first, second = accept(capped, "running-1", [30.0]), accept(capped, "running-2", [30.0])
+    submits.submit_batch(capped, [first, second])
+    late = accept(capped, "late", deadline=60)
+    assert submits.submit_batch(capped, [late]).waiting == 1
+    newer = accept(capped, "newer")
+    capped.clock = lambda: time.time() + 120  # past the late job's deadline only
+    steps.cancel(capped, first, "make room")
+    out = submits.submit_batch(capped, [newer])  # the late one is first in line, and too late
+    assert out.finished == [late] and [due.job_id for due in out.polls] == [newer]
+    assert holders(capped) == [second, newer] and waiting(capped) == {}
+    job = capped.store.lifecycle.get(late)
+    assert job.status is JobStatus.TIMED_OUT and job.error is not None
+    assert "never admitted: it was waiting for capacity on runware" in job.error.message

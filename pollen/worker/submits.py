@@ -82,7 +82,7 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
             sending.setdefault(job.provider, []).append(job)
         if job.status is JobStatus.QUEUED and job.submit_attempts == 0:
             out.fresh.add(job.id)
-    _gate(deps, out, sending, now)
+    endings += _gate(deps, out, sending, now)
     moves: list[Move] = []
     started: list[Job] = []
     for provider, jobs in sending.items():
@@ -98,12 +98,21 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     return out
 
 
-def _gate(deps: Deps, out: SubmitNext, sending: dict[str, list[Job]], now: float) -> None:
+def _gate(deps: Deps, out: SubmitNext, sending: dict[str, list[Job]], now: float) -> list[Ending]:
     """A capped provider's jobs take a slot first: those admitted are sent (with jobs that
-    waited and whose turn it is), the others wait in pollen's queue."""
+    waited and whose turn it is), the others wait in pollen's queue. Jobs whose deadline
+    passed while they waited are returned to end."""
+    endings: list[Ending] = []
     for provider in [p for p in sending if deps.capacity.capped(p)]:
-        sending[provider], waiting = admission.gate(deps, provider, sending[provider], now=now)
-        out.waiting += waiting
+        gated = admission.gate(deps, provider, sending[provider], now=now)
+        sending[provider] = gated.ready
+        out.waiting += gated.waiting
+        for job in gated.expired:
+            out.providers.add(job.provider)
+            ending = _triage(deps, out, job, now)
+            if ending is not None:
+                endings.append(ending)
+    return endings
 
 
 def _pushed_meanwhile(deps: Deps, out: SubmitNext, started: Sequence[Job]) -> None:

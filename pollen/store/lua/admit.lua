@@ -25,7 +25,8 @@
 --   is overdue after it), grace, cooldown_until, requeue JSON [[id, account], ...],
 --   enqueue JSON [[id, tenant, priority, created_at, deadline_at], ...]
 -- Returns {admitted (flat: id, account, ...), held (flat: id, account: jobs of `enqueue` that
--- were admitted earlier), waiting (flat: id, reason), requeued}.
+-- were admitted earlier), waiting (flat: id, reason), requeued, expired (ids of jobs whose
+-- deadline passed while they waited: out of the queue, no slot)}.
 local provider, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local accounts = cjson.decode(ARGV[4])
 local shares = cjson.decode(ARGV[5])
@@ -142,9 +143,10 @@ local function next_turn()
   return nil
 end
 
--- 4. admit
-local admitted = {}
-while total > 0 and #admitted < 2 * limit do
+-- 4. admit (a job whose deadline passed while it waited takes no slot: it leaves the queue
+-- and is reported, its submit step times it out; its reason stays to say it never got in)
+local admitted, expired = {}, {}
+while total > 0 and #admitted < 2 * limit and #expired < limit do
   local prio, tenant, pass = next_turn()
   if not prio then break end
   local q = admit_key(provider, 'q:' .. prio .. ':' .. tenant)
@@ -156,8 +158,15 @@ while total > 0 and #admitted < 2 * limit do
   end
   if id then unqueue(id, provider, tenant, prio) end
   local job_key = JOB_KEY_PREFIX .. (id or '')
-  if id then redis.call('HDEL', job_key, 'waiting', 'queue_reason') end
-  if id and redis.call('HGET', job_key, 'status') == 'queued' then  -- else it ended meanwhile
+  local f = {}
+  if id then
+    redis.call('HDEL', job_key, 'waiting')
+    f = redis.call('HMGET', job_key, 'status', 'deadline_at')
+  end
+  if f[1] == 'queued' and f[2] and tonumber(f[2]) <= now then
+    expired[#expired + 1] = id
+  elseif f[1] == 'queued' then  -- else it ended meanwhile (or its record is gone)
+    redis.call('HDEL', job_key, 'queue_reason')
     local best = 1
     for i = 2, #free do if free[i] > free[best] then best = i end end
     local account = accounts[best][1]
@@ -204,4 +213,4 @@ if #fresh > 0 then
     end
   end
 end
-return {admitted, held, waiting, requeued}
+return {admitted, held, waiting, requeued, expired}
