@@ -287,6 +287,23 @@ def test_real_workers_give_back_every_slot(
             store = client.store.redis
             eventually(lambda: store.zcard(SLOTS) == 0, timeout=10, what="every slot back")
             assert store.hgetall(keys.admit("runware", "waiting")) == {}
+    tasks = httpx.get(f"{simulator.url}/_sim/finished").json()["tasks"].values()
+    assert len(tasks) == 6
+    # the cancelled task runs on at the provider (Runware has no cancel call); the others
+    # never ran more than the cap at once, as the simulator saw them
+    spans = [(t["created_at"], max(t["finished_at"])) for t in tasks]
+    spans = [(start, end) for start, end in spans if end - start < 29]
+    assert len(spans) == 5 and most_at_once(spans) <= CAP
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of these (start, end) intervals that overlap at one time."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
 
 
 def test_the_sweep_gives_back_a_tenant_its_share_of_a_job_whose_record_expired(
