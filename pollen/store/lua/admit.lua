@@ -13,10 +13,12 @@
 --   slots:<account>   sorted set: the jobs holding one of the account's slots, by admission
 --   held:<tenant>     sorted set: the jobs of the tenant holding a slot (its own cap)
 --   lowered           hash account -> "cap|until": a cap lowered after a capacity refusal
+--   served            hash tenant -> the admission count at its last admission ('#': the count)
 -- A job's record says where it is: `waiting` = 1 while queued here, `account` once admitted.
 --
--- Order: the highest priority first; within it, tenants by pass, skipping a tenant at its cap
--- (then lower priorities go, so a capped tenant never blocks them); within a tenant, FIFO.
+-- Order: the highest priority first; within it, tenants by pass (equal passes: the tenant
+-- served least recently), skipping a tenant at its cap (then lower priorities go, so a capped
+-- tenant never blocks them); within a tenant, FIFO.
 -- KEYS: inflight
 -- ARGV: provider, now, limit (most jobs to admit), accounts JSON [[name, cap], ...],
 --   tenants JSON {tenant: [weight, cap (0: none)]}, submit_watch (an admitted job's next step
@@ -119,7 +121,20 @@ for i, a in ipairs(accounts) do
   capacity = capacity + cap
 end
 
--- next_turn(): the priority, tenant and pass whose job goes next, or nil
+local served_key = admit_key(provider, 'served')
+
+local function admissible(tenant)
+  local _, cap = share(tenant)
+  return cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap
+end
+
+-- last_served(tenant): when the tenant's last job was admitted (a count of admissions; 0: never)
+local function last_served(tenant)
+  return tonumber(redis.call('HGET', served_key, tenant) or '0')
+end
+
+-- next_turn(): the priority, tenant and pass whose job goes next, or nil. Among admissible
+-- tenants of equal pass, the one served least recently goes first (a strict rotation).
 local function next_turn()
   for _, prio in ipairs(redis.call('ZREVRANGE', prios_key, 0, -1)) do
     local rotation = admit_key(provider, 't:' .. prio)
@@ -128,10 +143,17 @@ local function next_turn()
       local chunk = redis.call('ZRANGE', rotation, start, start + 15, 'WITHSCORES')
       if #chunk == 0 then break end
       for i = 1, #chunk, 2 do
-        local tenant = chunk[i]
-        local _, cap = share(tenant)
-        if cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap then
-          return prio, tenant, tonumber(chunk[i + 1])
+        local tenant, pass = chunk[i], chunk[i + 1]
+        if admissible(tenant) then
+          local best, best_at = tenant, last_served(tenant)
+          local ties = redis.call('ZRANGEBYSCORE', rotation, pass, pass, 'LIMIT', 0, 64)
+          for _, other in ipairs(ties) do
+            if other ~= best then
+              local at = last_served(other)
+              if at < best_at and admissible(other) then best, best_at = other, at end
+            end
+          end
+          return prio, best, tonumber(pass)
         end
       end
       start = start + 16
@@ -169,6 +191,7 @@ while total > 0 and #admitted < 2 * limit do
     admitted[#admitted + 1] = id
     admitted[#admitted + 1] = account
     redis.call('HSET', vt_key, prio, tostring(pass))
+    redis.call('HSET', served_key, tenant, redis.call('HINCRBY', served_key, '#', 1))
     local weight = share(tenant)
     redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
   end
