@@ -195,6 +195,16 @@ def test_a_tenant_that_starts_waiting_joins_the_rotation_once(store: Store) -> N
     assert order == ["t2", "t1", "t0", "t1", "t0", "t1", "t0"], order
 
 
+def test_a_tenant_that_stops_waiting_and_comes_back_does_not_jump_ahead(store: Store) -> None:
+    """t1's only job is admitted (it leaves the rotation), then it sends another: t0, which
+    waited all along, goes before t1's second."""
+    steps = [("arrive", "t2", 0), ("arrive", "t0", 1), ("arrive", "t0", 1), ("arrive", "t0", 1)]
+    steps += [("finish", "", 0), ("arrive", "t1", 1), ("finish", "", 0), ("arrive", "t1", 1)]
+    model = _run(store, 1, steps)
+    order = [model.jobs[j][0] for j, _ in model.admissions]
+    assert order == ["t2", "t0", "t1", "t0", "t1", "t0"], order
+
+
 def test_weights_share_turns_in_proportion(store: Store) -> None:
     steps = [("arrive", "heavy", 0)] * 40 + [("arrive", "light", 0)] * 40
     steps += [("finish", "", 0)] * 30

@@ -8,7 +8,9 @@
 --                     admitted, the lowest pass goes next, so equal weights take turns)
 --   q:<prio>:<tenant> sorted set: that tenant's waiting jobs at that priority, by creation
 --   vt                hash prio -> the pass of the last job admitted there (a tenant that
---                     starts waiting joins the turn at that point: never ahead, never behind)
+--                     starts waiting joins the turn at that point, or at its own pass when it
+--                     left with a later one: waiting again never moves a tenant ahead)
+--   left              hash "<prio>|<tenant>" -> the pass a tenant had when it stopped waiting
 --   waiting           hash tenant -> its waiting jobs
 --   slots:<account>   sorted set: the jobs holding one of the account's slots, by admission
 --   held:<tenant>     sorted set: the jobs of the tenant holding a slot (its own cap)
@@ -36,6 +38,7 @@ local waiting_key = admit_key(provider, 'waiting')
 local prios_key = admit_key(provider, 'prios')
 local vt_key = admit_key(provider, 'vt')
 local lowered_key = admit_key(provider, 'lowered')
+local left_key = admit_key(provider, 'left')
 
 local function share(tenant)
   local s = shares[tenant]
@@ -50,7 +53,13 @@ local function put(id, tenant, prio, created)
   redis.call('HINCRBY', waiting_key, tenant, 1)
   local rotation = admit_key(provider, 't:' .. prio)
   if not redis.call('ZSCORE', rotation, tenant) then
-    redis.call('ZADD', rotation, tonumber(redis.call('HGET', vt_key, prio) or '0'), tenant)
+    local pass = tonumber(redis.call('HGET', vt_key, prio) or '0')
+    local left = redis.call('HGET', left_key, prio .. '|' .. tenant)
+    if left then
+      pass = math.max(pass, tonumber(left))
+      redis.call('HDEL', left_key, prio .. '|' .. tenant)
+    end
+    redis.call('ZADD', rotation, pass, tenant)
   end
   redis.call('ZADD', prios_key, tonumber(prio), prio)
   redis.call('HSET', JOB_KEY_PREFIX .. id, 'waiting', '1')
@@ -174,7 +183,12 @@ while total > 0 and #admitted < 2 * limit do
     redis.call('ZREM', rotation, tenant)
     if redis.call('EXISTS', rotation) == 0 then redis.call('ZREM', prios_key, prio) end
   end
-  if id then unqueue(id, provider, tenant, prio) end
+  local weight = share(tenant)
+  if id then
+    -- the tenant's pass moves on before unqueue() keeps it for a tenant that leaves
+    redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
+    unqueue(id, provider, tenant, prio)
+  end
   local job_key = JOB_KEY_PREFIX .. (id or '')
   if id then redis.call('HDEL', job_key, 'waiting', 'queue_reason') end
   if id and redis.call('HGET', job_key, 'status') == 'queued' then  -- else it ended meanwhile
@@ -192,8 +206,6 @@ while total > 0 and #admitted < 2 * limit do
     admitted[#admitted + 1] = account
     redis.call('HSET', vt_key, prio, tostring(pass))
     redis.call('HSET', served_key, tenant, redis.call('HINCRBY', served_key, '#', 1))
-    local weight = share(tenant)
-    redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
   end
 end
 
