@@ -373,3 +373,20 @@ def test_a_submit_that_meets_a_job_expired_in_the_queue_times_it_out(capped: Dep
     job = capped.store.lifecycle.get(late)
     assert job.status is JobStatus.TIMED_OUT and job.error is not None
     assert "never admitted: it was waiting for capacity on runware" in job.error.message
+
+
+def test_a_job_that_expired_in_the_queue_costs_its_tenant_no_turn(capped: Deps) -> None:
+    first, second = accept(capped, "running-1", [30.0]), accept(capped, "running-2", [30.0])
+    submits.submit_batch(capped, [first, second])
+    queue = [
+        accept(capped, "a-late", deadline=60, tenant="a"),
+        accept(capped, "b-1", tenant="b"),
+        accept(capped, "a-2", tenant="a"),
+    ]
+    assert submits.submit_batch(capped, queue).waiting == 3
+    capped.clock = lambda: time.time() + 120  # past a-late's deadline only
+    steps.cancel(capped, first, "make room")
+    # a's turn comes first (equal passes, neither served yet); its late job takes no slot
+    # and no turn, so a's next job goes
+    assert pump(capped) == [queue[2], queue[0]]  # admitted, then the late one to time out
+    assert holders(capped) == [second, queue[2]] and waiting(capped) == {"b": 1}

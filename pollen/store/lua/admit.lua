@@ -187,19 +187,20 @@ while total > 0 and #admitted < 2 * limit and #expired < limit do
     redis.call('ZREM', rotation, tenant)
     if redis.call('EXISTS', rotation) == 0 then redis.call('ZREM', prios_key, prio) end
   end
-  local weight = share(tenant)
-  if id then
-    -- the tenant's pass moves on before unqueue() keeps it for a tenant that leaves
-    redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
-    unqueue(id, provider, tenant, prio)
-  end
   local job_key = JOB_KEY_PREFIX .. (id or '')
   local f = {}
+  if id then f = redis.call('HMGET', job_key, 'status', 'deadline_at') end
+  local late = f[1] == 'queued' and f[2] and tonumber(f[2]) <= now
   if id then
+    if f[1] == 'queued' and not late then
+      -- the tenant's pass moves on before unqueue() keeps it for a tenant that leaves
+      local weight = share(tenant)
+      redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
+    end
+    unqueue(id, provider, tenant, prio)
     redis.call('HDEL', job_key, 'waiting')
-    f = redis.call('HMGET', job_key, 'status', 'deadline_at')
   end
-  if f[1] == 'queued' and f[2] and tonumber(f[2]) <= now then
+  if late then
     expired[#expired + 1] = id
   elseif f[1] == 'queued' then  -- else it ended meanwhile (or its record is gone)
     redis.call('HDEL', job_key, 'queue_reason')
