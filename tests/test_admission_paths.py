@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from pollen import JobStatus, payloads
+from pollen import JobStatus, contract, payloads
 from pollen.local.servers import RedisServer
 from pollen.settings import Settings, TenantSettings
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
+from pollen.store.admission import ProviderQueue
 from pollen.worker import admission, batch, cancels, submits
 from pollen.worker.reconciler import reconcile
 from pollen.worker.runtime import Deps, build_deps
@@ -34,22 +36,42 @@ CAP = 2
 SLOTS = keys.slots("runware", "default")
 
 
+@contextmanager
+def capped_deps(settings: Settings, **update: Any) -> Iterator[Deps]:
+    """The steps' dependencies with the Runware key capped at :data:`CAP` tasks at once (and
+    ``update`` applied to the settings)."""
+    runware = settings.runware.model_copy(update={"max_in_flight": CAP})
+    built = build_deps(settings.model_copy(update={"runware": runware, **update}))
+    try:
+        yield built
+    finally:
+        built.http.close()
+        built.store.redis.close()
+
+
 @pytest.fixture
 def capped(settings: Settings, clean: None) -> Iterator[Deps]:
-    """The steps' dependencies with the Runware key capped at :data:`CAP` tasks at once."""
-    runware = settings.runware.model_copy(update={"max_in_flight": CAP})
-    built = build_deps(settings.model_copy(update={"runware": runware}))
-    yield built
-    built.http.close()
-    built.store.redis.close()
+    with capped_deps(settings) as deps:
+        yield deps
 
 
-def accept(deps: Deps, label: str, durations: list[float] | None = None, **job: Any) -> str:
-    """Store a new Runware video job (its prompt is ``label``, how the simulator's tasks are
-    told apart); no message is sent."""
-    request = video_request(durations or [0.2])
+def labelled(label: str, durations: list[float], errors: list[str | None] | None = None) -> Any:
+    """A Runware video request whose prompt is ``label`` (how the simulator's tasks are told
+    apart)."""
+    request = video_request(durations, errors)
     request["positivePrompt"] = label
-    payload = {"provider": "runware", "request": request, **job}
+    return request
+
+
+def accept(
+    deps: Deps,
+    label: str,
+    durations: list[float] | None = None,
+    errors: list[str | None] | None = None,
+    **job: Any,
+) -> str:
+    """Store a new Runware video job (see :func:`labelled`); no message is sent."""
+    payload = {"provider": "runware", "request": labelled(label, durations or [0.2], errors), **job}
     job_id, created = payloads.accept(deps.settings, deps.store, payload, now=time.time())
     assert created
     return job_id
@@ -61,13 +83,18 @@ def holders(deps: Deps) -> list[str]:
 
 
 def in_use(deps: Deps) -> int:
-    return deps.store.admission.queue_state("runware", deps.capacity.caps("runware"),
-                                            now=time.time()).in_use  # fmt: skip
+    return queue(deps).in_use
 
 
 def waiting(deps: Deps) -> dict[str, int]:
-    return deps.store.admission.queue_state("runware", deps.capacity.caps("runware"),
-                                            now=time.time()).waiting  # fmt: skip
+    """Tenant -> its jobs waiting for a slot."""
+    return queue(deps).waiting
+
+
+def queue(deps: Deps) -> ProviderQueue:
+    return deps.store.admission.queue_state(
+        "runware", deps.capacity.caps("runware"), now=time.time()
+    )
 
 
 def created_at_provider(simulator: SimulatorServer) -> list[str]:
@@ -118,11 +145,7 @@ def test_a_job_that_succeeds_gives_back_its_slot(capped: Deps) -> None:
 
 
 def test_a_job_the_provider_fails_gives_back_its_slot(capped: Deps) -> None:
-    request = video_request([0.1], errors=["timeoutProvider"])
-    job_id, _ = payloads.accept(
-        capped.settings, capped.store, {"provider": "runware", "request": request},
-        now=time.time(),
-    )  # fmt: skip
+    job_id = accept(capped, "failing", [0.1], ["timeoutProvider"])
     steps.submit(capped, job_id)
     steps.submit(capped, accept(capped, "other", [30.0]))
     behind = accept(capped, "behind")
@@ -252,6 +275,7 @@ def test_a_deadline_that_passes_while_a_job_waits_times_it_out_and_it_leaves_the
     now = job.deadline_at + capped.settings.reconcile_grace + 1
     report = reconcile(capped.store, lambda name, kwargs: sent.append((name, kwargs)), now=now)
     assert report.resubmitted == [late]  # the reconciler wakes it at its deadline
+    assert sent == [(contract.SUBMIT, {"job_ids": [late]})]
     capped.clock = lambda: now
     assert submits.submit_batch(capped, [late]).finished == [late]
     job = capped.store.lifecycle.get(late)
@@ -260,12 +284,6 @@ def test_a_deadline_that_passes_while_a_job_waits_times_it_out_and_it_leaves_the
     assert "waiting for capacity on runware" in job.error.message
     assert waiting(capped) == {} and in_use(capped) == CAP
     assert pump(capped) == []
-
-
-def labelled(label: str, durations: list[float], errors: list[str | None] | None = None) -> Any:
-    request = video_request(durations, errors)
-    request["positivePrompt"] = label
-    return request
 
 
 def test_real_workers_give_back_every_slot(
@@ -324,10 +342,7 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 def test_the_sweep_gives_back_a_tenant_its_share_of_a_job_whose_record_expired(
     settings: Settings, clean: None
 ) -> None:
-    runware = settings.runware.model_copy(update={"max_in_flight": CAP})
-    tenants = {"acme": TenantSettings(max_in_flight=1)}
-    deps = build_deps(settings.model_copy(update={"runware": runware, "tenants": tenants}))
-    try:
+    with capped_deps(settings, tenants={"acme": TenantSettings(max_in_flight=1)}) as deps:
         vanished = accept(deps, "vanished", [30.0], tenant="acme")
         steps.submit(deps, vanished)
         behind = accept(deps, "behind", tenant="acme")
@@ -336,9 +351,6 @@ def test_the_sweep_gives_back_a_tenant_its_share_of_a_job_whose_record_expired(
         assert admission.sweep(deps) == 1
         assert deps.store.redis.zcard(keys.admit("runware", "held:acme")) == 0
         assert pump(deps) == [behind]
-    finally:
-        deps.http.close()
-        deps.store.redis.close()
 
 
 def test_a_job_whose_deadline_passed_in_the_queue_is_never_given_a_slot(capped: Deps) -> None:
