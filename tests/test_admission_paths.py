@@ -275,7 +275,7 @@ def test_a_deadline_that_passes_while_a_job_waits_times_it_out_and_it_leaves_the
     now = job.deadline_at + capped.settings.reconcile_grace + 1
     report = reconcile(capped.store, lambda name, kwargs: sent.append((name, kwargs)), now=now)
     assert report.resubmitted == [late]  # the reconciler wakes it at its deadline
-    assert sent == [(contract.SUBMIT, {"job_ids": [late]})]
+    assert (contract.SUBMIT, {"job_ids": [late]}) in sent
     capped.clock = lambda: now
     assert submits.submit_batch(capped, [late]).finished == [late]
     job = capped.store.lifecycle.get(late)
