@@ -402,3 +402,45 @@ def test_a_job_that_expired_in_the_queue_costs_its_tenant_no_turn(capped: Deps) 
     # and no turn, so a's next job goes
     assert pump(capped) == [queue[2], queue[0]]  # admitted, then the late one to time out
     assert holders(capped) == [second, queue[2]] and waiting(capped) == {"b": 1}
+
+
+@contextmanager
+def expiring_after_the_read(deps: Deps, job_id: str) -> Iterator[None]:
+    """The job's record expires just after the submit step read it."""
+    read = deps.store.lifecycle.get_many
+
+    def read_then_expire(job_ids: Any) -> Any:
+        found = read(job_ids)
+        deps.store.redis.delete(keys.job(job_id))
+        return found
+
+    deps.store.lifecycle.get_many = read_then_expire  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        deps.store.lifecycle.get_many = read  # type: ignore[method-assign]
+
+
+def test_a_record_that_expires_during_its_submit_takes_no_slot(
+    capped: Deps, simulator: SimulatorServer
+) -> None:
+    (_, kept), behind = full(capped)
+    steps.cancel(capped, kept, "make room")
+    vanishing = accept(capped, "vanishing")
+    with expiring_after_the_read(capped, vanishing):
+        out = submits.submit_batch(capped, [vanishing])
+    assert [due.job_id for due in out.polls] == [behind]  # the slot went to the next in line
+    assert capped.store.redis.exists(keys.job(vanishing)) == 0
+    assert "vanishing" not in created_at_provider(simulator)
+    assert vanishing not in holders(capped) and in_use(capped) == CAP
+
+
+def test_a_record_that_expires_during_its_submit_is_not_created_nor_written_again(
+    deps: Deps, simulator: SimulatorServer
+) -> None:
+    vanishing = accept(deps, "vanishing")  # no cap: straight to the create
+    with expiring_after_the_read(deps, vanishing):
+        out = submits.submit_batch(deps, [vanishing])
+    assert out.missing == [vanishing] and out.polls == [] and out.retries == []
+    assert deps.store.redis.exists(keys.job(vanishing)) == 0  # no bare record without a TTL
+    assert created_at_provider(simulator) == []

@@ -21,7 +21,14 @@ from pollen.store.decode import job_from_fields, optional_float
 from pollen.store.effects import Batch, Lua, Op, Runner, cmd, dumps, flatten
 
 #: the lifecycle's scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
-SCRIPTS = ("create_job", "rollback_create", "transition", "cancel_job", "set_if_exists")
+SCRIPTS = (
+    "create_job",
+    "rollback_create",
+    "transition",
+    "cancel_job",
+    "set_if_exists",
+    "begin_submit",
+)
 
 
 @dataclass(frozen=True)
@@ -178,29 +185,20 @@ def begin_submits(
     sent: Sequence[tuple[str, Any]], push_tokens: Mapping[str, str]
 ) -> Op[tuple[list[int], dict[str, str]]]:
     """Count a submit attempt of each (job_id, request), keep the request and any new push
-    token the job has none of: the attempt numbers and the push token each job has."""
+    token the job has none of: the attempt numbers (0 for a job whose record is gone) and the
+    push token each job has."""
     if not sent:
         return [], {}
-    batch: Batch = []
-    for job_id, request in sent:
-        batch += [
-            cmd("hincrby", keys.job(job_id), "submit_attempts", 1),
-            cmd("hset", keys.job(job_id), "sent_request", dumps(request)),
-        ]
-        if job_id in push_tokens:
-            batch += [
-                cmd("hsetnx", keys.job(job_id), "push_token", push_tokens[job_id]),
-                cmd("hget", keys.job(job_id), "push_token"),
-            ]
-    answers = iter((yield batch))
-    attempts: list[int] = []
-    stored: dict[str, str] = {}
-    for job_id, _ in sent:
-        attempts.append(int(next(answers)))
-        next(answers)
-        if job_id in push_tokens:
-            next(answers)
-            stored[job_id] = next(answers)
+    replies = yield [
+        Lua("begin_submit", [keys.job(job_id)], [dumps(request), push_tokens.get(job_id, "")])
+        for job_id, request in sent
+    ]
+    attempts = [int(attempt) for attempt, _ in replies]
+    stored = {
+        job_id: str(token)
+        for (job_id, _), (attempt, token) in zip(sent, replies, strict=True)
+        if job_id in push_tokens and int(attempt)
+    }
     return attempts, stored
 
 

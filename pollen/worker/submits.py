@@ -157,10 +157,17 @@ def _send(
     fresh = {job.id: job.push_token for job in jobs if job.push_token}
     sent = [(job.id, _sent(deps, job)) for job in jobs]
     attempts, kept = deps.store.lifecycle.begin_submits(sent, fresh)
-    jobs = [
-        job.model_copy(update={"push_token": kept[job.id]}) if job.id in kept else job
-        for job in jobs
-    ]  # another copy of this submit may have given a job its token first
+    out.missing += [job.id for job, n in zip(jobs, attempts, strict=True) if not n]
+    # a job whose record is gone meanwhile (expired) is not created; another copy of this
+    # submit may have given a job its token first
+    present = [
+        (job.model_copy(update={"push_token": kept[job.id]}) if job.id in kept else job, n)
+        for job, n in zip(jobs, attempts, strict=True)
+        if n
+    ]
+    if not present:
+        return []
+    jobs, attempts = [job for job, _ in present], [n for _, n in present]
     metrics.JOBS_STARTED.labels(provider).inc(attempts.count(1))
     answers = deps.calls.submit_many(provider, jobs)
     now = deps.clock()  # the first poll is due its delay after the provider took the task
