@@ -444,3 +444,11 @@ def test_a_record_that_expires_during_its_submit_is_not_created_nor_written_agai
     assert out.missing == [vanishing] and out.polls == [] and out.retries == []
     assert deps.store.redis.exists(keys.job(vanishing)) == 0  # no bare record without a TTL
     assert created_at_provider(simulator) == []
+
+
+def test_a_retry_noted_for_a_record_gone_meanwhile_writes_nothing(deps: Deps) -> None:
+    kept, gone = accept(deps, "kept"), accept(deps, "gone")
+    deps.store.redis.delete(keys.job(gone))
+    deps.store.schedule.retry_later([(kept, "http503: busy", 1.0), (gone, "http503: busy", 1.0)])
+    assert deps.store.lifecycle.raw(kept)["last_error"] == "http503: busy"
+    assert deps.store.redis.exists(keys.job(gone)) == 0
