@@ -204,6 +204,8 @@ def test_the_command_line_refuses_a_bad_tenant_in_one_line(
 
 def test_the_json_schema_has_both_fields() -> None:
     assert schema.stale() == []  # the published copies are what the models say
+    checked = pollen({}, "schema", "--check")
+    assert (checked.returncode, checked.stdout) == (0, "schema is current\n")
     published = json.loads(schema.PACKAGED_PATH.read_text())
     for name, good in (("tenant", "acme"), ("priority", 5)):
         job: dict[str, Any] = {"provider": "runware", "request": video_request([0.2]), name: good}
