@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,15 @@ class AccountSettings(BaseModel):
         None, ge=1, le=100_000, description="Most provider tasks of this account at once."
     )
     rate: float | None = Field(None, gt=0, description="Most requests per second of this account.")
+
+
+def pick_account(accounts: Sequence[AccountSettings], name: str | None) -> AccountSettings:
+    """The account named ``name``, or the first one when it names none or one that is no
+    longer configured."""
+    for account in accounts:
+        if account.name == name:
+            return account
+    return accounts[0]
 
 
 class ProviderAccounts(BaseModel):
