@@ -120,6 +120,13 @@ class AdmissionSettings(BaseModel):
         description="Seconds an account's cap stays lowered to what it holds after the provider "
         "refused a create for capacity (429); the job waits in pollen meanwhile.",
     )
+    throttled_poll_delay: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds between polls of a task the provider holds back as THROTTLED "
+        "(Runway's status past an account's concurrency; within the job's poll delays).",
+    )
 
 
 class RunwareSettings(ProviderAccounts):

@@ -3,7 +3,9 @@
 Answers are wrapped: ``{"code", "message", "data": {"status", "progress": "45%",
 "fail_reason", "data": <Runway's own task>}}``. A freshly created task may answer
 ``task_not_exist`` for a few seconds: inside ``comet.not_exist_grace`` seconds after submission
-that means "not visible yet"; after it, the task is not found and the job fails.
+that means "not visible yet"; after it, the task is not found and the job fails. A task
+whose Runway status is THROTTLED (past the account's concurrency) waits: it is polled every
+``admission.throttled_poll_delay``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pollen.providers.base import (
     progress_hint,
 )
 from pollen.providers.http import json_body
+from pollen.providers.useapi import THROTTLED
 from pollen.settings import AccountSettings
 
 TASK_NOT_EXIST = "task_not_exist"
@@ -190,12 +193,17 @@ class CometRunway(Provider):
                 else ((task.data or {}).get("failureCode") or "failed")
             )
             errors.append(GenerationError(code=str(code), message=str(reason), raw=raw))
+        throttled = state == "pending" and nested_status == THROTTLED
         return Snapshot(
             state=state,
             envelope=raw,
             results=to_results(task, now) if state == "succeeded" else [],
             errors=errors,
             progress=1.0 if state == "succeeded" else progress,
-            hint_delay=progress_hint(job, now, progress),
-            provider_status=task.status,
+            hint_delay=(
+                self.settings.admission.throttled_poll_delay
+                if throttled
+                else progress_hint(job, now, progress)
+            ),
+            provider_status=THROTTLED if throttled else task.status,
         )

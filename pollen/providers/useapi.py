@@ -2,8 +2,9 @@
 
 Task statuses: PENDING, THROTTLED, RUNNING, SUCCEEDED, FAILED, CANCELLED (anything else keeps
 the job polling). ``progressRatio`` is a string; ``estimatedTimeToStartSeconds`` hints the
-next poll; ``artifacts[]`` are the results; ``error`` explains a failure. 400/401 end the job
-with useapi.net's message, 404 ends it as not found.
+next poll, except for a THROTTLED task (held back past the account's concurrency), polled
+every ``admission.throttled_poll_delay``; ``artifacts[]`` are the results; ``error``
+explains a failure. 400/401 end the job with useapi.net's message, 404 ends it as not found.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pollen.providers.base import (
 from pollen.providers.http import json_body
 from pollen.settings import AccountSettings
 
+#: Runway's status of a task held back past the account's concurrency: polled slowly
+THROTTLED = "THROTTLED"
 STATES: dict[str, ProviderState] = {
     "PENDING": "pending",
     "THROTTLED": "pending",
@@ -198,7 +201,9 @@ class UseapiRunway(Provider):
                 code = "cancelled"
             errors.append(GenerationError(code=code, message=message, raw={"error": task.error}))
         hint = task.estimatedTimeToStartSeconds
-        if hint is None:
+        if task.status == THROTTLED:  # waits for a slot of the account: no hurry to ask
+            hint = self.settings.admission.throttled_poll_delay
+        elif hint is None:
             hint = progress_hint(job, now, progress)
         return Snapshot(
             state=state,
