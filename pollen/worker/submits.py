@@ -82,7 +82,7 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
             sending.setdefault(job.provider, []).append(job)
         if job.status is JobStatus.QUEUED and job.submit_attempts == 0:
             out.fresh.add(job.id)
-    _gate(deps, out, sending, now)
+    endings += _gate(deps, out, sending, now)
     _spread(deps, sending)
     moves: list[Move] = []
     started: list[Job] = []
@@ -99,12 +99,18 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     return out
 
 
-def _gate(deps: Deps, out: SubmitNext, sending: dict[str, list[Job]], now: float) -> None:
+def _gate(deps: Deps, out: SubmitNext, sending: dict[str, list[Job]], now: float) -> list[Ending]:
     """A capped provider's jobs take a slot first: those admitted are sent (with jobs that
-    waited and whose turn it is), the others wait in pollen's queue."""
+    waited and whose turn it is), the others wait in pollen's queue; waiting jobs whose
+    deadline passed end (timed out)."""
+    endings: list[Ending] = []
     for provider in [p for p in sending if deps.capacity.capped(p)]:
-        sending[provider], waiting = admission.gate(deps, provider, sending[provider], now=now)
+        sending[provider], waiting, expired = admission.gate(
+            deps, provider, sending[provider], now=now
+        )
         out.waiting += waiting
+        endings += [e for job in expired if (e := _triage(deps, out, job, now)) is not None]
+    return endings
 
 
 def _spread(deps: Deps, sending: dict[str, list[Job]]) -> None:
