@@ -73,6 +73,17 @@ def make_fleet(
         fleet.stop()
 
 
+def runware_fleet(make_fleet: Any, sim: SimulatorServer, caps: dict[str, int], **env: str) -> Fleet:
+    """A fleet whose Runware accounts are ``caps`` (name -> max_in_flight), each with the
+    simulator key ``key-<name>``."""
+    url = f"{sim.url}/v1"
+    accounts = [account(name, f"key-{name}", url, max_in_flight=cap) for name, cap in caps.items()]
+    fleet: Fleet = make_fleet(
+        POLLEN_RUNWARE__BASE_URL=url, **accounts_env("runware", accounts), **env
+    )
+    return fleet
+
+
 def keys_view(sim: SimulatorServer) -> dict[str, dict[str, Any]]:
     keys: dict[str, dict[str, Any]] = httpx.get(f"{sim.url}/_sim/stats").json()["keys"]
     return keys
@@ -100,17 +111,7 @@ def submit_videos(client: Pollen, count: int, seconds: float, **extra: Any) -> l
 def test_capped_accounts_share_the_jobs_and_each_job_polls_its_own(
     fresh: SimulatorServer, make_fleet: Any
 ) -> None:
-    url = f"{fresh.url}/v1"
-    fleet = make_fleet(
-        POLLEN_RUNWARE__BASE_URL=url,
-        **accounts_env(
-            "runware",
-            [
-                account("a", "key-a", url, max_in_flight=2),
-                account("b", "key-b", url, max_in_flight=2),
-            ],
-        ),
-    )
+    fleet = runware_fleet(make_fleet, fresh, {"a": 2, "b": 2})
     fleet.start("pod", concurrency=4, pool="threads")
     with fleet.client() as client:
         jobs = wait_all(client, submit_videos(client, 10, 0.6), timeout=60)
@@ -132,13 +133,20 @@ def test_capped_accounts_share_the_jobs_and_each_job_polls_its_own(
 def test_uncapped_accounts_take_turns_and_one_bad_key_fails_only_its_jobs(
     fresh: SimulatorServer, make_fleet: Any
 ) -> None:
-    fleet = make_fleet(
-        **accounts_env(
-            "useapi",
-            [account("good", "key-b", fresh.url), account("revoked", "no-such-key", fresh.url)],
-        ),
-    )
+    accounts = [
+        account("unset", "", fresh.url),  # no key: warned about at start, never given a job
+        account("good", "key-b", fresh.url),
+        account("revoked", "no-such-key", fresh.url),
+    ]
+    fleet = make_fleet(**accounts_env("useapi", accounts))
     fleet.start("pod", concurrency=2, pool="threads")
+    fleet.wait_ready("pod")
+    warnings = [json.loads(line)["message"] for line in fleet.log("pod").splitlines()
+                if "is not set" in line]  # fmt: skip
+    assert warnings == [
+        "useapi_runway: POLLEN_USEAPI__ACCOUNTS (account 'unset': api_key) is not set; "
+        "its jobs will fail"
+    ]
     body = {"text_prompt": "a fox", "simulate": {"duration": 0.3}}
     with fleet.client() as client:
         submitted = client.submit_many([{"provider": "useapi_runway", "request": body}] * 6)
@@ -163,12 +171,8 @@ def test_a_429_on_a_capped_accounts_create_requeues_the_job(
 ) -> None:
     """pollen believes key-c takes 3 at once; the provider says 1: the refused creates wait
     in pollen (no failure) and every job completes."""
-    url = f"{fresh.url}/v1"
-    fleet = make_fleet(
-        POLLEN_RUNWARE__BASE_URL=url,
-        POLLEN_ADMISSION__COOLDOWN="1",
-        POLLEN_BATCH_SIZE="1",
-        **accounts_env("runware", [account("c", "key-c", url, max_in_flight=3)]),
+    fleet = runware_fleet(
+        make_fleet, fresh, {"c": 3}, POLLEN_ADMISSION__COOLDOWN="1", POLLEN_BATCH_SIZE="1"
     )
     fleet.start("pod", concurrency=4, pool="threads")
     with fleet.client() as client:
@@ -223,11 +227,7 @@ def test_throttled_tasks_wait_at_the_provider_and_are_polled_slowly(
 def test_fleet_wide_cap_holds_across_two_workers(fresh: SimulatorServer, make_fleet: Any) -> None:
     """Two worker processes, one account capped at 3 (the simulator refuses a 4th): the
     simulator never runs more than 3 of the 30 jobs at once, and every slot comes back."""
-    url = f"{fresh.url}/v1"
-    fleet = make_fleet(
-        POLLEN_RUNWARE__BASE_URL=url,
-        **accounts_env("runware", [account("a", "key-a", url, max_in_flight=3)]),
-    )
+    fleet = runware_fleet(make_fleet, fresh, {"a": 3})
     fleet.start("one", concurrency=3, pool="threads", wait=False)
     fleet.start("two", concurrency=3, pool="prefork", wait=False)
     fleet.wait_ready("one")
@@ -253,11 +253,7 @@ def test_fleet_wide_cap_holds_across_two_workers(fresh: SimulatorServer, make_fl
 def test_a_deadline_passing_while_queued_times_the_job_out(
     fresh: SimulatorServer, make_fleet: Any
 ) -> None:
-    url = f"{fresh.url}/v1"
-    fleet = make_fleet(
-        POLLEN_RUNWARE__BASE_URL=url,
-        **accounts_env("runware", [account("c", "key-c", url, max_in_flight=1)]),
-    )
+    fleet = runware_fleet(make_fleet, fresh, {"c": 1})
     fleet.start("pod", concurrency=2, pool="threads")
     with fleet.client() as client:
         (long_job,) = submit_videos(client, 1, 4.0)

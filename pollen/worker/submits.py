@@ -117,8 +117,9 @@ def _spread(deps: Deps, sending: dict[str, list[Job]]) -> None:
     """An uncapped provider's job without an account gets one of the accounts with a key,
     in turns (per worker process); the submit keeps it on the job, so polls go there too."""
     for provider, jobs in sending.items():
-        accounts = deps.providers[provider].usable_accounts()
-        if deps.capacity.capped(provider) or len(accounts) < 2:
+        dialect = deps.providers[provider]
+        accounts = dialect.usable_accounts()
+        if deps.capacity.capped(provider) or len(dialect.accounts) < 2 or not accounts:
             continue
         for index, job in enumerate(jobs):
             if job.account is None:
