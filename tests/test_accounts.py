@@ -247,7 +247,7 @@ def test_fleet_wide_cap_holds_across_two_workers(fresh: SimulatorServer, make_fl
     assert view["refused_for_capacity"] == 0
     logs = fleet.log("one") + fleet.log("two")
     assert "submitted (accepted)" in fleet.log("one") and "submitted (accepted)" in fleet.log("two")
-    assert "for capacity" not in logs  # pollen never sent a create past the cap
+    assert "create(s) for capacity" not in logs  # pollen never sent a create past the cap
 
 
 def test_a_deadline_passing_while_queued_times_the_job_out(
