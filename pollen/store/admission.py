@@ -101,6 +101,11 @@ class AccountUse:
     in_use: int
     lowered_to: int | None  #: the cap while lowered after a capacity refusal
 
+    @property
+    def effective_cap(self) -> int:
+        """The cap admission uses now."""
+        return self.cap if self.lowered_to is None else min(self.cap, self.lowered_to)
+
 
 @dataclass(frozen=True)
 class ProviderQueue:
