@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from pollen import JobStatus, Pollen
@@ -13,7 +14,7 @@ from pollen.capacity import Capacity
 from pollen.local.servers import CallbackReceiver, Worker
 from pollen.settings import Settings
 from pollen.store import admission
-from pollen.worker.metrics import OVERFLOW_TENANT, RedisGauges, TenantLabels
+from pollen.worker.metrics import OVERFLOW_TENANT, RedisGauges, TenantLabels, job_finished
 from tests.conftest import eventually, settings_from
 from tests.helpers import capped, queue_for_slots, video_request
 
@@ -101,6 +102,16 @@ def test_tenant_labels_are_bounded_per_process() -> None:
     ]  # fmt: skip
     none = TenantLabels([], limit=0)
     assert [none("a"), none("default")] == [OVERFLOW_TENANT, "default"]
+
+
+def test_a_finished_job_counts_its_cost_and_never_a_negative_one() -> None:
+    labels = TenantLabels([], limit=1)
+    for cost in (0.5, None, -2.0, 0.25):
+        job_finished(labels, "comet_runway", "succeeded", "unit-tenant", cost)
+    key = {"provider": "comet_runway", "tenant": "unit-tenant"}
+    assert REGISTRY.get_sample_value("pollen_cost_total", key) == 0.75
+    succeeded = key | {"status": "succeeded"}
+    assert REGISTRY.get_sample_value("pollen_jobs_finished_total", succeeded) == 4
 
 
 def test_the_metrics_tenant_bound_is_a_checked_setting() -> None:

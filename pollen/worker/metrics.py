@@ -123,10 +123,11 @@ class TenantLabels:
 def job_finished(
     labels: TenantLabels, provider: str, status: str, tenant: str, cost: float | None
 ) -> None:
-    """Count a job that reached ``status``, and its provider cost."""
+    """Count a job that reached ``status``, and its provider cost (a counter only goes up: a
+    negative cost, a refund, is left out)."""
     label = labels(tenant)
     JOBS_FINISHED.labels(provider, status, label).inc()
-    if cost:
+    if cost is not None and cost > 0:
         COST.labels(provider, label).inc(cost)
 
 
