@@ -401,15 +401,18 @@ def test_submit_twice_through_the_keyword_api(
 ) -> None:
     ids = {producer.submit("runware", good_request(), job_id="idem-2") for _ in range(3)}
     assert ids == {"idem-2"}
-    # One job: its record, the in-flight indexes, the listing index and the status counters.
+    # One job: its record, the in-flight indexes, the listing index and the status counters
+    # (all jobs', and its tenant's).
     assert store_keys(store_redis) == {
         b"pollen:job:idem-2",
         b"pollen:inflight",
         b"pollen:inflight:created",
         b"pollen:index:runware:queued",
         b"pollen:stats:status",
+        b"pollen:stats:tenant",
     }
     assert store_redis.hget("pollen:stats:status", "queued") == b"1"  # counted once
+    assert store_redis.hget("pollen:stats:tenant", "default|queued") == b"1"
     assert submit_messages(broker_redis, submit_queue) == [{"job_id": "idem-2"}]
 
 
