@@ -269,7 +269,7 @@ def test_a_deadline_that_passes_while_a_job_waits_times_it_out_and_it_leaves_the
     assert job.queue_reason is not None and "waiting for capacity on runware" in job.queue_reason
     status = pollen(worker_env, "status", late)  # the status line says why it waits
     assert status.returncode == 0, status.stderr
-    assert status.stdout.rstrip().endswith(f"tenant=default priority=0 {job.queue_reason}")
+    assert status.stdout.rstrip().endswith(f"priority=0 queue reason: {job.queue_reason}")
     assert job.deadline_at is not None
     sent: list[tuple[str, dict[str, object]]] = []
     now = job.deadline_at + capped.settings.reconcile_grace + 1

@@ -9,6 +9,7 @@ either client.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -182,24 +183,26 @@ def fields(job_id: str, *names: str) -> Op[list[str | None]]:
 
 
 def begin_submits(
-    sent: Sequence[tuple[str, Any]], push_tokens: Mapping[str, str]
-) -> Op[tuple[list[int], dict[str, str]]]:
-    """Count a submit attempt of each (job_id, request), keep the request and any new push
-    token the job has none of: the attempt numbers (0 for a job whose record is gone) and the
-    push token each job has."""
+    sent: Sequence[tuple[str, Any]], claims: Mapping[str, Mapping[str, str]]
+) -> Op[tuple[list[int], dict[str, dict[str, str]]]]:
+    """Count a submit attempt of each (job_id, request), keep the request and each claimed
+    field (field -> job_id -> value) the job has none of: the attempt numbers (0 for a job
+    whose record is gone, which is left so) and, per field, the value each claiming job has."""
+    stored: dict[str, dict[str, str]] = {name: {} for name in claims}
     if not sent:
-        return [], {}
-    replies = yield [
-        Lua("begin_submit", [keys.job(job_id)], [dumps(request), push_tokens.get(job_id, "")])
-        for job_id, request in sent
+        return [], stored
+    asked = [
+        [(name, values[job_id]) for name, values in claims.items() if job_id in values]
+        for job_id, _ in sent
     ]
-    attempts = [int(attempt) for attempt, _ in replies]
-    stored = {
-        job_id: str(token)
-        for (job_id, _), (attempt, token) in zip(sent, replies, strict=True)
-        if job_id in push_tokens and int(attempt)
-    }
-    return attempts, stored
+    replies = yield [
+        Lua("begin_submit", [keys.job(job_id)], [dumps(request), *itertools.chain(*mine)])
+        for (job_id, request), mine in zip(sent, asked, strict=True)
+    ]
+    for (job_id, _), mine, reply in zip(sent, asked, replies, strict=True):
+        for (name, _), value in zip(mine, reply[1:], strict=False):  # none for a job gone
+            stored[name][job_id] = str(value)
+    return [int(reply[0]) for reply in replies], stored
 
 
 def task_details(job_id: str) -> Op[dict[str, Any] | None]:
@@ -295,13 +298,19 @@ class Lifecycle:
         self.run(set_if_exists(job_id, fields))
 
     def begin_submits(
-        self, sent: Sequence[tuple[str, Any]], push_tokens: Mapping[str, str] | None = None
-    ) -> tuple[list[int], dict[str, str]]:
+        self,
+        sent: Sequence[tuple[str, Any]],
+        push_tokens: Mapping[str, str] | None = None,
+        accounts: Mapping[str, str] | None = None,
+    ) -> tuple[list[int], dict[str, str], dict[str, str]]:
         """Count a submit attempt of each (job_id, request) and keep the request about to be
-        sent (audit), in one round trip. ``push_tokens`` are new push tokens for jobs that
-        have none: each is kept unless the job got one meanwhile (another copy of the submit).
-        Returns the attempt numbers, in order, and the push token each of those jobs has."""
-        return self.run(begin_submits(sent, push_tokens or {}))
+        sent (audit), in one round trip. ``push_tokens`` are new push tokens and
+        ``accounts`` new provider accounts for jobs that have none: each is kept unless the
+        job got one meanwhile (another copy of the submit). Returns the attempt numbers, in
+        order, and the push token and the account each of those jobs has."""
+        claims = {"push_token": push_tokens or {}, "account": accounts or {}}
+        attempts, stored = self.run(begin_submits(sent, claims))
+        return attempts, stored["push_token"], stored["account"]
 
     def get(self, job_id: str) -> Job:
         """The job with its results in the order they finished; JobNotFound if absent."""

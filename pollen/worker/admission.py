@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from pollen import contract
 from pollen.models import Job
@@ -65,19 +64,13 @@ def _admit(
     return result
 
 
-@dataclass
-class Gated:
-    """What :func:`gate` made of a batch's jobs."""
-
-    ready: list[Job]  #: to send now, each with its account
-    waiting: int  #: how many of the batch's jobs wait
-    expired: list[Job]  #: other jobs whose deadline passed while they waited: to time out
-
-
-def gate(deps: Deps, provider: str, jobs: Sequence[Job], *, now: float) -> Gated:
+def gate(
+    deps: Deps, provider: str, jobs: Sequence[Job], *, now: float
+) -> tuple[list[Job], int, list[Job]]:
     """Of a capped provider's queued ``jobs``, the ones to send now, each with its account,
-    plus waiting jobs the free slots admitted ahead of them (fairness decides, not arrival).
-    One round trip (two when others were admitted or expired)."""
+    plus waiting jobs the free slots admitted ahead of them (fairness decides, not arrival);
+    how many of ``jobs`` wait; and waiting jobs whose deadline passed (to time out, never
+    sent). One round trip (two when others were admitted or expired)."""
     limit = max(len(jobs), deps.settings.batch_size)
     result = _admit(deps, provider, now=now, limit=limit, enqueue=jobs)
     mine = {job.id: job for job in jobs}
@@ -87,16 +80,14 @@ def gate(deps: Deps, provider: str, jobs: Sequence[Job], *, now: float) -> Gated
             ready.append(mine[job_id].model_copy(update={"account": account}))
     others = [job_id for job_id in result.admitted if job_id not in mine]
     # a job admitted but expired before this read is missing: the sweep frees its slot
-    found = (
-        deps.store.lifecycle.get_many([*others, *result.expired])
-        if others or result.expired
-        else []
+    read = (
+        deps.store.lifecycle.get_many(others + result.expired) if others or result.expired else []
     )
-    ready += [job for job in found[: len(others)] if job is not None]
+    found = [job for job in read if job is not None]
+    ready += [job for job in found if job.id not in result.expired]
     for job_id, reason in result.waiting.items():
         log.info("job %s waits: %s", job_id, reason)
-    expired = [job for job in found[len(others) :] if job is not None]
-    return Gated(ready, len(result.waiting), expired)
+    return ready, len(result.waiting), [job for job in found if job.id in result.expired]
 
 
 def pump(deps: Deps, providers: Iterable[str], send: SendSubmits, *, now: float) -> int:
@@ -106,10 +97,10 @@ def pump(deps: Deps, providers: Iterable[str], send: SendSubmits, *, now: float)
     for provider in sorted(set(providers) & deps.capacity.capped_providers):
         result = _admit(deps, provider, now=now, limit=PUMP_LIMIT)
         admitted = list(result.admitted)
-        # a job whose deadline passed while it waited goes too: its submit step times it out
-        sending = admitted + result.expired
-        for start in range(0, len(sending), contract.SUBMIT_BATCH_JOBS):
-            send(sending[start : start + contract.SUBMIT_BATCH_JOBS])
+        # jobs past their deadline go to the submit step too, which times them out
+        due = admitted + result.expired
+        for start in range(0, len(due), contract.SUBMIT_BATCH_JOBS):
+            send(due[start : start + contract.SUBMIT_BATCH_JOBS])
         count += len(admitted)
     return count
 
