@@ -110,11 +110,17 @@ def pump(deps: Deps) -> list[str]:
     return [job_id for ids in sent for job_id in ids]
 
 
-def full(deps: Deps) -> tuple[list[str], str]:
-    """Two running jobs holding both slots, and one waiting for them."""
+def hold_every_slot(deps: Deps) -> list[str]:
+    """Two long jobs running, holding both slots."""
     running = [accept(deps, "running-1", [30.0]), accept(deps, "running-2", [30.0])]
     for job_id in running:
         assert steps.submit(deps, job_id).poll_in is not None
+    return running
+
+
+def full(deps: Deps) -> tuple[list[str], str]:
+    """Two running jobs holding both slots, and one waiting for them."""
+    running = hold_every_slot(deps)
     behind = accept(deps, "waiting")
     assert submits.submit_batch(deps, [behind]).waiting == 1
     assert holders(deps) == running and waiting(deps) == {"default": 1}
@@ -128,6 +134,13 @@ def assert_freed(deps: Deps, job_id: str, behind: str) -> None:
     assert pump(deps) == [behind]
     assert behind in holders(deps) and in_use(deps) == CAP and waiting(deps) == {}
     assert deps.store.lifecycle.get(behind).account == "default"
+
+
+def assert_never_admitted(deps: Deps, job_id: str) -> None:
+    """The job timed out waiting for a slot, and its error says so."""
+    job = deps.store.lifecycle.get(job_id)
+    assert job.status is JobStatus.TIMED_OUT and job.error is not None
+    assert "never admitted: it was waiting for capacity on runware" in job.error.message
 
 
 def test_a_job_that_succeeds_gives_back_its_slot(capped: Deps) -> None:
@@ -278,10 +291,7 @@ def test_a_deadline_that_passes_while_a_job_waits_times_it_out_and_it_leaves_the
     assert (contract.SUBMIT, {"job_ids": [late]}) in sent
     capped.clock = lambda: now
     assert submits.submit_batch(capped, [late]).finished == [late]
-    job = capped.store.lifecycle.get(late)
-    assert job.status is JobStatus.TIMED_OUT and job.error is not None
-    assert "never admitted" in job.error.message
-    assert "waiting for capacity on runware" in job.error.message
+    assert_never_admitted(capped, late)
     assert waiting(capped) == {} and in_use(capped) == CAP
     assert pump(capped) == []
 
@@ -354,8 +364,7 @@ def test_the_sweep_gives_back_a_tenant_its_share_of_a_job_whose_record_expired(
 
 
 def test_a_job_whose_deadline_passed_in_the_queue_is_never_given_a_slot(capped: Deps) -> None:
-    first, second = accept(capped, "running-1", [30.0]), accept(capped, "running-2", [30.0])
-    submits.submit_batch(capped, [first, second])
+    first, second = hold_every_slot(capped)
     late, behind = accept(capped, "late", deadline=60), accept(capped, "behind")
     assert submits.submit_batch(capped, [late, behind]).waiting == 2
     capped.clock = lambda: time.time() + 120  # past the late job's deadline only
@@ -366,14 +375,11 @@ def test_a_job_whose_deadline_passed_in_the_queue_is_never_given_a_slot(capped: 
     assert holders(capped) == [second, behind] and waiting(capped) == {}
     assert sorted(job_id for ids in sent for job_id in ids) == sorted([late, behind])
     assert submits.submit_batch(capped, [late]).finished == [late]
-    job = capped.store.lifecycle.get(late)
-    assert job.status is JobStatus.TIMED_OUT and job.error is not None
-    assert "never admitted: it was waiting for capacity on runware" in job.error.message
+    assert_never_admitted(capped, late)
 
 
 def test_a_submit_that_meets_a_job_expired_in_the_queue_times_it_out(capped: Deps) -> None:
-    first, second = accept(capped, "running-1", [30.0]), accept(capped, "running-2", [30.0])
-    submits.submit_batch(capped, [first, second])
+    first, second = hold_every_slot(capped)
     late = accept(capped, "late", deadline=60)
     assert submits.submit_batch(capped, [late]).waiting == 1
     newer = accept(capped, "newer")
@@ -382,14 +388,11 @@ def test_a_submit_that_meets_a_job_expired_in_the_queue_times_it_out(capped: Dep
     out = submits.submit_batch(capped, [newer])  # the late one is first in line, and too late
     assert out.finished == [late] and [due.job_id for due in out.polls] == [newer]
     assert holders(capped) == [second, newer] and waiting(capped) == {}
-    job = capped.store.lifecycle.get(late)
-    assert job.status is JobStatus.TIMED_OUT and job.error is not None
-    assert "never admitted: it was waiting for capacity on runware" in job.error.message
+    assert_never_admitted(capped, late)
 
 
 def test_a_job_that_expired_in_the_queue_costs_its_tenant_no_turn(capped: Deps) -> None:
-    first, second = accept(capped, "running-1", [30.0]), accept(capped, "running-2", [30.0])
-    submits.submit_batch(capped, [first, second])
+    first, second = hold_every_slot(capped)
     queue = [
         accept(capped, "a-late", deadline=60, tenant="a"),
         accept(capped, "b-1", tenant="b"),
