@@ -62,7 +62,7 @@ class AsyncPollen:
     async def publish(self, message: Send) -> None:
         """Publish one of pollen's Celery messages (kombu has no asyncio API: from a worker
         thread)."""
-        await asyncio.to_thread(self.celery.send_task, message.name, **message.options())
+        await asyncio.to_thread(producer.publish, self.celery, message)
 
     async def submit(
         self,

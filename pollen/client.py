@@ -69,7 +69,7 @@ class Pollen:
         return effects.execute(self.store.redis, self._scripts, batch)
 
     def _send(self, message: Send) -> None:
-        self.celery.send_task(message.name, **message.options())
+        producer.publish(self.celery, message)
 
     def submit(
         self,
