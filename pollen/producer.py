@@ -22,12 +22,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pollen import contract
-from pollen.errors import InvalidJob, JobLost, JobNotFound, StoreUnavailable
+from pollen.errors import InvalidJob, JobLost, JobNotFound, JobRejected, StoreUnavailable
 from pollen.models import Job, JobStatus
 from pollen.payloads import accept_many_op, accept_op
 from pollen.providers import REGISTRY
 from pollen.settings import ProducerSettings, Settings
-from pollen.store import durability, keys, lifecycle, listing, outbox
+from pollen.store import durability, keys, lifecycle, listing, outbox, rejections
 from pollen.store.effects import Batch, cmd
 from pollen.store.listing import JobPage
 
@@ -280,11 +280,15 @@ def message_size(settings: Settings, provider: str) -> int:
 
 
 def get(session: Session, job_id: str) -> Flow[Job]:
-    """The whole job; :class:`JobNotFound`, or :class:`JobLost` when the store is known to
-    have lost its data (then the job may have been lost)."""
+    """The whole job; :class:`JobNotFound`, :class:`JobRejected` when a worker refused the
+    payload that named it, or :class:`JobLost` when the store is known to have lost its data
+    (then the job may have been lost)."""
     [job] = yield from lifecycle.jobs_with_results([job_id])
     if job is not None:
         return job
+    refused = yield from rejections.find(job_id)
+    if refused is not None:
+        raise JobRejected(job_id, refused.reason, refused.error)
     if session.epoch is not None:  # the store this client submitted to may be gone
         now = time.time()
         current, lost = yield from durability.check_epoch(
@@ -370,10 +374,19 @@ def _timestamp(value: float | datetime | None) -> float | None:
 
 
 def _known(job_id: str) -> Flow[None]:
-    """JobNotFound unless the job exists."""
-    [exists] = yield [cmd("exists", keys.job(job_id))]
+    """JobNotFound unless the job exists (or a refusal of a payload with its id is kept: its
+    ``job.rejected`` callback is the job's delivery)."""
+    [exists] = yield [cmd("exists", keys.job(job_id), keys.rejected(job_id))]
     if not exists:
         raise JobNotFound(job_id)
+
+
+def rejected(limit: int) -> Flow[list[rejections.Rejection]]:
+    """The latest ``pollen.submit`` payloads workers refused, newest first."""
+    if not 1 <= limit <= keys.REJECTED_KEEP:
+        raise InvalidJob(f"limit: give 1 to {keys.REJECTED_KEEP}, got {limit}")
+    latest = yield from rejections.latest(limit)
+    return latest
 
 
 def callbacks(job_id: str) -> Flow[list[dict[str, Any]]]:

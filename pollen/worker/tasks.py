@@ -40,6 +40,7 @@ from pollen.worker import (
     periodic,
     planner,
     rehost,
+    rejections,
     runtime,
     submits,
 )
@@ -179,12 +180,16 @@ def submit(
     ``job_ids``: ``{"jobs": n, "created": k}``.
     """
     deps = runtime.deps()
-    if job_ids is not None:
-        return _submit_many(self, deps, _job_ids(job_ids))
-    if job is not None:
-        job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
-    if job_id is None:
-        raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
+    try:
+        if job_ids is not None:
+            return _submit_many(self, deps, _job_ids(job_ids))
+        if job is not None:
+            job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
+        if job_id is None:
+            raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
+    except InvalidJob as exc:  # never silent: logged, counted, kept, announced
+        _send_deliveries(rejections.reject(deps, job, exc, str(self.request.id)))
+        raise
     outcome = submits.submit_batch(deps, [job_id])
     if outcome.missing:  # an expected outcome (its producer rolled it back, or it expired)
         log.warning("pollen.submit: job %s not found; its message is dropped", job_id)
