@@ -13,6 +13,7 @@ import redis
 
 from pollen import JobStatus, Pollen, contract
 from pollen.local.servers import RedisServer, Worker, free_port
+from pollen.worker import health
 from tests import rabbitmq
 from tests.conftest import eventually, settings_from
 from tests.helpers import video_request
@@ -121,3 +122,9 @@ def test_each_queue_has_its_own_exchange_on_rabbitmq_and_a_submit_runs(
             eventually(landed, timeout=10, what=f"{task} to land in {lands_in} only")
     finally:
         app.close()
+
+
+def test_health_checks_a_rabbitmq_broker(rabbit: RabbitServer) -> None:
+    assert health.check_broker(rabbit.url) == health.Check("broker", True, "accepts a connection")
+    away = health.check_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    assert not away.ok and away.detail.startswith("unreachable: ")
