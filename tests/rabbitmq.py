@@ -9,10 +9,8 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from pollen.local.servers import free_port
+from pollen.local.servers import ManagedProcess, free_port
 
 #: where Debian puts the scripts (``/usr/sbin/rabbitmq-server`` wraps them to switch user)
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -26,7 +24,9 @@ def missing() -> str | None:
     return None
 
 
-class RabbitServer:
+class RabbitServer(ManagedProcess):
+    stop_timeout = 30.0
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.port = free_port()
@@ -43,13 +43,12 @@ class RabbitServer:
             "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq"),
             "RABBITMQ_PID_FILE": str(root / "rabbit.pid"),
         }
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
 
-    def __enter__(self) -> Self:
+    def start(self) -> None:
         (self.root / "plugins").write_text("[].\n")
         with (self.root / "server.out").open("wb") as out:
             self.proc = subprocess.Popen(
@@ -61,7 +60,6 @@ class RabbitServer:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         from kombu.connection import Connection
@@ -94,20 +92,14 @@ class RabbitServer:
         rows = [tuple(line.split("\t")) for line in listed.stdout.splitlines() if line]
         return {(row[0], row[1], row[2]) for row in rows if row[0]}
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """The script stops the node on SIGTERM (rabbitmqctl stop); if it does not end in
+        time, its whole session (the node with it) is killed."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()  # the script stops the node (rabbitmqctl stop), then exits
+        self.proc.terminate()
         try:
-            self.proc.wait(30)
+            self.proc.wait(self.stop_timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the node with it
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from pollen import JobStatus, Pollen, contract
 from pollen.local.servers import RedisServer, Worker, free_port
 from pollen.worker import health
 from tests import rabbitmq
-from tests.conftest import eventually, settings_from
+from tests.conftest import OWN_BROKER_DB, eventually, settings_from
 from tests.helpers import video_request
 from tests.rabbitmq import RabbitServer
 from tests.test_metrics import scrape
@@ -25,8 +24,6 @@ pytestmark = [
     pytest.mark.skipif(rabbitmq.missing() is not None, reason=str(rabbitmq.missing())),
 ]
 
-#: databases of the session's Redis no other test uses: the store and the result backend
-STORE, BACKEND = 13, 14
 QUEUES = ("pollen.submit", "pollen.poll", "pollen.callbacks")
 
 
@@ -38,23 +35,12 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
 
 @pytest.fixture
 def rabbit_env(
-    worker_env: dict[str, str], rabbit: RabbitServer, redis_server: RedisServer, tmp_path: Path
-) -> Iterator[dict[str, str]]:
-    """The session's worker settings with RabbitMQ as the broker (Celery has no AMQP result
-    backend: results go to Redis, as the docs say to set up)."""
-    env = {
-        **worker_env,
-        "POLLEN_BROKER_URL": rabbit.url,
-        "POLLEN_RESULT_BACKEND": redis_server.url(BACKEND),
-        "POLLEN_REDIS_URL": redis_server.url(STORE),
-        "POLLEN_METRICS_PORT": str(free_port()),
-        "POLLEN_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
-    }
-    for db in (STORE, BACKEND):
-        redis.Redis.from_url(redis_server.url(db)).flushdb()
-    yield env
-    for db in (STORE, BACKEND):
-        redis.Redis.from_url(redis_server.url(db)).flushdb()
+    own_env: dict[str, str], rabbit: RabbitServer, redis_server: RedisServer
+) -> dict[str, str]:
+    """A worker's own settings with RabbitMQ as the broker; Celery has no AMQP result backend,
+    so results go to Redis (the database own_env would use as the broker), as the docs say."""
+    backend = redis_server.url(OWN_BROKER_DB)
+    return {**own_env, "POLLEN_BROKER_URL": rabbit.url, "POLLEN_RESULT_BACKEND": backend}
 
 
 def _declare_like_an_earlier_pollen(url: str) -> None:

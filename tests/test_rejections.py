@@ -5,7 +5,7 @@ called back where it names a callback URL pollen may call."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,17 @@ def producer(redis_server: RedisServer) -> Iterator[celery.Celery]:
     app.close()
 
 
+@pytest.fixture
+def rejected(worker_env: dict[str, str]) -> Callable[[str], float]:
+    """The worker's ``pollen_jobs_rejected_total`` for one reason, scraped now."""
+    port = worker_env["POLLEN_METRICS_PORT"]
+    return lambda reason: value(scrape(port), METRIC, reason=reason)
+
+
+def _counted_once(rejected: Callable[[str], float], reason: str, before: float) -> None:
+    eventually(lambda: rejected(reason) == before + 1, what=f"the {reason} count")
+
+
 def _refused(producer: celery.Celery, payload: dict[str, Any]) -> tuple[str, str]:
     """Send the payload; the message id and the refusal its result carries."""
     answer = producer.send_task("pollen.submit", kwargs={"job": payload}, queue="pollen.submit")
@@ -57,9 +68,9 @@ def test_a_refused_payload_is_logged_counted_kept_and_called_back(
     producer: celery.Celery,
     worker_env: dict[str, str],
     receiver: CallbackReceiver,
+    rejected: Callable[[str], float],
 ) -> None:
-    port = worker_env["POLLEN_METRICS_PORT"]
-    before = value(scrape(port), METRIC, reason="unknown_field")
+    before = rejected("unknown_field")
     payload = {
         "provider": "runware",
         "job_id": "refused-1",
@@ -76,11 +87,7 @@ def test_a_refused_payload_is_logged_counted_kept_and_called_back(
     [warning] = eventually(lambda: _warnings(worker, line), what="the warning")
     assert warning["message"] == line and "exception" not in warning
 
-    # counted by reason
-    eventually(
-        lambda: value(scrape(port), METRIC, reason="unknown_field") == before + 1,
-        what="the count",
-    )
+    _counted_once(rejected, "unknown_field", before)
 
     # kept: the job id answers "rejected", and the latest refusals list it
     with pytest.raises(JobRejected) as info:
@@ -126,11 +133,9 @@ def test_a_refused_payload_without_a_job_id_or_a_callable_url_is_kept_by_its_mes
     worker: Worker,
     client: Pollen,
     producer: celery.Celery,
-    worker_env: dict[str, str],
-    receiver: CallbackReceiver,
+    rejected: Callable[[str], float],
 ) -> None:
-    port = worker_env["POLLEN_METRICS_PORT"]
-    before = value(scrape(port), METRIC, reason="invalid_field")
+    before = rejected("invalid_field")
     payload = {
         "provider": "runware",
         "request": video_request([0.2]),
@@ -141,26 +146,20 @@ def test_a_refused_payload_without_a_job_id_or_a_callable_url_is_kept_by_its_mes
     assert error.startswith("priority: ")
     line = f"pollen.submit refused message {message_id} (invalid_field): priority: "
     eventually(lambda: _warnings(worker, line), what="the warning")
-    eventually(
-        lambda: value(scrape(port), METRIC, reason="invalid_field") == before + 1,
-        what="the count",
-    )
+    _counted_once(rejected, "invalid_field", before)
     [latest] = client.rejected(1)
     assert (latest.job_id, latest.message_id, latest.callback) == (None, message_id, None)
     assert client.store.redis.zcard("pollen:callbacks:due") == 0  # nothing to deliver
 
 
 def test_a_malformed_message_is_counted_and_kept(
-    worker: Worker, client: Pollen, producer: celery.Celery, worker_env: dict[str, str]
+    worker: Worker, client: Pollen, producer: celery.Celery, rejected: Callable[[str], float]
 ) -> None:
-    port = worker_env["POLLEN_METRICS_PORT"]
-    before = value(scrape(port), METRIC, reason="malformed")
+    before = rejected("malformed")
     answer = producer.send_task("pollen.submit", kwargs={"job": [1, 2]}, queue="pollen.submit")
     with pytest.raises(Exception, match="must be a JSON object"):
         answer.get(timeout=20)
-    eventually(
-        lambda: value(scrape(port), METRIC, reason="malformed") == before + 1, what="the count"
-    )
+    _counted_once(rejected, "malformed", before)
     assert client.rejected(1)[0].message_id == answer.id
 
 
