@@ -10,6 +10,7 @@ choices are not known to be what its producer meant).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ from pydantic import AnyHttpUrl, TypeAdapter
 from pollen.addresses import UnsafeCallbackURL
 from pollen.callbacks import events
 from pollen.errors import IdempotencyConflict, InvalidJob
-from pollen.models import JOB_ID_PATTERN
+from pollen.models import JOB_ID_PATTERN, JobRequest
 from pollen.store import keys, rejections
 from pollen.store.outbox import delivery_id
 from pollen.worker import metrics
@@ -31,9 +32,6 @@ log = logging.getLogger(__name__)
 #: the ``reason`` label of ``pollen_jobs_rejected_total`` (and of each kept refusal)
 REASONS = ("unknown_field", "invalid_field", "unsafe_callback", "conflict", "malformed")
 _URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
-#: fields whose refusal is about a field of the job (the rest is about the message)
-_JOB_FIELDS = ("provider", "request", "job_id", "callback_url", "callback_secret", "events",
-               "python_callback", "poll", "deadline", "metadata", "tenant", "priority")  # fmt: skip
 
 
 def reason_of(error: InvalidJob) -> str:
@@ -45,7 +43,7 @@ def reason_of(error: InvalidJob) -> str:
     if {e.get("type") for e in error.errors} & {"unknown_field", "extra_forbidden"}:
         return "unknown_field"
     field = re.split(r"[.:\s]", str(error), maxsplit=1)[0]
-    return "invalid_field" if error.errors or field in _JOB_FIELDS else "malformed"
+    return "invalid_field" if error.errors or field in JobRequest.model_fields else "malformed"
 
 
 def reject(deps: Deps, payload: Any, error: InvalidJob, message_id: str) -> list[str]:
@@ -59,24 +57,34 @@ def reject(deps: Deps, payload: Any, error: InvalidJob, message_id: str) -> list
     log.warning("pollen.submit refused %s (%s): %s", what, reason, error)
     now = deps.clock()
     details: list[dict[str, Any]] = json.loads(json.dumps(error.errors, default=str))
+    rejection = rejections.Rejection(job_id, message_id, reason, str(error), now, details)
     url = _callback_url(deps, fields)
-    ident, sent = None, []
-    if url is not None:
-        owner = job_id or message_id
-        ident = delivery_id(owner, "rejected", message_id if job_id else "")
-        data = {"job_id": job_id, "status": "rejected", "message_id": message_id,
-                "reason": reason, "error": str(error), "errors": details}  # fmt: skip
-        if deps.outbox.create(
-            ident, job_id=owner, event="rejected", kind="http", target=url,
-            body=events.envelope("rejected", data, now), now=now,
-            watch=deps.settings.reconcile_grace, ttl=deps.settings.job_ttl + keys.EXTRA_TTL,
-        ):  # fmt: skip
-            sent.append(ident)
-    rejection = rejections.Rejection(
-        job_id, message_id, reason, str(error), now, details, callback=ident
-    )
-    deps.store.run(rejections.record(rejection, ttl=deps.settings.job_ttl))
-    return sent
+    ident, created = _announce(deps, rejection, url) if url is not None else (None, False)
+    kept = dataclasses.replace(rejection, callback=ident)
+    deps.store.run(rejections.record(kept, ttl=deps.settings.job_ttl))
+    return [ident] if ident is not None and created else []
+
+
+def _announce(deps: Deps, rejection: rejections.Rejection, url: str) -> tuple[str, bool]:
+    """Record the ``job.rejected`` delivery to ``url``: its id, and False if it existed
+    already (the same message refused twice is one delivery)."""
+    job_id, message_id = rejection.job_id, rejection.message_id
+    owner = job_id or message_id
+    ident = delivery_id(owner, "rejected", message_id if job_id else "")
+    data = {
+        "job_id": job_id,
+        "status": "rejected",
+        "message_id": message_id,
+        "reason": rejection.reason,
+        "error": rejection.error,
+        "errors": rejection.errors,
+    }
+    created = deps.outbox.create(
+        ident, job_id=owner, event="rejected", kind="http", target=url,
+        body=events.envelope("rejected", data, rejection.at), now=rejection.at,
+        watch=deps.settings.reconcile_grace, ttl=deps.settings.job_ttl + keys.EXTRA_TTL,
+    )  # fmt: skip
+    return ident, created
 
 
 def _fields(payload: Any) -> dict[str, Any]:
