@@ -109,6 +109,7 @@ class AsyncPollen:
         status: str | Iterable[str] | None = None,
         provider: str | Iterable[str] | None = None,
         metadata: dict[str, str] | None = None,
+        tenant: str | None = None,
         since: float | datetime | None = None,
         until: float | datetime | None = None,
         limit: int = 20,
@@ -118,8 +119,8 @@ class AsyncPollen:
         """:meth:`pollen.Pollen.jobs`."""
         return await self._run(
             producer.jobs(
-                status=status, provider=provider, metadata=metadata, since=since, until=until,
-                limit=limit, cursor=cursor, oldest_first=oldest_first,
+                status=status, provider=provider, metadata=metadata, tenant=tenant,
+                since=since, until=until, limit=limit, cursor=cursor, oldest_first=oldest_first,
             )
         )  # fmt: skip
 

@@ -136,6 +136,7 @@ class Pollen:
         status: str | Iterable[str] | None = None,
         provider: str | Iterable[str] | None = None,
         metadata: dict[str, str] | None = None,
+        tenant: str | None = None,
         since: float | datetime | None = None,
         until: float | datetime | None = None,
         limit: int = 20,
@@ -146,15 +147,16 @@ class Pollen:
         cursor of the next.
 
         Every filter given must match: ``status`` and ``provider`` (one or several),
-        ``metadata`` (each key equal), ``since``/``until`` (creation time, unix seconds or an
+        ``metadata`` (each key equal), ``tenant`` (the job's tenant; ``"default"`` for jobs
+        that named none), ``since``/``until`` (creation time, unix seconds or an
         aware datetime). ``cursor`` is the ``next_cursor`` of the previous page; pages never
         repeat or skip a job while jobs change state. Jobs leave the listing when their
         records expire (``POLLEN_JOB_TTL`` after they finish).
         """
         return self._run(
             producer.jobs(
-                status=status, provider=provider, metadata=metadata, since=since, until=until,
-                limit=limit, cursor=cursor, oldest_first=oldest_first,
+                status=status, provider=provider, metadata=metadata, tenant=tenant,
+                since=since, until=until, limit=limit, cursor=cursor, oldest_first=oldest_first,
             )
         )  # fmt: skip
 

@@ -147,21 +147,29 @@ def wait_for(
         raise typer.Exit(1)
 
 
-def _status_line(job: Job, last_error: str) -> str:
+def _status_line(job: Job, last_error: str, *, admission: bool = False) -> str:
     detail = f" ({job.error.code}: {job.error.message})" if job.error else ""
     retrying = f" last error: {last_error}" if last_error and not job.terminal else ""
+    where = ""
+    if admission:
+        where = f" tenant={job.tenant} priority={job.priority}"
+        where += f" account={job.account}" if job.account else ""
+        where += f" queue reason: {job.queue_reason}" if job.queue_reason else ""
     return (
         f"{job.id} {job.status.value}{detail} polls={job.polls} "
-        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}{retrying}"
+        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}{where}"
+        f"{retrying}"
     )
 
 
 def status(job_id: JobId) -> None:
-    """Print a job's status, polls and results so far (and the last error while retrying)."""
+    """Print a job's status, polls and results so far, its tenant and priority, the provider
+    account it runs on, why it waits (queued for a capped provider's slot), and the last
+    error while retrying."""
     job, fields = about_a_job(
         lambda client: (client.get(job_id), client.store.lifecycle.raw(job_id))
     )
-    typer.echo(_status_line(job, fields.get("last_error", "")))
+    typer.echo(_status_line(job, fields.get("last_error", ""), admission=True))
 
 
 def cancel(
@@ -309,6 +317,7 @@ def jobs(
     metadata: Annotated[
         list[str] | None, opt("KEY=VALUE", "Metadata the job carries (repeatable).")
     ] = None,
+    tenant: Annotated[str | None, opt("NAME", "Only this tenant's jobs.")] = None,
     limit: Annotated[int, opt("N", "Jobs per page (1-1000).")] = 20,
     cursor: Annotated[
         str | None, opt("CURSOR", "Where the previous page ended (it prints the option).")
@@ -323,21 +332,25 @@ def jobs(
     with connected() as client:
         try:
             page = client.jobs(
-                status=status, provider=provider, metadata=pairs or None, since=since_at,
-                until=until_at, limit=limit, cursor=cursor,
+                status=status, provider=provider, metadata=pairs or None, tenant=tenant,
+                since=since_at, until=until_at, limit=limit, cursor=cursor,
             )  # fmt: skip
         except InvalidJob as exc:
             fail(str(exc), 2)
     if as_json:
         print_json({"jobs": [_job_json(job) for job in page.jobs], "next_cursor": page.next_cursor})
         return
-    typer.echo(f"{'JOB':36}  {'STATUS':10}  {'PROVIDER':14}  {'CREATED (UTC)':20}  RESULTS  POLLS")
+    row = "{:36}  {:10}  {:14}  {:20}  {:7}  {:5}  {}"
+    header = ("JOB", "STATUS", "PROVIDER", "CREATED (UTC)", "RESULTS", "POLLS", "TENANT")
+    typer.echo(row.format(*header))
     for job in page.jobs:
         results = f"{len(job.results)}/{job.expected_results}"
         typer.echo(
-            f"{job.id:36}  {job.status.value:10}  {job.provider:14}  {_iso(job.created_at):20}  "
-            f"{results:7}  {job.polls}"
-        )
+            row.format(
+                job.id, job.status.value, job.provider, _iso(job.created_at), results, job.polls,
+                job.tenant,
+            )
+        )  # fmt: skip
     if not page.jobs:
         typer.echo("(no jobs)")
     if page.next_cursor:
