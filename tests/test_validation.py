@@ -401,8 +401,8 @@ def test_submit_twice_through_the_keyword_api(
 ) -> None:
     ids = {producer.submit("runware", good_request(), job_id="idem-2") for _ in range(3)}
     assert ids == {"idem-2"}
-    # One job: its record, the in-flight indexes, the listing index and the status and
-    # tenant counters.
+    # One job: its record, the in-flight indexes, the listing index and the status counters
+    # (all jobs', and its tenant's).
     assert store_keys(store_redis) == {
         b"pollen:job:idem-2",
         b"pollen:inflight",

@@ -56,6 +56,7 @@ def task_view(task: SimTask, now: float) -> dict[str, Any]:
         "id": task.id,
         "dialect": task.dialect,
         "task_type": task.task_type,
+        "api_key": task.api_key,
         "created_at": task.created_at,
         "now": now,
         "status": overall,
@@ -119,7 +120,9 @@ class Admin:
         return JSONResponse({"ok": True})
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse({**self.sim.stats.snapshot(), "pushes": self.sim.pusher.counts()})
+        keys = self.sim.concurrency.snapshot(self.sim.clock())
+        stats = {**self.sim.stats.snapshot(), "pushes": self.sim.pusher.counts(), "keys": keys}
+        return JSONResponse(stats)
 
     async def get_config(self, request: Request) -> Response:
         return JSONResponse(self.sim.config.model_dump())
