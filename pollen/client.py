@@ -28,6 +28,7 @@ from pollen.settings import Settings, get_settings
 from pollen.store import effects
 from pollen.store.connection import open_store, producer_client
 from pollen.store.listing import JobPage
+from pollen.store.rejections import Rejection
 
 __all__ = ["Cancellation", "Pollen", "Submitted"]
 
@@ -69,7 +70,7 @@ class Pollen:
         return effects.execute(self.store.redis, self._scripts, batch)
 
     def _send(self, message: Send) -> None:
-        self.celery.send_task(message.name, **message.options())
+        producer.publish(self.celery, message)
 
     def submit(
         self,
@@ -172,6 +173,11 @@ class Pollen:
         return self._run(producer.get(self._session, job_id))
 
     result = get
+
+    def rejected(self, limit: int = 20) -> list[Rejection]:
+        """The latest job payloads workers refused (sent by name, ``send_task``), newest
+        first: each with its job id (where it named one), message id, reason and error."""
+        return self._run(producer.rejected(limit))
 
     def store_status(self) -> dict[str, Any]:
         """The store's epoch marker and the last detected data loss (None if never)."""

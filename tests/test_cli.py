@@ -486,7 +486,7 @@ COMMANDS = [
     [], ["worker"], ["submit"], ["wait"], ["status"], ["result"], ["details"], ["callbacks"],
     ["callbacks", "list"], ["callbacks", "replay"], ["simulator"], ["demo"], ["health"],
     ["stats"], ["config"], ["schema"], ["cancel"], ["jobs"], ["ingress"], ["dashboard"],
-    ["secret"],
+    ["secret"], ["rejected"],
 ]  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 """The job commands, for producers and operators: submit, wait, status, cancel, result, details,
-jobs, callbacks list/replay."""
+jobs, rejected, callbacks list/replay."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def _job_json(job: Job) -> dict[str, Any]:
 def _with_iso(record: dict[str, Any]) -> dict[str, Any]:
     """Add ``<name>_iso`` (ISO 8601, UTC) beside each epoch timestamp, results' included."""
     out = dict(record)
-    for name in (*TIMESTAMPS, "next_poll_at", "seen_at"):
+    for name in (*TIMESTAMPS, "next_poll_at", "seen_at", "at"):
         if isinstance(out.get(name), int | float):
             out[f"{name}_iso"] = _iso(out[name])
     for group in ("results", "errors"):
@@ -355,3 +355,28 @@ def jobs(
         typer.echo("(no jobs)")
     if page.next_cursor:
         typer.echo(f"more: add --cursor {page.next_cursor}", err=True)
+
+
+def rejected(
+    limit: Annotated[int, opt("N", "How many, newest first (1-1000).")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the latest job payloads workers refused (sent by name, e.g. send_task): when, the
+    job id (or the message id), the reason and the refusal naming the field."""
+    from dataclasses import asdict
+
+    from pollen import InvalidJob
+
+    with connected() as client:
+        try:
+            refused = client.rejected(limit)
+        except InvalidJob as exc:
+            fail(str(exc), 2)
+    if as_json:
+        print_json({"rejected": [_with_iso(asdict(item)) for item in refused]})
+        return
+    for item in refused:
+        who = item.job_id or f"message {item.message_id}"
+        typer.echo(f"{_iso(item.at)}  {who}  {item.reason}  {item.error}")
+    if not refused:
+        typer.echo("(no rejected jobs)")

@@ -52,6 +52,11 @@ CAPACITY_REFUSALS = Counter(
     "Creates a capped provider refused for capacity (the job went back to the queue)",
     ["provider"],
 )
+JOBS_REJECTED = Counter(
+    "pollen_jobs_rejected_total",
+    "pollen.submit payloads a worker refused (invalid), by reason",
+    ["reason"],
+)
 SUBMITS = Counter("pollen_submits_total", "Submit attempts by outcome", ["provider", "result"])
 POLLS = Counter("pollen_polls_total", "Poll steps by outcome", ["provider", "result"])
 CALLBACKS = Counter("pollen_callbacks_total", "Callback delivery attempts by outcome", ["result"])
