@@ -339,6 +339,32 @@ def test_real_workers_give_back_every_slot(
     assert len(spans) == 4 and most_at_once(spans) <= CAP
 
 
+def test_real_workers_take_back_the_slot_of_an_expired_record(
+    worker_env: dict[str, str], redis_server: RedisServer, tmp_path: Any, clean: None
+) -> None:
+    """The periodic round's sweep finds the slot of a job whose record is gone, and the next
+    waiting job gets it, with no call from anyone."""
+    with Fleet(
+        worker_env, redis_server.url(0), tmp_path, POLLEN_RUNWARE__MAX_IN_FLIGHT=str(CAP),
+        POLLEN_TICK_INTERVAL="0.2",
+    ) as fleet:  # fmt: skip
+        fleet.start("capped", concurrency=2)
+        with fleet.client() as client:
+            vanished, other = [client.submit("runware", labelled(f"long-{i}", [30.0]))
+                               for i in range(CAP)]  # fmt: skip
+            eventually(lambda: client.store.redis.zcard(SLOTS) == CAP, timeout=30,
+                       what="both slots held")  # fmt: skip
+            behind = client.submit("runware", labelled("behind", [0.2]))
+            eventually(lambda: client.get(behind).queue_reason, timeout=30, what="it to wait")
+            client.store.redis.delete(keys.job(vanished))  # as if its TTL ran out
+            assert client.wait(behind, timeout=30).status is JobStatus.SUCCEEDED
+            held = [str(job_id) for job_id in client.store.redis.zrange(SLOTS, 0, -1)]
+            assert held == [other]
+            client.cancel(other)
+            eventually(lambda: client.store.redis.zcard(SLOTS) == 0, timeout=10,
+                       what="every slot back")  # fmt: skip
+
+
 def most_at_once(spans: list[tuple[float, float]]) -> int:
     """The most of these (start, end) intervals that overlap at one time."""
     edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
