@@ -92,9 +92,9 @@ def test_a_job_without_a_tenant_belongs_to_the_default_one(worker: Worker, clien
     assert (job.tenant, job.priority) == ("default", 0)
     assert tenant_stats(client)["default|succeeded"] == "1"
     explicit = client.submit_payload(
-        {"provider": "runware", "request": video_request([0.2]), "tenant": None}
+        {"provider": "runware", "request": video_request([0.2]), "tenant": None, "priority": None}
     )
-    assert client.get(explicit).tenant == "default"
+    assert (client.get(explicit).tenant, client.get(explicit).priority) == ("default", 0)
 
 
 @pytest.mark.parametrize(("name", "value", "says"), BAD)
