@@ -8,6 +8,7 @@ returned by status/result.
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ from pollen.webhook_keys import secret_key
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 #: a tenant's name (part of Redis keys and metric labels)
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+#: :data:`TENANT_PATTERN` in words, for refusals
+TENANT_RULE = "give 1 to 128 letters, digits or . _ : @ -, starting with a letter or a digit"
 #: the tenant of a job that names none: one shared tenant
 DEFAULT_TENANT = "default"
 #: the range of a job's priority
@@ -137,7 +140,7 @@ class JobRequest(BaseModel):
     )
     tenant: str | None = Field(
         None,
-        pattern=TENANT_PATTERN,
+        json_schema_extra={"pattern": TENANT_PATTERN},
         description="Who the job is for (your user, team or customer): jobs waiting for a capped "
         "provider account take turns by tenant. Unset: the shared tenant 'default'.",
     )
@@ -154,6 +157,13 @@ class JobRequest(BaseModel):
     def expected_results(self) -> int:
         """How many generations the provider will produce for this request."""
         return 1
+
+    @field_validator("tenant")
+    @classmethod
+    def _a_tenant_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(TENANT_PATTERN, value):
+            raise ValueError(TENANT_RULE)
+        return value
 
     @field_validator("deadline")
     @classmethod

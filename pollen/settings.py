@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from pollen.backoff import PollPolicy
-from pollen.models import TENANT_PATTERN
+from pollen.models import TENANT_PATTERN, TENANT_RULE
 
 #: what a provider account's or a tenant's name may hold (it is part of Redis keys and metric
 #: labels): the pattern of a job's tenant
@@ -524,7 +524,7 @@ class Settings(BaseSettings):
     def _tenant_names(cls, tenants: dict[str, TenantSettings]) -> dict[str, TenantSettings]:
         for name in tenants:
             if not re.match(NAME_PATTERN, name):
-                raise ValueError(f"tenant name {name!r} must match {NAME_PATTERN}")
+                raise ValueError(f"tenant name {name!r}: {TENANT_RULE}")
         return tenants
 
     @field_validator("redis_url")

@@ -145,7 +145,7 @@ def test_uncapped_accounts_take_turns_and_one_bad_key_fails_only_its_jobs(
                 if "is not set" in line]  # fmt: skip
     assert warnings == [
         "useapi_runway: POLLEN_USEAPI__ACCOUNTS (account 'unset': api_key) is not set; "
-        "its jobs will fail"
+        "that account takes no job"
     ]
     body = {"text_prompt": "a fox", "simulate": {"duration": 0.3}}
     with fleet.client() as client:
@@ -260,7 +260,9 @@ def test_a_deadline_passing_while_queued_times_the_job_out(
         eventually(lambda: client.get(long_job).account, timeout=10, what="the slot taken")
         (late,) = submit_videos(client, 1, 0.2, deadline=1.5)
         waiting = eventually(lambda: client.get(late).queue_reason, timeout=5, what="waiting")
-        assert waiting.startswith("waiting for capacity on runware (1 of 1 slots in use")
+        assert waiting.startswith(
+            "waiting for capacity on runware (as it joined the queue: 1 of 1 slots in use"
+        )
         timed_out = client.wait(late, timeout=20)
         assert timed_out.status is JobStatus.TIMED_OUT
         assert timed_out.error is not None

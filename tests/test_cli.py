@@ -258,7 +258,8 @@ def test_status_shows_tenant_priority_account_and_why_a_job_waits(
     assert running.stdout.split()[-3:] == ["tenant=acme", "priority=0", "account=default"]
     waiting = pollen(worker_env, "status", "second").stdout
     assert (
-        " tenant=beta priority=0 queue reason: waiting for capacity on runware (1 of 1 " in waiting
+        " tenant=beta priority=0 queue reason: waiting for capacity on runware (as it joined "
+        "the queue: 1 of 1 " in waiting
     )
     assert "account=" not in waiting and len(waiting.splitlines()) == 1
     listed = pollen(worker_env, "jobs", "--tenant", "beta")
@@ -620,3 +621,20 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
         timeout=60, check=False,
     )  # fmt: skip
     assert_user_error(worker, says)
+
+
+def test_a_worker_that_cannot_start_says_why_in_one_line(worker_env: dict[str, str]) -> None:
+    assert_user_error(
+        pollen({**worker_env, "POLLEN_BROKER_URL": "foo://x"}, "worker"),
+        "POLLEN_BROKER_URL: Celery has no broker transport 'foo'",
+    )
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_user_error(
+            pollen({**worker_env, "POLLEN_METRICS_PORT": str(port)}, "worker"),
+            f"cannot listen on 0.0.0.0:{port} (POLLEN_METRICS_PORT)",
+        )

@@ -310,7 +310,9 @@ def test_job_page_shows_tenant_priority_account_and_why_it_waits(
     assert text(waits.select_one("#job-tenant")) == "beta · priority 0"
     reason = text(waits.select_one("#queue-reason"))
     assert reason == client.get("waits").queue_reason
-    assert reason.startswith("waiting for capacity on runware (1 of 1 slots in use")
+    assert reason.startswith(
+        "waiting for capacity on runware (as it joined the queue: 1 of 1 slots in use"
+    )
     filtered = page(web, "/", tenant="bad name")
     assert rows(filtered) == [] and any(
         "tenant 'bad name'" in text(p) for p in filtered.select(".problem")

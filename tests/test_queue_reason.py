@@ -33,8 +33,9 @@ def test_a_job_refused_for_capacity_waits_with_a_reason(client: Pollen, settings
     assert job.account is None
     assert job.queue_reason == refused.waiting["j-0"]
     assert job.queue_reason == (
-        "waiting for capacity on runware (1 of 1 slots in use across 1 account(s); 2 jobs "
-        "waiting across 1 tenant(s), 0 of tenant acme ahead of this one)"
+        "waiting for capacity on runware (as it joined the queue: 1 of 1 slots in use across 1 "
+        "account(s); 2 job(s) waiting across 1 tenant(s), 0 of tenant acme ahead of it at "
+        "priority 0)"
     )
     # once the cooldown is over, its slot comes back and the reason goes with admission
     later = now + 61

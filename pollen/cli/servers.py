@@ -71,6 +71,9 @@ def worker(
     storage_usable(settings)
     if reason := signing.refusal(settings.callbacks):
         fail(reason)  # before Celery's own start-up lines
+    _broker_known(settings.broker)
+    if settings.metrics_port:
+        _port_free("0.0.0.0", settings.metrics_port, setting="POLLEN_METRICS_PORT")
     q = settings.queues
     names = queues or ",".join([q.submit, q.poll, q.callbacks])
     pool = pool or POOL
@@ -108,7 +111,19 @@ def storage_usable(settings: Settings) -> None:
         fail(f"POLLEN_STORAGE__URL={url} needs boto3: {pip_install('storage')}")
 
 
-def _port_free(host: str, port: int) -> None:
+def _broker_known(url: str) -> None:
+    """The broker URL's scheme must be a transport Celery has: one line, not kombu's
+    traceback at start."""
+    from kombu.transport import resolve_transport
+
+    scheme = url.partition("://")[0]
+    try:
+        resolve_transport(scheme)
+    except (KeyError, ImportError) as exc:
+        fail(f"POLLEN_BROKER_URL: Celery has no broker transport {scheme!r} ({exc})")
+
+
+def _port_free(host: str, port: int, setting: str = "") -> None:
     """A server command's address must be free: one line, not uvicorn's start-up failure."""
     import socket
 
@@ -118,7 +133,8 @@ def _port_free(host: str, port: int) -> None:
         try:
             probe.bind((host.strip("[]"), port))
         except OSError as exc:
-            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+            where = f" ({setting})" if setting else ""
+            fail(f"cannot listen on {host}:{port}{where}: {exc.strerror or exc}")
 
 
 def simulator(

@@ -57,10 +57,13 @@ def _open_resources(**_: Any) -> None:
 
 @worker_ready.connect
 def _warn_missing_credentials(**_: Any) -> None:
-    """One warning per provider this worker cannot call, at start (its jobs fail at once)."""
+    """One warning per provider account this worker cannot call, at start: with other
+    accounts that have a key it takes no job, else the provider's jobs fail at once."""
     for provider in build_providers(get_settings()).values():
+        outcome = "that account takes no job" if provider.usable_accounts() else (
+            "its jobs will fail")  # fmt: skip
         for variable in provider.missing_credentials():
-            log.warning("%s: %s is not set; its jobs will fail", provider.name, variable)
+            log.warning("%s: %s is not set; %s", provider.name, variable, outcome)
 
 
 @setup_logging.connect

@@ -255,9 +255,10 @@ if #fresh > 0 then
         mine = string.format('; tenant %s holds %d of its %d', tenant, holds, cap)
       end
       local reason = string.format(
-        'waiting for capacity on %s (%d of %d slots in use across %d account(s)%s; %d jobs ' ..
-        'waiting across %d tenant(s), %d of tenant %s ahead of this one)',
-        provider, in_use, capacity, #accounts, mine, jobs, #counts, ahead or 0, tenant)
+        'waiting for capacity on %s (as it joined the queue: %d of %d slots in use across %d ' ..
+        'account(s)%s; %d job(s) waiting across %d tenant(s), %d of tenant %s ahead of it at ' ..
+        'priority %s)',
+        provider, in_use, capacity, #accounts, mine, jobs, #counts, ahead or 0, tenant, prio)
       redis.call('HSET', job_key, 'queue_reason', reason)
       waiting[#waiting + 1] = id
       waiting[#waiting + 1] = reason
