@@ -85,12 +85,20 @@ ROWS: list[tuple[str, str, Format]] = [
 METRIC_KEYS = [key for key, _, _ in ROWS] + ["jobs"]
 
 
-def table(scenario: Scenario, results: dict[str, Any], header: str) -> str:
+def table(
+    scenario: Scenario,
+    results: dict[str, Any],
+    header: str,
+    rows: list[tuple[str, str, Format]] | None = None,
+) -> str:
+    """Metric x system; ``rows`` (key, label, format): the scenario's own rows, else
+    :data:`ROWS`."""
+    rows = ROWS if rows is None else rows
     systems = list(results)
-    labels = [label for _, label, _ in ROWS]
+    labels = [label for _, label, _ in rows]
     cells = [
         [fmt(results[s]["metrics"].get(key)) if results[s]["metrics"] else "error" for s in systems]
-        for key, _, fmt in ROWS
+        for key, _, fmt in rows
     ]
     jobs = [_int(results[s]["metrics"].get("jobs")) for s in systems]
     label_width = max(len(label) for label in [*labels, "metric"])

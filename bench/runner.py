@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def run_system(
         client = redis.Redis(port=redis_server.port)
         stack.callback(client.close)
         system = make_system(name, redis_server, sim.url, scenario, options)
-        _reset(http, sim, recv, system)
+        reset_services(http, sim, recv, system)
         stack.callback(system.stop)
         log(f"[{name}] starting {options.workers} worker(s), {_pool(name, options)}")
         t_start = time.monotonic()
@@ -66,7 +67,7 @@ def run_system(
             f"[{name}] workers and {producers.n} producer(s) ready in "
             f"{time.monotonic() - t_start:.1f} s; enqueueing {jobs} jobs"
         )
-        components = _components(system, redis_server, sim, recv)
+        components = components_of(system, redis_server, sim, recv)
         messages = MessageCounter(client)
         stack.callback(messages.close)
         messages.start()
@@ -116,7 +117,7 @@ def run_system(
     )
 
 
-def _reset(http: httpx.Client, sim: Service, recv: Service, system: System) -> None:
+def reset_services(http: httpx.Client, sim: Service, recv: Service, system: System) -> None:
     """A fresh simulator (with this system's settings) and receiver."""
     http.post(f"{sim.url}/_sim/reset").raise_for_status()
     http.patch(f"{sim.url}/_sim/config", json=system.sim_config()).raise_for_status()
@@ -129,7 +130,7 @@ def _pool(name: str, options: Options) -> str:
     return f"prefork x {options.concurrency}"
 
 
-def _components(
+def components_of(
     system: System, redis_server: RedisServer, sim: Service, recv: Service
 ) -> Components:
     worker_pids = [w.proc.pid for w in system.workers if w.proc is not None]
@@ -189,11 +190,16 @@ def _wait(
         time.sleep(scenario.sample_interval)
 
 
+#: run_one(name, scenario, options, sim, recv, log_dir): one system's result
+RunOne = Callable[[str, Scenario, Options, Service, Service, Path], dict[str, Any]]
+
+
 def run(
     scenario: Scenario,
     systems: list[str],
     options: Options,
     log_dir: Path,
+    run_one: RunOne = run_system,
 ) -> dict[str, Any]:
     """Start the simulator and the receiver, then run each system in turn."""
     sim_config = {
@@ -202,6 +208,8 @@ def run(
         "rate_limit": scenario.rate_limit,
         "seed": 1,
     }
+    if scenario.cap is not None:  # the key's cap of concurrent tasks (429 past it)
+        sim_config["max_running_per_key"] = scenario.cap
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         sim = stack.enter_context(
@@ -210,7 +218,7 @@ def run(
         recv = stack.enter_context(Service("receiver", "bench.receiver", [], log_dir))
         for name in systems:
             try:
-                results[name] = run_system(name, scenario, options, sim, recv, log_dir)
+                results[name] = run_one(name, scenario, options, sim, recv, log_dir)
             except Exception as exc:
                 log(f"[{name}] failed: {exc!r}")
                 traceback.print_exc()
