@@ -898,3 +898,237 @@ def test_runware_output_format_png_gives_a_png_url_that_serves_a_png(client: htt
     served = httpx.get(item["imageURL"])
     assert served.headers["content-type"] == "image/png"
     assert served.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+# --- per-key caps (accounts) --------------------------------------------------------------------
+
+
+def on_fake_clock(
+    config: SimulatorConfig, steps: Any, start: float = 10_000.0
+) -> tuple[Simulator, list[Any]]:
+    """Run ``steps(call, set_time)`` against an in-process simulator on a hand-driven clock;
+    ``call(key, method, path, json)`` sends one request with that bearer key."""
+    now = [start]
+    sim = Simulator(config, clock=lambda: now[0])
+
+    async def scenario() -> list[Any]:
+        transport = httpx.ASGITransport(app=build_app(sim))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as local:
+
+            async def call(key: str, method: str, path: str, body: Any = None) -> httpx.Response:
+                headers = {"Authorization": f"Bearer {key}"}
+                return await local.request(method, path, json=body, headers=headers)
+
+            def set_time(seconds: float) -> None:
+                now[0] = start + seconds
+
+            result: list[Any] = await steps(call, set_time)
+            return result
+
+    return sim, asyncio.run(scenario())
+
+
+def one_second(task_uuid: str) -> dict[str, Any]:
+    return inference(task_uuid, simulate={"durations": [1.0]})
+
+
+def test_config_keys_and_caps_validation() -> None:
+    config = SimulatorConfig(api_key=KEY, keys={"a": 1, "b": None}, max_running_per_key=3)
+    assert [config.key_valid(k) for k in (KEY, "a", "b", "c")] == [True, True, True, False]
+    assert [config.cap_of(k) for k in (KEY, "a", "b")] == [3, 1, 3]
+    assert SimulatorConfig().cap_of("sim-key") is None
+    assert (config.throttles("runware"), config.throttles("useapi")) == (False, False)
+    assert config.throttles("comet")
+    assert SimulatorConfig(cap_mode={"useapi": "throttle"}).throttles("useapi")
+    with pytest.raises(ValidationError, match="cap >= 1"):
+        SimulatorConfig(keys={"a": 0})
+    with pytest.raises(ValidationError):
+        SimulatorConfig(max_running_per_key=0)
+    with pytest.raises(ValidationError, match="runware has no waiting status"):
+        SimulatorConfig(cap_mode={"runware": "throttle"})
+    with pytest.raises(ValidationError, match="unknown dialects nope"):
+        SimulatorConfig(cap_mode={"nope": "refuse"})
+    with pytest.raises(ValidationError):
+        SimulatorConfig(cap_mode={"comet": "wait"})
+
+
+def test_runware_cap_per_key_refuses_with_429_until_a_slot_frees() -> None:
+    config = SimulatorConfig(api_key=KEY, keys={"a": 2, "b": 1}, retry_after=2)
+    ids = [new_uuid() for _ in range(6)]
+
+    async def steps(call: Any, set_time: Any) -> list[httpx.Response]:
+        answers = [await call("a", "POST", "/v1", [one_second(ids[0])])]
+        answers.append(await call("a", "POST", "/v1", [one_second(ids[1])]))
+        answers.append(await call("a", "POST", "/v1", [one_second(ids[2])]))  # a is full
+        answers.append(await call("b", "POST", "/v1", [one_second(ids[3])]))  # b has its own
+        answers.append(await call("nobody", "POST", "/v1", [one_second(ids[4])]))
+        set_time(0.999)
+        answers.append(await call("a", "POST", "/v1", [one_second(ids[2])]))  # still full
+        set_time(1.0)  # the first two finished
+        both = [one_second(ids[2]), one_second(ids[5]), one_second(new_uuid())]
+        answers.append(await call("a", "POST", "/v1", both))  # 3 do not fit in 2: none made
+        answers.append(await call("a", "POST", "/v1", both[:2]))
+        return answers
+
+    sim, answers = on_fake_clock(config, steps)
+    assert [a.status_code for a in answers] == [200, 200, 429, 200, 401, 429, 429, 200]
+    refused = answers[2]
+    assert refused.headers["Retry-After"] == "2"
+    assert refused.json()["errors"][0]["code"] == "rateLimitExceeded"
+    assert not sim.store.exists(ids[4])
+    assert len(sim.store) == 5
+    keys = sim.concurrency.snapshot(sim.clock())
+    assert keys["a"]["peak_running"] == 2
+    assert keys["a"]["refused_for_capacity"] == 3
+    assert keys["a"]["running"] == 2
+    assert keys["b"]["peak_running"] == 1
+    assert keys["b"]["refused_for_capacity"] == 0
+    assert "nobody" not in keys
+
+
+def test_runware_cap_counts_every_generation_until_the_last() -> None:
+    config = SimulatorConfig(api_key=KEY, max_running_per_key=1)
+
+    async def steps(call: Any, set_time: Any) -> list[int]:
+        long_task = inference(new_uuid(), numberResults=2, simulate={"durations": [1.0, 3.0]})
+        codes = [(await call(KEY, "POST", "/v1", [long_task])).status_code]
+        set_time(2.9)
+        codes.append((await call(KEY, "POST", "/v1", [one_second(new_uuid())])).status_code)
+        set_time(3.0)
+        codes.append((await call(KEY, "POST", "/v1", [one_second(new_uuid())])).status_code)
+        return codes
+
+    _, codes = on_fake_clock(config, steps)
+    assert codes == [200, 429, 200]
+
+
+def test_polls_with_another_accounts_key_find_nothing() -> None:
+    config = SimulatorConfig(api_key=KEY, keys={"a": None, "b": None})
+    task = new_uuid()
+
+    async def steps(call: Any, set_time: Any) -> list[httpx.Response]:
+        await call("a", "POST", "/v1", [one_second(task)])
+        poll = [{"taskType": "getResponse", "taskUUID": task}]
+        created = await call("b", "POST", "/v1/runwayml/gen3/create", {"text_prompt": "x"})
+        task_id = created.json()["taskId"]
+        return [
+            await call("a", "POST", "/v1", poll),
+            await call("b", "POST", "/v1", poll),
+            await call("b", "GET", f"/v1/runwayml/tasks/{task_id}"),
+            await call("a", "GET", f"/v1/runwayml/tasks/{task_id}"),
+            await call("a", "DELETE", f"/v1/runwayml/tasks/{task_id}"),
+        ]
+
+    sim, answers = on_fake_clock(config, steps)
+    assert [a.status_code for a in answers] == [200, 400, 200, 404, 404]
+    assert answers[1].json()["errors"][0]["code"] == "taskNotFound"
+    keys = sim.concurrency.snapshot(sim.clock())
+    assert (keys["a"]["foreign_lookups"], keys["b"]["foreign_lookups"]) == (2, 1)
+    assert keys["a"]["requests_by_kind"] == {"submit": 1, "status": 2, "cancel": 1}
+    assert keys["b"]["requests_by_kind"] == {"status": 2, "submit": 1}
+
+
+def test_useapi_refuses_past_the_cap_by_default_and_throttles_when_asked() -> None:
+    config = SimulatorConfig(api_key=KEY, max_running_per_key=1)
+    body = {"text_prompt": "x", "simulate": {"duration": 10.0}}
+
+    async def steps(call: Any, set_time: Any) -> list[Any]:
+        create = "/v1/runwayml/gen3/create"
+        return [await call(KEY, "POST", create, body), await call(KEY, "POST", create, body)]
+
+    sim, (first, second) = on_fake_clock(config, steps)
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert second.json() == {"error": second.json()["error"], "code": 429}
+    assert second.headers["Retry-After"] == "1"
+
+    config = SimulatorConfig(api_key=KEY, max_running_per_key=1, cap_mode={"useapi": "throttle"})
+
+    async def throttled(call: Any, set_time: Any) -> list[Any]:
+        create = "/v1/runwayml/gen3/create"
+        tasks = [(await call(KEY, "POST", create, body)).json() for _ in range(3)]
+        seen = []
+        for moment in (0.0, 9.99, 10.0, 12.0, 19.99, 20.0, 30.0):
+            set_time(moment)
+            polls = [await call(KEY, "GET", f"/v1/runwayml/tasks/{t['taskId']}") for t in tasks]
+            seen.append([p.json()["status"] for p in polls])
+        return [tasks, seen]
+
+    sim, (tasks, seen) = on_fake_clock(config, throttled)
+    assert [t["status"] for t in tasks] == ["PENDING", "THROTTLED", "THROTTLED"]
+    assert tasks[1]["estimatedTimeToStartSeconds"] == 12.0  # 10 s held + 20% of its own
+    assert seen == [
+        ["PENDING", "THROTTLED", "THROTTLED"],
+        ["RUNNING", "THROTTLED", "THROTTLED"],
+        ["SUCCEEDED", "PENDING", "THROTTLED"],
+        ["SUCCEEDED", "RUNNING", "THROTTLED"],
+        ["SUCCEEDED", "RUNNING", "THROTTLED"],
+        ["SUCCEEDED", "SUCCEEDED", "PENDING"],
+        ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED"],
+    ]
+    keys = sim.concurrency.snapshot(sim.clock())[KEY]
+    assert (keys["peak_running"], keys["throttled"], keys["refused_for_capacity"]) == (1, 2, 0)
+
+
+def test_useapi_cancel_frees_the_slot() -> None:
+    config = SimulatorConfig(api_key=KEY, max_running_per_key=1)
+    body = {"text_prompt": "x", "simulate": {"duration": 10.0}}
+
+    async def steps(call: Any, set_time: Any) -> list[int]:
+        create = "/v1/runwayml/gen3/create"
+        task = (await call(KEY, "POST", create, body)).json()
+        codes = [(await call(KEY, "POST", create, body)).status_code]
+        set_time(1.0)
+        codes.append((await call(KEY, "DELETE", f"/v1/runwayml/tasks/{task['id']}")).status_code)
+        codes.append((await call(KEY, "POST", create, body)).status_code)
+        return codes
+
+    _, codes = on_fake_clock(config, steps)
+    assert codes == [429, 204, 200]
+
+
+def test_comet_throttles_past_the_cap_in_creation_order() -> None:
+    config = SimulatorConfig(api_key=KEY, keys={"c": 2}, comet_not_exist_seconds=0.0)
+    body = {"model": "gen4_turbo", "promptText": "x", "simulate": {"duration": 10.0}}
+
+    async def steps(call: Any, set_time: Any) -> list[Any]:
+        ids = []
+        for _ in range(4):
+            created = await call("c", "POST", "/runwayml/v1/text_to_video", body)
+            ids.append(created.json()["id"])
+        seen = []
+        for moment in (0.0, 9.99, 10.0, 20.0):
+            set_time(moment)
+            polls = [await call("c", "GET", f"/runwayml/v1/tasks/{i}") for i in ids]
+            data = [p.json()["data"] for p in polls]
+            seen.append([(d["status"], d["data"]["status"]) for d in data])
+        return seen
+
+    sim, seen = on_fake_clock(config, steps)
+    queued, throttled = ("QUEUED", "PENDING"), ("QUEUED", "THROTTLED")
+    done, running = ("SUCCESS", "SUCCEEDED"), ("IN_PROGRESS", "RUNNING")
+    assert seen == [
+        [queued, queued, throttled, throttled],
+        [running, running, throttled, throttled],
+        [done, done, queued, queued],
+        [done, done, done, done],
+    ]
+    keys = sim.concurrency.snapshot(sim.clock())["c"]
+    assert (keys["peak_running"], keys["throttled"], keys["created"]) == (2, 2, 4)
+
+
+def test_cap_stats_over_http_and_reset(client: httpx.Client, admin: httpx.Client) -> None:
+    patch = {"keys": {"acct-1": 1}, "cap_bodies": {"runware": {"error": "busy"}}}
+    assert admin.patch("/_sim/config", json=patch).is_success
+    try:
+        headers = {"Authorization": "Bearer acct-1"}
+        task = [inference(new_uuid(), simulate={"durations": [5.0]})]
+        assert client.post("/v1", json=task, headers=headers).status_code == 200
+        refused = client.post("/v1", json=[inference(new_uuid())], headers=headers)
+        assert (refused.status_code, refused.json()) == (429, {"error": "busy"})
+        view = admin.get("/_sim/stats").json()["keys"]["acct-1"]
+        assert (view["running"], view["peak_running"], view["refused_for_capacity"]) == (1, 1, 1)
+        assert admin.post("/_sim/reset").is_success
+        assert admin.get("/_sim/stats").json()["keys"] == {}
+        assert client.post("/v1", json=[inference(new_uuid())], headers=headers).status_code == 200
+    finally:
+        assert admin.patch("/_sim/config", json={"keys": {}, "cap_bodies": {}}).is_success

@@ -119,7 +119,9 @@ class Admin:
         return JSONResponse({"ok": True})
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse({**self.sim.stats.snapshot(), "pushes": self.sim.pusher.counts()})
+        keys = self.sim.concurrency.snapshot(self.sim.clock())
+        stats = {**self.sim.stats.snapshot(), "pushes": self.sim.pusher.counts(), "keys": keys}
+        return JSONResponse(stats)
 
     async def get_config(self, request: Request) -> Response:
         return JSONResponse(self.sim.config.model_dump())

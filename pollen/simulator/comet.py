@@ -17,7 +17,14 @@ from starlette.routing import Route
 
 from pollen.simulator.core import Simulator
 from pollen.simulator.dialect import Dialect
-from pollen.simulator.gateway import Handler, json_body, provider_route
+from pollen.simulator.gateway import (
+    Handler,
+    api_key,
+    json_body,
+    over_cap,
+    owned_task,
+    provider_route,
+)
 from pollen.simulator.media import media_base, media_url
 from pollen.simulator.scripting import Script, parse_script
 from pollen.simulator.state import Generation, SimTask
@@ -72,7 +79,17 @@ class Phase:
 
 
 def phase(task: SimTask, elapsed: float) -> Phase:
-    """Status ``elapsed`` seconds after the task became visible."""
+    """Status ``elapsed`` seconds after the task became visible: THROTTLED (QUEUED in the
+    wrapper) for the ``cap_wait`` seconds its key's cap held it back, then its lifecycle."""
+    wait: float = task.params.get("cap_wait", 0.0)
+    if elapsed < wait:
+        return Phase("QUEUED", "THROTTLED", 0.0, None, 0.0)
+    inner = _lifecycle(task, elapsed - wait)
+    started = None if inner.started is None else inner.started + wait
+    return Phase(inner.status, inner.nested, inner.since + wait, started, inner.progress)
+
+
+def _lifecycle(task: SimTask, elapsed: float) -> Phase:
     duration: float = task.params["duration"]
     sequence: list[str] | None = task.params["status_sequence"]
     if sequence:
@@ -177,12 +194,18 @@ def _create_for(endpoint: str) -> Handler:
                 problem = str(exc)
         if problem is not None:
             return JSONResponse(_wrapper("invalid_request", problem), status_code=400)
-        now = sim.clock()
+        now, key, config = sim.clock(), api_key(request), sim.config
         uid = sim.new_uuid()
         hidden = script.not_exist_seconds
         if hidden is None:
-            hidden = sim.config.comet_not_exist_seconds
+            hidden = config.comet_not_exist_seconds
         duration = script.duration if script.duration is not None else sim.random_duration()
+        start = sim.concurrency.schedule(
+            key, uid, now, hidden + duration, config.cap_of(key), config.throttles(DIALECT.name)
+        )
+        if start is None:
+            return over_cap(sim, DIALECT)
+        wait = start - now
         task = SimTask(
             id=uid,
             dialect=DIALECT.name,
@@ -190,7 +213,7 @@ def _create_for(endpoint: str) -> Handler:
             created_at=now,
             request=copy.deepcopy(body),
             generations=[
-                Generation(0, duration, now + hidden + duration, _final_error(script), uid)
+                Generation(0, duration, start + hidden + duration, _final_error(script), uid)
             ],
             params={
                 "visible_at": now + hidden,
@@ -201,7 +224,9 @@ def _create_for(endpoint: str) -> Handler:
                 "extension": "png" if action.endswith("IMAGE") else "mp4",
                 "runway_version": request.headers.get("x-runway-version"),
                 "media_base": media_base(sim),
+                "cap_wait": wait,
             },
+            api_key=key,
         )
         sim.store.add(task)
         sim.stats.submit(uid)
@@ -214,7 +239,7 @@ def _create_for(endpoint: str) -> Handler:
 async def get_task(sim: Simulator, request: Request) -> Response:
     """``GET /runwayml/v1/tasks/{id}``: 400 ``task_not_exist`` until visible (or never created)."""
     sim.stats.task("comet:getTask")
-    task = sim.store.get(request.path_params["task_id"], DIALECT.name)
+    task = owned_task(sim, request, request.path_params["task_id"], DIALECT.name)
     now = sim.clock()
     if task is None or now < task.params["visible_at"]:
         return JSONResponse(NOT_EXIST, status_code=400)

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pollen.simulator.concurrency import Concurrency
 from pollen.simulator.config import SimulatorConfig
 from pollen.simulator.faults import FaultInjector
 from pollen.simulator.push import BodyFn, Pusher
@@ -26,6 +27,7 @@ class Simulator:
         self.own_media_url: str | None = None
         self.store = TaskStore()
         self.stats = SimulatorStats()
+        self.concurrency = Concurrency()
         self.faults = FaultInjector(config.seed)
         self.limiter = SimulatedRateLimit()
         self.pusher = Pusher(clock)
@@ -78,9 +80,11 @@ class Simulator:
         return new
 
     def reset(self) -> None:
-        """Forget tasks, stats, scripted faults and the rate-limit window; restart the RNGs."""
+        """Forget tasks, stats (per key too), scripted faults and the rate-limit window; restart
+        the RNGs."""
         self.store.clear()
         self.stats.clear()
+        self.concurrency.clear()
         self.faults.clear()
         self.limiter.clear()
         self.pusher.clear()

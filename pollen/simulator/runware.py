@@ -15,7 +15,7 @@ from starlette.routing import Route
 from pollen.simulator import runware_errors as err
 from pollen.simulator.core import Simulator
 from pollen.simulator.dialect import Dialect
-from pollen.simulator.gateway import json_body, provider_route
+from pollen.simulator.gateway import api_key, json_body, over_cap, provider_route
 from pollen.simulator.media import media_base, media_url
 from pollen.simulator.state import Generation, SimTask
 
@@ -133,7 +133,7 @@ def _generations(sim: Simulator, task: dict[str, Any], now: float) -> list[Gener
     return result
 
 
-def _inference(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
+def _inference(sim: Simulator, task: dict[str, Any], now: float, key: str) -> TaskAnswer:
     if isinstance(task.get("taskUUID"), str):
         sim.stats.submit(task["taskUUID"])
     problem = _check_uuid(task)
@@ -156,9 +156,12 @@ def _inference(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
             "deliveryMethod": task.get("deliveryMethod", "sync"),
             "media_base": media_base(sim),
         },
+        api_key=key,
     )
     if not sim.store.add(record):
         return _refused(err.conflict(uid))
+    cap = sim.config.cap_of(key)
+    sim.concurrency.schedule(key, uid, now, record.finished_at - now, cap, wait=False)
     sim.stats.created()
     if isinstance(task.get("webhookURL"), str):
         _plan_pushes(sim, record, task["webhookURL"])
@@ -206,21 +209,24 @@ def envelope_parts(task: SimTask, now: float) -> TaskAnswer:
     return outcome
 
 
-def _lookup(sim: Simulator, task: dict[str, Any]) -> SimTask | TaskAnswer:
+def _lookup(sim: Simulator, task: dict[str, Any], key: str) -> SimTask | TaskAnswer:
     problem = _check_uuid(task)
     if problem is not None:
         return _refused(problem)
     found = sim.store.get(task["taskUUID"], DIALECT.name)
+    if found is not None and found.api_key != key:
+        sim.concurrency.foreign(key)
+        found = None
     return found if found is not None else _refused(err.task_not_found(task["taskUUID"]))
 
 
-def _get_response(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
-    found = _lookup(sim, task)
+def _get_response(sim: Simulator, task: dict[str, Any], now: float, key: str) -> TaskAnswer:
+    found = _lookup(sim, task, key)
     return found if isinstance(found, TaskAnswer) else envelope_parts(found, now)
 
 
-def _task_details(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswer:
-    found = _lookup(sim, task)
+def _task_details(sim: Simulator, task: dict[str, Any], now: float, key: str) -> TaskAnswer:
+    found = _lookup(sim, task, key)
     if isinstance(found, TaskAnswer):
         return found
     parts = envelope_parts(found, now)
@@ -238,8 +244,8 @@ def _task_details(sim: Simulator, task: dict[str, Any], now: float) -> TaskAnswe
     return TaskAnswer(data=[item], ok=True)
 
 
-def process_task(sim: Simulator, task: Any, now: float) -> TaskAnswer:
-    """Answer one task object of the request array."""
+def process_task(sim: Simulator, task: Any, now: float, key: str) -> TaskAnswer:
+    """Answer one task object of the request array, made with API key ``key``."""
     if not isinstance(task, dict):
         sim.stats.task("<invalid>")
         return _refused(err.request_error("invalidRequestBody", "Each task must be an object."))
@@ -248,11 +254,11 @@ def process_task(sim: Simulator, task: Any, now: float) -> TaskAnswer:
     if not isinstance(task_type, str) or not task_type:
         return _refused(err.missing("taskType", "string", task.get("taskUUID")))
     if task_type.endswith("Inference"):
-        return _inference(sim, task, now)
+        return _inference(sim, task, now, key)
     if task_type == "getResponse":
-        return _get_response(sim, task, now)
+        return _get_response(sim, task, now, key)
     if task_type == "getTaskDetails":
-        return _task_details(sim, task, now)
+        return _task_details(sim, task, now, key)
     message = f"Unsupported task type '{task_type}'."
     return _refused(
         err.parameter_error(
@@ -261,17 +267,32 @@ def process_task(sim: Simulator, task: Any, now: float) -> TaskAnswer:
     )
 
 
+def _creates(body: list[Any]) -> int:
+    return sum(
+        1
+        for task in body
+        if isinstance(task, dict) and str(task.get("taskType", "")).endswith("Inference")
+    )
+
+
 async def handle(sim: Simulator, request: Request) -> Response:
-    """``POST /v1``: 200 if any task was accepted/known, else 400 (errors only)."""
+    """``POST /v1``: 200 if any task was accepted/known, else 400 (errors only).
+
+    When the inference tasks of the array do not all fit under the key's cap, the whole
+    request is answered 429 and nothing in it is done (see ``gateway.over_cap``).
+    """
     body = await json_body(request)
     if not isinstance(body, list) or not body:
         message = "The request body must be a non-empty JSON array of task objects."
         payload = {"data": [], "errors": [err.request_error("invalidRequestBody", message)]}
         return JSONResponse(payload, status_code=400)
-    now = sim.clock()
+    now, key = sim.clock(), api_key(request)
+    creates = _creates(body)
+    if creates and not sim.concurrency.room(key, now, sim.config.cap_of(key), creates):
+        return over_cap(sim, DIALECT)
     total = TaskAnswer()
     for task in body:
-        outcome = process_task(sim, task, now)
+        outcome = process_task(sim, task, now, key)
         total.data.extend(outcome.data)
         total.errors.extend(outcome.errors)
         total.ok = total.ok or outcome.ok

@@ -31,7 +31,7 @@ class Generation:
 
 @dataclass(slots=True)
 class SimTask:
-    """A provider task of any dialect as the simulator sees it."""
+    """A provider task of any dialect as the simulator sees it; ``api_key`` created it."""
 
     id: str
     dialect: str
@@ -40,6 +40,11 @@ class SimTask:
     request: Any
     generations: list[Generation]
     params: dict[str, Any] = field(default_factory=dict)
+    api_key: str = ""
+
+    @property
+    def finished_at(self) -> float:
+        return max((gen.finished_at for gen in self.generations), default=self.created_at)
 
 
 class TaskStore:

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from pollen.simulator.core import Simulator
 from pollen.simulator.dialect import Dialect
-from pollen.simulator.gateway import json_body, provider_route
+from pollen.simulator.gateway import api_key, json_body, over_cap, owned_task, provider_route
 from pollen.simulator.media import media_base, media_url
 from pollen.simulator.scripting import Script, parse_script
 from pollen.simulator.state import Generation, SimTask
@@ -49,15 +49,26 @@ class Phase:
 
 
 def phase(task: SimTask, now: float) -> Phase:
-    """Where a useapi.net task is in its lifecycle at ``now``."""
-    duration: float = task.params["duration"]
-    throttled: float = task.params["throttled_seconds"]
-    sequence: list[str] | None = task.params["status_sequence"]
+    """Where a useapi.net task is in its lifecycle at ``now``: THROTTLED for the ``cap_wait``
+    seconds its key's cap held it back, then its own lifecycle."""
     elapsed = now - task.created_at
-    total = duration + throttled
     cancelled = task.params.get("cancelled_after")
     if cancelled is not None and elapsed >= cancelled:
         return Phase("CANCELLED", cancelled, None, 0.0)
+    wait: float = task.params.get("cap_wait", 0.0)
+    if elapsed < wait:
+        until = _lifecycle(task, 0.0).waiting_until
+        return Phase("THROTTLED", 0.0, wait + (until or 0.0), 0.0)
+    inner = _lifecycle(task, elapsed - wait)
+    until = None if inner.waiting_until is None else inner.waiting_until + wait
+    return Phase(inner.status, inner.since + wait, until, inner.progress)
+
+
+def _lifecycle(task: SimTask, elapsed: float) -> Phase:
+    duration: float = task.params["duration"]
+    throttled: float = task.params["throttled_seconds"]
+    sequence: list[str] | None = task.params["status_sequence"]
+    total = duration + throttled
     if sequence:
         index = slot_index(len(sequence), elapsed, total)
         status = sequence[index]
@@ -191,13 +202,20 @@ async def create(sim: Simulator, request: Request) -> Response:
         script = parse_script(body.get("simulate"))
     except ValueError as exc:
         return _bad_request(str(exc))
-    now = sim.clock()
+    now, key = sim.clock(), api_key(request)
     uid = sim.new_uuid()
+    duration = script.duration if script.duration is not None else sim.random_duration()
+    total = duration + script.throttled_seconds
+    config = sim.config
+    start = sim.concurrency.schedule(
+        key, uid, now, total, config.cap_of(key), config.throttles(DIALECT.name)
+    )
+    if start is None:
+        return over_cap(sim, DIALECT)
     email = body.get("email") if isinstance(body.get("email"), str) else DEFAULT_EMAIL
     seed = body["seed"] if isinstance(body.get("seed"), int) else sim.random_int(4_294_967_294)
     name = f"Gen-3 Alpha {seed}, {body['text_prompt']}"
-    duration = script.duration if script.duration is not None else sim.random_duration()
-    total = duration + script.throttled_seconds
+    total += start - now
     model = str(body.get("model", "gen3"))
     task = SimTask(
         id=uid,
@@ -217,7 +235,9 @@ async def create(sim: Simulator, request: Request) -> Response:
             "status_sequence": list(script.status_sequence) if script.status_sequence else None,
             "fail": script.fail,
             "media_base": media_base(sim),
+            "cap_wait": start - now,
         },
+        api_key=key,
     )
     sim.store.add(task, aliases=[task.params["taskId"]])
     sim.stats.submit(uid)
@@ -236,7 +256,7 @@ async def get_task(sim: Simulator, request: Request) -> Response:
     if request.method == "DELETE":
         return await delete_task(sim, request)
     sim.stats.task("useapi:getTask")
-    task = sim.store.get(request.path_params["task_id"], DIALECT.name)
+    task = owned_task(sim, request, request.path_params["task_id"], DIALECT.name)
     if task is None:
         return JSONResponse(DIALECT.error_body(404, "Not found."), status_code=404)
     return JSONResponse(render(task, sim.clock()))
@@ -246,7 +266,7 @@ async def delete_task(sim: Simulator, request: Request) -> Response:
     """``DELETE /v1/runwayml/tasks/{taskId}``: a task still running is cancelled (its status
     becomes CANCELLED); a finished one stays as it is. 204 either way, 404 if unknown."""
     sim.stats.task("useapi:deleteTask")
-    task = sim.store.get(request.path_params["task_id"], DIALECT.name)
+    task = owned_task(sim, request, request.path_params["task_id"], DIALECT.name)
     if task is None:
         return JSONResponse(DIALECT.error_body(404, "Not found."), status_code=404)
     now = sim.clock()
@@ -254,6 +274,7 @@ async def delete_task(sim: Simulator, request: Request) -> Response:
         task.params["cancelled_after"] = now - task.created_at
         task.generations[0].finished_at = now
         task.generations[0].error = "CANCELLED"
+        sim.concurrency.finish(task.api_key, task.id, now)
     return Response(status_code=204)
 
 
