@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cap", type=int, help="the simulator key's concurrent tasks (fair scenario: 10)"
     )
+    parser.add_argument("--small-jobs", type=int, help="tenant small's jobs (fair scenario: 50)")
+    parser.add_argument(
+        "--small-delay", type=float, help="seconds before tenant small enqueues (fair: 10)"
+    )
     parser.add_argument("--loglevel", default="WARNING", help="workers' log level")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory of the JSON")
     parser.add_argument("--profile", action="store_true", help="pyinstrument in pollen's children")
@@ -79,6 +83,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--cap must be between 1 and {NONBINDING_CAP:,}")
     if args.timeout is not None and args.timeout <= 0:
         parser.error("--timeout must be above 0")
+    small = {"--small-jobs": args.small_jobs, "--small-delay": args.small_delay}
+    given = [option for option, value in small.items() if value is not None]
+    if given and args.scenario != fair.FAIR:
+        parser.error(f"{', '.join(given)}: options of the {fair.FAIR} scenario")
+    if args.small_jobs is not None and args.small_jobs < 0:
+        parser.error("--small-jobs must be at least 0")
+    if args.small_delay is not None and args.small_delay < 0:
+        parser.error("--small-delay must be at least 0")
     return args
 
 
@@ -86,20 +98,28 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _scenario(args: argparse.Namespace) -> Scenario:
+    """The chosen scenario with the command line's changes."""
     scenario = SCENARIOS[args.scenario]
     if args.jobs is not None:
         scenario = scenario.with_jobs(args.jobs)
-    if args.timeout is not None:
-        scenario = replace(scenario, timeout=args.timeout)
-    if args.rate_limit is not None:
-        scenario = replace(scenario, rate_limit=args.rate_limit)
-    if args.cap is not None:
-        scenario = replace(scenario, cap=args.cap)
+    changes = {
+        "timeout": args.timeout,
+        "rate_limit": args.rate_limit,
+        "cap": args.cap,
+        "small_jobs": args.small_jobs,
+        "small_delay": args.small_delay,
+    }
+    scenario = replace(scenario, **{k: v for k, v in changes.items() if v is not None})
     if args.durations:
         low, _, high = args.durations.partition(",")
         scenario = scenario.with_durations(float(low), float(high or low))
+    return scenario
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenario = _scenario(args)
     systems = args.systems or list(scenario.systems)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     profile_dir = args.out / f"{scenario.name}-{stamp}-profile" if args.profile else None
@@ -118,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"logs in {log_dir}")
     started = time.time()
     try:
-        run_one = fair.run_fair_system if scenario.small_jobs else run_system
+        run_one = fair.run_fair_system if scenario.name == fair.FAIR else run_system
         results = run(scenario, systems, options, log_dir, run_one)
     except KeyboardInterrupt:
         log(f"interrupted; every process started was stopped (logs: {log_dir})")
@@ -155,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         + f", {machine()['cpus']} CPUs"
         + _fair_header(scenario)
     )
-    rows = fair.ROWS if scenario.small_jobs else None
+    rows = fair.ROWS if scenario.name == fair.FAIR else None
     print(table(scenario, results, header, rows))
     print(f"\nresults: {path}")
     if profile_dir is not None:
@@ -164,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logs: {log_dir}")
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
-    clean = fair.clean if scenario.small_jobs else _clean
+    clean = fair.clean if scenario.name == fair.FAIR else _clean
     return 0 if all(clean(r) for r in results.values()) else 1
 
 
 def _fair_header(scenario: Scenario) -> str:
     """What the fair scenario's table needs said: its sizes, and where the run stops."""
-    if not scenario.small_jobs:
+    if scenario.name != fair.FAIR:
         return ""
-    reduced = SCENARIOS["fair"].jobs
+    reduced = SCENARIOS[fair.FAIR].jobs
     return (
         f"\nsimulator key capped at {scenario.cap} tasks; tenant small: {scenario.small_jobs} "
         f"jobs {scenario.small_delay:g} s after the first; measuring stops when every job has "

@@ -33,6 +33,7 @@ from pollen import JobNotFound, Pollen
 from pollen.local.servers import RedisServer
 from pollen.settings import RunwareSettings, Settings
 
+FAIR = "fair"  #: the scenario's name
 BIG, SMALL = "big", "small"
 #: after the cancels, how long the run waits for the slots and the provider's tasks to end
 DRAIN_TIMEOUT = 30.0
