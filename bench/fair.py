@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 
 from bench.analysis import percentile, schedule_lags
 from bench.producer import LABEL_PREFIX, Producers
-from bench.report import Format, _int, _num
-from bench.runner import components_of, log, reset_services
+from bench.report import Format, integer, num
+from bench.runner import components_of, log, open_system
 from bench.sampling import Sampler
 from bench.scenarios import CAPPED, Scenario
 from bench.services import Service
-from bench.systems import API_KEY, STORE_DB, Options, System, make_system
+from bench.systems import API_KEY, STORE_DB, Options, System
 from pollen import JobNotFound, Pollen
-from pollen.local.servers import RedisServer
 from pollen.settings import RunwareSettings, Settings
 
 FAIR = "fair"  #: the scenario's name
@@ -46,31 +44,31 @@ def _text(value: Any) -> str:
 
 
 def _seconds(value: Any) -> str:
-    return value if isinstance(value, str) else _num(1)(value)
+    return value if isinstance(value, str) else num(1)(value)
 
 
 #: (metric key, row label, formatter), in table order
 ROWS: list[tuple[str, str, Format]] = [
-    ("completed", "jobs called back (all tenants)", _int),
-    ("small_completed", "  of them tenant small", _int),
+    ("completed", "jobs called back (all tenants)", integer),
+    ("small_completed", "  of them tenant small", integer),
     ("small_p50_s", "small: completion time p50 (s)", _seconds),
     ("small_p95_s", "small: completion time p95 (s)", _seconds),
-    ("fair_target_s", "  target: fair half of the cap + 2 poll intervals (s)", _num(1)),
-    ("refused_for_capacity", "creates refused for capacity (simulator)", _int),
+    ("fair_target_s", "  target: fair half of the cap + 2 poll intervals (s)", num(1)),
+    ("refused_for_capacity", "creates refused for capacity (simulator)", integer),
     ("peak_running", "peak tasks running at the provider (cap)", _text),
-    ("backlog_jobs_per_s", "jobs/s while the backlog lasts", _num(2)),
-    ("utilisation_target_jobs_per_s", "  target: 0.95 x C / (duration + poll lag p50)", _num(2)),
-    ("utilisation_vs_lagged", "  jobs/s / (C / (duration + poll lag p50))", _num(3)),
-    ("utilisation_raw", "  jobs/s / (C / duration): raw", _num(3)),
-    ("schedule_lag_p50_s", "  poll schedule alone: lag p50 (s)", _num(2)),
-    ("backlog_s", "  backlog measured over (s)", _num(1)),
-    ("worker_cpu_ms_per_job", "worker CPU ms / job (all processes)", _num(1)),
-    ("cancelled_at_end", "jobs cancelled at the end (unfinished)", _int),
+    ("backlog_jobs_per_s", "jobs/s while the backlog lasts", num(2)),
+    ("utilisation_target_jobs_per_s", "  target: 0.95 x C / (duration + poll lag p50)", num(2)),
+    ("utilisation_vs_lagged", "  jobs/s / (C / (duration + poll lag p50))", num(3)),
+    ("utilisation_raw", "  jobs/s / (C / duration): raw", num(3)),
+    ("schedule_lag_p50_s", "  poll schedule alone: lag p50 (s)", num(2)),
+    ("backlog_s", "  backlog measured over (s)", num(1)),
+    ("worker_cpu_ms_per_job", "worker CPU ms / job (all processes)", num(1)),
+    ("cancelled_at_end", "jobs cancelled at the end (unfinished)", integer),
     ("slots_in_use_at_end", "pollen slots in use at the end", _text),
-    ("running_at_end", "tasks running at the provider at the end", _int),
-    ("duplicate_provider_tasks", "DUPLICATES: jobs with >1 provider task", _int),
-    ("failed", "jobs called back not succeeded", _int),
-    ("wall_s", "measured for (s)", _num(1)),
+    ("running_at_end", "tasks running at the provider at the end", integer),
+    ("duplicate_provider_tasks", "DUPLICATES: jobs with >1 provider task", integer),
+    ("failed", "jobs called back not succeeded", integer),
+    ("wall_s", "measured for (s)", num(1)),
 ]
 
 
@@ -117,13 +115,7 @@ def run_fair_system(
     big_ids = [f"{name}-{BIG}-{i:06d}" for i in range(scenario.jobs)]
     small_ids = [f"{name}-{SMALL}-{i:06d}" for i in range(scenario.small_jobs)]
     with ExitStack() as stack:
-        http = stack.enter_context(httpx.Client(trust_env=False, timeout=60.0))
-        redis_server = stack.enter_context(RedisServer())
-        client = redis.Redis(port=redis_server.port)
-        stack.callback(client.close)
-        system = make_system(name, redis_server, sim.url, scenario, options)
-        reset_services(http, sim, recv, system)
-        stack.callback(system.stop)
+        http, redis_server, client, system = open_system(stack, name, scenario, options, sim, recv)
         tenants = _producers(system, big_ids, small_ids, f"{recv.url}/cb", options, scenario)
         for group in (tenants.big, tenants.small):
             stack.callback(group.close)

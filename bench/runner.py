@@ -48,13 +48,7 @@ def run_system(
     jobs = scenario.jobs_for(name)
     job_ids = [f"{name}-{i:06d}" for i in range(jobs)]
     with ExitStack() as stack:
-        http = stack.enter_context(httpx.Client(trust_env=False, timeout=60.0))
-        redis_server = stack.enter_context(RedisServer())
-        client = redis.Redis(port=redis_server.port)
-        stack.callback(client.close)
-        system = make_system(name, redis_server, sim.url, scenario, options)
-        reset_services(http, sim, recv, system)
-        stack.callback(system.stop)
+        http, redis_server, client, system = open_system(stack, name, scenario, options, sim, recv)
         log(f"[{name}] starting {options.workers} worker(s), {_pool(name, options)}")
         t_start = time.monotonic()
         n_producers = options.producers or scenario.producers
@@ -115,6 +109,21 @@ def run_system(
         cpu=cpu,
         lateness=lateness,
     )
+
+
+def open_system(
+    stack: ExitStack, name: str, scenario: Scenario, options: Options, sim: Service, recv: Service
+) -> tuple[httpx.Client, RedisServer, redis.Redis, System]:
+    """A system on a fresh Redis, the simulator and receiver reset for it; ``stack`` closes
+    the HTTP and Redis clients, stops the system's workers and then its Redis."""
+    http = stack.enter_context(httpx.Client(trust_env=False, timeout=60.0))
+    redis_server = stack.enter_context(RedisServer())
+    client = redis.Redis(port=redis_server.port)
+    stack.callback(client.close)
+    system = make_system(name, redis_server, sim.url, scenario, options)
+    reset_services(http, sim, recv, system)
+    stack.callback(system.stop)
+    return http, redis_server, client, system
 
 
 def reset_services(http: httpx.Client, sim: Service, recv: Service, system: System) -> None:

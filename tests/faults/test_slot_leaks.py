@@ -44,6 +44,13 @@ def capped_sim(fault_sim: SimulatorServer, gate: ProviderGate) -> Iterator[Simul
     httpx.patch(config, json={"max_running_per_key": None}).raise_for_status()
 
 
+def two_capped_pods(make_fleet: MakeFleet) -> Fleet:
+    """A fleet told the cap, with two pods consuming."""
+    fleet = make_fleet(**CAPPED)
+    start_pods(fleet, ["pod-a", "pod-b"])
+    return fleet
+
+
 def key_view(sim: SimulatorServer) -> dict[str, Any]:
     """The simulator's counters of the fleet's API key: running, peak_running, refusals."""
     return dict(sim_stats(sim)["keys"].get(sim.config.api_key, {}))
@@ -145,8 +152,7 @@ def test_a_pod_killed_mid_submit_gives_its_slots_back(
         "it forwards the create, so the provider has the task its creator never heard of. "
         "The reconciler re-sends the overdue submits (POLLEN_SUBMIT_GRACE 2 s)."
     )
-    fleet = make_fleet(**CAPPED)
-    start_pods(fleet, ["pod-a", "pod-b"])
+    fleet = two_capped_pods(make_fleet)
     killed: list[tuple[str, float]] = []
     gate.hold_creates(times=1, seconds=1.0, then=kill_sender(fleet, gate, killed))
     run_capped(case, fleet, capped_sim, receiver, killed)
@@ -169,8 +175,7 @@ def test_a_pod_killed_mid_poll_gives_its_slots_back(
         "next poll 1 s and SIGKILLs the pod whose pool process sent it. The poll's lease "
         "(POLLEN_POLL_LEASE) runs out and the reconciler re-sends it."
     )
-    fleet = make_fleet(**CAPPED)
-    start_pods(fleet, ["pod-a", "pod-b"])
+    fleet = two_capped_pods(make_fleet)
     killed: list[tuple[str, float]] = []
     client = fleet.client()
     first = client.submit("runware", video_request([1.0]), callback_url=f"{receiver.url}/slots")
@@ -200,8 +205,7 @@ def test_an_expired_record_gives_its_slot_back_through_the_sweep(
         "(the job hash) is deleted, as its TTL would. The sweep runs every reconciler round "
         "(POLLEN_RECONCILE_INTERVAL 0.5 s)."
     )
-    fleet = make_fleet(**CAPPED)
-    start_pods(fleet, ["pod-a", "pod-b"])
+    fleet = two_capped_pods(make_fleet)
     client = fleet.client()
     url = f"{receiver.url}/slots"
     late = {"initial_delay": 20.0}
