@@ -79,10 +79,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if args.producers is not None and args.producers < 1:
         parser.error("--producers must be at least 1")
+    _check_fair(parser, args)
+    return args
+
+
+def _check_fair(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The options of the fair scenario (and of the simulator's cap)."""
     if args.cap is not None and not 1 <= args.cap <= NONBINDING_CAP:
         parser.error(f"--cap must be between 1 and {NONBINDING_CAP:,}")
     if args.timeout is not None and args.timeout <= 0:
         parser.error("--timeout must be above 0")
+    foreign = [s for s in args.systems or () if not s.startswith("pollen")]
+    if foreign and args.scenario == fair.FAIR:
+        parser.error(f"--systems: the {fair.FAIR} scenario runs pollen systems only, not "
+                     f"{', '.join(foreign)}")  # fmt: skip
     small = {"--small-jobs": args.small_jobs, "--small-delay": args.small_delay}
     given = [option for option, value in small.items() if value is not None]
     if given and args.scenario != fair.FAIR:
@@ -91,7 +101,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--small-jobs must be at least 0")
     if args.small_delay is not None and args.small_delay < 0:
         parser.error("--small-delay must be at least 0")
-    return args
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -305,7 +305,13 @@ def test_fair_scenario_keeps_the_cap_and_serves_the_small_tenant(tmp_path: Path)
 
 
 def test_fair_scenario_refuses_bad_sizes_in_one_line() -> None:
-    for bad in (["--cap", "0"], ["--cap", "100001"], ["--small-jobs", "-1"], ["--timeout", "0"]):
+    for bad in (
+        ["--cap", "0"],
+        ["--cap", "100001"],
+        ["--small-jobs", "-1"],
+        ["--timeout", "0"],
+        ["--systems", "pollen,baseline"],
+    ):
         argv = [sys.executable, "-m", "bench", "--scenario", "fair", *bad]
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
         assert done.returncode == 2, (bad, done.stderr)
