@@ -8,15 +8,19 @@
 --                     admitted, the lowest pass goes next, so equal weights take turns)
 --   q:<prio>:<tenant> sorted set: that tenant's waiting jobs at that priority, by creation
 --   vt                hash prio -> the pass of the last job admitted there (a tenant that
---                     starts waiting joins the turn at that point: never ahead, never behind)
+--                     starts waiting joins the turn at that point, or at its own pass when it
+--                     left with a later one: waiting again never moves a tenant ahead)
+--   left              hash "<prio>|<tenant>" -> the pass a tenant had when it stopped waiting
 --   waiting           hash tenant -> its waiting jobs
 --   slots:<account>   sorted set: the jobs holding one of the account's slots, by admission
 --   held:<tenant>     sorted set: the jobs of the tenant holding a slot (its own cap)
 --   lowered           hash account -> "cap|until": a cap lowered after a capacity refusal
+--   served            hash tenant -> the admission count at its last admission ('#': the count)
 -- A job's record says where it is: `waiting` = 1 while queued here, `account` once admitted.
 --
--- Order: the highest priority first; within it, tenants by pass, skipping a tenant at its cap
--- (then lower priorities go, so a capped tenant never blocks them); within a tenant, FIFO.
+-- Order: the highest priority first; within it, tenants by pass (equal passes: the tenant
+-- served least recently), skipping a tenant at its cap (then lower priorities go, so a capped
+-- tenant never blocks them); within a tenant, FIFO.
 -- KEYS: inflight
 -- ARGV: provider, now, limit (most jobs to admit), accounts JSON [[name, cap], ...],
 --   tenants JSON {tenant: [weight, cap (0: none)]}, submit_watch (an admitted job's next step
@@ -34,6 +38,7 @@ local waiting_key = admit_key(provider, 'waiting')
 local prios_key = admit_key(provider, 'prios')
 local vt_key = admit_key(provider, 'vt')
 local lowered_key = admit_key(provider, 'lowered')
+local left_key = admit_key(provider, 'left')
 
 local function share(tenant)
   local s = shares[tenant]
@@ -48,7 +53,13 @@ local function put(id, tenant, prio, created)
   redis.call('HINCRBY', waiting_key, tenant, 1)
   local rotation = admit_key(provider, 't:' .. prio)
   if not redis.call('ZSCORE', rotation, tenant) then
-    redis.call('ZADD', rotation, tonumber(redis.call('HGET', vt_key, prio) or '0'), tenant)
+    local pass = tonumber(redis.call('HGET', vt_key, prio) or '0')
+    local left = redis.call('HGET', left_key, prio .. '|' .. tenant)
+    if left then
+      pass = math.max(pass, tonumber(left))
+      redis.call('HDEL', left_key, prio .. '|' .. tenant)
+    end
+    redis.call('ZADD', rotation, pass, tenant)
   end
   redis.call('ZADD', prios_key, tonumber(prio), prio)
   redis.call('HSET', JOB_KEY_PREFIX .. id, 'waiting', '1')
@@ -119,7 +130,20 @@ for i, a in ipairs(accounts) do
   capacity = capacity + cap
 end
 
--- next_turn(): the priority, tenant and pass whose job goes next, or nil
+local served_key = admit_key(provider, 'served')
+
+local function admissible(tenant)
+  local _, cap = share(tenant)
+  return cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap
+end
+
+-- last_served(tenant): when the tenant's last job was admitted (a count of admissions; 0: never)
+local function last_served(tenant)
+  return tonumber(redis.call('HGET', served_key, tenant) or '0')
+end
+
+-- next_turn(): the priority, tenant and pass whose job goes next, or nil. Among admissible
+-- tenants of equal pass, the one served least recently goes first (a strict rotation).
 local function next_turn()
   for _, prio in ipairs(redis.call('ZREVRANGE', prios_key, 0, -1)) do
     local rotation = admit_key(provider, 't:' .. prio)
@@ -128,10 +152,17 @@ local function next_turn()
       local chunk = redis.call('ZRANGE', rotation, start, start + 15, 'WITHSCORES')
       if #chunk == 0 then break end
       for i = 1, #chunk, 2 do
-        local tenant = chunk[i]
-        local _, cap = share(tenant)
-        if cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap then
-          return prio, tenant, tonumber(chunk[i + 1])
+        local tenant, pass = chunk[i], chunk[i + 1]
+        if admissible(tenant) then
+          local best, best_at = tenant, last_served(tenant)
+          local ties = redis.call('ZRANGEBYSCORE', rotation, pass, pass, 'LIMIT', 0, 64)
+          for _, other in ipairs(ties) do
+            if other ~= best then
+              local at = last_served(other)
+              if at < best_at and admissible(other) then best, best_at = other, at end
+            end
+          end
+          return prio, best, tonumber(pass)
         end
       end
       start = start + 16
@@ -152,7 +183,12 @@ while total > 0 and #admitted < 2 * limit do
     redis.call('ZREM', rotation, tenant)
     if redis.call('EXISTS', rotation) == 0 then redis.call('ZREM', prios_key, prio) end
   end
-  if id then unqueue(id, provider, tenant, prio) end
+  local weight = share(tenant)
+  if id then
+    -- the tenant's pass moves on before unqueue() keeps it for a tenant that leaves
+    redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
+    unqueue(id, provider, tenant, prio)
+  end
   local job_key = JOB_KEY_PREFIX .. (id or '')
   if id then redis.call('HDEL', job_key, 'waiting', 'queue_reason') end
   if id and redis.call('HGET', job_key, 'status') == 'queued' then  -- else it ended meanwhile
@@ -169,8 +205,7 @@ while total > 0 and #admitted < 2 * limit do
     admitted[#admitted + 1] = id
     admitted[#admitted + 1] = account
     redis.call('HSET', vt_key, prio, tostring(pass))
-    local weight = share(tenant)
-    redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
+    redis.call('HSET', served_key, tenant, redis.call('HINCRBY', served_key, '#', 1))
   end
 end
 

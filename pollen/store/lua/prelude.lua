@@ -56,6 +56,10 @@ local function unqueue(id, provider, tenant, priority)
   if redis.call('HINCRBY', waiting, tenant, -1) <= 0 then redis.call('HDEL', waiting, tenant) end
   if redis.call('EXISTS', q) == 0 then
     local rotation = admit_key(provider, 't:' .. priority)
+    local pass = redis.call('ZSCORE', rotation, tenant)
+    if pass then  -- kept for when it waits again: leaving never moves a tenant ahead
+      redis.call('HSET', admit_key(provider, 'left'), priority .. '|' .. tenant, pass)
+    end
     redis.call('ZREM', rotation, tenant)
     if redis.call('EXISTS', rotation) == 0 then
       redis.call('ZREM', admit_key(provider, 'prios'), priority)
