@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pollen.providers import REGISTRY
-from pollen.settings import AccountSettings, ProviderAccounts, Settings, TenantSettings
+from pollen.settings import (
+    AccountSettings,
+    ProviderAccounts,
+    Settings,
+    TenantSettings,
+    pick_account,
+)
 
 #: the slots of an account without ``max_in_flight`` in a capped provider: no cap of its own
 UNCAPPED = 1_000_000
@@ -66,11 +72,7 @@ class Capacity:
     def account(self, provider: str, name: str | None) -> AccountSettings:
         """The account a job's provider task belongs to (the first one when it names none,
         or one that is no longer configured)."""
-        accounts = self.accounts[provider]
-        for account in accounts:
-            if account.name == name:
-                return account
-        return accounts[0]
+        return pick_account(self.accounts[provider], name)
 
     def shares(self) -> dict[str, tuple[float, int]]:
         """tenant -> (weight, cap; 0 for none), for the tenants the settings name."""

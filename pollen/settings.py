@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,15 @@ class AccountSettings(BaseModel):
         None, ge=1, le=100_000, description="Most provider tasks of this account at once."
     )
     rate: float | None = Field(None, gt=0, description="Most requests per second of this account.")
+
+
+def pick_account(accounts: Sequence[AccountSettings], name: str | None) -> AccountSettings:
+    """The account named ``name``, or the first one when it names none or one that is no
+    longer configured."""
+    for account in accounts:
+        if account.name == name:
+            return account
+    return accounts[0]
 
 
 class ProviderAccounts(BaseModel):
@@ -109,6 +119,13 @@ class AdmissionSettings(BaseModel):
         le=3600,
         description="Seconds an account's cap stays lowered to what it holds after the provider "
         "refused a create for capacity (429); the job waits in pollen meanwhile.",
+    )
+    throttled_poll_delay: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds between polls of a task the provider holds back as THROTTLED "
+        "(Runway's status past an account's concurrency; within the job's poll delays).",
     )
 
 

@@ -62,11 +62,13 @@ class Model:
         n = next(self.clock)
         job_id = f"j{n}"
         now = 1_000.0 + n
-        record = {
-            "id": job_id, "provider": PROVIDER, "status": "queued", "created_at": repr(now),
-            "tenant": tenant, "priority": str(priority),
-        }  # fmt: skip
-        self.store.redis.hset(f"pollen:job:{job_id}", mapping=record)
+        self.store.redis.hset(
+            f"pollen:job:{job_id}",
+            mapping={
+                "id": job_id, "provider": PROVIDER, "status": "queued", "created_at": repr(now),
+                "tenant": tenant, "priority": str(priority),
+            },
+        )  # fmt: skip
         self.jobs[job_id] = (tenant, priority, n)
         self._admit([Entry(job_id, tenant, priority, now, now + 3600)], arriving={job_id})
 

@@ -100,6 +100,56 @@ def test_a_dialect_without_its_key_builds_no_request(name: str) -> None:
     assert request.headers["authorization"] == "Bearer sk-test"
 
 
+GROUPS = {"runware": "runware", "useapi_runway": "useapi", "comet_runway": "comet"}
+
+
+def _with_accounts(name: str, *keys: str) -> Settings:
+    """``name``'s provider with accounts a, b, ... holding ``keys`` at their own URLs."""
+    accounts = [
+        {"name": chr(ord("a") + i), "api_key": key, "base_url": f"https://{chr(ord('a') + i)}.test"}
+        for i, key in enumerate(keys)
+    ]
+    return Settings.model_validate({GROUPS[name]: {"accounts": accounts}})
+
+
+@pytest.mark.parametrize("name", sorted(KEYS))
+def test_every_request_goes_to_the_jobs_account(name: str) -> None:
+    provider = build_providers(_with_accounts(name, "sk-a", "sk-b"))[name]
+    job = _job(name)
+    for account, key in ((None, "sk-a"), ("b", "sk-b"), ("gone", "sk-a")):
+        mine = job.model_copy(update={"account": account})
+        requests = [provider.submit_request(mine, mine.task_uuid), provider.status_request(mine)]
+        if provider.supports_cancel:
+            requests.append(provider.cancel_request(mine))
+        for request in requests:
+            assert request.headers["authorization"] == f"Bearer {key}"
+            assert request.url.host == f"{key[-1]}.test"
+
+
+def test_a_batched_request_belongs_to_one_account() -> None:
+    provider = build_providers(_with_accounts("runware", "sk-a", "sk-b"))["runware"]
+    jobs = [_job("runware").model_copy(update={"account": a}) for a in ("b", "b")]
+    assert provider.status_batch_request(jobs).headers["authorization"] == "Bearer sk-b"
+    mixed = [*jobs, _job("runware").model_copy(update={"account": "a"})]
+    with pytest.raises(ValueError, match="several accounts"):
+        provider.submit_batch_request(mixed)
+
+
+def test_every_accounts_key_is_checked() -> None:
+    provider = build_providers(_with_accounts("runware", "sk-a", " "))["runware"]
+    missing = "POLLEN_RUNWARE__ACCOUNTS (account 'b': api_key)"
+    assert provider.missing_credentials() == [missing]
+    assert provider.missing_credentials("a") == []
+    assert [a.name for a in provider.usable_accounts()] == ["a"]
+    job = _job("runware")
+    assert provider.unsendable(job) == []  # it can still go to account a
+    assert provider.unsendable(job.model_copy(update={"account": "b"})) == [missing]
+    with pytest.raises(ProviderNotConfigured, match="account 'b'"):
+        provider.status_request(job.model_copy(update={"account": "b"}))
+    keyless = build_providers(_with_accounts("runware", "", ""))["runware"]
+    assert len(keyless.unsendable(job)) == 2
+
+
 # ------------------------------------------------------------- http.send, a real server
 
 

@@ -236,6 +236,40 @@ def test_comet_progress_and_failure(comet: CometRunway) -> None:
     assert snapshot.state == "failed" and snapshot.errors[0].message == "moderation"
 
 
+def test_throttled_is_pending_and_polled_on_the_slow_schedule() -> None:
+    """Runway's THROTTLED (a task past the account's concurrency) waits: pending, with
+    ``admission.throttled_poll_delay`` as the next poll's hint, through both wrappers."""
+    settings = Settings(admission={"throttled_poll_delay": 7.5})
+    throttled = parse(
+        UseapiRunway(settings), {"status": "THROTTLED", "estimatedTimeToStartSeconds": 1}
+    )
+    assert (throttled.state, throttled.provider_status) == ("pending", "THROTTLED")
+    assert throttled.hint_delay == 7.5
+    pending = parse(UseapiRunway(settings), {"status": "PENDING", "estimatedTimeToStartSeconds": 1})
+    assert pending.hint_delay == 1
+    task: dict[str, Any] = {"task_id": "t", "status": "QUEUED", "progress": "0%"}
+    wrapped = {"code": "success", "data": task}
+    task["data"] = {"id": "t", "status": "THROTTLED"}
+    snapshot = parse(CometRunway(settings), wrapped)
+    assert (snapshot.state, snapshot.provider_status, snapshot.hint_delay) == (
+        "pending",
+        "THROTTLED",
+        7.5,
+    )
+    task["data"] = {"id": "t", "status": "PENDING"}
+    queued = parse(CometRunway(settings), wrapped)
+    assert (queued.provider_status, queued.hint_delay) == ("QUEUED", None)
+    assert Settings().admission.throttled_poll_delay == 10.0
+
+
+def test_throttled_poll_delay_is_bounded() -> None:
+    assert Settings(admission={"throttled_poll_delay": 0}).admission.throttled_poll_delay == 0
+    assert Settings(admission={"throttled_poll_delay": 3600}).admission.throttled_poll_delay == 3600
+    for bad in (-1, 3601):
+        with pytest.raises(ValueError, match="throttled_poll_delay"):
+            Settings(admission={"throttled_poll_delay": bad})
+
+
 # --- end to end against the simulator -----------------------------------------------------
 
 

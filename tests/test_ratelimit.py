@@ -8,10 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from pollen.errors import RateLimited
 from pollen.local.servers import RedisServer
 from pollen.providers.ratelimit import MAX_SLEEP, RateLimiter
+from pollen.settings import AccountSettings
 from pollen.store.connection import redis_client
 from pollen.store.sync import Store
 from tests.conftest import STORE_DB
@@ -85,3 +87,22 @@ def test_a_far_off_slot_is_a_rate_limited_error(store: Store) -> None:
     with pytest.raises(RateLimited) as caught:
         limiter.acquire("slow")
     assert caught.value.retry_after is not None and 1.5 < caught.value.retry_after <= 2.01
+
+
+def test_an_account_with_a_rate_has_a_window_of_its_own(store: Store, client: redis.Redis) -> None:
+    client.delete("pollen:rate:runware@slow", "pollen:rate:runware@fast")
+    slow = AccountSettings(name="slow", api_key=SecretStr("k"), rate=0.5)
+    free = AccountSettings(name="fast", api_key=SecretStr("k"))
+    limiter = RateLimiter(store, {})
+    limiter.acquire("runware", slow)
+    with pytest.raises(RateLimited, match="runware account slow") as caught:
+        limiter.acquire("runware", slow)  # one per two seconds
+    assert caught.value.retry_after is not None and caught.value.retry_after > 1.5
+    for _ in range(20):  # the other account, and the provider, have no limit
+        assert limiter.acquire("runware", free) is None
+        assert limiter.acquire("runware") is None
+    assert client.exists("pollen:rate:runware@fast", "pollen:rate:runware") == 0
+    shared = RateLimiter(store, {"runware": 0.5})  # the provider's own limit still holds
+    shared.acquire("runware", free)
+    with pytest.raises(RateLimited, match="to runware is used up"):
+        shared.acquire("runware", free)

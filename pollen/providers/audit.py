@@ -18,5 +18,5 @@ def provider_task_details(settings: Settings, job: Job) -> dict[str, Any]:
         raise ProviderRejected(f"{job.provider} offers no task details for job {job.id}")
     runware = Runware(settings)
     with http_client(settings) as http:
-        response = send(http, runware.task_details_request(job.provider_task_id))
+        response = send(http, runware.task_details_request(job))
         return runware.parse_task_details(response).model_dump(exclude_unset=True)

@@ -10,15 +10,15 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import SecretStr
 
 from pollen.errors import ProviderNotConfigured
 from pollen.models import GenerationError, GenerationResult, Job, JobRequest
 from pollen.providers import push as tokens
-from pollen.settings import Settings
+from pollen.settings import AccountSettings, ProviderAccounts, Settings, pick_account
 
 ProviderState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -88,11 +88,8 @@ def env_var(group: str, name: str) -> str:
     return f"{config.get('env_prefix', '')}{group}{delimiter}{name}".upper()
 
 
-def _is_set(settings: Settings, group: str, name: str) -> bool:
-    value = getattr(getattr(settings, group), name)
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    return bool(str(value or "").strip())
+def _key_set(account: AccountSettings) -> bool:
+    return bool(account.api_key.get_secret_value().strip())
 
 
 class Provider(ABC):
@@ -100,25 +97,72 @@ class Provider(ABC):
 
     name: ClassVar[str]
     job_model: ClassVar[type[JobRequest]]  #: the payload a producer sends for this dialect
-    #: settings the dialect cannot work without, as (group, field): ``("runware", "api_key")``
+    #: settings the dialect cannot work without, as (group, field): ``("runware", "api_key")``;
+    #: the first names the dialect's settings group (its accounts)
     credentials: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def missing_credentials(self) -> list[str]:
-        """The environment variables of required settings that are empty."""
-        return [
-            env_var(group, name)
-            for group, name in self.credentials
-            if not _is_set(self.settings, group, name)
-        ]
+    @property
+    def group(self) -> ProviderAccounts:
+        """The dialect's settings group (``settings.runware``, ...)."""
+        group = getattr(self.settings, self.credentials[0][0])
+        assert isinstance(group, ProviderAccounts)
+        return group
 
-    def require_credentials(self) -> None:
-        """Raise :class:`~pollen.errors.ProviderNotConfigured` if a required setting is empty."""
+    @cached_property
+    def accounts(self) -> tuple[AccountSettings, ...]:
+        """The provider's accounts, in order (one named ``default`` without a list)."""
+        return tuple(self.group.resolved())
+
+    def account(self, job: Job) -> AccountSettings:
+        """The account of the job's task: the one it names, else the first."""
+        return pick_account(self.accounts, job.account)
+
+    def batch_account(self, jobs: Sequence[Job]) -> AccountSettings:
+        """The one account every job of a batched request belongs to."""
+        names = {self.account(job).name for job in jobs}
+        if len(names) != 1:
+            raise ValueError(f"one request cannot go to several accounts: {sorted(names)}")
+        return self.account(jobs[0])
+
+    def missing_credentials(self, account: str | None = None) -> list[str]:
+        """The settings (environment variables) of API keys that are empty: every account's,
+        or only the one of ``account`` (a name; unknown: the first account) when given."""
+        accounts = self.accounts if account is None else (pick_account(self.accounts, account),)
+        return [self._key_setting(a) for a in accounts if not _key_set(a)]
+
+    def unsendable(self, job: Job) -> list[str]:
+        """The empty key settings that stop the job's create: its account's, or, for a job
+        with no account yet (one goes to it at submit), every account's when none has one."""
+        if job.account is not None:
+            return self.missing_credentials(job.account)
         missing = self.missing_credentials()
-        if missing:
-            raise ProviderNotConfigured.missing(missing)
+        return missing if len(missing) == len(self.accounts) else []
+
+    def usable_accounts(self) -> list[AccountSettings]:
+        """The accounts whose key is set (where a job without an account may go)."""
+        return [account for account in self.accounts if _key_set(account)]
+
+    def _key_setting(self, account: AccountSettings) -> str:
+        group = self.credentials[0][0]
+        if not self.group.accounts:
+            return env_var(group, "api_key")
+        return f"{env_var(group, 'accounts')} (account {account.name!r}: api_key)"
+
+    def bearer(self, account: AccountSettings) -> str:
+        """``Bearer <key>`` of ``account``; :class:`~pollen.errors.ProviderNotConfigured`
+        when its key is empty."""
+        key = account.api_key.get_secret_value()
+        if not key.strip():
+            raise ProviderNotConfigured.missing([self._key_setting(account)])
+        return f"Bearer {key}"
+
+    @staticmethod
+    def base_url(account: AccountSettings) -> str:
+        """The account's API root, without a trailing slash."""
+        return (account.base_url or "").rstrip("/")
 
     @abstractmethod
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:

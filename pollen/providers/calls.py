@@ -7,6 +7,9 @@ pooled client. Either way one job's error is its own answer, never its neighbour
 polls (:meth:`ProviderCalls.status`) that fire at about the same time in one process still
 share a request through a :class:`~pollen.providers.batching.Batcher`. Every request first
 takes a slot from the shared :class:`~pollen.providers.ratelimit.RateLimiter`.
+
+A request goes to one provider account (the job's: :meth:`Provider.account`): jobs of several
+accounts travel in one request per account, each limited by its account's ``rate`` too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pollen.providers.ratelimit import RateLimiter
 
 Item = tuple[Job, float]
 Answer = TypeVar("Answer")
+Listed = TypeVar("Listed")
 #: ``(provider, jobs)`` of every status request that carried several jobs' polls
 BatchObserver = Callable[[str, int], None]
 #: most requests one call runs at once for a provider without task arrays
@@ -71,7 +75,7 @@ class ProviderCalls:
         if batcher is not None:
             return batcher.call((job, now))
         provider = self.providers[job.provider]
-        self.limiter.acquire(job.provider)
+        self.limiter.acquire(job.provider, provider.account(job))
         answer = send(self.http, provider.status_request(job), provider=job.provider, kind="status")
         return provider.parse_status(job, answer, now)
 
@@ -88,9 +92,18 @@ class ProviderCalls:
     def _status_chunk(
         self, provider: Provider, items: Sequence[Item]
     ) -> list[Snapshot | Exception]:
+        """One request per account among ``items`` (single polls of several accounts may
+        share a batch); an account's failed request fails only its own jobs."""
+        return _per_account(
+            provider, items, lambda item: item[0], partial(self._status_request, provider)
+        )
+
+    def _status_request(
+        self, provider: Provider, items: Sequence[Item]
+    ) -> list[Snapshot | Exception]:
         jobs = [job for job, _ in items]
         now = max(when for _, when in items)
-        self.limiter.acquire(provider.name)
+        self.limiter.acquire(provider.name, provider.batch_account(jobs))
         request = provider.status_batch_request(jobs)
         answer = send(self.http, request, provider=provider.name, kind="status")
         self.observe_batch(provider.name, len(jobs))
@@ -107,7 +120,7 @@ class ProviderCalls:
         return self._each(jobs, partial(self._submit_one, provider))
 
     def _submit_one(self, provider: Provider, job: Job) -> Submission:
-        self.limiter.acquire(provider.name)
+        self.limiter.acquire(provider.name, provider.account(job))
         request = provider.submit_request(job, job.task_uuid)
         answer = send(self.http, request, provider=provider.name, kind="submit")
         return provider.parse_submit(job, job.task_uuid, answer)
@@ -115,7 +128,15 @@ class ProviderCalls:
     def _submit_chunk(
         self, provider: Provider, jobs: Sequence[Job]
     ) -> list[Submission | Exception]:
-        self.limiter.acquire(provider.name)
+        """One request per account among ``jobs``, as for polls."""
+        return _per_account(
+            provider, jobs, lambda job: job, partial(self._submit_request, provider)
+        )
+
+    def _submit_request(
+        self, provider: Provider, jobs: Sequence[Job]
+    ) -> list[Submission | Exception]:
+        self.limiter.acquire(provider.name, provider.batch_account(jobs))
         request = provider.submit_batch_request(jobs)
         answer = send(self.http, request, provider=provider.name, kind="submit")
         return provider.parse_submit_batch(jobs, answer)
@@ -133,7 +154,7 @@ class ProviderCalls:
                 f"{provider.name} documents no cancel call: pollen stopped polling; the "
                 "provider task may still run (and be billed) to its end"
             )
-        self.limiter.acquire(provider.name)
+        self.limiter.acquire(provider.name, provider.account(job))
         request = provider.cancel_request(job)
         answer = send(self.http, request, provider=provider.name, kind="cancel")
         return provider.parse_cancel(job, answer)
@@ -187,3 +208,25 @@ class ProviderCalls:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+
+
+def _per_account(
+    provider: Provider,
+    items: Sequence[Listed],
+    job_of: Callable[[Listed], Job],
+    run: Callable[[Sequence[Listed]], Sequence[Answer | Exception]],
+) -> list[Answer | Exception]:
+    """``run`` once per account among ``items`` (a request goes to one account), answers
+    back in the items' order; a group whose ``run`` raised answers that error for each."""
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(provider.account(job_of(item)).name, []).append(index)
+    answers: list[Answer | Exception | None] = [None] * len(items)
+    for indexes in groups.values():
+        try:
+            got: Sequence[Answer | Exception] = run([items[i] for i in indexes])
+        except Exception as exc:
+            got = [exc] * len(indexes)
+        for index, answer in zip(indexes, got, strict=True):
+            answers[index] = answer
+    return [answer for answer in answers if answer is not None]

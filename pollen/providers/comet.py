@@ -3,7 +3,9 @@
 Answers are wrapped: ``{"code", "message", "data": {"status", "progress": "45%",
 "fail_reason", "data": <Runway's own task>}}``. A freshly created task may answer
 ``task_not_exist`` for a few seconds: inside ``comet.not_exist_grace`` seconds after submission
-that means "not visible yet"; after it, the task is not found and the job fails.
+that means "not visible yet"; after it, the task is not found and the job fails. A task
+whose Runway status is THROTTLED (past the account's concurrency) waits: it is polled every
+``admission.throttled_poll_delay``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pollen.providers.base import (
     progress_hint,
 )
 from pollen.providers.http import json_body
+from pollen.providers.useapi import THROTTLED
+from pollen.settings import AccountSettings
 
 TASK_NOT_EXIST = "task_not_exist"
 STATES: dict[str, ProviderState] = {
@@ -125,22 +129,18 @@ class CometRunway(Provider):
     job_model = CometRunwayJob
     credentials = (("comet", "api_key"),)
 
-    def _headers(self) -> dict[str, str]:
-        self.require_credentials()
-        comet = self.settings.comet
-        headers = {
-            "Authorization": f"Bearer {comet.api_key.get_secret_value()}",
-            "Accept": "application/json",
-        }
-        if comet.runway_version:
-            headers["X-Runway-Version"] = comet.runway_version
+    def _headers(self, account: AccountSettings) -> dict[str, str]:
+        headers = {"Authorization": self.bearer(account), "Accept": "application/json"}
+        if self.settings.comet.runway_version:
+            headers["X-Runway-Version"] = self.settings.comet.runway_version
         return headers
 
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
         body = {k: v for k, v in job.request.items() if k != "action"}
         action = job.request.get("action", "image_to_video")
-        url = f"{self.settings.comet.base_url.rstrip('/')}/runwayml/v1/{action}"
-        return httpx.Request("POST", url, json=body, headers=self._headers())
+        account = self.account(job)
+        url = f"{self.base_url(account)}/runwayml/v1/{action}"
+        return httpx.Request("POST", url, json=body, headers=self._headers(account))
 
     def parse_submit(self, job: Job, task_uuid: str, response: httpx.Response) -> Submission:
         body = json_body(response)
@@ -156,8 +156,9 @@ class CometRunway(Provider):
         return Submission(str(task_id), body)
 
     def status_request(self, job: Job) -> httpx.Request:
-        url = f"{self.settings.comet.base_url.rstrip('/')}/runwayml/v1/tasks/{job.provider_task_id}"
-        return httpx.Request("GET", url, headers=self._headers())
+        account = self.account(job)
+        url = f"{self.base_url(account)}/runwayml/v1/tasks/{job.provider_task_id}"
+        return httpx.Request("GET", url, headers=self._headers(account))
 
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
         envelope = _envelope(response)
@@ -192,12 +193,17 @@ class CometRunway(Provider):
                 else ((task.data or {}).get("failureCode") or "failed")
             )
             errors.append(GenerationError(code=str(code), message=str(reason), raw=raw))
+        throttled = state == "pending" and nested_status == THROTTLED
         return Snapshot(
             state=state,
             envelope=raw,
             results=to_results(task, now) if state == "succeeded" else [],
             errors=errors,
             progress=1.0 if state == "succeeded" else progress,
-            hint_delay=progress_hint(job, now, progress),
-            provider_status=task.status,
+            hint_delay=(
+                self.settings.admission.throttled_poll_delay
+                if throttled
+                else progress_hint(job, now, progress)
+            ),
+            provider_status=THROTTLED if throttled else task.status,
         )

@@ -5,7 +5,8 @@ Each request to a rate-limited provider first takes a slot (one Lua call in the 
 the policy (slots per window, sleeping or refusing) is here. No window of one second ever
 holds more than the limit. A wait of a fraction of a second is slept through; a longer one
 becomes :class:`RateLimited`, which the steps turn into a countdown retry like a provider's
-own 429.
+own 429. A provider account with a ``rate`` of its own has a window of its own as well
+(``provider@account``), taken after the provider's (``POLLEN_RATE_LIMITS``) when both are set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from pollen.errors import RateLimited
 
 if TYPE_CHECKING:
+    from pollen.settings import AccountSettings
     from pollen.store.sync import Store
 
 MAX_SLEEP = 0.25  #: longer waits become a countdown retry instead of a sleeping task
@@ -40,12 +42,20 @@ class RateLimiter:
         self._ids = itertools.count()
         self.waited = 0.0  #: seconds slept waiting for slots (for tests and metrics)
 
-    def acquire(self, provider: str) -> float | None:
-        """Take one request slot for ``provider``; raise RateLimited if it is far off.
+    def acquire(self, provider: str, account: AccountSettings | None = None) -> float | None:
+        """Take one request slot for ``provider`` and, when ``account`` has a ``rate`` of its
+        own, one of that account's window too; raise RateLimited if one is far off.
 
         Returns when the slot was taken (Redis clock, unix seconds), None if unlimited.
         """
-        limit = self.limits.get(provider)
+        granted = self._take(provider, self.limits.get(provider))
+        if account is not None and account.rate is not None:
+            label = f"{provider} account {account.name}"
+            granted = self._take(f"{provider}@{account.name}", account.rate, label)
+        return granted
+
+    def _take(self, window: str, limit: float | None, label: str | None = None) -> float | None:
+        """One slot of ``window`` (a provider, or ``provider@account``) at ``limit``/s."""
         if limit is None:
             return None
         # A limit below 1/s is enforced over a longer window with the same average rate.
@@ -53,14 +63,14 @@ class RateLimiter:
         while True:
             member = f"{os.getpid()}:{next(self._ids)}:{time.monotonic_ns()}"
             wait_ms, now_ms = self._store.rates.take(
-                provider, limit=int(slots), window_ms=window_ms, member=member
+                window, limit=int(slots), window_ms=window_ms, member=member
             )
             if wait_ms == 0:
                 return now_ms / 1000
             wait = wait_ms / 1000
             if wait > MAX_SLEEP:
                 raise RateLimited(
-                    f"pollen's own limit of {limit:g} requests/s to {provider} is used up",
+                    f"pollen's own limit of {limit:g} requests/s to {label or window} is used up",
                     retry_after=wait,
                     status=None,
                 )

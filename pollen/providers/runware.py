@@ -30,6 +30,7 @@ from pollen.errors import (
 from pollen.models import GenerationError, GenerationResult, Job, JobRequest
 from pollen.providers.base import Provider, ProviderState, Snapshot, Submission
 from pollen.providers.http import json_body
+from pollen.settings import AccountSettings
 
 CONFLICT_TASK_UUID = "conflictTaskUUID"
 TASK_NOT_FOUND = "taskNotFound"
@@ -262,20 +263,19 @@ class Runware(Provider):
     job_model = RunwareJob
     credentials = (("runware", "api_key"),)
 
-    def _post(self, tasks: list[dict[str, Any]]) -> httpx.Request:
-        self.require_credentials()
-        key = self.settings.runware.api_key.get_secret_value()
+    def _post(self, tasks: list[dict[str, Any]], account: AccountSettings) -> httpx.Request:
+        """One task array to ``account``'s endpoint (``base_url`` is the whole URL)."""
         return httpx.Request(
             "POST",
-            self.settings.runware.base_url,
+            account.base_url or "",
             json=tasks,
-            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+            headers={"Authorization": self.bearer(account), "Accept": "application/json"},
         )
 
     push_field = "webhookURL"
 
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
-        return self._post([self._task(job, task_uuid)])
+        return self._post([self._task(job, task_uuid)], self.account(job))
 
     def _task(self, job: Job, task_uuid: str) -> dict[str, Any]:
         task = {**job.request, "taskUUID": task_uuid, "deliveryMethod": "async"}
@@ -290,7 +290,8 @@ class Runware(Provider):
     def submit_batch_request(self, jobs: Sequence[Job]) -> httpx.Request:
         """One request creating every job's task (a task array), each with its own
         ``taskUUID`` (the idempotency key)."""
-        return self._post([self._task(job, job.task_uuid) for job in jobs])
+        tasks = [self._task(job, job.task_uuid) for job in jobs]
+        return self._post(tasks, self.batch_account(jobs))
 
     def parse_submit_batch(
         self, jobs: Sequence[Job], response: httpx.Response
@@ -339,7 +340,8 @@ class Runware(Provider):
         return Submission(task_uuid, raw)
 
     def status_request(self, job: Job) -> httpx.Request:
-        return self._post([{"taskType": "getResponse", "taskUUID": job.provider_task_id}])
+        task = {"taskType": "getResponse", "taskUUID": job.provider_task_id}
+        return self._post([task], self.account(job))
 
     def parse_status(self, job: Job, response: httpx.Response, now: float) -> Snapshot:
         return self._snapshot(job, parse_envelope(response), response.status_code, now)
@@ -348,9 +350,8 @@ class Runware(Provider):
 
     def status_batch_request(self, jobs: Sequence[Job]) -> httpx.Request:
         """One request with a ``getResponse`` task per job (Runware takes task arrays)."""
-        return self._post(
-            [{"taskType": "getResponse", "taskUUID": job.provider_task_id} for job in jobs]
-        )
+        tasks = [{"taskType": "getResponse", "taskUUID": job.provider_task_id} for job in jobs]
+        return self._post(tasks, self.batch_account(jobs))
 
     def parse_status_batch(
         self, jobs: Sequence[Job], response: httpx.Response, now: float
@@ -403,9 +404,11 @@ class Runware(Provider):
             cost=round(sum(costs), 6) if costs else None,
         )
 
-    def task_details_request(self, task_uuid: str) -> httpx.Request:
-        """Runware's own ``getTaskDetails`` for a task (its original request and response)."""
-        return self._post([{"taskType": "getTaskDetails", "taskUUID": task_uuid}])
+    def task_details_request(self, job: Job) -> httpx.Request:
+        """Runware's own ``getTaskDetails`` for the job's task (its original request and
+        response), asked of the job's account."""
+        task = {"taskType": "getTaskDetails", "taskUUID": job.provider_task_id}
+        return self._post([task], self.account(job))
 
     def parse_task_details(self, response: httpx.Response) -> RunwareTaskDetails:
         envelope = parse_envelope(response)

@@ -2,8 +2,9 @@
 
 Task statuses: PENDING, THROTTLED, RUNNING, SUCCEEDED, FAILED, CANCELLED (anything else keeps
 the job polling). ``progressRatio`` is a string; ``estimatedTimeToStartSeconds`` hints the
-next poll; ``artifacts[]`` are the results; ``error`` explains a failure. 400/401 end the job
-with useapi.net's message, 404 ends it as not found.
+next poll, except for a THROTTLED task (held back past the account's concurrency), polled
+every ``admission.throttled_poll_delay``; ``artifacts[]`` are the results; ``error``
+explains a failure. 400/401 end the job with useapi.net's message, 404 ends it as not found.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from pollen.providers.base import (
     ratio,
 )
 from pollen.providers.http import json_body
+from pollen.settings import AccountSettings
 
+#: Runway's status of a task held back past the account's concurrency: polled slowly
+THROTTLED = "THROTTLED"
 STATES: dict[str, ProviderState] = {
     "PENDING": "pending",
     "THROTTLED": "pending",
@@ -135,20 +139,19 @@ class UseapiRunway(Provider):
     job_model = UseapiRunwayJob
     credentials = (("useapi", "api_key"),)
 
-    def _headers(self) -> dict[str, str]:
-        self.require_credentials()
-        key = self.settings.useapi.api_key.get_secret_value()
-        return {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+    def _headers(self, account: AccountSettings) -> dict[str, str]:
+        return {"Authorization": self.bearer(account), "Accept": "application/json"}
 
     push_field = "replyUrl"
 
     def submit_request(self, job: Job, task_uuid: str) -> httpx.Request:
-        url = self.settings.useapi.base_url.rstrip("/") + self.settings.useapi.create_path
+        account = self.account(job)
+        url = self.base_url(account) + self.settings.useapi.create_path
         body = dict(job.request)
         push = self.push_url(job)  # None when the producer's request has a replyUrl
         if push is not None:
             body.update(replyUrl=push, replyRef=job.id)
-        return httpx.Request("POST", url, json=body, headers=self._headers())
+        return httpx.Request("POST", url, json=body, headers=self._headers(account))
 
     def parse_submit(self, job: Job, task_uuid: str, response: httpx.Response) -> Submission:
         task = _task(response)
@@ -156,18 +159,21 @@ class UseapiRunway(Provider):
             raise ProviderProtocolError("useapi.net create answer has no taskId", code="noTaskId")
         return Submission(task.taskId, task.model_dump(exclude_unset=True))
 
-    def _task_url(self, job: Job) -> str:
+    def _task_request(self, method: str, job: Job) -> httpx.Request:
+        """``method`` on the job's task, at the account that created it."""
+        account = self.account(job)
         task_id = quote(job.provider_task_id or "", safe=":@-_.")
-        return f"{self.settings.useapi.base_url.rstrip('/')}/v1/runwayml/tasks/{task_id}"
+        url = f"{self.base_url(account)}/v1/runwayml/tasks/{task_id}"
+        return httpx.Request(method, url, headers=self._headers(account))
 
     def status_request(self, job: Job) -> httpx.Request:
-        return httpx.Request("GET", self._task_url(job), headers=self._headers())
+        return self._task_request("GET", job)
 
     supports_cancel = True
 
     def cancel_request(self, job: Job) -> httpx.Request:
         """``DELETE /v1/runwayml/tasks/{taskId}``."""
-        return httpx.Request("DELETE", self._task_url(job), headers=self._headers())
+        return self._task_request("DELETE", job)
 
     def parse_cancel(self, job: Job, response: httpx.Response) -> str:
         if response.status_code == 404:
@@ -195,7 +201,9 @@ class UseapiRunway(Provider):
                 code = "cancelled"
             errors.append(GenerationError(code=code, message=message, raw={"error": task.error}))
         hint = task.estimatedTimeToStartSeconds
-        if hint is None:
+        if task.status == THROTTLED:  # waits for a slot of the account: no hurry to ask
+            hint = self.settings.admission.throttled_poll_delay
+        elif hint is None:
             hint = progress_hint(job, now, progress)
         return Snapshot(
             state=state,

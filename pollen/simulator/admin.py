@@ -56,6 +56,7 @@ def task_view(task: SimTask, now: float) -> dict[str, Any]:
         "id": task.id,
         "dialect": task.dialect,
         "task_type": task.task_type,
+        "api_key": task.api_key,
         "created_at": task.created_at,
         "now": now,
         "status": overall,

@@ -47,6 +47,8 @@ class Admitted:
     #: job id -> why it waits: entries queued by this call that still wait
     waiting: dict[str, str] = field(default_factory=dict)
     requeued: int = 0  #: refused jobs put back in the queue
+    #: jobs whose deadline passed while they waited: out of the queue, never admitted
+    expired: list[str] = field(default_factory=list)
 
     def account(self, job_id: str) -> str | None:
         """The account an entry's job may be sent to now (None: it waits)."""
@@ -78,7 +80,7 @@ def admit(
         [e.job_id, e.tenant, str(e.priority), repr(e.created_at), repr(e.deadline_at)]
         for e in enqueue
     ]
-    admitted, held, waiting, requeued = yield from single(
+    admitted, held, waiting, requeued, expired = yield from single(
         Lua(
             "admit",
             [keys.INFLIGHT],
@@ -89,7 +91,9 @@ def admit(
             ],
         )
     )  # fmt: skip
-    return Admitted(_pairs(admitted), _pairs(held), _pairs(waiting), int(requeued))
+    return Admitted(
+        _pairs(admitted), _pairs(held), _pairs(waiting), int(requeued), [str(i) for i in expired]
+    )
 
 
 @dataclass(frozen=True)

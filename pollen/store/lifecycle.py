@@ -175,32 +175,35 @@ def fields(job_id: str, *names: str) -> Op[list[str | None]]:
 
 
 def begin_submits(
-    sent: Sequence[tuple[str, Any]], push_tokens: Mapping[str, str]
-) -> Op[tuple[list[int], dict[str, str]]]:
-    """Count a submit attempt of each (job_id, request), keep the request and any new push
-    token the job has none of: the attempt numbers and the push token each job has."""
+    sent: Sequence[tuple[str, Any]], claims: Mapping[str, Mapping[str, str]]
+) -> Op[tuple[list[int], dict[str, dict[str, str]]]]:
+    """Count a submit attempt of each (job_id, request), keep the request and each claimed
+    field (field -> job_id -> value) the job has none of: the attempt numbers and, per
+    field, the value each claiming job has."""
     if not sent:
-        return [], {}
+        return [], {name: {} for name in claims}
     batch: Batch = []
     for job_id, request in sent:
         batch += [
             cmd("hincrby", keys.job(job_id), "submit_attempts", 1),
             cmd("hset", keys.job(job_id), "sent_request", dumps(request)),
         ]
-        if job_id in push_tokens:
-            batch += [
-                cmd("hsetnx", keys.job(job_id), "push_token", push_tokens[job_id]),
-                cmd("hget", keys.job(job_id), "push_token"),
-            ]
+        for name, values in claims.items():
+            if job_id in values:
+                batch += [
+                    cmd("hsetnx", keys.job(job_id), name, values[job_id]),
+                    cmd("hget", keys.job(job_id), name),
+                ]
     answers = iter((yield batch))
     attempts: list[int] = []
-    stored: dict[str, str] = {}
+    stored: dict[str, dict[str, str]] = {name: {} for name in claims}
     for job_id, _ in sent:
         attempts.append(int(next(answers)))
         next(answers)
-        if job_id in push_tokens:
-            next(answers)
-            stored[job_id] = next(answers)
+        for name, values in claims.items():
+            if job_id in values:
+                next(answers)
+                stored[name][job_id] = next(answers)
     return attempts, stored
 
 
@@ -297,13 +300,19 @@ class Lifecycle:
         self.run(set_if_exists(job_id, fields))
 
     def begin_submits(
-        self, sent: Sequence[tuple[str, Any]], push_tokens: Mapping[str, str] | None = None
-    ) -> tuple[list[int], dict[str, str]]:
+        self,
+        sent: Sequence[tuple[str, Any]],
+        push_tokens: Mapping[str, str] | None = None,
+        accounts: Mapping[str, str] | None = None,
+    ) -> tuple[list[int], dict[str, str], dict[str, str]]:
         """Count a submit attempt of each (job_id, request) and keep the request about to be
-        sent (audit), in one round trip. ``push_tokens`` are new push tokens for jobs that
-        have none: each is kept unless the job got one meanwhile (another copy of the submit).
-        Returns the attempt numbers, in order, and the push token each of those jobs has."""
-        return self.run(begin_submits(sent, push_tokens or {}))
+        sent (audit), in one round trip. ``push_tokens`` are new push tokens and
+        ``accounts`` new provider accounts for jobs that have none: each is kept unless the
+        job got one meanwhile (another copy of the submit). Returns the attempt numbers, in
+        order, and the push token and the account each of those jobs has."""
+        claims = {"push_token": push_tokens or {}, "account": accounts or {}}
+        attempts, stored = self.run(begin_submits(sent, claims))
+        return attempts, stored["push_token"], stored["account"]
 
     def get(self, job_id: str) -> Job:
         """The job with its results in the order they finished; JobNotFound if absent."""

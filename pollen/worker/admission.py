@@ -64,10 +64,13 @@ def _admit(
     return result
 
 
-def gate(deps: Deps, provider: str, jobs: Sequence[Job], *, now: float) -> tuple[list[Job], int]:
+def gate(
+    deps: Deps, provider: str, jobs: Sequence[Job], *, now: float
+) -> tuple[list[Job], int, list[Job]]:
     """Of a capped provider's queued ``jobs``, the ones to send now, each with its account,
     plus waiting jobs the free slots admitted ahead of them (fairness decides, not arrival);
-    and how many of ``jobs`` wait. One round trip (two when others were admitted)."""
+    how many of ``jobs`` wait; and waiting jobs whose deadline passed (to time out, never
+    sent). One round trip (two when others were admitted or expired)."""
     limit = max(len(jobs), deps.settings.batch_size)
     result = _admit(deps, provider, now=now, limit=limit, enqueue=jobs)
     mine = {job.id: job for job in jobs}
@@ -77,10 +80,14 @@ def gate(deps: Deps, provider: str, jobs: Sequence[Job], *, now: float) -> tuple
             ready.append(mine[job_id].model_copy(update={"account": account}))
     others = [job_id for job_id in result.admitted if job_id not in mine]
     # a job admitted but expired before this read is missing: the sweep frees its slot
-    ready += [job for job in deps.store.lifecycle.get_many(others) if job is not None]
+    read = (
+        deps.store.lifecycle.get_many(others + result.expired) if others or result.expired else []
+    )
+    found = [job for job in read if job is not None]
+    ready += [job for job in found if job.id not in result.expired]
     for job_id, reason in result.waiting.items():
         log.info("job %s waits: %s", job_id, reason)
-    return ready, len(result.waiting)
+    return ready, len(result.waiting), [job for job in found if job.id in result.expired]
 
 
 def pump(deps: Deps, providers: Iterable[str], send: SendSubmits, *, now: float) -> int:
@@ -88,9 +95,12 @@ def pump(deps: Deps, providers: Iterable[str], send: SendSubmits, *, now: float)
     submits (batches of ``contract.SUBMIT_BATCH_JOBS``); how many were admitted."""
     count = 0
     for provider in sorted(set(providers) & deps.capacity.capped_providers):
-        admitted = list(_admit(deps, provider, now=now, limit=PUMP_LIMIT).admitted)
-        for start in range(0, len(admitted), contract.SUBMIT_BATCH_JOBS):
-            send(admitted[start : start + contract.SUBMIT_BATCH_JOBS])
+        result = _admit(deps, provider, now=now, limit=PUMP_LIMIT)
+        admitted = list(result.admitted)
+        # jobs past their deadline go to the submit step too, which times them out
+        due = admitted + result.expired
+        for start in range(0, len(due), contract.SUBMIT_BATCH_JOBS):
+            send(due[start : start + contract.SUBMIT_BATCH_JOBS])
         count += len(admitted)
     return count
 

@@ -48,6 +48,8 @@ class Deps:
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     epoch: str | None = None  #: the store's epoch marker this process saw (data-loss check)
+    #: provider -> jobs this process gave an account (uncapped providers' accounts take turns)
+    turns: dict[str, int] = field(default_factory=dict)
     limiter: RateLimiter = field(init=False)  #: provider request budget shared by all workers
     calls: ProviderCalls = field(init=False)  #: provider requests, batched where possible
     leases: LeaseRenewer = field(init=False)  #: keeps running polls' leases alive

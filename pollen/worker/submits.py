@@ -82,7 +82,8 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
             sending.setdefault(job.provider, []).append(job)
         if job.status is JobStatus.QUEUED and job.submit_attempts == 0:
             out.fresh.add(job.id)
-    _gate(deps, out, sending, now)
+    endings += _gate(deps, out, sending, now)
+    _spread(deps, sending)
     moves: list[Move] = []
     started: list[Job] = []
     for provider, jobs in sending.items():
@@ -98,12 +99,35 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     return out
 
 
-def _gate(deps: Deps, out: SubmitNext, sending: dict[str, list[Job]], now: float) -> None:
+def _gate(deps: Deps, out: SubmitNext, sending: dict[str, list[Job]], now: float) -> list[Ending]:
     """A capped provider's jobs take a slot first: those admitted are sent (with jobs that
-    waited and whose turn it is), the others wait in pollen's queue."""
+    waited and whose turn it is), the others wait in pollen's queue; waiting jobs whose
+    deadline passed end (timed out)."""
+    endings: list[Ending] = []
     for provider in [p for p in sending if deps.capacity.capped(p)]:
-        sending[provider], waiting = admission.gate(deps, provider, sending[provider], now=now)
+        sending[provider], waiting, expired = admission.gate(
+            deps, provider, sending[provider], now=now
+        )
         out.waiting += waiting
+        endings += [e for job in expired if (e := _triage(deps, out, job, now)) is not None]
+    return endings
+
+
+def _spread(deps: Deps, sending: dict[str, list[Job]]) -> None:
+    """An uncapped provider's job without an account gets one of the accounts with a key,
+    in turns (per worker process); the submit keeps it on the job, so polls go there too."""
+    for provider, jobs in sending.items():
+        dialect = deps.providers[provider]
+        accounts = dialect.usable_accounts()
+        if deps.capacity.capped(provider) or len(dialect.accounts) < 2 or not accounts:
+            continue
+        for index, job in enumerate(jobs):
+            if job.account is None:
+                turn = deps.turns.get(provider, 0)
+                deps.turns[provider] = turn + 1
+                jobs[index] = job.model_copy(
+                    update={"account": accounts[turn % len(accounts)].name}
+                )
 
 
 def _pushed_meanwhile(deps: Deps, out: SubmitNext, started: Sequence[Job]) -> None:
@@ -142,21 +166,30 @@ def _send(
     now: float,
 ) -> list[Ending]:
     """Create the tasks of one provider's jobs; what ends a job is returned."""
+    endings = _keyless(deps, jobs)
+    ended = {ending.job.id for ending in endings}
+    jobs = [job for job in jobs if job.id not in ended]
     if not jobs:  # a capped provider's jobs may all wait
-        return []
+        return endings
     jobs = _with_push_tokens(deps, provider, jobs)
     fresh = {job.id: job.push_token for job in jobs if job.push_token}
+    accounts = {job.id: job.account for job in jobs if job.account}
     sent = [(job.id, _sent(deps, job)) for job in jobs]
-    attempts, kept = deps.store.lifecycle.begin_submits(sent, fresh)
+    attempts, tokens_kept, accounts_kept = deps.store.lifecycle.begin_submits(sent, fresh, accounts)
+    # another copy of this submit may have given a job its token or its account first
     jobs = [
-        job.model_copy(update={"push_token": kept[job.id]}) if job.id in kept else job
+        job.model_copy(
+            update={
+                "push_token": tokens_kept.get(job.id, job.push_token),
+                "account": accounts_kept.get(job.id, job.account),
+            }
+        )
         for job in jobs
-    ]  # another copy of this submit may have given a job its token first
+    ]
     metrics.JOBS_STARTED.labels(provider).inc(attempts.count(1))
     answers = deps.calls.submit_many(provider, jobs)
     now = deps.clock()  # the first poll is due its delay after the provider took the task
     retries: list[tuple[str, str, float]] = []
-    endings: list[Ending] = []
     refused: list[Job] = []
     for job, count, answer in zip(jobs, attempts, answers, strict=True):
         if isinstance(answer, RateLimited) and job.account and deps.capacity.capped(provider):
@@ -217,11 +250,20 @@ def _triage(deps: Deps, out: SubmitNext, job: Job, now: float) -> Ending | None:
         else:
             message += " (never accepted)"
         return Ending(job, JobStatus.TIMED_OUT, "deadline", message)
-    missing = deps.providers[job.provider].missing_credentials()
+    return _misconfigured(deps, job)
+
+
+def _misconfigured(deps: Deps, job: Job) -> Ending | None:
+    missing = deps.providers[job.provider].unsendable(job)
     if missing:  # this worker can never submit it: fail now, not after an hour of retries
         metrics.SUBMITS.labels(job.provider, "misconfigured").inc()
         return _rejected(job, ProviderNotConfigured.missing(missing))
     return None
+
+
+def _keyless(deps: Deps, jobs: Sequence[Job]) -> list[Ending]:
+    """Jobs whose account (given at admission) has no key: they fail, the others go."""
+    return [ending for job in jobs if (ending := _misconfigured(deps, job)) is not None]
 
 
 def _with_push_tokens(deps: Deps, provider: str, jobs: list[Job]) -> list[Job]:

@@ -27,7 +27,9 @@
 --   is overdue after it), grace, cooldown_until, requeue JSON [[id, account], ...],
 --   enqueue JSON [[id, tenant, priority, created_at, deadline_at], ...]
 -- Returns {admitted (flat: id, account, ...), held (flat: id, account: jobs of `enqueue` that
--- were admitted earlier), waiting (flat: id, reason), requeued}.
+-- were admitted earlier), waiting (flat: id, reason), requeued, expired (ids whose deadline
+-- passed while they waited: taken out of the queue, not admitted, their queue_reason kept so
+-- the submit step that times them out can say why)}.
 local provider, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local accounts = cjson.decode(ARGV[4])
 local shares = cjson.decode(ARGV[5])
@@ -172,7 +174,7 @@ local function next_turn()
 end
 
 -- 4. admit
-local admitted = {}
+local admitted, expired = {}, {}
 while total > 0 and #admitted < 2 * limit do
   local prio, tenant, pass = next_turn()
   if not prio then break end
@@ -190,8 +192,13 @@ while total > 0 and #admitted < 2 * limit do
     unqueue(id, provider, tenant, prio)
   end
   local job_key = JOB_KEY_PREFIX .. (id or '')
-  if id then redis.call('HDEL', job_key, 'waiting', 'queue_reason') end
-  if id and redis.call('HGET', job_key, 'status') == 'queued' then  -- else it ended meanwhile
+  if id then redis.call('HDEL', job_key, 'waiting') end
+  local f = redis.call('HMGET', job_key, 'status', 'deadline_at')
+  local late = f[2] and tonumber(f[2]) <= now
+  if id and f[1] == 'queued' and late then
+    expired[#expired + 1] = id
+  elseif id and f[1] == 'queued' then  -- else it ended meanwhile
+    redis.call('HDEL', job_key, 'queue_reason')
     local best = 1
     for i = 2, #free do if free[i] > free[best] then best = i end end
     local account = accounts[best][1]
@@ -236,4 +243,4 @@ if #fresh > 0 then
     end
   end
 end
-return {admitted, held, waiting, requeued}
+return {admitted, held, waiting, requeued, expired}
