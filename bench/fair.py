@@ -29,7 +29,7 @@ from bench.scenarios import CAPPED, Scenario
 from bench.services import Service
 from bench.systems import API_KEY, STORE_DB, Options, System
 from pollen import JobNotFound, Pollen
-from pollen.settings import RunwareSettings, Settings
+from pollen.settings import DEFAULT_ACCOUNT, RunwareSettings, Settings
 
 FAIR = "fair"  #: the scenario's name
 BIG, SMALL = "big", "small"
@@ -227,7 +227,7 @@ class End:
     """What was left once measuring stopped, and what the clean-up found."""
 
     cancelled: int
-    slots_in_use: int | None  #: None: the system holds no slots (not told the cap)
+    slots_in_use: int | None  #: slots held + jobs waiting; None: no slots (not told the cap)
     running: int  #: tasks still running at the provider
 
 
@@ -255,7 +255,9 @@ def _clean_up(
     while True:
         slots = None
         if cap is not None:
-            slots = pollen.store.admission.queue_state("runware", [("default", cap)], now=0).in_use
+            caps = [(DEFAULT_ACCOUNT, cap)]
+            state = pollen.store.admission.queue_state("runware", caps, now=time.time())
+            slots = state.in_use + state.total_waiting
         key = http.get(f"{sim.url}/_sim/stats").json().get("keys", {}).get(API_KEY, {})
         running = int(key.get("running", 0)) + int(key.get("waiting", 0))
         if (not slots and not running) or time.monotonic() > deadline:
