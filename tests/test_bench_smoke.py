@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,20 +136,28 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
 PUSH_SYSTEMS = ["pollen", "pollen-push", "pollen-push-lossy"]
 
 
+def run_bench(
+    scenario: str, options: list[str], out: Path, *, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``python -m bench --scenario SCENARIO`` with one worker and one producer per system;
+    what it printed and the JSON it wrote (the run must exit 0)."""
+    argv = [sys.executable, "-m", "bench", "--scenario", scenario, "--workers", "1",
+            "--producers", "1", *options, "--out", str(out)]  # fmt: skip
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-5000:]
+    [written] = out.glob(f"{scenario}-*.json")
+    return done, json.loads(written.read_text())
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(200)
 def test_push_scenario_compares_polling_with_pushes(tmp_path: Path) -> None:
     """A small ``push`` run: the same jobs polled only, woken by pushes, woken by lossy
     pushes. Jobs of 1-2 s with a first poll at 2 s: polling alone waits for that poll."""
-    argv = [
-        sys.executable, "-m", "bench", "--scenario", "push", "--jobs", "20",
-        "--durations", "1,2", "--workers", "1", "--producers", "1", "--timeout", "60",
-        "--out", str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=190, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr[-5000:]
-    [written] = tmp_path.glob("push-*.json")
-    document = json.loads(written.read_text())
+    options = ["--jobs", "20", "--durations", "1,2", "--timeout", "60"]
+    done, document = run_bench("push", options, tmp_path, timeout=190)
     assert document["systems"] == PUSH_SYSTEMS
     results = {name: document["results"][name]["metrics"] for name in PUSH_SYSTEMS}
     for name, metrics in results.items():
@@ -263,15 +272,9 @@ def test_fair_scenario_keeps_the_cap_and_serves_the_small_tenant(tmp_path: Path)
     """A small ``fair`` run: a key capped at 3 tasks of 0.5 s; 24 jobs of tenant big, 6 of
     tenant small 2 s later. pollen told the cap never has a create refused and serves the
     small tenant between the big one's jobs; both leave no slot held and no task running."""
-    argv = [
-        sys.executable, "-m", "bench", "--scenario", "fair", "--jobs", "24", "--small-jobs", "6",
-        "--small-delay", "2", "--cap", "3", "--durations", "0.5,0.5", "--workers", "1",
-        "--producers", "1", "--timeout", "90", "--out", str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=230, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr[-5000:]
-    [written] = tmp_path.glob("fair-*.json")
-    document = json.loads(written.read_text())
+    options = ["--jobs", "24", "--small-jobs", "6", "--small-delay", "2", "--cap", "3",
+               "--durations", "0.5,0.5", "--timeout", "90"]  # fmt: skip
+    done, document = run_bench("fair", options, tmp_path, timeout=230)
     assert document["systems"] == FAIR_SYSTEMS
     assert document["scenario"]["cap"] == 3
     results = {name: document["results"][name] for name in FAIR_SYSTEMS}
