@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pollen.errors import InvalidJob as InvalidJob
     from pollen.errors import JobLost as JobLost
     from pollen.errors import JobNotFound as JobNotFound
+    from pollen.errors import JobRejected as JobRejected
     from pollen.errors import PollenError as PollenError
     from pollen.errors import StoreUnavailable as StoreUnavailable
     from pollen.errors import WaitTimeout as WaitTimeout
@@ -42,6 +43,7 @@ _EXPORTS = {
     "InvalidJob": "pollen.errors",
     "JobNotFound": "pollen.errors",
     "JobLost": "pollen.errors",
+    "JobRejected": "pollen.errors",
     "PollenError": "pollen.errors",
     "StoreUnavailable": "pollen.errors",
     "WaitTimeout": "pollen.errors",
@@ -70,6 +72,7 @@ __all__ = [
     "JobLost",
     "JobNotFound",
     "JobPage",
+    "JobRejected",
     "JobRequest",
     "JobStatus",
     "Pollen",

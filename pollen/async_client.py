@@ -31,6 +31,7 @@ from pollen.settings import Settings, get_settings
 from pollen.store import effects
 from pollen.store.aio import AsyncStore
 from pollen.store.listing import JobPage
+from pollen.store.rejections import Rejection
 
 T = TypeVar("T")
 #: longest single wait for an event, seconds (each read has its own timeout)
@@ -62,7 +63,7 @@ class AsyncPollen:
     async def publish(self, message: Send) -> None:
         """Publish one of pollen's Celery messages (kombu has no asyncio API: from a worker
         thread)."""
-        await asyncio.to_thread(self.celery.send_task, message.name, **message.options())
+        await asyncio.to_thread(producer.publish, self.celery, message)
 
     async def submit(
         self,
@@ -108,6 +109,7 @@ class AsyncPollen:
         status: str | Iterable[str] | None = None,
         provider: str | Iterable[str] | None = None,
         metadata: dict[str, str] | None = None,
+        tenant: str | None = None,
         since: float | datetime | None = None,
         until: float | datetime | None = None,
         limit: int = 20,
@@ -117,8 +119,8 @@ class AsyncPollen:
         """:meth:`pollen.Pollen.jobs`."""
         return await self._run(
             producer.jobs(
-                status=status, provider=provider, metadata=metadata, since=since, until=until,
-                limit=limit, cursor=cursor, oldest_first=oldest_first,
+                status=status, provider=provider, metadata=metadata, tenant=tenant,
+                since=since, until=until, limit=limit, cursor=cursor, oldest_first=oldest_first,
             )
         )  # fmt: skip
 
@@ -131,6 +133,11 @@ class AsyncPollen:
     async def status(self, job_id: str) -> JobStatus:
         """The job's current status."""
         return (await self.get(job_id)).status
+
+    async def rejected(self, limit: int = 20) -> list[Rejection]:
+        """The latest job payloads workers refused (sent by name, ``send_task``), newest
+        first: each with its job id (where it named one), message id, reason and error."""
+        return await self._run(producer.rejected(limit))
 
     async def store_status(self) -> dict[str, Any]:
         """:meth:`pollen.Pollen.store_status`."""

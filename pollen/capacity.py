@@ -69,6 +69,10 @@ class Capacity:
         counts as :data:`UNCAPPED`."""
         return [(a.name, a.max_in_flight or UNCAPPED) for a in self.accounts[provider]]
 
+    def capped_caps(self) -> dict[str, list[tuple[str, int]]]:
+        """provider -> :meth:`caps`, for each capped provider, by name."""
+        return {provider: self.caps(provider) for provider in sorted(self.capped_providers)}
+
     def account(self, provider: str, name: str | None) -> AccountSettings:
         """The account a job's provider task belongs to (the first one when it names none,
         or one that is no longer configured)."""

@@ -28,6 +28,7 @@ from pollen.settings import Settings, get_settings
 from pollen.store import effects
 from pollen.store.connection import open_store, producer_client
 from pollen.store.listing import JobPage
+from pollen.store.rejections import Rejection
 
 __all__ = ["Cancellation", "Pollen", "Submitted"]
 
@@ -69,7 +70,7 @@ class Pollen:
         return effects.execute(self.store.redis, self._scripts, batch)
 
     def _send(self, message: Send) -> None:
-        self.celery.send_task(message.name, **message.options())
+        producer.publish(self.celery, message)
 
     def submit(
         self,
@@ -135,6 +136,7 @@ class Pollen:
         status: str | Iterable[str] | None = None,
         provider: str | Iterable[str] | None = None,
         metadata: dict[str, str] | None = None,
+        tenant: str | None = None,
         since: float | datetime | None = None,
         until: float | datetime | None = None,
         limit: int = 20,
@@ -145,15 +147,16 @@ class Pollen:
         cursor of the next.
 
         Every filter given must match: ``status`` and ``provider`` (one or several),
-        ``metadata`` (each key equal), ``since``/``until`` (creation time, unix seconds or an
+        ``metadata`` (each key equal), ``tenant`` (the job's tenant; ``"default"`` for jobs
+        that named none), ``since``/``until`` (creation time, unix seconds or an
         aware datetime). ``cursor`` is the ``next_cursor`` of the previous page; pages never
         repeat or skip a job while jobs change state. Jobs leave the listing when their
         records expire (``POLLEN_JOB_TTL`` after they finish).
         """
         return self._run(
             producer.jobs(
-                status=status, provider=provider, metadata=metadata, since=since, until=until,
-                limit=limit, cursor=cursor, oldest_first=oldest_first,
+                status=status, provider=provider, metadata=metadata, tenant=tenant,
+                since=since, until=until, limit=limit, cursor=cursor, oldest_first=oldest_first,
             )
         )  # fmt: skip
 
@@ -170,6 +173,11 @@ class Pollen:
         return self._run(producer.get(self._session, job_id))
 
     result = get
+
+    def rejected(self, limit: int = 20) -> list[Rejection]:
+        """The latest job payloads workers refused (sent by name, ``send_task``), newest
+        first: each with its job id (where it named one), message id, reason and error."""
+        return self._run(producer.rejected(limit))
 
     def store_status(self) -> dict[str, Any]:
         """The store's epoch marker and the last detected data loss (None if never)."""

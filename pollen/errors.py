@@ -4,7 +4,8 @@
     ├── InvalidJob                  producer input refused before anything is stored or enqueued
     │   └── IdempotencyConflict         ... a job_id already used with a different request
     ├── JobNotFound                 no job with that id (never created, or expired)
-    │   └── JobLost                     ... and the store is known to have lost its data
+    │   ├── JobLost                     ... and the store is known to have lost its data
+    │   └── JobRejected                 ... a worker refused the payload sent with that id
     ├── StoreUnavailable            Redis is unreachable or refused a write (read-only, or full)
     ├── WaitTimeout                 wait() gave up before the job ended
     ├── CallbackNotDelivered        one callback delivery attempt did not deliver (its task fails)
@@ -56,6 +57,18 @@ class JobLost(JobNotFound):
 
     def __str__(self) -> str:
         return f"job not found: {self.args[0]!s} ({self.args[1]!s})"
+
+
+class JobRejected(JobNotFound):
+    """No job with that id: a worker refused the ``pollen.submit`` payload that named it
+    (sent by name, e.g. ``send_task``); ``reason`` and ``error`` say why."""
+
+    def __init__(self, job_id: str, reason: str, error: str) -> None:
+        super().__init__(job_id, reason, error)
+        self.job_id, self.reason, self.error = job_id, reason, error
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} was rejected by a worker ({self.reason}): {self.error}"
 
 
 class StoreUnavailable(PollenError):

@@ -32,6 +32,9 @@ MAX_NESTING = 8
 #: refused as its misspelling: positivPrompt is 0.96 like positivePrompt, while Runware's
 #: referenceVideos, a real parameter, is 0.80 like referenceImages and passes through
 TYPO_CUTOFF = 0.85
+#: how alike an unknown top-level job field must be to a job field to be named in its refusal:
+#: every unknown job field is refused, so this only picks the hint (tenent is 0.83 like tenant)
+HINT_CUTOFF = 0.6
 KNOWN_PROVIDERS: tuple[str, ...] = tuple(REGISTRY)
 
 _models = tuple(provider.job_model for provider in REGISTRY.values())
@@ -110,6 +113,19 @@ def _check_spelling(request: BaseModel) -> None:
         raise _invalid(details)
 
 
+def _hinted(error: dict[str, Any], provider: str) -> dict[str, Any]:
+    """An unknown top-level job field close to a job field (``callbak_url``) as a did-you-mean,
+    like a misspelt request field; other errors as they are."""
+    loc = error["loc"]
+    if error["type"] != "extra_forbidden" or len(loc) != 1:
+        return error
+    fields = REGISTRY[provider].job_model.model_fields
+    close = difflib.get_close_matches(str(loc[0]).lower(), fields, n=1, cutoff=HINT_CUTOFF)
+    if not close:
+        return error
+    return {**error, "type": "unknown_field", "msg": f"unknown field; did you mean {close[0]!r}?"}
+
+
 def _check_request_size(request: Any, max_bytes: int) -> None:
     if _too_deep(request, MAX_NESTING):
         raise InvalidJob(f"request: nested deeper than {MAX_NESTING} levels")
@@ -143,7 +159,7 @@ def parse_job_request(payload: Any, *, max_request_bytes: int) -> JobRequest:
         job = JOB_REQUEST.validate_python(payload)
     except ValidationError as exc:
         details = [
-            {**error, "loc": _field_loc(error["loc"], provider)}
+            _hinted({**error, "loc": _field_loc(error["loc"], provider)}, provider)
             for error in exc.errors(include_url=False, include_context=False, include_input=False)
         ]
         raise _invalid(details) from None

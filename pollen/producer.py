@@ -14,23 +14,28 @@ code on both sides.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pollen import contract
-from pollen.errors import InvalidJob, JobLost, JobNotFound, StoreUnavailable
+from pollen.errors import InvalidJob, JobLost, JobNotFound, JobRejected, StoreUnavailable
 from pollen.models import Job, JobStatus
 from pollen.payloads import accept_many_op, accept_op
 from pollen.providers import REGISTRY
 from pollen.settings import ProducerSettings, Settings
-from pollen.store import durability, keys, lifecycle, listing, outbox
+from pollen.store import durability, keys, lifecycle, listing, outbox, rejections
 from pollen.store.effects import Batch, cmd
 from pollen.store.listing import JobPage
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,41 @@ class Send:
         }
 
 
+class _Receipt:
+    """What ``send_task`` hands back to :func:`publish`: the message's id. Celery builds it
+    right after the publish, so having one means the message was sent. (Celery's own
+    ``AsyncResult`` would load the result backend, which a producer never reads: a
+    misconfigured one failed every submit *after* its message had gone out.)"""
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+        self.ignored = True
+
+
+def publish(app: Celery, message: Send) -> None:
+    """Send one message; raises only when it was not sent.
+
+    An error that comes once the message is out (the broker has it, a worker will run it) is
+    logged at WARNING and swallowed: the caller's job exists and will run, so rolling it back
+    or reporting "could not enqueue" would be false.
+    """
+    receipts: list[_Receipt] = []
+
+    def receipt(task_id: str) -> _Receipt:
+        receipts.append(_Receipt(task_id))
+        return receipts[-1]
+
+    try:
+        app.send_task(message.name, result_cls=receipt, **message.options())
+    except Exception as exc:
+        if not receipts:
+            raise
+        log.warning(
+            "%s %s was sent (message %s); an error came after the publish: %s: %s",
+            message.name, message.kwargsrepr or "", receipts[0].id, type(exc).__name__, exc,
+        )  # fmt: skip
+
+
 Effect = Batch | Send
 #: a producer operation: yields effects, receives their outcomes, returns its answer
 Flow = Generator[Effect, Any, T]
@@ -62,7 +102,8 @@ Flow = Generator[Effect, Any, T]
 
 def drive(flow: Flow[T], execute: Callable[[Batch], list[Any]], send: Callable[[Send], None]) -> T:
     """Run ``flow``, performing its effects with ``execute`` (a batch of Redis commands) and
-    ``send`` (a Celery message); an effect's error is thrown into the flow."""
+    ``send`` (a Celery message: :func:`publish`, which raises only when the message was not
+    sent); an effect's error is thrown into the flow."""
     outcome: Any = None
     error: BaseException | None = None
     try:
@@ -168,7 +209,7 @@ def _remember_epoch(session: Session) -> Flow[None]:
 
 def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
     """Store one job and send its ``pollen.submit`` message (the job is removed again if the
-    message cannot be sent)."""
+    message was not sent: a Send raises only then, see :func:`publish`)."""
     settings = session.settings
     job_id, created = yield from accept_op(settings, payload, now=time.time())
     yield from _remember_epoch(session)
@@ -239,11 +280,15 @@ def message_size(settings: Settings, provider: str) -> int:
 
 
 def get(session: Session, job_id: str) -> Flow[Job]:
-    """The whole job; :class:`JobNotFound`, or :class:`JobLost` when the store is known to
-    have lost its data (then the job may have been lost)."""
+    """The whole job; :class:`JobNotFound`, :class:`JobRejected` when a worker refused the
+    payload that named it, or :class:`JobLost` when the store is known to have lost its data
+    (then the job may have been lost)."""
     [job] = yield from lifecycle.jobs_with_results([job_id])
     if job is not None:
         return job
+    refused = yield from rejections.find(job_id)
+    if refused is not None:
+        raise JobRejected(job_id, refused.reason, refused.error)
     if session.epoch is not None:  # the store this client submitted to may be gone
         now = time.time()
         current, lost = yield from durability.check_epoch(
@@ -291,6 +336,7 @@ def jobs(
     status: str | Iterable[str] | None = None,
     provider: str | Iterable[str] | None = None,
     metadata: dict[str, str] | None = None,
+    tenant: str | None = None,
     since: float | datetime | None = None,
     until: float | datetime | None = None,
     limit: int = 20,
@@ -304,6 +350,7 @@ def jobs(
         since=_timestamp(since),
         until=_timestamp(until),
         metadata=metadata,
+        tenant=tenant,
         limit=limit,
         cursor=cursor,
         oldest_first=oldest_first,
@@ -329,10 +376,19 @@ def _timestamp(value: float | datetime | None) -> float | None:
 
 
 def _known(job_id: str) -> Flow[None]:
-    """JobNotFound unless the job exists."""
-    [exists] = yield [cmd("exists", keys.job(job_id))]
+    """JobNotFound unless the job exists (or a refusal of a payload with its id is kept: its
+    ``job.rejected`` callback is the job's delivery)."""
+    [exists] = yield [cmd("exists", keys.job(job_id), keys.rejected(job_id))]
     if not exists:
         raise JobNotFound(job_id)
+
+
+def rejected(limit: int) -> Flow[list[rejections.Rejection]]:
+    """The latest ``pollen.submit`` payloads workers refused, newest first."""
+    if not 1 <= limit <= keys.REJECTED_KEEP:
+        raise InvalidJob(f"limit: give 1 to {keys.REJECTED_KEEP}, got {limit}")
+    latest = yield from rejections.latest(limit)
+    return latest
 
 
 def callbacks(job_id: str) -> Flow[list[dict[str, Any]]]:

@@ -447,6 +447,13 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (worker)."
     )
+    metrics_max_tenants: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        description="Tenants not named in POLLEN_TENANTS that get a metric label of their own, "
+        "per worker process; the ones it sees after that many share the label _other.",
+    )
     heartbeat_file: Path = Field(
         default_factory=lambda data: default_heartbeat_file(data.get("redis_url", "")),
         description="File the worker touches on every heartbeat (for `pollen health --local`); "

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker, free_port
 from pollen.settings import Settings
@@ -22,6 +23,9 @@ from pollen.simulator import SimulatorConfig, SimulatorServer
 from tests.flower import Flower
 
 STORE_DB, BROKER_DB = 1, 0
+#: databases of ``own_env``, which no other fixture uses: a broker nobody else consumes, and
+#: its store
+OWN_BROKER_DB, OWN_STORE_DB = 11, 12
 #: the workers' signing secret in the test session (not a real one)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"pollen-test-secret-32-bytes-long").decode()
 FAST_POLL = {
@@ -94,6 +98,28 @@ def settings_from(env: dict[str, str]) -> Settings:
 def settings(worker_env: dict[str, str]) -> Settings:
     """The same settings the worker reads from its environment."""
     return settings_from(worker_env)
+
+
+@pytest.fixture
+def own_env(
+    worker_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """The session's worker settings on two empty databases of the session's Redis, for a
+    test's own worker."""
+    env = {
+        **worker_env,
+        "POLLEN_BROKER_URL": redis_server.url(OWN_BROKER_DB),
+        "POLLEN_REDIS_URL": redis_server.url(OWN_STORE_DB),
+        "POLLEN_METRICS_PORT": str(free_port()),
+        "POLLEN_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
+    }
+    dbs = [redis.Redis.from_url(redis_server.url(db)) for db in (OWN_BROKER_DB, OWN_STORE_DB)]
+    for db in dbs:
+        db.flushdb()
+    yield env
+    for db in dbs:
+        db.flushdb()
+        db.close()
 
 
 @pytest.fixture(scope="session")

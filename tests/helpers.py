@@ -11,8 +11,11 @@ import httpx
 import pytest
 
 from pollen import payloads
-from pollen.store import lifecycle
+from pollen.settings import Settings
+from pollen.store import admission, lifecycle
+from pollen.store.admission import Admitted
 from pollen.store.sync import Store
+from pollen.worker.admission import entry
 
 
 def video_request(durations: list[float], errors: list[str | None] | None = None) -> dict[str, Any]:
@@ -85,3 +88,28 @@ def seeds() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return SEEDS
+
+
+def capped(settings: Settings, slots: int) -> Settings:
+    """``settings`` with runware's one key capped at ``slots`` tasks at once."""
+    runware = settings.runware.model_copy(update={"max_in_flight": slots})
+    return settings.model_copy(update={"runware": runware})
+
+
+def queue_for_slots(
+    settings: Settings, store: Store, jobs: list[tuple[str, str]], slots: int
+) -> Admitted:
+    """Store runware jobs (id, tenant) without a submit message and run admission on them
+    against ``slots`` slots of its one account: the first ``slots`` hold one (for an hour as
+    far as the reconciler is concerned: nothing resubmits them), the others wait."""
+    now = time.time()
+    for job_id, tenant in jobs:
+        payload = {"provider": "runware", "request": image_request(job_id), "job_id": job_id}
+        payloads.accept(settings, store, payload | {"tenant": tenant}, now=now)
+    stored = [job for job in store.lifecycle.get_many([j for j, _ in jobs]) if job is not None]
+    op = admission.admit(
+        "runware", now=now, limit=len(jobs), caps=[("default", slots)], shares={},
+        submit_watch=now + 3600, grace=settings.reconcile_grace,
+        enqueue=[entry(job) for job in stored],
+    )  # fmt: skip
+    return store.run(op)

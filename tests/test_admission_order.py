@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.typing import EncodableT, FieldT
 
 from pollen.local.servers import RedisServer
 from pollen.models import JobStatus
@@ -62,13 +63,11 @@ class Model:
         n = next(self.clock)
         job_id = f"j{n}"
         now = 1_000.0 + n
-        self.store.redis.hset(
-            f"pollen:job:{job_id}",
-            mapping={
-                "id": job_id, "provider": PROVIDER, "status": "queued", "created_at": repr(now),
-                "tenant": tenant, "priority": str(priority),
-            },
-        )  # fmt: skip
+        record: dict[FieldT, EncodableT] = {
+            "id": job_id, "provider": PROVIDER, "status": "queued", "created_at": repr(now),
+            "tenant": tenant, "priority": str(priority),
+        }  # fmt: skip
+        self.store.redis.hset(f"pollen:job:{job_id}", mapping=record)
         self.jobs[job_id] = (tenant, priority, n)
         self._admit([Entry(job_id, tenant, priority, now, now + 3600)], arriving={job_id})
 

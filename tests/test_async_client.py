@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from pollen import AsyncPollen, JobNotFound, JobStatus, WaitTimeout
+from pollen import AsyncPollen, InvalidJob, JobNotFound, JobRejected, JobStatus, WaitTimeout
 from pollen.async_client import WAIT_SLICE
 from pollen.local.servers import CallbackReceiver, RedisServer, Worker
 from pollen.settings import Settings
@@ -133,3 +133,20 @@ async def test_a_cancelled_wait_leaves_no_connection_behind(
 async def test_get_of_an_unknown_job_is_job_not_found(apollen: AsyncPollen) -> None:
     with pytest.raises(JobNotFound):
         await apollen.get("no-such-job")
+
+
+async def test_a_refused_job_and_the_latest_refusals_read_as_from_the_sync_client(
+    apollen: AsyncPollen, deps: Any
+) -> None:
+    from pollen.worker import rejections
+
+    refused = InvalidJob("tenent: unknown field", [{"type": "unknown_field", "loc": ("tenent",)}])
+    rejections.reject(deps, {"job_id": "async-refused", "tenent": "x"}, refused, "message-1")
+    with pytest.raises(JobRejected, match="job async-refused was rejected by a worker"):
+        await apollen.get("async-refused")
+    [latest] = await apollen.rejected(5)
+    assert (latest.job_id, latest.message_id, latest.reason) == (
+        "async-refused",
+        "message-1",
+        "unknown_field",
+    )

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -17,13 +16,12 @@ import pytest
 import redis
 
 from pollen import contract
-from pollen.local.servers import RedisServer, Worker, free_port
-from tests.conftest import settings_from
+from pollen.local.servers import RedisServer, Worker
+from tests.conftest import OWN_BROKER_DB, OWN_STORE_DB, settings_from
 
 pytestmark = pytest.mark.integration
 
-#: databases no other test uses: a broker nobody else consumes, and its store
-BROKER, STORE = 11, 12
+BROKER, STORE = OWN_BROKER_DB, OWN_STORE_DB
 QUEUES = ("pollen.submit", "pollen.poll", "pollen.callbacks")
 PLAIN_CELERY = [sys.executable, "-m", "celery", "-A", "pollen.worker"]
 
@@ -33,25 +31,6 @@ class CeleryWorker(Worker):
 
     def start(self) -> None:
         self._spawn([*PLAIN_CELERY, "worker", "-n", f"{self.name}@%h", *self.extra_args])
-
-
-@pytest.fixture
-def own_env(
-    worker_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
-) -> Iterator[dict[str, str]]:
-    """The session's worker settings on two empty databases of the session's Redis."""
-    env = {
-        **worker_env,
-        "POLLEN_BROKER_URL": redis_server.url(BROKER),
-        "POLLEN_REDIS_URL": redis_server.url(STORE),
-        "POLLEN_METRICS_PORT": str(free_port()),
-        "POLLEN_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
-    }
-    for db in (BROKER, STORE):
-        redis.Redis.from_url(redis_server.url(db)).flushdb()
-    yield env
-    for db in (BROKER, STORE):
-        redis.Redis.from_url(redis_server.url(db)).flushdb()
 
 
 def exit_code(args: list[str], env: dict[str, str], log: Path) -> int:

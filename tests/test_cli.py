@@ -19,7 +19,7 @@ from pollen.local.servers import CallbackReceiver, Worker, free_port
 from pollen.settings import Settings
 from pollen.simulator import SimulatorServer
 from tests.conftest import eventually
-from tests.helpers import sim_faults, video_request
+from tests.helpers import queue_for_slots, sim_faults, video_request
 from tests.test_wait import unsent_job
 
 pytestmark = pytest.mark.integration
@@ -246,6 +246,25 @@ def test_status_result_and_details(worker_env: dict[str, str], worker: Worker, c
     assert json.loads(details.stdout)["taskType"] == "getTaskDetails"
 
 
+def test_status_shows_tenant_priority_account_and_why_a_job_waits(
+    worker_env: dict[str, str], client: Any, settings: Settings
+) -> None:
+    admitted = queue_for_slots(settings, client.store, [("first", "acme"), ("second", "beta")], 1)
+    assert list(admitted.admitted) == ["first"]
+    running = pollen(worker_env, "status", "first")
+    assert running.returncode == 0, running.stderr
+    assert running.stdout.split()[-3:] == ["tenant=acme", "priority=0", "account=default"]
+    waiting = pollen(worker_env, "status", "second").stdout
+    assert (
+        " tenant=beta priority=0 queue reason: waiting for capacity on runware (1 of 1 " in waiting
+    )
+    assert "account=" not in waiting and len(waiting.splitlines()) == 1
+    listed = pollen(worker_env, "jobs", "--tenant", "beta")
+    assert [row.split()[0] for row in listed.stdout.splitlines()[1:]] == ["second"]
+    assert listed.stdout.splitlines()[1].split()[-1] == "beta"
+    assert_user_error(pollen(worker_env, "jobs", "--tenant", "a b"), "tenant 'a b'", 2)
+
+
 @pytest.mark.parametrize("command", ["status", "result", "details", "cancel"])
 def test_an_unknown_job_is_one_line(worker_env: dict[str, str], clean: None, command: str) -> None:
     assert_user_error(pollen(worker_env, command, "nope"), "job not found: nope")
@@ -467,7 +486,7 @@ COMMANDS = [
     [], ["worker"], ["submit"], ["wait"], ["status"], ["result"], ["details"], ["callbacks"],
     ["callbacks", "list"], ["callbacks", "replay"], ["simulator"], ["demo"], ["health"],
     ["stats"], ["config"], ["schema"], ["cancel"], ["jobs"], ["ingress"], ["dashboard"],
-    ["secret"],
+    ["secret"], ["rejected"],
 ]  # fmt: skip
 
 

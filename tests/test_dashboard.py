@@ -24,9 +24,11 @@ from pollen.dashboard import present
 from pollen.dashboard.security import Credentials, csrf_ok, csrf_token
 from pollen.local.servers import CallbackReceiver, DashboardServer, Worker, free_port
 from pollen.settings import Settings, parse_basic_auth
+from pollen.store import admission
+from pollen.store.lifecycle import Move
 from tests.conftest import eventually
+from tests.helpers import capped, queue_for_slots, video_request
 from tests.helpers import image_request as image
-from tests.helpers import video_request
 
 USER, PASSWORD = "ops", "correct horse battery"
 CREDENTIALS = Credentials(USER, PASSWORD)
@@ -245,6 +247,75 @@ def test_overview_shows_finished_per_minute_in_flight_queues_and_dead_letters(
     assert text(soup.select_one("#dead-letters")) == "0"
     states = [str(t.get_text()) for t in soup.select("#states-chart rect title")]
     assert "3 succeeded" in states and "1 queued" in states
+
+
+def test_overview_shows_tenants_and_the_slots_of_capped_accounts(
+    client: Pollen, settings: Settings, web: httpx.Client
+) -> None:
+    jobs = [("a-1", "acme"), ("a-2", "acme"), ("b-1", "beta"), ("b-2", "beta")]
+    admitted = queue_for_slots(settings, client.store, jobs, slots=2)
+    assert sorted(admitted.admitted) == ["a-1", "b-1"]
+    client.store.lifecycle.transition_many([Move("a-1", JobStatus.SUBMITTED)], now=time.time())
+    with (
+        DashboardServer(capped(settings, 2), None, free_port()) as server,
+        httpx.Client(base_url=server.url, timeout=10) as capped_web,
+    ):
+        soup = page(capped_web, "/overview")
+        tenants = {
+            str(row["data-tenant"]): {
+                str(td["data-col"]): text(td) for td in row.select("td[data-col]")
+            }
+            for row in soup.select("#tenants tbody tr")
+        }
+        assert tenants == {
+            "acme": {"queued": "1", "waiting": "1", "running": "1", "finished": "0", "cost": "0.0"},
+            "beta": {"queued": "2", "waiting": "1", "running": "0", "finished": "0", "cost": "0.0"},
+        }
+        link = soup.select_one('#tenants tr[data-tenant="beta"] a')
+        assert link is not None and link["href"] == "/?tenant=beta"
+        assert rows(page(capped_web, str(link["href"]))) == ["b-2", "b-1"]
+        slots = soup.select_one('#accounts tr[data-account="runware/default"]')
+        assert slots is not None and "full" in slots["class"]
+        cells = {str(td["data-col"]): text(td) for td in slots.select("td[data-col]")}
+        assert cells == {"in-use": "2", "cap": "2", "waiting": "2"}
+        now = time.time()  # a capacity refusal: one slot back, the cap lowered to 1 a while
+        client.store.run(
+            admission.admit(
+                "runware", now=now, limit=0, caps=[("default", 2)], shares={},
+                submit_watch=now, grace=1, requeue=[("b-1", "default")], cooldown_until=now + 60,
+            )
+        )  # fmt: skip
+        lowered = page(capped_web, "/overview").select_one(
+            '#accounts tr[data-account="runware/default"]'
+        )
+        assert lowered is not None
+        assert "1 lowered from 2 after a capacity refusal" in text(
+            lowered.select_one('[data-col="cap"]')
+        )
+    uncapped = page(web, "/overview")  # a dashboard told of no cap shows no slots
+    assert uncapped.select_one("#accounts") is None
+    assert len(uncapped.select("#tenants tbody tr")) == 2
+
+
+def test_job_page_shows_tenant_priority_account_and_why_it_waits(
+    client: Pollen, settings: Settings, web: httpx.Client
+) -> None:
+    admitted = queue_for_slots(settings, client.store, [("held", "acme"), ("waits", "beta")], 1)
+    assert list(admitted.admitted) == ["held"]
+    held = page(web, "/jobs/held")
+    assert text(held.select_one("#job-tenant")) == "acme · priority 0 · account default"
+    assert held.select_one("#queue-reason") is None
+    waits = page(web, "/jobs/waits")
+    assert text(waits.select_one("#job-tenant")) == "beta · priority 0"
+    reason = text(waits.select_one("#queue-reason"))
+    assert reason == client.get("waits").queue_reason
+    assert reason.startswith("waiting for capacity on runware (1 of 1 slots in use")
+    filtered = page(web, "/", tenant="bad name")
+    assert rows(filtered) == [] and any(
+        "tenant 'bad name'" in text(p) for p in filtered.select(".problem")
+    )
+    box = page(web, "/", tenant="acme").select_one("#tenant")
+    assert box is not None and box["value"] == "acme"
 
 
 def test_queue_depths_are_unknown_for_another_or_an_unreachable_broker() -> None:

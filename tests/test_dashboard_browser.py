@@ -179,6 +179,7 @@ def test_filter_open_a_video_job_and_replay_a_dead_callback(
     page.click(f'a:text-is("{videos}")')
     page.wait_for_url(f"**/jobs/{videos}")
     assert page.locator("#job-status").inner_text() == "succeeded"
+    assert page.locator("#job-tenant").inner_text() == "default · priority 0"
     players = page.locator("#results video")
     assert players.count() == 3
     job = client.get(videos)
@@ -221,6 +222,9 @@ def test_filter_open_a_video_job_and_replay_a_dead_callback(
     assert page.locator("#inflight").inner_text() == "1"
     assert page.locator("#finished-chart rect").count() >= 1
     assert page.locator('[data-last-hour="succeeded"]').inner_text() == "5"
+    default = page.locator('#tenants tr[data-tenant="default"]')  # every job here names none
+    assert default.locator('[data-col="finished"]').inner_text() == "6"
+    assert default.locator('[data-col="running"]').inner_text() == "1"
     page.screenshot(path=str(shots / "dashboard-overview.png"), full_page=True)
     client.cancel(running)
     assert errors == []

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from pollen import InvalidJob, JobPage, JobStatus, Pollen
+from pollen import AsyncPollen, InvalidJob, JobPage, JobStatus, Pollen
 from pollen.local.servers import RedisServer, Worker
 from pollen.settings import Settings
 from pollen.store import keys, lifecycle, listing
@@ -53,10 +53,13 @@ def _create(
     metadata: dict[str, str] | None = None,
     now: float | None = None,
     prefix: str = "job",
+    tenant: str | None = None,
 ) -> list[str]:
     now = time.time() if now is None else now
     fields: dict[str, Any] = {"provider": provider, "status": "queued", "created_at": repr(now)}
     fields |= {"updated_at": repr(now), "metadata": metadata or {}, "policy": "{}"}
+    if tenant is not None:
+        fields["tenant"] = tenant
     ids = [f"{prefix}-{i:05d}" for i in range(count)]
     jobs = [(job_id, {"id": job_id, **fields}, 600, "") for job_id in ids]
     grace = store.schedule.submit_grace
@@ -95,6 +98,43 @@ def test_filters_combine(pollen: Pollen) -> None:
         (j.created_at for j in newest_first), reverse=True
     )
     assert newest_first[0].id == c[-1]  # same creation time: id descending
+
+
+def test_the_tenant_filter_pages_through_one_tenants_jobs(pollen: Pollen) -> None:
+    store = pollen.store
+    acme = _create(store, 5, tenant="acme", prefix="acme", now=1000.0)
+    other = _create(store, 4, tenant="other", prefix="other", now=2000.0)
+    unnamed = _create(store, 2, prefix="unnamed", now=3000.0)
+    _move(store, acme[:2], JobStatus.SUBMITTED, JobStatus.SUCCEEDED)
+    assert sorted(_ids(pollen.jobs(tenant="acme", limit=100))) == acme
+    assert sorted(_ids(pollen.jobs(tenant="other"))) == other
+    assert sorted(_ids(pollen.jobs(tenant="default"))) == unnamed  # jobs that named none
+    assert sorted(_ids(pollen.jobs(tenant="acme", status="succeeded"))) == acme[:2]
+    assert pollen.jobs(tenant="nobody").jobs == []
+    seen: list[str] = []
+    cursor = None
+    while True:  # pages of two, each holding only acme's jobs, none repeated
+        page = pollen.jobs(tenant="acme", limit=2, cursor=cursor)
+        assert len(page.jobs) <= 2 and {job.tenant for job in page.jobs} <= {"acme"}
+        seen += _ids(page)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert sorted(seen) == acme and len(seen) == len(set(seen))
+    with pytest.raises(InvalidJob, match="tenant 'no spaces'"):
+        pollen.jobs(tenant="no spaces")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_async_client_filters_by_tenant(pollen: Pollen, anyio_backend: str) -> None:
+    acme = _create(pollen.store, 3, tenant="acme", prefix="acme")
+    _create(pollen.store, 3, prefix="unnamed")
+    async with AsyncPollen(pollen.settings) as client:
+        page = await client.jobs(tenant="acme")
+        assert sorted(_ids(page)) == acme
+        with pytest.raises(InvalidJob, match="tenant"):
+            await client.jobs(tenant="-starts-with-a-dash")
 
 
 def test_pages_never_repeat_or_skip_a_job_while_jobs_change_state(pollen: Pollen) -> None:

@@ -72,6 +72,10 @@ def check_send_task(out: str) -> None:
     assert "'created': True" in out
 
 
+def check_tenants(out: str) -> None:
+    assert out.splitlines() == ["succeeded acme 10", "True"]
+
+
 def check_unreachable(out: str) -> None:
     assert out.startswith("503 Service Unavailable: Redis is unreachable")
 
@@ -85,6 +89,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "typed": check_typed,
     "send_task": check_send_task,
     "unreachable": check_unreachable,
+    "tenants": check_tenants,
 }
 
 
@@ -110,6 +115,7 @@ def test_the_producer_examples_are_all_there() -> None:
     assert "RunwareImageRequest(" in found["typed"] and "CometRunwayRequest(" in found["typed"]
     assert 'send_task(\n    "pollen.submit"' in found["send_task"]
     assert "redis_timeout=" in found["unreachable"]
+    assert 'tenant="acme"' in found["tenants"] and "priority=10" in found["tenants"]
     assert "import pollen" not in found["send_task"]
     assert "from pollen" not in found["send_task"]
 

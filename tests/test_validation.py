@@ -27,7 +27,7 @@ from pollen import Pollen
 from pollen.errors import IdempotencyConflict, InvalidJob
 from pollen.local.servers import RedisServer
 from pollen.models import JobStatus
-from pollen.payloads import TYPO_CUTOFF, parse_job_request
+from pollen.payloads import HINT_CUTOFF, TYPO_CUTOFF, parse_job_request
 from pollen.settings import QueueSettings, Settings
 
 STORE_DB, BROKER_DB = 1, 0
@@ -401,15 +401,18 @@ def test_submit_twice_through_the_keyword_api(
 ) -> None:
     ids = {producer.submit("runware", good_request(), job_id="idem-2") for _ in range(3)}
     assert ids == {"idem-2"}
-    # One job: its record, the in-flight indexes, the listing index and the status counters.
+    # One job: its record, the in-flight indexes, the listing index and the status counters
+    # (all jobs', and its tenant's).
     assert store_keys(store_redis) == {
         b"pollen:job:idem-2",
         b"pollen:inflight",
         b"pollen:inflight:created",
         b"pollen:index:runware:queued",
         b"pollen:stats:status",
+        b"pollen:stats:tenant",
     }
     assert store_redis.hget("pollen:stats:status", "queued") == b"1"  # counted once
+    assert store_redis.hget("pollen:stats:tenant", "default|queued") == b"1"
     assert submit_messages(broker_redis, submit_queue) == [{"job_id": "idem-2"}]
 
 
@@ -548,6 +551,35 @@ def test_a_typed_request_with_a_misspelt_field_is_refused_at_submit(producer: Po
     request = RunwareVideoRequest(model="klingai:5@3", positivPrompt="a fox")
     with pytest.raises(InvalidJob, match=r"^request\.positivPrompt: unknown field; did you "):
         producer.submit("runware", request)
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("callbak_url", "callback_url"), ("tenent", "tenant"), ("prority", "priority")],
+)
+def test_a_misspelt_job_field_is_refused_with_a_suggestion(
+    producer: Pollen,
+    store_redis: redis.Redis,
+    broker_redis: redis.Redis,
+    submit_queue: str,
+    typo: str,
+    meant: str,
+) -> None:
+    assert likeness(typo, meant) >= HINT_CUTOFF
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(good_payload(**{typo: "x"}))
+    said = f"unknown field; did you mean {meant!r}?"
+    assert str(info.value) == f"{typo}: {said}"
+    assert info.value.errors == [{"type": "unknown_field", "loc": (typo,), "msg": said}]
+    assert_nothing_left(store_redis, broker_redis, submit_queue)
+
+
+def test_a_job_field_far_from_every_one_is_refused_without_a_suggestion(producer: Pollen) -> None:
+    fields = type(parse_job_request(good_payload(), max_request_bytes=99999)).model_fields
+    assert max(likeness("colour", field) for field in fields) < HINT_CUTOFF
+    with pytest.raises(InvalidJob) as info:
+        producer.submit_payload(good_payload(colour="x"))
+    assert str(info.value) == "colour: Extra inputs are not permitted"
 
 
 # --------------------------------------------------------------------------- settings

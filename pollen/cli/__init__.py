@@ -81,6 +81,7 @@ COMMANDS: list[tuple[typer.Typer, str, Callable[..., None]]] = [
     (app, "health", admin.health),
     (app, "stats", admin.stats),
     (app, "jobs", jobs.jobs),
+    (app, "rejected", jobs.rejected),
     (app, "config", admin.config),
     (app, "secret", admin.secret),
     (app, "schema", admin.schema),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +13,7 @@ from pollen.cli.common import connected, fail, load_settings, print_json, redact
 
 if TYPE_CHECKING:
     from pollen.settings import Settings
+    from pollen.store.admission import ProviderQueue
 
 
 def health(
@@ -31,14 +33,32 @@ def health(
         raise typer.Exit(1)
 
 
-def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Jobs by state, in-flight and overdue jobs, the oldest in-flight job, dead letters."""
-    from pollen.store.stats import collect
+#: what ``pollen stats --by`` can break the counts down by
+BREAKDOWNS = ("tenant",)
+
+
+def stats(
+    by: Annotated[str | None, typer.Option(metavar="WHAT", help="Break down by: tenant.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Jobs by state, in-flight and overdue jobs, the oldest in-flight job, dead letters, the
+    slots of capped provider accounts; with --by tenant, each tenant's jobs and cost."""
+    if by is not None and by not in BREAKDOWNS:
+        fail(f"--by {by!r}: give one of {', '.join(BREAKDOWNS)}", 2)
+    if by == "tenant":
+        _tenant_stats(as_json)
+        return
+    import time
+
+    from pollen.capacity import Capacity
+    from pollen.store import stats as store_stats
 
     with connected() as client:
-        current = collect(client.store)
+        current = store_stats.collect(client.store)
+        caps = Capacity.of(client.settings).capped_caps()
+        queues = client.store.run(store_stats.accounts(caps, time.time()))
     if as_json:
-        print_json(current.as_dict())
+        print_json(current.as_dict() | {"accounts": [_queue_json(q) for q in queues]})
         return
     states = ", ".join(f"{k}={v}" for k, v in current.by_status.items()) or "none yet"
     typer.echo(f"jobs by state: {states}")
@@ -49,6 +69,38 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
             f"{current.oldest_age:.0f}s old)"
         )
     typer.echo(f"callbacks in dead letter: {current.dead_letters}")
+    for queue in queues:
+        for account in queue.accounts:
+            lowered = f" (lowered from {account.cap})" if account.lowered_to is not None else ""
+            typer.echo(
+                f"slots {queue.provider}/{account.account}: {account.in_use} of "
+                f"{account.effective_cap} in use{lowered}"
+            )
+        typer.echo(f"waiting for {queue.provider}: {queue.total_waiting}")
+
+
+def _queue_json(queue: ProviderQueue) -> dict[str, Any]:
+    accounts = [asdict(a) | {"effective_cap": a.effective_cap} for a in queue.accounts]
+    return {"provider": queue.provider, "accounts": accounts, "waiting": queue.waiting}
+
+
+def _tenant_stats(as_json: bool) -> None:
+    """``pollen stats --by tenant``."""
+    from pollen.providers import REGISTRY
+    from pollen.store import stats as store_stats
+
+    with connected() as client:
+        tenants = client.store.run(store_stats.tenants(sorted(REGISTRY)))
+    if as_json:
+        print_json({"tenants": [t.as_dict() for t in tenants]})
+        return
+    row = "{:32}  {:>8}  {:>8}  {:>8}  {:>9}  {}"
+    typer.echo(row.format("TENANT", "QUEUED", "WAITING", "RUNNING", "FINISHED", "COST"))
+    for t in tenants:
+        cost = round(t.cost, 6)
+        typer.echo(row.format(t.tenant, t.queued, t.waiting, t.running, t.finished, cost))
+    if not tenants:
+        typer.echo("(no jobs)")
 
 
 SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN")

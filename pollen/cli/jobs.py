@@ -1,5 +1,5 @@
 """The job commands, for producers and operators: submit, wait, status, cancel, result, details,
-jobs, callbacks list/replay."""
+jobs, rejected, callbacks list/replay."""
 
 from __future__ import annotations
 
@@ -147,21 +147,29 @@ def wait_for(
         raise typer.Exit(1)
 
 
-def _status_line(job: Job, last_error: str) -> str:
+def _status_line(job: Job, last_error: str, *, admission: bool = False) -> str:
     detail = f" ({job.error.code}: {job.error.message})" if job.error else ""
     retrying = f" last error: {last_error}" if last_error and not job.terminal else ""
+    where = ""
+    if admission:
+        where = f" tenant={job.tenant} priority={job.priority}"
+        where += f" account={job.account}" if job.account else ""
+        where += f" queue reason: {job.queue_reason}" if job.queue_reason else ""
     return (
         f"{job.id} {job.status.value}{detail} polls={job.polls} "
-        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}{retrying}"
+        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}{where}"
+        f"{retrying}"
     )
 
 
 def status(job_id: JobId) -> None:
-    """Print a job's status, polls and results so far (and the last error while retrying)."""
+    """Print a job's status, polls and results so far, its tenant and priority, the provider
+    account it runs on, why it waits (queued for a capped provider's slot), and the last
+    error while retrying."""
     job, fields = about_a_job(
         lambda client: (client.get(job_id), client.store.lifecycle.raw(job_id))
     )
-    typer.echo(_status_line(job, fields.get("last_error", "")))
+    typer.echo(_status_line(job, fields.get("last_error", ""), admission=True))
 
 
 def cancel(
@@ -189,7 +197,7 @@ def _job_json(job: Job) -> dict[str, Any]:
 def _with_iso(record: dict[str, Any]) -> dict[str, Any]:
     """Add ``<name>_iso`` (ISO 8601, UTC) beside each epoch timestamp, results' included."""
     out = dict(record)
-    for name in (*TIMESTAMPS, "next_poll_at", "seen_at"):
+    for name in (*TIMESTAMPS, "next_poll_at", "seen_at", "at"):
         if isinstance(out.get(name), int | float):
             out[f"{name}_iso"] = _iso(out[name])
     for group in ("results", "errors"):
@@ -309,6 +317,7 @@ def jobs(
     metadata: Annotated[
         list[str] | None, opt("KEY=VALUE", "Metadata the job carries (repeatable).")
     ] = None,
+    tenant: Annotated[str | None, opt("NAME", "Only this tenant's jobs.")] = None,
     limit: Annotated[int, opt("N", "Jobs per page (1-1000).")] = 20,
     cursor: Annotated[
         str | None, opt("CURSOR", "Where the previous page ended (it prints the option).")
@@ -323,22 +332,51 @@ def jobs(
     with connected() as client:
         try:
             page = client.jobs(
-                status=status, provider=provider, metadata=pairs or None, since=since_at,
-                until=until_at, limit=limit, cursor=cursor,
+                status=status, provider=provider, metadata=pairs or None, tenant=tenant,
+                since=since_at, until=until_at, limit=limit, cursor=cursor,
             )  # fmt: skip
         except InvalidJob as exc:
             fail(str(exc), 2)
     if as_json:
         print_json({"jobs": [_job_json(job) for job in page.jobs], "next_cursor": page.next_cursor})
         return
-    typer.echo(f"{'JOB':36}  {'STATUS':10}  {'PROVIDER':14}  {'CREATED (UTC)':20}  RESULTS  POLLS")
+    row = "{:36}  {:10}  {:14}  {:20}  {:7}  {:5}  {}"
+    header = ("JOB", "STATUS", "PROVIDER", "CREATED (UTC)", "RESULTS", "POLLS", "TENANT")
+    typer.echo(row.format(*header))
     for job in page.jobs:
         results = f"{len(job.results)}/{job.expected_results}"
         typer.echo(
-            f"{job.id:36}  {job.status.value:10}  {job.provider:14}  {_iso(job.created_at):20}  "
-            f"{results:7}  {job.polls}"
-        )
+            row.format(
+                job.id, job.status.value, job.provider, _iso(job.created_at), results, job.polls,
+                job.tenant,
+            )
+        )  # fmt: skip
     if not page.jobs:
         typer.echo("(no jobs)")
     if page.next_cursor:
         typer.echo(f"more: add --cursor {page.next_cursor}", err=True)
+
+
+def rejected(
+    limit: Annotated[int, opt("N", "How many, newest first (1-1000).")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the latest job payloads workers refused (sent by name, e.g. send_task): when, the
+    job id (or the message id), the reason and the refusal naming the field."""
+    from dataclasses import asdict
+
+    from pollen import InvalidJob
+
+    with connected() as client:
+        try:
+            refused = client.rejected(limit)
+        except InvalidJob as exc:
+            fail(str(exc), 2)
+    if as_json:
+        print_json({"rejected": [_with_iso(asdict(item)) for item in refused]})
+        return
+    for item in refused:
+        who = item.job_id or f"message {item.message_id}"
+        typer.echo(f"{_iso(item.at)}  {who}  {item.reason}  {item.error}")
+    if not refused:
+        typer.echo("(no rejected jobs)")

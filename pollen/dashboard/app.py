@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from pollen import AsyncPollen, StoreUnavailable
+from pollen.capacity import Capacity
 from pollen.dashboard import present, views
 from pollen.dashboard.security import Credentials, Protect, csrf_key, csrf_token
 from pollen.settings import REDIS_SCHEMES, Settings
@@ -72,6 +73,7 @@ def build_app(settings: Settings, credentials: Credentials | None) -> Starlette:
     app.state.csrf_key = csrf_key(credentials)
     app.state.csrf_token = csrf_token(app.state.csrf_key)
     app.state.queue_names = [q.submit, q.poll, q.callbacks]
+    app.state.caps = Capacity.of(settings).capped_caps()  # the slots the overview shows
     app.state.queue_depths = _depth_reader(settings.broker, app.state.queue_names)
     return app
 

@@ -110,6 +110,7 @@ class Filters:
     providers: list[str] = field(default_factory=list)
     age: str = ""
     metadata: str = ""
+    tenant: str = ""
     oldest_first: bool = False
     limit: int = PAGE_SIZES[0]
     cursor: str | None = None
@@ -135,6 +136,7 @@ class Filters:
             "provider": self.providers,
             "age": self.age,
             "metadata": self.metadata,
+            "tenant": self.tenant,
             "order": "oldest" if self.oldest_first else "",
             "limit": self.limit if self.limit != PAGE_SIZES[0] else "",
             "cursor": self.cursor or "",
@@ -150,6 +152,7 @@ def filters(params: Any, providers: list[str]) -> Filters:
         providers=[p for p in params.getlist("provider") if p in providers],
         age=params.get("age", "") if params.get("age", "") in AGES else "",
         metadata=params.get("metadata", "").strip(),
+        tenant=params.get("tenant", "").strip(),
         oldest_first=params.get("order") == "oldest",
         cursor=params.get("cursor") or None,
     )

@@ -61,10 +61,10 @@ async def jobs(request: Request) -> Response:
     try:
         page = await client.jobs(
             status=chosen.statuses or None, provider=chosen.providers or None,
-            metadata=pairs or None, since=since, limit=chosen.limit, cursor=chosen.cursor,
-            oldest_first=chosen.oldest_first,
+            metadata=pairs or None, tenant=chosen.tenant or None, since=since,
+            limit=chosen.limit, cursor=chosen.cursor, oldest_first=chosen.oldest_first,
         )  # fmt: skip
-    except InvalidJob as exc:  # a cursor that is not one
+    except InvalidJob as exc:  # a cursor that is not one, a tenant that is not a name
         chosen.problems.append(str(exc))
         page = JobPage([], None)
     return render(
@@ -106,11 +106,14 @@ async def job(request: Request) -> Response:
 
 
 async def overview(request: Request) -> Response:
-    """The fleet: finished per minute by outcome, in flight, the oldest, queues, dead letters."""
+    """The fleet: finished per minute by outcome, in flight, the oldest, queues, dead letters,
+    each tenant's jobs and cost, the slots of capped provider accounts."""
     client = _pollen(request)
     now = time.time()
     current = await _counts(client)
     minutes = await client.store.run(stats.finished_per_minute(now, CHART_MINUTES))
+    tenants = await client.store.run(stats.tenants(sorted(REGISTRY)))
+    accounts = await client.store.run(stats.accounts(request.app.state.caps, now))
     depths = await asyncio.to_thread(request.app.state.queue_depths)
     in_states = {s: current.by_status.get(s, 0) for s in STATUS_COLOURS}
     return render(
@@ -119,6 +122,7 @@ async def overview(request: Request) -> Response:
         states=charts.by_status(in_states, STATUS_COLOURS),
         last_hour={s: sum(m.by_status.get(s, 0) for m in minutes) for s in present.TERMINAL},
         queues=list(zip(request.app.state.queue_names, depths, strict=True)),
+        tenants=tenants, accounts=accounts,
     )  # fmt: skip
 
 

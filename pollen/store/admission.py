@@ -44,7 +44,7 @@ class Admitted:
     admitted: dict[str, str] = field(default_factory=dict)
     #: job id -> account: jobs of the entries that held a slot already (send them)
     held: dict[str, str] = field(default_factory=dict)
-    #: job id -> why it waits: entries queued by this call that still wait
+    #: job id -> why it waits: entries (and refused jobs) queued by this call that still wait
     waiting: dict[str, str] = field(default_factory=dict)
     requeued: int = 0  #: refused jobs put back in the queue
     #: jobs whose deadline passed while they waited: out of the queue, never admitted
@@ -104,6 +104,11 @@ class AccountUse:
     cap: int
     in_use: int
     lowered_to: int | None  #: the cap while lowered after a capacity refusal
+
+    @property
+    def effective_cap(self) -> int:
+        """The cap admission uses now."""
+        return self.cap if self.lowered_to is None else min(self.cap, self.lowered_to)
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,14 @@ def probe(url: str, timeout: float = 2.0) -> str | None:
         client.close()
 
 
+#: URL schemes of a Redis broker (anything else is a broker kombu speaks, such as RabbitMQ)
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def queue_depths(url: str, queues: list[str]) -> Callable[[], list[int]]:
-    """A reader of the broker's queue lengths (one client, one pipeline per call)."""
+    """A reader of the broker's queue lengths (Redis: one client, one pipeline per call)."""
+    if not url.startswith(REDIS_SCHEMES):
+        return _declared_depths(url, queues)
     client = redis_client(url)
 
     def read() -> list[int]:
@@ -146,6 +152,29 @@ def queue_depths(url: str, queues: list[str]) -> Callable[[], list[int]]:
         for queue in queues:
             pipe.llen(queue)
         return [int(n) for n in pipe.execute()]
+
+    return read
+
+
+def _declared_depths(url: str, queues: list[str]) -> Callable[[], list[int]]:
+    """Queue lengths on another broker (RabbitMQ): the messages ready in each queue, asked
+    with a passive declare on one short connection per call (0 for a queue not declared
+    yet)."""
+    from kombu.connection import Connection
+
+    def read() -> list[int]:
+        depths = []
+        with Connection(url, connect_timeout=5) as connection:  # type: ignore[no-untyped-call]
+            for queue in queues:
+                channel = connection.channel()
+                try:
+                    ok = channel.queue_declare(queue, passive=True)
+                    depths.append(int(ok.message_count))
+                except connection.channel_errors:
+                    depths.append(0)
+                finally:
+                    channel.close()
+        return depths
 
     return read
 

@@ -52,6 +52,10 @@ ADMIT_PREFIX = f"{PREFIX}:admit:"
 TENANT_STATS = f"{PREFIX}:stats:tenant"
 #: the tenant of a job that names none
 DEFAULT_TENANT = "default"
+#: list of the latest refused ``pollen.submit`` payloads (JSON, newest first, capped at
+#: REJECTED_KEEP), expiring with the finished-job TTL after the last one
+REJECTED = f"{PREFIX}:rejected"
+REJECTED_KEEP = 1000
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"
@@ -134,3 +138,9 @@ def admit(provider: str, part: str) -> str:
 def slots(provider: str, account: str) -> str:
     """Sorted set: the jobs holding a slot of one provider account, by when they took it."""
     return admit(provider, f"slots:{account}")
+
+
+def rejected(job_id: str) -> str:
+    """String: the refusal (JSON) of a ``pollen.submit`` payload that named this job id and
+    was refused; it expires with the finished-job TTL (no job record is written)."""
+    return f"{PREFIX}:rejected:{job_id}"

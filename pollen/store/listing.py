@@ -10,20 +10,21 @@ round); an entry whose record is gone anyway is dropped when a listing meets it.
 Newest first by default, oldest first when asked. Pages are cursor-based, like Replicate's
 ``predictions.list``: a cursor is the position
 (creation time, job id) of the last job returned, so a page never repeats or skips a job
-because others were created or changed state meanwhile. With a ``metadata`` filter a page may
-hold fewer than ``limit`` jobs (at most :data:`EXAMINE_FACTOR` x ``limit`` entries are read
-per call); follow ``next_cursor`` until it is None.
+because others were created or changed state meanwhile. With a ``metadata`` or ``tenant``
+filter a page may hold fewer than ``limit`` jobs (at most :data:`EXAMINE_FACTOR` x ``limit``
+entries are read per call); follow ``next_cursor`` until it is None.
 """
 
 from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pollen.errors import InvalidJob
-from pollen.models import Job
+from pollen.models import TENANT_PATTERN, Job
 from pollen.store import keys
 from pollen.store.effects import Batch, Op, cmd
 from pollen.store.lifecycle import jobs_with_results
@@ -63,6 +64,7 @@ def query(
     since: float | None = None,
     until: float | None = None,
     metadata: dict[str, str] | None = None,
+    tenant: str | None = None,
     limit: int = 20,
     cursor: str | None = None,
     oldest_first: bool = False,
@@ -71,8 +73,7 @@ def query(
     after ``cursor`` (a store operation: run it with ``Store.run`` or
     :func:`pollen.store.effects.arun`); see the module doc. A cursor continues the order of the
     page it came from."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidJob(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    _check(limit, tenant)
     index_keys = [keys.index(p, s) for p in providers for s in statuses]
     position = decode(cursor) if cursor else None
     window = [-math.inf if since is None else since, math.inf if until is None else until]
@@ -92,7 +93,7 @@ def query(
             position = (score, job_id)
             if job is None:
                 stale.append(cmd("zrem", key, job_id))  # expired: drop the stale entry
-            elif _matches(job, statuses, providers, metadata):
+            elif _matches(job, statuses, providers, metadata, tenant):
                 found.append(job)
         if stale:
             yield stale
@@ -103,12 +104,25 @@ def query(
     return JobPage(found, encode(position) if position else None)
 
 
+def _check(limit: int, tenant: str | None) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidJob(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    if tenant is not None and not re.match(TENANT_PATTERN, tenant):
+        raise InvalidJob(f"tenant {tenant!r} is not a tenant's name ({TENANT_PATTERN})")
+
+
 def _matches(
-    job: Job, statuses: Sequence[str], providers: Sequence[str], metadata: dict[str, str] | None
+    job: Job,
+    statuses: Sequence[str],
+    providers: Sequence[str],
+    metadata: dict[str, str] | None,
+    tenant: str | None,
 ) -> bool:
     """The job as read now still matches (it may have changed state since its index entry
     was read: then it is left out rather than listed under a status it no longer has)."""
     if job.status.value not in statuses or job.provider not in providers:
+        return False
+    if tenant is not None and job.tenant != tenant:
         return False
     return not metadata or all(job.metadata.get(k) == v for k, v in metadata.items())
 

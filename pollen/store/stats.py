@@ -1,19 +1,23 @@
 """``pollen stats`` and the dashboard's overview: what the fleet holds right now, read from Redis.
 
-Both are store operations (:mod:`pollen.store.effects`): :func:`snapshot` (jobs by state,
-in-flight and overdue jobs, the oldest in-flight job, dead letters) and
+All are store operations (:mod:`pollen.store.effects`): :func:`snapshot` (jobs by state,
+in-flight and overdue jobs, the oldest in-flight job, dead letters),
 :func:`finished_per_minute` (jobs that reached each terminal status, per minute, from the
-counters the terminal transition keeps, ``keys.finished``); :func:`collect` runs the first on
-a synchronous store.
+counters the terminal transition keeps, ``keys.finished``), :func:`tenants` (each tenant's
+jobs by state, the ones waiting for a capped provider's slot, its cost) and :func:`accounts`
+(the slots of capped provider accounts); :func:`collect` runs the first on a synchronous store.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from pollen.store import keys
+from pollen.models import JobStatus
+from pollen.store import admission, keys
+from pollen.store.admission import ProviderQueue
 from pollen.store.effects import Op, cmd
 
 if TYPE_CHECKING:
@@ -77,6 +81,71 @@ def finished_per_minute(now: float, minutes: int) -> Op[list[Minute]]:
         Minute(minute * 60, {status: int(n) for status, n in sorted(counts.items())})
         for minute, counts in zip(starts, replies, strict=True)
     ]
+
+
+RUNNING = (JobStatus.SUBMITTED.value, JobStatus.PROCESSING.value)
+FINISHED = tuple(s.value for s in JobStatus if s.terminal)
+
+
+@dataclass(frozen=True)
+class TenantStats:
+    """One tenant's jobs (terminal counts: since the counters began) and its provider cost."""
+
+    tenant: str
+    by_status: dict[str, int]
+    waiting: int  #: of its queued jobs, those waiting for a capped provider account's slot
+    cost: float  #: summed provider cost of its finished jobs
+
+    @property
+    def queued(self) -> int:
+        return self.by_status.get(JobStatus.QUEUED.value, 0)
+
+    @property
+    def running(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in RUNNING)
+
+    @property
+    def finished(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in FINISHED)
+
+    def as_dict(self) -> dict[str, Any]:
+        totals = {"queued": self.queued, "running": self.running, "finished": self.finished}
+        return asdict(self) | totals
+
+
+def tenants(providers: Sequence[str]) -> Op[list[TenantStats]]:
+    """Every tenant that has had a job, by name, with the jobs each waits with in the
+    admission queues of ``providers`` (one round trip)."""
+    counts, *queues = yield [
+        cmd("hgetall", keys.TENANT_STATS),
+        *[cmd("hgetall", keys.admit(provider, "waiting")) for provider in providers],
+    ]
+    by_tenant: dict[str, dict[str, str]] = {}
+    for name, count in counts.items():
+        tenant, _, what = str(name).rpartition("|")
+        by_tenant.setdefault(tenant, {})[what] = count
+    waiting: dict[str, int] = {}
+    for queue in queues:
+        for tenant, n in queue.items():
+            waiting[str(tenant)] = waiting.get(str(tenant), 0) + int(n)
+    return [
+        TenantStats(
+            tenant=tenant,
+            by_status={k: int(v) for k, v in sorted(fields.items()) if k != "cost"},
+            waiting=waiting.get(tenant, 0),
+            cost=float(fields.get("cost", 0)),
+        )
+        for tenant, fields in sorted(by_tenant.items())
+    ]
+
+
+def accounts(caps: Mapping[str, Sequence[tuple[str, int]]], now: float) -> Op[list[ProviderQueue]]:
+    """The slots each account of the capped providers holds and the jobs waiting for them;
+    ``caps`` is provider -> (account, slots) (one round trip per provider)."""
+    found: list[ProviderQueue] = []
+    for provider, provider_caps in caps.items():
+        found.append((yield from admission.queue_state(provider, provider_caps, now=now)))
+    return found
 
 
 def gauges() -> Op[dict[str, Any]]:

@@ -306,7 +306,9 @@ def _finished(deps: Deps, out: BatchNext, job: Job, record: PollRecord, done: Re
     status = record.finish
     assert status is not None
     out.finished.append(job.id)
-    metrics.JOBS_FINISHED.labels(job.provider, status.value).inc()
+    final = done.job.cost if done.job is not None else None
+    cost = next((c for c in (final, record.cost) if c is not None), job.cost)
+    metrics.job_finished(deps.tenant_labels, job.provider, status.value, job.tenant, cost)
     code = record.fields.get("error_code", "")
     level = logging.INFO if status is JobStatus.SUCCEEDED else logging.WARNING
     detail = f" ({code}: {record.fields.get('error_message', '')})" if code else ""

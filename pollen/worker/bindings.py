@@ -1,21 +1,24 @@
-"""Drops the queue bindings an earlier pollen left in a Redis broker.
+"""Drops the queue bindings an earlier pollen left in the broker.
 
 Earlier workers declared every queue on the ``pollen.submit`` exchange with the routing key
-``pollen.submit``. kombu keeps bindings in Redis (a set ``_kombu.binding.<exchange>``), so
-after an upgrade a message sent to ``pollen.submit`` would still be copied to every queue.
-Each queue now has its own exchange (:func:`pollen.contract.declared`); a starting worker
-removes every other binding of those exchanges.
+``pollen.submit``. The broker keeps bindings (kombu on Redis: a set
+``_kombu.binding.<exchange>``; RabbitMQ: durable bindings of durable queues), so after an
+upgrade a message sent to ``pollen.submit`` would still be copied to every queue. Each queue
+now has its own exchange (:func:`pollen.contract.declared`); a starting worker removes every
+other binding of those exchanges (on Redis), or unbinds each queue from the other queues'
+exchanges (on an AMQP broker, where bindings cannot be listed).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import bootsteps
 
 from pollen.errors import StoreUnavailable
-from pollen.store.connection import drop_stale_bindings
+from pollen.store.connection import REDIS_SCHEMES, drop_stale_bindings
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +28,35 @@ class DropStaleBindings(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         url = str(worker.app.conf.broker_url or "")
-        if not url.startswith(("redis://", "rediss://", "unix://")):
+        queues = list(worker.app.conf.task_queues or ())
+        if url.startswith(("amqp://", "amqps://", "pyamqp://")):
+            with worker.app.connection_for_write() as connection:
+                try:
+                    unbind_others(connection, queues)
+                except connection.connection_errors + connection.channel_errors as exc:
+                    log.warning("could not check the broker's queue bindings: %s", exc)
             return
-        names = [queue.name for queue in worker.app.conf.task_queues or ()]
+        if not url.startswith(REDIS_SCHEMES):
+            return
         try:
-            removed = drop_stale_bindings(url, names)
+            removed = drop_stale_bindings(url, [queue.name for queue in queues])
         except StoreUnavailable as exc:  # the consumer reports the broker; this is a tidy-up
             log.warning("could not check the broker's queue bindings: %s", exc)
             return
         if removed:
             log.warning("removed %d queue bindings an earlier pollen left in the broker", removed)
+
+
+def unbind_others(connection: Any, queues: Sequence[Any]) -> None:
+    """On an AMQP broker (a kombu connection and queues): declare each queue with its
+    exchange and binding, as the consumer will, and unbind it from every other queue's
+    exchange and key, which is what an earlier pollen bound it to. RabbitMQ takes the
+    unbinding of a binding that does not exist as done."""
+    connection.ensure_connection(max_retries=1)
+    channel = connection.default_channel
+    for queue in queues:
+        queue.bind(channel).declare()
+    for queue in queues:
+        for other in queues:
+            if other.exchange.name != queue.exchange.name:
+                channel.queue_unbind(queue.name, other.exchange.name, other.routing_key)

@@ -61,7 +61,9 @@ def follow_up(deps: Deps, job_id: str) -> list[str]:
     if retry:
         note = note.replace("pollen tries again", f"pollen gave up after {made} calls")
     deps.store.lifecycle.cancel_followed(job_id, note)
-    metrics.JOBS_FINISHED.labels(job.provider, JobStatus.CANCELLED.value).inc()
+    metrics.job_finished(
+        deps.tenant_labels, job.provider, JobStatus.CANCELLED.value, job.tenant, job.cost
+    )
     return deliveries
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from pollen.errors import StoreUnavailable
 from pollen.settings import Settings
 from pollen.store import durability
-from pollen.store.connection import probe
+from pollen.store.connection import REDIS_SCHEMES, probe
 
 HEARTBEAT_MAX_AGE = 60.0
 
@@ -35,6 +35,20 @@ def check_reachable(url: str, name: str) -> Check:
     if error is None:
         return Check(name, True, "answers PING")
     return Check(name, False, f"unreachable: {error}")
+
+
+def check_broker(url: str) -> Check:
+    """A Redis broker answers PING; another (RabbitMQ) accepts a connection."""
+    if url.startswith(REDIS_SCHEMES):
+        return check_reachable(url, "broker")
+    from kombu.connection import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as connection:  # type: ignore[no-untyped-call]
+            connection.connect()
+    except Exception as exc:  # kombu raises the transport's own errors
+        return Check("broker", False, f"unreachable: {exc}")
+    return Check("broker", True, "accepts a connection")
 
 
 def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
@@ -82,6 +96,6 @@ def run_checks(settings: Settings, *, local: bool) -> list[Check]:
     if not local and checks[0].ok:
         checks.append(check_data_loss(settings.redis_url))
     if settings.broker != settings.redis_url:
-        checks.append(check_reachable(settings.broker, "broker"))
+        checks.append(check_broker(settings.broker))
     checks.append(check_heartbeat(settings.heartbeat_file) if local else check_workers(settings))
     return checks

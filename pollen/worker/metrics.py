@@ -3,13 +3,20 @@
 ``pollen worker`` points ``PROMETHEUS_MULTIPROC_DIR`` at an empty directory before anything
 imports prometheus_client, so every pool process writes its samples there and the exporter
 in the worker's main process (``POLLEN_METRICS_PORT``) serves their sum, plus gauges read from
-Redis at scrape time (queue depths, in-flight jobs, jobs by state, dead letters).
+Redis at scrape time (queue depths, in-flight jobs, jobs by state, dead letters, the slots of
+capped provider accounts and the jobs waiting for them).
+
+Series by tenant keep a bounded number of labels (:class:`TenantLabels`): the tenants the
+settings name, the default tenant, and the first ``POLLEN_METRICS_MAX_TENANTS`` others a
+process sees; later ones share :data:`OVERFLOW_TENANT`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -17,9 +24,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from pollen.models import DEFAULT_TENANT
 from pollen.store import stats
 
 if TYPE_CHECKING:
+    from pollen.capacity import Capacity
     from pollen.store.sync import Store
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -28,7 +37,12 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600)
 
 JOBS_STARTED = Counter("pollen_jobs_started_total", "Jobs a worker began to submit", ["provider"])
 JOBS_FINISHED = Counter(
-    "pollen_jobs_finished_total", "Jobs that reached a terminal state", ["provider", "status"]
+    "pollen_jobs_finished_total",
+    "Jobs that reached a terminal state",
+    ["provider", "status", "tenant"],
+)
+COST = Counter(
+    "pollen_cost_total", "Provider cost of the jobs that finished", ["provider", "tenant"]
 )
 ADMITTED = Counter(
     "pollen_admitted_total", "Jobs admitted into a capped provider account's slot", ["provider"]
@@ -37,6 +51,11 @@ CAPACITY_REFUSALS = Counter(
     "pollen_capacity_refusals_total",
     "Creates a capped provider refused for capacity (the job went back to the queue)",
     ["provider"],
+)
+JOBS_REJECTED = Counter(
+    "pollen_jobs_rejected_total",
+    "pollen.submit payloads a worker refused (invalid), by reason",
+    ["reason"],
 )
 SUBMITS = Counter("pollen_submits_total", "Submit attempts by outcome", ["provider", "result"])
 POLLS = Counter("pollen_polls_total", "Poll steps by outcome", ["provider", "result"])
@@ -81,6 +100,42 @@ def observe_batch_size(provider: str, jobs: int) -> None:
     BATCH_SIZE.labels(provider).observe(jobs)
 
 
+#: the tenant label of the tenants past a process's bound (no tenant's name starts with "_")
+OVERFLOW_TENANT = "_other"
+
+
+class TenantLabels:
+    """A tenant's metric label, with a bounded number of values per process: the ``named``
+    tenants (and the default tenant) always have their own; the first ``limit`` others seen
+    get their own too, and every later one shares :data:`OVERFLOW_TENANT`."""
+
+    def __init__(self, named: Iterable[str], limit: int) -> None:
+        self.named = frozenset(named) | {DEFAULT_TENANT}
+        self.limit = limit
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()  # the threads pool labels from several threads
+
+    def __call__(self, tenant: str) -> str:
+        if tenant in self.named or tenant in self.seen:
+            return tenant
+        with self.lock:
+            if len(self.seen) < self.limit:
+                self.seen.add(tenant)
+                return tenant
+        return OVERFLOW_TENANT
+
+
+def job_finished(
+    labels: TenantLabels, provider: str, status: str, tenant: str, cost: float | None
+) -> None:
+    """Count a job that reached ``status``, and its provider cost (a counter only goes up: a
+    negative cost, a refund, is left out)."""
+    label = labels(tenant)
+    JOBS_FINISHED.labels(provider, status, label).inc()
+    if cost is not None and cost > 0:
+        COST.labels(provider, label).inc(cost)
+
+
 RECONCILER = Counter("pollen_reconciler_actions_total", "Reconciler actions", ["action"])
 STORE_DATA_LOSS = Counter(
     "pollen_store_data_loss_total", "Times a worker found the job store emptied under it"
@@ -88,14 +143,20 @@ STORE_DATA_LOSS = Counter(
 
 
 class RedisGauges(Collector):
-    """Gauges read from Redis on each scrape (cheap: one pipeline)."""
+    """Gauges read from Redis on each scrape (cheap: one pipeline, plus one per capped
+    provider)."""
 
     def __init__(
-        self, store: Store, queue_depths: Callable[[], list[int]], queues: list[str]
+        self,
+        store: Store,
+        queue_depths: Callable[[], list[int]],
+        queues: list[str],
+        capacity: Capacity | None = None,
     ) -> None:
         self.store = store
         self.queue_depths = queue_depths
         self.queues = queues
+        self.capacity = capacity
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("pollen_queue_depth", "Messages waiting", labels=["queue"])
@@ -123,14 +184,47 @@ class RedisGauges(Collector):
             "pollen_callbacks_dead_letter", "Callback deliveries that exhausted the schedule",
             value=dead,
         )  # fmt: skip
+        if self.capacity is not None and self.capacity.capped_providers:
+            yield from self.slots(self.capacity)
+
+    def slots(self, capacity: Capacity) -> Iterator[GaugeMetricFamily]:
+        """Each capped provider account's slots in use and cap (lowered while a capacity
+        refusal's cooldown lasts), and the jobs waiting for them per provider."""
+        now = time.time()
+        queues = self.store.run(stats.accounts(capacity.capped_caps(), now))
+        labels = ["provider", "account"]
+        in_use = GaugeMetricFamily(
+            "pollen_account_slots_in_use", "Slots of a capped provider account held by jobs",
+            labels=labels,
+        )  # fmt: skip
+        cap = GaugeMetricFamily(
+            "pollen_account_slots_cap",
+            "Slots of a capped provider account (lower while a capacity refusal's cooldown lasts)",
+            labels=labels,
+        )
+        waiting = GaugeMetricFamily(
+            "pollen_admission_waiting_jobs", "Jobs waiting in pollen for a capped provider's slot",
+            labels=["provider"],
+        )  # fmt: skip
+        for queue in queues:
+            for account in queue.accounts:
+                in_use.add_metric([queue.provider, account.account], float(account.in_use))
+                cap.add_metric([queue.provider, account.account], float(account.effective_cap))
+            waiting.add_metric([queue.provider], float(queue.total_waiting))
+        yield from (in_use, cap, waiting)
 
 
 def serve(
-    port: int, *, store: Store, queue_depths: Callable[[], list[int]], queues: list[str]
+    port: int,
+    *,
+    store: Store,
+    queue_depths: Callable[[], list[int]],
+    queues: list[str],
+    capacity: Capacity | None = None,
 ) -> None:
     """Expose the summed per-process samples plus the Redis gauges on ``port``."""
     registry = CollectorRegistry()
     if os.environ.get(MULTIPROC_ENV):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(RedisGauges(store, queue_depths, queues))
+    registry.register(RedisGauges(store, queue_depths, queues, capacity))
     start_http_server(port, addr="0.0.0.0", registry=registry)

@@ -39,6 +39,7 @@ class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
             store=deps.store,
             queue_depths=queue_depths(deps.settings.broker, names),
             queues=names,
+            capacity=deps.capacity,
         )
         log.info("metrics on :%d/metrics", port)
 

@@ -28,7 +28,7 @@ from pollen.store.copies import Copies
 from pollen.store.outbox import Outbox
 from pollen.store.sync import Store
 from pollen.worker.leases import LeaseRenewer
-from pollen.worker.metrics import observe_batch_size, observe_provider_request
+from pollen.worker.metrics import TenantLabels, observe_batch_size, observe_provider_request
 
 
 @dataclass
@@ -55,10 +55,12 @@ class Deps:
     leases: LeaseRenewer = field(init=False)  #: keeps running polls' leases alive
     copies: Copies = field(init=False)  #: copy state of results' files (re-hosting)
     capacity: Capacity = field(init=False)  #: provider accounts' caps, tenants' shares
+    tenant_labels: TenantLabels = field(init=False)  #: tenants' metric labels, bounded
 
     def __post_init__(self) -> None:
         self.copies = Copies(self.store.redis)
         self.capacity = Capacity.of(self.settings)
+        self.tenant_labels = TenantLabels(self.settings.tenants, self.settings.metrics_max_tenants)
         self.limiter = RateLimiter(self.store, self.settings.rate_limits)
         self.leases = LeaseRenewer(self.store, self.settings.poll_lease, self.clock)
         self.calls = ProviderCalls(

@@ -369,7 +369,9 @@ def _retryable(job: Job, exc: Exception) -> RetryableProviderError:
 def _finished(deps: Deps, out: SubmitNext, ending: Ending) -> None:
     job = ending.job
     out.finished.append(job.id)
-    metrics.JOBS_FINISHED.labels(job.provider, ending.status.value).inc()
+    metrics.job_finished(
+        deps.tenant_labels, job.provider, ending.status.value, job.tenant, job.cost
+    )
     level = logging.INFO if ending.status is JobStatus.SUCCEEDED else logging.WARNING
     detail = f" ({ending.code}: {ending.message})" if ending.code else ""
     with logs.bound(job_id=job.id, provider=job.provider):

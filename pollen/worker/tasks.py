@@ -27,7 +27,7 @@ from celery.signals import (
 )
 
 from pollen import contract, payloads
-from pollen.errors import CallbackNotDelivered, InvalidJob, JobNotFound
+from pollen.errors import CallbackNotDelivered, InvalidJob
 from pollen.providers import build_providers
 from pollen.settings import get_settings
 from pollen.worker import (
@@ -40,6 +40,7 @@ from pollen.worker import (
     periodic,
     planner,
     rehost,
+    rejections,
     runtime,
     submits,
 )
@@ -174,19 +175,25 @@ def submit(
     ``created`` is True when this message brought in a new job (it stored the payload, or its
     producer stored the job and this is the job's first submit), False for a duplicate (the
     id existed, or the job was already submitted). ``created`` itself is only passed by this
-    task's own retries, which carry the first run's answer. For ``job_ids``:
-    ``{"jobs": n, "created": k}``.
+    task's own retries, which carry the first run's answer. A ``job_id`` with no job (never
+    stored, or expired) is one WARNING line and ``{"job_id": ..., "missing": True}``. For
+    ``job_ids``: ``{"jobs": n, "created": k}``.
     """
     deps = runtime.deps()
-    if job_ids is not None:
-        return _submit_many(self, deps, _job_ids(job_ids))
-    if job is not None:
-        job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
-    if job_id is None:
-        raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
+    try:
+        if job_ids is not None:
+            return _submit_many(self, deps, _job_ids(job_ids))
+        if job is not None:
+            job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
+        if job_id is None:
+            raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
+    except InvalidJob as exc:  # never silent: logged, counted, kept, announced
+        _send_deliveries(rejections.reject(deps, job, exc, str(self.request.id)))
+        raise
     outcome = submits.submit_batch(deps, [job_id])
-    if outcome.missing:
-        raise JobNotFound(job_id)
+    if outcome.missing:  # an expected outcome (its producer rolled it back, or it expired)
+        log.warning("pollen.submit: job %s not found; its message is dropped", job_id)
+        return {"job_id": job_id, "missing": True}
     if created is None:
         created = job_id in outcome.fresh
     if outcome.retries:

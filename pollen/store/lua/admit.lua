@@ -27,9 +27,10 @@
 --   is overdue after it), grace, cooldown_until, requeue JSON [[id, account], ...],
 --   enqueue JSON [[id, tenant, priority, created_at, deadline_at], ...]
 -- Returns {admitted (flat: id, account, ...), held (flat: id, account: jobs of `enqueue` that
--- were admitted earlier), waiting (flat: id, reason), requeued, expired (ids whose deadline
--- passed while they waited: taken out of the queue, not admitted, their queue_reason kept so
--- the submit step that times them out can say why)}.
+-- were admitted earlier), waiting (flat: id, reason: jobs this call queued or re-queued that
+-- still wait), requeued, expired (ids whose deadline passed while they waited: taken out of
+-- the queue, not admitted, their queue_reason kept so the submit step that times them out
+-- can say why)}.
 local provider, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local accounts = cjson.decode(ARGV[4])
 local shares = cjson.decode(ARGV[5])
@@ -67,10 +68,12 @@ local function put(id, tenant, prio, created)
   redis.call('HSET', JOB_KEY_PREFIX .. id, 'waiting', '1')
 end
 
--- 1. capacity refusals: the slot goes back, the job waits again at its place in the queue,
--- and the account's cap is lowered to what it still holds until cooldown_until
+-- 1. capacity refusals: the slot goes back, the job waits again at its place in the queue
+-- (with a reason, as a new job), and the account's cap is lowered to what it still holds until
+-- cooldown_until
 local requeued = 0
 local refused = {}
+local fresh = {}  -- the jobs queued by this call: [id, tenant, priority] (they get a reason)
 for _, r in ipairs(requeue) do
   local id, account = r[1], r[2]
   local job_key = JOB_KEY_PREFIX .. id
@@ -82,6 +85,7 @@ for _, r in ipairs(requeue) do
     redis.call('HDEL', job_key, 'account', 'admitted_at')
     redis.call('HINCRBY', job_key, 'capacity_refusals', 1)
     put(id, tenant, f[4] or '0', tonumber(f[5] or now))
+    fresh[#fresh + 1] = {id, tenant, f[4] or '0'}
     if f[6] then redis.call('ZADD', INFLIGHT, 'XX', tonumber(f[6]) + grace, id) end
     refused[account] = true
     requeued = requeued + 1
@@ -95,7 +99,6 @@ end
 -- 2. new jobs: queue those still queued and neither waiting nor admitted; report those
 -- admitted earlier (a redelivered submit, the reconciler's resubmit) so they are sent
 local held = {}
-local fresh = {}
 for _, e in ipairs(enqueue) do
   local id = e[1]
   local f = redis.call('HMGET', JOB_KEY_PREFIX .. id, 'status', 'waiting', 'account')
@@ -216,7 +219,7 @@ while total > 0 and #admitted < 2 * limit do
   end
 end
 
--- 5. why the new jobs still wait, in words
+-- 5. why the jobs this call queued still wait, in words
 local waiting = {}
 if #fresh > 0 then
   local counts = redis.call('HVALS', waiting_key)
