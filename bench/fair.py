@@ -25,7 +25,7 @@ from bench.producer import LABEL_PREFIX, Producers
 from bench.report import Format, integer, num
 from bench.runner import components_of, log, open_system
 from bench.sampling import Sampler
-from bench.scenarios import CAPPED, Scenario
+from bench.scenarios import CAPPED, CAPPED_PUSH, Scenario
 from bench.services import Service
 from bench.systems import API_KEY, STORE_DB, Options, System
 from pollen import JobNotFound, Pollen
@@ -164,7 +164,7 @@ def _producers(
 ) -> Tenants:
     """pollen-capped names each job's tenant; pollen names none (today's behaviour)."""
     spec = system.producer_spec()
-    named = system.name == CAPPED
+    named = system.name in (CAPPED, CAPPED_PUSH)
     return Tenants(
         big=Producers(
             replace(spec, tenant=BIG if named else None),

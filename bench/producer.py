@@ -163,8 +163,18 @@ def _connect(app: Celery) -> None:
         producer.connection.ensure_connection()
 
 
+#: the systems whose producers call Pollen.submit once per job
+PRODUCED_BY_SUBMIT = (
+    "pollen",
+    "pollen-push",
+    "pollen-push-lossy",
+    "pollen-capped",
+    "pollen-capped-push",
+)
+
+
 def make_client(spec: ProducerSpec) -> Client:
-    if spec.system in ("pollen", "pollen-push", "pollen-push-lossy", "pollen-capped"):
+    if spec.system in PRODUCED_BY_SUBMIT:
         return PollenClient(spec)
     if spec.system == "pollen-many":
         return PollenManyClient(spec)

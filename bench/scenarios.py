@@ -17,7 +17,9 @@ PUSH_SYSTEMS = ("pollen", "pollen-push", "pollen-push-lossy")
 #: pollen-capped: pollen's workers told the simulator key's cap (``POLLEN_RUNWARE__MAX_IN_FLIGHT``);
 #: in a scenario without a cap, one high enough never to bind (what admission alone costs)
 CAPPED = "pollen-capped"
-ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:], CAPPED)
+#: pollen-capped with pushes on: a slot frees when the provider says so, not at the next poll
+CAPPED_PUSH = "pollen-capped-push"
+ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:], CAPPED, CAPPED_PUSH)
 #: the ``fair`` scenario: pollen told the cap, with tenants; pollen with neither (today's)
 FAIR_SYSTEMS = (CAPPED, "pollen")
 #: the cap pollen-capped is told when the simulator caps nothing: 100,000 (the most allowed)

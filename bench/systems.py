@@ -253,6 +253,13 @@ class PollenCappedSystem(PollenSystem):
         return {**super().env(), "POLLEN_RUNWARE__MAX_IN_FLIGHT": str(self.cap)}
 
 
+class PollenCappedPushSystem(PollenPushSystem, PollenCappedSystem):
+    """``pollen-capped`` with pushes on, as ``pollen-push``: a slot frees as soon as the
+    provider says its task ended, not at the next poll."""
+
+    name = "pollen-capped-push"
+
+
 class PollenManySystem(PollenSystem):
     """pollen's workers, unchanged; its producers enqueue with ``Pollen.submit_many``."""
 
@@ -266,6 +273,8 @@ def make_system(
         return PollenSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-capped":
         return PollenCappedSystem(redis_server, sim_url, scenario, options)
+    if name == "pollen-capped-push":
+        return PollenCappedPushSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-many":
         return PollenManySystem(redis_server, sim_url, scenario, options)
     if name == "pollen-push":

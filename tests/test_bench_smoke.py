@@ -263,18 +263,20 @@ def test_worker_cpu_counts_children_that_exit_during_the_window() -> None:
     assert own_only < after - before  # without the reaped children's time it would be lost
 
 
-FAIR_SYSTEMS = ["pollen-capped", "pollen"]
+FAIR_SYSTEMS = ["pollen-capped", "pollen-capped-push", "pollen"]
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_fair_scenario_keeps_the_cap_and_serves_the_small_tenant(tmp_path: Path) -> None:
     """A small ``fair`` run: a key capped at 3 tasks of 0.5 s; 24 jobs of tenant big, 6 of
-    tenant small 2 s later. pollen told the cap never has a create refused and serves the
-    small tenant between the big one's jobs; both leave no slot held and no task running."""
+    tenant small 2 s later. pollen told the cap (polling, and woken by pushes) never has a
+    create refused and serves the small tenant between the big one's jobs; every system
+    leaves no slot held and no task running."""
     options = ["--jobs", "24", "--small-jobs", "6", "--small-delay", "2", "--cap", "3",
-               "--durations", "0.5,0.5", "--timeout", "90"]  # fmt: skip
-    done, document = run_bench("fair", options, tmp_path, timeout=230)
+               "--durations", "0.5,0.5", "--timeout", "90",
+               "--systems", ",".join(FAIR_SYSTEMS)]  # fmt: skip
+    done, document = run_bench("fair", options, tmp_path, timeout=290)
     assert document["systems"] == FAIR_SYSTEMS
     assert document["scenario"]["cap"] == 3
     results = {name: document["results"][name] for name in FAIR_SYSTEMS}
@@ -291,10 +293,12 @@ def test_fair_scenario_keeps_the_cap_and_serves_the_small_tenant(tmp_path: Path)
         assert 0 < metrics["small_p50_s"] <= metrics["small_p95_s"], name
         assert metrics["backlog_jobs_per_s"] > 0, name
         assert 0 < metrics["utilisation_raw"] <= 1.05, name
-    capped, plain = (results[name]["metrics"] for name in FAIR_SYSTEMS)
-    assert capped["refused_for_capacity"] == 0
+    capped, pushed, plain = (results[name]["metrics"] for name in FAIR_SYSTEMS)
+    assert capped["refused_for_capacity"] == pushed["refused_for_capacity"] == 0
     assert plain["refused_for_capacity"] > 0  # today: past the cap, creates are refused
-    assert capped["slots_in_use_at_end"] == 0
+    assert capped["slots_in_use_at_end"] == pushed["slots_in_use_at_end"] == 0
+    # jobs of 0.5 s first polled at 2 s: a push frees the slot long before the poll would
+    assert pushed["backlog_jobs_per_s"] > capped["backlog_jobs_per_s"]
     assert plain["slots_in_use_at_end"] is None  # pollen not told the cap holds no slots
     # 6 jobs on half of 3 slots of 0.5 s, plus two poll intervals of 0.5 s
     assert capped["fair_target_s"] == pytest.approx(6 / 1.5 * 0.5 + 1.0, abs=0.1)
