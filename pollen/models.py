@@ -141,12 +141,13 @@ class JobRequest(BaseModel):
         description="Who the job is for (your user, team or customer): jobs waiting for a capped "
         "provider account take turns by tenant. Unset: the shared tenant 'default'.",
     )
-    priority: int = Field(
-        0,
+    priority: int | None = Field(
+        None,
         strict=True,
         ge=-MAX_PRIORITY,
         le=MAX_PRIORITY,
-        description="Jobs waiting for a capped provider account go highest priority first.",
+        description="Jobs waiting for a capped provider account go highest priority first. "
+        "Unset: 0.",
     )
 
     @property

@@ -224,7 +224,7 @@ def prepare(settings: Settings, payload: Any, *, now: float) -> Prepared:
         "python_callback": request.python_callback.model_dump() if request.python_callback else "",
         "metadata": request.metadata or {},
         "tenant": request.tenant or DEFAULT_TENANT,
-        "priority": str(request.priority),
+        "priority": str(request.priority or 0),
         "submit_attempts": "0",
         "polls": "0",
         "poll_seq": "0",
@@ -309,8 +309,8 @@ def fingerprint(request: JobRequest) -> str:
     not change the key of a request that does not use it.
     """
     document = request.model_dump(mode="json")
-    for name, unset in (("tenant", None), ("priority", 0)):  # fields later than the first keys
-        if document.get(name) == unset:
+    for name in ("tenant", "priority"):  # fields later than the first keys: out when unset
+        if not document.get(name):
             del document[name]
     keep = LEGACY_NULLS.get(request.provider, frozenset())
     document["request"] = {

@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from pollen.contract import producer_app
@@ -468,6 +470,10 @@ def test_worker_with_an_unknown_pool_is_a_usage_error(worker_env: dict[str, str]
         (["wait", "abc", "--timeout", "soon"], "Invalid value for '--timeout'"),
         (["callbacks", "lst", "abc"], "Did you mean 'list'?"),
         (["demo", "--jobs", "-1"], "Invalid value for '--jobs'"),
+        (["simulator", "--max-running", "0"], "Invalid value for '--max-running'"),
+        (["simulator", "--key", "acct=0"], "--key 'acct=0': give KEY or KEY=CAP"),
+        (["simulator", "--key", "=3"], "--key '=3': give KEY or KEY=CAP"),
+        (["simulator", "--key", "acct=two"], "--key 'acct=two': give KEY or KEY=CAP"),
     ],
 )
 def test_a_usage_mistake_is_one_line_and_exit_2(
@@ -549,3 +555,42 @@ def test_demo_at_80_columns_prints_real_costs_and_a_rule_of_its_own() -> None:
     )
     assert dashboard, result.stdout[:2000]
     assert f"not a terminal: the dashboard {dashboard.group(1)} stops now" in result.stdout
+
+
+def test_the_simulator_command_caps_each_key(worker_env: dict[str, str]) -> None:
+    """``--max-running`` caps the default key, ``--key NAME=CAP`` adds a key with its own cap:
+    the simulator refuses Runware creates past each one."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pollen.cli", "simulator", "--port", str(port), "--max-running", "1",
+         "--key", "spare=2", "--key", "plain", "--duration-min", "30", "--duration-max", "30"],
+        env={**os.environ, **worker_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        eventually(lambda: _answers(url), timeout=20, what="the simulator to answer")
+
+        def create(key: str) -> int:
+            task = {"taskType": "imageInference", "taskUUID": str(uuid.uuid4()),
+                    "deliveryMethod": "async", "model": "runware:101@1",
+                    "positivePrompt": "x", "width": 512, "height": 512}  # fmt: skip
+            answer = httpx.post(
+                f"{url}/v1", json=[task], headers={"Authorization": f"Bearer {key}"}
+            )
+            return answer.status_code
+
+        assert [create("sim-key") for _ in range(2)] == [200, 429]
+        assert [create("spare") for _ in range(3)] == [200, 200, 429]
+        # a key without a cap of its own takes --max-running's, counted on its own
+        assert [create("plain") for _ in range(2)] == [200, 429]
+        assert create("unknown") == 401
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

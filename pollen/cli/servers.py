@@ -132,20 +132,43 @@ def simulator(
         float, opt("RATE", "Share answered with a malformed body.", min=0, max=1)
     ] = 0.0,
     api_key: Annotated[str, opt("KEY", "The bearer token it accepts.")] = "sim-key",
-) -> None:
+    max_running: Annotated[
+        int | None,
+        opt("N", "Most tasks one key runs at once; creates past it answer as each provider "
+            "does (Runware, useapi.net: 429; CometAPI: THROTTLED).", min=1),
+    ] = None,
+    key: Annotated[
+        list[str] | None,
+        opt("KEY[=CAP]", "Another accepted key (a provider account), with its own cap; "
+            "repeatable."),
+    ] = None,
+) -> None:  # fmt: skip
     """Run the provider simulator (Runware, useapi.net and CometAPI dialects)."""
     with needs_extra("simulator"):
         from pollen.simulator import SimulatorConfig, run
 
-    config = SimulatorConfig(
-        api_key=api_key,
-        duration_min=duration_min,
-        duration_max=duration_max,
-        rate_5xx=rate_5xx,
-        rate_429=rate_429,
-        rate_malformed=rate_malformed,
-    )
+    try:
+        config = SimulatorConfig(
+            api_key=api_key,
+            duration_min=duration_min,
+            duration_max=duration_max,
+            rate_5xx=rate_5xx,
+            rate_429=rate_429,
+            rate_malformed=rate_malformed,
+            max_running_per_key=max_running,
+            keys=dict(_key_cap(each) for each in key or []),
+        )
+    except ValueError as exc:  # pydantic's ValidationError is one
+        fail(f"invalid simulator options: {exc}", code=2)
     run(config, host, port)
+
+
+def _key_cap(text: str) -> tuple[str, int | None]:
+    """``KEY`` or ``KEY=CAP`` of ``--key``."""
+    name, equals, cap = text.partition("=")
+    if not name or (equals and not cap.isdigit()) or (equals and int(cap) < 1):
+        fail(f"--key {text!r}: give KEY or KEY=CAP (CAP a whole number >= 1)", code=2)
+    return name, int(cap) if equals else None
 
 
 def ingress(

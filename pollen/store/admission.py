@@ -156,17 +156,24 @@ def sweep(provider: str, accounts: Sequence[str]) -> Op[list[str]]:
     owners = [(a, str(job_id)) for a, ids in zip(accounts, members, strict=True) for job_id in ids]
     if not owners:
         return []
-    states = yield [cmd("hmget", keys.job(j), "status", "tenant") for _, j in owners]
+    tenants_key = keys.admit(provider, "owners")
+    *states, tenants = yield [
+        *[cmd("hget", keys.job(j), "status") for _, j in owners],
+        cmd("hmget", tenants_key, *[j for _, j in owners]),
+    ]
     freed: list[str] = []
     batch: Batch = []
-    for (account, job_id), (status, tenant) in zip(owners, states, strict=True):
+    for (account, job_id), status, tenant in zip(owners, states, tenants, strict=True):
         if status is not None and not JobStatus(status).terminal:
             continue
         freed.append(job_id)
-        batch.append(cmd("zrem", keys.slots(provider, account), job_id))
-        batch.append(
-            cmd("zrem", keys.admit(provider, f"held:{tenant or keys.DEFAULT_TENANT}"), job_id)
-        )
+        # the tenant admission noted: a vanished record no longer says whose share it held
+        held = keys.admit(provider, f"held:{tenant or keys.DEFAULT_TENANT}")
+        batch += [
+            cmd("zrem", keys.slots(provider, account), job_id),
+            cmd("zrem", held, job_id),
+            cmd("hdel", tenants_key, job_id),
+        ]
     if batch:
         yield batch
     return freed

@@ -9,6 +9,7 @@ either client.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,14 @@ from pollen.store.decode import job_from_fields, optional_float
 from pollen.store.effects import Batch, Lua, Op, Runner, cmd, dumps, flatten
 
 #: the lifecycle's scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
-SCRIPTS = ("create_job", "rollback_create", "transition", "cancel_job", "set_if_exists")
+SCRIPTS = (
+    "create_job",
+    "rollback_create",
+    "transition",
+    "cancel_job",
+    "set_if_exists",
+    "begin_submit",
+)
 
 
 @dataclass(frozen=True)
@@ -178,33 +186,23 @@ def begin_submits(
     sent: Sequence[tuple[str, Any]], claims: Mapping[str, Mapping[str, str]]
 ) -> Op[tuple[list[int], dict[str, dict[str, str]]]]:
     """Count a submit attempt of each (job_id, request), keep the request and each claimed
-    field (field -> job_id -> value) the job has none of: the attempt numbers and, per
-    field, the value each claiming job has."""
-    if not sent:
-        return [], {name: {} for name in claims}
-    batch: Batch = []
-    for job_id, request in sent:
-        batch += [
-            cmd("hincrby", keys.job(job_id), "submit_attempts", 1),
-            cmd("hset", keys.job(job_id), "sent_request", dumps(request)),
-        ]
-        for name, values in claims.items():
-            if job_id in values:
-                batch += [
-                    cmd("hsetnx", keys.job(job_id), name, values[job_id]),
-                    cmd("hget", keys.job(job_id), name),
-                ]
-    answers = iter((yield batch))
-    attempts: list[int] = []
+    field (field -> job_id -> value) the job has none of: the attempt numbers (0 for a job
+    whose record is gone, which is left so) and, per field, the value each claiming job has."""
     stored: dict[str, dict[str, str]] = {name: {} for name in claims}
-    for job_id, _ in sent:
-        attempts.append(int(next(answers)))
-        next(answers)
-        for name, values in claims.items():
-            if job_id in values:
-                next(answers)
-                stored[name][job_id] = next(answers)
-    return attempts, stored
+    if not sent:
+        return [], stored
+    asked = [
+        [(name, values[job_id]) for name, values in claims.items() if job_id in values]
+        for job_id, _ in sent
+    ]
+    replies = yield [
+        Lua("begin_submit", [keys.job(job_id)], [dumps(request), *itertools.chain(*mine)])
+        for (job_id, request), mine in zip(sent, asked, strict=True)
+    ]
+    for (job_id, _), mine, reply in zip(sent, asked, replies, strict=True):
+        for (name, _), value in zip(mine, reply[1:], strict=False):  # none for a job gone
+            stored[name][job_id] = str(value)
+    return [int(reply[0]) for reply in replies], stored
 
 
 def task_details(job_id: str) -> Op[dict[str, Any] | None]:

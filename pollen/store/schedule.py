@@ -54,12 +54,12 @@ def forget(job_id: str, listed: Sequence[str]) -> Op[None]:
 
 
 def retry_later(retries: Sequence[tuple[str, str, float]], grace: float) -> Op[None]:
-    """For each (job_id, last_error, expect_by): keep the error and watch the job until its
-    next step is due (plus grace)."""
+    """For each (job_id, last_error, expect_by): keep the error (on a record that still
+    exists: ``set_if_exists``) and watch the job until its next step is due (plus grace)."""
     batch: Batch = []
     for job_id, error, expect_by in retries:
         batch += [
-            cmd("hset", keys.job(job_id), "last_error", error),
+            Lua("set_if_exists", [keys.job(job_id), ""], [job_id, "last_error", error]),
             cmd("zadd", keys.INFLIGHT, {job_id: expect_by + grace}, xx=True),
         ]
     if batch:

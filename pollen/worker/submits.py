@@ -176,16 +176,25 @@ def _send(
     accounts = {job.id: job.account for job in jobs if job.account}
     sent = [(job.id, _sent(deps, job)) for job in jobs]
     attempts, tokens_kept, accounts_kept = deps.store.lifecycle.begin_submits(sent, fresh, accounts)
-    # another copy of this submit may have given a job its token or its account first
-    jobs = [
-        job.model_copy(
-            update={
-                "push_token": tokens_kept.get(job.id, job.push_token),
-                "account": accounts_kept.get(job.id, job.account),
-            }
+    out.missing += [job.id for job, n in zip(jobs, attempts, strict=True) if not n]
+    # a job whose record is gone meanwhile (expired) is not created; another copy of this
+    # submit may have given a job its token or its account first
+    present = [
+        (
+            job.model_copy(
+                update={
+                    "push_token": tokens_kept.get(job.id, job.push_token),
+                    "account": accounts_kept.get(job.id, job.account),
+                }
+            ),
+            n,
         )
-        for job in jobs
+        for job, n in zip(jobs, attempts, strict=True)
+        if n
     ]
+    if not present:
+        return endings
+    jobs, attempts = [job for job, _ in present], [n for _, n in present]
     metrics.JOBS_STARTED.labels(provider).inc(attempts.count(1))
     answers = deps.calls.submit_many(provider, jobs)
     now = deps.clock()  # the first poll is due its delay after the provider took the task

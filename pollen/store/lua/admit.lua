@@ -14,6 +14,8 @@
 --   waiting           hash tenant -> its waiting jobs
 --   slots:<account>   sorted set: the jobs holding one of the account's slots, by admission
 --   held:<tenant>     sorted set: the jobs of the tenant holding a slot (its own cap)
+--   owners            hash job -> tenant of every job holding a slot (the sweep gives a
+--                     vanished job's share back to its tenant)
 --   lowered           hash account -> "cap|until": a cap lowered after a capacity refusal
 --   served            hash tenant -> the admission count at its last admission ('#': the count)
 -- A job's record says where it is: `waiting` = 1 while queued here, `account` once admitted.
@@ -176,9 +178,10 @@ local function next_turn()
   return nil
 end
 
--- 4. admit
+-- 4. admit (a job whose deadline passed while it waited takes no slot and costs its tenant
+-- no turn: it leaves the queue and is reported; at most `limit` of them per call)
 local admitted, expired = {}, {}
-while total > 0 and #admitted < 2 * limit do
+while total > 0 and #admitted < 2 * limit and #expired < limit do
   local prio, tenant, pass = next_turn()
   if not prio then break end
   local q = admit_key(provider, 'q:' .. prio .. ':' .. tenant)
@@ -188,19 +191,22 @@ while total > 0 and #admitted < 2 * limit do
     redis.call('ZREM', rotation, tenant)
     if redis.call('EXISTS', rotation) == 0 then redis.call('ZREM', prios_key, prio) end
   end
-  local weight = share(tenant)
-  if id then
-    -- the tenant's pass moves on before unqueue() keeps it for a tenant that leaves
-    redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
-    unqueue(id, provider, tenant, prio)
-  end
   local job_key = JOB_KEY_PREFIX .. (id or '')
-  if id then redis.call('HDEL', job_key, 'waiting') end
-  local f = redis.call('HMGET', job_key, 'status', 'deadline_at')
-  local late = f[2] and tonumber(f[2]) <= now
-  if id and f[1] == 'queued' and late then
+  local f = {}
+  if id then f = redis.call('HMGET', job_key, 'status', 'deadline_at') end
+  local late = f[1] == 'queued' and f[2] and tonumber(f[2]) <= now
+  if id then
+    if f[1] == 'queued' and not late then
+      -- the tenant's pass moves on before unqueue() keeps it for a tenant that leaves
+      local weight = share(tenant)
+      redis.call('ZADD', admit_key(provider, 't:' .. prio), 'XX', pass + 1 / weight, tenant)
+    end
+    unqueue(id, provider, tenant, prio)
+    redis.call('HDEL', job_key, 'waiting')
+  end
+  if late then
     expired[#expired + 1] = id
-  elseif id and f[1] == 'queued' then  -- else it ended meanwhile
+  elseif f[1] == 'queued' then  -- else it ended meanwhile (or its record is gone)
     redis.call('HDEL', job_key, 'queue_reason')
     local best = 1
     for i = 2, #free do if free[i] > free[best] then best = i end end
@@ -210,6 +216,7 @@ while total > 0 and #admitted < 2 * limit do
     in_use = in_use + 1
     redis.call('ZADD', admit_key(provider, 'slots:' .. account), now, id)
     redis.call('ZADD', admit_key(provider, 'held:' .. tenant), now, id)
+    redis.call('HSET', admit_key(provider, 'owners'), id, tenant)
     redis.call('HSET', job_key, 'account', account, 'admitted_at', tostring(now))
     redis.call('ZADD', INFLIGHT, 'XX', submit_watch, id)
     admitted[#admitted + 1] = id

@@ -73,6 +73,7 @@ end
 local function release(id, provider, account, tenant)
   redis.call('ZREM', admit_key(provider, 'slots:' .. account), id)
   redis.call('ZREM', admit_key(provider, 'held:' .. tenant), id)
+  redis.call('HDEL', admit_key(provider, 'owners'), id)
 end
 
 -- leave_admission(job_key, id, provider, fields): a job that ends gives back its slot or
