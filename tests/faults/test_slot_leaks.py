@@ -4,7 +4,7 @@ job whose record expired while it held a slot, all give their slot back.
 Every case runs two pods against a simulator key capped at :data:`CAP` tasks, with pollen told
 the same cap (``POLLEN_RUNWARE__MAX_IN_FLIGHT``). The cap is checked from the simulator's own
 count of running tasks; the slots from Redis (``store.admission.queue_state`` and every
-``pollen:admit:runware:slots:*`` and ``held:*`` set).
+``pollen:admit:runware:slots:*`` and ``held:*`` set, and the ``owners`` hash).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def key_view(sim: SimulatorServer) -> dict[str, Any]:
 
 
 def slots_held(client: Pollen) -> dict[str, int]:
-    """What the admission state holds: slots in use and jobs waiting (queue_state), and the
-    members of every slots and held set in Redis."""
+    """What the admission state holds: slots in use and jobs waiting (queue_state), the
+    members of every slots and held set in Redis, and the slot owners' tenants."""
     state = client.store.admission.queue_state("runware", [("default", CAP)], now=time.time())
     redis = client.store.redis
     members = {
@@ -67,7 +67,8 @@ def slots_held(client: Pollen) -> dict[str, int]:
         )
         for pattern in ("slots:*", "held:*")
     }
-    return {"in_use": state.in_use, "waiting": state.total_waiting, **members}
+    owners = int(redis.hlen(keys.admit("runware", "owners")))
+    return {"in_use": state.in_use, "waiting": state.total_waiting, "owners": owners, **members}
 
 
 def assert_slots_back(client: Pollen) -> None:
