@@ -69,6 +69,12 @@ class Capacity:
         counts as :data:`UNCAPPED`."""
         return [(a.name, a.max_in_flight or UNCAPPED) for a in self.accounts[provider]]
 
+    def admitting(self, provider: str) -> list[tuple[str, int]]:
+        """:meth:`caps` of the accounts with a key: where admission may put a job (an account
+        without a key would fail every job it took, and free its slot for the next one)."""
+        usable = {a.name for a in self.accounts[provider] if a.has_key}
+        return [(name, cap) for name, cap in self.caps(provider) if name in usable]
+
     def capped_caps(self) -> dict[str, list[tuple[str, int]]]:
         """provider -> :meth:`caps`, for each capped provider, by name."""
         return {provider: self.caps(provider) for provider in sorted(self.capped_providers)}

@@ -309,9 +309,11 @@ def fingerprint(request: JobRequest) -> str:
     not change the key of a request that does not use it.
     """
     document = request.model_dump(mode="json")
-    for name in ("tenant", "priority"):  # fields later than the first keys: out when unset
-        if not document.get(name):
-            del document[name]
+    # fields later than the first keys: out when unset (the default tenant named is unset)
+    if document.get("tenant") in (None, DEFAULT_TENANT):
+        del document["tenant"]
+    if not document.get("priority"):
+        del document["priority"]
     keep = LEGACY_NULLS.get(request.provider, frozenset())
     document["request"] = {
         k: v for k, v in document["request"].items() if v is not None or k in keep

@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pollen.backoff import PollPolicy
+from pollen.models import TENANT_PATTERN
 
 #: what a provider account's or a tenant's name may hold (it is part of Redis keys and metric
-#: labels)
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+#: labels): the pattern of a job's tenant
+NAME_PATTERN = TENANT_PATTERN
 #: the name of a provider's account configured by its own api_key (no ``accounts`` list)
 DEFAULT_ACCOUNT = "default"
 
@@ -39,6 +40,11 @@ class AccountSettings(BaseModel):
         None, ge=1, le=100_000, description="Most provider tasks of this account at once."
     )
     rate: float | None = Field(None, gt=0, description="Most requests per second of this account.")
+
+    @property
+    def has_key(self) -> bool:
+        """Whether the account's key is set (an account without one can create nothing)."""
+        return bool(self.api_key.get_secret_value().strip())
 
 
 def pick_account(accounts: Sequence[AccountSettings], name: str | None) -> AccountSettings:

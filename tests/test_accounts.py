@@ -270,3 +270,28 @@ def test_a_deadline_passing_while_queued_times_the_job_out(
         assert timed_out.provider_task_id is None
         assert client.wait(long_job, timeout=20).status is JobStatus.SUCCEEDED
     assert keys_view(fresh)["key-c"]["created"] == 1  # the late job never reached the provider
+
+
+def test_a_capped_account_whose_key_is_refused_or_unset_sends_its_jobs_to_the_others(
+    fresh: SimulatorServer, make_fleet: Any
+) -> None:
+    """Admission fills the account with the most free slots: an account without a key takes
+    no job, and one whose key the provider refuses (401) gives its jobs back to the queue and
+    takes none for the cooldown, instead of failing the backlog one job at a time."""
+    url = f"{fresh.url}/v1"
+    accounts = [
+        account("a", "key-a", url, max_in_flight=2),
+        account("revoked", "no-such-key", url, max_in_flight=2),
+        account("unset", "", url, max_in_flight=2),
+    ]
+    fleet = make_fleet(POLLEN_RUNWARE__BASE_URL=url, **accounts_env("runware", accounts))
+    fleet.start("pod", concurrency=4, pool="threads")
+    with fleet.client() as client:
+        jobs = wait_all(client, submit_videos(client, 8, 0.3), timeout=60)
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 8
+    assert {job.account for job in jobs} == {"a"}
+    keys = keys_view(fresh)
+    assert keys["key-a"]["created"] == 8 and keys["key-a"]["peak_running"] <= 2
+    refusals = [line for line in fleet.log("pod").splitlines() if "refused the key" in line]
+    assert refusals, "the revoked account's refusal is logged"
+    assert len(refusals) <= 2  # set aside for the cooldown after its first refusal

@@ -282,7 +282,8 @@ def test_overview_shows_tenants_and_the_slots_of_capped_accounts(
         client.store.run(
             admission.admit(
                 "runware", now=now, limit=0, caps=[("default", 2)], shares={},
-                submit_watch=now, grace=1, requeue=[("b-1", "default")], cooldown_until=now + 60,
+                submit_watch=now, grace=1, requeue=[("b-1", "default", "capacity")],
+                cooldown_until=now + 60,
             )
         )  # fmt: skip
         lowered = page(capped_web, "/overview").select_one(

@@ -146,7 +146,7 @@ def test_slots_and_waiting_jobs_are_read_from_redis_at_scrape_time(
     client.store.run(
         admission.admit(
             "runware", now=now, limit=0, caps=[("default", 2)], shares={}, submit_watch=now,
-            grace=1, requeue=[(refused, "default")], cooldown_until=now + 60,
+            grace=1, requeue=[(refused, "default", "capacity")], cooldown_until=now + 60,
         )
     )  # fmt: skip
     lowered = read()

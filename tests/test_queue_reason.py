@@ -25,7 +25,7 @@ def test_a_job_refused_for_capacity_waits_with_a_reason(client: Pollen, settings
     refused = client.store.run(
         admission.admit(
             "runware", now=now, limit=0, caps=[("default", 2)], shares={}, submit_watch=now,
-            grace=1, requeue=[("j-0", "default")], cooldown_until=now + 60,
+            grace=1, requeue=[("j-0", "default", "capacity")], cooldown_until=now + 60,
         )
     )  # fmt: skip
     assert refused.requeued == 1

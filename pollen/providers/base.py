@@ -88,10 +88,6 @@ def env_var(group: str, name: str) -> str:
     return f"{config.get('env_prefix', '')}{group}{delimiter}{name}".upper()
 
 
-def _key_set(account: AccountSettings) -> bool:
-    return bool(account.api_key.get_secret_value().strip())
-
-
 class Provider(ABC):
     """One provider dialect."""
 
@@ -131,7 +127,7 @@ class Provider(ABC):
         """The settings (environment variables) of API keys that are empty: every account's,
         or only the one of ``account`` (a name; unknown: the first account) when given."""
         accounts = self.accounts if account is None else (pick_account(self.accounts, account),)
-        return [self._key_setting(a) for a in accounts if not _key_set(a)]
+        return [self._key_setting(a) for a in accounts if not a.has_key]
 
     def unsendable(self, job: Job) -> list[str]:
         """The empty key settings that stop the job's create: its account's, or, for a job
@@ -143,7 +139,7 @@ class Provider(ABC):
 
     def usable_accounts(self) -> list[AccountSettings]:
         """The accounts whose key is set (where a job without an account may go)."""
-        return [account for account in self.accounts if _key_set(account)]
+        return [account for account in self.accounts if account.has_key]
 
     def _key_setting(self, account: AccountSettings) -> str:
         group = self.credentials[0][0]

@@ -8,7 +8,9 @@ slots the provider refused for capacity, and admits waiting jobs by priority, th
 turn (weighted), then FIFO; all in one call. :func:`sweep` is the safety net for a slot whose
 job vanished without a transition (its record expired or was lost).
 
-Keys: ``keys.admit(provider, ...)``; ``lua/admit.lua`` describes each.
+Keys: ``keys.admit(provider, ...)``; ``lua/admit.lua`` describes each. The scripts build key
+names from a job's record (its provider, tenant, account), beyond the keys they declare: fine
+on one Redis (or a primary with replicas), not on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pollen.models import JobStatus
+from pollen.models import DEFAULT_TENANT, JobStatus
 from pollen.store import keys
 from pollen.store.effects import Batch, Lua, Op, Runner, cmd, single
 
@@ -69,7 +71,7 @@ def admit(
     submit_watch: float,
     grace: float,
     enqueue: Sequence[Entry] = (),
-    requeue: Sequence[tuple[str, str]] = (),
+    requeue: Sequence[tuple[str, str, str]] = (),
     cooldown_until: float = 0.0,
 ) -> Op[Admitted]:
     """Give back ``requeue`` (job, account) slots the provider refused (the account's cap is
@@ -168,7 +170,7 @@ def sweep(provider: str, accounts: Sequence[str]) -> Op[list[str]]:
             continue
         freed.append(job_id)
         # the tenant admission noted: a vanished record no longer says whose share it held
-        held = keys.admit(provider, f"held:{tenant or keys.DEFAULT_TENANT}")
+        held = keys.admit(provider, f"held:{tenant or DEFAULT_TENANT}")
         batch += [
             cmd("zrem", keys.slots(provider, account), job_id),
             cmd("zrem", held, job_id),
@@ -177,6 +179,43 @@ def sweep(provider: str, accounts: Sequence[str]) -> Op[list[str]]:
     if batch:
         yield batch
     return freed
+
+
+def has_waiting(provider: str) -> Op[bool]:
+    """Whether any job waits in the provider's admission queue."""
+    count = yield from single(cmd("hlen", keys.admit(provider, "waiting")))
+    return bool(count)
+
+
+def prune(provider: str) -> Op[int]:
+    """Drop turn bookkeeping that no longer decides anything (so it does not grow with every
+    tenant ever seen): a stopped tenant's kept pass once the priority's turn has passed it
+    (it would join at the turn anyway), and when a tenant that is not waiting was last
+    served, once it has no kept pass; how many entries went."""
+    left_key, served_key = keys.admit(provider, "left"), keys.admit(provider, "served")
+    left, turn, served, waiting = yield [
+        cmd("hgetall", left_key),
+        cmd("hgetall", keys.admit(provider, "vt")),
+        cmd("hkeys", served_key),
+        cmd("hkeys", keys.admit(provider, "waiting")),
+    ]
+    moot = [
+        field for field, passed in left.items()
+        if float(passed) <= float(turn.get(str(field).partition("|")[0], 0.0))
+    ]  # fmt: skip
+    kept = {str(field).partition("|")[2] for field in left if field not in moot}
+    idle = [
+        tenant for tenant in served
+        if tenant != "#" and tenant not in waiting and tenant not in kept
+    ]  # fmt: skip
+    batch: Batch = []
+    if moot:
+        batch.append(cmd("hdel", left_key, *moot))
+    if idle:
+        batch.append(cmd("hdel", served_key, *idle))
+    if batch:
+        yield batch
+    return len(moot) + len(idle)
 
 
 class Admission:
@@ -196,7 +235,7 @@ class Admission:
         caps: Sequence[tuple[str, int]],
         shares: Mapping[str, tuple[float, int]],
         enqueue: Sequence[Entry] = (),
-        requeue: Sequence[tuple[str, str]] = (),
+        requeue: Sequence[tuple[str, str, str]] = (),
         cooldown_until: float = 0.0,
     ) -> Admitted:
         """:func:`admit`: an admitted job's create is expected within the submit grace."""
@@ -215,3 +254,9 @@ class Admission:
 
     def sweep(self, provider: str, accounts: Sequence[str]) -> list[str]:
         return self.run(sweep(provider, accounts))
+
+    def has_waiting(self, provider: str) -> bool:
+        return self.run(has_waiting(provider))
+
+    def prune(self, provider: str) -> int:
+        return self.run(prune(provider))

@@ -50,8 +50,6 @@ ADMIT_PREFIX = f"{PREFIX}:admit:"
 #: hash "<tenant>|<status>" -> jobs of that tenant in that status (in-flight ones go up and
 #: down, terminal ones only up), "<tenant>|cost" -> the provider cost of its finished jobs
 TENANT_STATS = f"{PREFIX}:stats:tenant"
-#: the tenant of a job that names none
-DEFAULT_TENANT = "default"
 #: list of the latest refused ``pollen.submit`` payloads (JSON, newest first, capped at
 #: REJECTED_KEEP), expiring with the finished-job TTL after the last one
 REJECTED = f"{PREFIX}:rejected"

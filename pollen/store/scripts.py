@@ -12,7 +12,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from importlib import resources
 
-from pollen.models import TERMINAL_RANK, JobStatus
+from pollen.models import DEFAULT_TENANT, TERMINAL_RANK, JobStatus
 from pollen.store import keys
 
 #: what a generated constant may be: a number, a string, a set of strings, a string -> int map
@@ -63,7 +63,7 @@ def prelude_constants() -> dict[str, LuaValue]:
         "FINISHED_TTL": keys.FINISHED_TTL,
         "ADMIT_PREFIX": keys.ADMIT_PREFIX,
         "TENANT_STATS": keys.TENANT_STATS,
-        "DEFAULT_TENANT": keys.DEFAULT_TENANT,
+        "DEFAULT_TENANT": DEFAULT_TENANT,
         "JOB_KEY_PREFIX": keys.job(""),
     }
 

@@ -20,12 +20,15 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from pollen import contract
-from pollen.models import Job
+from pollen.models import Job, JobStatus
 from pollen.store.admission import Admitted, Entry
 from pollen.worker import metrics
 from pollen.worker.runtime import Deps
 
 log = logging.getLogger(__name__)
+
+#: the longest a provider's Retry-After lowers an account's cap after a refusal, seconds
+MAX_COOLDOWN = 86_400.0
 
 #: most jobs one pump admits per provider (the periodic round pumps again a second later)
 PUMP_LIMIT = 500
@@ -46,18 +49,19 @@ def _admit(
     now: float,
     limit: int,
     enqueue: Sequence[Job] = (),
-    requeue: Sequence[tuple[str, str]] = (),
+    requeue: Sequence[tuple[str, str, str]] = (),
+    cooldown: float = 0.0,
 ) -> Admitted:
     capacity = deps.capacity
     result = deps.store.admission.admit(
         provider,
         now=now,
         limit=limit,
-        caps=capacity.caps(provider),
+        caps=capacity.admitting(provider),
         shares=capacity.shares(),
         enqueue=[entry(job) for job in enqueue],
         requeue=requeue,
-        cooldown_until=now + deps.settings.admission.cooldown,
+        cooldown_until=now + max(cooldown, deps.settings.admission.cooldown),
     )
     if result.admitted:
         metrics.ADMITTED.labels(provider).inc(len(result.admitted))
@@ -83,18 +87,26 @@ def gate(
     read = (
         deps.store.lifecycle.get_many(others + result.expired) if others or result.expired else []
     )
-    found = [job for job in read if job is not None]
+    # (a job cancelled between its admission and this read gave its slot back: not sent)
+    found = [job for job in read if job is not None and job.status is JobStatus.QUEUED]
     ready += [job for job in found if job.id not in result.expired]
     for job_id, reason in result.waiting.items():
         log.info("job %s waits: %s", job_id, reason)
     return ready, len(result.waiting), [job for job in found if job.id in result.expired]
 
 
-def pump(deps: Deps, providers: Iterable[str], send: SendSubmits, *, now: float) -> int:
+def pump(
+    deps: Deps, providers: Iterable[str], send: SendSubmits, *, now: float, drain: bool = False
+) -> int:
     """Admit waiting jobs of the capped ``providers`` into their free slots and send their
-    submits (batches of ``contract.SUBMIT_BATCH_JOBS``); how many were admitted."""
+    submits (batches of ``contract.SUBMIT_BATCH_JOBS``); how many were admitted. With
+    ``drain`` (the periodic round), also the jobs still waiting for a provider that is no
+    longer capped (its cap was removed): they all go."""
     count = 0
-    for provider in sorted(set(providers) & deps.capacity.capped_providers):
+    pumped = set(providers) & deps.capacity.capped_providers
+    if drain:
+        pumped |= {p for p in set(providers) - pumped if deps.store.admission.has_waiting(p)}
+    for provider in sorted(pumped):
         result = _admit(deps, provider, now=now, limit=PUMP_LIMIT)
         admitted = list(result.admitted)
         # jobs past their deadline go to the submit step too, which times them out
@@ -105,20 +117,40 @@ def pump(deps: Deps, providers: Iterable[str], send: SendSubmits, *, now: float)
     return count
 
 
-def requeue(deps: Deps, provider: str, refused: Sequence[Job], *, now: float) -> int:
-    """Give back the slots of jobs whose create the provider refused for capacity and put
-    the jobs back at their place in the queue; how many."""
-    pairs = [(job.id, job.account) for job in refused if job.account]
-    if not pairs:
+def requeue(
+    deps: Deps,
+    provider: str,
+    refused: Sequence[Job],
+    *,
+    now: float,
+    kind: str = "capacity",
+    retry_after: float | None = None,
+) -> int:
+    """Give back the slots of jobs whose create the provider refused and put the jobs back at
+    their place in the queue; how many. ``kind`` ``capacity`` (a 429): the account's cap is
+    lowered to what it holds; ``auth`` (it refused the account's key, while the provider has
+    other accounts): the account takes no job. Either for the cooldown, or the provider's
+    ``retry_after`` when longer (up to a day)."""
+    items = [(job.id, job.account, kind) for job in refused if job.account]
+    if not items:
         return 0
-    result = _admit(deps, provider, now=now, limit=0, requeue=pairs)
-    metrics.CAPACITY_REFUSALS.labels(provider).inc(len(pairs))
-    log.warning(
-        "%s refused %d create(s) for capacity; the jobs wait in pollen and the cap of account(s) "
-        "%s is lowered to what they hold for %gs",
-        provider, len(pairs), ", ".join(sorted({a for _, a in pairs})),
-        deps.settings.admission.cooldown,
-    )  # fmt: skip
+    cooldown = min(retry_after or 0.0, MAX_COOLDOWN)
+    result = _admit(deps, provider, now=now, limit=0, requeue=items, cooldown=cooldown)
+    accounts = ", ".join(sorted({a for _, a, _ in items}))
+    wait = max(cooldown, deps.settings.admission.cooldown)
+    if kind == "capacity":
+        metrics.CAPACITY_REFUSALS.labels(provider).inc(len(items))
+        log.warning(
+            "%s refused %d create(s) for capacity; the jobs wait in pollen and the cap of "
+            "account(s) %s is lowered to what they hold for %gs",
+            provider, len(items), accounts, wait,
+        )  # fmt: skip
+    else:
+        log.error(
+            "%s refused the key of account(s) %s; their %d job(s) wait for the other accounts, "
+            "and the account takes no job for %gs",
+            provider, accounts, len(items), wait,
+        )  # fmt: skip
     return result.requeued
 
 
@@ -131,4 +163,5 @@ def sweep(deps: Deps) -> int:
             log.warning("%s: took back %d slot(s) of vanished jobs: %s", provider, len(ids),
                         ids[:10])  # fmt: skip
         freed += len(ids)
+        deps.store.admission.prune(provider)
     return freed

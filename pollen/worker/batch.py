@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -242,7 +243,7 @@ def _snapshot(deps: Deps, plan: _Plan, snapshot: Snapshot, now: float) -> PollRe
         "results": snapshot.results,
         "errors": snapshot.errors,
         "progress": snapshot.progress,
-        "cost": snapshot.cost,
+        "cost": finite(snapshot.cost),
         "next_poll_at": now + (plan.delay or 0.0),
     }
     if snapshot.state == "succeeded":
@@ -256,6 +257,12 @@ def _snapshot(deps: Deps, plan: _Plan, snapshot: Snapshot, now: float) -> PollRe
     if plan.delay is None:
         return _timeout(plan, f" ({job.polls + 1} polls)", poll, fields)
     return PollRecord(job.id, plan.attempt, fields=fields, **poll)
+
+
+def finite(value: float | None) -> float | None:
+    """A provider's number as pollen keeps it: None for NaN or infinity (valid JSON for a
+    provider, ``1e999``; not a cost or progress anyone can add up)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _progress_event_due(deps: Deps, plan: _Plan, snapshot: Snapshot, now: float) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import bootsteps
+from kombu.exceptions import OperationalError
 
 from pollen.errors import StoreUnavailable
 from pollen.store.connection import REDIS_SCHEMES, drop_stale_bindings
@@ -33,7 +34,11 @@ class DropStaleBindings(bootsteps.StartStopStep):  # type: ignore[misc]
             with worker.app.connection_for_write() as connection:
                 try:
                     unbind_others(connection, queues)
-                except connection.connection_errors + connection.channel_errors as exc:
+                except (
+                    *connection.connection_errors,
+                    *connection.channel_errors,
+                    OperationalError,
+                ) as exc:  # a broker that is down: Celery itself waits for it
                     log.warning("could not check the broker's queue bindings: %s", exc)
             return
         if not url.startswith(REDIS_SCHEMES):

@@ -13,6 +13,7 @@ process sees; later ones share :data:`OVERFLOW_TENANT`.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -132,7 +133,7 @@ def job_finished(
     negative cost, a refund, is left out)."""
     label = labels(tenant)
     JOBS_FINISHED.labels(provider, status, label).inc()
-    if cost is not None and cost > 0:
+    if cost is not None and 0 < cost < math.inf:  # a counter takes no NaN or infinity
         COST.labels(provider, label).inc(cost)
 
 

@@ -113,7 +113,7 @@ def release_due(app: Any, deps: Any, now: float) -> None:
     Parked polls go out as batches grouped by due time (each poll may wait up to
     ``batch_window_max`` for its batch), one message per batch.
     """
-    admission.pump(deps, deps.capacity.capped_providers, partial(_send_submits, app), now=now)
+    admission.pump(deps, deps.providers, partial(send_submits, app), now=now, drain=True)
     horizon = now + deps.settings.tick_interval
     parked = deps.store.schedule.take_parked(horizon=horizon, limit=DUE_PER_ROUND)
     plan = planner.release(
@@ -133,8 +133,14 @@ def release_due(app: Any, deps: Any, now: float) -> None:
         app.send_task(contract.COPY_RESULT, args=(job_id, generation), ignore_result=True)
 
 
-def _send_submits(app: Any, job_ids: list[str]) -> None:
-    app.send_task(contract.SUBMIT, kwargs={"job_ids": job_ids}, ignore_result=True)
+def send_submits(app: Any, job_ids: list[str]) -> None:
+    """One ``pollen.submit`` message for jobs admitted into provider-account slots."""
+    app.send_task(
+        contract.SUBMIT,
+        kwargs={"job_ids": job_ids},
+        kwargsrepr=contract.describe_batch([(job_id, 0) for job_id in job_ids]),
+        ignore_result=True,
+    )
 
 
 def send_batch(app: Any, items: Sequence[grouping.Item], countdown: float = 0.0) -> None:

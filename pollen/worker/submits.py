@@ -21,6 +21,7 @@ from pollen.backoff import PollPolicy, next_delay
 from pollen.callbacks import events
 from pollen.errors import (
     ProviderNotConfigured,
+    ProviderRejected,
     ProviderUnavailable,
     RateLimited,
     RetryableProviderError,
@@ -173,7 +174,9 @@ def _send(
         return endings
     jobs = _with_push_tokens(deps, provider, jobs)
     fresh = {job.id: job.push_token for job in jobs if job.push_token}
-    accounts = {job.id: job.account for job in jobs if job.account}
+    # admission owns a capped job's account (its slot); an uncapped job's is kept here
+    capped = deps.capacity.capped(provider)
+    accounts = {job.id: job.account for job in jobs if job.account and not capped}
     sent = [(job.id, _sent(deps, job)) for job in jobs]
     attempts, tokens_kept, accounts_kept = deps.store.lifecycle.begin_submits(sent, fresh, accounts)
     out.missing += [job.id for job, n in zip(jobs, attempts, strict=True) if not n]
@@ -199,11 +202,12 @@ def _send(
     answers = deps.calls.submit_many(provider, jobs)
     now = deps.clock()  # the first poll is due its delay after the provider took the task
     retries: list[tuple[str, str, float]] = []
-    refused: list[Job] = []
+    refused: dict[str, list[Job]] = {}
     for job, count, answer in zip(jobs, attempts, answers, strict=True):
-        if isinstance(answer, RateLimited) and job.account and deps.capacity.capped(provider):
-            metrics.SUBMITS.labels(job.provider, "capacity").inc()
-            refused.append(job)  # capacity, not failure: the job waits in pollen again
+        refusal = _refusal(deps, job, answer)
+        if refusal is not None:  # not the job's failure: it waits in pollen again
+            metrics.SUBMITS.labels(job.provider, refusal).inc()
+            refused.setdefault(refusal, []).append(job)
         elif isinstance(answer, Submission):
             moves.append(_submitted(deps, out, job, answer, count, now))
             started.append(
@@ -220,8 +224,31 @@ def _send(
             if ending is not None:
                 endings.append(ending)
     deps.store.schedule.retry_later(retries)
-    out.waiting += admission.requeue(deps, provider, refused, now=now)
+    retry_after = max(
+        (a.retry_after or 0.0 for a in answers if isinstance(a, RateLimited)), default=0.0
+    )
+    for kind, jobs_refused in refused.items():
+        out.waiting += admission.requeue(
+            deps, provider, jobs_refused, now=now, kind=kind, retry_after=retry_after
+        )
     return endings
+
+
+def _refusal(deps: Deps, job: Job, answer: object) -> str | None:
+    """Whether a capped account's create was refused as the account's, not the job's:
+    ``capacity`` (a 429: a full account or a daily cap), ``auth`` (the account's key refused
+    while the provider has other accounts with a key), else None."""
+    if not job.account or not deps.capacity.capped(job.provider):
+        return None
+    if isinstance(answer, RateLimited):
+        return "capacity"
+    if (
+        isinstance(answer, ProviderRejected)
+        and answer.status in (401, 403)
+        and len(deps.capacity.admitting(job.provider)) > 1
+    ):
+        return "auth"
+    return None
 
 
 def end(deps: Deps, out: SubmitNext, endings: Sequence[Ending], now: float) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from celery import Task, current_app, shared_task
@@ -137,13 +138,6 @@ def _deliver(deps: runtime.Deps, plan: planner.Plan) -> dict[str, int]:
         if outcome.retry_in is not None:
             deliver_callback.apply_async((ident,), countdown=outcome.retry_in)
     return {name: count for name, count in counts.items() if count}
-
-
-def _send_submits(job_ids: list[str]) -> None:
-    submit.apply_async(
-        kwargs={"job_ids": job_ids},
-        kwargsrepr=contract.describe_batch([(job_id, 0) for job_id in job_ids]),
-    )
 
 
 def _send_task(name: str, kwargs: dict[str, Any], queue: str | None) -> None:
@@ -274,7 +268,9 @@ def poll(
     for job_id_, generation in outcome.copies:
         copy_result.apply_async((job_id_, generation))
     if outcome.finished:  # their slots are free: admit the next jobs
-        admission.pump(deps, outcome.providers, _send_submits, now=now)
+        admission.pump(
+            deps, outcome.providers, partial(periodic.send_submits, current_app), now=now
+        )
     callbacks = _deliver(deps, plan)
     answer = {"jobs": len(batch_items), "finished": len(outcome.finished), **callbacks}
     if plan.retry is None:

@@ -26,7 +26,8 @@
 -- KEYS: inflight
 -- ARGV: provider, now, limit (most jobs to admit), accounts JSON [[name, cap], ...],
 --   tenants JSON {tenant: [weight, cap (0: none)]}, submit_watch (an admitted job's next step
---   is overdue after it), grace, cooldown_until, requeue JSON [[id, account], ...],
+--   is overdue after it), grace, cooldown_until, requeue JSON [[id, account, kind], ...]
+--   (kind: 'capacity' or 'auth'),
 --   enqueue JSON [[id, tenant, priority, created_at, deadline_at], ...]
 -- Returns {admitted (flat: id, account, ...), held (flat: id, account: jobs of `enqueue` that
 -- were admitted earlier), waiting (flat: id, reason: jobs this call queued or re-queued that
@@ -70,14 +71,14 @@ local function put(id, tenant, prio, created)
   redis.call('HSET', JOB_KEY_PREFIX .. id, 'waiting', '1')
 end
 
--- 1. capacity refusals: the slot goes back, the job waits again at its place in the queue
--- (with a reason, as a new job), and the account's cap is lowered to what it still holds until
--- cooldown_until
+-- 1. refusals: the slot goes back, the job waits again at its place in the queue (with a
+-- reason, as a new job), and the account's cap is lowered until cooldown_until: to what it
+-- still holds after a capacity refusal, to 0 after it refused its key ('auth')
 local requeued = 0
 local refused = {}
 local fresh = {}  -- the jobs queued by this call: [id, tenant, priority] (they get a reason)
 for _, r in ipairs(requeue) do
-  local id, account = r[1], r[2]
+  local id, account, kind = r[1], r[2], r[3]
   local job_key = JOB_KEY_PREFIX .. id
   local f = redis.call('HMGET', job_key, 'status', 'account', 'tenant', 'priority', 'created_at',
     'deadline_at')
@@ -89,25 +90,35 @@ for _, r in ipairs(requeue) do
     put(id, tenant, f[4] or '0', tonumber(f[5] or now))
     fresh[#fresh + 1] = {id, tenant, f[4] or '0'}
     if f[6] then redis.call('ZADD', INFLIGHT, 'XX', tonumber(f[6]) + grace, id) end
-    refused[account] = true
+    if kind == 'auth' or not refused[account] then refused[account] = kind end
     requeued = requeued + 1
   end
 end
-for account in pairs(refused) do
-  local holds = redis.call('ZCARD', admit_key(provider, 'slots:' .. account))
+for account, kind in pairs(refused) do
+  local holds = 0
+  if kind ~= 'auth' then holds = redis.call('ZCARD', admit_key(provider, 'slots:' .. account)) end
   redis.call('HSET', lowered_key, account, holds .. '|' .. cooldown_until)
 end
 
 -- 2. new jobs: queue those still queued and neither waiting nor admitted; report those
--- admitted earlier (a redelivered submit, the reconciler's resubmit) so they are sent
+-- admitted earlier (a redelivered submit, the reconciler's resubmit) so they are sent. Only a
+-- job its account's slots hold counts as admitted: an `account` field without the slot (put
+-- back by a copy of its submit that another copy's refusal overtook) is cleared and queued.
 local held = {}
 for _, e in ipairs(enqueue) do
   local id = e[1]
-  local f = redis.call('HMGET', JOB_KEY_PREFIX .. id, 'status', 'waiting', 'account')
+  local job_key = JOB_KEY_PREFIX .. id
+  local f = redis.call('HMGET', job_key, 'status', 'waiting', 'account')
+  local account = f[3]
+  if account == '' then account = nil end
+  if account and not redis.call('ZSCORE', admit_key(provider, 'slots:' .. account), id) then
+    redis.call('HDEL', job_key, 'account', 'admitted_at')
+    account = nil
+  end
   if f[1] == 'queued' then
-    if f[3] and f[3] ~= '' then
+    if account then
       held[#held + 1] = id
-      held[#held + 1] = f[3]
+      held[#held + 1] = account
     elseif f[2] ~= '1' then
       put(id, e[2], e[3], tonumber(e[4]))
       redis.call('ZADD', INFLIGHT, 'XX', tonumber(e[5]) + grace, id)

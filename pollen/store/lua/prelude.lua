@@ -109,7 +109,8 @@ local function move(k, status, now, ttl, watch, fields)
   tenant_moved(tenant, current, status)
   if RANK[status] == TERMINAL then
     if job[2] then leave_admission(k.job, id, job[2], {job[4], job[5], job[6], job[7]}) end
-    if job[8] and job[8] ~= '' then
+    local cost = tonumber(job[8] or '')
+    if cost and cost > 0 and cost < math.huge then  -- no NaN, infinity or refund (as metrics)
       redis.call('HINCRBYFLOAT', TENANT_STATS, tenant .. '|cost', job[8])
     end
     redis.call('HSET', k.job, 'finished_at', now)
