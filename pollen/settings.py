@@ -7,6 +7,8 @@ Build it with :func:`get_settings` (cached) or construct ``Settings(...)`` direc
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -15,8 +17,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from pollen.backoff import PollPolicy
 from pollen.models import TENANT_PATTERN
@@ -576,6 +586,39 @@ def default_heartbeat_file(redis_url: str) -> Path:
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def _json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def problems(exc: Exception) -> str | None:
+    """What is wrong with the environment's settings, in one line naming each variable, for
+    an exception :func:`get_settings` raised (None for any other exception)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"POLLEN_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"]
+            for e in exc.errors()
+            # a default computed from a bad value only repeats that value's error
+            if e["type"] != "default_factory_not_called"
+        )
+    if isinstance(exc, SettingsError):  # a value that is not JSON where JSON is expected
+        group = re.search(r'field "([^"]+)"', str(exc))
+        prefix = f"POLLEN_{group.group(1).upper()}" if group else "POLLEN_"
+        named = sorted(n for n in os.environ if n.upper().startswith(prefix))
+        broken = [
+            n for n in named if os.environ[n].lstrip()[:1] in "[{" and not _json(os.environ[n])
+        ]
+        where = f"{' or '.join(broken or named) or prefix}: " if named or group else ""
+        cause = exc.__cause__ or exc
+        return f"{where}not valid JSON ({cause})"
+    return None
 
 
 def _describe(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:

@@ -155,3 +155,24 @@ def test_each_queue_is_bound_to_its_own_exchange_and_receives_only_its_messages(
         plain.close()
         pollens.close()
         broker.close()
+
+
+def test_the_bindings_cleanup_keeps_each_queues_own_binding(redis_server: RedisServer) -> None:
+    """Only what an earlier pollen left goes: a worker starting for one queue must not remove
+    the bindings the other queues' workers (and producers) rely on."""
+    from pollen.store.connection import drop_stale_bindings
+
+    url = redis_server.url(BROKER)
+    broker = redis.Redis.from_url(url)
+    own = {name: f"{name}\x06\x16\x06\x16{name}" for name in QUEUES}
+    try:
+        for name in QUEUES:
+            broker.delete(f"_kombu.binding.{name}")
+            broker.sadd(f"_kombu.binding.{name}", own[name])
+        broker.sadd("_kombu.binding.pollen.submit", "pollen.submit\x06\x16\x06\x16pollen.poll")
+        assert drop_stale_bindings(url, list(QUEUES)) == 1
+        for name in QUEUES:
+            assert broker.smembers(f"_kombu.binding.{name}") == {own[name].encode()}
+        assert drop_stale_bindings(url, list(QUEUES)) == 0  # nothing stale: nothing removed
+    finally:
+        broker.close()

@@ -594,3 +594,29 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        (
+            "POLLEN_RUNWARE__ACCOUNTS",
+            '[{"name": "a",}]',
+            "POLLEN_RUNWARE__ACCOUNTS: not valid JSON",
+        ),
+        ("POLLEN_TENANTS", "{acme: 1}", "POLLEN_TENANTS: not valid JSON"),
+        ("POLLEN_RATE_LIMITS", "fast", "POLLEN_RATE_LIMITS: not valid JSON"),
+        ("POLLEN_TENANTS", '{"a b": {}}', "POLLEN_TENANTS: Value error, tenant name 'a b'"),
+        ("POLLEN_RUNWARE__MAX_IN_FLIGHT", "0", "POLLEN_RUNWARE__MAX_IN_FLIGHT: Input should be"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    worker_env: dict[str, str], variable: str, value: str, says: str
+) -> None:
+    assert_user_error(pollen({**worker_env, variable: value}, "config"), says)
+    worker = subprocess.run(
+        [str(Path(sys.executable).parent / "celery"), "-A", "pollen.worker", "worker"],
+        env={**os.environ, **worker_env, variable: value}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert_user_error(worker, says)

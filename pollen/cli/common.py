@@ -48,22 +48,16 @@ def redact(url: str) -> str:
 
 def load_settings() -> Settings:
     """The settings; an invalid environment is one line naming each bad variable."""
-    from pydantic import ValidationError
 
-    from pollen.settings import get_settings
+    from pollen.settings import get_settings, problems
 
     try:
         return get_settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"POLLEN_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            if e["loc"]
-            else e["msg"]
-            for e in exc.errors()
-            # a default computed from a bad value only repeats that value's error
-            if e["type"] != "default_factory_not_called"
-        )
-        fail(f"invalid settings: {problems}")
+    except Exception as exc:
+        found = problems(exc)
+        if found is None:
+            raise
+        fail(f"invalid settings: {found}")
 
 
 @contextmanager

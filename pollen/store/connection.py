@@ -191,8 +191,9 @@ def drop_stale_bindings(url: str, queues: list[str]) -> int:
     try:
         for name in queues:
             key = f"_kombu.binding.{name}"
-            own = BINDING_SEPARATOR.join([name, "", name]).encode()
-            stale = [m for m in cast("set[bytes]", client.smembers(key)) if m != own]
+            own = BINDING_SEPARATOR.join([name, "", name])
+            members = cast("set[str]", client.smembers(key))  # the client decodes replies
+            stale = [m for m in members if m != own]
             if stale:
                 removed += int(client.srem(key, *stale))
     except redis.RedisError as exc:

@@ -9,12 +9,13 @@ builds :func:`default_app` when Celery first asks for its ``app``.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 from celery import Celery
 
 from pollen import contract
-from pollen.settings import Settings, get_settings
+from pollen.settings import Settings, get_settings, problems
 
 #: the pool both worker commands run by default: the work is I/O and polls batch
 POOL = "threads"
@@ -58,7 +59,7 @@ def build_worker_app(
 ) -> Celery:
     """The worker's Celery app: pollen's tasks, the periodic round, the metrics exporter and
     the start-up checks (a worker whose webhooks would go unsigned refuses to start)."""
-    settings = settings or get_settings()
+    settings = settings or _settings()
     app = Celery("pollen", include=["pollen.worker.tasks"])
     app.conf.update(worker_config(settings, pool, concurrency))
     from pollen.worker.periodic import MetricsExporter, Periodic
@@ -69,6 +70,19 @@ def build_worker_app(
     app.steps["worker"].add("pollen.worker.bindings:DropStaleBindings")
     app.steps["worker"].add("pollen.worker.signing:SigningCheck")
     return app
+
+
+def _settings() -> Settings:
+    """The environment's settings; a mistake in them ends the process with one line naming
+    the variable and exit 1 (``celery -A pollen.worker worker`` as ``pollen worker``)."""
+    try:
+        return get_settings()
+    except Exception as exc:
+        found = problems(exc)
+        if found is None:
+            raise
+        print(f"error: invalid settings: {found}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 @functools.cache
