@@ -18,9 +18,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import fair
 from bench.report import machine, table, write_json
-from bench.runner import log, run
-from bench.scenarios import ALL_SYSTEMS, SCENARIOS
+from bench.runner import log, run, run_system
+from bench.scenarios import ALL_SYSTEMS, NONBINDING_CAP, SCENARIOS, Scenario
 from bench.systems import Options
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -57,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, help="seconds per system (default: scenario's)")
     parser.add_argument("--rate-limit", type=int, help="provider requests/s (rate-limit scenario)")
+    parser.add_argument(
+        "--cap", type=int, help="the simulator key's concurrent tasks (fair scenario: 10)"
+    )
+    parser.add_argument("--small-jobs", type=int, help="tenant small's jobs (fair scenario: 50)")
+    parser.add_argument(
+        "--small-delay", type=float, help="seconds before tenant small enqueues (fair: 10)"
+    )
     parser.add_argument("--loglevel", default="WARNING", help="workers' log level")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory of the JSON")
     parser.add_argument("--profile", action="store_true", help="pyinstrument in pollen's children")
@@ -71,25 +79,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if args.producers is not None and args.producers < 1:
         parser.error("--producers must be at least 1")
+    _check_fair(parser, args)
     return args
+
+
+def _check_fair(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The options of the fair scenario (and of the simulator's cap)."""
+    if args.cap is not None and not 1 <= args.cap <= NONBINDING_CAP:
+        parser.error(f"--cap must be between 1 and {NONBINDING_CAP:,}")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error("--timeout must be above 0")
+    foreign = [s for s in args.systems or () if not s.startswith("pollen")]
+    if foreign and args.scenario == fair.FAIR:
+        parser.error(f"--systems: the {fair.FAIR} scenario runs pollen systems only, not "
+                     f"{', '.join(foreign)}")  # fmt: skip
+    small = {"--small-jobs": args.small_jobs, "--small-delay": args.small_delay}
+    given = [option for option, value in small.items() if value is not None]
+    if given and args.scenario != fair.FAIR:
+        parser.error(f"{', '.join(given)}: options of the {fair.FAIR} scenario")
+    if args.small_jobs is not None and args.small_jobs < 0:
+        parser.error("--small-jobs must be at least 0")
+    if args.small_delay is not None and args.small_delay < 0:
+        parser.error("--small-delay must be at least 0")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _scenario(args: argparse.Namespace) -> Scenario:
+    """The chosen scenario with the command line's changes."""
     scenario = SCENARIOS[args.scenario]
     if args.jobs is not None:
         scenario = scenario.with_jobs(args.jobs)
-    if args.timeout is not None:
-        scenario = replace(scenario, timeout=args.timeout)
-    if args.rate_limit is not None:
-        scenario = replace(scenario, rate_limit=args.rate_limit)
+    changes = {
+        "timeout": args.timeout,
+        "rate_limit": args.rate_limit,
+        "cap": args.cap,
+        "small_jobs": args.small_jobs,
+        "small_delay": args.small_delay,
+    }
+    scenario = replace(scenario, **{k: v for k, v in changes.items() if v is not None})
     if args.durations:
         low, _, high = args.durations.partition(",")
         scenario = scenario.with_durations(float(low), float(high or low))
+    return scenario
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenario = _scenario(args)
     systems = args.systems or list(scenario.systems)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     profile_dir = args.out / f"{scenario.name}-{stamp}-profile" if args.profile else None
@@ -108,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"logs in {log_dir}")
     started = time.time()
     try:
-        results = run(scenario, systems, options, log_dir)
+        run_one = fair.run_fair_system if scenario.name == fair.FAIR else run_system
+        results = run(scenario, systems, options, log_dir, run_one)
     except KeyboardInterrupt:
         log(f"interrupted; every process started was stopped (logs: {log_dir})")
         return 130
@@ -142,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         f"poll policy {_policy(scenario.policy)}"
         + (f", provider limit {scenario.rate_limit} req/s" if scenario.rate_limit else "")
         + f", {machine()['cpus']} CPUs"
+        + _fair_header(scenario)
     )
-    print(table(scenario, results, header))
+    rows = fair.ROWS if scenario.name == fair.FAIR else None
+    print(table(scenario, results, header, rows))
     print(f"\nresults: {path}")
     if profile_dir is not None:
         print(f"profiles: {profile_dir}")
@@ -151,7 +193,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logs: {log_dir}")
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
-    return 0 if all(_clean(r) for r in results.values()) else 1
+    clean = fair.clean if scenario.name == fair.FAIR else _clean
+    return 0 if all(clean(r) for r in results.values()) else 1
+
+
+def _fair_header(scenario: Scenario) -> str:
+    """What the fair scenario's table needs said: its sizes, and where the run stops."""
+    if scenario.name != fair.FAIR:
+        return ""
+    reduced = SCENARIOS[fair.FAIR].jobs
+    return (
+        f"\nsimulator key capped at {scenario.cap} tasks; tenant small: {scenario.small_jobs} "
+        f"jobs {scenario.small_delay:g} s after the first; measuring stops when every job has "
+        f"called back or at {scenario.timeout:g} s, then what is left is cancelled"
+        + (f" (reduced from the scenario's {reduced:,} jobs)" if scenario.jobs < reduced else "")
+    )
 
 
 def _policy(policy: dict[str, float]) -> str:

@@ -50,6 +50,7 @@ class ProducerSpec:
     provider_url: str
     policy: dict[str, float]
     allow_cidrs: tuple[str, ...]
+    tenant: str | None = None  #: every job's tenant (None: the shared default tenant)
 
 
 class Client(Protocol):
@@ -83,13 +84,16 @@ class PollenClient:
             callbacks=CallbackSettings.model_validate({"allow_cidrs": list(spec.allow_cidrs)}),
         )
         self.client = Pollen(settings)
+        self.tenant = spec.tenant
 
     def warm(self) -> None:
         self.client.store.redis.ping()
         _connect(self.client.celery)
 
     def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> int:
-        self.client.submit("runware", request, job_id=job_id, callback_url=callback_url)
+        self.client.submit(
+            "runware", request, job_id=job_id, callback_url=callback_url, tenant=self.tenant
+        )
         return 1
 
     def flush(self) -> int:
@@ -111,10 +115,9 @@ class PollenManyClient(PollenClient):
         self.pending: list[dict[str, Any]] = []
 
     def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> int:
-        self.pending.append(
-            {"provider": "runware", "request": request, "job_id": job_id,
-             "callback_url": callback_url}
-        )  # fmt: skip
+        payload = {"provider": "runware", "request": request, "job_id": job_id,
+                   "callback_url": callback_url}  # fmt: skip
+        self.pending.append(payload if self.tenant is None else {**payload, "tenant": self.tenant})
         return self.flush() if len(self.pending) >= MANY_CHUNK else 0
 
     def flush(self) -> int:
@@ -160,8 +163,18 @@ def _connect(app: Celery) -> None:
         producer.connection.ensure_connection()
 
 
+#: the systems whose producers call Pollen.submit once per job
+PRODUCED_BY_SUBMIT = (
+    "pollen",
+    "pollen-push",
+    "pollen-push-lossy",
+    "pollen-capped",
+    "pollen-capped-push",
+)
+
+
 def make_client(spec: ProducerSpec) -> Client:
-    if spec.system in ("pollen", "pollen-push", "pollen-push-lossy"):
+    if spec.system in PRODUCED_BY_SUBMIT:
         return PollenClient(spec)
     if spec.system == "pollen-many":
         return PollenManyClient(spec)

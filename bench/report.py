@@ -17,7 +17,7 @@ from bench.scenarios import Scenario
 Format = Callable[[Any], str]
 
 
-def _num(digits: int) -> Format:
+def num(digits: int) -> Format:
     def fmt(value: Any) -> str:
         if value is None:
             return "-"
@@ -28,7 +28,7 @@ def _num(digits: int) -> Format:
     return fmt
 
 
-def _int(value: Any) -> str:
+def integer(value: Any) -> str:
     return "-" if value is None else f"{int(value):,}"
 
 
@@ -40,59 +40,67 @@ def _bytes(value: Any) -> str:
 
 #: (metric key in the JSON, row label, formatter), in table order
 ROWS: list[tuple[str, str, Format]] = [
-    ("completed", "jobs called back", _int),
-    ("jobs_per_s", "jobs/s (1st enqueue -> last callback)", _num(1)),
-    ("callback_lag_p50_s", "callback lag p50 (s)", _num(2)),
-    ("callback_lag_p95_s", "callback lag p95 (s)", _num(2)),
-    ("callback_lag_p99_s", "callback lag p99 (s)", _num(2)),
-    ("schedule_lag_p50_s", "  poll schedule alone: lag p50 (s)", _num(2)),
-    ("schedule_lag_p99_s", "  poll schedule alone: lag p99 (s)", _num(2)),
-    ("poll_lateness_p50_s", "poll ran after its due time, p50 <= (s)", _num(2)),
-    ("poll_lateness_p99_s", "poll ran after its due time, p99 <= (s)", _num(2)),
-    ("worker_cpu_ms_per_job", "worker CPU ms / job (all processes)", _num(1)),
-    ("producer_cpu_ms_per_job", "producer CPU ms / job (enqueue loop)", _num(2)),
-    ("submit_requests_per_job", "provider submit requests / job", _num(2)),
-    ("status_requests_per_job", "provider status requests / job", _num(2)),
-    ("status_items_per_job", "provider status items / job (polls)", _num(2)),
-    ("provider_requests_per_job", "provider requests / job (all kinds)", _num(2)),
-    ("pushes_sent", "provider pushes delivered", _int),
-    ("pushes_lost", "provider pushes lost (simulated)", _int),
-    ("pushes_duplicated", "provider pushes sent twice (simulated)", _int),
-    ("status_items_per_request", "status items / status request", _num(2)),
-    ("celery_messages_per_job", "celery messages / job (broker pushes)", _num(2)),
-    ("celery_events_per_job", "celery event messages / job (PUBLISH)", _num(2)),
-    ("redis_commands_per_job", "redis commands / job", _num(1)),
-    ("worker_rss_peak_mib", "worker RSS peak, all processes (MiB)", _num(0)),
-    ("peak_inflight", "peak in-flight jobs", _int),
+    ("completed", "jobs called back", integer),
+    ("jobs_per_s", "jobs/s (1st enqueue -> last callback)", num(1)),
+    ("callback_lag_p50_s", "callback lag p50 (s)", num(2)),
+    ("callback_lag_p95_s", "callback lag p95 (s)", num(2)),
+    ("callback_lag_p99_s", "callback lag p99 (s)", num(2)),
+    ("schedule_lag_p50_s", "  poll schedule alone: lag p50 (s)", num(2)),
+    ("schedule_lag_p99_s", "  poll schedule alone: lag p99 (s)", num(2)),
+    ("poll_lateness_p50_s", "poll ran after its due time, p50 <= (s)", num(2)),
+    ("poll_lateness_p99_s", "poll ran after its due time, p99 <= (s)", num(2)),
+    ("worker_cpu_ms_per_job", "worker CPU ms / job (all processes)", num(1)),
+    ("producer_cpu_ms_per_job", "producer CPU ms / job (enqueue loop)", num(2)),
+    ("submit_requests_per_job", "provider submit requests / job", num(2)),
+    ("status_requests_per_job", "provider status requests / job", num(2)),
+    ("status_items_per_job", "provider status items / job (polls)", num(2)),
+    ("provider_requests_per_job", "provider requests / job (all kinds)", num(2)),
+    ("pushes_sent", "provider pushes delivered", integer),
+    ("pushes_lost", "provider pushes lost (simulated)", integer),
+    ("pushes_duplicated", "provider pushes sent twice (simulated)", integer),
+    ("status_items_per_request", "status items / status request", num(2)),
+    ("celery_messages_per_job", "celery messages / job (broker pushes)", num(2)),
+    ("celery_events_per_job", "celery event messages / job (PUBLISH)", num(2)),
+    ("redis_commands_per_job", "redis commands / job", num(1)),
+    ("worker_rss_peak_mib", "worker RSS peak, all processes (MiB)", num(0)),
+    ("peak_inflight", "peak in-flight jobs", integer),
     ("redis_bytes_per_inflight_job", "redis used_memory / in-flight job", _bytes),
-    ("duplicate_callbacks", "DUPLICATES: jobs with >1 callback", _int),
-    ("duplicate_provider_tasks", "DUPLICATES: jobs with >1 provider task", _int),
-    ("lost", "LOSSES: jobs without a callback", _int),
-    ("failed", "jobs called back not succeeded", _int),
-    ("rate_limited_429", "provider 429 answers", _int),
-    ("max_requests_1s", "max provider requests in any 1 s", _int),
-    ("max_accepted_1s", "max accepted (non-429) in any 1 s", _int),
-    ("producers", "producer processes", _int),
-    ("enqueue_s", "enqueue time (s)", _num(1)),
-    ("wall_s", "wall time (s)", _num(1)),
-    ("cpu_workers_s", "CPU s: workers", _num(1)),
-    ("cpu_producers_s", "CPU s: producers (enqueue loops)", _num(1)),
-    ("cpu_simulator_s", "CPU s: simulator", _num(1)),
-    ("cpu_redis_s", "CPU s: redis", _num(1)),
-    ("cpu_receiver_s", "CPU s: callback receiver", _num(1)),
-    ("cpu_harness_s", "CPU s: harness (sampling)", _num(1)),
+    ("duplicate_callbacks", "DUPLICATES: jobs with >1 callback", integer),
+    ("duplicate_provider_tasks", "DUPLICATES: jobs with >1 provider task", integer),
+    ("lost", "LOSSES: jobs without a callback", integer),
+    ("failed", "jobs called back not succeeded", integer),
+    ("rate_limited_429", "provider 429 answers", integer),
+    ("max_requests_1s", "max provider requests in any 1 s", integer),
+    ("max_accepted_1s", "max accepted (non-429) in any 1 s", integer),
+    ("producers", "producer processes", integer),
+    ("enqueue_s", "enqueue time (s)", num(1)),
+    ("wall_s", "wall time (s)", num(1)),
+    ("cpu_workers_s", "CPU s: workers", num(1)),
+    ("cpu_producers_s", "CPU s: producers (enqueue loops)", num(1)),
+    ("cpu_simulator_s", "CPU s: simulator", num(1)),
+    ("cpu_redis_s", "CPU s: redis", num(1)),
+    ("cpu_receiver_s", "CPU s: callback receiver", num(1)),
+    ("cpu_harness_s", "CPU s: harness (sampling)", num(1)),
 ]
 METRIC_KEYS = [key for key, _, _ in ROWS] + ["jobs"]
 
 
-def table(scenario: Scenario, results: dict[str, Any], header: str) -> str:
+def table(
+    scenario: Scenario,
+    results: dict[str, Any],
+    header: str,
+    rows: list[tuple[str, str, Format]] | None = None,
+) -> str:
+    """Metric x system; ``rows`` (key, label, format): the scenario's own rows, else
+    :data:`ROWS`."""
+    rows = ROWS if rows is None else rows
     systems = list(results)
-    labels = [label for _, label, _ in ROWS]
+    labels = [label for _, label, _ in rows]
     cells = [
         [fmt(results[s]["metrics"].get(key)) if results[s]["metrics"] else "error" for s in systems]
-        for key, _, fmt in ROWS
+        for key, _, fmt in rows
     ]
-    jobs = [_int(results[s]["metrics"].get("jobs")) for s in systems]
+    jobs = [integer(results[s]["metrics"].get("jobs")) for s in systems]
     label_width = max(len(label) for label in [*labels, "metric"])
     widths = [
         max(len(s), *(len(row[i]) for row in cells), len(jobs[i])) for i, s in enumerate(systems)

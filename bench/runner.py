@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,7 @@ def run_system(
     jobs = scenario.jobs_for(name)
     job_ids = [f"{name}-{i:06d}" for i in range(jobs)]
     with ExitStack() as stack:
-        http = stack.enter_context(httpx.Client(trust_env=False, timeout=60.0))
-        redis_server = stack.enter_context(RedisServer())
-        client = redis.Redis(port=redis_server.port)
-        stack.callback(client.close)
-        system = make_system(name, redis_server, sim.url, scenario, options)
-        _reset(http, sim, recv, system)
-        stack.callback(system.stop)
+        http, redis_server, client, system = open_system(stack, name, scenario, options, sim, recv)
         log(f"[{name}] starting {options.workers} worker(s), {_pool(name, options)}")
         t_start = time.monotonic()
         n_producers = options.producers or scenario.producers
@@ -66,7 +61,7 @@ def run_system(
             f"[{name}] workers and {producers.n} producer(s) ready in "
             f"{time.monotonic() - t_start:.1f} s; enqueueing {jobs} jobs"
         )
-        components = _components(system, redis_server, sim, recv)
+        components = components_of(system, redis_server, sim, recv)
         messages = MessageCounter(client)
         stack.callback(messages.close)
         messages.start()
@@ -116,7 +111,22 @@ def run_system(
     )
 
 
-def _reset(http: httpx.Client, sim: Service, recv: Service, system: System) -> None:
+def open_system(
+    stack: ExitStack, name: str, scenario: Scenario, options: Options, sim: Service, recv: Service
+) -> tuple[httpx.Client, RedisServer, redis.Redis, System]:
+    """A system on a fresh Redis, the simulator and receiver reset for it; ``stack`` closes
+    the HTTP and Redis clients, stops the system's workers and then its Redis."""
+    http = stack.enter_context(httpx.Client(trust_env=False, timeout=60.0))
+    redis_server = stack.enter_context(RedisServer())
+    client = redis.Redis(port=redis_server.port)
+    stack.callback(client.close)
+    system = make_system(name, redis_server, sim.url, scenario, options)
+    reset_services(http, sim, recv, system)
+    stack.callback(system.stop)
+    return http, redis_server, client, system
+
+
+def reset_services(http: httpx.Client, sim: Service, recv: Service, system: System) -> None:
     """A fresh simulator (with this system's settings) and receiver."""
     http.post(f"{sim.url}/_sim/reset").raise_for_status()
     http.patch(f"{sim.url}/_sim/config", json=system.sim_config()).raise_for_status()
@@ -129,7 +139,7 @@ def _pool(name: str, options: Options) -> str:
     return f"prefork x {options.concurrency}"
 
 
-def _components(
+def components_of(
     system: System, redis_server: RedisServer, sim: Service, recv: Service
 ) -> Components:
     worker_pids = [w.proc.pid for w in system.workers if w.proc is not None]
@@ -189,11 +199,16 @@ def _wait(
         time.sleep(scenario.sample_interval)
 
 
+#: run_one(name, scenario, options, sim, recv, log_dir): one system's result
+RunOne = Callable[[str, Scenario, Options, Service, Service, Path], dict[str, Any]]
+
+
 def run(
     scenario: Scenario,
     systems: list[str],
     options: Options,
     log_dir: Path,
+    run_one: RunOne = run_system,
 ) -> dict[str, Any]:
     """Start the simulator and the receiver, then run each system in turn."""
     sim_config = {
@@ -202,6 +217,8 @@ def run(
         "rate_limit": scenario.rate_limit,
         "seed": 1,
     }
+    if scenario.cap is not None:  # the key's cap of concurrent tasks (429 past it)
+        sim_config["max_running_per_key"] = scenario.cap
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         sim = stack.enter_context(
@@ -210,7 +227,7 @@ def run(
         recv = stack.enter_context(Service("receiver", "bench.receiver", [], log_dir))
         for name in systems:
             try:
-                results[name] = run_system(name, scenario, options, sim, recv, log_dir)
+                results[name] = run_one(name, scenario, options, sim, recv, log_dir)
             except Exception as exc:
                 log(f"[{name}] failed: {exc!r}")
                 traceback.print_exc()

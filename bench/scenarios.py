@@ -14,7 +14,16 @@ SYSTEMS = ("pollen", "pollen-many", "baseline", "baseline-pooled")
 #: pollen-push: pollen's workers and `pollen ingress`, the simulator pushing; -lossy: 20 % of
 #: the pushes lost, 10 % duplicated, reordered
 PUSH_SYSTEMS = ("pollen", "pollen-push", "pollen-push-lossy")
-ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:])
+#: pollen-capped: pollen's workers told the simulator key's cap (``POLLEN_RUNWARE__MAX_IN_FLIGHT``);
+#: in a scenario without a cap, one high enough never to bind (what admission alone costs)
+CAPPED = "pollen-capped"
+#: pollen-capped with pushes on: a slot frees when the provider says so, not at the next poll
+CAPPED_PUSH = "pollen-capped-push"
+ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:], CAPPED, CAPPED_PUSH)
+#: the ``fair`` scenario: pollen told the cap, with tenants; pollen with neither (today's)
+FAIR_SYSTEMS = (CAPPED, "pollen")
+#: the cap pollen-capped is told when the simulator caps nothing: 100,000 (the most allowed)
+NONBINDING_CAP = 100_000
 
 #: pollen's defaults (``pollen/backoff.py``): 2 s before the first poll, then 1, 1.5, 2.25 ... 30 s
 DEFAULT_POLICY: dict[str, float] = {
@@ -35,6 +44,16 @@ FAST_POLICY: dict[str, float] = {
     "min_delay": 0.05,
     "jitter": 0.2,
     "deadline": 300.0,
+}
+#: the ``fair`` scenario's jobs of 2 s: first poll at 2 s, then every 0.5 s (20% jitter)
+FAIR_POLICY: dict[str, float] = {
+    "initial_delay": 2.0,
+    "interval": 0.5,
+    "factor": 1.0,
+    "max_delay": 0.5,
+    "min_delay": 0.2,
+    "jitter": 0.2,
+    "deadline": 3600.0,
 }
 #: long jobs: first poll after 60 s, then every 60 s (the cap), 20% jitter
 SCALE_POLICY: dict[str, float] = {
@@ -69,6 +88,11 @@ class Scenario:
     #: producer processes per system (``--producers``): 2, one per core of the reference
     #: machine, so the enqueue loop is not what bounds a run (see "enqueue time" in the table)
     producers: int = 2
+    #: the simulator key's cap of concurrent tasks (``--cap``; creates past it answer 429)
+    cap: int | None = None
+    #: jobs of a second tenant, ``small``, enqueued ``small_delay`` s after the first job
+    small_jobs: int = 0
+    small_delay: float = 10.0
 
     def jobs_for(self, system: str) -> int:
         if not system.startswith("pollen") and self.baseline_cap is not None:
@@ -90,6 +114,9 @@ class Scenario:
             "http_timeout": self.http_timeout,
             "default_concurrency": self.concurrency,
             "default_producers": self.producers,
+            "cap": self.cap,
+            "small_jobs": self.small_jobs,
+            "small_delay": self.small_delay,
         }
 
     def with_durations(self, low: float, high: float) -> Scenario:
@@ -170,6 +197,22 @@ SCENARIOS: dict[str, Scenario] = {
             duration_max=6.0,
             timeout=600.0,
             rate_limit=25,
+        ),
+        Scenario(
+            name="fair",
+            description=(
+                "a simulator key capped at 10 tasks of 2 s; tenant big enqueues 5,000 jobs at "
+                "once, tenant small 50 jobs 10 s later"
+            ),
+            jobs=5000,
+            duration_min=2.0,
+            duration_max=2.0,
+            timeout=600.0,
+            policy=dict(FAIR_POLICY),
+            systems=FAIR_SYSTEMS,
+            cap=10,
+            small_jobs=50,
+            sample_interval=1.0,
         ),
     )
 }

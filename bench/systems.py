@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from bench import baseline
 from bench.producer import ProducerSpec
-from bench.scenarios import Scenario
+from bench.scenarios import NONBINDING_CAP, Scenario
 from bench.services import CeleryWorker, ProfiledPollenWorker, Service, child_env, stop_workers
 from pollen.callbacks.webhooks import new_secret
 from pollen.local.servers import RedisServer, Worker
@@ -237,6 +237,29 @@ class PollenPushLossySystem(PollenPushSystem):
     }
 
 
+class PollenCappedSystem(PollenSystem):
+    """pollen's workers told the simulator key's cap (``POLLEN_RUNWARE__MAX_IN_FLIGHT``): its
+    jobs take a slot before their create and wait in pollen while every slot is held. In a
+    scenario whose simulator caps nothing, the cap is one that never binds, so the run shows
+    what admission itself costs against ``pollen``."""
+
+    name = "pollen-capped"
+
+    @property
+    def cap(self) -> int:
+        return self.scenario.cap or NONBINDING_CAP
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "POLLEN_RUNWARE__MAX_IN_FLIGHT": str(self.cap)}
+
+
+class PollenCappedPushSystem(PollenPushSystem, PollenCappedSystem):
+    """``pollen-capped`` with pushes on, as ``pollen-push``: a slot frees as soon as the
+    provider says its task ended, not at the next poll."""
+
+    name = "pollen-capped-push"
+
+
 class PollenManySystem(PollenSystem):
     """pollen's workers, unchanged; its producers enqueue with ``Pollen.submit_many``."""
 
@@ -248,6 +271,10 @@ def make_system(
 ) -> System:
     if name == "pollen":
         return PollenSystem(redis_server, sim_url, scenario, options)
+    if name == "pollen-capped":
+        return PollenCappedSystem(redis_server, sim_url, scenario, options)
+    if name == "pollen-capped-push":
+        return PollenCappedPushSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-many":
         return PollenManySystem(redis_server, sim_url, scenario, options)
     if name == "pollen-push":

@@ -11,10 +11,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.analysis import schedule_lags
+from bench.cli import parse_args
 from bench.sampling import cpu_seconds, poll_lateness
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,20 +136,28 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
 PUSH_SYSTEMS = ["pollen", "pollen-push", "pollen-push-lossy"]
 
 
+def run_bench(
+    scenario: str, options: list[str], out: Path, *, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``python -m bench --scenario SCENARIO`` with one worker and one producer per system;
+    what it printed and the JSON it wrote (the run must exit 0)."""
+    argv = [sys.executable, "-m", "bench", "--scenario", scenario, "--workers", "1",
+            "--producers", "1", *options, "--out", str(out)]  # fmt: skip
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-5000:]
+    [written] = out.glob(f"{scenario}-*.json")
+    return done, json.loads(written.read_text())
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(200)
 def test_push_scenario_compares_polling_with_pushes(tmp_path: Path) -> None:
     """A small ``push`` run: the same jobs polled only, woken by pushes, woken by lossy
     pushes. Jobs of 1-2 s with a first poll at 2 s: polling alone waits for that poll."""
-    argv = [
-        sys.executable, "-m", "bench", "--scenario", "push", "--jobs", "20",
-        "--durations", "1,2", "--workers", "1", "--producers", "1", "--timeout", "60",
-        "--out", str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=190, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr[-5000:]
-    [written] = tmp_path.glob("push-*.json")
-    document = json.loads(written.read_text())
+    options = ["--jobs", "20", "--durations", "1,2", "--timeout", "60"]
+    done, document = run_bench("push", options, tmp_path, timeout=190)
     assert document["systems"] == PUSH_SYSTEMS
     results = {name: document["results"][name]["metrics"] for name in PUSH_SYSTEMS}
     for name, metrics in results.items():
@@ -251,3 +261,76 @@ def test_worker_cpu_counts_children_that_exit_during_the_window() -> None:
         parent.wait(10)
     assert 0.3 <= after - before < 2.0
     assert own_only < after - before  # without the reaped children's time it would be lost
+
+
+FAIR_SYSTEMS = ["pollen-capped", "pollen-capped-push", "pollen"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_fair_scenario_keeps_the_cap_and_serves_the_small_tenant(tmp_path: Path) -> None:
+    """A small ``fair`` run: a key capped at 3 tasks of 0.5 s; 24 jobs of tenant big, 6 of
+    tenant small 2 s later. pollen told the cap (polling, and woken by pushes) never has a
+    create refused and serves the small tenant between the big one's jobs; every system
+    leaves no slot held and no task running."""
+    options = ["--jobs", "24", "--small-jobs", "6", "--small-delay", "2", "--cap", "3",
+               "--durations", "0.5,0.5", "--timeout", "90",
+               "--systems", ",".join(FAIR_SYSTEMS)]  # fmt: skip
+    done, document = run_bench("fair", options, tmp_path, timeout=290)
+    assert document["systems"] == FAIR_SYSTEMS
+    assert document["scenario"]["cap"] == 3
+    results = {name: document["results"][name] for name in FAIR_SYSTEMS}
+    for name, result in results.items():
+        metrics = result["metrics"]
+        assert result["details"]["error"] is None, name
+        assert metrics["completed"] == metrics["jobs"] == 30, name
+        assert metrics["small_completed"] == 6, name
+        assert metrics["peak_running"] == "3 (3)", name  # the simulator's own count
+        assert metrics["failed"] == metrics["duplicate_provider_tasks"] == 0, name
+        assert metrics["running_at_end"] == 0, name
+        assert metrics["cancelled_at_end"] == 0, name
+        assert metrics["worker_cpu_ms_per_job"] > 0, name
+        assert 0 < metrics["small_p50_s"] <= metrics["small_p95_s"], name
+        assert metrics["backlog_jobs_per_s"] > 0, name
+        assert 0 < metrics["utilisation_raw"] <= 1.05, name
+    capped, pushed, plain = (results[name]["metrics"] for name in FAIR_SYSTEMS)
+    assert capped["refused_for_capacity"] == pushed["refused_for_capacity"] == 0
+    assert plain["refused_for_capacity"] > 0  # today: past the cap, creates are refused
+    assert capped["slots_in_use_at_end"] == pushed["slots_in_use_at_end"] == 0
+    # jobs of 0.5 s first polled at 2 s: a push frees the slot long before the poll would
+    assert pushed["backlog_jobs_per_s"] > capped["backlog_jobs_per_s"]
+    assert plain["slots_in_use_at_end"] is None  # pollen not told the cap holds no slots
+    # 6 jobs on half of 3 slots of 0.5 s, plus two poll intervals of 0.5 s
+    assert capped["fair_target_s"] == pytest.approx(6 / 1.5 * 0.5 + 1.0, abs=0.1)
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("metric "))
+    assert header.split() == ["metric", *FAIR_SYSTEMS]
+    for label in ("small: completion time p95", "creates refused for capacity",
+                  "jobs/s while the backlog lasts", "pollen slots in use at the end"):  # fmt: skip
+        assert any(line.startswith(label) for line in lines), label
+    assert "reduced from the scenario's 5,000 jobs" in done.stdout
+
+
+def test_fair_scenario_refuses_bad_sizes_in_one_line() -> None:
+    for bad in (
+        ["--cap", "0"],
+        ["--cap", "100001"],
+        ["--small-jobs", "-1"],
+        ["--timeout", "0"],
+        ["--systems", "pollen,baseline"],
+    ):
+        argv = [sys.executable, "-m", "bench", "--scenario", "fair", *bad]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+        assert done.returncode == 2, (bad, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert bad[0] in done.stderr.splitlines()[-1], done.stderr
+    # the other side of each limit is taken
+    args = parse_args(["--scenario", "fair", "--cap", "1", "--small-jobs", "0", "--timeout", "1"])
+    assert (args.cap, args.small_jobs, args.timeout) == (1, 0, 1.0)
+    assert parse_args(["--cap", str(100_000)]).cap == 100_000
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--scenario", "fleet", "--small-jobs", "5"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith("--small-jobs: options of the fair scenario")

@@ -7,7 +7,9 @@ unchanged and answers with the simulator's answer, but it also
   often the provider was asked about one job — a second poll chain shows up as extra polls;
 * holds a chosen task's polls (a provider that stalls for that one job only, which the
   simulator's global fault queue cannot do) and, while it holds one, calls back with the port
-  the request came from, so the test can find and kill the very pool process that is waiting.
+  the request came from, so the test can find and kill the very pool process that is waiting;
+* holds the next create requests the same way (:meth:`ProviderGate.hold_creates`): a worker
+  killed while its create is on the wire, whose create the provider still receives.
 """
 
 from __future__ import annotations
@@ -46,8 +48,13 @@ class _Hold:
     released: threading.Event = field(default_factory=threading.Event)
 
 
-def poll_tasks(body: bytes) -> list[str]:
-    """Task UUIDs of the ``getResponse`` items of a Runware request body."""
+#: the key of the hold on create requests (no task UUID is this)
+CREATES = "<creates>"
+
+
+def _tasks(body: bytes, create: bool) -> list[str]:
+    """Task UUIDs of a Runware request body's items: the creates (``...Inference``) or the
+    polls (``getResponse``)."""
     try:
         items = json.loads(body)
     except ValueError:
@@ -57,8 +64,19 @@ def poll_tasks(body: bytes) -> list[str]:
     return [
         str(item["taskUUID"])
         for item in items
-        if isinstance(item, dict) and item.get("taskType") == "getResponse" and "taskUUID" in item
+        if isinstance(item, dict)
+        and "taskUUID" in item
+        and (
+            str(item.get("taskType", "")).endswith("Inference")
+            if create
+            else item.get("taskType") == "getResponse"
+        )
     ]
+
+
+def poll_tasks(body: bytes) -> list[str]:
+    """Task UUIDs of the ``getResponse`` items of a Runware request body."""
+    return _tasks(body, create=False)
 
 
 class ProviderGate:
@@ -108,6 +126,17 @@ class ProviderGate:
         with self._lock:
             self._holds[task_uuid] = _Hold(times, seconds, then)
 
+    def hold_creates(
+        self,
+        *,
+        times: int | None = 1,
+        seconds: float = 5.0,
+        then: Callable[[Held], None] | None = None,
+    ) -> None:
+        """Hold the next ``times`` create requests (of any task) as :meth:`hold` holds polls;
+        ``Held.task_uuid`` is the request's first task. ``release(CREATES)`` stops it."""
+        self.hold(CREATES, times=times, seconds=seconds, then=then)
+
     def release(self, task_uuid: str) -> None:
         """Stop holding ``task_uuid``: requests held now go on at once."""
         with self._lock:
@@ -136,12 +165,14 @@ class ProviderGate:
 
     # --- serving ---------------------------------------------------------------------------
 
-    def _take_hold(self, tasks: list[str]) -> tuple[str, _Hold] | None:
+    def _take_hold(self, tasks: list[str], creates: list[str]) -> tuple[str, _Hold] | None:
         with self._lock:
             for task in tasks:
                 self._polls[task] += 1
-            for task in tasks:
-                rule = self._holds.get(task)
+            keys = [(task, task) for task in tasks]
+            keys += [(CREATES, creates[0])] if creates else []
+            for key, task in keys:
+                rule = self._holds.get(key)
                 if rule is None or rule.times == 0:  # used up: kept until released
                     continue
                 if rule.times is not None:
@@ -151,7 +182,7 @@ class ProviderGate:
 
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         body = handler.rfile.read(int(handler.headers.get("content-length") or 0))
-        taken = self._take_hold(poll_tasks(body))
+        taken = self._take_hold(poll_tasks(body), _tasks(body, create=True))
         if taken is not None:
             task, rule = taken
             held = Held(task, int(handler.client_address[1]), time.time())
