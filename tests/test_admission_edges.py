@@ -42,17 +42,22 @@ def test_an_account_field_without_its_slot_is_not_an_admission(
     assert client.store.redis.hget(keys.job("j-1"), "waiting") == "1"
 
 
-def test_jobs_still_waiting_when_the_cap_is_removed_are_drained(
+def test_jobs_still_waiting_when_the_cap_is_removed_everywhere_are_drained(
     client: Pollen, settings: Settings, deps: Any
 ) -> None:
     queue_for_slots(settings, client.store, [(f"j-{i}", "t") for i in range(4)], slots=1)
     assert not deps.capacity.capped("runware")  # the session's workers have no cap
     sent: list[list[str]] = []
     assert admitting.pump(deps, ["runware"], sent.append, now=time.time()) == 0  # not drained
-    assert sent == []
+    # a worker that knows the cap admitted lately (a rolling deploy): the queue is tended
+    assert admitting.pump(deps, deps.providers, sent.append, now=time.time(), drain=True) == 0
+    assert sent == [] and not client.store.admission.stranded("runware")
+    client.store.redis.delete(keys.admit("runware", "capped"))  # its mark ran out
+    assert client.store.admission.stranded("runware")
     count = admitting.pump(deps, deps.providers, sent.append, now=time.time(), drain=True)
     assert count == 3 and sorted(j for message in sent for j in message) == ["j-1", "j-2", "j-3"]
-    assert not client.store.admission.has_waiting("runware")
+    assert not client.store.admission.stranded("runware")
+    assert client.store.redis.ttl(keys.admit("runware", "capped")) == -2  # draining marks nothing
 
 
 def test_a_retry_after_longer_than_the_cooldown_holds_the_cap_down(
@@ -85,14 +90,23 @@ def test_turn_bookkeeping_of_tenants_gone_is_pruned(client: Pollen, settings: Se
     for job_id, _ in jobs:  # each ends: j-0 ran, j-1 and j-2 leave the queue
         client.store.lifecycle.transition_many([Move(job_id, JobStatus.CANCELLED)], now=time.time())
     left = keys.admit("runware", "left")
-    # each tenant kept its pass on leaving: t0 one turn on (it was served), t1 and t2 none
-    assert r.hgetall(left) == {"0|t0": "1", "0|t1": "0", "0|t2": "0"}
-    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "t0"}
-    # t1's and t2's passes are the turn's own: moot. t0's is ahead of it: kept, and so is
-    # when t0 was last served (both still decide where t0 goes if it waits again)
+    # j-0 took the free slot at once (nobody waited: no turn to keep); t1 and t2 waited and
+    # kept their pass on leaving, which is the turn's own: moot, pruned
+    assert r.hgetall(left) == {"0|t1": "0", "0|t2": "0"}
     assert client.store.admission.prune("runware") == 2
-    assert r.hgetall(left) == {"0|t0": "1"}
-    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "t0"}
+    assert r.hgetall(left) == {}
+    assert client.store.admission.prune("runware") == 0
+    # a tenant served from the queue and gone is forgotten too, unless its pass is ahead
+    queue_for_slots(settings, client.store, [("k-0", "a"), ("k-1", "b"), ("k-2", "b")], slots=1)
+    client.store.lifecycle.transition_many([Move("k-0", JobStatus.SUCCEEDED)], now=time.time())
+    admitted = client.store.admission.admit(
+        "runware", now=time.time(), limit=5, caps=[("default", 1)], shares={}
+    )
+    assert list(admitted.admitted) == ["k-1"]
+    for job_id in ("k-1", "k-2"):
+        client.store.lifecycle.transition_many([Move(job_id, JobStatus.SUCCEEDED)], now=time.time())
+    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "b"}
+    assert r.hgetall(left) == {"0|b": "1"}  # b left one turn on: kept, and when it was served
     assert client.store.admission.prune("runware") == 0
 
 

@@ -73,6 +73,7 @@ def admit(
     enqueue: Sequence[Entry] = (),
     requeue: Sequence[tuple[str, str, str]] = (),
     cooldown_until: float = 0.0,
+    capped: bool = True,
 ) -> Op[Admitted]:
     """Give back ``requeue`` (job, account) slots the provider refused (the account's cap is
     lowered to what it still holds until ``cooldown_until``), queue ``enqueue``, then admit
@@ -90,6 +91,7 @@ def admit(
                 provider, repr(now), limit, json.dumps(caps), json.dumps(shares),
                 repr(submit_watch), repr(grace), repr(cooldown_until),
                 json.dumps([list(r) for r in requeue]), json.dumps(entries),
+                "1" if capped else "",
             ],
         )
     )  # fmt: skip
@@ -181,10 +183,15 @@ def sweep(provider: str, accounts: Sequence[str]) -> Op[list[str]]:
     return freed
 
 
-def has_waiting(provider: str) -> Op[bool]:
-    """Whether any job waits in the provider's admission queue."""
-    count = yield from single(cmd("hlen", keys.admit(provider, "waiting")))
-    return bool(count)
+def stranded(provider: str) -> Op[bool]:
+    """Whether jobs wait in the provider's admission queue that no worker knowing its cap
+    has tended lately (``keys.CAPPED_MARK_SECONDS``): the cap was removed, the jobs can all
+    go. While any worker still has the cap (a rolling deploy), the queue is not stranded."""
+    count, tended = yield [
+        cmd("hlen", keys.admit(provider, "waiting")),
+        cmd("exists", keys.admit(provider, "capped")),
+    ]
+    return bool(count) and not tended
 
 
 def prune(provider: str) -> Op[int]:
@@ -237,13 +244,14 @@ class Admission:
         enqueue: Sequence[Entry] = (),
         requeue: Sequence[tuple[str, str, str]] = (),
         cooldown_until: float = 0.0,
+        capped: bool = True,
     ) -> Admitted:
         """:func:`admit`: an admitted job's create is expected within the submit grace."""
         return self.run(
             admit(
                 provider, now=now, limit=limit, caps=caps, shares=shares,
                 submit_watch=now + self.submit_grace, grace=self.grace, enqueue=enqueue,
-                requeue=requeue, cooldown_until=cooldown_until,
+                requeue=requeue, cooldown_until=cooldown_until, capped=capped,
             )
         )  # fmt: skip
 
@@ -255,8 +263,8 @@ class Admission:
     def sweep(self, provider: str, accounts: Sequence[str]) -> list[str]:
         return self.run(sweep(provider, accounts))
 
-    def has_waiting(self, provider: str) -> bool:
-        return self.run(has_waiting(provider))
+    def stranded(self, provider: str) -> bool:
+        return self.run(stranded(provider))
 
     def prune(self, provider: str) -> int:
         return self.run(prune(provider))

@@ -47,6 +47,9 @@ EXTRA_TTL = 3600
 #: admission (fair queueing for capped provider accounts): ``ADMIT_PREFIX + "<provider>:..."``
 #: holds one provider's queue and slots (:mod:`pollen.store.admission` names each key)
 ADMIT_PREFIX = f"{PREFIX}:admit:"
+#: how long one admission by a worker that knows a provider's cap marks its queue as tended
+#: (``keys.admit(provider, "capped")``); an untended queue is sent without a cap
+CAPPED_MARK_SECONDS = 30
 #: hash "<tenant>|<status>" -> jobs of that tenant in that status (in-flight ones go up and
 #: down, terminal ones only up), "<tenant>|cost" -> the provider cost of its finished jobs
 TENANT_STATS = f"{PREFIX}:stats:tenant"

@@ -65,6 +65,7 @@ def prelude_constants() -> dict[str, LuaValue]:
         "TENANT_STATS": keys.TENANT_STATS,
         "DEFAULT_TENANT": DEFAULT_TENANT,
         "JOB_KEY_PREFIX": keys.job(""),
+        "CAPPED_MARK_SECONDS": keys.CAPPED_MARK_SECONDS,
     }
 
 

@@ -62,6 +62,7 @@ def _admit(
         enqueue=[entry(job) for job in enqueue],
         requeue=requeue,
         cooldown_until=now + max(cooldown, deps.settings.admission.cooldown),
+        capped=capacity.capped(provider),
     )
     if result.admitted:
         metrics.ADMITTED.labels(provider).inc(len(result.admitted))
@@ -100,12 +101,12 @@ def pump(
 ) -> int:
     """Admit waiting jobs of the capped ``providers`` into their free slots and send their
     submits (batches of ``contract.SUBMIT_BATCH_JOBS``); how many were admitted. With
-    ``drain`` (the periodic round), also the jobs still waiting for a provider that is no
-    longer capped (its cap was removed): they all go."""
+    ``drain`` (the periodic round), also the jobs still waiting for a provider that no worker
+    caps any more (its cap was removed everywhere, not only on this worker): they all go."""
     count = 0
     pumped = set(providers) & deps.capacity.capped_providers
     if drain:
-        pumped |= {p for p in set(providers) - pumped if deps.store.admission.has_waiting(p)}
+        pumped |= {p for p in set(providers) - pumped if deps.store.admission.stranded(p)}
     for provider in sorted(pumped):
         result = _admit(deps, provider, now=now, limit=PUMP_LIMIT)
         admitted = list(result.admitted)

@@ -17,6 +17,8 @@
 --   owners            hash job -> tenant of every job holding a slot (the sweep gives a
 --                     vanished job's share back to its tenant)
 --   lowered           hash account -> "cap|until": a cap lowered after a capacity refusal
+--   capped            a string, set for a while by every admission of a worker that knows
+--                     the cap (a queue without it is stranded: its cap was removed)
 --   served            hash tenant -> the admission count at its last admission ('#': the count)
 -- A job's record says where it is: `waiting` = 1 while queued here, `account` once admitted.
 --
@@ -28,7 +30,8 @@
 --   tenants JSON {tenant: [weight, cap (0: none)]}, submit_watch (an admitted job's next step
 --   is overdue after it), grace, cooldown_until, requeue JSON [[id, account, kind], ...]
 --   (kind: 'capacity' or 'auth'),
---   enqueue JSON [[id, tenant, priority, created_at, deadline_at], ...]
+--   enqueue JSON [[id, tenant, priority, created_at, deadline_at], ...], capped ('1' from a
+--   worker whose settings cap the provider: marks the queue as tended for CAPPED_MARK_SECONDS)
 -- Returns {admitted (flat: id, account, ...), held (flat: id, account: jobs of `enqueue` that
 -- were admitted earlier), waiting (flat: id, reason: jobs this call queued or re-queued that
 -- still wait), requeued, expired (ids whose deadline passed while they waited: taken out of
@@ -39,6 +42,9 @@ local accounts = cjson.decode(ARGV[4])
 local shares = cjson.decode(ARGV[5])
 local submit_watch, grace, cooldown_until = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local requeue, enqueue = cjson.decode(ARGV[9]), cjson.decode(ARGV[10])
+if ARGV[11] == '1' then  -- a worker that knows the cap: the queue is not stranded
+  redis.call('SET', admit_key(provider, 'capped'), tostring(now), 'EX', CAPPED_MARK_SECONDS)
+end
 local INFLIGHT = KEYS[1]
 local waiting_key = admit_key(provider, 'waiting')
 local prios_key = admit_key(provider, 'prios')
@@ -100,34 +106,7 @@ for account, kind in pairs(refused) do
   redis.call('HSET', lowered_key, account, holds .. '|' .. cooldown_until)
 end
 
--- 2. new jobs: queue those still queued and neither waiting nor admitted; report those
--- admitted earlier (a redelivered submit, the reconciler's resubmit) so they are sent. Only a
--- job its account's slots hold counts as admitted: an `account` field without the slot (put
--- back by a copy of its submit that another copy's refusal overtook) is cleared and queued.
-local held = {}
-for _, e in ipairs(enqueue) do
-  local id = e[1]
-  local job_key = JOB_KEY_PREFIX .. id
-  local f = redis.call('HMGET', job_key, 'status', 'waiting', 'account')
-  local account = f[3]
-  if account == '' then account = nil end
-  if account and not redis.call('ZSCORE', admit_key(provider, 'slots:' .. account), id) then
-    redis.call('HDEL', job_key, 'account', 'admitted_at')
-    account = nil
-  end
-  if f[1] == 'queued' then
-    if account then
-      held[#held + 1] = id
-      held[#held + 1] = account
-    elseif f[2] ~= '1' then
-      put(id, e[2], e[3], tonumber(e[4]))
-      redis.call('ZADD', INFLIGHT, 'XX', tonumber(e[5]) + grace, id)
-      fresh[#fresh + 1] = e
-    end
-  end
-end
-
--- 3. free slots per account (a lowered cap holds until its time is up)
+-- 2. free slots per account (a lowered cap holds until its time is up)
 local free, total = {}, 0
 local in_use, capacity = 0, 0
 for i, a in ipairs(accounts) do
@@ -146,6 +125,62 @@ for i, a in ipairs(accounts) do
   total = total + free[i]
   in_use = in_use + used
   capacity = capacity + cap
+end
+
+-- take(id, tenant, job_key): give the job a slot of the account with the most free ones
+local function take(id, tenant, job_key)
+  local best = 1
+  for i = 2, #free do if free[i] > free[best] then best = i end end
+  local account = accounts[best][1]
+  free[best] = free[best] - 1
+  total = total - 1
+  in_use = in_use + 1
+  redis.call('ZADD', admit_key(provider, 'slots:' .. account), now, id)
+  redis.call('ZADD', admit_key(provider, 'held:' .. tenant), now, id)
+  redis.call('HSET', admit_key(provider, 'owners'), id, tenant)
+  redis.call('HSET', job_key, 'account', account, 'admitted_at', tostring(now))
+  redis.call('ZADD', INFLIGHT, 'XX', submit_watch, id)
+  return account
+end
+
+local admitted, expired = {}, {}
+
+-- 3. new jobs: those still queued and neither waiting nor admitted take a free slot at once
+-- while nobody waits (nothing to be fair to: the common case, at a few commands a job), else
+-- they are queued; those admitted earlier (a redelivered submit, the reconciler's resubmit)
+-- are reported so they are sent. Only a
+-- job its account's slots hold counts as admitted: an `account` field without the slot (put
+-- back by a copy of its submit that another copy's refusal overtook) is cleared and queued.
+local held = {}
+for _, e in ipairs(enqueue) do
+  local id = e[1]
+  local job_key = JOB_KEY_PREFIX .. id
+  local f = redis.call('HMGET', job_key, 'status', 'waiting', 'account')
+  local account = f[3]
+  if account == '' then account = nil end
+  if account and not redis.call('ZSCORE', admit_key(provider, 'slots:' .. account), id) then
+    redis.call('HDEL', job_key, 'account', 'admitted_at')
+    account = nil
+  end
+  if f[1] == 'queued' then
+    if account then
+      held[#held + 1] = id
+      held[#held + 1] = account
+    elseif f[2] ~= '1' then
+      local tenant = e[2]
+      local _, cap = share(tenant)
+      if total > 0 and #admitted < 2 * limit and tonumber(e[5]) > now
+          and redis.call('EXISTS', prios_key) == 0
+          and (cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap) then
+        admitted[#admitted + 1] = id
+        admitted[#admitted + 1] = take(id, tenant, job_key)
+      else
+        put(id, e[2], e[3], tonumber(e[4]))
+        redis.call('ZADD', INFLIGHT, 'XX', tonumber(e[5]) + grace, id)
+        fresh[#fresh + 1] = e
+      end
+    end
+  end
 end
 
 local served_key = admit_key(provider, 'served')
@@ -189,9 +224,8 @@ local function next_turn()
   return nil
 end
 
--- 4. admit (a job whose deadline passed while it waited takes no slot and costs its tenant
--- no turn: it leaves the queue and is reported; at most `limit` of them per call)
-local admitted, expired = {}, {}
+-- 4. admit from the queue (a job whose deadline passed while it waited takes no slot and
+-- costs its tenant no turn: it leaves the queue and is reported; at most `limit` per call)
 while total > 0 and #admitted < 2 * limit and #expired < limit do
   local prio, tenant, pass = next_turn()
   if not prio then break end
@@ -219,19 +253,8 @@ while total > 0 and #admitted < 2 * limit and #expired < limit do
     expired[#expired + 1] = id
   elseif f[1] == 'queued' then  -- else it ended meanwhile (or its record is gone)
     redis.call('HDEL', job_key, 'queue_reason')
-    local best = 1
-    for i = 2, #free do if free[i] > free[best] then best = i end end
-    local account = accounts[best][1]
-    free[best] = free[best] - 1
-    total = total - 1
-    in_use = in_use + 1
-    redis.call('ZADD', admit_key(provider, 'slots:' .. account), now, id)
-    redis.call('ZADD', admit_key(provider, 'held:' .. tenant), now, id)
-    redis.call('HSET', admit_key(provider, 'owners'), id, tenant)
-    redis.call('HSET', job_key, 'account', account, 'admitted_at', tostring(now))
-    redis.call('ZADD', INFLIGHT, 'XX', submit_watch, id)
     admitted[#admitted + 1] = id
-    admitted[#admitted + 1] = account
+    admitted[#admitted + 1] = take(id, tenant, job_key)
     redis.call('HSET', vt_key, prio, tostring(pass))
     redis.call('HSET', served_key, tenant, redis.call('HINCRBY', served_key, '#', 1))
   end
