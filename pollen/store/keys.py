@@ -60,6 +60,7 @@ REJECTED_KEEP = 1000
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"
+SWEEP_LOCK = f"{PREFIX}:lock:sweep"
 
 
 def job(job_id: str) -> str:

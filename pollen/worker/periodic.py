@@ -20,6 +20,8 @@ from pollen.worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
 DUE_PER_ROUND = 20_000
+#: the slots of vanished jobs are looked for every this many reconciler rounds
+SWEEP_ROUNDS = 5
 
 
 class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -84,7 +86,11 @@ def tick(app: Any) -> None:
                 batch_size=settings.batch_size,
             )
             deps.store.schedule.trim_indexes(now)
-            admission.sweep(deps)
+            sweep_every = SWEEP_ROUNDS * settings.reconcile_interval
+            if deps.capacity.capped_providers and deps.store.locks.acquire(
+                keys.SWEEP_LOCK, ttl=sweep_every * 0.9
+            ):  # it reads every slot holder: not every round
+                admission.sweep(deps)
     except Exception:
         log.exception("periodic round failed; the next one will try again")
 

@@ -184,6 +184,8 @@ def submit(
             job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
         if job_id is None:
             raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
+        if not isinstance(job_id, str):
+            raise InvalidJob(f"pollen.submit: job_id must be a job id string, got {job_id!r}")
     except InvalidJob as exc:  # never silent: logged, counted, kept, announced
         _send_deliveries(rejections.reject(deps, job, exc, str(self.request.id)))
         raise
