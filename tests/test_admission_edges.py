@@ -90,24 +90,32 @@ def test_turn_bookkeeping_of_tenants_gone_is_pruned(client: Pollen, settings: Se
     for job_id, _ in jobs:  # each ends: j-0 ran, j-1 and j-2 leave the queue
         client.store.lifecycle.transition_many([Move(job_id, JobStatus.CANCELLED)], now=time.time())
     left = keys.admit("runware", "left")
-    # j-0 took the free slot at once (nobody waited: no turn to keep); t1 and t2 waited and
-    # kept their pass on leaving, which is the turn's own: moot, pruned
-    assert r.hgetall(left) == {"0|t1": "0", "0|t2": "0"}
+    # each tenant kept its pass on leaving: t0 one turn on (it was served), t1 and t2 none
+    assert r.hgetall(left) == {"0|t0": "1", "0|t1": "0", "0|t2": "0"}
+    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "t0"}
+    # t1's and t2's passes are the turn's own: moot. t0's is ahead of it: kept, and so is
+    # when t0 was last served (both still decide where t0 goes if it waits again)
     assert client.store.admission.prune("runware") == 2
-    assert r.hgetall(left) == {}
+    assert r.hgetall(left) == {"0|t0": "1"}
+    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "t0"}
     assert client.store.admission.prune("runware") == 0
-    # a tenant served from the queue and gone is forgotten too, unless its pass is ahead
-    queue_for_slots(settings, client.store, [("k-0", "a"), ("k-1", "b"), ("k-2", "b")], slots=1)
-    client.store.lifecycle.transition_many([Move("k-0", JobStatus.SUCCEEDED)], now=time.time())
-    admitted = client.store.admission.admit(
-        "runware", now=time.time(), limit=5, caps=[("default", 1)], shares={}
-    )
-    assert list(admitted.admitted) == ["k-1"]
-    for job_id in ("k-1", "k-2"):
-        client.store.lifecycle.transition_many([Move(job_id, JobStatus.SUCCEEDED)], now=time.time())
-    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "b"}
-    assert r.hgetall(left) == {"0|b": "1"}  # b left one turn on: kept, and when it was served
-    assert client.store.admission.prune("runware") == 0
+    # once the turn has passed t0 too, both go
+    r.hset(keys.admit("runware", "vt"), "0", "1")
+    assert client.store.admission.prune("runware") == 2
+    assert r.hgetall(left) == {} and r.hkeys(keys.admit("runware", "served")) == ["#"]
+
+
+def test_new_jobs_that_all_find_a_slot_take_it_at_once(client: Pollen, settings: Settings) -> None:
+    """Nobody waits and every new job finds a slot: no queue, no turns kept; when they do not
+    all fit, they all go through the fair order (tenants in turn), not arrival order."""
+    fits = queue_for_slots(settings, client.store, [("f-0", "a"), ("f-1", "a")], slots=2)
+    assert list(fits.admitted) == ["f-0", "f-1"] and not fits.waiting
+    r = client.store.redis
+    assert not r.keys("pollen:admit:runware:t:*") and not r.exists(keys.admit("runware", "vt"))
+    r.delete(*r.keys("pollen:admit:*"))  # a fresh queue (the f- jobs' slots go with it)
+    jobs = [("g-0", "a"), ("g-1", "a"), ("g-2", "b")]
+    crowded = queue_for_slots(settings, client.store, jobs, slots=2)
+    assert sorted(crowded.admitted) == ["g-0", "g-2"] and list(crowded.waiting) == ["g-1"]
 
 
 @pytest.mark.parametrize("cost", ["inf", "nan", "-2.5"])

@@ -146,12 +146,14 @@ end
 local admitted, expired = {}, {}
 
 -- 3. new jobs: those still queued and neither waiting nor admitted take a free slot at once
--- while nobody waits (nothing to be fair to: the common case, at a few commands a job), else
--- they are queued; those admitted earlier (a redelivered submit, the reconciler's resubmit)
--- are reported so they are sent. Only a
--- job its account's slots hold counts as admitted: an `account` field without the slot (put
--- back by a copy of its submit that another copy's refusal overtook) is cleared and queued.
+-- when nobody waits and they all find one (nothing to be fair about: the common case, at a
+-- few commands a job); otherwise they are queued and the fair order below decides. Those
+-- admitted earlier (a redelivered submit, the reconciler's resubmit) are reported so they are
+-- sent. Only a job its account's slots hold counts as admitted: an `account` field without
+-- the slot (put back by a copy of its submit that another copy's refusal overtook) is cleared
+-- and the job queued.
 local held = {}
+local new = {}
 for _, e in ipairs(enqueue) do
   local id = e[1]
   local job_key = JOB_KEY_PREFIX .. id
@@ -167,19 +169,24 @@ for _, e in ipairs(enqueue) do
       held[#held + 1] = id
       held[#held + 1] = account
     elseif f[2] ~= '1' then
-      local tenant = e[2]
-      local _, cap = share(tenant)
-      if total > 0 and #admitted < 2 * limit and tonumber(e[5]) > now
-          and redis.call('EXISTS', prios_key) == 0
-          and (cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap) then
-        admitted[#admitted + 1] = id
-        admitted[#admitted + 1] = take(id, tenant, job_key)
-      else
-        put(id, e[2], e[3], tonumber(e[4]))
-        redis.call('ZADD', INFLIGHT, 'XX', tonumber(e[5]) + grace, id)
-        fresh[#fresh + 1] = e
-      end
+      new[#new + 1] = e
     end
+  end
+end
+local direct = #new <= total and #new <= limit and redis.call('EXISTS', prios_key) == 0
+for _, e in ipairs(new) do
+  local id, tenant = e[1], e[2]
+  local job_key = JOB_KEY_PREFIX .. id
+  local _, cap = share(tenant)
+  if direct and tonumber(e[5]) > now
+      and (cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap) then
+    admitted[#admitted + 1] = id
+    admitted[#admitted + 1] = take(id, tenant, job_key)
+  else
+    direct = false  -- from here on, in the queue: its order stays fair and FIFO
+    put(id, tenant, e[3], tonumber(e[4]))
+    redis.call('ZADD', INFLIGHT, 'XX', tonumber(e[5]) + grace, id)
+    fresh[#fresh + 1] = e
   end
 end
 
