@@ -6,6 +6,7 @@
     ├── JobNotFound                 no job with that id (never created, or expired)
     │   ├── JobLost                     ... and the store is known to have lost its data
     │   └── JobRejected                 ... a worker refused the payload sent with that id
+    ├── InvalidSettings             a POLLEN_* variable is wrong (the message names it)
     ├── StoreUnavailable            Redis is unreachable or refused a write (read-only, or full)
     ├── WaitTimeout                 wait() gave up before the job ended
     ├── CallbackNotDelivered        one callback delivery attempt did not deliver (its task fails)
@@ -31,6 +32,10 @@ from __future__ import annotations
 
 class PollenError(Exception):
     """Base class of every error pollen raises on purpose."""
+
+
+class InvalidSettings(PollenError, ValueError):
+    """The environment's settings are wrong; the message names each variable, in one line."""
 
 
 class InvalidJob(PollenError, ValueError):

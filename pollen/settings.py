@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from pollen.backoff import PollPolicy
+from pollen.errors import InvalidSettings
 from pollen.models import TENANT_PATTERN, TENANT_RULE
 
 #: what a provider account's or a tenant's name may hold (it is part of Redis keys and metric
@@ -586,6 +587,18 @@ def default_heartbeat_file(redis_url: str) -> Path:
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def load() -> Settings:
+    """:func:`get_settings`, with a mistake in the environment raised as
+    :class:`~pollen.errors.InvalidSettings` saying, in one line, what is wrong where."""
+    try:
+        return get_settings()
+    except Exception as exc:
+        found = problems(exc)
+        if found is None:
+            raise
+        raise InvalidSettings(f"invalid settings: {found}") from None
 
 
 def _json(text: str) -> bool:

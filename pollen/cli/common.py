@@ -49,15 +49,13 @@ def redact(url: str) -> str:
 def load_settings() -> Settings:
     """The settings; an invalid environment is one line naming each bad variable."""
 
-    from pollen.settings import get_settings, problems
+    from pollen.errors import InvalidSettings
+    from pollen.settings import load
 
     try:
-        return get_settings()
-    except Exception as exc:
-        found = problems(exc)
-        if found is None:
-            raise
-        fail(f"invalid settings: {found}")
+        return load()
+    except InvalidSettings as exc:
+        fail(str(exc))
 
 
 @contextmanager

@@ -15,7 +15,8 @@ from typing import Any
 from celery import Celery
 
 from pollen import contract
-from pollen.settings import Settings, get_settings, problems
+from pollen.errors import InvalidSettings
+from pollen.settings import Settings, load
 
 #: the pool both worker commands run by default: the work is I/O and polls batch
 POOL = "threads"
@@ -76,12 +77,9 @@ def _settings() -> Settings:
     """The environment's settings; a mistake in them ends the process with one line naming
     the variable and exit 1 (``celery -A pollen.worker worker`` as ``pollen worker``)."""
     try:
-        return get_settings()
-    except Exception as exc:
-        found = problems(exc)
-        if found is None:
-            raise
-        print(f"error: invalid settings: {found}", file=sys.stderr)
+        return load()
+    except InvalidSettings as exc:
+        print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
