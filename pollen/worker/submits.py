@@ -150,11 +150,11 @@ class Arrivals:
         now = self.deps.clock()
         acks = [(i, a) for i, a in zip(indexes, answers, strict=True) if isinstance(a, Submission)]
         moves = [_submitted(self.deps, self.jobs[i], a, now) for i, a in acks]
-        answered = [
-            self.jobs[i].id for i, a in zip(indexes, answers, strict=True) if _answered(a)
+        heard = [
+            self.jobs[i].id for i, a in zip(indexes, answers, strict=True) if answered(a)
         ] if self.marked else []  # fmt: skip
         try:
-            results = self.deps.store.lifecycle.record_answers(moves, answered, now=now)
+            results = self.deps.store.lifecycle.record_answers(moves, heard, now=now)
         except Exception:  # the batch records them at the end (or the reconciler resumes)
             log.exception("recording %d create answers as they arrived", len(answers))
             return
@@ -178,7 +178,7 @@ class Arrivals:
             self.deliveries += sent
 
 
-def _answered(answer: Submission | Exception) -> bool:
+def answered(answer: Submission | Exception) -> bool:
     """Whether the provider answered the create (else it may or may not have made the task)."""
     if isinstance(answer, Submission):
         return True
