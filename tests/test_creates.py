@@ -50,10 +50,12 @@ def test_each_create_is_recorded_before_the_batch_ends(
     ids = _accept(deps, provider, 4)
     real = deps.calls.submit_many
     seen: dict[str, tuple[str | None, ...]] = {}
-    marks_before: list[str | None] = []
+    marks_sent: list[str | None] = []
 
-    def watching(name: str, jobs: Sequence[Any], arrived: Any) -> Any:
-        marks_before.extend(deps.store.lifecycle.field(job.id, "create_pending") for job in jobs)
+    def watching(name: str, jobs: Sequence[Any], arrived: Any, sending: Any) -> Any:
+        def mark_then_look(index: int) -> None:
+            sending(index)
+            marks_sent.append(deps.store.lifecycle.field(jobs[index].id, "create_pending"))
 
         def record_then_look(indexes: Sequence[int], answers: Sequence[Any]) -> None:
             arrived(indexes, answers)
@@ -62,7 +64,8 @@ def test_each_create_is_recorded_before_the_batch_ends(
                 fields = ("status", "provider_task_id", "create_pending")
                 seen[job_id] = tuple(deps.store.lifecycle.fields(job_id, *fields))
 
-        return real(name, jobs, record_then_look)
+        marking = None if sending is None else mark_then_look
+        return real(name, jobs, record_then_look, sending=marking)
 
     deps.calls.submit_many = watching
     try:
@@ -76,25 +79,27 @@ def test_each_create_is_recorded_before_the_batch_ends(
         assert mark is None
         assert deps.store.lifecycle.get(job_id).provider_task_id == task
     if provider == "runware":  # keyed by taskUUID: nothing to mark
-        assert marks_before == [None] * 4
-    else:  # marked as sent before the request
-        assert all(mark and mark.startswith("1@") for mark in marks_before), marks_before
+        assert marks_sent == []
+    else:  # marked as sent just before each request
+        assert len(marks_sent) == 4
+        assert all(mark and mark.startswith("1@") for mark in marks_sent), marks_sent
 
 
 def test_a_create_never_answered_is_counted_and_logged_when_created_again(
     deps: Any, simulator: SimulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    [job_id] = _accept(deps, "useapi_runway", 1)
-    # a worker marked the create as sent, then died before its answer came
-    begun = deps.store.lifecycle.begin_submits([(job_id, {})], sent_at=time.time())
-    assert begun.attempts == [1] and begun.unanswered == {}
+    job_id, unsent = _accept(deps, "useapi_runway", 2)
+    # a worker began a submit of both and sent one create, then died before its answer came
+    begun = deps.store.lifecycle.begin_submits([(job_id, {}), (unsent, {})], marks=True)
+    assert begun.attempts == [1, 1] and begun.unanswered == {}
+    deps.store.lifecycle.mark_sent(job_id, 1, now=time.time())
     before = _ambiguous("useapi_runway")
     with caplog.at_level(logging.WARNING, "pollen.worker.submits"):
-        out = submits.submit_batch(deps, [job_id])
-    assert [due.job_id for due in out.polls] == [job_id]
+        out = submits.submit_batch(deps, [job_id, unsent])
+    assert sorted(due.job_id for due in out.polls) == sorted([job_id, unsent])
     job = deps.store.lifecycle.get(job_id)
     assert job.status is JobStatus.SUBMITTED and job.submit_attempts == 2
-    assert _ambiguous("useapi_runway") == before + 1
+    assert _ambiguous("useapi_runway") == before + 1  # not the one never sent
     [message] = [r.getMessage() for r in caplog.records if "never answered" in r.getMessage()]
     assert "create attempt 1 " in message and "attempt 2 creates the task again" in message
     assert deps.store.lifecycle.field(job_id, "create_pending") is None

@@ -195,7 +195,7 @@ def test_a_submit_that_got_no_answer_is_retried_not_failed(
     monkeypatch.setattr(
         deps.calls,
         "submit_many",
-        lambda provider, jobs, arrived=None: [RuntimeError("parser bug")] * len(jobs),
+        lambda provider, jobs, *_, **__: [RuntimeError("parser bug")] * len(jobs),
     )
     out = submits.submit_batch(deps, [job_id])
     assert out.finished == [] and [j for j, _ in out.retries] == [job_id]

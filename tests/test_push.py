@@ -386,7 +386,7 @@ def test_a_push_before_the_submit_answer_is_stored_polls_at_once(
         )  # fmt: skip
         real_submit = deps.calls.submit_many
 
-        def submit_then_push(provider: str, jobs: list[Any], arrived: Any) -> Any:
+        def submit_then_push(provider: str, jobs: list[Any], arrived: Any, **_: Any) -> Any:
             def push_then_record(indexes: Any, answers: Any) -> None:
                 token = store.hget(keys.job(job_id), "push_token") or ""
                 answer = _post(ingress, "runware", token, {"data": []})
@@ -439,9 +439,11 @@ def test_push_requests_and_the_relaxed_schedule(push_settings: Settings, store: 
             job_id, _ = payloads.accept(relaxed, deps.store, {"provider": provider,
                                         "request": request}, now=time.time())  # fmt: skip
             ids.append(job_id)
-        deps.calls.submit_many = lambda provider, jobs, arrived=None: [  # type: ignore[method-assign,assignment]
-            Submission(f"task-{job.id}", {}) for job in jobs
-        ]
+
+        def acknowledge(provider: str, jobs: list[Any], *_: Any, **__: Any) -> list[Submission]:
+            return [Submission(f"task-{job.id}", {}) for job in jobs]
+
+        deps.calls.submit_many = acknowledge  # type: ignore[method-assign,assignment]
         submits.submit_batch(deps, ids)
         own, producers, comet = (deps.store.lifecycle.get(i) for i in ids)
         token = own.push_token or ""

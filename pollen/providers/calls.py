@@ -115,16 +115,22 @@ class ProviderCalls:
     # --- submit -------------------------------------------------------------------------
 
     def submit_many(
-        self, provider_name: str, jobs: Sequence[Job], arrived: Arrivals | None = None
+        self,
+        provider_name: str,
+        jobs: Sequence[Job],
+        arrived: Arrivals | None = None,
+        *,
+        sending: Callable[[int], None] | None = None,
     ) -> list[Submission | Exception]:
         """Create each job's provider task (keyed by its ``task_uuid`` where the provider
         takes a key); one acknowledgement or the job's own exception each, in order.
         ``arrived`` is told each request's answers the moment they arrive (a task array's at
-        once, a concurrent create's on its own thread), before the call returns."""
+        once, a concurrent create's on its own thread), before the call returns; ``sending``
+        is told the position of each job whose single create is about to be sent."""
         provider = self.providers[provider_name]
         if len(jobs) > 1 and self._batches(provider):
             return self._chunked(jobs, partial(self._submit_chunk, provider), arrived)
-        return self._each(jobs, partial(self._submit_one, provider), arrived)
+        return self._each(jobs, partial(self._submit_one, provider), arrived, sending)
 
     def _submit_one(self, provider: Provider, job: Job) -> Submission:
         self.limiter.acquire(provider.name, provider.account(job))
@@ -198,12 +204,15 @@ class ProviderCalls:
         jobs: Sequence[Job],
         call: Callable[[Job], Answer],
         arrived: Callable[[Sequence[int], Sequence[Answer | Exception]], None] | None = None,
+        sending: Callable[[int], None] | None = None,
     ) -> list[Answer | Exception]:
         """``call`` per job, concurrently when there are several; exceptions as answers."""
 
         def one(index: int, job: Job) -> Answer | Exception:
             answer: Answer | Exception
             try:
+                if sending is not None:
+                    sending(index)
                 answer = call(job)
             except Exception as exc:
                 answer = exc

@@ -197,14 +197,12 @@ class Begun:
 
 
 def begin_submits(
-    sent: Sequence[tuple[str, Any]],
-    claims: Mapping[str, Mapping[str, str]],
-    sent_at: float | None = None,
+    sent: Sequence[tuple[str, Any]], claims: Mapping[str, Mapping[str, str]], marks: bool = False
 ) -> Op[Begun]:
     """Count a submit attempt of each (job_id, request), keep the request and each claimed
-    field (field -> job_id -> value) the job has none of. With ``sent_at`` each create is
-    also marked sent and unanswered (see :func:`record_answers`), and the mark an earlier
-    attempt left is returned: that create was never answered."""
+    field (field -> job_id -> value) the job has none of. With ``marks``, take the
+    unanswered mark an earlier attempt's create left (:func:`mark_sent`): that create was
+    never answered."""
     begun = Begun([], {name: {} for name in claims})
     if not sent:
         return begun
@@ -212,9 +210,9 @@ def begin_submits(
         [(name, values[job_id]) for name, values in claims.items() if job_id in values]
         for job_id, _ in sent
     ]
-    mark = "" if sent_at is None else repr(sent_at)
+    take = "1" if marks else ""
     replies = yield [
-        Lua("begin_submit", [keys.job(job_id)], [dumps(request), mark, *itertools.chain(*mine)])
+        Lua("begin_submit", [keys.job(job_id)], [dumps(request), take, *itertools.chain(*mine)])
         for (job_id, request), mine in zip(sent, asked, strict=True)
     ]
     for (job_id, _), mine, reply in zip(sent, asked, replies, strict=True):
@@ -224,6 +222,12 @@ def begin_submits(
             begun.claimed[name][job_id] = str(value)
     begun.attempts.extend(int(reply[0]) for reply in replies)
     return begun
+
+
+def mark_sent(job_id: str, attempt: int, now: float) -> Op[bool]:
+    """Mark the job's create as sent and unanswered (``<attempt>@<sent at>``), just before
+    the request goes, if the job is still stored; its answer clears it (:func:`record_answers`)."""
+    return (yield from set_if_exists(job_id, {"create_pending": f"{attempt}@{now!r}"}))
 
 
 def record_answers(
@@ -337,18 +341,22 @@ class Lifecycle:
         push_tokens: Mapping[str, str] | None = None,
         accounts: Mapping[str, str] | None = None,
         *,
-        sent_at: float | None = None,
+        marks: bool = False,
     ) -> Begun:
         """Count a submit attempt of each (job_id, request) and keep the request about to be
         sent (audit), in one round trip. ``push_tokens`` are new push tokens and
         ``accounts`` new provider accounts for jobs that have none: each is kept unless the
         job got one meanwhile (another copy of the submit); ``Begun.claimed`` holds the
-        ``push_token`` and the ``account`` each job has. With ``sent_at`` (creates the
-        provider cannot recognise when sent again) each create is marked unanswered until
-        :meth:`record_answers` clears it; ``Begun.unanswered`` has the marks earlier attempts
-        left."""
+        ``push_token`` and the ``account`` each job has. With ``marks`` (creates the
+        provider cannot recognise when sent again) ``Begun.unanswered`` has the unanswered
+        marks earlier attempts left (:meth:`mark_sent`), taken off the jobs."""
         claims = {"push_token": push_tokens or {}, "account": accounts or {}}
-        return self.run(begin_submits(sent, claims, sent_at))
+        return self.run(begin_submits(sent, claims, marks))
+
+    def mark_sent(self, job_id: str, attempt: int, *, now: float) -> None:
+        """Mark the job's create as sent and unanswered, just before its request goes
+        (:meth:`record_answers` clears the mark with the answer)."""
+        self.run(mark_sent(job_id, attempt, now))
 
     def record_answers(
         self, moves: Sequence[Move], answered: Sequence[str], *, now: float

@@ -138,9 +138,10 @@ class Arrivals:
     event is recorded), every answered job loses its unanswered mark. A write that fails is
     left to the batch's own write at the end."""
 
-    def __init__(self, deps: Deps, jobs: Sequence[Job]) -> None:
+    def __init__(self, deps: Deps, jobs: Sequence[Job], attempts: Sequence[int]) -> None:
         self.deps = deps
         self.jobs = jobs
+        self.attempts = attempts
         self.marked = not deps.providers[jobs[0].provider].keyed_creates
         self.moved: dict[int, tuple[Move, int]] = {}  #: index -> (its move, the result)
         self.deliveries: list[str] = []
@@ -165,6 +166,12 @@ class Arrivals:
         for (i, answer), done in zip(acks, results, strict=True):
             if done == 1:
                 self._started(_as_submitted(self.jobs[i], answer))
+
+    def sending(self, index: int) -> None:
+        """Mark a create without an idempotency key as sent, just before its request goes
+        (a mark that stays says the create was never answered)."""
+        job = self.jobs[index]
+        self.deps.store.lifecycle.mark_sent(job.id, self.attempts[index], now=self.deps.clock())
 
     def _started(self, job: Job) -> None:
         if not events.wants(job, "started"):
@@ -258,12 +265,13 @@ def _send(
     jobs = [job for job in jobs if job.id not in ended]
     if not jobs:  # a capped provider's jobs may all wait
         return endings
-    jobs, attempts = _begin(deps, out, provider, jobs, now)
+    jobs, attempts = _begin(deps, out, provider, jobs)
     if not jobs:
         return endings
     metrics.JOBS_STARTED.labels(provider).inc(attempts.count(1))
-    arrivals = Arrivals(deps, jobs)
-    answers = deps.calls.submit_many(provider, jobs, arrivals)
+    arrivals = Arrivals(deps, jobs, attempts)
+    sending = arrivals.sending if arrivals.marked else None
+    answers = deps.calls.submit_many(provider, jobs, arrivals, sending=sending)
     out.deliveries += arrivals.deliveries
     now = deps.clock()  # the first poll is due its delay after the provider took the task
     retries: list[tuple[str, str, float]] = []
@@ -294,11 +302,11 @@ def _send(
 
 
 def _begin(
-    deps: Deps, out: SubmitNext, provider: str, jobs: list[Job], now: float
+    deps: Deps, out: SubmitNext, provider: str, jobs: list[Job]
 ) -> tuple[list[Job], list[int]]:
     """Count an attempt of each job and keep its request (and, for a provider without
-    idempotency keys, mark its create unanswered); the jobs still stored, as they will be
-    sent, and their attempt numbers."""
+    idempotency keys, count the earlier creates never answered); the jobs still stored, as
+    they will be sent, and their attempt numbers."""
     jobs = _with_push_tokens(deps, provider, jobs)
     fresh = {job.id: job.push_token for job in jobs if job.push_token}
     # admission owns a capped job's account (its slot); an uncapped job's is kept here
@@ -306,9 +314,7 @@ def _begin(
     accounts = {job.id: job.account for job in jobs if job.account and not capped}
     sent = [(job.id, _sent(deps, job)) for job in jobs]
     keyed = deps.providers[provider].keyed_creates
-    begun = deps.store.lifecycle.begin_submits(
-        sent, fresh, accounts, sent_at=None if keyed else now
-    )
+    begun = deps.store.lifecycle.begin_submits(sent, fresh, accounts, marks=not keyed)
     out.missing += [job.id for job, n in zip(jobs, begun.attempts, strict=True) if not n]
     _ambiguous(jobs, begun.attempts, begun.unanswered)
     # a job whose record is gone meanwhile (expired) is not created; another copy of this
