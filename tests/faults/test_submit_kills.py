@@ -35,10 +35,14 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 JOBS = 40
 ANSWERED_AT_KILL = 20  #: creates answered (and recorded) when the pod is killed
 GAP = 0.25  #: seconds between two create answers at the simulator
-#: longer than the whole paced batch (JOBS * GAP), so the reconciler never re-sends a job whose
-#: create is still waiting its turn in the live batch; the dead pod's submit message comes back
-#: only after the test (visibility timeout)
-ENV = {"POLLEN_SUBMIT_GRACE": "15", "POLLEN_VISIBILITY_TIMEOUT": "120"}
+#: longer than the whole paced batch (JOBS * GAP): the reconciler never re-sends a job whose
+#: create is still waiting its turn in the live batch, and no create times out waiting; the
+#: dead pod's submit message comes back only after the test (visibility timeout)
+ENV = {
+    "POLLEN_SUBMIT_GRACE": "15",
+    "POLLEN_HTTP_TIMEOUT": "15",
+    "POLLEN_VISIBILITY_TIMEOUT": "120",
+}
 DIALECTS = {"useapi_runway": "useapi", "comet_runway": "comet"}
 
 
