@@ -96,7 +96,7 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
     _spread(deps, sending)
     acks = Acks()
     for provider, jobs in sending.items():
-        endings += _send(deps, out, provider, jobs, acks, now)
+        endings += _send(deps, out, provider, jobs, acks)
     _settle(deps, out, acks, now)
     end(deps, out, endings, now)
     return out
@@ -256,9 +256,7 @@ def _cancelled_meanwhile(deps: Deps, job: Job) -> bool:
     return True
 
 
-def _send(
-    deps: Deps, out: SubmitNext, provider: str, jobs: list[Job], acks: Acks, now: float
-) -> list[Ending]:
+def _send(deps: Deps, out: SubmitNext, provider: str, jobs: list[Job], acks: Acks) -> list[Ending]:
     """Create the tasks of one provider's jobs; what ends a job is returned."""
     endings = _keyless(deps, jobs)
     ended = {ending.job.id for ending in endings}
