@@ -76,17 +76,20 @@ def _recorded(client: Pollen, job_ids: list[str]) -> set[str]:
 def _kill_between_answers(
     fleet: Fleet, sim: SimulatorServer, client: Pollen, ids: list[str]
 ) -> float:
-    """SIGKILL pod-a once at least ANSWERED_AT_KILL creates were answered and every answered
-    one is recorded (so none is being handled: the next waits its turn); the kill's time."""
+    """SIGKILL pod-a once ANSWERED_AT_KILL creates were answered, between two answers: as soon
+    as every answered create is recorded, or half a gap after the last answer at the latest
+    (the next create is handled a whole gap after it); the kill's time."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        created = sim_stats(sim)["created"]
-        if created >= ANSWERED_AT_KILL and len(_recorded(client, ids)) == created:
-            fault_at = time.time()
-            fleet.kill_pod("pod-a")
-            return fault_at
+    while (created := sim_stats(sim)["created"]) < ANSWERED_AT_KILL:
+        if time.monotonic() > deadline:
+            pytest.fail("the creates were not answered in time")
         time.sleep(0.01)
-    pytest.fail("the creates were not answered in time")
+    settle_by = time.monotonic() + GAP / 2
+    while len(_recorded(client, ids)) < created and time.monotonic() < settle_by:
+        time.sleep(0.01)
+    fault_at = time.time()
+    fleet.kill_pod("pod-a")
+    return fault_at
 
 
 def _tasks_per_job(sim: SimulatorServer, dialect: str, requests: dict[str, str]) -> Counter[str]:
@@ -141,7 +144,9 @@ def _run(
     )
     print(case.notes[-1])
     assert doubled_answered == 0, per_job
-    assert len(answered) >= ANSWERED_AT_KILL
+    assert len(answered) >= ANSWERED_AT_KILL  # recorded as they arrived, not at the end
+    if provider != "runware":  # nothing on the wire at the kill: the provider dropped it
+        assert in_flight == 0, in_flight
     result.assert_clean()
     assert not result.missing_completions()
     assert case.recovery_s is not None and case.recovery_s <= 90, case.recovery_s
