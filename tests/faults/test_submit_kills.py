@@ -36,11 +36,13 @@ JOBS = 40
 ANSWERED_AT_KILL = 20  #: creates answered (and recorded) when the pod is killed
 GAP = 0.25  #: seconds between two create answers at the simulator
 #: longer than the whole paced batch (JOBS * GAP): the reconciler never re-sends a job whose
-#: create is still waiting its turn in the live batch, and no create times out waiting; the
-#: dead pod's submit message comes back only after the test (visibility timeout)
+#: create is still waiting its turn in the live batch, no create times out waiting and the
+#: batch is not cut by the task's soft time limit; the dead pod's submit message comes back
+#: only after the test (visibility timeout)
 ENV = {
     "POLLEN_SUBMIT_GRACE": "15",
     "POLLEN_HTTP_TIMEOUT": "15",
+    "POLLEN_TASK_TIME_LIMIT": "60",
     "POLLEN_VISIBILITY_TIMEOUT": "120",
 }
 DIALECTS = {"useapi_runway": "useapi", "comet_runway": "comet"}
@@ -177,7 +179,7 @@ def test_a_pod_killed_mid_batch_creates_no_second_runway_task(
         f"processes) is SIGKILLed once {ANSWERED_AT_KILL} creates are answered and recorded, "
         "between two answers; the creates still waiting at the simulator are dropped with "
         "their connections. pod-b starts at once; the reconciler re-sends the queued jobs "
-        "after POLLEN_SUBMIT_GRACE (15 s, longer than the paced batch)."
+        "after POLLEN_SUBMIT_GRACE (15 s, longer than the paced batch; task time limit 60 s)."
     )
     base = fault_sim.url
     fleet = make_fleet(**ENV, POLLEN_USEAPI__BASE_URL=base, POLLEN_COMET__BASE_URL=base)
