@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -408,10 +409,12 @@ class Settings(BaseSettings):
     )
     task_time_limit: int = Field(120, gt=0, description="Hard time limit of one task run, seconds.")
     visibility_timeout: int = Field(
-        3600,
-        gt=0,
-        description="Seconds before Redis redelivers an unacknowledged message; must exceed "
-        "poll.max_delay + task_time_limit.",
+        0,
+        ge=0,
+        description="Seconds before a Redis broker redelivers a message a worker took and never "
+        "acknowledged. 0 (the default) derives it: twice the longest a message is held on "
+        "purpose (max(poll.max_delay, park_after) + task_time_limit), 300 s with the defaults; "
+        "a value you set must exceed that floor.",
     )
     soft_shutdown_timeout: float = Field(
         30.0,
@@ -424,6 +427,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a poll's claim on its jobs lasts; renewed every third of it while "
         "the poll runs, so a dead worker's jobs are free again this long after it died.",
+    )
+    worker_lease: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a worker's claim on the submit messages it holds lasts (Redis "
+        "broker); renewed every third of it, so a dead worker's submits are sent again this "
+        "long after it died, not after the visibility timeout.",
     )
     max_worker_losses: int = Field(
         3,
@@ -537,14 +547,23 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
         return url
 
+    @property
+    def held_floor(self) -> float:
+        """The longest a worker holds a message on purpose, unacknowledged: its longest
+        countdown (a poll wait up to ``park_after``, longer ones are parked in Redis; a submit
+        retry up to ``poll.max_delay``) plus the task time limit."""
+        return max(self.poll.max_delay, self.park_after) + self.task_time_limit
+
     @model_validator(mode="after")
     def _visibility_timeout_covers_countdowns(self) -> Settings:
-        floor = max(self.poll.max_delay, self.ingress.poll_max_delay or 0) + self.task_time_limit
-        if self.visibility_timeout <= floor:
+        floor = self.held_floor
+        if self.visibility_timeout == 0:
+            self.visibility_timeout = math.ceil(2 * floor)
+        elif self.visibility_timeout <= floor:
             raise ValueError(
                 f"visibility_timeout ({self.visibility_timeout}s) must be larger than "
-                f"poll.max_delay + task_time_limit ({floor:g}s), or Redis redelivers "
-                "countdown messages that are still waiting"
+                f"max(poll.max_delay, park_after) + task_time_limit ({floor:g}s), or Redis "
+                "redelivers countdown messages that are still waiting"
             )
         return self
 
@@ -557,6 +576,12 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def redis_broker(self) -> bool:
+        """Whether the broker is Redis (kombu keeps a taken message until the visibility
+        timeout) rather than one that returns a dead consumer's messages at once."""
+        return urlsplit(self.broker).scheme.lower() in REDIS_SCHEMES
 
     @property
     def backend(self) -> str:
