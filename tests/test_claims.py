@@ -34,7 +34,7 @@ def test_a_lapsed_holders_messages_are_taken_once(deps: Any) -> None:
     assert claims.take_lapsed(now + 4.9) == []  # the lease still holds
     claims.renew("alive", now + 20)
     taken = claims.take_lapsed(now + 5.1)
-    assert taken == [("dead", [dead, later])] or taken == [("dead", [later, dead])]
+    assert taken in ([("dead", [dead, later])], [("dead", [later, dead])])
     assert claims.take_lapsed(now + 5.2) == []  # taken once
     assert deps.store.redis.exists(keys.held("dead")) == 0
     claims.drop("alive")  # a clean stop: nothing to send again
@@ -110,13 +110,16 @@ def test_a_payload_without_an_id_sent_twice_under_one_task_id_is_one_job(
     producer.send_task("pollen.submit", kwargs={"job": payload}, queue="pollen.submit",
                        task_id=other)  # fmt: skip
     eventually(
-        lambda: client.store.lifecycle.get_many([message_job_id(other)])[0], what="the other job stored"
+        lambda: client.store.lifecycle.get_many([message_job_id(other)])[0],
+        what="the other job stored",
     )
     assert client.wait(message_job_id(other), timeout=20).status is JobStatus.SUCCEEDED
     # two task ids, two jobs; the repeated one is not a third
-    assert client.store.redis.zcard(keys.BY_AGE) + client.store.redis.zcard(
-        keys.index("runware", "succeeded")
-    ) == 2
+    assert (
+        client.store.redis.zcard(keys.BY_AGE)
+        + client.store.redis.zcard(keys.index("runware", "succeeded"))
+        == 2
+    )
     producer.close()
 
 
@@ -139,7 +142,8 @@ def test_the_worker_claims_a_submit_it_holds_and_drops_the_claim_when_done(
 
     [held] = eventually(claimed, what="the claim")
     assert held.kwargs == {"job_id": "no-such-job"} and held.eta is not None
-    leases = [float(until) for _, until in store.zrange(keys.HOLDERS, 0, -1, withscores=True)]
+    holders: Any = store.zrange(keys.HOLDERS, 0, -1, withscores=True)
+    leases = [float(until) for _, until in holders]
     assert leases and min(leases) > time.time()  # a live lease
     eventually(lambda: not claimed(), timeout=15, what="the claim dropped after the run")
     producer.close()
