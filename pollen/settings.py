@@ -413,7 +413,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds before a Redis broker redelivers a message a worker took and never "
         "acknowledged. 0 (the default) derives it: twice the longest a message is held on "
-        "purpose (max(poll.max_delay, park_after) + task_time_limit), 300 s with the defaults; "
+        "purpose (its longest countdown plus task_time_limit: held_floor), 300 s with the "
+        "defaults; "
         "a value you set must exceed that floor.",
     )
     soft_shutdown_timeout: float = Field(
@@ -550,9 +551,13 @@ class Settings(BaseSettings):
     @property
     def held_floor(self) -> float:
         """The longest a worker holds a message on purpose, unacknowledged: its longest
-        countdown (a poll wait up to ``park_after``, longer ones are parked in Redis; a submit
-        retry up to ``poll.max_delay``) plus the task time limit."""
-        return max(self.poll.max_delay, self.park_after) + self.task_time_limit
+        countdown plus the task time limit. A countdown is a poll or submit retry (up to
+        ``poll.max_delay``; a job's own is refused above what this allows), a callback retry
+        (up to ``callbacks.park_after``) or the poll of a job whose provider pushes (relaxed
+        up to ``ingress.poll_max_delay``, but waits past ``park_after`` are parked in Redis)."""
+        pushed = min(self.ingress.poll_max_delay or 0.0, self.park_after)
+        longest = max(self.poll.max_delay, self.callbacks.park_after, pushed)
+        return longest + self.task_time_limit
 
     @model_validator(mode="after")
     def _visibility_timeout_covers_countdowns(self) -> Settings:
@@ -562,8 +567,9 @@ class Settings(BaseSettings):
         elif self.visibility_timeout <= floor:
             raise ValueError(
                 f"visibility_timeout ({self.visibility_timeout}s) must be larger than "
-                f"max(poll.max_delay, park_after) + task_time_limit ({floor:g}s), or Redis "
-                "redelivers countdown messages that are still waiting"
+                f"the longest countdown a worker holds plus task_time_limit ({floor:g}s: "
+                "poll.max_delay, callbacks.park_after, ingress.poll_max_delay up to park_after), "
+                "or Redis redelivers countdown messages that are still waiting"
             )
         return self
 

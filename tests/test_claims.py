@@ -152,11 +152,13 @@ def test_the_worker_claims_a_submit_it_holds_and_drops_the_claim_when_done(
 def test_worker_lease_and_visibility_timeout_defaults_follow_their_floor() -> None:
     settings = Settings()
     assert settings.worker_lease == 5.0
-    assert settings.held_floor == 150  # max(poll.max_delay 30, park_after 30) + 120
+    # the longest countdown (poll.max_delay 30, callbacks.park_after 30) + the time limit 120
+    assert settings.held_floor == 150
     assert settings.visibility_timeout == 300  # derived: twice the floor
-    assert Settings(park_after=60).visibility_timeout == 360
+    assert Settings(task_time_limit=60).visibility_timeout == 180
+    assert Settings(park_after=600).visibility_timeout == 300  # polls past 30 s are parked
     assert Settings(visibility_timeout=151).visibility_timeout == 151
-    with pytest.raises(ValueError, match="park_after"):
+    with pytest.raises(ValueError, match=r"poll\.max_delay"):
         Settings(visibility_timeout=150)
     with pytest.raises(ValueError, match="worker_lease"):
         Settings(worker_lease=0)
