@@ -3,20 +3,22 @@ worker's messages are sent again once its lease lapsed, and a message sent twice
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import celery
 import pytest
+import redis
 
 from pollen import JobStatus, Pollen
 from pollen.local.servers import RedisServer, Worker
 from pollen.payloads import message_job_id
 from pollen.settings import Settings
-from pollen.store import keys
+from pollen.store import keys, orphans
 from pollen.store.claims import Held
 from pollen.worker.reconciler import reconcile
-from tests.conftest import BROKER_DB, eventually
+from tests.conftest import BROKER_DB, OWN_BROKER_DB, eventually
 from tests.helpers import accept_job, video_request
 
 pytestmark = pytest.mark.integration
@@ -162,3 +164,68 @@ def test_worker_lease_and_visibility_timeout_defaults_follow_their_floor() -> No
         Settings(visibility_timeout=150)
     with pytest.raises(ValueError, match="worker_lease"):
         Settings(worker_lease=0)
+
+
+def take_unacked(url: str, queue: str, count: int) -> Any:
+    """A kombu consumer that takes ``count`` messages of ``queue`` and never acknowledges
+    them: what a worker killed between taking a message and claiming it leaves behind."""
+    import kombu
+
+    komb: Any = kombu  # kombu's annotations are partial: used untyped
+    connection = komb.Connection(url)
+    taken: list[Any] = []
+    declared = komb.Queue(queue, komb.Exchange(queue), routing_key=queue)
+    consumer = connection.Consumer(
+        [declared], callbacks=[lambda _body, message: taken.append(message)]
+    )
+    consumer.qos(prefetch_count=count)
+    consumer.consume()
+    deadline = time.monotonic() + 5
+    while len(taken) < count and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError, OSError):
+            connection.drain_events(timeout=0.2)
+    assert len(taken) == count, taken
+    return connection
+
+
+def test_an_unclaimed_submit_in_the_brokers_hands_is_sent_again_once(
+    deps: Any, redis_server: RedisServer
+) -> None:
+    url = redis_server.url(OWN_BROKER_DB)
+    broker = redis.Redis.from_url(url, decode_responses=True)
+    broker.flushdb()
+    producer = celery.Celery(broker=url)
+    payload = {"provider": "runware", "request": video_request([0.2])}
+    for task_id, queue in (("lost-1", "q.submit"), ("claimed-1", "q.submit"), ("x", "other")):
+        producer.send_task(
+            "pollen.submit", kwargs={"job": payload}, queue=queue, task_id=task_id,
+            countdown=30 if task_id == "claimed-1" else None,
+        )  # fmt: skip
+    producer.send_task("pollen.poll", kwargs={"items": []}, queue="q.submit", task_id="a-poll")
+    held = take_unacked(url, "q.submit", 3)
+    other = take_unacked(url, "other", 1)
+    assert broker.hlen(orphans.UNACKED) == 4
+    deps.store.claims.hold("live", "claimed-1:0", Held("claimed-1", {}), until=time.time() + 60)
+    orphan_finder = orphans.Orphans(broker, "q.submit")
+    resent: list[Held] = []
+    now = time.time()
+    too_soon = reconcile(
+        deps.store, lambda *_: None, now=now, resend=resent.append, orphans=orphan_finder,
+        orphan_age=5,
+    )  # fmt: skip
+    assert too_soon.orphans == []  # handed over under 5 s ago: a live worker may claim it yet
+    report = reconcile(
+        deps.store, lambda *_: None, now=now + 6, resend=resent.append, orphans=orphan_finder,
+        orphan_age=5,
+    )  # fmt: skip
+    assert [m.task_id for m in resent] == ["lost-1"]  # not the claimed one, not the poll
+    assert resent[0].kwargs == {"job": payload} and report.orphans == ["lost-1"]
+    assert broker.hlen(orphans.UNACKED) == 3  # its broker copy is gone: no later duplicate
+    again = reconcile(
+        deps.store, lambda *_: None, now=now + 8, resend=resent.append, orphans=orphan_finder,
+        orphan_age=5,
+    )  # fmt: skip
+    assert again.orphans == [] and len(resent) == 1  # each delivery looked at once
+    held.close()
+    other.close()
+    producer.close()

@@ -32,9 +32,18 @@ class Held:
     task_id: str
     kwargs: dict[str, Any]
     eta: float | None = None  #: when a countdown retry was due (unix time), None for now
+    retries: int = 0  #: the task's retry number (a retry is a new message, same task id)
+    delivery_tag: str | None = None  #: the broker's tag of this copy (kombu's unacked hash)
+
+    @property
+    def tag(self) -> str:
+        return message_tag(self.task_id, self.retries)
 
     def dump(self) -> str:
-        return json.dumps({"id": self.task_id, "kwargs": self.kwargs, "eta": self.eta})
+        return json.dumps(
+            {"id": self.task_id, "kwargs": self.kwargs, "eta": self.eta,
+             "retries": self.retries, "delivery_tag": self.delivery_tag}
+        )  # fmt: skip
 
     def job_ids(self) -> list[str]:
         """The stored jobs the message names (none for a job payload: not stored yet)."""
@@ -48,7 +57,16 @@ class Held:
     @classmethod
     def load(cls, text: str) -> Held:
         data = json.loads(text)
-        return cls(str(data["id"]), dict(data["kwargs"]), data.get("eta"))
+        return cls(
+            str(data["id"]), dict(data["kwargs"]), data.get("eta"),
+            int(data.get("retries") or 0), data.get("delivery_tag"),
+        )  # fmt: skip
+
+
+def message_tag(task_id: str, retries: int) -> str:
+    """A message's key among its holder's claims: its task id and retry number (a retry is a
+    new message with the same task id; a redelivered copy is the same message)."""
+    return f"{task_id}:{retries}"
 
 
 # --- operations -------------------------------------------------------------------------
@@ -88,6 +106,24 @@ def drop(holder: str) -> Op[None]:
     yield [cmd("delete", keys.held(holder)), cmd("zrem", keys.HOLDERS, holder)]
 
 
+def claimed() -> Op[set[str]]:
+    """The tags of every message any worker instance claims (live or not yet taken)."""
+    holders = yield from single(cmd("zrange", keys.HOLDERS, 0, -1))
+    if not holders:
+        return set()
+    tags = yield [cmd("hkeys", keys.held(str(holder))) for holder in holders]
+    return {str(tag) for each in tags for tag in each}
+
+
+def scanned(upto: float | None = None) -> Op[float | None]:
+    """Where the scan of the broker's unacked messages stopped (:mod:`pollen.store.orphans`);
+    with ``upto``, move it there first."""
+    if upto is not None:
+        yield [cmd("set", keys.ORPHAN_SCAN, repr(upto))]
+    value = yield from single(cmd("get", keys.ORPHAN_SCAN))
+    return None if value is None else float(value)
+
+
 def lapsed(now: float, limit: int) -> Op[list[str]]:
     """Instances whose lease lapsed before ``now`` (dead workers)."""
     found = yield from single(cmd("zrangebyscore", keys.HOLDERS, "-inf", now, start=0, num=limit))
@@ -125,6 +161,12 @@ class Claims:
 
     def drop(self, holder: str) -> None:
         self.run(drop(holder))
+
+    def claimed(self) -> set[str]:
+        return self.run(claimed())
+
+    def scanned(self, upto: float | None = None) -> float | None:
+        return self.run(scanned(upto))
 
     def take_lapsed(self, now: float, limit: int = 100) -> list[tuple[str, list[Held]]]:
         """The messages of every instance whose lease lapsed, taken: (holder, messages)."""

@@ -60,6 +60,9 @@ REJECTED_KEEP = 1000
 #: sorted set of worker instances holding submit messages, scored by when each one's lease on
 #: them lapses (renewed while the worker lives; see :mod:`pollen.store.claims`)
 HOLDERS = f"{PREFIX}:claims:holders"
+#: string: the delivery time up to which the broker's unacked messages were looked at for
+#: unclaimed submits (:mod:`pollen.store.orphans`)
+ORPHAN_SCAN = f"{PREFIX}:claims:scanned"
 
 
 def held(holder: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from celery.signals import task_postrun, task_received, worker_init, worker_shutdown
 
 from pollen import contract
-from pollen.store.claims import Held
+from pollen.store.claims import Held, message_tag
 from pollen.worker import runtime
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,13 @@ def message_of(request: Any) -> Held:
     eta = request.eta
     if isinstance(eta, datetime):
         eta = (eta if eta.tzinfo else eta.replace(tzinfo=UTC)).timestamp()
-    return Held(str(request.id), dict(request.kwargs or {}), eta if eta else None)
-
-
-def _tag(task_id: Any, retries: Any) -> str:
-    """A message's key among its holder's claims: its task id and its retry number (a
-    retry is a new message with the same task id; a redelivered copy is the same one)."""
-    return f"{task_id}:{retries or 0}"
+    message = getattr(request, "message", None)
+    tag = getattr(message, "delivery_tag", None)
+    return Held(
+        str(request.id), dict(request.kwargs or {}), eta if eta else None,
+        retries=int(request.request_dict.get("retries") or 0),
+        delivery_tag=None if tag is None else str(tag),
+    )  # fmt: skip
 
 
 @worker_init.connect
@@ -111,9 +111,9 @@ def _hold(request: Any = None, **_: Any) -> None:
     holder = _This.holder
     if holder is None or request is None or request.name != contract.SUBMIT:
         return
-    tag = _tag(request.id, request.request_dict.get("retries"))
     deps = runtime.deps()
     message = message_of(request)
+    tag = message.tag
     now = deps.clock()
     # its jobs are in a live worker's hands until the submit could have run (the time limit)
     expect_by = max(now, message.eta or now) + deps.settings.task_time_limit
@@ -131,7 +131,7 @@ def _release(task: Any = None, **_: Any) -> None:
     holder = _This.holder
     if holder is None or task is None or task.name != contract.SUBMIT:
         return
-    tag = _tag(task.request.id, task.request.retries)
+    tag = message_tag(str(task.request.id), int(task.request.retries or 0))
     try:
         runtime.deps().store.claims.release(holder.name, [tag])
     except Exception:  # left behind: sent again after the lease, a harmless duplicate

@@ -18,6 +18,7 @@ from celery import bootsteps
 from pollen import contract
 from pollen.store import durability, keys
 from pollen.store.claims import Held
+from pollen.store.orphans import Orphans
 from pollen.worker import admission, grouping, metrics, planner, runtime
 from pollen.worker.reconciler import reconcile
 
@@ -89,6 +90,12 @@ def tick(app: Any) -> None:
                 batch_size=settings.batch_size,
                 resend=partial(resend_submit, app) if settings.redis_broker else None,
                 backlog=partial(submit_backlog, settings.broker, settings.queues.submit),
+                orphans=(
+                    _orphans(settings.broker, settings.queues.submit)
+                    if settings.redis_broker
+                    else None
+                ),
+                orphan_age=2 * settings.worker_lease,
             )
             deps.store.schedule.trim_indexes(now)
             sweep_every = SWEEP_ROUNDS * settings.reconcile_interval
@@ -149,6 +156,13 @@ def resend_submit(app: Any, message: Held) -> None:
     of a payload without one derives from it), its arguments, its countdown's due time."""
     eta = None if message.eta is None else datetime.fromtimestamp(message.eta, UTC)
     app.send_task(contract.SUBMIT, kwargs=message.kwargs, task_id=message.task_id, eta=eta)
+
+
+@functools.cache
+def _orphans(broker: str, queue: str) -> Orphans:
+    from pollen.store.connection import redis_client
+
+    return Orphans(redis_client(broker), queue)
 
 
 @functools.cache

@@ -24,6 +24,7 @@ from pollen import contract
 from pollen.models import JobStatus
 from pollen.providers import REGISTRY
 from pollen.store.claims import Held
+from pollen.store.orphans import Orphans
 from pollen.store.sync import Store
 from pollen.worker.metrics import RECONCILER
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 Send = Callable[[str, dict[str, object]], None]
 #: resend(message) — publishes a held submit message again (its task id, arguments, eta)
 Resend = Callable[[Held], None]
+#: most broker deliveries one round looks at for unclaimed submit messages
+ORPHAN_SCAN_LIMIT = 2000
 
 
 @dataclass
@@ -42,26 +45,51 @@ class Report:
     dropped: list[str] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)  #: cancel follow-ups sent again
     held: list[str] = field(default_factory=list)  #: task ids of dead workers' submits resent
+    orphans: list[str] = field(default_factory=list)  #: task ids of unclaimed submits resent
     waiting: int = 0  #: overdue queued jobs left alone: the submit queue has a backlog
 
     @property
     def actions(self) -> int:
         return (
             len(self.resubmitted) + len(self.repolled) + len(self.dropped) + len(self.cancels)
-            + len(self.held)
+            + len(self.held) + len(self.orphans)
         )  # fmt: skip
 
 
-def resume_held(store: Store, resend: Resend, *, now: float, report: Report) -> None:
-    """Send again every submit message held by a worker whose lease lapsed (it died)."""
+def resume_held(
+    store: Store, resend: Resend, *, now: float, report: Report, orphans: Orphans | None = None
+) -> None:
+    """Send again every submit message held by a worker whose lease lapsed (it died), and
+    take the broker's copies out of its unacked hash (they would only come back later as
+    duplicates)."""
     for holder, messages in store.claims.take_lapsed(now):
         for message in messages:
             resend(message)
             report.held.append(message.task_id)
+        if orphans is not None:
+            orphans.drop([m.delivery_tag for m in messages if m.delivery_tag])
         if messages:
             log.warning(
                 "worker %s died holding %d submit message(s); sent again", holder, len(messages)
             )
+
+
+def resume_orphans(
+    store: Store, orphans: Orphans, resend: Resend, *, now: float, age: float, report: Report
+) -> None:
+    """Send again the submit messages the broker handed to a worker more than ``age`` seconds
+    ago that no worker claims (it died before it could), each looked at once."""
+    after = store.claims.scanned()
+    if after is None:  # the first scan of this store: the last minute
+        after = now - age - 60
+    found, upto = orphans.scan(after, now - age, limit=ORPHAN_SCAN_LIMIT)
+    claimed = store.claims.claimed() if found else set()
+    lost = [held for held in found if held.tag not in claimed]
+    for held in lost:
+        resend(held)
+        report.orphans.append(held.task_id)
+    orphans.drop([held.delivery_tag for held in lost if held.delivery_tag])
+    store.claims.scanned(upto)
 
 
 def reconcile(
@@ -73,17 +101,23 @@ def reconcile(
     batch_size: int = 50,
     resend: Resend | None = None,
     backlog: Callable[[], bool] = lambda: False,
+    orphans: Orphans | None = None,
+    orphan_age: float = 10.0,
 ) -> Report:
     """Resume up to ``limit`` overdue jobs; return what was done.
 
     Re-polls and re-submits go out as batches of up to ``batch_size`` jobs (one
     ``pollen.poll`` or ``pollen.submit`` message each). With ``resend``, the submit messages
-    of dead workers go out again first (:func:`resume_held`). ``backlog()`` says whether the
-    submit queue holds messages: then an overdue queued job waits another grace period.
+    of dead workers go out again first (:func:`resume_held`), and with ``orphans`` (the
+    broker's unacked messages) those no worker claimed ``orphan_age`` seconds after the broker
+    handed them over (:func:`resume_orphans`). ``backlog()`` says whether the submit queue
+    holds messages: then an overdue queued job waits another grace period.
     """
     report = Report()
     if resend is not None:
-        resume_held(store, resend, now=now, report=report)
+        resume_held(store, resend, now=now, report=report, orphans=orphans)
+        if orphans is not None:
+            resume_orphans(store, orphans, resend, now=now, age=orphan_age, report=report)
     polls = _overdue(store, report, now=now, limit=limit, backlog=backlog)
     for start in range(0, len(polls), batch_size):
         send(contract.POLL, {"items": polls[start : start + batch_size]})
@@ -98,18 +132,20 @@ def reconcile(
         ("repoll", report.repolled),
         ("drop", report.dropped),
         ("resend_held", report.held),
+        ("resend_unclaimed", report.orphans),
     ):
         if ids:
             RECONCILER.labels(action).inc(len(ids))
     if report.actions:
         log.warning(
             "reconciler: resubmitted %d, re-polled %d, dropped %d, cancel follow-ups re-sent "
-            "%d, dead workers' submit messages re-sent %d (jobs %s)",
+            "%d, dead workers' submit messages re-sent %d, unclaimed ones %d (jobs %s)",
             len(report.resubmitted),
             len(report.repolled),
             len(report.dropped),
             len(report.cancels),
             len(report.held),
+            len(report.orphans),
             (report.resubmitted + report.repolled)[:10],
         )
     return report
