@@ -24,6 +24,7 @@ from pollen.payloads import message_job_id
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
 from pollen.store.claims import Held
+from pollen.store.orphans import Orphans
 from tests import rabbitmq
 from tests.conftest import OWN_BROKER_DB as OWN_DB
 from tests.conftest import eventually
@@ -47,7 +48,7 @@ DOCUMENTED = {
 }
 RECONCILER_LINE = re.compile(
     r"reconciler: resubmitted (\d+), re-polled (\d+), dropped (\d+), cancel follow-ups re-sent "
-    r"(\d+), dead workers' submit messages re-sent (\d+)"
+    r"(\d+), dead workers' submit messages re-sent (\d+), unclaimed ones (\d+)"
 )
 
 
@@ -60,6 +61,15 @@ def held_by(client: Pollen, fleet: Fleet, pod: str) -> list[Held]:
         if str(holder).startswith(node):
             messages += [Held.load(str(v)) for v in store.hvals(keys.held(str(holder)))]
     return messages
+
+
+def unclaimed(client: Pollen, fleet: Fleet) -> list[Held]:
+    """Submit messages of the fleet's queue the broker handed over that nobody claims."""
+    broker = redis.Redis.from_url(fleet.env["POLLEN_BROKER_URL"], decode_responses=True)
+    found, _ = Orphans(broker, fleet.settings().queues.submit).scan(0, time.time(), 100_000)
+    claimed = client.store.claims.claimed()
+    broker.close()
+    return [held for held in found if held.tag not in claimed]
 
 
 def jobs_of(messages: list[Held]) -> set[str]:
@@ -75,7 +85,7 @@ def jobs_of(messages: list[Held]) -> set[str]:
 
 def reconciler_counts(fleet: Fleet) -> dict[str, int]:
     """What every pod's reconciler did, summed from their log lines."""
-    totals = dict.fromkeys(("resubmitted", "repolled", "dropped", "cancels", "held"), 0)
+    totals = dict.fromkeys(("resubmitted", "repolled", "dropped", "cancels", "held", "orphans"), 0)
     for pod in fleet.workers:
         for line in fleet.log(pod).splitlines():
             try:
@@ -178,8 +188,9 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
     fault_at = time.time()
     fleet.kill_pod("pod-a")
     held = held_by(client, fleet, "pod-a")
+    lost_claims = [] if on_rabbit else unclaimed(client, fleet)
     # on RabbitMQ nothing is claimed (the broker returns the messages): every job counts
-    affected = set(job_ids) if on_rabbit else jobs_of(held)
+    affected = set(job_ids) if on_rabbit else jobs_of(held + lost_claims)
     unrecorded = [job for job in affected if not client.store.redis.exists(keys.job(job))]
     time.sleep(1.0)
     start_pods(fleet, ["pod-c"], pool="threads", concurrency=8)
@@ -195,10 +206,15 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
     result.fill(case)
     case.recovery_s = recovery
     counts = reconciler_counts(fleet)
+    on_kill = (
+        f"RabbitMQ: nothing is claimed; {len(unrecorded)} jobs had no record at the kill"
+        if on_rabbit
+        else f"pod-a held {len(held)} claimed submit messages at the kill and "
+        f"{len(lost_claims)} it took but had not claimed yet ({len(unrecorded)} of their jobs "
+        f"had no record); the reconciler sent {counts['held']} + {counts['orphans']} again"
+    )
     case.notes = [
-        f"pod-a held {len(held)} submit messages at the kill ({len(unrecorded)} of their jobs "
-        f"had no record yet); the reconciler sent {counts['held']} again and resubmitted "
-        f"{counts['resubmitted']} overdue queued jobs",
+        f"{on_kill}; overdue queued jobs resubmitted: {counts['resubmitted']}",
         f"the last of pod-a's jobs ended {recovery} s after the kill; every job "
         f"{round(max(j.finished_at or 0 for j in finished) - fault_at, 2)} s",
     ]
@@ -207,6 +223,7 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
     if not on_rabbit:
         assert held, "the kill found pod-a holding no submit message: nothing was tested"
         assert counts["held"] == len(held)
+        assert counts["orphans"] == len(lost_claims)
     assert recovery is not None and recovery <= 15.0, case.notes
     assert len(job_ids) == len(set(job_ids)) == jobs
     assert client.store.redis.zcard(keys.index("runware", JobStatus.SUCCEEDED.value)) == jobs
