@@ -133,7 +133,8 @@ def job_with_a_token(store_url: str) -> str:
     client = redis.Redis.from_url(store_url)
     try:
         fields = {"push_token": token, "provider": "runware", "status": "processing"}
-        client.hset(keys.job(JOB), mapping={**fields, "poll_seq": "1"})
+        for name, value in (fields | {"poll_seq": "1"}).items():
+            client.hset(keys.job(JOB), name, value)
     finally:
         client.close()
     return f"/push/runware/{token}"
