@@ -5,9 +5,7 @@ as real processes (``tests/faults/test_servers.py``)."""
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
 
 import httpx
 import pydantic
@@ -29,15 +27,6 @@ pytestmark = pytest.mark.integration
 MARGIN = 0.8
 #: a database of the session's Redis no worker reads
 BROKER_DB = 7
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port where connections are accepted (by the kernel) and never answered."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(64)
-        yield int(server.getsockname()[1])
 
 
 def silent_redis(settings: Settings, port: int, **groups: dict[str, float]) -> Settings:
