@@ -78,11 +78,12 @@ class AsyncPollen:
         try:
             async with asyncio.timeout(self.publish_timeout):
                 await sending
-        except (TimeoutError, OperationalError) as exc:
+        except TimeoutError as exc:
             raise StoreUnavailable(
-                f"the broker did not take the message within {self.publish_timeout:g}s: "
-                f"{exc or type(exc).__name__}"
+                f"the broker did not take the message within {self.publish_timeout:g}s"
             ) from exc
+        except OperationalError as exc:  # refused, or kombu's own socket timeout
+            raise StoreUnavailable(f"the broker is unreachable: {exc}") from exc
 
     async def submit(
         self,

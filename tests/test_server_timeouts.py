@@ -90,7 +90,10 @@ async def test_a_bounded_publish_gives_up_on_a_silent_broker_and_sends_to_a_live
     silent = silent_redis(settings, silent_port)
     async with AsyncPollen(silent, publish_timeout=0.5) as client:
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match=r"did not take the message within 0\.5s"):
+        # the first of the asyncio bound and kombu's own socket timeout, both 0.5 s, says it
+        with pytest.raises(
+            StoreUnavailable, match=r"did not take the message within 0\.5s|Timeout"
+        ):
             await client.publish(message)
         assert 0.5 <= time.monotonic() - started < 0.5 + MARGIN
     live = settings.model_copy(update={"broker_url": redis_server.url(BROKER_DB)})
