@@ -225,6 +225,17 @@ class CallbackSettings(BaseModel):
     )
 
 
+#: how long the ingress and the dashboard wait for an unreachable Redis by default, seconds
+SERVER_REDIS_TIMEOUT = 1.0
+
+
+def shutdown_grace(redis_timeout: float) -> int:
+    """Seconds the ingress or the dashboard waits, after SIGTERM, for the requests under way
+    (whole seconds, as uvicorn takes them): each ends within about twice its Redis timeout
+    (the store, then the broker)."""
+    return math.ceil(2 * redis_timeout) + 1
+
+
 class IngressSettings(BaseModel):
     """Provider push as a wake-up (``pollen ingress``): the provider's push makes pollen poll
     the job at once; polling stays the safety net, so a lost push costs only lag."""
@@ -237,6 +248,12 @@ class IngressSettings(BaseModel):
     )
     max_body_bytes: int = Field(
         256 * 1024, gt=0, description="Largest push body the ingress reads, bytes."
+    )
+    redis_timeout: float = Field(
+        SERVER_REDIS_TIMEOUT,
+        gt=0,
+        description="Seconds a push or /readyz waits for an unreachable Redis (or broker) "
+        "before it answers 503; the provider retries the push.",
     )
     poll_max_delay: float | None = Field(
         None,
@@ -345,6 +362,12 @@ class DashboardSettings(BaseModel):
         "--no-auth). --basic-auth overrides it.",
     )
     host: str = Field("127.0.0.1", description="Address the dashboard listens on (--host).")
+    redis_timeout: float = Field(
+        SERVER_REDIS_TIMEOUT,
+        gt=0,
+        description="Seconds a page waits for an unreachable Redis (or broker) before it "
+        "answers 503.",
+    )
     port: int = Field(5556, ge=1, le=65535, description="Port the dashboard listens on (--port).")
 
     @field_validator("basic_auth")
