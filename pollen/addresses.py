@@ -9,7 +9,8 @@ an admin port must be refused. Two checks, both through one :class:`AddressPolic
   ``[::ffff:127.0.0.1]``). No DNS here.
 - :meth:`AddressPolicy.resolve` at connect time: every address a name resolves to must pass
   :meth:`AddressPolicy.check_ip`; :func:`pinned_request` then connects to one of those exact
-  addresses, so a DNS answer cannot change between check and connect.
+  addresses, so a DNS answer cannot change between check and connect. The lookup has the
+  request's timeout (:class:`pollen.lookup.Lookup`), and the request only what it left.
 
 An address passes if it is globally routable public unicast, or inside an allowlisted CIDR.
 IPv6 forms that carry an IPv4 address (IPv4-mapped, IPv4-compatible, SIIT, NAT64 64:ff9b::/96,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
@@ -30,11 +32,16 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from pollen.errors import InvalidJob
+from pollen.lookup import Lookup
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2048
+#: how long :meth:`AddressPolicy.resolve` waits for an answer unless told, seconds
+LOOKUP_TIMEOUT = 10.0
+#: the least a request is given after a slow lookup, seconds
+MIN_REQUEST_TIMEOUT = 0.001
 SCHEMES = frozenset({"http", "https"})
 
 _V4_BLOCKS: tuple[tuple[str, str], ...] = (
@@ -100,12 +107,20 @@ class UnsafeCallbackURL(InvalidJob):
 class AddressPolicy:
     """Allowed callback destinations: public unicast addresses plus allowlisted CIDRs."""
 
-    def __init__(self, allow: Sequence[str] = (), *, setting: str = CALLBACKS_SETTING) -> None:
+    def __init__(
+        self,
+        allow: Sequence[str] = (),
+        *,
+        setting: str = CALLBACKS_SETTING,
+        lookup: Lookup | None = None,
+    ) -> None:
         if isinstance(allow, str):
             raise TypeError("allow must be a sequence of CIDR strings, not one string")
         self.allow: tuple[IPNetwork, ...] = tuple(_network(cidr) for cidr in allow)
         #: the environment variable that holds ``allow``, named in the refusals it could lift
         self.setting = setting
+        #: how names are looked up (bounded in time and threads; share one per process)
+        self.lookup = lookup or Lookup()
 
     def __repr__(self) -> str:
         return f"AddressPolicy(allow={[str(net) for net in self.allow]!r})"
@@ -138,16 +153,16 @@ class AddressPolicy:
             self._check_name(ascii_host)
         return url
 
-    def resolve(self, host: str, port: int) -> list[str]:
+    def resolve(self, host: str, port: int, *, timeout: float = LOOKUP_TIMEOUT) -> list[str]:
         """Every address ``host`` resolves to, each vetted; refuses if any one is unsafe.
 
-        ``socket.gaierror`` (an OSError) propagates: a name that does not resolve now may later.
+        ``socket.gaierror`` and :class:`~pollen.lookup.LookupFailed` (no answer within
+        ``timeout`` seconds), both OSErrors, propagate: a name that does not resolve now may
+        later.
         """
         host = host.removeprefix("[").removesuffix("]")
         try:
-            infos = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
+            infos = self.lookup(host, port, timeout=timeout)
         except UnicodeError:  # the idna codec refused the name (empty or over-long label)
             raise UnsafeCallbackURL(f"callback host {host!r} is not a valid name") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -335,13 +350,16 @@ def pinned_request(
 
     Only ``headers`` (names lower-cased) travel, plus Host and ``Connection: close``: no
     client defaults. Raises UnsafeCallbackURL (policy), httpx.InvalidURL, or OSError (DNS).
+    The lookup may take up to ``timeout`` seconds; the request's timeouts are what it left.
     """
     policy.check_url(url)
     target = httpx.URL(url)
     host = target.raw_host.decode("ascii")
     port = target.port or (443 if target.scheme == "https" else 80)
-    address = policy.resolve(host, port)[0]
-    extensions: dict[str, Any] = {"timeout": httpx.Timeout(timeout).as_dict()}
+    started = time.monotonic()
+    address = policy.resolve(host, port, timeout=timeout)[0]
+    left = max(timeout - (time.monotonic() - started), MIN_REQUEST_TIMEOUT)
+    extensions: dict[str, Any] = {"timeout": httpx.Timeout(left).as_dict()}
     if target.scheme == "https":
         extensions["sni_hostname"] = host
     sent_headers = {k.lower(): v for k, v in headers.items()}

@@ -22,9 +22,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from pollen import contract, producer
-from pollen.errors import WaitTimeout
+from pollen.errors import StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
 from pollen.settings import Settings, get_settings
@@ -42,18 +43,25 @@ class AsyncPollen:
     """Submit jobs to pollen's workers and follow them, from asyncio code."""
 
     def __init__(
-        self, settings: Settings | None = None, *, redis_timeout: float | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        redis_timeout: float | None = None,
+        publish_timeout: float | None = None,
     ) -> None:
-        """``redis_timeout``: :meth:`pollen.Pollen`'s."""
+        """``redis_timeout``: :meth:`pollen.Pollen`'s. ``publish_timeout``: a publish that
+        has not gone within that many seconds raises StoreUnavailable (the ingress and the
+        dashboard set it); None: a broker that never answers holds a publish."""
         self.settings = producer_settings(settings or get_settings(), redis_timeout)
         self.store = AsyncStore(self.settings.redis_url, self.settings.producer.redis_timeout)
+        self.publish_timeout = publish_timeout
         self._session = Session(self.settings)
         self._celery: Celery | None = None
 
     @property
     def celery(self) -> Celery:
         if self._celery is None:
-            self._celery = contract.producer_app(self.settings)
+            self._celery = contract.producer_app(self.settings, timeout=self.publish_timeout)
         return self._celery
 
     async def _run(self, flow: Flow[T]) -> T:
@@ -62,8 +70,20 @@ class AsyncPollen:
 
     async def publish(self, message: Send) -> None:
         """Publish one of pollen's Celery messages (kombu has no asyncio API: from a worker
-        thread)."""
-        await asyncio.to_thread(producer.publish, self.celery, message)
+        thread, which the publish timeout also bounds: :func:`pollen.contract.producer_app`)."""
+        sending = asyncio.to_thread(producer.publish, self.celery, message)
+        if self.publish_timeout is None:
+            await sending
+            return
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await sending
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"the broker did not take the message within {self.publish_timeout:g}s"
+            ) from exc
+        except OperationalError as exc:  # refused, or kombu's own socket timeout
+            raise StoreUnavailable(f"the broker is unreachable: {exc}") from exc
 
     async def submit(
         self,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from pollen.settings import QueueSettings, Settings
+from pollen.settings import REDIS_SCHEMES, QueueSettings, Settings
 
 SUBMIT = "pollen.submit"
 POLL = "pollen.poll"
@@ -99,8 +100,30 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def producer_app(settings: Settings) -> Celery:
-    """A Celery app that sends pollen's tasks by name; it registers none of them."""
+def producer_app(settings: Settings, *, timeout: float | None = None) -> Celery:
+    """A Celery app that sends pollen's tasks by name; it registers none of them.
+
+    ``timeout``: a publish gives up after about that long (for a process that answers
+    requests): each connect and reply on a Redis broker is waited for at most ``timeout``
+    seconds and a publish is tried twice, not four times. None: kombu's defaults, under which
+    a broker that accepts connections and never answers holds a publish for good.
+    """
+    config = celery_config(settings)
+    if timeout is not None:
+        config |= bounded_publish(config, timeout)
     app = Celery("pollen")
-    app.conf.update(celery_config(settings))
+    app.conf.update(config)
     return app
+
+
+def bounded_publish(config: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """The Celery settings of :func:`producer_app` that bound a publish by ``timeout``."""
+    transport = dict(config["broker_transport_options"])
+    if urlsplit(str(config["broker_url"])).scheme.lower() in REDIS_SCHEMES:
+        transport |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return {
+        "broker_transport_options": transport,
+        "broker_connection_timeout": timeout,
+        # one more try at once: a connection Redis dropped since (a restart) is replaced
+        "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0},
+    }

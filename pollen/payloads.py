@@ -187,8 +187,22 @@ class Prepared:
     fingerprint: str
 
 
-def prepare(settings: Settings, payload: Any, *, now: float) -> Prepared:
-    """Validate a producer payload and build the record of a new queued job (no I/O).
+#: the namespace of job ids derived from a message's task id (:func:`message_job_id`)
+MESSAGE_JOBS = uuid.UUID("5f1c0b6e-3c1d-4d52-9a55-6b3b1c2a7e10")
+
+
+def message_job_id(task_id: str) -> str:
+    """The id of a job whose payload came without one, from the id of the message that
+    brought it: every copy of that message (a redelivery, a dead worker's message sent again)
+    is the same job, never a second one."""
+    return uuid.uuid5(MESSAGE_JOBS, task_id).hex
+
+
+def prepare(
+    settings: Settings, payload: Any, *, now: float, default_id: str | None = None
+) -> Prepared:
+    """Validate a producer payload and build the record of a new queued job (no I/O); a
+    payload without ``job_id`` gets ``default_id``, or a new random id.
 
     Raises :class:`InvalidJob` (naming the bad field) or :class:`UnsafeCallbackURL`.
     """
@@ -199,13 +213,16 @@ def prepare(settings: Settings, payload: Any, *, now: float) -> Prepared:
         raise InvalidJob(f"poll: {exc.errors()[0]['msg']}") from None
     limit = settings.visibility_timeout - settings.task_time_limit
     if policy.max_delay >= limit:
-        raise InvalidJob(f"poll.max_delay: must be below {limit}s (the broker visibility timeout)")
+        raise InvalidJob(
+            f"poll.max_delay: must be below {limit}s (the broker visibility timeout, "
+            "POLLEN_VISIBILITY_TIMEOUT, less the task time limit)"
+        )
     if request.callback_url:
         try:
             AddressPolicy(settings.callbacks.allow_cidrs).check_url(str(request.callback_url))
         except UnsafeCallbackURL as exc:
             raise UnsafeCallbackURL(f"callback_url: {exc}") from None
-    job_id = request.job_id or uuid.uuid4().hex
+    job_id = request.job_id or default_id or uuid.uuid4().hex
     task = request.request.model_dump(mode="json", exclude_unset=False, exclude_none=True)
     fields = {
         "id": job_id,
@@ -233,7 +250,9 @@ def prepare(settings: Settings, payload: Any, *, now: float) -> Prepared:
     return Prepared(job_id, fields, ttl, fingerprint(request))
 
 
-def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tuple[str, bool]:
+def accept(
+    settings: Settings, store: Store, payload: Any, *, now: float, default_id: str | None = None
+) -> tuple[str, bool]:
     """Validate a producer payload and store it as a queued job.
 
     Returns ``(job_id, created)``; ``created`` is False when a job with that id already
@@ -241,12 +260,14 @@ def accept(settings: Settings, store: Store, payload: Any, *, now: float) -> tup
     before writing anything, and :class:`IdempotencyConflict` when the id exists with a
     different request.
     """
-    return store.run(accept_op(settings, payload, now=now))
+    return store.run(accept_op(settings, payload, now=now, default_id=default_id))
 
 
-def accept_op(settings: Settings, payload: Any, *, now: float) -> Op[tuple[str, bool]]:
+def accept_op(
+    settings: Settings, payload: Any, *, now: float, default_id: str | None = None
+) -> Op[tuple[str, bool]]:
     """:func:`accept` as a store operation (:mod:`pollen.store.effects`)."""
-    job = prepare(settings, payload, now=now)
+    job = prepare(settings, payload, now=now, default_id=default_id)
     [created] = yield from lifecycle.create_many(
         [(job.job_id, job.fields, job.ttl, job.fingerprint)],
         now=now,

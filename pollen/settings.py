@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -224,6 +225,17 @@ class CallbackSettings(BaseModel):
     )
 
 
+#: how long the ingress and the dashboard wait for an unreachable Redis by default, seconds
+SERVER_REDIS_TIMEOUT = 1.0
+
+
+def shutdown_grace(redis_timeout: float) -> int:
+    """Seconds the ingress or the dashboard waits, after SIGTERM, for the requests under way
+    (whole seconds, as uvicorn takes them): each ends within about twice its Redis timeout
+    (the store, then the broker)."""
+    return math.ceil(2 * redis_timeout) + 1
+
+
 class IngressSettings(BaseModel):
     """Provider push as a wake-up (``pollen ingress``): the provider's push makes pollen poll
     the job at once; polling stays the safety net, so a lost push costs only lag."""
@@ -236,6 +248,12 @@ class IngressSettings(BaseModel):
     )
     max_body_bytes: int = Field(
         256 * 1024, gt=0, description="Largest push body the ingress reads, bytes."
+    )
+    redis_timeout: float = Field(
+        SERVER_REDIS_TIMEOUT,
+        gt=0,
+        description="Seconds a push or /readyz waits for an unreachable Redis (or broker) "
+        "before it answers 503; the provider retries the push.",
     )
     poll_max_delay: float | None = Field(
         None,
@@ -344,6 +362,12 @@ class DashboardSettings(BaseModel):
         "--no-auth). --basic-auth overrides it.",
     )
     host: str = Field("127.0.0.1", description="Address the dashboard listens on (--host).")
+    redis_timeout: float = Field(
+        SERVER_REDIS_TIMEOUT,
+        gt=0,
+        description="Seconds a page waits for an unreachable Redis (or broker) before it "
+        "answers 503.",
+    )
     port: int = Field(5556, ge=1, le=65535, description="Port the dashboard listens on (--port).")
 
     @field_validator("basic_auth")
@@ -408,10 +432,13 @@ class Settings(BaseSettings):
     )
     task_time_limit: int = Field(120, gt=0, description="Hard time limit of one task run, seconds.")
     visibility_timeout: int = Field(
-        3600,
-        gt=0,
-        description="Seconds before Redis redelivers an unacknowledged message; must exceed "
-        "poll.max_delay + task_time_limit.",
+        0,
+        ge=0,
+        description="Seconds before a Redis broker redelivers a message a worker took and never "
+        "acknowledged. 0 (the default) derives it: twice the longest a message is held on "
+        "purpose (its longest countdown plus task_time_limit: held_floor), 300 s with the "
+        "defaults; "
+        "a value you set must exceed that floor.",
     )
     soft_shutdown_timeout: float = Field(
         30.0,
@@ -424,6 +451,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a poll's claim on its jobs lasts; renewed every third of it while "
         "the poll runs, so a dead worker's jobs are free again this long after it died.",
+    )
+    worker_lease: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a worker's claim on the submit messages it holds lasts (Redis "
+        "broker); renewed every third of it, so a dead worker's submits are sent again this "
+        "long after it died, not after the visibility timeout.",
     )
     max_worker_losses: int = Field(
         3,
@@ -537,14 +571,28 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
         return url
 
+    @property
+    def held_floor(self) -> float:
+        """The longest a worker holds a message on purpose, unacknowledged: its longest
+        countdown plus the task time limit. A countdown is a poll or submit retry (up to
+        ``poll.max_delay``; a job's own is refused above what this allows), a callback retry
+        (up to ``callbacks.park_after``) or the poll of a job whose provider pushes (relaxed
+        up to ``ingress.poll_max_delay``, but waits past ``park_after`` are parked in Redis)."""
+        pushed = min(self.ingress.poll_max_delay or 0.0, self.park_after)
+        longest = max(self.poll.max_delay, self.callbacks.park_after, pushed)
+        return longest + self.task_time_limit
+
     @model_validator(mode="after")
     def _visibility_timeout_covers_countdowns(self) -> Settings:
-        floor = max(self.poll.max_delay, self.ingress.poll_max_delay or 0) + self.task_time_limit
-        if self.visibility_timeout <= floor:
+        floor = self.held_floor
+        if self.visibility_timeout == 0:
+            self.visibility_timeout = math.ceil(2 * floor)
+        elif self.visibility_timeout <= floor:
             raise ValueError(
                 f"visibility_timeout ({self.visibility_timeout}s) must be larger than "
-                f"poll.max_delay + task_time_limit ({floor:g}s), or Redis redelivers "
-                "countdown messages that are still waiting"
+                f"the longest countdown a worker holds plus task_time_limit ({floor:g}s: "
+                "poll.max_delay, callbacks.park_after, ingress.poll_max_delay up to park_after), "
+                "or Redis redelivers countdown messages that are still waiting"
             )
         return self
 
@@ -557,6 +605,12 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def redis_broker(self) -> bool:
+        """Whether the broker is Redis (kombu keeps a taken message until the visibility
+        timeout) rather than one that returns a dead consumer's messages at once."""
+        return urlsplit(self.broker).scheme.lower() in REDIS_SCHEMES
 
     @property
     def backend(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -172,6 +173,15 @@ def deps(settings: Settings, clean: None) -> Iterator[Any]:
     yield built
     built.http.close()
     built.store.redis.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port where connections are accepted (by the kernel) and never answered."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield int(server.getsockname()[1])
 
 
 @pytest.fixture

@@ -46,15 +46,6 @@ def broker(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port where connections are accepted (by the kernel) and never answered."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(64)
-        yield int(server.getsockname()[1])
-
-
-@pytest.fixture
 def closing_port() -> Iterator[int]:
     """A port where each connection is accepted and closed at once (a proxy with no Redis
     behind it): every reconnect succeeds, every command fails."""

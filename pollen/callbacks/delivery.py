@@ -2,10 +2,11 @@
 
 The URL's host is resolved once with :meth:`AddressPolicy.resolve` (every answer vetted) and
 the request goes to the first vetted IP (:func:`pollen.addresses.pinned_request`), so a DNS
-answer cannot change between the check and the connect. The original ``host[:port]`` travels
-in the ``Host`` header, and for https the original name is the TLS SNI (httpcore's
-``sni_hostname`` request extension), so the certificate is still verified against the real
-name.
+answer cannot change between the check and the connect. The lookup and the request share the
+attempt's timeout: a resolver that never answers ends the attempt (a retry) when it is up. The
+original ``host[:port]`` travels in the ``Host`` header, and for https the original name is the
+TLS SNI (httpcore's ``sni_hostname`` request extension), so the certificate is still verified
+against the real name.
 
 The request is built here, not from the client's defaults: the client's headers, cookies and
 auth never reach a callback receiver. Redirects are never followed; at most
@@ -16,7 +17,7 @@ Results (:data:`AttemptResult`)::
     delivered   2xx
     gone        410: the receiver asks never to be called again (stop for this endpoint)
     retry       429/503 (retry_after from Retry-After), 3xx, other 4xx/5xx, timeout,
-                connection or DNS failure
+                connection or DNS failure (a lookup with no answer within the timeout too)
     failed      refused by the address policy, or a URL httpx cannot send: not retryable
 """
 
@@ -30,6 +31,7 @@ from typing import Any, Literal
 import httpx
 
 from pollen.addresses import AddressPolicy, UnsafeCallbackURL, pinned_request
+from pollen.lookup import LookupFailed
 from pollen.providers.http import parse_retry_after
 
 AttemptResult = Literal["delivered", "retry", "gone", "failed"]
@@ -85,6 +87,8 @@ def post(
         return attempt("failed", str(exc))
     except httpx.InvalidURL as exc:
         return attempt("failed", f"callback URL cannot be sent: {exc}")
+    except LookupFailed as exc:  # no answer within the timeout, or no lookup thread free
+        return attempt("retry", str(exc))
     except OSError as exc:
         return attempt("retry", f"DNS lookup failed: {exc}")
     try:

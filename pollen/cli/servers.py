@@ -197,6 +197,7 @@ def ingress(
         import uvicorn
 
         from pollen.ingress.app import build_app
+    from pollen.settings import shutdown_grace
 
     settings = load_settings()
     _port_free(host, port)
@@ -206,8 +207,9 @@ def ingress(
         err=True,
     )
     # no access log: a push's path holds the job's token (the app logs pushes, redacted)
+    grace = shutdown_grace(settings.ingress.redis_timeout)
     uvicorn.run(build_app(settings), host=host, port=port, log_level="info", access_log=False,
-                proxy_headers=True)  # fmt: skip
+                proxy_headers=True, timeout_graceful_shutdown=grace)  # fmt: skip
 
 
 def demo(

@@ -1,5 +1,6 @@
 """The dashboard's ASGI app: routes, templates (package data), static files, and one
-:class:`pollen.AsyncPollen` for the app's lifetime."""
+:class:`pollen.AsyncPollen` for the app's lifetime, which gives up on an unreachable Redis or
+broker after ``POLLEN_DASHBOARD__REDIS_TIMEOUT`` (a page answers 503)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def build_app(settings: Settings, credentials: Credentials | None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.pollen = AsyncPollen(settings)
+        timeout = settings.dashboard.redis_timeout
+        app.state.pollen = AsyncPollen(settings, redis_timeout=timeout, publish_timeout=timeout)
         try:
             yield
         finally:
@@ -74,16 +76,18 @@ def build_app(settings: Settings, credentials: Credentials | None) -> Starlette:
     app.state.csrf_token = csrf_token(app.state.csrf_key)
     app.state.queue_names = [q.submit, q.poll, q.callbacks]
     app.state.caps = Capacity.of(settings).capped_caps()  # the slots the overview shows
-    app.state.queue_depths = _depth_reader(settings.broker, app.state.queue_names)
+    app.state.queue_depths = _depth_reader(
+        settings.broker, app.state.queue_names, settings.dashboard.redis_timeout
+    )
     return app
 
 
-def _depth_reader(broker: str, queues: list[str]) -> Callable[[], list[int | None]]:
+def _depth_reader(broker: str, queues: list[str], timeout: float) -> Callable[[], list[int | None]]:
     """Queue lengths, read from a Redis broker; unknown (None) for another broker, or when
-    the broker does not answer."""
+    the broker does not answer within about ``timeout`` seconds."""
     if urlsplit(broker).scheme.lower() not in REDIS_SCHEMES:
         return lambda: [None] * len(queues)
-    read = queue_depths(broker, queues)
+    read = queue_depths(broker, queues, timeout)
 
     def guarded() -> list[int | None]:
         try:

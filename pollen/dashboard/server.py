@@ -7,7 +7,7 @@ import uvicorn
 
 from pollen.dashboard.app import build_app
 from pollen.dashboard.security import Credentials
-from pollen.settings import Settings
+from pollen.settings import Settings, shutdown_grace
 
 
 def config(
@@ -18,6 +18,7 @@ def config(
     return uvicorn.Config(
         build_app(settings, credentials), host=host, port=port, log_level="warning",
         access_log=False, server_header=False, lifespan="on",
+        timeout_graceful_shutdown=shutdown_grace(settings.dashboard.redis_timeout),
     )  # fmt: skip
 
 

@@ -4,7 +4,9 @@
 a job in flight sends one fenced poll of that job (:mod:`pollen.ingress.pushes`). Bad tokens,
 unknown or finished jobs, oversized and malformed bodies are answered and counted
 (``pollen_pushes_total{provider,outcome}`` on ``GET /metrics``), never acted on.
-``GET /healthz`` says the process is up; ``GET /readyz`` that Redis answers.
+``GET /healthz`` says the process is up; ``GET /readyz`` that Redis answers. Redis and the
+broker are waited for at most ``POLLEN_INGRESS__REDIS_TIMEOUT`` (then 503), so a SIGTERM ends
+the process within :func:`pollen.settings.shutdown_grace` even while they are away.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class Ingress:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = AsyncPollen(settings)
+        timeout = settings.ingress.redis_timeout
+        self.client = AsyncPollen(settings, redis_timeout=timeout, publish_timeout=timeout)
         self.store = self.client.store
         self.wakes = WakeBatcher(
             self.client.publish, queue=settings.queues.poll, size=settings.batch_size

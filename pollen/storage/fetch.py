@@ -1,12 +1,13 @@
 """Fetching a result's file: streamed, size-limited, hashed, through the address policy.
 
 The result URL comes from a provider's answer, so it is vetted like a callback URL
-(:class:`pollen.addresses.AddressPolicy`, with ``POLLEN_STORAGE__ALLOW_CIDRS``):
-its host is resolved once, every address checked, and the request pinned to a vetted one
-(:func:`pollen.addresses.pinned_request`). Redirects are followed by hand, each hop
-vetted the same way. The body is streamed into ``sink`` while it is counted and hashed; a
-``Content-Length`` over the limit is refused before reading, and counting stops a body that
-grows past it.
+(:class:`pollen.addresses.AddressPolicy`, with ``POLLEN_STORAGE__ALLOW_CIDRS``): its host is
+resolved once, every address checked, and the request pinned to a vetted one
+(:func:`pollen.addresses.pinned_request`); the lookup has the fetch's timeout, and a host whose
+resolver never answers is a :class:`CopyUnavailable` when it is up. Redirects are followed by
+hand, each hop vetted the same way. The body is streamed into ``sink`` while it is counted and
+hashed; a ``Content-Length`` over the limit is refused before reading, and counting stops a
+body that grows past it.
 
 Errors: :class:`CopyRefused` (refused address, 4xx such as 404/410, too large, too many
 redirects: trying again cannot help), :class:`CopyUnavailable` (5xx, 429, 408, timeouts,

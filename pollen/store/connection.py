@@ -141,11 +141,14 @@ def probe(url: str, timeout: float = 2.0) -> str | None:
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def queue_depths(url: str, queues: list[str]) -> Callable[[], list[int]]:
-    """A reader of the broker's queue lengths (Redis: one client, one pipeline per call)."""
+def queue_depths(
+    url: str, queues: list[str], timeout: float | None = None
+) -> Callable[[], list[int]]:
+    """A reader of the broker's queue lengths (Redis: one client, one pipeline per call; with
+    ``timeout``, a client that gives up after about that long: :func:`producer_client`)."""
     if not url.startswith(REDIS_SCHEMES):
         return _declared_depths(url, queues)
-    client = redis_client(url)
+    client = redis_client(url) if timeout is None else producer_client(url, timeout)
 
     def read() -> list[int]:
         pipe = client.pipeline(transaction=False)

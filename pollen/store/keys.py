@@ -57,6 +57,19 @@ TENANT_STATS = f"{PREFIX}:stats:tenant"
 #: REJECTED_KEEP), expiring with the finished-job TTL after the last one
 REJECTED = f"{PREFIX}:rejected"
 REJECTED_KEEP = 1000
+#: sorted set of worker instances holding submit messages, scored by when each one's lease on
+#: them lapses (renewed while the worker lives; see :mod:`pollen.store.claims`)
+HOLDERS = f"{PREFIX}:claims:holders"
+#: string: the delivery time up to which the broker's unacked messages were looked at for
+#: unclaimed submits (:mod:`pollen.store.orphans`)
+ORPHAN_SCAN = f"{PREFIX}:claims:scanned"
+
+
+def held(holder: str) -> str:
+    """Hash: delivery tag -> the submit message a worker instance holds (JSON)."""
+    return f"{PREFIX}:claims:held:{holder}"
+
+
 #: lock keys of periodic work, so one worker does each round
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"
 TICK_LOCK = f"{PREFIX}:lock:tick"

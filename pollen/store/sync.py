@@ -1,6 +1,6 @@
 """The job store on a synchronous ``redis.Redis`` client: one client, its scripts, and the
 store's ideas built on them (``store.lifecycle``, ``store.polls``, ``store.schedule``,
-``store.admission``, ``store.rates``, ``store.locks``).
+``store.admission``, ``store.claims``, ``store.rates``, ``store.locks``).
 
 Every call, script or command, is an operation (:mod:`pollen.store.effects`) run by
 :meth:`Store.run`; :class:`pollen.store.aio.AsyncStore` runs the same operations on asyncio.
@@ -17,6 +17,7 @@ import redis
 
 from pollen.store import (
     admission,
+    claims,
     effects,
     keys,
     lifecycle,
@@ -37,6 +38,7 @@ MAX_RESPONSES = 500
 SCRIPTS = (
     *lifecycle.SCRIPTS,
     *admission.SCRIPTS,
+    *claims.SCRIPTS,
     *polls.SCRIPTS,
     *schedule.SCRIPTS,
     *pushes.SCRIPTS,
@@ -73,6 +75,7 @@ class Store:
         self.schedule = schedule.Schedule(self.run, grace=grace, submit_grace=submit_grace)
         self.rates = rates.RateTokens(client, self.scripts)
         self.locks = Locks(self.run)
+        self.claims = claims.Claims(self.run)
         self.admission = admission.Admission(self.run, grace=grace, submit_grace=submit_grace)
 
     def run(self, op: effects.Op[T]) -> T:

@@ -6,8 +6,10 @@ lets one worker do each round.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -15,6 +17,8 @@ from celery import bootsteps
 
 from pollen import contract
 from pollen.store import durability, keys
+from pollen.store.claims import Held
+from pollen.store.orphans import Orphans
 from pollen.worker import admission, grouping, metrics, planner, runtime
 from pollen.worker.reconciler import reconcile
 
@@ -84,6 +88,14 @@ def tick(app: Any) -> None:
                 lambda name, kwargs: app.send_task(name, kwargs=kwargs, ignore_result=True),
                 now=now,
                 batch_size=settings.batch_size,
+                resend=partial(resend_submit, app) if settings.redis_broker else None,
+                backlog=partial(submit_backlog, settings.broker, settings.queues.submit),
+                orphans=(
+                    _orphans(settings.broker, settings.queues.submit)
+                    if settings.redis_broker
+                    else None
+                ),
+                orphan_age=2 * settings.worker_lease,
             )
             deps.store.schedule.trim_indexes(now)
             sweep_every = SWEEP_ROUNDS * settings.reconcile_interval
@@ -137,6 +149,37 @@ def release_due(app: Any, deps: Any, now: float) -> None:
         now=now, limit=DUE_PER_ROUND, watch=deps.settings.reconcile_grace
     ):
         app.send_task(contract.COPY_RESULT, args=(job_id, generation), ignore_result=True)
+
+
+def resend_submit(app: Any, message: Held) -> None:
+    """A submit message a dead worker held, sent again as it was: its task id (the job id
+    of a payload without one derives from it), its arguments, its countdown's due time."""
+    eta = None if message.eta is None else datetime.fromtimestamp(message.eta, UTC)
+    app.send_task(contract.SUBMIT, kwargs=message.kwargs, task_id=message.task_id, eta=eta)
+
+
+@functools.cache
+def _orphans(broker: str, queue: str) -> Orphans:
+    from pollen.store.connection import redis_client
+
+    return Orphans(redis_client(broker), queue)
+
+
+@functools.cache
+def _depth_reader(broker: str, queue: str) -> Callable[[], list[int]]:
+    from pollen.store.connection import queue_depths
+
+    return queue_depths(broker, [queue])
+
+
+def submit_backlog(broker: str, queue: str) -> bool:
+    """Whether the submit queue holds messages (a job's submit may still be waiting there);
+    True when the broker cannot say, so nothing is sent twice on a guess."""
+    try:
+        return _depth_reader(broker, queue)()[0] > 0
+    except Exception:
+        log.warning("could not read the submit queue's depth", exc_info=True)
+        return True
 
 
 def send_submits(app: Any, job_ids: list[str]) -> None:

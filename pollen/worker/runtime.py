@@ -17,6 +17,7 @@ import httpx
 
 from pollen.addresses import STORAGE_SETTING, AddressPolicy
 from pollen.capacity import Capacity
+from pollen.lookup import Lookup
 from pollen.providers import Provider, build_providers
 from pollen.providers.calls import ProviderCalls
 from pollen.providers.http import observe_requests
@@ -89,15 +90,18 @@ def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
     observe_requests(observe_provider_request)
     store, outbox = open_store(settings)
+    lookup = Lookup()  # the process's DNS lookups, bounded in threads (callbacks and copies)
     return Deps(
         settings=settings,
         store=store,
         http=http_client(settings),
         providers=build_providers(settings),
         outbox=outbox,
-        policy=AddressPolicy(settings.callbacks.allow_cidrs),
+        policy=AddressPolicy(settings.callbacks.allow_cidrs, lookup=lookup),
         storage=open_storage(settings.storage),
-        fetch_policy=AddressPolicy(settings.storage.allow_cidrs, setting=STORAGE_SETTING),
+        fetch_policy=AddressPolicy(
+            settings.storage.allow_cidrs, setting=STORAGE_SETTING, lookup=lookup
+        ),
     )
 
 

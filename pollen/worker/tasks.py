@@ -181,7 +181,10 @@ def submit(
         if job_ids is not None:
             return _submit_many(self, deps, _job_ids(job_ids))
         if job is not None:
-            job_id, created = payloads.accept(deps.settings, deps.store, job, now=deps.clock())
+            job_id, created = payloads.accept(
+                deps.settings, deps.store, job, now=deps.clock(),
+                default_id=payloads.message_job_id(str(self.request.id)),
+            )  # fmt: skip
         if job_id is None:
             raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
         if not isinstance(job_id, str):

@@ -1,0 +1,283 @@
+"""A worker dies holding submit messages: the plain ``send_task`` contract and a backlog.
+
+On the Redis broker a message a dead worker took waits in kombu's unacked hash until the
+visibility timeout; with plain ``send_task`` the job has no record until its submit runs. These
+cases run the documented defaults for recovery (reconcile grace 10 s, interval 2 s, submit
+grace 60 s, worker lease 5 s, the derived visibility timeout) so the recovery shown is the
+claims', not a shortened timeout's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import celery
+import pytest
+import redis
+
+from pollen import JobStatus, Pollen
+from pollen.local.servers import CallbackReceiver, RedisServer
+from pollen.payloads import message_job_id
+from pollen.simulator import SimulatorServer
+from pollen.store import keys
+from pollen.store.claims import Held
+from pollen.store.orphans import Orphans
+from tests import rabbitmq
+from tests.conftest import OWN_BROKER_DB as OWN_DB
+from tests.conftest import eventually
+from tests.faults.audit import tally
+from tests.faults.conftest import MakeFleet, sim_stats, start_pods, unsuccessful, wait_all
+from tests.faults.gate import ProviderGate
+from tests.faults.report import CaseRecord
+from tests.fleet import Fleet
+from tests.helpers import video_request
+from tests.rabbitmq import RabbitServer
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+#: the recovery settings as documented (the fault suite's defaults shorten them)
+DOCUMENTED = {
+    "POLLEN_RECONCILE_GRACE": "10",
+    "POLLEN_RECONCILE_INTERVAL": "2",
+    "POLLEN_TICK_INTERVAL": "1",
+    "POLLEN_SUBMIT_GRACE": "60",
+    "POLLEN_VISIBILITY_TIMEOUT": "0",  # derived: 2 x (30 + 14) = 88 s with the suite's limit
+}
+RECONCILER_LINE = re.compile(
+    r"reconciler: resubmitted (\d+), re-polled (\d+), dropped (\d+), cancel follow-ups re-sent "
+    r"(\d+), dead workers' submit messages re-sent (\d+), unclaimed ones (\d+)"
+)
+
+
+def held_by(client: Pollen, fleet: Fleet, pod: str) -> list[Held]:
+    """The submit messages the pod's worker instance holds, by its claims."""
+    store = client.store.redis
+    node = f"{fleet.workers[pod].name}@"
+    messages: list[Held] = []
+    for holder in store.zrange(keys.HOLDERS, 0, -1):
+        if str(holder).startswith(node):
+            messages += [Held.load(str(v)) for v in store.hvals(keys.held(str(holder)))]
+    return messages
+
+
+def unclaimed(client: Pollen, fleet: Fleet) -> list[Held]:
+    """Submit messages of the fleet's queue the broker handed over that nobody claims."""
+    broker = redis.Redis.from_url(fleet.env["POLLEN_BROKER_URL"], decode_responses=True)
+    found, _ = Orphans(broker, fleet.settings().queues.submit).scan(0, time.time(), 100_000)
+    claimed = client.store.claims.claimed()
+    broker.close()
+    return [held for held in found if held.tag not in claimed]
+
+
+def jobs_of(messages: list[Held]) -> set[str]:
+    """The jobs those messages bring or name (a payload's id derives from its task id)."""
+    jobs: set[str] = set()
+    for message in messages:
+        payload = message.kwargs.get("job")
+        if isinstance(payload, dict):
+            jobs.add(str(payload.get("job_id") or message_job_id(message.task_id)))
+        jobs.update(message.job_ids())
+    return jobs
+
+
+def reconciler_counts(fleet: Fleet) -> dict[str, int]:
+    """What every pod's reconciler did, summed from their log lines."""
+    totals = dict.fromkeys(("resubmitted", "repolled", "dropped", "cancels", "held", "orphans"), 0)
+    for pod in fleet.workers:
+        for line in fleet.log(pod).splitlines():
+            try:
+                message = str(json.loads(line).get("message", ""))
+            except ValueError:
+                continue
+            if found := RECONCILER_LINE.search(message):
+                for name, value in zip(totals, found.groups(), strict=True):
+                    totals[name] += int(value)
+    return totals
+
+
+def wait_stored(client: Pollen, job_ids: list[str], timeout: float) -> None:
+    """Until every job has a record (a plain ``send_task`` job has none before its submit
+    runs); fails naming how many never got one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [j for j, job in zip(job_ids, client.store.lifecycle.get_many(job_ids),
+                                       strict=True) if job is None]  # fmt: skip
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(missing)} jobs never stored, e.g. {missing[:3]}")
+        time.sleep(0.2)
+
+
+def no_orphans(client: Pollen) -> list[str]:
+    """Ids the store's indexes name without a job record (there must be none)."""
+    store = client.store.redis
+    named: set[str] = set()
+    for key in [keys.INFLIGHT, keys.BY_AGE, *store.scan_iter(match=f"{keys.INDEX_PREFIX}*")]:
+        if str(key) != keys.INDEX_EXPIRY:
+            named.update(str(m) for m in store.zrange(key, 0, -1))
+    return sorted(job for job in named if not store.exists(keys.job(job)))
+
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
+    if (why := rabbitmq.missing()) is not None:
+        pytest.fail(why)
+    with RabbitServer(tmp_path_factory.mktemp("rabbitmq")) as server:
+        yield server
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_env(request: pytest.FixtureRequest, redis_server: RedisServer) -> dict[str, str]:
+    """The fleet's broker: the store's Redis (the default), or RabbitMQ (results in Redis)."""
+    if request.param == "redis":
+        return {}
+    rabbit: RabbitServer = request.getfixturevalue("rabbit")
+    return {"POLLEN_BROKER_URL": rabbit.url, "POLLEN_RESULT_BACKEND": redis_server.url(OWN_DB)}
+
+
+def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_doubles_nothing(
+    case: CaseRecord,
+    make_fleet: MakeFleet,
+    gate: ProviderGate,
+    fault_sim: SimulatorServer,
+    receiver: CallbackReceiver,
+    broker_env: dict[str, str],
+) -> None:
+    jobs = 300
+    on_rabbit = bool(broker_env)
+    case.case = "16r" if on_rabbit else "16"
+    case.fault = "SIGKILL a pod during a burst of plain send_task submits" + (
+        " (RabbitMQ broker)" if on_rabbit else ""
+    )
+    case.proves = (
+        "RabbitMQ returns the dead pod's unacknowledged messages at once: none lost, none "
+        "doubled, every job done within 15 s of the kill"
+        if on_rabbit
+        else "submit messages the dead pod held (running or waiting in its hands, most with no "
+        "job record yet) are sent again from its claims once its 5 s lease lapses: none lost, "
+        "none doubled, the last of its jobs done within 15 s of the kill"
+    )
+    case.how = (
+        f"{jobs} jobs of 3 s sent with a bare Celery app's `send_task('pollen.submit', "
+        "kwargs={'job': payload})` (no job id: the worker derives it from the task id), two "
+        "pods of 8 threads, provider creates held 0.1 s each at the gate; pod-a is SIGKILLed "
+        "1.5 s after the last send and pod-c starts 1 s later. Documented recovery settings "
+        "(visibility timeout derived: 88 s, longer than the bound)."
+    )
+    fleet = make_fleet(**DOCUMENTED, **broker_env)
+    start_pods(fleet, ["pod-a", "pod-b"], pool="threads", concurrency=8)
+    client = fleet.client()
+    gate.hold_creates(times=None, seconds=0.1)
+    producer = celery.Celery(broker=fleet.env["POLLEN_BROKER_URL"])
+    submit_queue = fleet.settings().queues.submit
+    job_ids = []
+    for _ in range(jobs):
+        payload = {
+            "provider": "runware",
+            "request": video_request([3.0]),
+            "callback_url": f"{receiver.url}/burst",
+            "events": ["completed"],
+        }
+        sent = producer.send_task("pollen.submit", kwargs={"job": payload}, queue=submit_queue)
+        job_ids.append(message_job_id(str(sent.id)))
+    time.sleep(1.5)
+    fault_at = time.time()
+    fleet.kill_pod("pod-a")
+    held = held_by(client, fleet, "pod-a")
+    lost_claims = [] if on_rabbit else unclaimed(client, fleet)
+    # on RabbitMQ nothing is claimed (the broker returns the messages): every job counts
+    affected = set(job_ids) if on_rabbit else jobs_of(held + lost_claims)
+    unrecorded = [job for job in affected if not client.store.redis.exists(keys.job(job))]
+    time.sleep(1.0)
+    start_pods(fleet, ["pod-c"], pool="threads", concurrency=8)
+
+    wait_stored(client, job_ids, timeout=60)
+    finished = wait_all(client, job_ids, timeout=60)
+    gate.release("<creates>")
+    assert unsuccessful(finished) == []
+    ends = [job.finished_at or 0 for job in finished if job.id in affected]
+    recovery = round(max(ends) - fault_at, 2) if ends else None
+    time.sleep(1.5)  # anything doubled would arrive now
+    result = tally(client, job_ids, sim_stats=sim_stats(fault_sim), receiver=receiver)
+    result.fill(case)
+    case.recovery_s = recovery
+    counts = reconciler_counts(fleet)
+    on_kill = (
+        f"RabbitMQ: nothing is claimed; {len(unrecorded)} jobs had no record at the kill"
+        if on_rabbit
+        else f"pod-a held {len(held)} claimed submit messages at the kill and "
+        f"{len(lost_claims)} it took but had not claimed yet ({len(unrecorded)} of their jobs "
+        f"had no record); the reconciler sent {counts['held']} + {counts['orphans']} again"
+    )
+    case.notes = [
+        f"{on_kill}; overdue queued jobs resubmitted: {counts['resubmitted']}",
+        f"the last of pod-a's jobs ended {recovery} s after the kill; every job "
+        f"{round(max(j.finished_at or 0 for j in finished) - fault_at, 2)} s",
+    ]
+    print("\n".join(case.notes))
+    result.assert_clean()
+    if not on_rabbit:
+        assert held, "the kill found pod-a holding no submit message: nothing was tested"
+        assert counts["held"] == len(held)
+        assert counts["orphans"] == len(lost_claims)
+    assert recovery is not None and recovery <= 15.0, case.notes
+    assert len(job_ids) == len(set(job_ids)) == jobs
+    assert client.store.redis.zcard(keys.index("runware", JobStatus.SUCCEEDED.value)) == jobs
+    assert no_orphans(client) == []
+
+
+def test_a_submitter_killed_over_a_backlog_resubmits_only_its_own_jobs(
+    case: CaseRecord,
+    make_fleet: MakeFleet,
+    gate: ProviderGate,
+    fault_sim: SimulatorServer,
+) -> None:
+    jobs = 2000
+    case.case, case.fault = "17", "SIGKILL a submitter while the submit queue holds thousands"
+    case.proves = (
+        "the reconciler sends again only the messages the dead worker held (by its claims), "
+        "never a job still waiting in the queue, though every waiting job is long past its "
+        "submit grace"
+    )
+    case.how = (
+        f"{jobs} jobs stored and sent by `Pollen.submit` one message each into a fleet that "
+        "consumes slowly (two pods of 4 threads, creates held 0.05 s at the gate); submit grace "
+        "2 s, so every waiting job is overdue within seconds. pod-a is SIGKILLed while more "
+        "than a thousand messages wait; pod-c replaces it. Resubmits are counted from the "
+        "reconcilers' log lines."
+    )
+    fleet = make_fleet(POLLEN_SUBMIT_GRACE="2", POLLEN_RECONCILE_GRACE="2")
+    queues = fleet.settings().queues
+    client = fleet.client()
+    gate.hold_creates(times=None, seconds=0.05)
+    job_ids = [client.submit("runware", video_request([0.5])) for _ in range(jobs)]
+    start_pods(fleet, ["pod-a", "pod-b"], pool="threads", concurrency=4)
+    broker = redis.Redis.from_url(fleet.env["POLLEN_BROKER_URL"])
+    eventually(lambda: held_by(client, fleet, "pod-a"), what="pod-a holding submits")
+    time.sleep(3.0)  # every waiting job is now past its submit grace
+    waiting = int(broker.llen(queues.submit))
+    fault_at = time.time()
+    fleet.kill_pod("pod-a")
+    held = held_by(client, fleet, "pod-a")
+    start_pods(fleet, ["pod-c"], pool="threads", concurrency=4)
+
+    finished = wait_all(client, job_ids, timeout=240)
+    gate.release("<creates>")
+    assert unsuccessful(finished) == []
+    result = tally(client, job_ids, sim_stats=sim_stats(fault_sim))
+    result.fill(case, fault_at)
+    counts = reconciler_counts(fleet)
+    case.notes = [
+        f"{waiting} submit messages waited in the queue at the kill; pod-a held {len(held)}",
+        f"resent from claims: {counts['held']}; resubmitted as overdue: {counts['resubmitted']}",
+    ]
+    print("\n".join(case.notes))
+    result.assert_clean()
+    assert waiting >= 1000, "no backlog at the kill: nothing was tested"
+    assert held, "the kill found pod-a holding no submit message"
+    assert counts["held"] == len(held)
+    assert counts["resubmitted"] == 0, case.notes

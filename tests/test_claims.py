@@ -1,0 +1,231 @@
+"""Claims on submit messages: a worker writes down each submit message it takes, a dead
+worker's messages are sent again once its lease lapsed, and a message sent twice is one job."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import celery
+import pytest
+import redis
+
+from pollen import JobStatus, Pollen
+from pollen.local.servers import RedisServer, Worker
+from pollen.payloads import message_job_id
+from pollen.settings import Settings
+from pollen.store import keys, orphans
+from pollen.store.claims import Held
+from pollen.worker.reconciler import reconcile
+from tests.conftest import BROKER_DB, OWN_BROKER_DB, eventually
+from tests.helpers import accept_job, video_request
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_lapsed_holders_messages_are_taken_once(deps: Any) -> None:
+    claims, now = deps.store.claims, time.time()
+    dead = Held("t-1", {"job": {"provider": "runware"}}, eta=None)
+    later = Held("t-2", {"job_id": "j-2"}, eta=now + 30)
+    claims.hold("dead", "tag-1", dead, until=now + 5)
+    claims.hold("dead", "tag-2", later, until=now + 5)
+    claims.hold("alive", "tag-3", Held("t-3", {"job_ids": ["a", "b"]}), until=now + 5)
+    claims.release("dead", ["tag-1"])  # done: not sent again
+    claims.hold("dead", "tag-1b", dead, until=now + 5)
+    assert claims.take_lapsed(now + 4.9) == []  # the lease still holds
+    claims.renew("alive", now + 20)
+    taken = claims.take_lapsed(now + 5.1)
+    assert taken in ([("dead", [dead, later])], [("dead", [later, dead])])
+    assert claims.take_lapsed(now + 5.2) == []  # taken once
+    assert deps.store.redis.exists(keys.held("dead")) == 0
+    claims.drop("alive")  # a clean stop: nothing to send again
+    assert claims.take_lapsed(now + 60) == []
+
+
+def test_a_renewal_keeps_a_holder_alive_past_its_first_lease(deps: Any) -> None:
+    claims, now = deps.store.claims, time.time()
+    claims.hold("w", "tag", Held("t", {"job_id": "j"}), until=now + 5)
+    claims.renew("w", now + 10)
+    # a hold after the renewal does not shorten the lease (GT)
+    claims.hold("w", "tag-2", Held("t2", {"job_id": "j2"}), until=now + 6)
+    assert claims.take_lapsed(now + 9) == []
+    assert [held.task_id for _, messages in claims.take_lapsed(now + 11) for held in messages] in (
+        ["t", "t2"],
+        ["t2", "t"],
+    )
+
+
+def test_a_held_submit_keeps_its_stored_jobs_off_the_overdue_list(deps: Any) -> None:
+    job_id = accept_job(deps, [0.5])
+    now = time.time()
+    assert job_id in deps.store.schedule.overdue(now + 61, 10)  # the submit grace only
+    deps.store.claims.hold(
+        "w", "tag", Held("t", {"job_ids": [job_id, "gone"]}), until=now + 5, expect_by=now + 200
+    )
+    assert job_id not in deps.store.schedule.overdue(now + 199, 10)
+    assert job_id in deps.store.schedule.overdue(now + 201, 10)
+    assert deps.store.redis.zscore(keys.INFLIGHT, "gone") is None  # XX: no entry made up
+
+
+def test_the_reconciler_resends_a_dead_workers_messages_as_they_were(deps: Any) -> None:
+    now = time.time()
+    message = Held("task-9", {"job": {"provider": "runware"}}, eta=now + 3)
+    deps.store.claims.hold("dead", "tag", message, until=now + 5)
+    resent: list[Held] = []
+    report = reconcile(deps.store, lambda *_: None, now=now + 4, resend=resent.append)
+    assert resent == [] and report.held == []
+    report = reconcile(deps.store, lambda *_: None, now=now + 6, resend=resent.append)
+    assert resent == [message]  # same task id, arguments and due time
+    assert report.held == ["task-9"]
+    reconcile(deps.store, lambda *_: None, now=now + 7, resend=resent.append)
+    assert resent == [message]
+
+
+def test_an_overdue_queued_job_waits_while_the_submit_queue_has_a_backlog(deps: Any) -> None:
+    job_id = accept_job(deps, [0.5])
+    later = time.time() + deps.settings.submit_grace + 1
+    sent: list[tuple[str, dict[str, object]]] = []
+    report = reconcile(deps.store, lambda *a: sent.append(a), now=later, backlog=lambda: True)
+    assert sent == [] and report.waiting == 1  # its message may still be in the queue
+    grace = deps.settings.submit_grace
+    report = reconcile(
+        deps.store, lambda *a: sent.append(a), now=later + grace + 1, backlog=lambda: False
+    )
+    assert sent == [("pollen.submit", {"job_ids": [job_id]})]
+    assert report.resubmitted == [job_id]
+
+
+def test_a_payload_without_an_id_sent_twice_under_one_task_id_is_one_job(
+    worker: Worker, client: Pollen, redis_server: RedisServer
+) -> None:
+    producer = celery.Celery(broker=redis_server.url(BROKER_DB))
+    payload = {"provider": "runware", "request": video_request([0.2])}
+    for _ in range(2):  # a redelivery, or a dead worker's message sent again
+        producer.send_task(
+            "pollen.submit", kwargs={"job": payload}, queue="pollen.submit", task_id="msg-1"
+        )
+    job_id = message_job_id("msg-1")
+    eventually(lambda: client.store.lifecycle.get_many([job_id])[0], what="the job stored")
+    assert client.wait(job_id, timeout=20).status is JobStatus.SUCCEEDED
+    other = "msg-2"
+    producer.send_task("pollen.submit", kwargs={"job": payload}, queue="pollen.submit",
+                       task_id=other)  # fmt: skip
+    eventually(
+        lambda: client.store.lifecycle.get_many([message_job_id(other)])[0],
+        what="the other job stored",
+    )
+    assert client.wait(message_job_id(other), timeout=20).status is JobStatus.SUCCEEDED
+    # two task ids, two jobs; the repeated one is not a third
+    assert (
+        client.store.redis.zcard(keys.BY_AGE)
+        + client.store.redis.zcard(keys.index("runware", "succeeded"))
+        == 2
+    )
+    producer.close()
+
+
+def test_the_worker_claims_a_submit_it_holds_and_drops_the_claim_when_done(
+    worker: Worker, client: Pollen, redis_server: RedisServer
+) -> None:
+    producer = celery.Celery(broker=redis_server.url(BROKER_DB))
+    store = client.store.redis
+    # a countdown submit for a job that does not exist: held, then run as a harmless no-op
+    producer.send_task(
+        "pollen.submit", kwargs={"job_id": "no-such-job"}, queue="pollen.submit",
+        task_id="held-1", countdown=3,
+    )  # fmt: skip
+
+    def claimed() -> list[Held]:
+        found = []
+        for key in store.scan_iter(match=keys.held("*")):
+            found += [Held.load(str(v)) for v in store.hvals(key)]
+        return [held for held in found if held.task_id == "held-1"]
+
+    [held] = eventually(claimed, what="the claim")
+    assert held.kwargs == {"job_id": "no-such-job"} and held.eta is not None
+    holders: Any = store.zrange(keys.HOLDERS, 0, -1, withscores=True)
+    leases = [float(until) for _, until in holders]
+    assert leases and min(leases) > time.time()  # a live lease
+    eventually(lambda: not claimed(), timeout=15, what="the claim dropped after the run")
+    producer.close()
+
+
+def test_worker_lease_and_visibility_timeout_defaults_follow_their_floor() -> None:
+    settings = Settings()
+    assert settings.worker_lease == 5.0
+    # the longest countdown (poll.max_delay 30, callbacks.park_after 30) + the time limit 120
+    assert settings.held_floor == 150
+    assert settings.visibility_timeout == 300  # derived: twice the floor
+    assert Settings(task_time_limit=60).visibility_timeout == 180
+    assert Settings(park_after=600).visibility_timeout == 300  # polls past 30 s are parked
+    assert Settings(visibility_timeout=151).visibility_timeout == 151
+    with pytest.raises(ValueError, match=r"poll\.max_delay"):
+        Settings(visibility_timeout=150)
+    with pytest.raises(ValueError, match="worker_lease"):
+        Settings(worker_lease=0)
+
+
+def take_unacked(url: str, queue: str, count: int) -> Any:
+    """A kombu consumer that takes ``count`` messages of ``queue`` and never acknowledges
+    them: what a worker killed between taking a message and claiming it leaves behind."""
+    import kombu
+
+    komb: Any = kombu  # kombu's annotations are partial: used untyped
+    connection = komb.Connection(url)
+    taken: list[Any] = []
+    declared = komb.Queue(queue, komb.Exchange(queue), routing_key=queue)
+    consumer = connection.Consumer(
+        [declared], callbacks=[lambda _body, message: taken.append(message)]
+    )
+    consumer.qos(prefetch_count=count)
+    consumer.consume()
+    deadline = time.monotonic() + 5
+    while len(taken) < count and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError, OSError):
+            connection.drain_events(timeout=0.2)
+    assert len(taken) == count, taken
+    return connection
+
+
+def test_an_unclaimed_submit_in_the_brokers_hands_is_sent_again_once(
+    deps: Any, redis_server: RedisServer
+) -> None:
+    url = redis_server.url(OWN_BROKER_DB)
+    broker = redis.Redis.from_url(url, decode_responses=True)
+    broker.flushdb()
+    producer = celery.Celery(broker=url)
+    payload = {"provider": "runware", "request": video_request([0.2])}
+    for task_id, queue in (("lost-1", "q.submit"), ("claimed-1", "q.submit"), ("x", "other")):
+        producer.send_task(
+            "pollen.submit", kwargs={"job": payload}, queue=queue, task_id=task_id,
+            countdown=30 if task_id == "claimed-1" else None,
+        )  # fmt: skip
+    producer.send_task("pollen.poll", kwargs={"items": []}, queue="q.submit", task_id="a-poll")
+    held = take_unacked(url, "q.submit", 3)
+    other = take_unacked(url, "other", 1)
+    assert broker.hlen(orphans.UNACKED) == 4
+    deps.store.claims.hold("live", "claimed-1:0", Held("claimed-1", {}), until=time.time() + 60)
+    orphan_finder = orphans.Orphans(broker, "q.submit")
+    resent: list[Held] = []
+    now = time.time()
+    too_soon = reconcile(
+        deps.store, lambda *_: None, now=now, resend=resent.append, orphans=orphan_finder,
+        orphan_age=5,
+    )  # fmt: skip
+    assert too_soon.orphans == []  # handed over under 5 s ago: a live worker may claim it yet
+    report = reconcile(
+        deps.store, lambda *_: None, now=now + 6, resend=resent.append, orphans=orphan_finder,
+        orphan_age=5,
+    )  # fmt: skip
+    assert [m.task_id for m in resent] == ["lost-1"]  # not the claimed one, not the poll
+    assert resent[0].kwargs == {"job": payload} and report.orphans == ["lost-1"]
+    assert broker.hlen(orphans.UNACKED) == 3  # its broker copy is gone: no later duplicate
+    again = reconcile(
+        deps.store, lambda *_: None, now=now + 8, resend=resent.append, orphans=orphan_finder,
+        orphan_age=5,
+    )  # fmt: skip
+    assert again.orphans == [] and len(resent) == 1  # each delivery looked at once
+    held.close()
+    other.close()
+    producer.close()
