@@ -4,7 +4,6 @@ queue and the worker runs the job, and each task lands in its own queue only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +26,13 @@ pytestmark = [
 QUEUES = ("pollen.submit", "pollen.poll", "pollen.callbacks")
 
 
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
-    with RabbitServer(tmp_path_factory.mktemp("rabbitmq")) as server:
-        yield server
-
-
 @pytest.fixture
 def rabbit_env(
     own_env: dict[str, str], rabbit: RabbitServer, redis_server: RedisServer
 ) -> dict[str, str]:
     """A worker's own settings with RabbitMQ as the broker; Celery has no AMQP result backend,
-    so results go to Redis (the database own_env would use as the broker), as the docs say."""
+    so results go to Redis (here the database own_env would use as the broker; unset, the
+    store's)."""
     backend = redis_server.url(OWN_BROKER_DB)
     return {**own_env, "POLLEN_BROKER_URL": rabbit.url, "POLLEN_RESULT_BACKEND": backend}
 
