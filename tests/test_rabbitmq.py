@@ -108,3 +108,21 @@ def test_health_checks_a_rabbitmq_broker(rabbit: RabbitServer) -> None:
     assert health.check_broker(rabbit.url) == health.Check("broker", True, "accepts a connection")
     away = health.check_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}//")
     assert not away.ok and away.detail.startswith("unreachable: ")
+
+
+def test_the_dashboard_reads_queue_depths_from_rabbitmq_or_says_unknown(
+    rabbit: RabbitServer,
+) -> None:
+    from pollen.dashboard.app import _depth_reader
+
+    url = rabbit.vhost("dashboard")
+    _declare_like_an_earlier_pollen(url)
+    from kombu.connection import Connection
+
+    with Connection(url) as connection:  # type: ignore[no-untyped-call]
+        connection.Producer().publish({}, exchange="", routing_key="pollen.poll")
+    expected = {"pollen.submit": 0, "pollen.poll": 1, "pollen.callbacks": 0}
+    read = _depth_reader(url, [*QUEUES, "never.declared"], timeout=2)
+    eventually(lambda: read() == [*expected.values(), 0], timeout=10, what="the depths")
+    away = _depth_reader(f"amqp://guest:guest@127.0.0.1:{free_port()}//", list(QUEUES), 1)
+    assert away() == [None, None, None]
