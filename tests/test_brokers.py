@@ -165,6 +165,9 @@ def test_quorum_countdowns_are_whole_seconds_of_native_delayed_delivery(
 
     app = contract.producer_app(deployment.settings)
     try:
+        with app.connection_for_write() as publisher:  # publisher confirms are on
+            publisher.connect()
+            assert publisher.connection.confirm_publish is True
         sent = time.time()
         app.send_task(contract.POLL, kwargs={"items": []}, countdown=0.3, ignore_result=True)
     finally:

@@ -418,6 +418,13 @@ def test_config_shows_the_result_backend_of_a_rabbitmq_broker(worker_env: dict[s
     assert "hunter2" not in result.stdout
 
 
+def test_quorum_queues_on_a_redis_broker_are_refused_in_one_line(
+    worker_env: dict[str, str],
+) -> None:
+    result = pollen({**worker_env, "POLLEN_QUORUM_QUEUES": "true"}, "config")
+    assert_user_error(result, "POLLEN_QUORUM_QUEUES: quorum queues are a RabbitMQ feature")
+
+
 def test_config_masks_a_user_and_password_url(worker_env: dict[str, str]) -> None:
     env = {**worker_env, "POLLEN_BROKER_URL": "redis://alice:hunter2@broker:6379/0"}
     result = pollen(env, "config")
