@@ -96,6 +96,8 @@ def tick(app: Any) -> None:
                     else None
                 ),
                 orphan_age=2 * settings.worker_lease,
+                time_limit=settings.task_time_limit,
+                min_uptime=2 * settings.worker_lease,  # after a Redis restart, renewals first
             )
             deps.store.schedule.trim_indexes(now)
             sweep_every = SWEEP_ROUNDS * settings.reconcile_interval
@@ -155,7 +157,10 @@ def resend_submit(app: Any, message: Held) -> None:
     """A submit message a dead worker held, sent again as it was: its task id (the job id
     of a payload without one derives from it), its arguments, its countdown's due time."""
     eta = None if message.eta is None else datetime.fromtimestamp(message.eta, UTC)
-    app.send_task(contract.SUBMIT, kwargs=message.kwargs, task_id=message.task_id, eta=eta)
+    app.send_task(
+        contract.SUBMIT, kwargs=message.kwargs, task_id=message.task_id, eta=eta,
+        retries=message.retries,
+    )  # fmt: skip
 
 
 @functools.cache
