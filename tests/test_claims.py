@@ -195,16 +195,33 @@ def test_the_worker_claims_a_submit_it_holds_and_drops_the_claim_when_done(
 def test_worker_lease_and_visibility_timeout_defaults_follow_their_floor() -> None:
     settings = Settings()
     assert settings.worker_lease == 5.0
-    # the longest countdown (poll.max_delay 30, callbacks.park_after 30) + the time limit 120
+    # the longest countdown held (poll.max_delay 30 <= park_after 30; callbacks.park_after 30)
+    # plus the time limit 120
     assert settings.held_floor == 150
     assert settings.visibility_timeout == 300  # derived: twice the floor
     assert Settings(task_time_limit=60).visibility_timeout == 180
-    assert Settings(park_after=600).visibility_timeout == 300  # polls past 30 s are parked
+    assert Settings(park_after=10, callbacks={"park_after": 5}).visibility_timeout == 260
     assert Settings(visibility_timeout=151).visibility_timeout == 151
     with pytest.raises(ValueError, match=r"poll\.max_delay"):
         Settings(visibility_timeout=150)
     with pytest.raises(ValueError, match="worker_lease"):
         Settings(worker_lease=0)
+
+
+def test_a_jobs_own_max_delay_is_limited_only_by_what_a_worker_holds() -> None:
+    from pollen.errors import InvalidJob
+    from pollen.payloads import prepare
+
+    job = {"provider": "runware", "request": video_request([1.0])}
+    # defaults: waits past park_after (30 s) are parked, so any max_delay fits the timeout
+    prepare(Settings(), {**job, "poll": {"max_delay": 3500}}, now=0)
+    tight = Settings(
+        visibility_timeout=15, task_time_limit=10, park_after=20,
+        poll={"max_delay": 1}, callbacks={"park_after": 1},
+    )  # fmt: skip
+    prepare(tight, {**job, "poll": {"max_delay": 4.9}}, now=0)  # held 4.9 < 15 - 10
+    with pytest.raises(InvalidJob, match=r"poll\.max_delay: must be below 5s"):
+        prepare(tight, {**job, "poll": {"max_delay": 5}}, now=0)
 
 
 def take_unacked(url: str, queue: str, count: int) -> Any:

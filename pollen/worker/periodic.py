@@ -135,6 +135,9 @@ def release_due(app: Any, deps: Any, now: float) -> None:
     """
     admission.pump(deps, deps.providers, partial(send_submits, app), now=now, drain=True)
     horizon = now + deps.settings.tick_interval
+    submits = deps.store.schedule.take_parked_submits(horizon=horizon, limit=DUE_PER_ROUND)
+    for start in range(0, len(submits), contract.SUBMIT_BATCH_JOBS):
+        send_submits(app, submits[start : start + contract.SUBMIT_BATCH_JOBS])
     parked = deps.store.schedule.take_parked(horizon=horizon, limit=DUE_PER_ROUND)
     plan = planner.release(
         parked, slack=deps.settings.batch_window_max, batch_size=deps.settings.batch_size
