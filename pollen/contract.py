@@ -11,12 +11,11 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from pollen.settings import REDIS_SCHEMES, QueueSettings, Settings
+from pollen.settings import QueueSettings, Settings, is_redis_url
 
 SUBMIT = "pollen.submit"
 POLL = "pollen.poll"
@@ -187,7 +186,7 @@ def producer_app(settings: Settings, *, timeout: float | None = None) -> Celery:
 def bounded_publish(config: dict[str, Any], timeout: float) -> dict[str, Any]:
     """The Celery settings of :func:`producer_app` that bound a publish by ``timeout``."""
     transport = dict(config["broker_transport_options"])
-    if urlsplit(str(config["broker_url"])).scheme.lower() in REDIS_SCHEMES:
+    if is_redis_url(str(config["broker_url"])):
         transport |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     return {
         "broker_transport_options": transport,

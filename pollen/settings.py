@@ -396,6 +396,18 @@ class ProducerSettings(BaseModel):
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _message(text: str) -> str:
+    """A validation error as a user reads it (without pydantic's ``Value error, `` prefix)."""
+    return text.removeprefix("Value error, ")
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether ``url`` names a Redis server (the one test of it: a broker, a backend)."""
+    return urlsplit(url).scheme.lower() in REDIS_SCHEMES
+
+
 #: the URL schemes of an AMQP broker (RabbitMQ), as kombu names its transports
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
@@ -465,7 +477,8 @@ class Settings(BaseSettings):
     )
     worker_lease: float = Field(
         5.0,
-        gt=0,
+        ge=0.5,
+        le=60,
         description="Seconds a worker's claim on the submit messages it holds lasts (Redis "
         "broker); renewed every third of it, so a dead worker's submits are sent again this "
         "long after it died, not after the visibility timeout.",
@@ -632,7 +645,7 @@ class Settings(BaseSettings):
     def redis_broker(self) -> bool:
         """Whether the broker is Redis (kombu keeps a taken message until the visibility
         timeout) rather than one that returns a dead consumer's messages at once."""
-        return urlsplit(self.broker).scheme.lower() in REDIS_SCHEMES
+        return is_redis_url(self.broker)
 
     @property
     def backend(self) -> str:
@@ -697,9 +710,9 @@ def problems(exc: Exception) -> str | None:
     an exception :func:`get_settings` raised (None for any other exception)."""
     if isinstance(exc, ValidationError):
         return "; ".join(
-            f"POLLEN_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            f"POLLEN_{'__'.join(str(p) for p in e['loc']).upper()}: {_message(e['msg'])}"
             if e["loc"]
-            else e["msg"]
+            else _message(e["msg"])
             for e in exc.errors()
             # a default computed from a bad value only repeats that value's error
             if e["type"] != "default_factory_not_called"

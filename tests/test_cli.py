@@ -443,7 +443,7 @@ def test_a_redis_url_that_is_not_one_is_a_settings_error(
     worker_env: dict[str, str], command: str
 ) -> None:
     result = pollen({**worker_env, "POLLEN_REDIS_URL": "localhost:6379"}, *command.split())
-    assert_user_error(result, "POLLEN_REDIS_URL: Value error, must start with redis://")
+    assert_user_error(result, "POLLEN_REDIS_URL: must start with redis://")
 
 
 # --- worker, help -------------------------------------------------------------------------
@@ -625,7 +625,7 @@ def _answers(url: str) -> bool:
         ),
         ("POLLEN_TENANTS", "{acme: 1}", "POLLEN_TENANTS: not valid JSON"),
         ("POLLEN_RATE_LIMITS", "fast", "POLLEN_RATE_LIMITS: not valid JSON"),
-        ("POLLEN_TENANTS", '{"a b": {}}', "POLLEN_TENANTS: Value error, tenant name 'a b'"),
+        ("POLLEN_TENANTS", '{"a b": {}}', "POLLEN_TENANTS: tenant name 'a b'"),
         ("POLLEN_RUNWARE__MAX_IN_FLIGHT", "0", "POLLEN_RUNWARE__MAX_IN_FLIGHT: Input should be"),
     ],
 )

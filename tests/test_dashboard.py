@@ -324,7 +324,8 @@ def test_job_page_shows_tenant_priority_account_and_why_it_waits(
 def test_queue_depths_are_unknown_for_another_or_an_unreachable_broker() -> None:
     from pollen.dashboard.app import _depth_reader
 
-    assert _depth_reader("amqp://guest@127.0.0.1//", ["a", "b"], 0.5)() == [None, None]
+    closed = f"amqp://guest@127.0.0.1:{free_port()}//"  # not 5672: CI installs RabbitMQ
+    assert _depth_reader(closed, ["a", "b"], 0.5)() == [None, None]
     started = time.monotonic()
     assert _depth_reader(f"redis://127.0.0.1:{free_port()}/0", ["a"], 0.5)() == [None]
     assert time.monotonic() - started < 0.5 + 1.0  # the dashboard's bound, not a worker's 20 s

@@ -479,7 +479,7 @@ def test_the_ingress_command_serves_and_refuses_bad_settings(push_env: dict[str,
     from tests.test_cli import assert_user_error, pollen
 
     bad = {**push_env, "POLLEN_INGRESS__PUBLIC_URL": "hooks.example.com"}
-    assert_user_error(pollen(bad, "ingress"), "POLLEN_INGRESS__PUBLIC_URL: Value error, must be")
+    assert_user_error(pollen(bad, "ingress"), "POLLEN_INGRESS__PUBLIC_URL: must be")
     assert_user_error(pollen(push_env, "ingress", "--port", "0"), "Invalid value", code=2)
     with_path = {**push_env, "POLLEN_INGRESS__PUBLIC_URL": "https://hooks.example.com/push/"}
     assert_user_error(pollen(with_path, "ingress"), "give the ingress's base URL")

@@ -13,7 +13,7 @@ from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.retry import Retry
 
 from pollen.errors import StoreUnavailable
-from pollen.settings import Settings
+from pollen.settings import Settings, is_redis_url
 from pollen.store.outbox import Outbox
 from pollen.store.sync import Store
 
@@ -137,17 +137,13 @@ def probe(url: str, timeout: float = 2.0) -> str | None:
         client.close()
 
 
-#: URL schemes of a Redis broker (anything else is a broker kombu speaks, such as RabbitMQ)
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def queue_depths(
     url: str, queues: list[str], timeout: float | None = None
 ) -> Callable[[], list[int]]:
     """A reader of the broker's queue lengths (Redis: one client, one pipeline per call; with
     ``timeout``, a client that gives up after about that long: :func:`producer_client`).
     Another broker (RabbitMQ) is asked by :func:`_declared_depths`, never Redis."""
-    if not url.startswith(REDIS_SCHEMES):
+    if not is_redis_url(url):
         return _declared_depths(url, queues, timeout or 5.0)
     client = redis_client(url) if timeout is None else producer_client(url, timeout)
 

@@ -19,7 +19,8 @@ from celery import bootsteps
 from kombu.exceptions import OperationalError
 
 from pollen.errors import StoreUnavailable
-from pollen.store.connection import REDIS_SCHEMES, drop_stale_bindings
+from pollen.settings import is_redis_url
+from pollen.store.connection import drop_stale_bindings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class DropStaleBindings(bootsteps.StartStopStep):  # type: ignore[misc]
                 ) as exc:  # a broker that is down: Celery itself waits for it
                     log.warning("could not check the broker's queue bindings: %s", exc)
             return
-        if not url.startswith(REDIS_SCHEMES):
+        if not is_redis_url(url):
             return
         try:
             removed = drop_stale_bindings(url, [queue.name for queue in queues])

@@ -62,8 +62,8 @@ class Holder:
     def _renew(self) -> None:
         try:  # the lease runs in the server's time, from when the call lands
             runtime.deps().store.claims.renew(self.name, self.lease)
-        except Exception:  # Redis away for a moment: the next round tries again
-            log.warning("could not renew this worker's claims", exc_info=True)
+        except Exception as exc:  # Redis away for a moment: the next round tries again
+            log.warning("could not renew this worker's claims: %s", exc)
 
 
 class _This:
@@ -111,8 +111,8 @@ def _stop(**_: Any) -> None:
     holder.stop()
     try:
         runtime.deps().store.claims.drop(holder.name)
-    except Exception:  # the messages are sent again after the lease: duplicates, harmless
-        log.warning("could not drop this worker's claims at shutdown", exc_info=True)
+    except Exception as exc:  # sent again after the lease: duplicates, harmless
+        log.warning("could not drop this worker's claims at shutdown: %s", exc)
 
 
 @task_received.connect
@@ -130,8 +130,8 @@ def _hold(request: Any = None, **_: Any) -> None:
         deps.store.claims.hold(
             holder.name, tag, message, expect_by=expect_by + deps.settings.submit_grace
         )
-    except Exception:  # unclaimed: the reconciler's scan of the broker's deliveries finds it
-        log.warning("could not record the claim on submit message %s", request.id, exc_info=True)
+    except Exception as exc:  # unclaimed: the reconciler's scan of the deliveries finds it
+        log.warning("could not record the claim on submit message %s: %s", request.id, exc)
 
 
 @task_postrun.connect
@@ -154,5 +154,5 @@ def _forget(task_id: str, retries: int) -> None:
     tag = message_tag(task_id, retries)
     try:
         runtime.deps().store.claims.release(holder.name, [tag])
-    except Exception:  # left behind: sent again after the lease, a harmless duplicate
-        log.warning("could not drop the claim on submit message %s", task_id, exc_info=True)
+    except Exception as exc:  # left behind: dropped as stale or sent again, harmless
+        log.warning("could not drop the claim on submit message %s: %s", task_id, exc)

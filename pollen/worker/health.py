@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pollen.errors import StoreUnavailable
-from pollen.settings import Settings
+from pollen.settings import Settings, is_redis_url
 from pollen.store import durability
-from pollen.store.connection import REDIS_SCHEMES, probe
+from pollen.store.connection import probe
 
 HEARTBEAT_MAX_AGE = 60.0
 
@@ -39,7 +39,7 @@ def check_reachable(url: str, name: str) -> Check:
 
 def check_broker(url: str) -> Check:
     """A Redis broker answers PING; another (RabbitMQ) accepts a connection."""
-    if url.startswith(REDIS_SCHEMES):
+    if is_redis_url(url):
         return check_reachable(url, "broker")
     from kombu.connection import Connection
 

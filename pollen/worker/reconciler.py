@@ -147,16 +147,20 @@ def reconcile(
     ):
         if ids:
             RECONCILER.labels(action).inc(len(ids))
-    if report.actions:
+    if report.waiting:
+        RECONCILER.labels("wait_backlog").inc(report.waiting)
+    if report.actions or report.waiting:
         log.warning(
             "reconciler: resubmitted %d, re-polled %d, dropped %d, cancel follow-ups re-sent "
-            "%d, dead workers' submit messages re-sent %d, unclaimed ones %d (jobs %s)",
+            "%d, dead workers' submit messages re-sent %d, unclaimed ones %d; %d overdue queued "
+            "jobs wait for the submit queue's backlog (jobs %s)",
             len(report.resubmitted),
             len(report.repolled),
             len(report.dropped),
             len(report.cancels),
             len(report.held),
             len(report.orphans),
+            report.waiting,
             (report.resubmitted + report.repolled)[:10],
         )
     return report

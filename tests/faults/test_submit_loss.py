@@ -214,7 +214,6 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
         assert counts["held"] == len(held)
         assert counts["orphans"] == len(lost_claims)
     assert recovery is not None and recovery <= 15.0, case.notes
-    assert len(job_ids) == len(set(job_ids)) == jobs
     assert client.store.redis.zcard(keys.index("runware", JobStatus.SUCCEEDED.value)) == jobs
     assert no_orphans(client) == []
 
