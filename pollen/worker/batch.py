@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pollen import tracing
 from pollen.backoff import next_delay
 from pollen.callbacks import events
 from pollen.errors import (
@@ -69,7 +70,13 @@ class _Plan:
 
 
 def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
-    """Poll every (job id, attempt) of ``items`` once; see the module docstring."""
+    """Poll every (job id, attempt) of ``items`` once; see the module docstring. Traced as
+    one span (a batch serves many jobs) linked to the trace of each job it polls."""
+    with deps.tracing.span("pollen.poll", attributes={tracing.JOBS: len(items)}) as span:
+        return _poll_batch(deps, items, span)
+
+
+def _poll_batch(deps: Deps, items: Sequence[Item], span: tracing.Span) -> BatchNext:
     now = deps.clock()
     out = BatchNext()
     claims = deps.store.polls.claim(items, now=now, lease=deps.settings.poll_lease)
@@ -78,6 +85,8 @@ def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
         plan = _claimed(deps, out, job_id, attempt, claim, now)
         if plan is not None:
             plans.append(plan)
+            span.link(plan.fields.get(tracing.FIELD), _attributes(plan.job))
+    span.set({tracing.PROVIDER: ",".join(sorted(out.providers))})
     held = [(p.job.id, p.attempt) for p in plans]
     try:
         with deps.leases.held(held):
@@ -97,6 +106,10 @@ def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
         except Exception:  # one job's events must not cost its batch-mates theirs
             log.exception("after recording the poll of job %s", plan.job.id)
     return out
+
+
+def _attributes(job: Job) -> dict[str, str]:
+    return {tracing.JOB_ID: job.id, tracing.PROVIDER: job.provider, tracing.TENANT: job.tenant}
 
 
 def _context(job: Job, attempt: int | None = None) -> AbstractContextManager[None]:
