@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -266,6 +266,42 @@ class PollenManySystem(PollenSystem):
     name = "pollen-many"
 
 
+class PollenTracedSystem(PollenSystem):
+    """pollen's workers and producers with OpenTelemetry traces on (``POLLEN_TRACING=true``),
+    exported over OTLP/HTTP (the default exporter, batched) to a sink of its own: a second
+    :mod:`bench.receiver`, which counts the exports and drops them. Against ``pollen``, what
+    tracing costs."""
+
+    name = "pollen-traced"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink: Service | None = None
+
+    def env(self) -> dict[str, str]:
+        assert self.sink is not None, "the sink starts before the workers"
+        return {
+            **super().env(),
+            "POLLEN_TRACING": "true",
+            "OTEL_SERVICE_NAME": "pollen-worker",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink.url,
+        }
+
+    def start(self, log_dir: Path, timeout: float = 60.0) -> None:
+        self.sink = Service(f"{self.name}-sink", "bench.receiver", [], log_dir)
+        self.sink.start()
+        super().start(log_dir, timeout)
+
+    def producer_spec(self) -> ProducerSpec:
+        assert self.sink is not None, "the sink starts before the producers"
+        return replace(super().producer_spec(), trace_endpoint=self.sink.url)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.sink is not None:
+            self.sink.stop()
+
+
 def make_system(
     name: str, redis_server: RedisServer, sim_url: str, scenario: Scenario, options: Options
 ) -> System:
@@ -277,6 +313,8 @@ def make_system(
         return PollenCappedPushSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-many":
         return PollenManySystem(redis_server, sim_url, scenario, options)
+    if name == "pollen-traced":
+        return PollenTracedSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-push":
         return PollenPushSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-push-lossy":
