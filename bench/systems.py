@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
+
+import httpx
 
 from bench import baseline
 from bench.producer import ProducerSpec
@@ -70,6 +73,9 @@ class System:
 
     def make_worker(self, index: int, log_dir: Path) -> Worker:
         raise NotImplementedError
+
+    def prepare(self, log_dir: Path) -> None:
+        """Start what the producers need besides the workers (before :meth:`producer_spec`)."""
 
     def start(self, log_dir: Path, timeout: float = 60.0) -> None:
         """Start every worker process and wait until each answers a Celery ping."""
@@ -279,7 +285,7 @@ class PollenTracedSystem(PollenSystem):
         self.sink: Service | None = None
 
     def env(self) -> dict[str, str]:
-        assert self.sink is not None, "the sink starts before the workers"
+        assert self.sink is not None, "the sink starts first (prepare)"
         return {
             **super().env(),
             "POLLEN_TRACING": "true",
@@ -287,18 +293,20 @@ class PollenTracedSystem(PollenSystem):
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink.url,
         }
 
-    def start(self, log_dir: Path, timeout: float = 60.0) -> None:
+    def prepare(self, log_dir: Path) -> None:
         self.sink = Service(f"{self.name}-sink", "bench.receiver", [], log_dir)
         self.sink.start()
-        super().start(log_dir, timeout)
 
     def producer_spec(self) -> ProducerSpec:
-        assert self.sink is not None, "the sink starts before the producers"
+        assert self.sink is not None, "the sink starts first (prepare)"
         return replace(super().producer_spec(), trace_endpoint=self.sink.url)
 
     def stop(self) -> None:
-        super().stop()
+        super().stop()  # the workers flush their last spans as they stop
         if self.sink is not None:
+            took = httpx.get(f"{self.sink.url}/_recv/count", trust_env=False, timeout=5).json()
+            print(f"[{self.name}] the trace sink took {took['trace_exports']} exports, "
+                  f"{took['trace_bytes']:,} bytes", file=sys.stderr)  # fmt: skip
             self.sink.stop()
 
 
