@@ -4,6 +4,7 @@ collector this file runs."""
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Iterator
@@ -371,3 +372,57 @@ def test_one_jobs_spans_form_one_trace_from_submit_to_callback(
     linked = [p for p in polls if (trace_id, {"pollen.job.id": job_id, "pollen.provider":
               "runware", "pollen.tenant": "default"}) in p["links"]]  # fmt: skip
     assert linked and all(p["trace_id"] != trace_id for p in linked)
+
+
+# --- the worker's steps, in-process -----------------------------------------------------------
+
+
+def test_a_step_joins_the_jobs_trace_from_its_record(
+    spans: InMemorySpanExporter, deps: Any, settings: Settings
+) -> None:
+    """A message that carried no context, or another trace's (a resend, a batch): the
+    step's span goes in the job's trace; one that carried the job's: under the current span."""
+    from pollen import payloads
+    from pollen.worker import traces
+
+    deps.tracing = of(Settings(tracing=True))
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("producer") as producer:
+        traceparent = deps.tracing.traceparent()
+    job_id, _ = payloads.accept(
+        settings, deps.store, {"provider": "runware", "request": video_request([0.2])},
+        now=0.0, traceparent=traceparent,
+    )  # fmt: skip
+    with tracer.start_as_current_span("another trace"):
+        with traces.job_span(deps, "resent", [job_id]):
+            pass
+        with traces.job_span(deps, "pollen.submit", [job_id, "missing"]) as many:
+            many.set({"extra": 1})
+    carrying = trace.set_span_in_context(producer)
+    with (
+        tracer.start_as_current_span("carried", context=carrying),
+        traces.job_span(deps, "carried step", [job_id]),
+    ):
+        pass
+    [resent] = named(spans, "resent")
+    assert ids_of(resent)[0] == ids_of(producer)[0]  # type: ignore[arg-type]
+    assert resent.parent is not None and resent.parent.span_id == ids_of(producer)[1]  # type: ignore[arg-type]
+    assert dict(resent.attributes or {}) == {
+        "pollen.job.id": job_id, "pollen.provider": "runware", "pollen.tenant": "default",
+    }  # fmt: skip
+    [submit] = named(spans, "pollen.submit")
+    assert dict(submit.attributes or {}) == {"pollen.jobs": 2, "pollen.provider": "runware",
+                                             "extra": 1}  # fmt: skip
+    [carried] = named(spans, "carried")
+    [step] = named(spans, "carried step")
+    assert step.parent is not None and step.parent.span_id == ids_of(carried)[1]
+
+
+def test_tracing_off_a_step_reads_nothing(deps: Any) -> None:
+    from pollen.worker import traces
+
+    off = copy.copy(deps)
+    off.store = None  # any read would fail
+    with traces.job_span(off, "pollen.submit", ["any"]) as span:
+        span.link("not a traceparent", {})
+        span.set({"pollen.jobs": 1})
