@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -63,7 +63,7 @@ def ids(traceparent: str) -> tuple[int, int]:
     return found.trace_id, found.span_id
 
 
-def ids_of(span: ReadableSpan) -> tuple[int, int]:
+def ids_of(span: ReadableSpan | trace.Span) -> tuple[int, int]:
     context = span.get_span_context()
     assert context is not None
     return context.trace_id, context.span_id
@@ -322,7 +322,9 @@ def collector() -> Iterator[Collector]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_one_jobs_spans_form_one_trace_from_submit_to_callback(
+    pool: str,
     spans: InMemorySpanExporter,
     own_env: dict[str, str],
     collector: Collector,
@@ -337,15 +339,18 @@ def test_one_jobs_spans_form_one_trace_from_submit_to_callback(
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     log = tmp_path / "worker.log"
-    with Worker(env, name="traced", concurrency=4, log_file=str(log)) as proc:
+    with Worker(env, name="traced", concurrency=4, pool=pool, log_file=str(log)) as proc:
         try:
             proc.wait_ready(redis_server.url(OWN_BROKER_DB), timeout=60)
             with Pollen(settings_from(env)) as client:
                 job_id = client.submit(
                     "runware", video_request([0.3]), callback_url=f"{receiver.url}/traced"
                 )
-                assert client.wait(job_id, timeout=30).status is JobStatus.SUCCEEDED
-            eventually(lambda: collector.find(name="pollen.callback"), what="the callback span")
+                with trace.get_tracer("sender").start_as_current_span("send_task") as sender:
+                    send_task_job(client, receiver)
+                for one in (job_id, SENT_JOB):
+                    assert client.wait(one, timeout=30).status is JobStatus.SUCCEEDED
+            eventually(lambda: len(collector.find(name="pollen.callback")) == 2, what="callbacks")
         except BaseException:
             print(log.read_text())
             raise
@@ -372,6 +377,24 @@ def test_one_jobs_spans_form_one_trace_from_submit_to_callback(
     linked = [p for p in polls if (trace_id, {"pollen.job.id": job_id, "pollen.provider":
               "runware", "pollen.tenant": "default"}) in p["links"]]  # fmt: skip
     assert linked and all(p["trace_id"] != trace_id for p in linked)
+    # a payload sent by name continues the trace its message carried
+    sent = collector.find(trace_id=ids_of(sender)[0])
+    [run] = [s for s in sent if s["name"] == "run/pollen.submit"]
+    assert run["parent"] == ids_of(sender)[1]
+    steps = [s["attributes"].get("pollen.job.id") for s in sent if s["name"].startswith("pollen.")]
+    assert sorted(steps) == [SENT_JOB, SENT_JOB], sent
+
+
+SENT_JOB = "sent-by-name"
+
+
+def send_task_job(client: Pollen, receiver: CallbackReceiver) -> None:
+    """What a Celery app whose sends are instrumented does: the context in the headers."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    payload = {"provider": "runware", "request": video_request([0.3]), "job_id": SENT_JOB,
+               "callback_url": f"{receiver.url}/sent"}  # fmt: skip
+    client.celery.send_task("pollen.submit", kwargs={"job": payload}, headers=headers)
 
 
 # --- the worker's steps, in-process -----------------------------------------------------------
@@ -405,8 +428,8 @@ def test_a_step_joins_the_jobs_trace_from_its_record(
     ):
         pass
     [resent] = named(spans, "resent")
-    assert ids_of(resent)[0] == ids_of(producer)[0]  # type: ignore[arg-type]
-    assert resent.parent is not None and resent.parent.span_id == ids_of(producer)[1]  # type: ignore[arg-type]
+    assert ids_of(resent)[0] == ids_of(producer)[0]
+    assert resent.parent is not None and resent.parent.span_id == ids_of(producer)[1]
     assert dict(resent.attributes or {}) == {
         "pollen.job.id": job_id, "pollen.provider": "runware", "pollen.tenant": "default",
     }  # fmt: skip
