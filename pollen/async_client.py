@@ -53,9 +53,10 @@ class AsyncPollen:
         has not gone within that many seconds raises StoreUnavailable (the ingress and the
         dashboard set it); None: a broker that never answers holds a publish."""
         self.settings = producer_settings(settings or get_settings(), redis_timeout)
-        self.store = AsyncStore(self.settings.redis_url, self.settings.producer.redis_timeout)
-        self.publish_timeout = publish_timeout
         self._session = Session(self.settings, tracing=tracing.of(self.settings))
+        self.store = AsyncStore(self.settings.redis_url, self.settings.producer.redis_timeout)
+        self._session.tracing.instrument(redis=self.store.redis)
+        self.publish_timeout = publish_timeout
         self._celery: Celery | None = None
 
     @property

@@ -47,10 +47,11 @@ class Pollen:
         """``redis_timeout`` (default ``settings.producer.redis_timeout``, 5 s): seconds a
         call keeps trying an unreachable Redis before it raises :class:`StoreUnavailable`."""
         self.settings = producer_settings(settings or get_settings(), redis_timeout)
+        self._session = Session(self.settings, tracing=tracing.of(self.settings))
         window = self.settings.producer.redis_timeout
         client = producer_client(self.settings.redis_url, window)
+        self._session.tracing.instrument(redis=client)  # the store's round trips, in a submit
         self.store, self.outbox = open_store(self.settings, client)
-        self._session = Session(self.settings, tracing=tracing.of(self.settings))
         self._scripts = {**self.store.scripts, **self.outbox.scripts}
         self._celery: Celery | None = None
 

@@ -193,6 +193,12 @@ def test_submit_continues_the_callers_trace_on_the_record_and_the_message(
         "pollen.job.id": job_id, "pollen.provider": "runware", "pollen.tenant": "acme",
     }  # fmt: skip
     assert ids(stored) == ids_of(submit)  # the job's steps continue this span
+    inside = [
+        s for s in spans.get_finished_spans() if s.parent and s.parent.span_id == ids(stored)[1]
+    ]
+    assert inside and all(
+        s.kind is trace.SpanKind.CLIENT for s in inside
+    )  # the store's round trips
     [first, _] = queued_headers(traced_settings)
     assert ids(first["traceparent"]) == ids_of(submit)
 
@@ -218,6 +224,7 @@ async def test_the_async_client_traces_its_submit(
         job_id = await client.submit("runware", video_request([0.2]))
     [span] = named(spans, "pollen.submit")
     assert (span.attributes or {})["pollen.job.id"] == job_id
+    assert any(s.parent and s.parent.span_id == ids_of(span)[1] for s in spans.get_finished_spans())
     [headers] = queued_headers(traced_settings)
     assert ids(headers["traceparent"]) == ids_of(span)
 
