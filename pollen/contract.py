@@ -7,7 +7,9 @@ Producers build their app from here (:func:`producer_app`) without importing the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,26 +64,88 @@ def routes(queues: QueueSettings) -> dict[str, dict[str, str]]:
     }
 
 
-def declared(queues: QueueSettings) -> list[Queue]:
-    """Each queue with its own direct exchange and routing key, as a plain Celery app declares
-    a queue it sends to: a message published to one queue lands in that queue only."""
+#: what RabbitMQ's quorum queues are declared with
+QUORUM = {"x-queue-type": "quorum"}
+
+
+def declared(queues: QueueSettings, *, quorum: bool = False) -> list[Queue]:
+    """Each queue with its own exchange and routing key, as a plain Celery app declares a
+    queue it sends to: a message published to one queue lands in that queue only.
+
+    The exchange is direct; with ``quorum`` the queue is a quorum queue on a topic exchange
+    (with a key without wildcards, it routes as a direct one), as Celery's native delayed
+    delivery needs: it skips direct exchanges, and a countdown would then wait in the worker.
+    """
     names = (queues.submit, queues.poll, queues.callbacks)
-    # kombu's constructors are untyped
-    return [Queue(name, Exchange(name), routing_key=name) for name in names]  # type: ignore[no-untyped-call]
+    if not quorum:  # kombu's constructors are untyped
+        return [Queue(name, Exchange(name), routing_key=name) for name in names]  # type: ignore[no-untyped-call]
+    return [
+        Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments=QUORUM)  # type: ignore[no-untyped-call]
+        for name in names
+    ]
+
+
+def whole_seconds(countdown: float | None, eta: datetime | str | None, now: datetime) -> int | None:
+    """The countdown a message due in ``countdown`` seconds (or at ``eta``) is sent with to
+    quorum queues: whole seconds, rounded up, at least 1; None when it is due at ``now``.
+
+    Celery's native delayed delivery routes a message by the whole seconds of its countdown
+    and refuses a fractional one below 1 (pollen's shortest waits are 0.2 s); rounded up, the
+    message is never early and its eta has passed when it reaches the worker, so no worker
+    holds it.
+    """
+    if eta is not None:
+        due = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+        due = due if due.tzinfo else due.replace(tzinfo=UTC)
+        countdown = (due - now).total_seconds()
+    if not countdown or countdown <= 0:
+        return None
+    return max(1, math.ceil(countdown))
+
+
+class App(Celery):  # type: ignore[misc]
+    """pollen's Celery app (producers' and workers'). Every message it sends, however it is
+    sent (``send_task``, ``apply_async``, a task's ``retry``), goes through :meth:`send_task`,
+    where a countdown or eta becomes :func:`whole_seconds` when the queues are quorum queues.
+    """
+
+    def send_task(
+        self,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        countdown: float | None = None,
+        eta: datetime | str | None = None,
+        **options: Any,
+    ) -> Any:
+        if quorum_queues(self) and (countdown or eta):
+            countdown, eta = whole_seconds(countdown, eta, datetime.now(UTC)), None
+        return super().send_task(name, args, kwargs, countdown=countdown, eta=eta, **options)
+
+
+def quorum_queues(app: Celery) -> bool:
+    """Whether ``app`` declares its queues as quorum queues."""
+    queues = app.conf.task_queues or ()
+    return any((q.queue_arguments or {}).get("x-queue-type") == "quorum" for q in queues)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings both sides need: where messages go and how they are encoded.
 
+    With quorum queues (RabbitMQ), publishes wait for the broker's confirm: a message
+    RabbitMQ did not take raises at the sender instead of vanishing.
+
     The visibility timeout is set everywhere Celery reads it and is larger than the longest
     countdown plus the task time limit (``Settings`` refuses to build otherwise), so Redis
     does not redeliver a countdown message that is still waiting in a worker.
     """
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    quorum = settings.quorum_queues
+    broker = transport | ({"confirm_publish": True} if quorum else {})
     return {
         "broker_url": settings.broker,
         "result_backend": settings.backend,
-        "broker_transport_options": transport,
+        "broker_transport_options": broker,
         "result_backend_transport_options": transport,
         "visibility_timeout": settings.visibility_timeout,
         "broker_connection_retry_on_startup": True,
@@ -95,7 +159,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # little gain (Flower reads the worker's events).
         "task_send_sent_event": False,
         "task_default_queue": settings.queues.submit,
-        "task_queues": declared(settings.queues),
+        "task_queues": declared(settings.queues, quorum=quorum),
+        # Celery's own switch for the queues it declares by default; with quorum queues its
+        # workers turn on native delayed delivery and per-consumer prefetch themselves
+        # (worker_detect_quorum_queues, on by default)
+        "task_default_queue_type": "quorum" if quorum else "classic",
         "task_routes": routes(settings.queues),
     }
 
@@ -111,7 +179,7 @@ def producer_app(settings: Settings, *, timeout: float | None = None) -> Celery:
     config = celery_config(settings)
     if timeout is not None:
         config |= bounded_publish(config, timeout)
-    app = Celery("pollen")
+    app = App("pollen")
     app.conf.update(config)
     return app
 

@@ -396,6 +396,8 @@ class ProducerSettings(BaseModel):
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: the URL schemes of an AMQP broker (RabbitMQ), as kombu names its transports
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 
 class Settings(BaseSettings):
@@ -408,7 +410,16 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Job store.")
     broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url.")
     result_backend: str | None = Field(
-        None, description="Celery result backend (submit answers); defaults to broker_url."
+        None,
+        description="Celery result backend (submit answers); defaults to broker_url on a "
+        "Redis broker, to redis_url on any other (Celery has no AMQP result backend).",
+    )
+    quorum_queues: bool = Field(
+        False,
+        description="Declare pollen's queues as RabbitMQ quorum queues (replicated; an AMQP "
+        "broker only): countdowns are rounded up to whole seconds for Celery's native delayed "
+        "delivery and publishes wait for the broker's confirm. Existing classic queues must be "
+        "deleted first (RabbitMQ cannot change a queue's type).",
     )
     runware: RunwareSettings = RunwareSettings()
     useapi: UseapiSettings = UseapiSettings()
@@ -592,15 +603,26 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _visibility_timeout_covers_countdowns(self) -> Settings:
+        """A Redis-broker rule: only kombu's Redis transport redelivers by visibility timeout
+        (RabbitMQ returns a dead consumer's messages at once, and ignores the setting)."""
         floor = self.held_floor
         if self.visibility_timeout == 0:
             self.visibility_timeout = math.ceil(2 * floor)
-        elif self.visibility_timeout <= floor:
+        elif self.visibility_timeout <= floor and self.redis_broker:
             raise ValueError(
                 f"visibility_timeout ({self.visibility_timeout}s) must be larger than "
                 f"the longest countdown a worker holds plus task_time_limit ({floor:g}s: "
                 "poll.max_delay, callbacks.park_after, ingress.poll_max_delay up to park_after), "
                 "or Redis redelivers countdown messages that are still waiting"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _quorum_queues_need_amqp(self) -> Settings:
+        if self.quorum_queues and urlsplit(self.broker).scheme.lower() not in AMQP_SCHEMES:
+            raise ValueError(
+                "POLLEN_QUORUM_QUEUES: quorum queues are a RabbitMQ feature; set "
+                "POLLEN_BROKER_URL to an amqp:// URL or leave quorum_queues off"
             )
         return self
 
@@ -622,7 +644,14 @@ class Settings(BaseSettings):
 
     @property
     def backend(self) -> str:
-        return self.result_backend or self.broker
+        """The result backend: the one set, else the broker when it is Redis (as always), else
+        the store's Redis: Celery has no result backend on RabbitMQ."""
+        return self.result_backend or (self.broker if self.redis_broker else self.redis_url)
+
+    @property
+    def backend_default(self) -> str:
+        """The variable :attr:`backend` falls back to (for ``pollen config``)."""
+        return "POLLEN_BROKER_URL" if self.redis_broker else "POLLEN_REDIS_URL"
 
 
 def store_tag(url: str) -> str:

@@ -46,6 +46,17 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A RabbitMQ node for the session (tests/rabbitmq.py); skips where it is not installed."""
+    from tests import rabbitmq
+
+    if (why := rabbitmq.missing()) is not None:
+        pytest.skip(why)
+    with rabbitmq.RabbitServer(tmp_path_factory.mktemp("rabbitmq")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def simulator() -> Iterator[SimulatorServer]:
     config = SimulatorConfig(duration_min=0.2, duration_max=0.6, seed=7, timeout_seconds=5)
     with SimulatorServer(config) as sim:

@@ -82,6 +82,17 @@ class RabbitServer(ManagedProcess):
         parts = [self.root / "server.out", self.root / "rabbit.log"]
         return "".join(p.read_text(errors="replace") for p in parts if p.exists())
 
+    def vhost(self, name: str) -> str:
+        """The URL of a new virtual host ``name`` (guest may use it): a broker of its own
+        for a test's worker, without another RabbitMQ node."""
+        grant = ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]
+        for args in (["add_vhost", name], grant):
+            subprocess.run(
+                [str(RABBIT_BIN / "rabbitmqctl"), "-q", *args],
+                env=self.env, capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{name}"
+
     def bindings(self) -> set[tuple[str, str, str]]:
         """Every binding (exchange, queue, routing key) but the default exchange's."""
         listed = subprocess.run(

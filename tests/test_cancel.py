@@ -158,10 +158,12 @@ def test_the_provider_task_of_a_submit_in_flight_at_the_cancel_is_cancelled_too(
     job_id, _ = payloads.accept(deps.settings, deps.store, payload, now=time.time())
     real = deps.calls.submit_many
 
-    def submit_then_cancel(provider: str, jobs: list[Any]) -> list[Any]:
-        answers: list[Any] = real(provider, jobs)  # the provider took the task ...
-        steps.cancel(deps, job_id, "too late")  # ... as the producer cancels
-        return answers
+    def submit_then_cancel(provider: str, jobs: list[Any], arrived: Any, sending: Any) -> Any:
+        def cancel_then_record(indexes: Any, answers: Any) -> None:
+            steps.cancel(deps, job_id, "too late")  # ... as the producer cancels
+            arrived(indexes, answers)
+
+        return real(provider, jobs, cancel_then_record, sending=sending)  # the provider took it
 
     deps.calls.submit_many = submit_then_cancel
     try:

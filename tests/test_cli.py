@@ -407,6 +407,24 @@ def test_config_shows_effective_values_and_masks_every_secret(worker_env: dict[s
     assert values["POLLEN_RATE_LIMITS"] == "{} (default)"
 
 
+def test_config_shows_the_result_backend_of_a_rabbitmq_broker(worker_env: dict[str, str]) -> None:
+    env = {**worker_env, "POLLEN_BROKER_URL": "amqp://alice:hunter2@rabbit:5672//"}
+    env.pop("POLLEN_RESULT_BACKEND", None)
+    result = pollen(env, "config")
+    assert result.returncode == 0, result.stderr
+    store = worker_env["POLLEN_REDIS_URL"]
+    assert f"POLLEN_RESULT_BACKEND={store} (default: POLLEN_REDIS_URL)\n" in result.stdout
+    assert "POLLEN_QUORUM_QUEUES=false (default)\n" in result.stdout
+    assert "hunter2" not in result.stdout
+
+
+def test_quorum_queues_on_a_redis_broker_are_refused_in_one_line(
+    worker_env: dict[str, str],
+) -> None:
+    result = pollen({**worker_env, "POLLEN_QUORUM_QUEUES": "true"}, "config")
+    assert_user_error(result, "POLLEN_QUORUM_QUEUES: quorum queues are a RabbitMQ feature")
+
+
 def test_config_masks_a_user_and_password_url(worker_env: dict[str, str]) -> None:
     env = {**worker_env, "POLLEN_BROKER_URL": "redis://alice:hunter2@broker:6379/0"}
     result = pollen(env, "config")

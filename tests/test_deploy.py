@@ -49,9 +49,9 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "workers" / "Dockerfile"
 LOCK = ROOT / "workers" / "requirements.lock"
 DEPLOY = ROOT / "deploy"
-TARGETS = ("base", "overlays/keda", "overlays/hpa")
+TARGETS = ("base", "overlays/keda", "overlays/hpa", "overlays/keda-rabbitmq")
 K8S_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
-CRD_KINDS = {"ScaledObject"}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication"}
 SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|AUTH")
 # Settings the manifests already set that pollen/settings.py does not define yet (proposed in
 # deploy/README.md). Remove a name once the setting exists.
@@ -188,6 +188,9 @@ def test_compose_services_have_health_checks_and_restart_policies() -> None:
     assert services["simulator"]["profiles"] == ["demo"]
     assert services["producer"]["profiles"] == ["demo"]
     assert services["ingress"]["profiles"] == ["push"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    assert "rabbitmq-diagnostics" in services["rabbitmq"]["healthcheck"]["test"]
+    assert services["rabbitmq"]["restart"] == "unless-stopped"
     assert {name for name, s in services.items() if "profiles" not in s} == {
         "redis",
         "worker",
@@ -488,7 +491,9 @@ def test_the_ingress_runs_the_cli_command_and_probes_its_own_endpoints() -> None
     assert {"pollen-ingress"} == {
         ref["secretRef"]["name"] for ref in ingress["envFrom"] if "secretRef" in ref
     }
-    assert set(compose()["services"]["ingress"]["environment"]) == {"POLLEN_REDIS_URL"}
+    assert set(compose()["services"]["ingress"]["environment"]) == {
+        "POLLEN_REDIS_URL", "POLLEN_BROKER_URL", "POLLEN_QUORUM_QUEUES"
+    }  # fmt: skip
 
 
 def test_dashboard_auth_comes_from_a_secret_and_it_runs_as_in_compose() -> None:
@@ -556,6 +561,7 @@ def test_autoscalers_are_optional_and_exclusive() -> None:
     for target, kind, other in (
         ("overlays/keda", "ScaledObject", "HorizontalPodAutoscaler"),
         ("overlays/hpa", "HorizontalPodAutoscaler", "ScaledObject"),
+        ("overlays/keda-rabbitmq", "ScaledObject", "HorizontalPodAutoscaler"),
     ):
         objects = render(target)
         scaler = one(objects, kind, "pollen-worker")
@@ -703,3 +709,63 @@ def _submit(server: RedisServer, poll: dict[str, float] | None = None) -> str:
 def _held(broker: redis.Redis, queue: str) -> bool:
     """A worker holds a message of ``queue`` (it is in kombu's unacked hash)."""
     return any(json.loads(raw)[2] == queue for raw in broker.hvals("unacked"))
+
+
+def test_compose_rabbitmq_profile_gives_every_pollen_service_the_same_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every service that sends or reads messages takes the broker from .env; empty, Redis is
+    the broker, and the worker waits for RabbitMQ only where the profile runs it."""
+    services = compose()["services"]
+    for name in ("worker", "flower", "dashboard", "ingress", "producer"):
+        env = services[name]["environment"]
+        assert env["POLLEN_BROKER_URL"] == "${POLLEN_BROKER_URL:-}", name
+        assert env["POLLEN_QUORUM_QUEUES"] == "${POLLEN_QUORUM_QUEUES:-false}", name
+    rabbit = services["worker"]["depends_on"]["rabbitmq"]
+    assert rabbit == {"condition": "service_healthy", "required": False}
+    assert all(p.startswith("127.0.0.1:") for p in services["rabbitmq"]["ports"])
+    for key in [k for k in os.environ if k.startswith("POLLEN_")]:
+        monkeypatch.delenv(key)
+    # what compose hands a worker without the profile, and with it
+    plain = Settings(broker_url="", quorum_queues=False, redis_url="redis://redis:6379/0")
+    assert plain.broker == plain.backend == "redis://redis:6379/0"
+    amqp = "amqp://pollen:pw@rabbitmq:5672//"
+    rabbit_settings = Settings(broker_url=amqp, redis_url="redis://redis:6379/0")
+    assert (rabbit_settings.broker, rabbit_settings.backend) == (amqp, "redis://redis:6379/0")
+
+
+def test_keda_rabbitmq_scales_workers_on_the_submit_and_poll_queues() -> None:
+    """Structural, like the redis scaler's test: KEDA's rabbitmq scaler reads the broker URL
+    from the Secret pollen's pods read it from."""
+    objects = render("overlays/keda-rabbitmq")
+    scaled = one(objects, "ScaledObject", "pollen-worker")
+    auth = one(objects, "TriggerAuthentication", "pollen-rabbitmq")
+    assert auth["apiVersion"] == scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert auth["metadata"]["namespace"] == scaled["metadata"]["namespace"] == "pollen"
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "host", "name": "pollen-secrets", "key": "POLLEN_BROKER_URL"}
+    ]
+    worker = container(objects, "Deployment", "pollen-worker")
+    assert {"pollen-secrets"} <= {
+        r["secretRef"]["name"] for r in worker["envFrom"] if "secretRef" in r
+    }
+    queues = set()
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == "rabbitmq"
+        assert trigger["authenticationRef"] == {"name": "pollen-rabbitmq"}
+        meta = trigger["metadata"]
+        assert set(meta) <= {
+            "protocol",
+            "mode",
+            "queueName",
+            "value",
+            "activationValue",
+            "vhostName",
+        }
+        assert (meta["protocol"], meta["mode"]) == ("amqp", "QueueLength")
+        assert int(meta["value"]) > 0
+        queues.add(meta["queueName"])
+    assert queues == {QueueSettings().submit, QueueSettings().poll}
+    env = pollen_env(objects)
+    assert env["POLLEN_QUORUM_QUEUES"] == "false"
+    assert "POLLEN_BROKER_URL" not in env  # it carries a password: pollen-secrets

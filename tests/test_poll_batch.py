@@ -193,7 +193,9 @@ def test_a_submit_that_got_no_answer_is_retried_not_failed(
 ) -> None:
     job_id = accept_job(deps, [0.2])
     monkeypatch.setattr(
-        deps.calls, "submit_many", lambda provider, jobs: [RuntimeError("parser bug")] * len(jobs)
+        deps.calls,
+        "submit_many",
+        lambda provider, jobs, *_, **__: [RuntimeError("parser bug")] * len(jobs),
     )
     out = submits.submit_batch(deps, [job_id])
     assert out.finished == [] and [j for j, _ in out.retries] == [job_id]

@@ -386,12 +386,14 @@ def test_a_push_before_the_submit_answer_is_stored_polls_at_once(
         )  # fmt: skip
         real_submit = deps.calls.submit_many
 
-        def submit_then_push(provider: str, jobs: list[Any]) -> Any:
-            answers = real_submit(provider, jobs)
-            token = store.hget(keys.job(job_id), "push_token") or ""
-            answer = _post(ingress, "runware", token, {"data": []})
-            assert answer.json() == {"outcome": "noted", "job_id": job_id}
-            return answers
+        def submit_then_push(provider: str, jobs: list[Any], arrived: Any, **_: Any) -> Any:
+            def push_then_record(indexes: Any, answers: Any) -> None:
+                token = store.hget(keys.job(job_id), "push_token") or ""
+                answer = _post(ingress, "runware", token, {"data": []})
+                assert answer.json() == {"outcome": "noted", "job_id": job_id}
+                arrived(indexes, answers)
+
+            return real_submit(provider, jobs, push_then_record)
 
         deps.calls.submit_many = submit_then_push  # type: ignore[method-assign,assignment]
         started = time.time()
@@ -437,9 +439,11 @@ def test_push_requests_and_the_relaxed_schedule(push_settings: Settings, store: 
             job_id, _ = payloads.accept(relaxed, deps.store, {"provider": provider,
                                         "request": request}, now=time.time())  # fmt: skip
             ids.append(job_id)
-        deps.calls.submit_many = lambda provider, jobs: [  # type: ignore[method-assign,assignment]
-            Submission(f"task-{job.id}", {}) for job in jobs
-        ]
+
+        def acknowledge(provider: str, jobs: list[Any], *_: Any, **__: Any) -> list[Submission]:
+            return [Submission(f"task-{job.id}", {}) for job in jobs]
+
+        deps.calls.submit_many = acknowledge  # type: ignore[method-assign,assignment]
         submits.submit_batch(deps, ids)
         own, producers, comet = (deps.store.lifecycle.get(i) for i in ids)
         token = own.push_token or ""

@@ -4,7 +4,6 @@ queue and the worker runs the job, and each task lands in its own queue only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +26,13 @@ pytestmark = [
 QUEUES = ("pollen.submit", "pollen.poll", "pollen.callbacks")
 
 
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
-    with RabbitServer(tmp_path_factory.mktemp("rabbitmq")) as server:
-        yield server
-
-
 @pytest.fixture
 def rabbit_env(
     own_env: dict[str, str], rabbit: RabbitServer, redis_server: RedisServer
 ) -> dict[str, str]:
     """A worker's own settings with RabbitMQ as the broker; Celery has no AMQP result backend,
-    so results go to Redis (the database own_env would use as the broker), as the docs say."""
+    so results go to Redis (here the database own_env would use as the broker; unset, the
+    store's)."""
     backend = redis_server.url(OWN_BROKER_DB)
     return {**own_env, "POLLEN_BROKER_URL": rabbit.url, "POLLEN_RESULT_BACKEND": backend}
 
@@ -114,3 +108,21 @@ def test_health_checks_a_rabbitmq_broker(rabbit: RabbitServer) -> None:
     assert health.check_broker(rabbit.url) == health.Check("broker", True, "accepts a connection")
     away = health.check_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}//")
     assert not away.ok and away.detail.startswith("unreachable: ")
+
+
+def test_the_dashboard_reads_queue_depths_from_rabbitmq_or_says_unknown(
+    rabbit: RabbitServer,
+) -> None:
+    from pollen.dashboard.app import _depth_reader
+
+    url = rabbit.vhost("dashboard")
+    _declare_like_an_earlier_pollen(url)
+    from kombu.connection import Connection
+
+    with Connection(url) as connection:  # type: ignore[no-untyped-call]
+        connection.Producer().publish({}, exchange="", routing_key="pollen.poll")
+    expected = {"pollen.submit": 0, "pollen.poll": 1, "pollen.callbacks": 0}
+    read = _depth_reader(url, [*QUEUES, "never.declared"], timeout=2)
+    eventually(lambda: read() == [*expected.values(), 0], timeout=10, what="the depths")
+    away = _depth_reader(f"amqp://guest:guest@127.0.0.1:{free_port()}//", list(QUEUES), 1)
+    assert away() == [None, None, None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -1132,3 +1133,44 @@ def test_cap_stats_over_http_and_reset(client: httpx.Client, admin: httpx.Client
         assert client.post("/v1", json=[inference(new_uuid())], headers=headers).status_code == 200
     finally:
         assert admin.patch("/_sim/config", json={"keys": {}, "cap_bodies": {}}).is_success
+
+
+def test_paced_creates_are_answered_one_at_a_time_and_one_whose_client_left_is_dropped(
+    client: httpx.Client, admin: httpx.Client, server: SimulatorServer
+) -> None:
+    assert not admin.patch("/_sim/config", json={"create_gap": -0.1}).is_success
+    assert not admin.patch("/_sim/config", json={"create_gap": 60.1}).is_success
+    assert admin.patch("/_sim/config", json={"create_gap": 0.3}).is_success
+    body = {"text_prompt": "a harbour at dawn"}
+    answered: list[float] = []
+
+    def create() -> None:
+        client.post("/v1/runwayml/gen3/create", json=body).raise_for_status()
+        answered.append(time.monotonic())
+
+    try:
+        threads = [threading.Thread(target=create) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        answered.sort()
+        gaps = [later - earlier for earlier, later in itertools.pairwise(answered)]
+        assert min(gaps) > 0.25, gaps  # one at a time, the gap apart
+        headers = {"Authorization": f"Bearer {KEY}"}
+        with (
+            httpx.Client(base_url=server.url, headers=headers, timeout=0.1) as leaving,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            leaving.post("/v1/runwayml/gen3/create", json=body)  # waits its turn; leaves
+        time.sleep(0.4)  # past its turn: it was dropped, not handled
+        stats = admin.get("/_sim/stats").json()
+        assert (stats["created"], stats["creates_dropped"], stats["creates_waiting"]) == (3, 1, 0)
+        assert admin.post("/_sim/reset").is_success
+        assert admin.get("/_sim/stats").json()["creates_dropped"] == 0
+    finally:
+        assert admin.patch("/_sim/config", json={"create_gap": 0.0}).is_success
+    started = time.monotonic()
+    for _ in range(3):
+        create()
+    assert time.monotonic() - started < 0.3  # unpaced again

@@ -17,6 +17,7 @@ import json
 import math
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import pytest
@@ -596,6 +597,82 @@ def test_visibility_timeout_just_above_the_floor_is_accepted() -> None:
     assert settings.visibility_timeout == 151
     with pytest.raises(ValidationError, match="visibility_timeout"):
         Settings(visibility_timeout=150, task_time_limit=120)
+
+
+AMQP = "amqp://guest:guest@rabbit.example:5672//"
+STORE = "redis://store.example:6379/1"
+
+
+def test_the_result_backend_defaults_to_the_broker_on_redis_and_to_the_store_otherwise() -> None:
+    redis_broker = Settings(redis_url=STORE, broker_url="redis://broker.example:6379/0")
+    assert redis_broker.backend == "redis://broker.example:6379/0"  # as it always was
+    assert Settings(redis_url=STORE).backend == STORE  # the broker is the store
+    rabbit = Settings(redis_url=STORE, broker_url=AMQP)
+    assert (rabbit.broker, rabbit.backend, rabbit.backend_default) == (
+        AMQP, STORE, "POLLEN_REDIS_URL"
+    )  # fmt: skip
+    chosen = Settings(redis_url=STORE, broker_url=AMQP, result_backend="redis://r.example/2")
+    assert chosen.backend == "redis://r.example/2"
+
+
+def test_the_visibility_timeout_floor_is_a_redis_broker_rule() -> None:
+    assert Settings(broker_url=AMQP, visibility_timeout=100).visibility_timeout == 100
+    with pytest.raises(ValidationError, match="visibility_timeout"):
+        Settings(broker_url="redis://broker.example:6379/0", visibility_timeout=100)
+
+
+def test_quorum_queues_need_an_amqp_broker() -> None:
+    assert Settings(broker_url=AMQP, quorum_queues=True).quorum_queues
+    assert Settings(broker_url="pyamqp://rabbit.example//", quorum_queues=True).quorum_queues
+    with pytest.raises(ValidationError, match="POLLEN_QUORUM_QUEUES: quorum queues are a Rabbit"):
+        Settings(redis_url=STORE, quorum_queues=True)
+
+
+def test_quorum_queues_are_declared_on_topic_exchanges_with_publisher_confirms() -> None:
+    from pollen import contract
+
+    classic = contract.celery_config(Settings(broker_url=AMQP))
+    assert [q.exchange.type for q in classic["task_queues"]] == ["direct"] * 3
+    assert not any(q.queue_arguments for q in classic["task_queues"])
+    assert "confirm_publish" not in classic["broker_transport_options"]
+    assert classic["task_default_queue_type"] == "classic"
+
+    quorum = contract.celery_config(Settings(broker_url=AMQP, quorum_queues=True))
+    queues = quorum["task_queues"]
+    assert [(q.name, q.routing_key) for q in queues] == [(q.name, q.name) for q in queues]
+    assert [q.exchange.type for q in queues] == ["topic"] * 3
+    assert all(q.queue_arguments == {"x-queue-type": "quorum"} for q in queues)
+    assert quorum["broker_transport_options"]["confirm_publish"] is True
+    assert quorum["task_default_queue_type"] == "quorum"
+    app = contract.producer_app(Settings(broker_url=AMQP, quorum_queues=True), timeout=1)
+    try:  # a bounded publish keeps the confirms
+        assert app.conf.broker_transport_options["confirm_publish"] is True
+        assert contract.quorum_queues(app)
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize(
+    ("countdown", "sent"),
+    [(None, None), (0, None), (-0.5, None), (0.2, 1), (0.999, 1), (1.0, 1), (1.001, 2), (30, 30)],
+)
+def test_quorum_countdowns_are_whole_seconds_rounded_up(
+    countdown: float | None, sent: int | None
+) -> None:
+    from pollen.contract import whole_seconds
+
+    assert whole_seconds(countdown, None, datetime.now(UTC)) == sent
+
+
+def test_a_quorum_eta_becomes_a_whole_second_countdown() -> None:
+    from pollen.contract import whole_seconds
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert whole_seconds(None, now + timedelta(seconds=0.3), now) == 1
+    assert whole_seconds(None, now + timedelta(seconds=2.5), now) == 3
+    assert whole_seconds(None, (now + timedelta(seconds=4)).isoformat(), now) == 4
+    assert whole_seconds(None, now - timedelta(seconds=1), now) is None  # overdue: now
+    assert whole_seconds(None, now.replace(tzinfo=None) + timedelta(seconds=1), now) == 1
 
 
 # --- typed requests -----------------------------------------------------------------------

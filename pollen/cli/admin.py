@@ -156,7 +156,7 @@ def config() -> None:
     settings = load_settings()
     fallbacks = {
         "POLLEN_BROKER_URL": "POLLEN_REDIS_URL",
-        "POLLEN_RESULT_BACKEND": "POLLEN_BROKER_URL",
+        "POLLEN_RESULT_BACKEND": settings.backend_default,
     }
     for env, _, description in environment_variables():
         secret = any(word in env for word in SECRET_WORDS)

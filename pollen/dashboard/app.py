@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -21,7 +20,7 @@ from pollen import AsyncPollen, StoreUnavailable
 from pollen.capacity import Capacity
 from pollen.dashboard import present, views
 from pollen.dashboard.security import Credentials, Protect, csrf_key, csrf_token
-from pollen.settings import REDIS_SCHEMES, Settings
+from pollen.settings import Settings
 from pollen.store import effects
 from pollen.store.connection import queue_depths
 
@@ -83,10 +82,8 @@ def build_app(settings: Settings, credentials: Credentials | None) -> Starlette:
 
 
 def _depth_reader(broker: str, queues: list[str], timeout: float) -> Callable[[], list[int | None]]:
-    """Queue lengths, read from a Redis broker; unknown (None) for another broker, or when
-    the broker does not answer within about ``timeout`` seconds."""
-    if urlsplit(broker).scheme.lower() not in REDIS_SCHEMES:
-        return lambda: [None] * len(queues)
+    """Queue lengths, read from the broker (Redis, or RabbitMQ by passive declares); unknown
+    (None) when the broker does not answer within about ``timeout`` seconds."""
     read = queue_depths(broker, queues, timeout)
 
     def guarded() -> list[int | None]:

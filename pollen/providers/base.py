@@ -197,6 +197,11 @@ class Provider(ABC):
             return None
         return tokens.push_url(public, self.name, job.push_token)
 
+    #: True if a create carries a key the provider recognises when it is sent again (Runware's
+    #: ``taskUUID``): a repeated create makes no second task. Without it a create whose answer
+    #: never came is ambiguous (see :mod:`pollen.worker.submits`).
+    keyed_creates: ClassVar[bool] = False
+
     #: True if the provider documents a call that cancels (or deletes) a task: the two
     #: methods below. Without it a cancel stops pollen's polling and nothing else.
     supports_cancel: ClassVar[bool] = False

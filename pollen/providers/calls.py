@@ -34,6 +34,9 @@ Answer = TypeVar("Answer")
 Listed = TypeVar("Listed")
 #: ``(provider, jobs)`` of every status request that carried several jobs' polls
 BatchObserver = Callable[[str, int], None]
+#: ``(indexes, answers)``: one create request's answers as they arrive (the jobs' positions
+#: in the call), from the thread that got them
+Arrivals = Callable[[Sequence[int], Sequence[Submission | Exception]], None]
 #: most requests one call runs at once for a provider without task arrays
 MAX_CONCURRENT = 16
 
@@ -111,13 +114,23 @@ class ProviderCalls:
 
     # --- submit -------------------------------------------------------------------------
 
-    def submit_many(self, provider_name: str, jobs: Sequence[Job]) -> list[Submission | Exception]:
-        """Create each job's provider task (keyed by its ``task_uuid``); one acknowledgement
-        or the job's own exception each, in order."""
+    def submit_many(
+        self,
+        provider_name: str,
+        jobs: Sequence[Job],
+        arrived: Arrivals | None = None,
+        *,
+        sending: Callable[[int], None] | None = None,
+    ) -> list[Submission | Exception]:
+        """Create each job's provider task (keyed by its ``task_uuid`` where the provider
+        takes a key); one acknowledgement or the job's own exception each, in order.
+        ``arrived`` is told each request's answers the moment they arrive (a task array's at
+        once, a concurrent create's on its own thread), before the call returns; ``sending``
+        is told the position of each job whose single create is about to be sent."""
         provider = self.providers[provider_name]
         if len(jobs) > 1 and self._batches(provider):
-            return self._chunked(jobs, partial(self._submit_chunk, provider))
-        return self._each(jobs, partial(self._submit_one, provider))
+            return self._chunked(jobs, partial(self._submit_chunk, provider), arrived)
+        return self._each(jobs, partial(self._submit_one, provider), arrived, sending)
 
     def _submit_one(self, provider: Provider, job: Job) -> Submission:
         self.limiter.acquire(provider.name, provider.account(job))
@@ -168,6 +181,7 @@ class ProviderCalls:
         self,
         items: Sequence[Answer | object],
         flush: Callable[[Sequence[object]], Sequence[Answer | Exception]],
+        arrived: Callable[[Sequence[int], Sequence[Answer | Exception]], None] | None = None,
     ) -> list[Answer | Exception]:
         """``flush`` per ``batch_size`` items; a chunk whose request failed fails each item
         with that error (each job then retries on its own schedule)."""
@@ -178,23 +192,37 @@ class ProviderCalls:
                 got = list(flush(chunk))
                 if len(got) != len(chunk):
                     raise RuntimeError(f"{len(got)} answers for {len(chunk)} tasks")
-                answers += got
             except Exception as exc:
-                answers += [exc] * len(chunk)
+                got = [exc] * len(chunk)
+            if arrived is not None:
+                arrived(range(start, start + len(chunk)), got)
+            answers += got
         return answers
 
-    def _each(self, jobs: Sequence[Job], call: Callable[[Job], Answer]) -> list[Answer | Exception]:
+    def _each(
+        self,
+        jobs: Sequence[Job],
+        call: Callable[[Job], Answer],
+        arrived: Callable[[Sequence[int], Sequence[Answer | Exception]], None] | None = None,
+        sending: Callable[[int], None] | None = None,
+    ) -> list[Answer | Exception]:
         """``call`` per job, concurrently when there are several; exceptions as answers."""
 
-        def one(job: Job) -> Answer | Exception:
+        def one(index: int, job: Job) -> Answer | Exception:
+            answer: Answer | Exception
             try:
-                return call(job)
+                if sending is not None:
+                    sending(index)
+                answer = call(job)
             except Exception as exc:
-                return exc
+                answer = exc
+            if arrived is not None:
+                arrived([index], [answer])
+            return answer
 
         if len(jobs) == 1:
-            return [one(jobs[0])]
-        return list(self._concurrent().map(one, jobs))
+            return [one(0, jobs[0])]
+        return list(self._concurrent().map(one, range(len(jobs)), jobs))
 
     def _concurrent(self) -> ThreadPoolExecutor:
         with self._pool_lock:

@@ -347,6 +347,7 @@ class Runware(Provider):
         return self._snapshot(job, parse_envelope(response), response.status_code, now)
 
     supports_batching = True
+    keyed_creates = True
 
     def status_batch_request(self, jobs: Sequence[Job]) -> httpx.Request:
         """One request with a ``getResponse`` task per job (Runware takes task arrays)."""

@@ -121,7 +121,12 @@ class Admin:
 
     async def stats(self, request: Request) -> Response:
         keys = self.sim.concurrency.snapshot(self.sim.clock())
-        stats = {**self.sim.stats.snapshot(), "pushes": self.sim.pusher.counts(), "keys": keys}
+        stats = {
+            **self.sim.stats.snapshot(),
+            **self.sim.pacer.counts(),
+            "pushes": self.sim.pusher.counts(),
+            "keys": keys,
+        }
         return JSONResponse(stats)
 
     async def get_config(self, request: Request) -> Response:

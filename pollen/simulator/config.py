@@ -43,6 +43,9 @@ class SimulatorConfig(BaseModel):
     retry_after: int = Field(default=1, ge=0)
     rate_limit: int | None = Field(default=None, ge=1)
     comet_not_exist_seconds: float = Field(default=3.0, ge=0)
+    #: creates answered one at a time, each this many seconds after the previous answer; a
+    #: create whose client leaves while it waits is dropped (0: no pacing; see ``pacing``)
+    create_gap: float = Field(default=0.0, ge=0, le=60)
     #: pushes to a task's webhookURL / replyUrl: seconds after the news, share lost, share
     #: sent twice, most seconds added at random (so pushes can arrive out of order)
     push_delay: float = Field(default=0.02, ge=0, le=3600)

@@ -12,6 +12,7 @@ from typing import Any
 from pollen.simulator.concurrency import Concurrency
 from pollen.simulator.config import SimulatorConfig
 from pollen.simulator.faults import FaultInjector
+from pollen.simulator.pacing import CreatePacer
 from pollen.simulator.push import BodyFn, Pusher
 from pollen.simulator.ratelimit import SimulatedRateLimit
 from pollen.simulator.state import SimulatorStats, TaskStore
@@ -31,6 +32,7 @@ class Simulator:
         self.faults = FaultInjector(config.seed)
         self.limiter = SimulatedRateLimit()
         self.pusher = Pusher(clock)
+        self.pacer = CreatePacer()
         self._lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: stalled requests answer at once
         self._rng = random.Random()
@@ -80,12 +82,13 @@ class Simulator:
         return new
 
     def reset(self) -> None:
-        """Forget tasks, stats (per key too), scripted faults and the rate-limit window; restart
-        the RNGs."""
+        """Forget tasks, stats (per key too), scripted faults, the rate-limit window and the
+        create pacing; restart the RNGs."""
         self.store.clear()
         self.stats.clear()
         self.concurrency.clear()
         self.faults.clear()
         self.limiter.clear()
         self.pusher.clear()
+        self.pacer.clear()
         self._seed(self.config.seed)

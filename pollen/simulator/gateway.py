@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -111,6 +112,9 @@ def provider_route(
     ``timeout_seconds`` before sending its (normal) answer: the request took effect even if
     the client gave up, like a real lost response.
 
+    With ``create_gap`` set, creates (``submit`` requests) are answered one at a time
+    (:mod:`pollen.simulator.pacing`).
+
     The handler finds the request's key in ``api_key(request)``.
     """
 
@@ -123,6 +127,9 @@ def provider_route(
         sim.stats.classified(kind, now, limited)
         if limited:
             response = fault_response(dialect, Fault("429", config.retry_after))
+        elif kind == "submit" and config.create_gap > 0:
+            serve = partial(_serve, sim, dialect, handler, request, kind)
+            response = await sim.pacer.paced(request, config.create_gap, serve)
         else:
             response = await _serve(sim, dialect, handler, request, kind)
         sim.stats.status(response.status_code)

@@ -145,9 +145,10 @@ def queue_depths(
     url: str, queues: list[str], timeout: float | None = None
 ) -> Callable[[], list[int]]:
     """A reader of the broker's queue lengths (Redis: one client, one pipeline per call; with
-    ``timeout``, a client that gives up after about that long: :func:`producer_client`)."""
+    ``timeout``, a client that gives up after about that long: :func:`producer_client`).
+    Another broker (RabbitMQ) is asked by :func:`_declared_depths`, never Redis."""
     if not url.startswith(REDIS_SCHEMES):
-        return _declared_depths(url, queues)
+        return _declared_depths(url, queues, timeout or 5.0)
     client = redis_client(url) if timeout is None else producer_client(url, timeout)
 
     def read() -> list[int]:
@@ -159,24 +160,28 @@ def queue_depths(
     return read
 
 
-def _declared_depths(url: str, queues: list[str]) -> Callable[[], list[int]]:
+def _declared_depths(url: str, queues: list[str], timeout: float) -> Callable[[], list[int]]:
     """Queue lengths on another broker (RabbitMQ): the messages ready in each queue, asked
     with a passive declare on one short connection per call (0 for a queue not declared
-    yet)."""
+    yet); an unreachable broker raises ``StoreUnavailable``."""
     from kombu.connection import Connection
 
     def read() -> list[int]:
         depths = []
-        with Connection(url, connect_timeout=5) as connection:  # type: ignore[no-untyped-call]
-            for queue in queues:
-                channel = connection.channel()
-                try:
-                    ok = channel.queue_declare(queue, passive=True)
-                    depths.append(int(ok.message_count))
-                except connection.channel_errors:
-                    depths.append(0)
-                finally:
-                    channel.close()
+        connection = Connection(url, connect_timeout=timeout)  # type: ignore[no-untyped-call]
+        try:
+            with connection:
+                for queue in queues:
+                    channel = connection.channel()  # type: ignore[no-untyped-call]
+                    try:
+                        ok = channel.queue_declare(queue, passive=True)
+                        depths.append(int(ok.message_count))
+                    except connection.channel_errors:
+                        depths.append(0)
+                    finally:
+                        channel.close()
+        except (OSError, *connection.connection_errors) as exc:
+            raise StoreUnavailable(f"the broker is unreachable: {exc}") from exc
         return depths
 
     return read

@@ -101,7 +101,12 @@ def transition_many(
     """Move jobs forward: 1 moved, 0 already there or beyond, -1 missing, per move."""
     if not moves:
         return []
-    replies = yield [
+    replies = yield _transitions(moves, now=now, finished_ttl=finished_ttl, grace=grace)
+    return [int(moved) for moved in replies]
+
+
+def _transitions(moves: Sequence[Move], *, now: float, finished_ttl: int, grace: float) -> Batch:
+    return [
         Lua(
             "transition",
             [*_ending_keys(move.job_id), keys.stored(move.job_id)],
@@ -115,7 +120,6 @@ def transition_many(
         )
         for move in moves
     ]
-    return [int(moved) for moved in replies]
 
 
 def cancel(
@@ -182,27 +186,61 @@ def fields(job_id: str, *names: str) -> Op[list[str | None]]:
     return [None if v is None else str(v) for v in values]
 
 
+@dataclass(frozen=True)
+class Begun:
+    """What :func:`begin_submits` found and kept for each job, in order."""
+
+    attempts: list[int]  #: each job's attempt number (0: its record is gone, left so)
+    claimed: dict[str, dict[str, str]]  #: per claimed field, the value each claiming job has
+    #: job -> the unanswered mark of an earlier attempt (``<attempt>@<sent at>``)
+    unanswered: dict[str, str] = field(default_factory=dict)
+
+
 def begin_submits(
-    sent: Sequence[tuple[str, Any]], claims: Mapping[str, Mapping[str, str]]
-) -> Op[tuple[list[int], dict[str, dict[str, str]]]]:
+    sent: Sequence[tuple[str, Any]], claims: Mapping[str, Mapping[str, str]], marks: bool = False
+) -> Op[Begun]:
     """Count a submit attempt of each (job_id, request), keep the request and each claimed
-    field (field -> job_id -> value) the job has none of: the attempt numbers (0 for a job
-    whose record is gone, which is left so) and, per field, the value each claiming job has."""
-    stored: dict[str, dict[str, str]] = {name: {} for name in claims}
+    field (field -> job_id -> value) the job has none of. With ``marks``, take the
+    unanswered mark an earlier attempt's create left (:func:`mark_sent`): that create was
+    never answered."""
+    begun = Begun([], {name: {} for name in claims})
     if not sent:
-        return [], stored
+        return begun
     asked = [
         [(name, values[job_id]) for name, values in claims.items() if job_id in values]
         for job_id, _ in sent
     ]
+    take = "1" if marks else ""
     replies = yield [
-        Lua("begin_submit", [keys.job(job_id)], [dumps(request), *itertools.chain(*mine)])
+        Lua("begin_submit", [keys.job(job_id)], [dumps(request), take, *itertools.chain(*mine)])
         for (job_id, request), mine in zip(sent, asked, strict=True)
     ]
     for (job_id, _), mine, reply in zip(sent, asked, replies, strict=True):
-        for (name, _), value in zip(mine, reply[1:], strict=False):  # none for a job gone
-            stored[name][job_id] = str(value)
-    return [int(reply[0]) for reply in replies], stored
+        if len(reply) > 1 and reply[1]:
+            begun.unanswered[job_id] = str(reply[1])
+        for (name, _), value in zip(mine, reply[2:], strict=False):  # none for a job gone
+            begun.claimed[name][job_id] = str(value)
+    begun.attempts.extend(int(reply[0]) for reply in replies)
+    return begun
+
+
+def mark_sent(job_id: str, attempt: int, now: float) -> Op[bool]:
+    """Mark the job's create as sent and unanswered (``<attempt>@<sent at>``), just before
+    the request goes, if the job is still stored; its answer clears it (:func:`record_answers`)."""
+    return (yield from set_if_exists(job_id, {"create_pending": f"{attempt}@{now!r}"}))
+
+
+def record_answers(
+    moves: Sequence[Move], answered: Sequence[str], *, now: float, finished_ttl: int, grace: float
+) -> Op[list[int]]:
+    """The answers of one create request, in one round trip: ``moves`` (the jobs the provider
+    acknowledged) as :func:`transition_many`, and the unanswered mark of each ``answered`` job
+    cleared. Returns each move's result."""
+    clear = [cmd("hdel", keys.job(job_id), "create_pending") for job_id in answered]
+    if not moves and not clear:
+        return []
+    replies = yield [*_transitions(moves, now=now, finished_ttl=finished_ttl, grace=grace), *clear]
+    return [int(moved) for moved in replies[: len(moves)]]
 
 
 def task_details(job_id: str) -> Op[dict[str, Any] | None]:
@@ -302,15 +340,35 @@ class Lifecycle:
         sent: Sequence[tuple[str, Any]],
         push_tokens: Mapping[str, str] | None = None,
         accounts: Mapping[str, str] | None = None,
-    ) -> tuple[list[int], dict[str, str], dict[str, str]]:
+        *,
+        marks: bool = False,
+    ) -> Begun:
         """Count a submit attempt of each (job_id, request) and keep the request about to be
         sent (audit), in one round trip. ``push_tokens`` are new push tokens and
         ``accounts`` new provider accounts for jobs that have none: each is kept unless the
-        job got one meanwhile (another copy of the submit). Returns the attempt numbers, in
-        order, and the push token and the account each of those jobs has."""
+        job got one meanwhile (another copy of the submit); ``Begun.claimed`` holds the
+        ``push_token`` and the ``account`` each job has. With ``marks`` (creates the
+        provider cannot recognise when sent again) ``Begun.unanswered`` has the unanswered
+        marks earlier attempts left (:meth:`mark_sent`), taken off the jobs."""
         claims = {"push_token": push_tokens or {}, "account": accounts or {}}
-        attempts, stored = self.run(begin_submits(sent, claims))
-        return attempts, stored["push_token"], stored["account"]
+        return self.run(begin_submits(sent, claims, marks))
+
+    def mark_sent(self, job_id: str, attempt: int, *, now: float) -> None:
+        """Mark the job's create as sent and unanswered, just before its request goes
+        (:meth:`record_answers` clears the mark with the answer)."""
+        self.run(mark_sent(job_id, attempt, now))
+
+    def record_answers(
+        self, moves: Sequence[Move], answered: Sequence[str], *, now: float
+    ) -> list[int]:
+        """Record one create request's answers as they arrive, in one round trip: the
+        acknowledged jobs move (``moves``, as :meth:`transition_many`), the ``answered`` jobs
+        lose their unanswered mark. Returns each move's result."""
+        return self.run(
+            record_answers(
+                moves, answered, now=now, finished_ttl=self.finished_ttl, grace=self.grace
+            )
+        )
 
     def get(self, job_id: str) -> Job:
         """The job with its results in the order they finished; JobNotFound if absent."""

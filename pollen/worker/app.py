@@ -61,7 +61,7 @@ def build_worker_app(
     """The worker's Celery app: pollen's tasks, the periodic round, the metrics exporter and
     the start-up checks (a worker whose webhooks would go unsigned refuses to start)."""
     settings = settings or _settings()
-    app = Celery("pollen", include=["pollen.worker.tasks", "pollen.worker.claims"])
+    app = contract.App("pollen", include=["pollen.worker.tasks", "pollen.worker.claims"])
     app.conf.update(worker_config(settings, pool, concurrency))
     from pollen.worker.periodic import MetricsExporter, Periodic
 

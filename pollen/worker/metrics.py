@@ -59,6 +59,12 @@ JOBS_REJECTED = Counter(
     ["reason"],
 )
 SUBMITS = Counter("pollen_submits_total", "Submit attempts by outcome", ["provider", "result"])
+SUBMIT_AMBIGUOUS = Counter(
+    "pollen_submit_ambiguous_total",
+    "Creates sent again after an earlier create of the job was never answered (the provider "
+    "may hold two tasks for the job)",
+    ["provider"],
+)
 POLLS = Counter("pollen_polls_total", "Poll steps by outcome", ["provider", "result"])
 CALLBACKS = Counter("pollen_callbacks_total", "Callback delivery attempts by outcome", ["result"])
 PROVIDER_SECONDS = Histogram(

@@ -2,10 +2,18 @@
 
 One ``pollen.submit`` message may carry many stored jobs (:meth:`pollen.Pollen.submit_many`,
 or a single job). :func:`submit_batch` reads them in one round trip, asks each provider once
-for all its jobs (a Runware task array; the Runway dialects concurrently), records every
-outcome in one round trip and says, per job, when its first poll is due or when its submit
-is tried again. Idempotent: a job already submitted is only re-armed (its next poll), and the
-provider keys each task by the job's ``task_uuid``.
+for all its jobs (a Runware task array; the Runway dialects concurrently) and says, per job,
+when its first poll is due or when its submit is tried again. Each create request's
+acknowledgements are recorded the moment they arrive (:class:`Arrivals`: the job moves to
+``submitted`` with its provider task id), so a worker killed mid-batch loses only the creates
+that were in flight; the other outcomes are recorded together at the end. Idempotent: a job
+already submitted is only re-armed (its next poll).
+
+Runware keys each task by the job's ``task_uuid``, so a create sent again makes no second
+task. The Runway dialects take no such key: their creates are marked sent before the request
+and the mark is cleared with the answer, so a job whose earlier create was never answered (its
+worker died with the request in flight, or the answer was lost) is counted when it is created
+again (``pollen_submit_ambiguous_total``) and logged with both attempts.
 
 No Celery here; one job's failure is its own.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -85,19 +94,109 @@ def submit_batch(deps: Deps, job_ids: Sequence[str]) -> SubmitNext:
             out.fresh.add(job.id)
     endings += _gate(deps, out, sending, now)
     _spread(deps, sending)
-    moves: list[Move] = []
-    started: list[Job] = []
+    acks = Acks()
     for provider, jobs in sending.items():
-        endings += _send(deps, out, provider, jobs, moves, started, now)
-    moved = deps.store.lifecycle.transition_many(moves, now=now)
-    for job, done in zip(started, moved, strict=True):
-        if done == 1 and events.wants(job, "started"):
-            out.deliveries += emit(deps, job, "started", events.started_payload(job))
-        elif done == 0 and _cancelled_meanwhile(deps, job):
-            out.polls = [due for due in out.polls if due.job_id != job.id]
-    _pushed_meanwhile(deps, out, [j for j, done in zip(started, moved, strict=True) if done == 1])
+        endings += _send(deps, out, provider, jobs, acks)
+    _settle(deps, out, acks, now)
     end(deps, out, endings, now)
     return out
+
+
+def _settle(deps: Deps, out: SubmitNext, acks: Acks, now: float) -> None:
+    """Record the acknowledgements not recorded as they arrived (one round trip), then
+    follow up every acknowledged job: cancelled meanwhile, pushed meanwhile."""
+    moved = deps.store.lifecycle.transition_many(acks.moves, now=now)
+    for job, done in zip(acks.unrecorded, moved, strict=True):
+        if done == 1 and events.wants(job, "started"):
+            out.deliveries += emit(deps, job, "started", events.started_payload(job))
+    settled = [*acks.recorded, *zip(acks.unrecorded, moved, strict=True)]
+    for job, done in settled:
+        if done == 0 and _cancelled_meanwhile(deps, job):
+            out.polls = [due for due in out.polls if due.job_id != job.id]
+    _pushed_meanwhile(deps, out, [job for job, done in settled if done == 1])
+
+
+@dataclass
+class Acks:
+    """The jobs the providers acknowledged in one batch, as ``submitted`` jobs."""
+
+    #: (job, its move's result) of those recorded as their answers arrived
+    recorded: list[tuple[Job, int]] = field(default_factory=list)
+    #: those whose answer could not be recorded on arrival, with their moves (recorded last)
+    unrecorded: list[Job] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
+
+
+#: codes of a create that got no answer from the provider: it may or may not have made the task
+NO_ANSWER = frozenset({"timeout", "connection", "request"})
+
+
+class Arrivals:
+    """Records each create request's answers the moment they arrive, from the thread that
+    got them (:data:`pollen.providers.calls.Arrivals`), in one round trip per request: an
+    acknowledged job moves to ``submitted`` with its provider task id (and its ``started``
+    event is recorded), every answered job loses its unanswered mark. A write that fails is
+    left to the batch's own write at the end."""
+
+    def __init__(self, deps: Deps, jobs: Sequence[Job], attempts: Sequence[int]) -> None:
+        self.deps = deps
+        self.jobs = jobs
+        self.attempts = attempts
+        self.marked = not deps.providers[jobs[0].provider].keyed_creates
+        self.moved: dict[int, tuple[Move, int]] = {}  #: index -> (its move, the result)
+        self.deliveries: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, indexes: Sequence[int], answers: Sequence[Submission | Exception]) -> None:
+        now = self.deps.clock()
+        acks = [(i, a) for i, a in zip(indexes, answers, strict=True) if isinstance(a, Submission)]
+        moves = [_submitted(self.deps, self.jobs[i], a, now) for i, a in acks]
+        heard = [
+            self.jobs[i].id for i, a in zip(indexes, answers, strict=True) if answered(a)
+        ] if self.marked else []  # fmt: skip
+        try:
+            results = self.deps.store.lifecycle.record_answers(moves, heard, now=now)
+        except Exception:  # the batch records them at the end (or the reconciler resumes)
+            log.exception("recording %d create answers as they arrived", len(answers))
+            return
+        with self._lock:
+            self.moved.update(
+                (i, (move, done)) for (i, _), move, done in zip(acks, moves, results, strict=True)
+            )
+        for (i, answer), done in zip(acks, results, strict=True):
+            if done == 1:
+                self._started(_as_submitted(self.jobs[i], answer))
+
+    def sending(self, index: int) -> None:
+        """Mark a create without an idempotency key as sent, just before its request goes
+        (a mark that stays says the create was never answered)."""
+        job = self.jobs[index]
+        self.deps.store.lifecycle.mark_sent(job.id, self.attempts[index], now=self.deps.clock())
+
+    def _started(self, job: Job) -> None:
+        if not events.wants(job, "started"):
+            return
+        try:
+            sent = emit(self.deps, job, "started", events.started_payload(job))
+        except Exception:  # one job's event must not cost the others their records
+            log.exception("recording the started event of job %s", job.id)
+            return
+        with self._lock:
+            self.deliveries += sent
+
+
+def answered(answer: Submission | Exception) -> bool:
+    """Whether the provider answered the create (else it may or may not have made the task)."""
+    if isinstance(answer, Submission):
+        return True
+    if isinstance(answer, (RetryableProviderError, TerminalProviderError)):
+        return answer.code not in NO_ANSWER
+    return False
+
+
+def _as_submitted(job: Job, answer: Submission) -> Job:
+    update = {"status": JobStatus.SUBMITTED, "provider_task_id": answer.provider_task_id}
+    return job.model_copy(update=update)
 
 
 def _gate(deps: Deps, out: SubmitNext, sending: dict[str, list[Job]], now: float) -> list[Ending]:
@@ -157,65 +256,31 @@ def _cancelled_meanwhile(deps: Deps, job: Job) -> bool:
     return True
 
 
-def _send(
-    deps: Deps,
-    out: SubmitNext,
-    provider: str,
-    jobs: list[Job],
-    moves: list[Move],
-    started: list[Job],
-    now: float,
-) -> list[Ending]:
+def _send(deps: Deps, out: SubmitNext, provider: str, jobs: list[Job], acks: Acks) -> list[Ending]:
     """Create the tasks of one provider's jobs; what ends a job is returned."""
     endings = _keyless(deps, jobs)
     ended = {ending.job.id for ending in endings}
     jobs = [job for job in jobs if job.id not in ended]
     if not jobs:  # a capped provider's jobs may all wait
         return endings
-    jobs = _with_push_tokens(deps, provider, jobs)
-    fresh = {job.id: job.push_token for job in jobs if job.push_token}
-    # admission owns a capped job's account (its slot); an uncapped job's is kept here
-    capped = deps.capacity.capped(provider)
-    accounts = {job.id: job.account for job in jobs if job.account and not capped}
-    sent = [(job.id, _sent(deps, job)) for job in jobs]
-    attempts, tokens_kept, accounts_kept = deps.store.lifecycle.begin_submits(sent, fresh, accounts)
-    out.missing += [job.id for job, n in zip(jobs, attempts, strict=True) if not n]
-    # a job whose record is gone meanwhile (expired) is not created; another copy of this
-    # submit may have given a job its token or its account first
-    present = [
-        (
-            job.model_copy(
-                update={
-                    "push_token": tokens_kept.get(job.id, job.push_token),
-                    "account": accounts_kept.get(job.id, job.account),
-                }
-            ),
-            n,
-        )
-        for job, n in zip(jobs, attempts, strict=True)
-        if n
-    ]
-    if not present:
+    jobs, attempts = _begin(deps, out, provider, jobs)
+    if not jobs:
         return endings
-    jobs, attempts = [job for job, _ in present], [n for _, n in present]
     metrics.JOBS_STARTED.labels(provider).inc(attempts.count(1))
-    answers = deps.calls.submit_many(provider, jobs)
+    arrivals = Arrivals(deps, jobs, attempts)
+    sending = arrivals.sending if arrivals.marked else None
+    answers = deps.calls.submit_many(provider, jobs, arrivals, sending=sending)
+    out.deliveries += arrivals.deliveries
     now = deps.clock()  # the first poll is due its delay after the provider took the task
     retries: list[tuple[str, str, float]] = []
     refused: dict[str, list[Job]] = {}
-    for job, count, answer in zip(jobs, attempts, answers, strict=True):
+    for index, (job, count, answer) in enumerate(zip(jobs, attempts, answers, strict=True)):
         refusal = _refusal(deps, job, answer)
         if refusal is not None:  # not the job's failure: it waits in pollen again
             metrics.SUBMITS.labels(job.provider, refusal).inc()
             refused.setdefault(refusal, []).append(job)
         elif isinstance(answer, Submission):
-            moves.append(_submitted(deps, out, job, answer, count, now))
-            started.append(
-                job.model_copy(
-                    update={"status": JobStatus.SUBMITTED,
-                            "provider_task_id": answer.provider_task_id}
-                )
-            )  # fmt: skip
+            _acknowledged(deps, out, acks, arrivals.moved.get(index), job, answer, count, now)
         elif isinstance(answer, TerminalProviderError):
             metrics.SUBMITS.labels(job.provider, "rejected").inc()
             endings.append(_rejected(job, answer))
@@ -232,6 +297,85 @@ def _send(
             deps, provider, jobs_refused, now=now, kind=kind, retry_after=retry_after
         )
     return endings
+
+
+def _begin(
+    deps: Deps, out: SubmitNext, provider: str, jobs: list[Job]
+) -> tuple[list[Job], list[int]]:
+    """Count an attempt of each job and keep its request (and, for a provider without
+    idempotency keys, count the earlier creates never answered); the jobs still stored, as
+    they will be sent, and their attempt numbers."""
+    jobs = _with_push_tokens(deps, provider, jobs)
+    fresh = {job.id: job.push_token for job in jobs if job.push_token}
+    # admission owns a capped job's account (its slot); an uncapped job's is kept here
+    capped = deps.capacity.capped(provider)
+    accounts = {job.id: job.account for job in jobs if job.account and not capped}
+    sent = [(job.id, _sent(deps, job)) for job in jobs]
+    keyed = deps.providers[provider].keyed_creates
+    begun = deps.store.lifecycle.begin_submits(sent, fresh, accounts, marks=not keyed)
+    out.missing += [job.id for job, n in zip(jobs, begun.attempts, strict=True) if not n]
+    _ambiguous(jobs, begun.attempts, begun.unanswered)
+    # a job whose record is gone meanwhile (expired) is not created; another copy of this
+    # submit may have given a job its token or its account first
+    present = [
+        (
+            job.model_copy(
+                update={
+                    "push_token": begun.claimed["push_token"].get(job.id, job.push_token),
+                    "account": begun.claimed["account"].get(job.id, job.account),
+                }
+            ),
+            n,
+        )
+        for job, n in zip(jobs, begun.attempts, strict=True)
+        if n
+    ]
+    return [job for job, _ in present], [n for _, n in present]
+
+
+def _ambiguous(jobs: Sequence[Job], attempts: Sequence[int], unanswered: dict[str, str]) -> None:
+    """Count and log each job created again although an earlier create of it was never
+    answered: the provider may now hold two tasks for the job (see docs/guarantees.md)."""
+    for job, attempt in zip(jobs, attempts, strict=True):
+        mark = unanswered.get(job.id)
+        if mark is None or not attempt:
+            continue
+        earlier, _, sent_at = mark.partition("@")
+        metrics.SUBMIT_AMBIGUOUS.labels(job.provider).inc()
+        with logs.bound(job_id=job.id, provider=job.provider):
+            log.warning(
+                "create attempt %s (sent at %s) was never answered (its worker died or the "
+                "answer was lost); attempt %d creates the task again: the provider may hold "
+                "two tasks for this job",
+                earlier, sent_at, attempt,
+            )  # fmt: skip
+
+
+def _acknowledged(
+    deps: Deps,
+    out: SubmitNext,
+    acks: Acks,
+    recorded: tuple[Move, int] | None,
+    job: Job,
+    answer: Submission,
+    attempts: int,
+    now: float,
+) -> None:
+    """Count and log one acknowledged create and schedule its first poll; an answer not
+    recorded on arrival is recorded with the batch."""
+    move = recorded[0] if recorded else _submitted(deps, job, answer, now)
+    result = "already_submitted" if answer.already_submitted else "accepted"
+    metrics.SUBMITS.labels(job.provider, result).inc()
+    with logs.bound(job_id=job.id, provider=job.provider,
+                    provider_task_id=answer.provider_task_id):  # fmt: skip
+        log.info("submitted (%s) on attempt %d", result.replace("_", " "), attempts)
+    due = move.expect_by if move.expect_by is not None else now
+    out.polls.append(Due(job.id, 1, due, due))
+    if recorded:
+        acks.recorded.append((_as_submitted(job, answer), recorded[1]))
+    else:
+        acks.moves.append(move)
+        acks.unrecorded.append(_as_submitted(job, answer))
 
 
 def _refusal(deps: Deps, job: Job, answer: object) -> str | None:
@@ -325,16 +469,10 @@ def _sent(deps: Deps, job: Job) -> object:
     return json.loads(content)
 
 
-def _submitted(
-    deps: Deps, out: SubmitNext, job: Job, answer: Submission, attempts: int, now: float
-) -> Move:
-    result = "already_submitted" if answer.already_submitted else "accepted"
-    metrics.SUBMITS.labels(job.provider, result).inc()
-    with logs.bound(job_id=job.id, provider=job.provider,
-                    provider_task_id=answer.provider_task_id):  # fmt: skip
-        log.info("submitted (%s) on attempt %d", result.replace("_", " "), attempts)
+def _submitted(deps: Deps, job: Job, answer: Submission, now: float) -> Move:
+    """The move of a job whose task the provider took at ``now``: its first poll is due its
+    delay after that."""
     first = next_delay(job.policy, 0, elapsed=now - job.created_at, rng=deps.rng) or 0.0
-    out.polls.append(Due(job.id, 1, now + first, now + first))
     fields = {
         "provider_task_id": answer.provider_task_id,
         "submitted_at": repr(now),

@@ -12,21 +12,18 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 
 import celery
 import pytest
 import redis
 
 from pollen import JobStatus, Pollen
-from pollen.local.servers import CallbackReceiver, RedisServer
+from pollen.local.servers import CallbackReceiver
 from pollen.payloads import message_job_id
 from pollen.simulator import SimulatorServer
 from pollen.store import keys
 from pollen.store.claims import Held
 from pollen.store.orphans import Orphans
-from tests import rabbitmq
-from tests.conftest import OWN_BROKER_DB as OWN_DB
 from tests.conftest import eventually
 from tests.faults.audit import tally
 from tests.faults.conftest import MakeFleet, sim_stats, start_pods, unsuccessful, wait_all
@@ -122,21 +119,13 @@ def no_orphans(client: Pollen) -> list[str]:
     return sorted(job for job in named if not store.exists(keys.job(job)))
 
 
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]:
-    if (why := rabbitmq.missing()) is not None:
-        pytest.fail(why)
-    with RabbitServer(tmp_path_factory.mktemp("rabbitmq")) as server:
-        yield server
-
-
 @pytest.fixture(params=["redis", "rabbitmq"])
-def broker_env(request: pytest.FixtureRequest, redis_server: RedisServer) -> dict[str, str]:
-    """The fleet's broker: the store's Redis (the default), or RabbitMQ (results in Redis)."""
+def broker_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The fleet's broker: the store's Redis (the default), or RabbitMQ (the session's node)."""
     if request.param == "redis":
         return {}
     rabbit: RabbitServer = request.getfixturevalue("rabbit")
-    return {"POLLEN_BROKER_URL": rabbit.url, "POLLEN_RESULT_BACKEND": redis_server.url(OWN_DB)}
+    return {"POLLEN_BROKER_URL": rabbit.url}  # results go to the store's Redis by default
 
 
 def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_doubles_nothing(
