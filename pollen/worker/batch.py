@@ -33,7 +33,7 @@ from pollen.models import Job, JobStatus
 from pollen.providers import Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.store.polls import Claim, PollRecord, Recorded
-from pollen.worker import logs, metrics
+from pollen.worker import logs, metrics, traces
 from pollen.worker.deliveries import emit
 from pollen.worker.grouping import Due, Item, due
 from pollen.worker.runtime import Deps
@@ -85,7 +85,8 @@ def _poll_batch(deps: Deps, items: Sequence[Item], span: tracing.Span) -> BatchN
         plan = _claimed(deps, out, job_id, attempt, claim, now)
         if plan is not None:
             plans.append(plan)
-            span.link(plan.fields.get(tracing.FIELD), _attributes(plan.job))
+            attributes = traces.job_attributes(job_id, plan.job.provider, plan.job.tenant)
+            span.link(plan.fields.get(tracing.FIELD), attributes)
     span.set({tracing.PROVIDER: ",".join(sorted(out.providers))})
     held = [(p.job.id, p.attempt) for p in plans]
     try:
@@ -106,10 +107,6 @@ def _poll_batch(deps: Deps, items: Sequence[Item], span: tracing.Span) -> BatchN
         except Exception:  # one job's events must not cost its batch-mates theirs
             log.exception("after recording the poll of job %s", plan.job.id)
     return out
-
-
-def _attributes(job: Job) -> dict[str, str]:
-    return {tracing.JOB_ID: job.id, tracing.PROVIDER: job.provider, tracing.TENANT: job.tenant}
 
 
 def _context(job: Job, attempt: int | None = None) -> AbstractContextManager[None]:
