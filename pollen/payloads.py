@@ -218,8 +218,9 @@ def prepare(
         policy = (request.poll or PollOverrides()).apply(settings.poll, request.deadline)
     except ValidationError as exc:
         raise InvalidJob(f"poll: {exc.errors()[0]['msg']}") from None
+    # a wait longer than park_after is parked in Redis: only shorter ones are held
     limit = settings.visibility_timeout - settings.task_time_limit
-    if policy.max_delay >= limit:
+    if settings.redis_broker and min(policy.max_delay, settings.park_after) >= limit:
         raise InvalidJob(
             f"poll.max_delay: must be below {limit}s (the broker visibility timeout, "
             "POLLEN_VISIBILITY_TIMEOUT, less the task time limit)"

@@ -593,13 +593,13 @@ class Settings(BaseSettings):
     @property
     def held_floor(self) -> float:
         """The longest a worker holds a message on purpose, unacknowledged: its longest
-        countdown plus the task time limit. A countdown is a poll or submit retry (up to
-        ``poll.max_delay``; a job's own is refused above what this allows), a callback retry
-        (up to ``callbacks.park_after``) or the poll of a job whose provider pushes (relaxed
-        up to ``ingress.poll_max_delay``, but waits past ``park_after`` are parked in Redis)."""
-        pushed = min(self.ingress.poll_max_delay or 0.0, self.park_after)
-        longest = max(self.poll.max_delay, self.callbacks.park_after, pushed)
-        return longest + self.task_time_limit
+        countdown plus the task time limit. Poll and submit waits longer than ``park_after``
+        are parked in Redis, so a poll or submit countdown is at most ``poll.max_delay`` (a
+        job's own is refused above what the timeout allows) or ``park_after``, whichever is
+        less; a callback retry at most ``callbacks.park_after``. (A provider's Retry-After
+        between the two is held as asked; a copy Redis redelivers meanwhile is fenced.)"""
+        polls = min(max(self.poll.max_delay, self.ingress.poll_max_delay or 0), self.park_after)
+        return max(polls, self.callbacks.park_after) + self.task_time_limit
 
     @model_validator(mode="after")
     def _visibility_timeout_covers_countdowns(self) -> Settings:
@@ -612,7 +612,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"visibility_timeout ({self.visibility_timeout}s) must be larger than "
                 f"the longest countdown a worker holds plus task_time_limit ({floor:g}s: "
-                "poll.max_delay, callbacks.park_after, ingress.poll_max_delay up to park_after), "
+                "max(min(poll.max_delay, park_after), callbacks.park_after) + task_time_limit), "
                 "or Redis redelivers countdown messages that are still waiting"
             )
         return self

@@ -25,35 +25,47 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_lapsed_holders_messages_are_taken_once(deps: Any) -> None:
-    claims, now = deps.store.claims, time.time()
+    claims = deps.store.claims
     dead = Held("t-1", {"job": {"provider": "runware"}}, eta=None)
-    later = Held("t-2", {"job_id": "j-2"}, eta=now + 30)
-    claims.hold("dead", "tag-1", dead, until=now + 5)
-    claims.hold("dead", "tag-2", later, until=now + 5)
-    claims.hold("alive", "tag-3", Held("t-3", {"job_ids": ["a", "b"]}), until=now + 5)
+    later = Held("t-2", {"job_id": "j-2"}, eta=time.time() + 30)
+    claims.renew("dead", 0.5)  # leases run in the server's time
+    claims.renew("alive", 30)
+    claims.hold("dead", "tag-1", dead)
+    claims.hold("dead", "tag-2", later)
+    claims.hold("alive", "tag-3", Held("t-3", {"job_ids": ["a", "b"]}))
     claims.release("dead", ["tag-1"])  # done: not sent again
-    claims.hold("dead", "tag-1b", dead, until=now + 5)
-    assert claims.take_lapsed(now + 4.9) == []  # the lease still holds
-    claims.renew("alive", now + 20)
-    taken = claims.take_lapsed(now + 5.1)
+    claims.hold("dead", "tag-1b", dead)
+    assert claims.take_lapsed() == []  # the lease still holds
+    time.sleep(0.6)
+    taken = claims.take_lapsed()
     assert taken in ([("dead", [dead, later])], [("dead", [later, dead])])
-    assert claims.take_lapsed(now + 5.2) == []  # taken once
+    assert claims.take_lapsed() == []  # taken once
     assert deps.store.redis.exists(keys.held("dead")) == 0
     claims.drop("alive")  # a clean stop: nothing to send again
-    assert claims.take_lapsed(now + 60) == []
+    claims.renew("alive", 0.01)
+    time.sleep(0.05)
+    assert claims.take_lapsed() == [("alive", [])]
 
 
 def test_a_renewal_keeps_a_holder_alive_past_its_first_lease(deps: Any) -> None:
-    claims, now = deps.store.claims, time.time()
-    claims.hold("w", "tag", Held("t", {"job_id": "j"}), until=now + 5)
-    claims.renew("w", now + 10)
-    # a hold after the renewal does not shorten the lease (GT)
-    claims.hold("w", "tag-2", Held("t2", {"job_id": "j2"}), until=now + 6)
-    assert claims.take_lapsed(now + 9) == []
-    assert [held.task_id for _, messages in claims.take_lapsed(now + 11) for held in messages] in (
-        ["t", "t2"],
-        ["t2", "t"],
-    )
+    claims = deps.store.claims
+    claims.renew("w", 0.5)
+    claims.hold("w", "tag", Held("t", {"job_id": "j"}))
+    for _ in range(4):  # 0.8 s in all: well past the first lease
+        time.sleep(0.2)
+        claims.renew("w", 0.5)
+    assert claims.take_lapsed() == []
+    time.sleep(0.6)
+    assert [held.task_id for _, messages in claims.take_lapsed() for held in messages] == ["t"]
+
+
+def test_a_lease_is_the_servers_time_not_the_workers_clock(deps: Any) -> None:
+    """A worker whose clock runs an hour behind still renews for a whole lease."""
+    claims = deps.store.claims
+    claims.renew("skewed", 5)
+    until = float(deps.store.redis.zscore(keys.HOLDERS, "skewed"))
+    server = deps.store.redis.time()
+    assert 4.5 < until - (server[0] + server[1] / 1e6) <= 5.0
 
 
 def test_a_held_submit_keeps_its_stored_jobs_off_the_overdue_list(deps: Any) -> None:
@@ -61,7 +73,7 @@ def test_a_held_submit_keeps_its_stored_jobs_off_the_overdue_list(deps: Any) -> 
     now = time.time()
     assert job_id in deps.store.schedule.overdue(now + 61, 10)  # the submit grace only
     deps.store.claims.hold(
-        "w", "tag", Held("t", {"job_ids": [job_id, "gone"]}), until=now + 5, expect_by=now + 200
+        "w", "tag", Held("t", {"job_ids": [job_id, "gone"]}), expect_by=now + 200
     )
     assert job_id not in deps.store.schedule.overdue(now + 199, 10)
     assert job_id in deps.store.schedule.overdue(now + 201, 10)
@@ -70,16 +82,42 @@ def test_a_held_submit_keeps_its_stored_jobs_off_the_overdue_list(deps: Any) -> 
 
 def test_the_reconciler_resends_a_dead_workers_messages_as_they_were(deps: Any) -> None:
     now = time.time()
-    message = Held("task-9", {"job": {"provider": "runware"}}, eta=now + 3)
-    deps.store.claims.hold("dead", "tag", message, until=now + 5)
+    message = Held("task-9", {"job": {"provider": "runware"}}, eta=now + 3, retries=2,
+                   claimed_at=now)  # fmt: skip
+    stale = Held("old", {"job_id": "x"}, claimed_at=now - 3600)  # its release was lost
+    deps.store.claims.renew("dead", 0.3)
+    deps.store.claims.hold("dead", message.tag, message)
+    deps.store.claims.hold("dead", stale.tag, stale)
     resent: list[Held] = []
-    report = reconcile(deps.store, lambda *_: None, now=now + 4, resend=resent.append)
+    report = reconcile(deps.store, lambda *_: None, now=now, resend=resent.append)
     assert resent == [] and report.held == []
-    report = reconcile(deps.store, lambda *_: None, now=now + 6, resend=resent.append)
-    assert resent == [message]  # same task id, arguments and due time
+    time.sleep(0.4)
+    # right after a Redis restart the live workers' renewals may not have landed yet
+    report = reconcile(deps.store, lambda *_: None, now=now, resend=resent.append,
+                       min_uptime=10**9)  # fmt: skip
+    assert resent == []
+    report = reconcile(deps.store, lambda *_: None, now=now, resend=resent.append)
+    assert resent == [message]  # same task id, arguments, retry number, due time; not stale
     assert report.held == ["task-9"]
-    reconcile(deps.store, lambda *_: None, now=now + 7, resend=resent.append)
+    reconcile(deps.store, lambda *_: None, now=now, resend=resent.append)
     assert resent == [message]
+
+
+def test_messages_that_could_not_be_sent_again_are_kept_for_the_next_round(deps: Any) -> None:
+    first, second = Held("a", {"job_id": "a"}), Held("b", {"job_id": "b"})
+    deps.store.claims.renew("dead", 0.01)
+    deps.store.claims.hold("dead", first.tag, first)
+    deps.store.claims.hold("dead", second.tag, second)
+    time.sleep(0.05)
+
+    def broker_down(message: Held) -> None:
+        raise ConnectionError("broker away")
+
+    with pytest.raises(ConnectionError):
+        reconcile(deps.store, lambda *_: None, now=time.time(), resend=broker_down)
+    resent: list[Held] = []
+    reconcile(deps.store, lambda *_: None, now=time.time(), resend=resent.append)
+    assert sorted(m.task_id for m in resent) == ["a", "b"]
 
 
 def test_an_overdue_queued_job_waits_while_the_submit_queue_has_a_backlog(deps: Any) -> None:
@@ -144,9 +182,12 @@ def test_the_worker_claims_a_submit_it_holds_and_drops_the_claim_when_done(
 
     [held] = eventually(claimed, what="the claim")
     assert held.kwargs == {"job_id": "no-such-job"} and held.eta is not None
-    holders: Any = store.zrange(keys.HOLDERS, 0, -1, withscores=True)
-    leases = [float(until) for _, until in holders]
-    assert leases and min(leases) > time.time()  # a live lease
+
+    def leases() -> list[float]:  # renewed every third of the lease (the store is flushed
+        holders: Any = store.zrange(keys.HOLDERS, 0, -1, withscores=True)  # between tests)
+        return [float(until) for _, until in holders]
+
+    assert min(eventually(leases, timeout=5, what="the worker's lease")) > time.time()
     eventually(lambda: not claimed(), timeout=15, what="the claim dropped after the run")
     producer.close()
 
@@ -154,16 +195,33 @@ def test_the_worker_claims_a_submit_it_holds_and_drops_the_claim_when_done(
 def test_worker_lease_and_visibility_timeout_defaults_follow_their_floor() -> None:
     settings = Settings()
     assert settings.worker_lease == 5.0
-    # the longest countdown (poll.max_delay 30, callbacks.park_after 30) + the time limit 120
+    # the longest countdown held (poll.max_delay 30 <= park_after 30; callbacks.park_after 30)
+    # plus the time limit 120
     assert settings.held_floor == 150
     assert settings.visibility_timeout == 300  # derived: twice the floor
     assert Settings(task_time_limit=60).visibility_timeout == 180
-    assert Settings(park_after=600).visibility_timeout == 300  # polls past 30 s are parked
+    assert Settings(park_after=10, callbacks={"park_after": 5}).visibility_timeout == 260
     assert Settings(visibility_timeout=151).visibility_timeout == 151
     with pytest.raises(ValueError, match=r"poll\.max_delay"):
         Settings(visibility_timeout=150)
     with pytest.raises(ValueError, match="worker_lease"):
         Settings(worker_lease=0)
+
+
+def test_a_jobs_own_max_delay_is_limited_only_by_what_a_worker_holds() -> None:
+    from pollen.errors import InvalidJob
+    from pollen.payloads import prepare
+
+    job = {"provider": "runware", "request": video_request([1.0])}
+    # defaults: waits past park_after (30 s) are parked, so any max_delay fits the timeout
+    prepare(Settings(), {**job, "poll": {"max_delay": 3500}}, now=0)
+    tight = Settings(
+        visibility_timeout=15, task_time_limit=10, park_after=20,
+        poll={"max_delay": 1}, callbacks={"park_after": 1},
+    )  # fmt: skip
+    prepare(tight, {**job, "poll": {"max_delay": 4.9}}, now=0)  # held 4.9 < 15 - 10
+    with pytest.raises(InvalidJob, match=r"poll\.max_delay: must be below 5s"):
+        prepare(tight, {**job, "poll": {"max_delay": 5}}, now=0)
 
 
 def take_unacked(url: str, queue: str, count: int) -> Any:
@@ -205,7 +263,8 @@ def test_an_unclaimed_submit_in_the_brokers_hands_is_sent_again_once(
     held = take_unacked(url, "q.submit", 3)
     other = take_unacked(url, "other", 1)
     assert broker.hlen(orphans.UNACKED) == 4
-    deps.store.claims.hold("live", "claimed-1:0", Held("claimed-1", {}), until=time.time() + 60)
+    deps.store.claims.renew("live", 60)
+    deps.store.claims.hold("live", "claimed-1:0", Held("claimed-1", {}))
     orphan_finder = orphans.Orphans(broker, "q.submit")
     resent: list[Held] = []
     now = time.time()
@@ -220,7 +279,7 @@ def test_an_unclaimed_submit_in_the_brokers_hands_is_sent_again_once(
     )  # fmt: skip
     assert [m.task_id for m in resent] == ["lost-1"]  # not the claimed one, not the poll
     assert resent[0].kwargs == {"job": payload} and report.orphans == ["lost-1"]
-    assert broker.hlen(orphans.UNACKED) == 3  # its broker copy is gone: no later duplicate
+    assert broker.hlen(orphans.UNACKED) == 4  # kombu's copy stays (a later copy: the same job)
     again = reconcile(
         deps.store, lambda *_: None, now=now + 8, resend=resent.append, orphans=orphan_finder,
         orphan_age=5,

@@ -128,14 +128,25 @@ def test_released_polls_all_go_out_batched_by_due_time() -> None:
 
 def test_submit_retries_the_earliest_batch_itself_and_sends_the_others() -> None:
     retries = [("late", 9.0), *[(f"s{i}", 1.0) for i in range(3)]]
-    result = submit_retries(retries, now=NOW, max_size=2)
+    result = submit_retries(retries, now=NOW, max_size=2, park_after=30)
     assert result.retry == Message(NOW + 1.0, (("s0", 0), ("s1", 0)))
     assert [(b.at, b.items) for b in result.send] == [
         (NOW + 1.0, (("s2", 0),)),
         (NOW + 9.0, (("late", 0),)),
     ]
     assert result.park == ()
-    assert submit_retries([], now=NOW, max_size=2) == Plan()
+    assert submit_retries([], now=NOW, max_size=2, park_after=30) == Plan()
+
+
+def test_a_submit_retry_due_past_park_after_waits_in_redis() -> None:
+    retries = [("soon", 30.0), ("far", 30.5), ("farther", 900.0)]
+    result = submit_retries(retries, now=NOW, max_size=10, park_after=30)
+    assert result.retry == Message(NOW + 30.0, (("soon", 0),))
+    assert result.send == ()
+    assert result.park == (("far", 0, NOW + 30.5), ("farther", 0, NOW + 900.0))
+    assert submit_retries([("far", 31.0)], now=NOW, max_size=10, park_after=30) == Plan(
+        park=(("far", 0, NOW + 31.0),)
+    )
 
 
 # --- properties --------------------------------------------------------------------------
@@ -258,10 +269,13 @@ def test_released_polls_all_go_out_once_within_the_slack(
 )
 def test_submit_retries_each_job_once_never_early(delays: list[float], size: int) -> None:
     retries = [(f"j{i}", delay) for i, delay in enumerate(delays)]
-    result = submit_retries(retries, now=NOW, max_size=size)
-    assert result.park == () and (result.retry is None) == (not retries)
+    result = submit_retries(retries, now=NOW, max_size=size, park_after=300)
+    parked = {job_id for job_id, _, _ in result.park}
+    assert parked == {job_id for job_id, delay in retries if delay > 300}
+    assert all(due == NOW + dict(retries)[job_id] for job_id, _, due in result.park)
     batches = _messages(result)
-    assert Counter(job_id for b in batches for job_id, _ in b.items) == Counter(
+    assert (result.retry is None) == (len(parked) == len(retries))
+    assert Counter(job_id for b in batches for job_id, _ in b.items) + Counter(parked) == Counter(
         job_id for job_id, _ in retries
     )
     wait = dict(retries)

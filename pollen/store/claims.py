@@ -22,7 +22,7 @@ from pollen.store import keys
 from pollen.store.effects import Batch, Lua, Op, Runner, cmd, single
 
 #: the claims' scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
-SCRIPTS = ("take_held",)
+SCRIPTS = ("take_held", "renew_holder", "lapsed_holders")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Held:
     eta: float | None = None  #: when a countdown retry was due (unix time), None for now
     retries: int = 0  #: the task's retry number (a retry is a new message, same task id)
     delivery_tag: str | None = None  #: the broker's tag of this copy (kombu's unacked hash)
+    claimed_at: float | None = None  #: when its worker received it (that worker's clock)
 
     @property
     def tag(self) -> str:
@@ -42,7 +43,8 @@ class Held:
     def dump(self) -> str:
         return json.dumps(
             {"id": self.task_id, "kwargs": self.kwargs, "eta": self.eta,
-             "retries": self.retries, "delivery_tag": self.delivery_tag}
+             "retries": self.retries, "delivery_tag": self.delivery_tag,
+             "claimed_at": self.claimed_at}
         )  # fmt: skip
 
     def job_ids(self) -> list[str]:
@@ -59,8 +61,16 @@ class Held:
         data = json.loads(text)
         return cls(
             str(data["id"]), dict(data["kwargs"]), data.get("eta"),
-            int(data.get("retries") or 0), data.get("delivery_tag"),
+            int(data.get("retries") or 0), data.get("delivery_tag"), data.get("claimed_at"),
         )  # fmt: skip
+
+    def stale(self, now: float, time_limit: float) -> bool:
+        """Whether the message's task must have ended long ago, whatever became of it (a
+        claim whose release was lost: a hard time limit, a revoked or expired message)."""
+        if self.claimed_at is None:
+            return False
+        started = max(self.claimed_at, self.eta or self.claimed_at)
+        return now > started + time_limit + STALE_MARGIN
 
 
 def message_tag(task_id: str, retries: int) -> str:
@@ -69,25 +79,34 @@ def message_tag(task_id: str, retries: int) -> str:
     return f"{task_id}:{retries}"
 
 
+#: how long past its time limit a claim is still believed (clock skew between workers)
+STALE_MARGIN = 300.0
+
+
 # --- operations -------------------------------------------------------------------------
 
 
-def hold(
-    holder: str, tag: str, message: Held, *, until: float, expect_by: float | None = None
-) -> Op[None]:
-    """Record that ``holder`` took the message ``tag`` (its lease lasts until ``until``).
+def hold(holder: str, tag: str, message: Held, *, expect_by: float | None = None) -> Op[None]:
+    """Record that ``holder`` took the message ``tag`` (its lease is renewed apart).
 
     With ``expect_by``, the stored jobs the message names are not overdue before then: a
     live worker has their submit in hand (the reconciler leaves them alone; if the worker
     dies, the claim brings the message back sooner)."""
-    batch: Batch = [
-        cmd("hset", keys.held(holder), tag, message.dump()),
-        cmd("zadd", keys.HOLDERS, {holder: until}, gt=True),
-    ]
+    batch: Batch = [cmd("hset", keys.held(holder), tag, message.dump())]
     jobs = message.job_ids()
     if expect_by is not None and jobs:
         batch.append(cmd("zadd", keys.INFLIGHT, dict.fromkeys(jobs, expect_by), xx=True, gt=True))
     yield batch
+
+
+def restore(holder: str, messages: Sequence[Held]) -> Op[None]:
+    """Put back claims taken from a lapsed ``holder`` that could not be sent again (the next
+    round tries them again)."""
+    if messages:
+        yield [
+            cmd("hset", keys.held(holder), mapping={m.tag: m.dump() for m in messages}),
+            cmd("zadd", keys.HOLDERS, {holder: 0}),
+        ]
 
 
 def release(holder: str, tags: Sequence[str]) -> Op[None]:
@@ -96,9 +115,10 @@ def release(holder: str, tags: Sequence[str]) -> Op[None]:
         yield [cmd("hdel", keys.held(holder), *tags)]
 
 
-def renew(holder: str, until: float) -> Op[None]:
-    """Extend ``holder``'s lease on every message it holds."""
-    yield [cmd("zadd", keys.HOLDERS, {holder: until})]
+def renew(holder: str, lease: float) -> Op[None]:
+    """Extend ``holder``'s lease on every message it holds by ``lease`` seconds of the
+    server's time."""
+    yield [Lua("renew_holder", [keys.HOLDERS], [holder, repr(lease)])]
 
 
 def drop(holder: str) -> Op[None]:
@@ -124,18 +144,22 @@ def scanned(upto: float | None = None) -> Op[float | None]:
     return None if value is None else float(value)
 
 
-def lapsed(now: float, limit: int) -> Op[list[str]]:
-    """Instances whose lease lapsed before ``now`` (dead workers)."""
-    found = yield from single(cmd("zrangebyscore", keys.HOLDERS, "-inf", now, start=0, num=limit))
+def lapsed(limit: int) -> Op[list[str]]:
+    """Instances whose lease lapsed (dead workers), in the server's time."""
+    found = yield from single(Lua("lapsed_holders", [keys.HOLDERS], [limit]))
     return [str(holder) for holder in found]
 
 
-def take(holder: str, now: float) -> Op[list[Held]]:
+def take(holder: str) -> Op[list[Held]]:
     """Take every message of a lapsed ``holder`` (nothing if it renewed meanwhile)."""
-    taken = yield from single(
-        Lua("take_held", [keys.HOLDERS, keys.held(holder)], [holder, repr(now)])
-    )
+    taken = yield from single(Lua("take_held", [keys.HOLDERS, keys.held(holder)], [holder]))
     return [Held.load(str(text)) for text in taken[1::2]]
+
+
+def uptime() -> Op[int]:
+    """Seconds since the Redis server started."""
+    info = yield from single(cmd("info", "server"))
+    return int(info.get("uptime_in_seconds", 0))
 
 
 # --- on the synchronous client ----------------------------------------------------------
@@ -147,17 +171,20 @@ class Claims:
     def __init__(self, run: Runner) -> None:
         self.run = run
 
-    def hold(
-        self, holder: str, tag: str, message: Held, *, until: float,
-        expect_by: float | None = None,
-    ) -> None:  # fmt: skip
-        self.run(hold(holder, tag, message, until=until, expect_by=expect_by))
+    def hold(self, holder: str, tag: str, message: Held, *, expect_by: float | None = None) -> None:
+        self.run(hold(holder, tag, message, expect_by=expect_by))
+
+    def restore(self, holder: str, messages: Sequence[Held]) -> None:
+        self.run(restore(holder, messages))
 
     def release(self, holder: str, tags: Sequence[str]) -> None:
         self.run(release(holder, tags))
 
-    def renew(self, holder: str, until: float) -> None:
-        self.run(renew(holder, until))
+    def renew(self, holder: str, lease: float) -> None:
+        self.run(renew(holder, lease))
+
+    def uptime(self) -> int:
+        return self.run(uptime())
 
     def drop(self, holder: str) -> None:
         self.run(drop(holder))
@@ -168,6 +195,6 @@ class Claims:
     def scanned(self, upto: float | None = None) -> float | None:
         return self.run(scanned(upto))
 
-    def take_lapsed(self, now: float, limit: int = 100) -> list[tuple[str, list[Held]]]:
+    def take_lapsed(self, limit: int = 100) -> list[tuple[str, list[Held]]]:
         """The messages of every instance whose lease lapsed, taken: (holder, messages)."""
-        return [(holder, self.run(take(holder, now))) for holder in self.run(lapsed(now, limit))]
+        return [(holder, self.run(take(holder))) for holder in self.run(lapsed(limit))]

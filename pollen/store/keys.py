@@ -23,6 +23,9 @@ EPOCH = f"{PREFIX}:store:epoch"
 DATA_LOSS = f"{PREFIX}:store:data_loss"
 #: sorted set "job_id|attempt" -> due time: long poll waits kept here instead of in a worker
 PARKED_POLLS = f"{PREFIX}:polls:parked"
+#: sorted set job_id -> due time: submit retries due later than ``park_after``, kept here
+#: instead of as countdown messages in a worker (the periodic round sends them)
+PARKED_SUBMITS = f"{PREFIX}:submits:parked"
 #: sorted set of cancelled jobs whose follow-up (the provider's cancel call, the completion
 #: callback) is not done yet, scored by when the reconciler sends it again
 CANCELS = f"{PREFIX}:cancels"

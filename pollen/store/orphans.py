@@ -5,8 +5,8 @@ its delivery time in ``unacked_index``); the worker then claims it (:mod:`pollen
 a moment later, when Celery has turned it into a request. A worker killed in that moment leaves
 a message only the visibility timeout would bring back. :class:`Orphans` finds such a
 ``pollen.submit`` message once it has waited ``age`` seconds with no claim anywhere, so the
-reconciler can send it again and take it out of kombu's hash (its original would only be a
-duplicate later).
+reconciler can send it again (kombu's copy stays: should its worker be alive after all, or the
+copy come back after the visibility timeout, it is the same job).
 
 Each message is looked at once: the scan goes forward through the delivery times, from where
 the last round stopped (kept in the store, so any worker's round continues it).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,11 +79,3 @@ class Orphans:
             if held is not None:
                 found.append(held)
         return found, upto
-
-    def drop(self, delivery_tags: Collection[str]) -> None:
-        """Take messages out of kombu's unacked hash (they were sent again)."""
-        if delivery_tags:
-            pipe = self.broker.pipeline(transaction=True)
-            pipe.zrem(UNACKED_INDEX, *delivery_tags)
-            pipe.hdel(UNACKED, *delivery_tags)
-            pipe.execute()

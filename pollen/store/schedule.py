@@ -1,7 +1,8 @@
 """The schedule: what is due when. Parked polls, the reconciler's watch list, cancel
 follow-ups, and trimming the listing indexes of expired jobs.
 
-Long poll waits are parked in Redis (``keys.PARKED_POLLS``) instead of held as countdown
+Long poll and submit waits are parked in Redis (``keys.PARKED_POLLS``,
+``keys.PARKED_SUBMITS``) instead of held as countdown
 messages; every in-flight job is watched (``keys.INFLIGHT``) until its next step is due plus
 a grace period, after which the reconciler resumes it; a cancelled job waits on
 ``keys.CANCELS`` until its follow-up is done. The periodic round reads all of them.
@@ -30,6 +31,12 @@ def take_parked(*, horizon: float, limit: int) -> Op[list[tuple[str, int, float]
         job_id, _, attempt = str(member).rpartition("|")
         polls.append((job_id, int(attempt), float(due)))
     return polls
+
+
+def take_parked_submits(*, horizon: float, limit: int) -> Op[list[str]]:
+    """Remove and return the jobs whose parked submit retry is due before ``horizon``."""
+    taken = yield from single(Lua("take_parked", [keys.PARKED_SUBMITS], [repr(horizon), limit]))
+    return [str(member) for member in taken[::2]]
 
 
 def due_ids(key: str, now: float, limit: int) -> Op[list[str]]:
@@ -100,6 +107,16 @@ class Schedule:
         if polls:
             due = {f"{job}|{attempt}": at for job, attempt, at in polls}
             self.run(single(cmd("zadd", keys.PARKED_POLLS, due)))
+
+    def park_submits(self, retries: Sequence[tuple[str, float]]) -> None:
+        """Keep long submit waits in Redis: the periodic round sends each (job, due) submit
+        when it is due."""
+        if retries:
+            self.run(single(cmd("zadd", keys.PARKED_SUBMITS, dict(retries))))
+
+    def take_parked_submits(self, *, horizon: float, limit: int) -> list[str]:
+        """Remove and return the jobs whose parked submit retry is due before ``horizon``."""
+        return self.run(take_parked_submits(horizon=horizon, limit=limit))
 
     def take_parked(self, *, horizon: float, limit: int) -> list[tuple[str, int, float]]:
         """Remove and return the parked polls due before ``horizon``: (job, attempt, due)."""

@@ -22,7 +22,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from celery.signals import task_postrun, task_received, worker_init, worker_shutdown
+from celery.signals import (
+    task_postrun,
+    task_received,
+    task_revoked,
+    worker_init,
+    worker_shutdown,
+)
 
 from pollen import contract
 from pollen.store.claims import Held, message_tag
@@ -42,6 +48,7 @@ class Holder:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._renew()  # registered before the first message arrives
         self._thread = threading.Thread(target=self._run, name="pollen-claims", daemon=True)
         self._thread.start()
 
@@ -50,11 +57,13 @@ class Holder:
 
     def _run(self) -> None:
         while not self._stop.wait(self.lease / 3):
-            deps = runtime.deps()
-            try:
-                deps.store.claims.renew(self.name, deps.clock() + self.lease)
-            except Exception:  # Redis away for a moment: the next round tries again
-                log.warning("could not renew this worker's claims", exc_info=True)
+            self._renew()
+
+    def _renew(self) -> None:
+        try:  # the lease runs in the server's time, from when the call lands
+            runtime.deps().store.claims.renew(self.name, self.lease)
+        except Exception:  # Redis away for a moment: the next round tries again
+            log.warning("could not renew this worker's claims", exc_info=True)
 
 
 class _This:
@@ -68,7 +77,7 @@ def holder_name(hostname: str) -> str:
     return f"{hostname}|{os.getpid()}|{uuid.uuid4().hex[:8]}"
 
 
-def message_of(request: Any) -> Held:
+def message_of(request: Any, now: float) -> Held:
     """What sending a received ``pollen.submit`` message again needs."""
     eta = request.eta
     if isinstance(eta, datetime):
@@ -78,7 +87,7 @@ def message_of(request: Any) -> Held:
     return Held(
         str(request.id), dict(request.kwargs or {}), eta if eta else None,
         retries=int(request.request_dict.get("retries") or 0),
-        delivery_tag=None if tag is None else str(tag),
+        delivery_tag=None if tag is None else str(tag), claimed_at=now,
     )  # fmt: skip
 
 
@@ -112,28 +121,38 @@ def _hold(request: Any = None, **_: Any) -> None:
     if holder is None or request is None or request.name != contract.SUBMIT:
         return
     deps = runtime.deps()
-    message = message_of(request)
-    tag = message.tag
     now = deps.clock()
+    message = message_of(request, now)
+    tag = message.tag
     # its jobs are in a live worker's hands until the submit could have run (the time limit)
     expect_by = max(now, message.eta or now) + deps.settings.task_time_limit
     try:
         deps.store.claims.hold(
-            holder.name, tag, message, until=now + holder.lease,
-            expect_by=expect_by + deps.settings.submit_grace,
-        )  # fmt: skip
-    except Exception:  # the broker's visibility timeout still returns it
+            holder.name, tag, message, expect_by=expect_by + deps.settings.submit_grace
+        )
+    except Exception:  # unclaimed: the reconciler's scan of the broker's deliveries finds it
         log.warning("could not record the claim on submit message %s", request.id, exc_info=True)
 
 
 @task_postrun.connect
 def _release(task: Any = None, **_: Any) -> None:
+    if task is not None and task.name == contract.SUBMIT:
+        _forget(str(task.request.id), int(task.request.retries or 0))
+
+
+@task_revoked.connect
+def _revoked(request: Any = None, **_: Any) -> None:
+    """A revoked or expired submit message never runs: its claim goes too."""
+    if request is not None and getattr(request, "name", None) == contract.SUBMIT:
+        _forget(str(request.id), int(request.request_dict.get("retries") or 0))
+
+
+def _forget(task_id: str, retries: int) -> None:
     holder = _This.holder
-    if holder is None or task is None or task.name != contract.SUBMIT:
+    if holder is None:
         return
-    tag = message_tag(str(task.request.id), int(task.request.retries or 0))
+    tag = message_tag(task_id, retries)
     try:
         runtime.deps().store.claims.release(holder.name, [tag])
     except Exception:  # left behind: sent again after the lease, a harmless duplicate
-        log.warning("could not drop the claim on submit message %s", task.request.id,
-                    exc_info=True)  # fmt: skip
+        log.warning("could not drop the claim on submit message %s", task_id, exc_info=True)

@@ -96,6 +96,8 @@ def tick(app: Any) -> None:
                     else None
                 ),
                 orphan_age=2 * settings.worker_lease,
+                time_limit=settings.task_time_limit,
+                min_uptime=2 * settings.worker_lease,  # after a Redis restart, renewals first
             )
             deps.store.schedule.trim_indexes(now)
             sweep_every = SWEEP_ROUNDS * settings.reconcile_interval
@@ -133,6 +135,9 @@ def release_due(app: Any, deps: Any, now: float) -> None:
     """
     admission.pump(deps, deps.providers, partial(send_submits, app), now=now, drain=True)
     horizon = now + deps.settings.tick_interval
+    submits = deps.store.schedule.take_parked_submits(horizon=horizon, limit=DUE_PER_ROUND)
+    for start in range(0, len(submits), contract.SUBMIT_BATCH_JOBS):
+        send_submits(app, submits[start : start + contract.SUBMIT_BATCH_JOBS])
     parked = deps.store.schedule.take_parked(horizon=horizon, limit=DUE_PER_ROUND)
     plan = planner.release(
         parked, slack=deps.settings.batch_window_max, batch_size=deps.settings.batch_size
@@ -155,7 +160,10 @@ def resend_submit(app: Any, message: Held) -> None:
     """A submit message a dead worker held, sent again as it was: its task id (the job id
     of a payload without one derives from it), its arguments, its countdown's due time."""
     eta = None if message.eta is None else datetime.fromtimestamp(message.eta, UTC)
-    app.send_task(contract.SUBMIT, kwargs=message.kwargs, task_id=message.task_id, eta=eta)
+    app.send_task(
+        contract.SUBMIT, kwargs=message.kwargs, task_id=message.task_id, eta=eta,
+        retries=message.retries,
+    )  # fmt: skip
 
 
 @functools.cache

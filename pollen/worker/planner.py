@@ -143,15 +143,20 @@ def release(parked: Iterable[Parked], *, slack: float, batch_size: int) -> Plan:
     return Plan(send=tuple(_message(each) for each in group(polls, max_size=batch_size)))
 
 
-def submit_retries(retries: Iterable[tuple[str, float]], *, now: float, max_size: int) -> Plan:
-    """The plan for submits to try again, (job id, seconds from ``now``): batches by due
-    time, the earliest one the message's own retry; nothing is parked. Items are
-    (job id, 0)."""
-    later = [Due(job_id, 0, now + delay, now + delay) for job_id, delay in retries]
+def submit_retries(
+    retries: Iterable[tuple[str, float]], *, now: float, max_size: int, park_after: float
+) -> Plan:
+    """The plan for submits to try again, (job id, seconds from ``now``): those due later
+    than ``park_after`` are parked in Redis (:attr:`Plan.park`, attempt 0), the others go as
+    batches by due time, the earliest one the message's own retry. Items are (job id, 0)."""
+    retries = list(retries)
+    park = tuple((job_id, 0, now + delay) for job_id, delay in retries if delay > park_after)
+    later = [Due(job_id, 0, now + delay, now + delay) for job_id, delay in retries
+             if delay <= park_after]  # fmt: skip
     groups = [_message(each) for each in group(later, max_size=max_size)]
     if not groups:
-        return Plan()
-    return Plan(retry=groups[0], send=tuple(groups[1:]))
+        return Plan(park=park)
+    return Plan(retry=groups[0], send=tuple(groups[1:]), park=park)
 
 
 def _message(each: Group) -> Message:

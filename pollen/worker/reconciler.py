@@ -57,20 +57,28 @@ class Report:
 
 
 def resume_held(
-    store: Store, resend: Resend, *, now: float, report: Report, orphans: Orphans | None = None
-) -> None:
-    """Send again every submit message held by a worker whose lease lapsed (it died), and
-    take the broker's copies out of its unacked hash (they would only come back later as
-    duplicates)."""
-    for holder, messages in store.claims.take_lapsed(now):
-        for message in messages:
-            resend(message)
+    store: Store, resend: Resend, *, now: float, report: Report, time_limit: float,
+    min_uptime: float,
+) -> None:  # fmt: skip
+    """Send again every submit message held by a worker whose lease lapsed (it died).
+
+    Not while the store's Redis has been up for less than ``min_uptime``: after a restart,
+    live workers' renewals and this round race to reconnect. A claim whose task must have
+    ended long ago (``time_limit`` past its start) is dropped, not sent. The broker's own copy
+    stays where it is: if the worker was alive after all, the copy it runs is the same job."""
+    lapsed = store.claims.take_lapsed() if store.claims.uptime() >= min_uptime else []
+    for holder, messages in lapsed:
+        live = [m for m in messages if not m.stale(now, time_limit)]
+        for sent, message in enumerate(live):
+            try:
+                resend(message)
+            except Exception:
+                store.claims.restore(holder, live[sent:])  # the next round tries them again
+                raise
             report.held.append(message.task_id)
-        if orphans is not None:
-            orphans.drop([m.delivery_tag for m in messages if m.delivery_tag])
-        if messages:
+        if live:
             log.warning(
-                "worker %s died holding %d submit message(s); sent again", holder, len(messages)
+                "worker %s died holding %d submit message(s); sent again", holder, len(live)
             )
 
 
@@ -84,12 +92,11 @@ def resume_orphans(
         after = now - age - 60
     found, upto = orphans.scan(after, now - age, limit=ORPHAN_SCAN_LIMIT)
     claimed = store.claims.claimed() if found else set()
-    lost = [held for held in found if held.tag not in claimed]
-    for held in lost:
-        resend(held)
-        report.orphans.append(held.task_id)
-    orphans.drop([held.delivery_tag for held in lost if held.delivery_tag])
-    store.claims.scanned(upto)
+    store.claims.scanned(upto)  # before sending: a round that overlaps this one goes on from here
+    for held in found:
+        if held.tag not in claimed:
+            resend(held)  # the broker's copy stays: should its worker live, it is the same job
+            report.orphans.append(held.task_id)
 
 
 def reconcile(
@@ -103,6 +110,8 @@ def reconcile(
     backlog: Callable[[], bool] = lambda: False,
     orphans: Orphans | None = None,
     orphan_age: float = 10.0,
+    time_limit: float = 120.0,
+    min_uptime: float = 0.0,
 ) -> Report:
     """Resume up to ``limit`` overdue jobs; return what was done.
 
@@ -115,7 +124,9 @@ def reconcile(
     """
     report = Report()
     if resend is not None:
-        resume_held(store, resend, now=now, report=report, orphans=orphans)
+        resume_held(
+            store, resend, now=now, report=report, time_limit=time_limit, min_uptime=min_uptime
+        )
         if orphans is not None:
             resume_orphans(store, orphans, resend, now=now, age=orphan_age, report=report)
     polls = _overdue(store, report, now=now, limit=limit, backlog=backlog)

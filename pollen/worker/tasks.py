@@ -200,10 +200,7 @@ def submit(
                 default_id=payloads.message_job_id(str(self.request.id)),
                 traceparent=deps.tracing.traceparent(),  # the sender's trace, if it sent one
             )  # fmt: skip
-        if job_id is None:
-            raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
-        if not isinstance(job_id, str):
-            raise InvalidJob(f"pollen.submit: job_id must be a job id string, got {job_id!r}")
+        job_id = _one_job_id(job_id)
     except InvalidJob as exc:  # never silent: logged, counted, kept, announced
         _send_deliveries(rejections.reject(deps, job, exc, str(self.request.id)))
         raise
@@ -214,6 +211,8 @@ def submit(
         return {"job_id": job_id, "missing": True}
     if created is None:
         created = job_id in outcome.fresh
+    if _parked(deps, outcome):
+        return {"job_id": job_id, "created": created, "parked": outcome.retries[0][1]}
     if outcome.retries:
         raise self.retry(
             countdown=outcome.retries[0][1],
@@ -225,6 +224,25 @@ def submit(
     if outcome.waiting:
         return {"job_id": job_id, "created": created, "waiting": outcome.waiting}
     return {"job_id": job_id, "created": created}
+
+
+def _one_job_id(job_id: Any) -> str:
+    if job_id is None:
+        raise InvalidJob("pollen.submit needs job= (a job payload), job_id= or job_ids=")
+    if not isinstance(job_id, str):
+        raise InvalidJob(f"pollen.submit: job_id must be a job id string, got {job_id!r}")
+    return job_id
+
+
+def _parked(deps: runtime.Deps, outcome: submits.SubmitNext) -> bool:
+    """A single job's submit retry due past ``park_after`` waits in Redis (the periodic round
+    sends it), not as a countdown held here; True when it was parked."""
+    if not outcome.retries or outcome.retries[0][1] <= deps.settings.park_after:
+        return False
+    job_id, delay = outcome.retries[0]
+    _submitted(deps, outcome)
+    deps.store.schedule.park_submits([(job_id, deps.clock() + delay)])
+    return True
 
 
 def _submit_many(self: Task, deps: runtime.Deps, job_ids: list[str]) -> dict[str, Any]:
@@ -239,7 +257,11 @@ def _submit_many(self: Task, deps: runtime.Deps, job_ids: list[str]) -> dict[str
     if outcome.waiting:
         answer["waiting"] = outcome.waiting
     now = deps.clock()
-    plan = planner.submit_retries(outcome.retries, now=now, max_size=contract.SUBMIT_BATCH_JOBS)
+    plan = planner.submit_retries(
+        outcome.retries, now=now, max_size=contract.SUBMIT_BATCH_JOBS,
+        park_after=deps.settings.park_after,
+    )  # fmt: skip
+    deps.store.schedule.park_submits([(job_id, due) for job_id, _, due in plan.park])
     if plan.retry is None:
         return answer
     for later in plan.send:

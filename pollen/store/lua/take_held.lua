@@ -1,10 +1,13 @@
--- Take the claims of one worker instance whose lease lapsed: every message it held, and the
--- instance leaves the holders (one caller takes them; a renewal after this starts afresh).
+-- Take the claims of one worker instance whose lease lapsed (in the server's time): every
+-- message it held, and the instance leaves the holders (one caller takes them; a renewal
+-- after this starts afresh).
 -- KEYS: holders, held (that instance's hash)
--- ARGV: holder, now
+-- ARGV: holder
 -- Returns tag, message, tag, message, ... (empty when the lease was renewed meanwhile)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if lease and tonumber(lease) > tonumber(ARGV[2]) then return {} end
+if lease and tonumber(lease) > now then return {} end
 local held = redis.call('HGETALL', KEYS[2])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
