@@ -51,6 +51,8 @@ class ProducerSpec:
     policy: dict[str, float]
     allow_cidrs: tuple[str, ...]
     tenant: str | None = None  #: every job's tenant (None: the shared default tenant)
+    #: OTLP/HTTP endpoint of the producer's traces (pollen-traced); None: tracing off
+    trace_endpoint: str | None = None
 
 
 class Client(Protocol):
@@ -75,8 +77,11 @@ class PollenClient:
         from pollen.backoff import PollPolicy
         from pollen.settings import CallbackSettings, RunwareSettings, Settings
 
+        if spec.trace_endpoint is not None:
+            _trace_to(spec.trace_endpoint)
         # The producer decides a job's poll policy at accept time: same numbers as the workers.
         settings = Settings(
+            tracing=spec.trace_endpoint is not None,
             redis_url=spec.store_url,
             broker_url=spec.broker_url,
             runware=RunwareSettings(base_url=spec.provider_url),
@@ -101,6 +106,20 @@ class PollenClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _trace_to(endpoint: str) -> None:
+    """What an application that traces does: an SDK TracerProvider exporting over OTLP/HTTP
+    (here pollen's own worker set-up, pointed at ``endpoint``)."""
+    import os
+
+    from opentelemetry import trace
+
+    from pollen.tracing.otel import worker_provider
+
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    os.environ.setdefault("OTEL_SERVICE_NAME", "bench-producer")
+    trace.set_tracer_provider(worker_provider(os.environ))
 
 
 #: jobs per Pollen.submit_many call of the pollen-many producer
@@ -170,6 +189,7 @@ PRODUCED_BY_SUBMIT = (
     "pollen-push-lossy",
     "pollen-capped",
     "pollen-capped-push",
+    "pollen-traced",
 )
 
 

@@ -23,6 +23,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 PREFIX = "/cb/"
+#: where an OTLP/HTTP exporter posts its spans (the receiver as a trace sink)
+TRACES = "/v1/traces"
 
 
 COMPLETED = "job.completed"
@@ -54,6 +56,8 @@ class Recorder:
         self.hits: dict[str, list[list[Any]]] = {}
         self.other: dict[str, int] = {}
         self.received = 0
+        self.trace_exports = 0  #: OTLP/HTTP trace exports taken (as a collector: pollen-traced)
+        self.trace_bytes = 0
 
     def record(self, job_id: str, at: float, body: bytes) -> None:
         kind, status = describe(body)
@@ -97,8 +101,14 @@ def create_app(recorder: Recorder) -> Callable[[Scope, Receive, Send], Awaitable
         if method == "POST" and path.startswith(PREFIX):
             recorder.record(path[len(PREFIX) :], arrived, body)
             await _answer(send, 204)
+        elif method == "POST" and path == TRACES:
+            recorder.trace_exports += 1
+            recorder.trace_bytes += len(body)
+            await _answer(send, 200)  # an empty ExportTraceServiceResponse
         elif path == "/_recv/count":
-            await _answer(send, 200, {"received": recorder.received, "jobs": len(recorder.hits)})
+            counts = {"received": recorder.received, "jobs": len(recorder.hits)}
+            traces = {"trace_exports": recorder.trace_exports, "trace_bytes": recorder.trace_bytes}
+            await _answer(send, 200, counts | traces)
         elif path == "/_recv/dump":
             await _answer(send, 200, {"completed": recorder.hits, "other": recorder.other})
         elif path == "/_recv/reset" and method == "POST":

@@ -52,6 +52,7 @@ def run_system(
         log(f"[{name}] starting {options.workers} worker(s), {_pool(name, options)}")
         t_start = time.monotonic()
         n_producers = options.producers or scenario.producers
+        system.prepare(log_dir)
         producers = Producers(system.producer_spec(), job_ids, f"{recv.url}/cb", n_producers)
         stack.callback(producers.close)
         producers.start()

@@ -19,7 +19,10 @@ PUSH_SYSTEMS = ("pollen", "pollen-push", "pollen-push-lossy")
 CAPPED = "pollen-capped"
 #: pollen-capped with pushes on: a slot frees when the provider says so, not at the next poll
 CAPPED_PUSH = "pollen-capped-push"
-ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:], CAPPED, CAPPED_PUSH)
+#: pollen with OpenTelemetry traces on (POLLEN_TRACING), exported over OTLP/HTTP to a sink:
+#: what tracing costs against ``pollen``
+TRACED = "pollen-traced"
+ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:], CAPPED, CAPPED_PUSH, TRACED)
 #: the ``fair`` scenario: pollen told the cap, with tenants; pollen with neither (today's)
 FAIR_SYSTEMS = (CAPPED, "pollen")
 #: the cap pollen-capped is told when the simulator caps nothing: 100,000 (the most allowed)

@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
+
+import httpx
 
 from bench import baseline
 from bench.producer import ProducerSpec
@@ -70,6 +73,9 @@ class System:
 
     def make_worker(self, index: int, log_dir: Path) -> Worker:
         raise NotImplementedError
+
+    def prepare(self, log_dir: Path) -> None:
+        """Start what the producers need besides the workers (before :meth:`producer_spec`)."""
 
     def start(self, log_dir: Path, timeout: float = 60.0) -> None:
         """Start every worker process and wait until each answers a Celery ping."""
@@ -266,6 +272,44 @@ class PollenManySystem(PollenSystem):
     name = "pollen-many"
 
 
+class PollenTracedSystem(PollenSystem):
+    """pollen's workers and producers with OpenTelemetry traces on (``POLLEN_TRACING=true``),
+    exported over OTLP/HTTP (the default exporter, batched) to a sink of its own: a second
+    :mod:`bench.receiver`, which counts the exports and drops them. Against ``pollen``, what
+    tracing costs."""
+
+    name = "pollen-traced"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink: Service | None = None
+
+    def env(self) -> dict[str, str]:
+        assert self.sink is not None, "the sink starts first (prepare)"
+        return {
+            **super().env(),
+            "POLLEN_TRACING": "true",
+            "OTEL_SERVICE_NAME": "pollen-worker",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink.url,
+        }
+
+    def prepare(self, log_dir: Path) -> None:
+        self.sink = Service(f"{self.name}-sink", "bench.receiver", [], log_dir)
+        self.sink.start()
+
+    def producer_spec(self) -> ProducerSpec:
+        assert self.sink is not None, "the sink starts first (prepare)"
+        return replace(super().producer_spec(), trace_endpoint=self.sink.url)
+
+    def stop(self) -> None:
+        super().stop()  # the workers flush their last spans as they stop
+        if self.sink is not None:
+            took = httpx.get(f"{self.sink.url}/_recv/count", trust_env=False, timeout=5).json()
+            print(f"[{self.name}] the trace sink took {took['trace_exports']} exports, "
+                  f"{took['trace_bytes']:,} bytes", file=sys.stderr)  # fmt: skip
+            self.sink.stop()
+
+
 def make_system(
     name: str, redis_server: RedisServer, sim_url: str, scenario: Scenario, options: Options
 ) -> System:
@@ -277,6 +321,8 @@ def make_system(
         return PollenCappedPushSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-many":
         return PollenManySystem(redis_server, sim_url, scenario, options)
+    if name == "pollen-traced":
+        return PollenTracedSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-push":
         return PollenPushSystem(redis_server, sim_url, scenario, options)
     if name == "pollen-push-lossy":

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from pollen import contract, producer
+from pollen import contract, producer, tracing
 from pollen.errors import StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
@@ -53,9 +53,10 @@ class AsyncPollen:
         has not gone within that many seconds raises StoreUnavailable (the ingress and the
         dashboard set it); None: a broker that never answers holds a publish."""
         self.settings = producer_settings(settings or get_settings(), redis_timeout)
+        self._session = Session(self.settings, tracing=tracing.of(self.settings))
         self.store = AsyncStore(self.settings.redis_url, self.settings.producer.redis_timeout)
+        self._session.tracing.instrument(redis=self.store.redis)
         self.publish_timeout = publish_timeout
-        self._session = Session(self.settings)
         self._celery: Celery | None = None
 
     @property
@@ -71,7 +72,8 @@ class AsyncPollen:
     async def publish(self, message: Send) -> None:
         """Publish one of pollen's Celery messages (kombu has no asyncio API: from a worker
         thread, which the publish timeout also bounds: :func:`pollen.contract.producer_app`)."""
-        sending = asyncio.to_thread(producer.publish, self.celery, message)
+        headers = self._session.tracing.headers()
+        sending = asyncio.to_thread(producer.publish, self.celery, message, headers)
         if self.publish_timeout is None:
             await sending
             return
@@ -111,11 +113,16 @@ class AsyncPollen:
 
     async def submit_payload(self, payload: dict[str, Any]) -> str:
         """:meth:`pollen.Pollen.submit_payload`."""
-        return await self._run(producer.submit(self._session, payload))
+        with producer.submit_span(self._session, payload) as span:
+            job_id = await self._run(producer.submit(self._session, payload))
+            span.set({tracing.JOB_ID: job_id})
+        return job_id
 
     async def submit_many(self, payloads: Iterable[dict[str, Any]]) -> Submitted:
         """:meth:`pollen.Pollen.submit_many`."""
-        return await self._run(producer.submit_many(self._session, payloads))
+        items = list(payloads)
+        with producer.submit_many_span(self._session, len(items)):
+            return await self._run(producer.submit_many(self._session, items))
 
     async def cancel(
         self, job_id: str, *, reason: str = "cancelled by the producer"

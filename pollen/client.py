@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
-from pollen import contract, producer
+from pollen import contract, producer, tracing
 from pollen.errors import WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
@@ -47,10 +47,11 @@ class Pollen:
         """``redis_timeout`` (default ``settings.producer.redis_timeout``, 5 s): seconds a
         call keeps trying an unreachable Redis before it raises :class:`StoreUnavailable`."""
         self.settings = producer_settings(settings or get_settings(), redis_timeout)
+        self._session = Session(self.settings, tracing=tracing.of(self.settings))
         window = self.settings.producer.redis_timeout
         client = producer_client(self.settings.redis_url, window)
+        self._session.tracing.instrument(redis=client)  # the store's round trips, in a submit
         self.store, self.outbox = open_store(self.settings, client)
-        self._session = Session(self.settings)
         self._scripts = {**self.store.scripts, **self.outbox.scripts}
         self._celery: Celery | None = None
 
@@ -70,7 +71,7 @@ class Pollen:
         return effects.execute(self.store.redis, self._scripts, batch)
 
     def _send(self, message: Send) -> None:
-        producer.publish(self.celery, message)
+        producer.publish(self.celery, message, self._session.tracing.headers())
 
     def submit(
         self,
@@ -103,7 +104,10 @@ class Pollen:
 
     def submit_payload(self, payload: dict[str, Any]) -> str:
         """Enqueue a job given as a JSON-shaped dict (the published job-request schema)."""
-        return self._run(producer.submit(self._session, payload))
+        with producer.submit_span(self._session, payload) as span:
+            job_id = self._run(producer.submit(self._session, payload))
+            span.set({tracing.JOB_ID: job_id})
+        return job_id
 
     def submit_many(self, payloads: Iterable[dict[str, Any]]) -> Submitted:
         """Enqueue many jobs (each a dict of the job-request schema, as for
@@ -116,7 +120,9 @@ class Pollen:
         message together (Runware: one request per ``POLLEN_BATCH_SIZE`` tasks), and their
         first polls travel as batches.
         """
-        return self._run(producer.submit_many(self._session, payloads))
+        items = list(payloads)
+        with producer.submit_many_span(self._session, len(items)):
+            return self._run(producer.submit_many(self._session, items))
 
     def cancel(self, job_id: str, *, reason: str = "cancelled by the producer") -> Cancellation:
         """Cancel a job that has not finished yet.

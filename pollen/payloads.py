@@ -17,6 +17,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from pollen import tracing
 from pollen.addresses import AddressPolicy, UnsafeCallbackURL
 from pollen.errors import IdempotencyConflict, InvalidJob
 from pollen.models import DEFAULT_TENANT, JobRequest, JobStatus, PollOverrides
@@ -199,10 +200,16 @@ def message_job_id(task_id: str) -> str:
 
 
 def prepare(
-    settings: Settings, payload: Any, *, now: float, default_id: str | None = None
+    settings: Settings,
+    payload: Any,
+    *,
+    now: float,
+    default_id: str | None = None,
+    traceparent: str | None = None,
 ) -> Prepared:
     """Validate a producer payload and build the record of a new queued job (no I/O); a
-    payload without ``job_id`` gets ``default_id``, or a new random id.
+    payload without ``job_id`` gets ``default_id``, or a new random id. ``traceparent``: the
+    trace the job's steps continue (tracing on).
 
     Raises :class:`InvalidJob` (naming the bad field) or :class:`UnsafeCallbackURL`.
     """
@@ -247,12 +254,20 @@ def prepare(
         "polls": "0",
         "poll_seq": "0",
     }
+    if traceparent:
+        fields[tracing.FIELD] = traceparent
     ttl = int(policy.deadline) + settings.job_ttl + keys.EXTRA_TTL
     return Prepared(job_id, fields, ttl, fingerprint(request))
 
 
 def accept(
-    settings: Settings, store: Store, payload: Any, *, now: float, default_id: str | None = None
+    settings: Settings,
+    store: Store,
+    payload: Any,
+    *,
+    now: float,
+    default_id: str | None = None,
+    traceparent: str | None = None,
 ) -> tuple[str, bool]:
     """Validate a producer payload and store it as a queued job.
 
@@ -261,14 +276,21 @@ def accept(
     before writing anything, and :class:`IdempotencyConflict` when the id exists with a
     different request.
     """
-    return store.run(accept_op(settings, payload, now=now, default_id=default_id))
+    return store.run(
+        accept_op(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
+    )
 
 
 def accept_op(
-    settings: Settings, payload: Any, *, now: float, default_id: str | None = None
+    settings: Settings,
+    payload: Any,
+    *,
+    now: float,
+    default_id: str | None = None,
+    traceparent: str | None = None,
 ) -> Op[tuple[str, bool]]:
     """:func:`accept` as a store operation (:mod:`pollen.store.effects`)."""
-    job = prepare(settings, payload, now=now, default_id=default_id)
+    job = prepare(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
     [created] = yield from lifecycle.create_many(
         [(job.job_id, job.fields, job.ttl, job.fingerprint)],
         now=now,
@@ -280,7 +302,7 @@ def accept_op(
 
 
 def accept_many_op(
-    settings: Settings, payloads: Sequence[Any], *, now: float
+    settings: Settings, payloads: Sequence[Any], *, now: float, traceparent: str | None = None
 ) -> Op[list[tuple[str, bool] | InvalidJob]]:
     """:func:`accept` for many payloads, stored in one round trip (a store operation:
     :mod:`pollen.store.effects`).
@@ -296,7 +318,7 @@ def accept_many_op(
     for index, payload in enumerate(payloads):
         try:
             # a microsecond apart: each job's creation time (its listing position) is its own
-            job = prepare(settings, payload, now=now + index * 1e-6)
+            job = prepare(settings, payload, now=now + index * 1e-6, traceparent=traceparent)
         except InvalidJob as exc:
             answers.append(exc)
             continue

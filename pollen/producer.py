@@ -17,19 +17,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pollen import contract
+from pollen import contract, tracing
 from pollen.errors import InvalidJob, JobLost, JobNotFound, JobRejected, StoreUnavailable
-from pollen.models import Job, JobStatus
+from pollen.models import DEFAULT_TENANT, Job, JobStatus
 from pollen.payloads import accept_many_op, accept_op
 from pollen.providers import REGISTRY
 from pollen.settings import ProducerSettings, Settings
 from pollen.store import durability, keys, lifecycle, listing, outbox, rejections
 from pollen.store.effects import Batch, cmd
 from pollen.store.listing import JobPage
+from pollen.tracing import OFF, Tracing
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -71,8 +73,9 @@ class _Receipt:
         self.ignored = True
 
 
-def publish(app: Celery, message: Send) -> None:
-    """Send one message; raises only when it was not sent.
+def publish(app: Celery, message: Send, headers: dict[str, str] | None = None) -> None:
+    """Send one message (``headers``: the trace context, tracing on); raises only when it
+    was not sent.
 
     An error that comes once the message is out (the broker has it, a worker will run it) is
     logged at WARNING and swallowed: the caller's job exists and will run, so rolling it back
@@ -85,7 +88,7 @@ def publish(app: Celery, message: Send) -> None:
         return receipts[-1]
 
     try:
-        app.send_task(message.name, result_cls=receipt, **message.options())
+        app.send_task(message.name, result_cls=receipt, headers=headers, **message.options())
     except Exception as exc:
         if not receipts:
             raise
@@ -152,6 +155,7 @@ class Session:
 
     settings: Settings
     epoch: str | None = None  #: the store's epoch marker when this client first submitted
+    tracing: Tracing = OFF  #: the client's spans (``POLLEN_TRACING``)
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,10 @@ def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
     """Store one job and send its ``pollen.submit`` message (the job is removed again if the
     message was not sent: a Send raises only then, see :func:`publish`)."""
     settings = session.settings
-    job_id, created = yield from accept_op(settings, payload, now=time.time())
+    traceparent = session.tracing.traceparent()
+    job_id, created = yield from accept_op(
+        settings, payload, now=time.time(), traceparent=traceparent
+    )
     yield from _remember_epoch(session)
     if created:
         try:
@@ -231,7 +238,8 @@ def submit_many(session: Session, payloads: Iterable[dict[str, Any]]) -> Flow[Su
     """Store many jobs in one round trip and send one message per chunk of jobs."""
     settings = session.settings
     items = list(payloads)
-    answers = yield from accept_many_op(settings, items, now=time.time())
+    traceparent = session.tracing.traceparent()
+    answers = yield from accept_many_op(settings, items, now=time.time(), traceparent=traceparent)
     yield from _remember_epoch(session)
     job_ids: list[str | None] = []
     errors: dict[int, InvalidJob] = {}
@@ -269,6 +277,25 @@ def submit_many(session: Session, payloads: Iterable[dict[str, Any]]) -> Flow[Su
             ) from exc
         sent += len(chunk)
     return Submitted(job_ids, errors)
+
+
+def submit_span(session: Session, payload: Any) -> AbstractContextManager[tracing.Span]:
+    """The producer's span of one submit (tracing on): the job's trace starts here, under
+    the caller's current span if there is one. The worker's steps continue it."""
+    given = payload if isinstance(payload, dict) else {}
+    attributes = {
+        tracing.PROVIDER: str(given.get("provider", "")),
+        tracing.TENANT: str(given.get("tenant") or DEFAULT_TENANT),
+    }
+    if given.get("job_id"):
+        attributes[tracing.JOB_ID] = str(given["job_id"])
+    return session.tracing.span("pollen.submit", attributes=attributes, producer=True)
+
+
+def submit_many_span(session: Session, jobs: int) -> AbstractContextManager[tracing.Span]:
+    """The producer's span of one ``submit_many``: every job of the call is in its trace."""
+    return session.tracing.span("pollen.submit_many", attributes={tracing.JOBS: jobs},
+                                producer=True)  # fmt: skip
 
 
 def message_size(settings: Settings, provider: str) -> int:

@@ -519,6 +519,14 @@ class Settings(BaseSettings):
         "job_id, provider, provider_task_id, attempt.",
     )
     log_level: str = Field("INFO", description="Log level of pollen's workers.")
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry traces (needs pip install 'pollen-jobs[tracing]'): a span for "
+        "each submit, poll batch, provider request and callback delivery, in the job's trace. "
+        "Where they go is set by OpenTelemetry's own variables (OTEL_SERVICE_NAME, "
+        "OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT); a producer uses its app's "
+        "TracerProvider.",
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port (worker)."
     )

@@ -41,8 +41,11 @@ HEAVY = (
 #: broker and store databases of this file's own worker, apart from the session's (0 and 1)
 OWN_BROKER_DB, OWN_STORE_DB = 4, 5
 
+# A producer installed as `pip install pollen-jobs`, without the tracing extra: redis-py 8
+# imports OpenTelemetry's SDK (and so psutil) for metrics of its own whenever it is installed.
 IMPORT_PROBE = """
 import json, sys, time
+sys.modules["opentelemetry"] = None  # not installed
 started = time.perf_counter()
 from pollen import Pollen
 elapsed = time.perf_counter() - started

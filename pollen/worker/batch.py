@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pollen import tracing
 from pollen.backoff import next_delay
 from pollen.callbacks import events
 from pollen.errors import (
@@ -32,7 +33,7 @@ from pollen.models import Job, JobStatus
 from pollen.providers import Snapshot
 from pollen.providers.base import TERMINAL_STATES
 from pollen.store.polls import Claim, PollRecord, Recorded
-from pollen.worker import logs, metrics
+from pollen.worker import logs, metrics, traces
 from pollen.worker.deliveries import emit
 from pollen.worker.grouping import Due, Item, due
 from pollen.worker.runtime import Deps
@@ -69,7 +70,13 @@ class _Plan:
 
 
 def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
-    """Poll every (job id, attempt) of ``items`` once; see the module docstring."""
+    """Poll every (job id, attempt) of ``items`` once; see the module docstring. Traced as
+    one span (a batch serves many jobs) linked to the trace of each job it polls."""
+    with deps.tracing.span("pollen.poll", attributes={tracing.JOBS: len(items)}) as span:
+        return _poll_batch(deps, items, span)
+
+
+def _poll_batch(deps: Deps, items: Sequence[Item], span: tracing.Span) -> BatchNext:
     now = deps.clock()
     out = BatchNext()
     claims = deps.store.polls.claim(items, now=now, lease=deps.settings.poll_lease)
@@ -78,6 +85,9 @@ def poll_batch(deps: Deps, items: Sequence[Item]) -> BatchNext:
         plan = _claimed(deps, out, job_id, attempt, claim, now)
         if plan is not None:
             plans.append(plan)
+            attributes = traces.job_attributes(job_id, plan.job.provider, plan.job.tenant)
+            span.link(plan.fields.get(tracing.FIELD), attributes)
+    span.set({tracing.PROVIDER: ",".join(sorted(out.providers))})
     held = [(p.job.id, p.attempt) for p in plans]
     try:
         with deps.leases.held(held):

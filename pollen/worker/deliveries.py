@@ -23,7 +23,7 @@ from pollen.callbacks import events, webhooks
 from pollen.models import Job
 from pollen.store import keys
 from pollen.store.outbox import Delivery, DeliveryClaim, DeliveryState, delivery_id
-from pollen.worker import logs, metrics
+from pollen.worker import logs, metrics, traces
 from pollen.worker.runtime import Deps
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,17 @@ def deliver(
         retry_in = claim.wait if claim.wait <= settings.park_after else None
         detail = f"not sent yet: waits {claim.wait:.1f}s for an earlier event"
         return DeliveryOutcome(None, retry_in, detail)
-    if item.kind == "celery":
-        attempt = _send_celery(item, send_task, now)
-    else:
-        attempt = _post(deps, claim, item, timeout or settings.timeout)
-    return _settle(deps, claim, item, attempt, now)
+    with traces.job_span(deps, "pollen.callback", [item.job_id], _attributes(item)):
+        if item.kind == "celery":
+            attempt = _send_celery(item, send_task, now)
+        else:
+            attempt = _post(deps, claim, item, timeout or settings.timeout)
+        return _settle(deps, claim, item, attempt, now)
+
+
+def _attributes(item: Delivery) -> dict[str, str]:
+    """A delivery span's own attributes (never its URL, which can be a secret)."""
+    return {"pollen.delivery.id": item.id, "pollen.event": item.event, "pollen.kind": item.kind}
 
 
 def _send_celery(item: Delivery, send_task: SendTask, now: float) -> dict[str, Any]:

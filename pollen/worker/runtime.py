@@ -28,6 +28,8 @@ from pollen.store.connection import http_client, open_store
 from pollen.store.copies import Copies
 from pollen.store.outbox import Outbox
 from pollen.store.sync import Store
+from pollen.tracing import OFF, Tracing
+from pollen.tracing import of as tracing_of
 from pollen.worker.leases import LeaseRenewer
 from pollen.worker.metrics import TenantLabels, observe_batch_size, observe_provider_request
 
@@ -57,6 +59,7 @@ class Deps:
     copies: Copies = field(init=False)  #: copy state of results' files (re-hosting)
     capacity: Capacity = field(init=False)  #: provider accounts' caps, tenants' shares
     tenant_labels: TenantLabels = field(init=False)  #: tenants' metric labels, bounded
+    tracing: Tracing = OFF  #: spans of the steps (``POLLEN_TRACING``)
 
     def __post_init__(self) -> None:
         self.copies = Copies(self.store.redis)
@@ -90,11 +93,14 @@ def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
     observe_requests(observe_provider_request)
     store, outbox = open_store(settings)
+    http = http_client(settings)
+    traces = tracing_of(settings)
+    traces.instrument(redis=store.redis, http=http)
     lookup = Lookup()  # the process's DNS lookups, bounded in threads (callbacks and copies)
     return Deps(
         settings=settings,
         store=store,
-        http=http_client(settings),
+        http=http,
         providers=build_providers(settings),
         outbox=outbox,
         policy=AddressPolicy(settings.callbacks.allow_cidrs, lookup=lookup),
@@ -102,6 +108,7 @@ def build_deps(settings: Settings) -> Deps:
         fetch_policy=AddressPolicy(
             settings.storage.allow_cidrs, setting=STORAGE_SETTING, lookup=lookup
         ),
+        tracing=traces,
     )
 
 

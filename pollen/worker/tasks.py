@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from functools import partial
@@ -22,13 +23,14 @@ from celery.signals import (
     setup_logging,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
 )
 
-from pollen import contract, payloads
-from pollen.errors import CallbackNotDelivered, InvalidJob
+from pollen import contract, payloads, tracing
+from pollen.errors import CallbackNotDelivered, InvalidJob, InvalidSettings
 from pollen.providers import build_providers
 from pollen.settings import get_settings
 from pollen.worker import (
@@ -44,10 +46,22 @@ from pollen.worker import (
     rejections,
     runtime,
     submits,
+    traces,
 )
 from pollen.worker.deliveries import deliver
 
 log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _start_tracing(**_: Any) -> None:
+    """Tracing on: OpenTelemetry's set-up, before the pool starts; a mistake in its variables
+    stops the worker with one line naming the variable."""
+    try:
+        tracing.start_worker(get_settings())
+    except InvalidSettings as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 @worker_process_init.connect
@@ -184,12 +198,14 @@ def submit(
             job_id, created = payloads.accept(
                 deps.settings, deps.store, job, now=deps.clock(),
                 default_id=payloads.message_job_id(str(self.request.id)),
+                traceparent=deps.tracing.traceparent(),  # the sender's trace, if it sent one
             )  # fmt: skip
         job_id = _one_job_id(job_id)
     except InvalidJob as exc:  # never silent: logged, counted, kept, announced
         _send_deliveries(rejections.reject(deps, job, exc, str(self.request.id)))
         raise
-    outcome = submits.submit_batch(deps, [job_id])
+    with traces.job_span(deps, "pollen.submit", [job_id]):
+        outcome = submits.submit_batch(deps, [job_id])
     if outcome.missing:  # an expected outcome (its producer rolled it back, or it expired)
         log.warning("pollen.submit: job %s not found; its message is dropped", job_id)
         return {"job_id": job_id, "missing": True}
@@ -203,7 +219,8 @@ def submit(
             kwargs={"job_id": job_id, "created": created},
             kwargsrepr=contract.describe(job_id, next(iter(outcome.providers), "")),
         )
-    _submitted(deps, outcome)
+    with deps.tracing.detached():
+        _submitted(deps, outcome)
     if outcome.waiting:
         return {"job_id": job_id, "created": created, "waiting": outcome.waiting}
     return {"job_id": job_id, "created": created}
@@ -229,11 +246,13 @@ def _parked(deps: runtime.Deps, outcome: submits.SubmitNext) -> bool:
 
 
 def _submit_many(self: Task, deps: runtime.Deps, job_ids: list[str]) -> dict[str, Any]:
-    outcome = submits.submit_batch(deps, job_ids)
+    with traces.job_span(deps, "pollen.submit", job_ids):
+        outcome = submits.submit_batch(deps, job_ids)
     if outcome.missing:
         log.warning("pollen.submit: %d job(s) not found: %s", len(outcome.missing),
                     outcome.missing[:10])  # fmt: skip
-    _submitted(deps, outcome)
+    with deps.tracing.detached():
+        _submitted(deps, outcome)
     answer = {"jobs": len(job_ids), "created": len(outcome.fresh)}
     if outcome.waiting:
         answer["waiting"] = outcome.waiting
@@ -293,8 +312,10 @@ def poll(
     now = deps.clock()
     limits = planner.Limits.of(deps.settings)
     plan = planner.plan(outcome.polls, outcome.deliveries, now=now, limits=limits)
-    # The next polls first: a slow receiver must not make the jobs still running late.
-    _carry_out(deps, plan, now=now)
+    # The next polls first: a slow receiver must not make the jobs still running late. Each
+    # poll batch is a trace of its own (linked to its jobs'), not the next link of a chain.
+    with deps.tracing.detached():
+        _carry_out(deps, plan, now=now)
     for job_id_, generation in outcome.copies:
         copy_result.apply_async((job_id_, generation))
     if outcome.finished:  # their slots are free: admit the next jobs
@@ -305,12 +326,15 @@ def poll(
     answer = {"jobs": len(batch_items), "finished": len(outcome.finished), **callbacks}
     if plan.retry is None:
         return answer
-    raise self.retry(
-        args=(),
-        kwargs={"items": [list(item) for item in plan.retry.items]},
-        countdown=plan.retry.countdown(deps.clock()),  # after the inline deliveries
-        kwargsrepr=contract.describe_batch(plan.retry.items, ",".join(sorted(outcome.providers))),
-    )
+    with deps.tracing.detached():
+        raise self.retry(
+            args=(),
+            kwargs={"items": [list(item) for item in plan.retry.items]},
+            countdown=plan.retry.countdown(deps.clock()),  # after the inline deliveries
+            kwargsrepr=contract.describe_batch(
+                plan.retry.items, ",".join(sorted(outcome.providers))
+            ),
+        )
 
 
 def _batch_items(
