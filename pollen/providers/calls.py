@@ -130,10 +130,19 @@ class ProviderCalls:
         provider = self.providers[provider_name]
         if len(jobs) > 1 and self._batches(provider):
             return self._chunked(jobs, partial(self._submit_chunk, provider), arrived)
-        return self._each(jobs, partial(self._submit_one, provider), arrived, sending)
+        position = {job.id: index for index, job in enumerate(jobs)}
 
-    def _submit_one(self, provider: Provider, job: Job) -> Submission:
+        def marked(job: Job) -> None:
+            if sending is not None:
+                sending(position[job.id])
+
+        return self._each(jobs, partial(self._submit_one, provider, marked), arrived)
+
+    def _submit_one(
+        self, provider: Provider, sending: Callable[[Job], None], job: Job
+    ) -> Submission:
         self.limiter.acquire(provider.name, provider.account(job))
+        sending(job)  # after the rate limit's wait: a create marked sent is on its way
         request = provider.submit_request(job, job.task_uuid)
         answer = send(self.http, request, provider=provider.name, kind="submit")
         return provider.parse_submit(job, job.task_uuid, answer)
@@ -204,15 +213,12 @@ class ProviderCalls:
         jobs: Sequence[Job],
         call: Callable[[Job], Answer],
         arrived: Callable[[Sequence[int], Sequence[Answer | Exception]], None] | None = None,
-        sending: Callable[[int], None] | None = None,
     ) -> list[Answer | Exception]:
         """``call`` per job, concurrently when there are several; exceptions as answers."""
 
         def one(index: int, job: Job) -> Answer | Exception:
             answer: Answer | Exception
             try:
-                if sending is not None:
-                    sending(index)
                 answer = call(job)
             except Exception as exc:
                 answer = exc

@@ -157,7 +157,7 @@ def _run(
 
 
 @pytest.mark.parametrize("provider", list(DIALECTS))
-def test_a_pod_killed_mid_batch_creates_no_second_runway_task(
+def test_a_pod_killed_mid_batch_never_repeats_an_answered_runway_create(
     case: CaseRecord,
     make_fleet: MakeFleet,
     fault_sim: SimulatorServer,
@@ -187,7 +187,7 @@ def test_a_pod_killed_mid_batch_creates_no_second_runway_task(
     _run(case, fleet, fault_sim, receiver, provider, dialect)
 
 
-def test_a_pod_killed_mid_batch_creates_no_second_runware_task(
+def test_a_pod_killed_mid_batch_never_repeats_an_answered_runware_create(
     case: CaseRecord,
     make_fleet: MakeFleet,
     fault_sim: SimulatorServer,
