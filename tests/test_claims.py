@@ -288,3 +288,26 @@ def test_an_unclaimed_submit_in_the_brokers_hands_is_sent_again_once(
     held.close()
     other.close()
     producer.close()
+
+
+def test_a_dead_workers_message_sent_again_from_its_claim_is_not_sent_again_as_unclaimed(
+    deps: Any, redis_server: RedisServer
+) -> None:
+    url = redis_server.url(OWN_BROKER_DB)
+    broker = redis.Redis.from_url(url, decode_responses=True)
+    broker.flushdb()
+    producer = celery.Celery(broker=url)
+    producer.send_task("pollen.submit", kwargs={"job_id": "j"}, queue="q.submit", task_id="d-1")
+    held = take_unacked(url, "q.submit", 1)  # the dead worker took it and claimed it
+    deps.store.claims.renew("dead", 0.01)
+    deps.store.claims.hold("dead", "d-1:0", Held("d-1", {"job_id": "j"}))
+    time.sleep(0.05)
+    resent: list[Held] = []
+    for later in (6, 8):  # the claim's round, then the scan of that delivery
+        reconcile(
+            deps.store, lambda *_: None, now=time.time() + later, resend=resent.append,
+            orphans=orphans.Orphans(broker, "q.submit"), orphan_age=5,
+        )  # fmt: skip
+    assert [m.task_id for m in resent] == ["d-1"]  # once
+    held.close()
+    producer.close()

@@ -127,11 +127,13 @@ def drop(holder: str) -> Op[None]:
 
 
 def claimed() -> Op[set[str]]:
-    """The tags of every message any worker instance claims (live or not yet taken)."""
+    """The tags of every message any worker instance claims (live or not yet taken), and of
+    those already sent again from a dead worker's claims."""
     holders = yield from single(cmd("zrange", keys.HOLDERS, 0, -1))
-    if not holders:
-        return set()
-    tags = yield [cmd("hkeys", keys.held(str(holder))) for holder in holders]
+    tags = yield [
+        cmd("hkeys", keys.RESENT),
+        *[cmd("hkeys", keys.held(str(holder))) for holder in holders],
+    ]
     return {str(tag) for each in tags for tag in each}
 
 
@@ -152,7 +154,9 @@ def lapsed(limit: int) -> Op[list[str]]:
 
 def take(holder: str) -> Op[list[Held]]:
     """Take every message of a lapsed ``holder`` (nothing if it renewed meanwhile)."""
-    taken = yield from single(Lua("take_held", [keys.HOLDERS, keys.held(holder)], [holder]))
+    taken = yield from single(
+        Lua("take_held", [keys.HOLDERS, keys.held(holder), keys.RESENT], [holder, keys.RESENT_TTL])
+    )
     return [Held.load(str(text)) for text in taken[1::2]]
 
 

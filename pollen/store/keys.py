@@ -63,6 +63,10 @@ REJECTED_KEEP = 1000
 #: sorted set of worker instances holding submit messages, scored by when each one's lease on
 #: them lapses (renewed while the worker lives; see :mod:`pollen.store.claims`)
 HOLDERS = f"{PREFIX}:claims:holders"
+#: hash tag -> time: submit messages a dead worker held and the reconciler sent again (so
+#: the scan of the broker's deliveries does not send them a second time); expires
+RESENT = f"{PREFIX}:claims:resent"
+RESENT_TTL = 3600
 #: string: the delivery time up to which the broker's unacked messages were looked at for
 #: unclaimed submits (:mod:`pollen.store.orphans`)
 ORPHAN_SCAN = f"{PREFIX}:claims:scanned"
