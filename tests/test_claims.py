@@ -134,6 +134,16 @@ def test_an_overdue_queued_job_waits_while_the_submit_queue_has_a_backlog(deps: 
     assert report.resubmitted == [job_id]
 
 
+def test_the_submit_queue_counts_as_busy_a_moment_after_it_emptied(deps: Any) -> None:
+    schedule = deps.store.schedule
+    assert schedule.backlog(False, keep=0.3) is False  # never seen busy
+    assert schedule.backlog(True, keep=0.3) is True
+    # just emptied: a message taken from it may not be claimed yet
+    assert schedule.backlog(False, keep=0.3) is True
+    time.sleep(0.35)
+    assert schedule.backlog(False, keep=0.3) is False
+
+
 def test_a_payload_without_an_id_sent_twice_under_one_task_id_is_one_job(
     worker: Worker, client: Pollen, redis_server: RedisServer
 ) -> None:

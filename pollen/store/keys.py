@@ -67,6 +67,9 @@ HOLDERS = f"{PREFIX}:claims:holders"
 #: the scan of the broker's deliveries does not send them a second time); expires
 RESENT = f"{PREFIX}:claims:resent"
 RESENT_TTL = 3600
+#: string, expiring: the submit queue held messages when a reconciler round last looked (a
+#: message taken from it just now may not be claimed yet: overdue queued jobs wait a little)
+SUBMIT_BACKLOG = f"{PREFIX}:claims:backlog"
 #: string: the delivery time up to which the broker's unacked messages were looked at for
 #: unclaimed submits (:mod:`pollen.store.orphans`)
 ORPHAN_SCAN = f"{PREFIX}:claims:scanned"

@@ -118,6 +118,14 @@ class Schedule:
         """Remove and return the jobs whose parked submit retry is due before ``horizon``."""
         return self.run(take_parked_submits(horizon=horizon, limit=limit))
 
+    def backlog(self, seen: bool, *, keep: float) -> bool:
+        """Whether the submit queue held messages within the last ``keep`` seconds; ``seen``:
+        it holds some now (remembered for ``keep`` seconds)."""
+        if seen:
+            self.run(single(cmd("set", keys.SUBMIT_BACKLOG, "1", px=max(1, int(keep * 1000)))))
+            return True
+        return bool(self.run(single(cmd("exists", keys.SUBMIT_BACKLOG))))
+
     def take_parked(self, *, horizon: float, limit: int) -> list[tuple[str, int, float]]:
         """Remove and return the parked polls due before ``horizon``: (job, attempt, due)."""
         return self.run(take_parked(horizon=horizon, limit=limit))

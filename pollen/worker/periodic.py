@@ -89,7 +89,7 @@ def tick(app: Any) -> None:
                 now=now,
                 batch_size=settings.batch_size,
                 resend=partial(resend_submit, app) if settings.redis_broker else None,
-                backlog=partial(submit_backlog, settings.broker, settings.queues.submit),
+                backlog=partial(submit_backlog, deps),
                 orphans=(
                     _orphans(settings.broker, settings.queues.submit)
                     if settings.redis_broker
@@ -180,14 +180,17 @@ def _depth_reader(broker: str, queue: str) -> Callable[[], list[int]]:
     return queue_depths(broker, [queue])
 
 
-def submit_backlog(broker: str, queue: str) -> bool:
-    """Whether the submit queue holds messages (a job's submit may still be waiting there);
-    True when the broker cannot say, so nothing is sent twice on a guess."""
+def submit_backlog(deps: Any) -> bool:
+    """Whether the submit queue holds messages, or did within the last two worker leases (a
+    message taken from it just now may not be claimed yet): a job's submit may still be
+    waiting. True when the broker cannot say, so nothing is sent twice on a guess."""
+    settings = deps.settings
     try:
-        return _depth_reader(broker, queue)()[0] > 0
+        waiting = _depth_reader(settings.broker, settings.queues.submit)()[0] > 0
     except Exception:
         log.warning("could not read the submit queue's depth", exc_info=True)
         return True
+    return bool(deps.store.schedule.backlog(waiting, keep=2 * settings.worker_lease))
 
 
 def send_submits(app: Any, job_ids: list[str]) -> None:
