@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import celery
@@ -17,15 +19,27 @@ from pollen.payloads import message_job_id
 from pollen.settings import Settings
 from pollen.store import keys, orphans
 from pollen.store.claims import Held
+from pollen.store.sync import Store
 from pollen.worker.reconciler import reconcile
-from tests.conftest import BROKER_DB, OWN_BROKER_DB, eventually
+from tests.conftest import BROKER_DB, OWN_BROKER_DB, OWN_STORE_DB, eventually
 from tests.helpers import accept_job, video_request
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_lapsed_holders_messages_are_taken_once(deps: Any) -> None:
-    claims = deps.store.claims
+@pytest.fixture
+def quiet(redis_server: RedisServer) -> Iterator[Any]:
+    """A store no worker watches (its own database): the session worker's reconciler takes
+    any lapsed holder in its store, which would race the tests of lapsed holders."""
+    client = redis.Redis.from_url(redis_server.url(OWN_STORE_DB), decode_responses=True)
+    client.flushdb()
+    yield SimpleNamespace(store=Store(client, finished_ttl=60))
+    client.flushdb()
+    client.close()
+
+
+def test_a_lapsed_holders_messages_are_taken_once(quiet: Any) -> None:
+    claims = quiet.store.claims
     dead = Held("t-1", {"job": {"provider": "runware"}}, eta=None)
     later = Held("t-2", {"job_id": "j-2"}, eta=time.time() + 30)
     claims.renew("dead", 0.5)  # leases run in the server's time
@@ -40,15 +54,15 @@ def test_a_lapsed_holders_messages_are_taken_once(deps: Any) -> None:
     taken = claims.take_lapsed()
     assert taken in ([("dead", [dead, later])], [("dead", [later, dead])])
     assert claims.take_lapsed() == []  # taken once
-    assert deps.store.redis.exists(keys.held("dead")) == 0
+    assert quiet.store.redis.exists(keys.held("dead")) == 0
     claims.drop("alive")  # a clean stop: nothing to send again
     claims.renew("alive", 0.01)
     time.sleep(0.05)
     assert claims.take_lapsed() == [("alive", [])]
 
 
-def test_a_renewal_keeps_a_holder_alive_past_its_first_lease(deps: Any) -> None:
-    claims = deps.store.claims
+def test_a_renewal_keeps_a_holder_alive_past_its_first_lease(quiet: Any) -> None:
+    claims = quiet.store.claims
     claims.renew("w", 0.5)
     claims.hold("w", "tag", Held("t", {"job_id": "j"}))
     for _ in range(4):  # 0.8 s in all: well past the first lease
@@ -59,12 +73,12 @@ def test_a_renewal_keeps_a_holder_alive_past_its_first_lease(deps: Any) -> None:
     assert [held.task_id for _, messages in claims.take_lapsed() for held in messages] == ["t"]
 
 
-def test_a_lease_is_the_servers_time_not_the_workers_clock(deps: Any) -> None:
+def test_a_lease_is_the_servers_time_not_the_workers_clock(quiet: Any) -> None:
     """A worker whose clock runs an hour behind still renews for a whole lease."""
-    claims = deps.store.claims
+    claims = quiet.store.claims
     claims.renew("skewed", 5)
-    until = float(deps.store.redis.zscore(keys.HOLDERS, "skewed"))
-    server = deps.store.redis.time()
+    until = float(quiet.store.redis.zscore(keys.HOLDERS, "skewed"))
+    server = quiet.store.redis.time()
     assert 4.5 < until - (server[0] + server[1] / 1e6) <= 5.0
 
 
@@ -80,43 +94,43 @@ def test_a_held_submit_keeps_its_stored_jobs_off_the_overdue_list(deps: Any) -> 
     assert deps.store.redis.zscore(keys.INFLIGHT, "gone") is None  # XX: no entry made up
 
 
-def test_the_reconciler_resends_a_dead_workers_messages_as_they_were(deps: Any) -> None:
+def test_the_reconciler_resends_a_dead_workers_messages_as_they_were(quiet: Any) -> None:
     now = time.time()
     message = Held("task-9", {"job": {"provider": "runware"}}, eta=now + 3, retries=2,
                    claimed_at=now)  # fmt: skip
     stale = Held("old", {"job_id": "x"}, claimed_at=now - 3600)  # its release was lost
-    deps.store.claims.renew("dead", 0.3)
-    deps.store.claims.hold("dead", message.tag, message)
-    deps.store.claims.hold("dead", stale.tag, stale)
+    quiet.store.claims.renew("dead", 0.3)
+    quiet.store.claims.hold("dead", message.tag, message)
+    quiet.store.claims.hold("dead", stale.tag, stale)
     resent: list[Held] = []
-    report = reconcile(deps.store, lambda *_: None, now=now, resend=resent.append)
+    report = reconcile(quiet.store, lambda *_: None, now=now, resend=resent.append)
     assert resent == [] and report.held == []
     time.sleep(0.4)
     # right after a Redis restart the live workers' renewals may not have landed yet
-    report = reconcile(deps.store, lambda *_: None, now=now, resend=resent.append,
+    report = reconcile(quiet.store, lambda *_: None, now=now, resend=resent.append,
                        min_uptime=10**9)  # fmt: skip
     assert resent == []
-    report = reconcile(deps.store, lambda *_: None, now=now, resend=resent.append)
+    report = reconcile(quiet.store, lambda *_: None, now=now, resend=resent.append)
     assert resent == [message]  # same task id, arguments, retry number, due time; not stale
     assert report.held == ["task-9"]
-    reconcile(deps.store, lambda *_: None, now=now, resend=resent.append)
+    reconcile(quiet.store, lambda *_: None, now=now, resend=resent.append)
     assert resent == [message]
 
 
-def test_messages_that_could_not_be_sent_again_are_kept_for_the_next_round(deps: Any) -> None:
+def test_messages_that_could_not_be_sent_again_are_kept_for_the_next_round(quiet: Any) -> None:
     first, second = Held("a", {"job_id": "a"}), Held("b", {"job_id": "b"})
-    deps.store.claims.renew("dead", 0.01)
-    deps.store.claims.hold("dead", first.tag, first)
-    deps.store.claims.hold("dead", second.tag, second)
+    quiet.store.claims.renew("dead", 0.01)
+    quiet.store.claims.hold("dead", first.tag, first)
+    quiet.store.claims.hold("dead", second.tag, second)
     time.sleep(0.05)
 
     def broker_down(message: Held) -> None:
         raise ConnectionError("broker away")
 
     with pytest.raises(ConnectionError):
-        reconcile(deps.store, lambda *_: None, now=time.time(), resend=broker_down)
+        reconcile(quiet.store, lambda *_: None, now=time.time(), resend=broker_down)
     resent: list[Held] = []
-    reconcile(deps.store, lambda *_: None, now=time.time(), resend=resent.append)
+    reconcile(quiet.store, lambda *_: None, now=time.time(), resend=resent.append)
     assert sorted(m.task_id for m in resent) == ["a", "b"]
 
 
@@ -134,8 +148,8 @@ def test_an_overdue_queued_job_waits_while_the_submit_queue_has_a_backlog(deps: 
     assert report.resubmitted == [job_id]
 
 
-def test_the_submit_queue_counts_as_busy_a_moment_after_it_emptied(deps: Any) -> None:
-    schedule = deps.store.schedule
+def test_the_submit_queue_counts_as_busy_a_moment_after_it_emptied(quiet: Any) -> None:
+    schedule = quiet.store.schedule
     assert schedule.backlog(False, keep=0.3) is False  # never seen busy
     assert schedule.backlog(True, keep=0.3) is True
     # just emptied: a message taken from it may not be claimed yet
@@ -301,7 +315,7 @@ def test_an_unclaimed_submit_in_the_brokers_hands_is_sent_again_once(
 
 
 def test_a_dead_workers_message_sent_again_from_its_claim_is_not_sent_again_as_unclaimed(
-    deps: Any, redis_server: RedisServer
+    quiet: Any, redis_server: RedisServer
 ) -> None:
     url = redis_server.url(OWN_BROKER_DB)
     broker = redis.Redis.from_url(url, decode_responses=True)
@@ -309,13 +323,13 @@ def test_a_dead_workers_message_sent_again_from_its_claim_is_not_sent_again_as_u
     producer = celery.Celery(broker=url)
     producer.send_task("pollen.submit", kwargs={"job_id": "j"}, queue="q.submit", task_id="d-1")
     held = take_unacked(url, "q.submit", 1)  # the dead worker took it and claimed it
-    deps.store.claims.renew("dead", 0.01)
-    deps.store.claims.hold("dead", "d-1:0", Held("d-1", {"job_id": "j"}))
+    quiet.store.claims.renew("dead", 0.01)
+    quiet.store.claims.hold("dead", "d-1:0", Held("d-1", {"job_id": "j"}))
     time.sleep(0.05)
     resent: list[Held] = []
     for later in (6, 8):  # the claim's round, then the scan of that delivery
         reconcile(
-            deps.store, lambda *_: None, now=time.time() + later, resend=resent.append,
+            quiet.store, lambda *_: None, now=time.time() + later, resend=resent.append,
             orphans=orphans.Orphans(broker, "q.submit"), orphan_age=5,
         )  # fmt: skip
     assert [m.task_id for m in resent] == ["d-1"]  # once
