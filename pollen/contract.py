@@ -11,11 +11,12 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from pollen.settings import QueueSettings, Settings, is_redis_url
+from pollen.settings import AMQP_SCHEMES, QueueSettings, Settings, is_redis_url
 
 SUBMIT = "pollen.submit"
 POLL = "pollen.poll"
@@ -131,8 +132,9 @@ def quorum_queues(app: Celery) -> bool:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings both sides need: where messages go and how they are encoded.
 
-    With quorum queues (RabbitMQ), publishes wait for the broker's confirm: a message
-    RabbitMQ did not take raises at the sender instead of vanishing.
+    On RabbitMQ, publishes wait for the broker's confirm (classic queues too: a persistent
+    message is confirmed once it is on disk): a message RabbitMQ did not take, or lost with a
+    node that died before writing it, raises at the sender instead of vanishing.
 
     The visibility timeout is set everywhere Celery reads it and is larger than the longest
     countdown plus the task time limit (``Settings`` refuses to build otherwise), so Redis
@@ -140,7 +142,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
     quorum = settings.quorum_queues
-    broker = transport | ({"confirm_publish": True} if quorum else {})
+    amqp = urlsplit(settings.broker).scheme.lower() in AMQP_SCHEMES
+    broker = transport | ({"confirm_publish": True} if amqp else {})
     return {
         "broker_url": settings.broker,
         "result_backend": settings.backend,

@@ -56,6 +56,15 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield server
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A fleet's broker, as extra settings: the store's Redis (none: the default), or the
+    session's RabbitMQ node (results still go to the store's Redis, the default there)."""
+    if request.param == "redis":
+        return {}
+    return {"POLLEN_BROKER_URL": request.getfixturevalue("rabbit").url}
+
+
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[SimulatorServer]:
     config = SimulatorConfig(duration_min=0.2, duration_max=0.6, seed=7, timeout_seconds=5)

@@ -50,7 +50,7 @@ class RabbitServer(ManagedProcess):
 
     def start(self) -> None:
         (self.root / "plugins").write_text("[].\n")
-        with (self.root / "server.out").open("wb") as out:
+        with (self.root / "server.out").open("ab") as out:  # a restart appends
             self.proc = subprocess.Popen(
                 [str(RABBIT_BIN / "rabbitmq-server")],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -102,6 +102,24 @@ class RabbitServer(ManagedProcess):
         )  # fmt: skip
         rows = [tuple(line.split("\t")) for line in listed.stdout.splitlines() if line]
         return {(row[0], row[1], row[2]) for row in rows if row[0]}
+
+    def queues(self) -> dict[str, dict[str, str]]:
+        """Each queue's durability and message counts, by name (``rabbitmqctl list_queues``)."""
+        columns = ["name", "durable", "messages", "messages_persistent"]
+        listed = subprocess.run(
+            [str(RABBIT_BIN / "rabbitmqctl"), "list_queues", "-q", "--no-table-headers", *columns],
+            env=self.env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        rows = [
+            dict(zip(columns, line.split("\t"), strict=True)) for line in listed.stdout.splitlines()
+        ]
+        return {row["name"]: row for row in rows if row.get("name")}
+
+    def kill(self) -> None:
+        """SIGKILL the node and its script at once (a node lost, no shutdown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
 
     def stop(self, timeout: float | None = None) -> None:
         """The script stops the node on SIGTERM (rabbitmqctl stop); if it does not end in

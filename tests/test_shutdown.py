@@ -25,12 +25,17 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def fleet(
-    worker_env: dict[str, str], redis_server: RedisServer, tmp_path: Path, clean: None
+    worker_env: dict[str, str],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    clean: None,
+    broker_env: dict[str, str],
 ) -> Iterator[Fleet]:
     # A 20 s periodic round: first polls due sooner are countdown messages a pod holds (what
-    # these tests hand over), not parked in Redis for the round.
+    # these tests hand over), not parked in Redis for the round. On each broker: RabbitMQ
+    # returns what a stopping worker held, kombu's Redis transport restores it to the list.
     with Fleet(
-        worker_env, redis_server.url(BROKER_DB), tmp_path, POLLEN_TICK_INTERVAL="20"
+        worker_env, redis_server.url(BROKER_DB), tmp_path, POLLEN_TICK_INTERVAL="20", **broker_env
     ) as built:
         yield built
 

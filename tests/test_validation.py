@@ -625,13 +625,15 @@ def test_quorum_queues_need_an_amqp_broker() -> None:
         Settings(redis_url=STORE, quorum_queues=True)
 
 
-def test_quorum_queues_are_declared_on_topic_exchanges_with_publisher_confirms() -> None:
+def test_rabbitmq_publishes_are_confirmed_and_quorum_queues_use_topic_exchanges() -> None:
     from pollen import contract
 
     classic = contract.celery_config(Settings(broker_url=AMQP))
     assert [q.exchange.type for q in classic["task_queues"]] == ["direct"] * 3
     assert not any(q.queue_arguments for q in classic["task_queues"])
-    assert "confirm_publish" not in classic["broker_transport_options"]
+    assert classic["broker_transport_options"]["confirm_publish"] is True
+    on_redis = contract.celery_config(Settings(redis_url=STORE))
+    assert "confirm_publish" not in on_redis["broker_transport_options"]
     assert classic["task_default_queue_type"] == "classic"
 
     quorum = contract.celery_config(Settings(broker_url=AMQP, quorum_queues=True))

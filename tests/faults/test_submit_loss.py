@@ -31,7 +31,6 @@ from tests.faults.gate import ProviderGate
 from tests.faults.report import CaseRecord
 from tests.fleet import Fleet
 from tests.helpers import video_request
-from tests.rabbitmq import RabbitServer
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -117,15 +116,6 @@ def no_orphans(client: Pollen) -> list[str]:
         if str(key) != keys.INDEX_EXPIRY:
             named.update(str(m) for m in store.zrange(key, 0, -1))
     return sorted(job for job in named if not store.exists(keys.job(job)))
-
-
-@pytest.fixture(params=["redis", "rabbitmq"])
-def broker_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The fleet's broker: the store's Redis (the default), or RabbitMQ (the session's node)."""
-    if request.param == "redis":
-        return {}
-    rabbit: RabbitServer = request.getfixturevalue("rabbit")
-    return {"POLLEN_BROKER_URL": rabbit.url}  # results go to the store's Redis by default
 
 
 def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_doubles_nothing(

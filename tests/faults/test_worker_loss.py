@@ -22,6 +22,10 @@ from tests.helpers import video_request
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
+#: seconds from the kill to the end of the last job whose poll RabbitMQ gave back (case 1r):
+#: the jobs end 1-2 s after the kill anyway, plus a 1 s poll interval and slack for load
+RABBIT_RETURNED = 5.0
+
 
 def test_a_pod_killed_during_a_stalled_poll_is_replaced_and_the_job_ends_once(
     case: CaseRecord,
@@ -219,23 +223,40 @@ def test_a_killed_pods_jobs_resume_within_15_seconds(
     gate: ProviderGate,
     fault_sim: SimulatorServer,
     receiver: CallbackReceiver,
+    broker_env: dict[str, str],
 ) -> None:
-    case.case, case.fault = "1b", "SIGKILL one of two pods with 200 jobs in flight"
+    on_rabbit = bool(broker_env)
+    case.case = "1r" if on_rabbit else "1b"
+    case.fault = "SIGKILL one of two pods with 200 jobs in flight" + (
+        " (RabbitMQ broker)" if on_rabbit else ""
+    )
     case.proves = (
-        "with the default lease, grace and reconciler interval, the dead pod's jobs are polled "
-        "again and end within 15 s of the kill: none lost, none doubled"
+        "RabbitMQ hands the dead pod's countdown polls to the other pod the moment its "
+        "connection drops; a poll that was running waits out its lease: none lost, none "
+        f"doubled; jobs whose polls came back end within {RABBIT_RETURNED:g} s of the kill"
+        if on_rabbit
+        else "with the default lease, grace and reconciler interval, the dead pod's jobs are "
+        "polled again and end within 15 s of the kill: none lost, none doubled"
     )
     case.how = (
         "200 jobs of 3 s (submit_many), polled every second in batches by two pods; pod-a "
         "(main and pool processes) is SIGKILLed 2 s after the submit while it holds running "
         "and countdown poll batches. Its running polls' leases (POLLEN_POLL_LEASE, 10 s) stop "
-        "being renewed; the reconciler (every 2 s, grace 10 s) re-sends every overdue poll."
+        "being renewed; "
+        + (
+            "RabbitMQ requeues every message pod-a had not acknowledged (visibility timeout "
+            "1 h, never reached); a returned poll whose lease is still held looks again after it."
+            if on_rabbit
+            else "the reconciler (every 2 s, grace 10 s) re-sends every overdue poll."
+        )
     )
     defaults = {
         f"POLLEN_{name.upper()}": str(Settings.model_fields[name].default)
         for name in ("poll_lease", "reconcile_grace", "reconcile_interval", "tick_interval")
     }
-    fleet = make_fleet(**defaults, POLLEN_TASK_TIME_LIMIT="120", POLLEN_VISIBILITY_TIMEOUT="3600")
+    fleet = make_fleet(
+        **defaults, POLLEN_TASK_TIME_LIMIT="120", POLLEN_VISIBILITY_TIMEOUT="3600", **broker_env
+    )
     start_pods(fleet, ["pod-a", "pod-b"])
     client = fleet.client()
     steady = {"initial_delay": 1.0, "interval": 1.0, "factor": 1.0, "max_delay": 1.0}
@@ -265,6 +286,18 @@ def test_a_killed_pods_jobs_resume_within_15_seconds(
     assert not result.missing_completions()
     assert "pollen.poll" in fleet.log("pod-b")
     recovery = result.recovery(fault_at)
+    # a job whose poll was running in pod-a counts a worker loss when its lease is taken over
+    losses = {
+        j.id: int(client.store.lifecycle.raw(j.id).get("worker_losses") or 0) for j in finished
+    }
+    running = {job_id for job_id, count in losses.items() if count}
+    returned = [j.finished_at or 0 for j in finished if j.id not in running]
+    case.notes.append(
+        f"The last job ended {recovery} s after the kill; {len(running)} jobs had a poll "
+        f"running in pod-a; the others' last ended {max(returned) - fault_at:.2f} s after it."
+    )
+    print(case.notes[-1])
     assert recovery is not None and recovery <= 15.0, recovery
-    case.notes.append(f"The last job ended {recovery:.1f} s after the kill.")
+    if on_rabbit:  # no lease, grace or visibility timeout to wait for: the poll interval
+        assert max(returned) - fault_at <= RABBIT_RETURNED, case.notes
     client.close()
