@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
@@ -378,6 +378,11 @@ class DashboardSettings(BaseModel):
         return value
 
 
+#: most replicas a create may wait for (POLLEN_REPLICA_ACKS)
+MAX_REPLICA_ACKS = 16
+#: the default longest wait for them, milliseconds (POLLEN_REPLICA_TIMEOUT)
+REPLICA_TIMEOUT_MS = 500
+
 #: how long a producer call waits for an unreachable Redis by default, seconds
 PRODUCER_REDIS_TIMEOUT = 5.0
 
@@ -448,6 +453,21 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Tenants\' weights and caps (JSON, e.g. {"acme": {"weight": 2, '
         '"max_in_flight": 10}}); a tenant not named has weight 1 and no cap of its own.',
+    )
+    replica_acks: Literal["auto"] | int = Field(
+        "auto",
+        description="Replicas a new job must reach before its submit returns (Redis WAIT after "
+        "the create, in the same round trip): auto waits for one when the primary has any "
+        "connected (INFO replication, read at most every 10 s per client), a number waits for "
+        "that many, 0 never waits. A wait that times out is logged and counted, and the submit "
+        "still returns: the job is stored on the primary.",
+    )
+    replica_timeout: int = Field(
+        REPLICA_TIMEOUT_MS,
+        ge=1,
+        le=10_000,
+        description="Longest wait for the replicas of replica_acks, milliseconds (below the "
+        "producer's redis_timeout).",
     )
     job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
     max_request_bytes: int = Field(
@@ -594,6 +614,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"tenant name {name!r}: {TENANT_RULE}")
         return tenants
 
+    @field_validator("replica_acks", mode="before")
+    @classmethod
+    def _replica_count(cls, value: Any) -> Any:
+        rule = f"must be auto or a whole number of replicas from 0 to {MAX_REPLICA_ACKS}"
+        if value == "auto":
+            return value
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{rule}, not {value!r}") from None
+        if not 0 <= count <= MAX_REPLICA_ACKS or str(value).strip() != str(count):
+            raise ValueError(f"{rule}, not {value!r}")
+        return count
+
     @field_validator("redis_url")
     @classmethod
     def _a_redis_url(cls, url: str) -> str:
@@ -627,6 +661,17 @@ class Settings(BaseSettings):
                 f"the longest countdown a worker holds plus task_time_limit ({floor:g}s: "
                 "max(min(poll.max_delay, park_after), callbacks.park_after) + task_time_limit), "
                 "or Redis redelivers countdown messages that are still waiting"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _replica_wait_within_producer_timeout(self) -> Settings:
+        """A WAIT longer than the producer's socket timeout would report a stored job as a
+        Redis failure."""
+        if self.replica_timeout >= self.producer.redis_timeout * 1000:
+            raise ValueError(
+                f"POLLEN_REPLICA_TIMEOUT ({self.replica_timeout} ms) must be shorter than "
+                f"POLLEN_PRODUCER__REDIS_TIMEOUT ({self.producer.redis_timeout:g} s)"
             )
         return self
 

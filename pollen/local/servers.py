@@ -146,6 +146,26 @@ class RedisServer(ManagedProcess):
             self._tmp = None
 
 
+class ReplicaServer(RedisServer):
+    """A throw-away Redis replicating ``primary``; started once its first sync is done."""
+
+    def __init__(self, primary: RedisServer, **options: Any) -> None:
+        super().__init__(**options)
+        self.extra_args += ["--replicaof", "127.0.0.1", str(primary.port)]
+
+    def start(self) -> None:
+        super().start()
+        client = redis.Redis(port=self.port, decode_responses=True)
+        deadline = time.monotonic() + 15
+        try:
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica on port {self.port} did not sync")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+
 class Worker(ManagedProcess):
     """``pollen worker`` in a child process with its own environment."""
 
