@@ -466,8 +466,8 @@ class Settings(BaseSettings):
         REPLICA_TIMEOUT_MS,
         ge=1,
         le=10_000,
-        description="Longest wait for the replicas of replica_acks, milliseconds (below the "
-        "producer's redis_timeout).",
+        description="Longest wait for the replicas of replica_acks, milliseconds; a producer "
+        "waits at most half its redis_timeout.",
     )
     job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
     max_request_bytes: int = Field(
@@ -661,17 +661,6 @@ class Settings(BaseSettings):
                 f"the longest countdown a worker holds plus task_time_limit ({floor:g}s: "
                 "max(min(poll.max_delay, park_after), callbacks.park_after) + task_time_limit), "
                 "or Redis redelivers countdown messages that are still waiting"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _replica_wait_within_producer_timeout(self) -> Settings:
-        """A WAIT longer than the producer's socket timeout would report a stored job as a
-        Redis failure."""
-        if self.replica_timeout >= self.producer.redis_timeout * 1000:
-            raise ValueError(
-                f"POLLEN_REPLICA_TIMEOUT ({self.replica_timeout} ms) must be shorter than "
-                f"POLLEN_PRODUCER__REDIS_TIMEOUT ({self.producer.redis_timeout:g} s)"
             )
         return self
 

@@ -24,6 +24,7 @@ from pollen import AsyncPollen, Pollen
 from pollen.local.servers import RedisServer, ReplicaServer
 from pollen.payloads import accept
 from pollen.settings import Settings
+from pollen.store import replication
 from pollen.worker import metrics
 from pollen.worker.runtime import build_deps
 from tests.helpers import image_request
@@ -179,7 +180,7 @@ def test_a_workers_short_wait_is_counted(
         ("POLLEN_REPLICA_ACKS", "0", "-1"),
         ("POLLEN_REPLICA_ACKS", "auto", "one"),
         ("POLLEN_REPLICA_TIMEOUT", "1", "0"),
-        ("POLLEN_REPLICA_TIMEOUT", "4999", "5000"),  # below the producer's 5 s timeout
+        ("POLLEN_REPLICA_TIMEOUT", "10000", "10001"),
     ],
 )
 def test_replica_settings_bounds(
@@ -190,3 +191,9 @@ def test_replica_settings_bounds(
     monkeypatch.setenv(variable, bad)
     with pytest.raises(ValidationError, match=r"(?i)replica_(acks|timeout)"):
         Settings()
+
+
+@pytest.mark.parametrize(("redis_timeout", "waits"), [(5.0, 800), (1.0, 500), (0.001, 1)])
+def test_a_producer_waits_at_most_half_its_redis_timeout(redis_timeout: float, waits: int) -> None:
+    settings = Settings(replica_timeout=800, producer={"redis_timeout": redis_timeout})
+    assert replication.of(settings).timeout_ms == waits

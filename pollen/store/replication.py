@@ -84,9 +84,12 @@ class Replicas:
 
 
 def of(settings: Settings, on_short: Callable[[int, int], None] | None = None) -> Replicas:
-    """The replica waits ``settings`` ask for (``replica_acks``, ``replica_timeout``)."""
+    """The replica waits ``settings`` ask for (``replica_acks``, ``replica_timeout``), at most
+    half the producer's ``redis_timeout`` (a longer WAIT would end in a socket timeout, and
+    a stored job reported as a Redis failure)."""
     acks = None if settings.replica_acks == "auto" else int(settings.replica_acks)
-    return Replicas(acks, settings.replica_timeout, on_short)
+    ceiling = max(1, int(settings.producer.redis_timeout * 500))
+    return Replicas(acks, min(settings.replica_timeout, ceiling), on_short)
 
 
 def off() -> Replicas:
