@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +25,11 @@ from pollen import AsyncPollen, Pollen
 from pollen.local.servers import RedisServer, ReplicaServer
 from pollen.payloads import accept
 from pollen.settings import Settings
-from pollen.store import replication
+from pollen.store import keys, replication
+from pollen.store.connection import open_store
+from pollen.store.sync import Store
 from pollen.worker import metrics
+from pollen.worker.periodic import check_store
 from pollen.worker.runtime import build_deps
 from tests.helpers import image_request
 
@@ -197,3 +201,45 @@ def test_replica_settings_bounds(
 def test_a_producer_waits_at_most_half_its_redis_timeout(redis_timeout: float, waits: int) -> None:
     settings = Settings(replica_timeout=800, producer={"redis_timeout": redis_timeout})
     assert replication.of(settings).timeout_ms == waits
+
+
+# --- the epoch check after a failover --------------------------------------------------------
+
+
+def _store_at(server: RedisServer, settings: Settings) -> Store:
+    store, _ = open_store(on(server, settings))
+    return store
+
+
+def test_a_promoted_replica_is_not_an_emptied_store(
+    settings: Settings, tmp_path: Path, caplog: Any
+) -> None:
+    worker = on_disk(settings, tmp_path)
+    with RedisServer() as old, ReplicaServer(old) as replica, RedisServer() as fresh:
+        deps = build_deps(on(old, worker))
+        try:
+            assert not check_store(deps)  # writes the marker; the replica receives it
+            known = deps.epoch
+            deps.store.redis.wait(1, 2000)
+            old.stop()  # the primary dies; its replica is promoted
+            promoted = redis.Redis(port=replica.port)
+            promoted.replicaof("NO", "ONE")
+            promoted.close()
+            deps.store.close()
+            deps.store = _store_at(replica, settings)  # the worker follows the failover
+            assert not check_store(deps)
+            assert deps.epoch == known
+            assert not deps.store.redis.exists(keys.DATA_LOSS)
+            deps.store.close()
+            deps.store = _store_at(fresh, settings)  # a replica that never synced: empty
+            assert check_store(deps)
+            assert deps.store.redis.hget(keys.DATA_LOSS, "lost_epoch") == known
+        finally:
+            deps.http.close()
+            deps.store.close()
+    assert "the job store lost its data" in caplog.text
+
+
+def on_disk(settings: Settings, tmp_path: Path) -> Settings:
+    """``settings`` with this test's own heartbeat (and epoch) file."""
+    return settings.model_copy(update={"heartbeat_file": tmp_path / "worker.heartbeat"})

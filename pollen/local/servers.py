@@ -151,9 +151,15 @@ class ReplicaServer(RedisServer):
 
     def __init__(self, primary: RedisServer, **options: Any) -> None:
         super().__init__(**options)
+        self.primary = primary
         self.extra_args += ["--replicaof", "127.0.0.1", str(primary.port)]
 
     def start(self) -> None:
+        source = redis.Redis(port=self.primary.port)
+        try:  # the first sync at once, not after the default 5 s wait for more replicas
+            source.config_set("repl-diskless-sync-delay", 0)
+        finally:
+            source.close()
         super().start()
         client = redis.Redis(port=self.port, decode_responses=True)
         deadline = time.monotonic() + 15

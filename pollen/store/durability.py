@@ -10,6 +10,11 @@ without persistence, a flush, a failover to an empty replica). The worker record
 Redis (``pollen:store:data_loss``), counts it in metrics and logs an error; producers see it
 in :meth:`pollen.Pollen.store_status` and in the message of :class:`pollen.JobNotFound`, and
 ``pollen health`` reports it. Jobs accepted before the loss cannot be recovered from Redis.
+
+After a failover the marker tells the two cases apart: a promoted replica holds it (it is
+replicated with the jobs), so it is no loss; a replica that never synced is empty, and is
+one. (A replica not yet promoted refuses the marker's write: the check fails as Redis being
+unavailable, never as a loss.)
 """
 
 from __future__ import annotations
