@@ -21,6 +21,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from bench import replicas as replicas_bench
 from pollen import AsyncPollen, Pollen
 from pollen.local.servers import RedisServer, ReplicaServer
 from pollen.payloads import accept
@@ -243,3 +244,14 @@ def test_a_promoted_replica_is_not_an_emptied_store(
 def on_disk(settings: Settings, tmp_path: Path) -> Settings:
     """``settings`` with this test's own heartbeat (and epoch) file."""
     return settings.model_copy(update={"heartbeat_file": tmp_path / "worker.heartbeat"})
+
+
+def test_the_replica_bench_prints_both_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert replicas_bench.main(["--submits", "3"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("3 submits per mode")
+    assert [row.split()[0] for row in rows[2:]] == ["no", "WAIT"]
+    with pytest.raises(SystemExit) as refused:
+        replicas_bench.main(["--submits", "0"])
+    assert refused.value.code == 2
+    assert "--submits must be at least 1" in capsys.readouterr().err
