@@ -204,6 +204,26 @@ def test_a_producer_waits_at_most_half_its_redis_timeout(redis_timeout: float, w
     assert replication.of(settings).timeout_ms == waits
 
 
+def test_every_job_a_submit_returned_is_on_the_replica_when_the_primary_dies(
+    settings: Settings,
+) -> None:
+    """(With POLLEN_REPLICA_ACKS=0 one run in three on this machine kept none of them.)"""
+    with RedisServer() as old, ReplicaServer(old) as replica:
+        with Pollen(on(old, settings, replica_timeout=2000)) as pollen:
+            job_ids = [pollen.submit_payload(job()) for _ in range(100)]
+            job_ids += pollen.submit_many([job() for _ in range(100)]).accepted
+            assert old.proc is not None
+            old.proc.kill()  # SIGKILL right after the last submit returned
+            old.proc.wait(5)
+        promoted = redis.Redis(port=replica.port, db=1)
+        promoted.replicaof("NO", "ONE")
+        kept = promoted.pipeline()
+        for job_id in job_ids:
+            kept.exists(keys.job(job_id))
+        assert sum(kept.execute()) == len(job_ids) == 200
+        promoted.close()
+
+
 # --- the epoch check after a failover --------------------------------------------------------
 
 
