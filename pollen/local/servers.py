@@ -161,15 +161,30 @@ class ReplicaServer(RedisServer):
         finally:
             source.close()
         super().start()
+        source = redis.Redis(port=self.primary.port, decode_responses=True)
         client = redis.Redis(port=self.port, decode_responses=True)
         deadline = time.monotonic() + 15
-        try:
-            while client.info("replication").get("master_link_status") != "up":
+        try:  # synced, and online for the primary (its first ACK came: it answers WAIT)
+            while client.info("replication").get("master_link_status") != "up" or not self._online(
+                source.info("replication")
+            ):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the replica on port {self.port} did not sync")
                 time.sleep(0.05)
+            # the first WAIT after a sync may last until the replica's once-a-second ACK:
+            # taken here (a PUBLISH is replicated and leaves no key), not by a test's submit
+            source.publish("pollen:local:replica-synced", "")
+            source.wait(1, 5000)
         finally:
+            source.close()
             client.close()
+
+    def _online(self, replication: dict[str, Any]) -> bool:
+        return any(
+            isinstance(row, dict) and row.get("port") == self.port and row.get("state") == "online"
+            for name, row in replication.items()
+            if name.startswith("slave")
+        )
 
 
 class Worker(ManagedProcess):
