@@ -83,10 +83,44 @@ def connect(
     own = {k: v for k, v in options.items() if k.startswith("socket_")}
     if master.sentinel_password is not None:
         own["password"] = master.sentinel_password
-    sentinel = (redis.asyncio.sentinel if asyncio else redis.sentinel).Sentinel(
+    if asyncio:
+        sentinel: Any = redis.asyncio.sentinel.Sentinel(
+            sentinel_addresses(url), sentinel_kwargs=own, **options, **server
+        )
+        return sentinel.master_for(
+            master.name, AsyncSentinelClient, connection_class=FollowingConnection
+        )
+    sentinel = redis.sentinel.Sentinel(
         sentinel_addresses(url), sentinel_kwargs=own, **options, **server
     )
-    return sentinel.master_for(master.name)
+    return sentinel.master_for(master.name, SentinelClient)
+
+
+class SentinelClient(redis.Redis):
+    """A master's client that closes its connections to the Sentinels with its own."""
+
+    def close(self) -> None:
+        super().close()
+        cast("Any", self.connection_pool).sentinel_manager.close()
+
+
+class AsyncSentinelClient(redis.asyncio.Redis):
+    """:class:`SentinelClient` for ``redis.asyncio``."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        await cast("Any", self.connection_pool).sentinel_manager.aclose()
+
+
+class FollowingConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """redis-py's asyncio Sentinel connection, asking the Sentinels for the master also when
+    a command's retry reconnects: redis-py's own reconnects there to the address it had, so
+    a client kept retrying a dead primary for its whole retry budget after a failover."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:  # the Sentinel connection's connect: the master's address first
+            await self.connect()  # type: ignore[no-untyped-call]
+        await super().send_packed_command(command, check_health)
 
 
 class Window(AbstractBackoff):
