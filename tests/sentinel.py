@@ -15,12 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import redis
 
-from pollen.local.servers import RedisServer, free_port
+from pollen.local.servers import ManagedProcess, RedisServer, free_port
 
 #: the master's name the Sentinels know (POLLEN_SENTINEL_MASTER)
 MASTER = "pollen"
@@ -28,7 +27,7 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 
 
-class SentinelGroup:
+class SentinelGroup(ManagedProcess):
     """A primary, a replica and three Sentinels; all stopped on exit."""
 
     def __init__(self, root: Path) -> None:
@@ -57,7 +56,7 @@ class SentinelGroup:
         """Celery's Sentinel URL of the three Sentinels (database ``db``)."""
         return ";".join(f"sentinel://127.0.0.1:{s.port}/{db}" for s in self.sentinels)
 
-    def __enter__(self) -> Self:
+    def start(self) -> None:
         try:
             for server in (self.primary, self.replica, *self.sentinels):
                 server.start()
@@ -65,19 +64,10 @@ class SentinelGroup:
         except BaseException:
             self.stop()
             raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = 5.0) -> None:
         for server in (*self.sentinels, self.replica, self.primary):
-            server.stop(timeout=5)
+            server.stop(timeout)
 
     def _wait_watched(self, timeout: float = 20.0) -> None:
         """Until each Sentinel knows the replica and the two other Sentinels (a failover
