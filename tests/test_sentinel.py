@@ -22,7 +22,14 @@ from pollen.local.servers import RedisServer, Worker, free_port
 from pollen.settings import Settings, problems
 from pollen.store import durability, lifecycle
 from pollen.store.aio import AsyncStore
-from pollen.store.connection import Master, client_options, connect, open_store, redis_client
+from pollen.store.connection import (
+    Master,
+    client_options,
+    connect,
+    open_store,
+    redis_client,
+    transport_master,
+)
 from pollen.store.sync import Store
 from tests.conftest import settings_from
 from tests.helpers import video_request
@@ -60,6 +67,8 @@ def test_the_sentinels_own_password_goes_to_celery_and_the_store() -> None:
     settings = Settings(redis_url=url, sentinel_master="mymaster", sentinel_password="s-pw")
     transport = contract.celery_config(settings)["broker_transport_options"]
     assert transport["sentinel_kwargs"]["password"] == "s-pw"
+    assert transport_master(transport) == Master("mymaster", "s-pw")  # the worker's bindings
+    assert transport_master({"visibility_timeout": 300}) is None
     client = redis_client(url, Master("mymaster", "s-pw"))  # builds; connects on first use
     pool: Any = client.connection_pool
     assert pool.connection_kwargs["password"] == "server-pw"
