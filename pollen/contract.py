@@ -206,8 +206,11 @@ def producer_app(settings: Settings, *, timeout: float | None = None) -> Celery:
 def bounded_publish(config: dict[str, Any], timeout: float) -> dict[str, Any]:
     """The Celery settings of :func:`producer_app` that bound a publish by ``timeout``."""
     transport = dict(config["broker_transport_options"])
+    bounded = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if is_redis_url(str(config["broker_url"])):
-        transport |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        transport |= bounded
+    if "sentinel_kwargs" in transport:  # asking the Sentinels for the master is bounded too
+        transport["sentinel_kwargs"] = transport["sentinel_kwargs"] | bounded
     return {
         "broker_transport_options": transport,
         "broker_connection_timeout": timeout,

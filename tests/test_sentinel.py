@@ -69,6 +69,12 @@ def test_the_sentinels_own_password_goes_to_celery_and_the_store() -> None:
     assert transport["sentinel_kwargs"]["password"] == "s-pw"
     assert transport_master(transport) == Master("mymaster", "s-pw")  # the worker's bindings
     assert transport_master({"visibility_timeout": 300}) is None
+    bounded = contract.producer_app(settings, timeout=1.5).conf.broker_transport_options
+    assert bounded["sentinel_kwargs"] == {
+        "socket_connect_timeout": 1.5,
+        "socket_timeout": 1.5,
+        "password": "s-pw",
+    }
     client = redis_client(url, Master("mymaster", "s-pw"))  # builds; connects on first use
     pool: Any = client.connection_pool
     assert pool.connection_kwargs["password"] == "server-pw"
