@@ -410,6 +410,12 @@ def sentinel_addresses(url: str) -> list[tuple[str, int]]:
     addresses = []
     for part in url.split(";"):
         parts = urlsplit(part.strip())
+        first = urlsplit(url.split(";", 1)[0])
+        if parts.path not in ("", "/", first.path) or parts.password not in (None, first.password):
+            raise ValueError(
+                "the addresses of a Sentinel URL name one database and password, or only the "
+                "first does (Celery and kombu read the first's): sentinel://:pw@a:26379/1;..."
+            )
         try:
             port = parts.port or 26379
         except ValueError:

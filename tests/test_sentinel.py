@@ -19,7 +19,7 @@ import redis
 
 from pollen import JobStatus, Pollen, contract
 from pollen.local.servers import RedisServer, Worker, free_port
-from pollen.settings import Settings, problems
+from pollen.settings import Settings, problems, store_tag
 from pollen.store import durability, lifecycle
 from pollen.store.aio import AsyncStore
 from pollen.store.connection import (
@@ -37,6 +37,13 @@ from tests.sentinel import MASTER, SentinelGroup, SwitchProxy
 from tests.test_cli import assert_user_error, pollen
 
 SENTINELS = "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26380"
+
+
+def sentinels(db: int) -> str:
+    """:data:`SENTINELS` on database ``db`` (each address names it)."""
+    return f"sentinel://10.0.0.1:26379/{db};sentinel://10.0.0.2:26380/{db}"
+
+
 JOB_TTL = 3600
 
 # --- settings ----------------------------------------------------------------------------
@@ -47,7 +54,8 @@ JOB_TTL = 3600
     [
         "sentinel://10.0.0.1:26379",
         "sentinel://10.0.0.1",  # Sentinel's own port
-        f"{SENTINELS}/2",
+        sentinels(2),
+        "sentinel://10.0.0.1:26379/2;sentinel://10.0.0.2:26380",  # the first's database
         "sentinel://:secret@10.0.0.1:26379/1;sentinel://:secret@10.0.0.2:26379/1",
     ],
 )
@@ -93,7 +101,7 @@ def test_a_plain_broker_with_a_sentinel_store_gets_no_sentinel_options() -> None
     assert config["result_backend"] == "redis://broker:6379/0"  # defaults to the broker
     for options in ("broker_transport_options", "result_backend_transport_options"):
         assert "master_name" not in config[options]
-    backend = Settings(redis_url=SENTINELS, result_backend=f"{SENTINELS}/2", sentinel_master="m")
+    backend = Settings(redis_url=SENTINELS, result_backend=sentinels(2), sentinel_master="m")
     assert contract.celery_config(backend)["result_backend_transport_options"]["master_name"]
 
 
@@ -119,6 +127,17 @@ def test_a_plain_broker_with_a_sentinel_store_gets_no_sentinel_options() -> None
             "POLLEN_BROKER_URL: 'sentinel://a:port'",
         ),
         ({"redis_url": "sentinels://a:26379"}, "POLLEN_REDIS_URL: must start with"),
+        (
+            {"redis_url": f"{SENTINELS}/1", "sentinel_master": "m"},
+            "POLLEN_REDIS_URL: the addresses of a Sentinel URL name one database and password",
+        ),
+        (
+            {
+                "redis_url": "sentinel://:pw@a:26379;sentinel://:other@b:26379",
+                "sentinel_master": "m",
+            },
+            "POLLEN_REDIS_URL: the addresses of a Sentinel URL name one database and password",
+        ),
     ],
 )
 def test_bad_sentinel_settings_are_one_line_naming_the_variable(
@@ -134,7 +153,7 @@ def test_bad_sentinel_settings_are_one_line_naming_the_variable(
 def test_a_sentinel_url_without_a_master_is_refused_at_the_command_line(
     worker_env: dict[str, str],
 ) -> None:
-    result = pollen({**worker_env, "POLLEN_REDIS_URL": f"{SENTINELS}/1"}, "config")
+    result = pollen({**worker_env, "POLLEN_REDIS_URL": sentinels(1)}, "config")
     assert_user_error(result, "POLLEN_SENTINEL_MASTER: must be set for POLLEN_REDIS_URL")
 
 
@@ -147,6 +166,14 @@ def test_config_shows_the_master_and_masks_each_sentinels_password(
     assert result.returncode == 0, result.stderr
     assert "POLLEN_SENTINEL_MASTER=mymaster\n" in result.stdout
     assert "hunter2" not in result.stdout
+
+
+def test_a_sentinel_store_is_named_by_its_sentinels_and_database() -> None:
+    """Local files of one store (the remembered epoch, the heartbeat) carry its tag."""
+    one = store_tag(sentinels(1))
+    assert store_tag("sentinel://:pw@10.0.0.1:26379/1;sentinel://:pw@10.0.0.2:26380/1") == one
+    assert store_tag(sentinels(2)) != one
+    assert store_tag("sentinel://10.0.0.3:26379/1") != one
 
 
 def test_a_sentinel_url_needs_a_master_to_build_a_client() -> None:
