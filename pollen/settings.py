@@ -400,7 +400,38 @@ class ProducerSettings(BaseModel):
     )
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+#: Celery's and kombu's Sentinel URL: ``sentinel://[:password@]host:port[/db]``, one per
+#: Sentinel, joined by ``;`` (the password and db of the first are the Redis servers')
+SENTINEL_SCHEME = "sentinel"
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    return url is not None and urlsplit(url).scheme.lower() == SENTINEL_SCHEME
+
+
+def sentinel_addresses(url: str) -> list[tuple[str, int]]:
+    """The Sentinels' ``(host, port)`` of a Sentinel URL; ValueError saying what is wrong."""
+    addresses = []
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        first = urlsplit(url.split(";", 1)[0])
+        if parts.path not in ("", "/", first.path) or parts.password not in (None, first.password):
+            raise ValueError(
+                "the addresses of a Sentinel URL name one database and password, or only the "
+                "first does (Celery and kombu read the first's): sentinel://:pw@a:26379/1;..."
+            )
+        try:
+            port = parts.port or 26379
+        except ValueError:
+            port = 0
+        if parts.scheme.lower() != SENTINEL_SCHEME or not parts.hostname or not port:
+            raise ValueError(
+                f"{part.strip()!r}: each address of a Sentinel URL is sentinel://host:port, "
+                "joined by ';'"
+            )
+        addresses.append((parts.hostname, port))
+    return addresses
 
 
 def _message(text: str) -> str:
@@ -430,6 +461,15 @@ class Settings(BaseSettings):
         None,
         description="Celery result backend (submit answers); defaults to broker_url on a "
         "Redis broker, to redis_url on any other (Celery has no AMQP result backend).",
+    )
+    sentinel_master: str | None = Field(
+        None,
+        description="The Sentinel master's name, for sentinel:// URLs (required with them).",
+    )
+    sentinel_password: SecretStr | None = Field(
+        None,
+        description="The Sentinels' own password, if they need one (the Redis servers' is "
+        "in the URL: sentinel://:password@host:26379).",
     )
     quorum_queues: bool = Field(
         False,
@@ -637,6 +677,32 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
         return url
 
+    @field_validator("redis_url", "broker_url", "result_backend")
+    @classmethod
+    def _sentinel_addresses(cls, url: str | None) -> str | None:
+        if url is not None and is_sentinel_url(url):
+            sentinel_addresses(url)
+        return url
+
+    @model_validator(mode="after")
+    def _sentinel_master_with_sentinel_urls(self) -> Settings:
+        """A Sentinel URL names no master (Celery's form): POLLEN_SENTINEL_MASTER says which,
+        and is refused without one (a name that nothing reads hides a typo in a URL)."""
+        urls = {
+            "POLLEN_REDIS_URL": self.redis_url,
+            "POLLEN_BROKER_URL": self.broker_url,
+            "POLLEN_RESULT_BACKEND": self.result_backend,
+        }
+        sentinel = [name for name, url in urls.items() if is_sentinel_url(url)]
+        if sentinel and not self.sentinel_master:
+            raise ValueError(f"POLLEN_SENTINEL_MASTER: must be set for {sentinel[0]}=sentinel://")
+        if self.sentinel_master and not sentinel:
+            raise ValueError(
+                "POLLEN_SENTINEL_MASTER: set, but no URL is sentinel:// "
+                "(POLLEN_REDIS_URL, POLLEN_BROKER_URL, POLLEN_RESULT_BACKEND)"
+            )
+        return self
+
     @property
     def held_floor(self) -> float:
         """The longest a worker holds a message on purpose, unacknowledged: its longest
@@ -709,7 +775,10 @@ def store_tag(url: str) -> str:
     """
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    if parts.scheme == "unix":
+    if is_sentinel_url(url):  # the Sentinels and the db (a master's name is the same store)
+        addresses = ",".join(f"{h}:{p}" for h, p in sentinel_addresses(url))
+        where, db = addresses, urlsplit(url.split(";", 1)[0]).path.strip("/") or "0"
+    elif parts.scheme == "unix":
         where, db = parts.path, query.get("db", ["0"])[0]
     else:
         where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"

@@ -232,11 +232,15 @@ class Worker(ManagedProcess):
                 cwd=self.cwd,
             )  # fmt: skip
 
-    def wait_ready(self, broker_url: str, timeout: float = 30.0) -> None:
-        """Block until the worker answers a Celery ping."""
+    def wait_ready(
+        self, broker_url: str, timeout: float = 30.0, transport: dict[str, Any] | None = None
+    ) -> None:
+        """Block until the worker answers a Celery ping (``transport``: the broker's transport
+        options, a Sentinel broker's master)."""
         from celery import Celery
 
         probe = Celery(broker=broker_url)
+        probe.conf.broker_transport_options = transport or {}
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

@@ -29,6 +29,7 @@ import redis
 
 from pollen.errors import StoreUnavailable
 from pollen.store import keys
+from pollen.store.connection import Master, probe_client
 from pollen.store.effects import Op, cmd
 from pollen.store.sync import Store
 
@@ -105,12 +106,14 @@ def remember(path: Path, epoch: str) -> None:
         log.debug("cannot keep the epoch in %s: %s", path, exc)
 
 
-def last_loss(url: str, timeout: float = 2.0) -> dict[str, str] | None:
+def last_loss(
+    url: str, timeout: float = 2.0, master: Master | None = None
+) -> dict[str, str] | None:
     """The data-loss record of the store at ``url`` (a probe: short timeouts, own client).
 
     Raises :class:`StoreUnavailable` when it cannot be read.
     """
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, decode_responses=True)
+    client = probe_client(url, master, timeout)
     try:
         loss: dict[str, str] = client.hgetall(keys.DATA_LOSS)  # type: ignore[assignment]
     except redis.RedisError as exc:
