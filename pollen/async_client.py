@@ -31,6 +31,7 @@ from pollen.producer import Cancellation, Flow, Send, Session, Submitted, produc
 from pollen.settings import Settings, get_settings
 from pollen.store import effects
 from pollen.store.aio import AsyncStore
+from pollen.store.connection import master
 from pollen.store.listing import JobPage
 from pollen.store.rejections import Rejection
 
@@ -54,7 +55,9 @@ class AsyncPollen:
         dashboard set it); None: a broker that never answers holds a publish."""
         self.settings = producer_settings(settings or get_settings(), redis_timeout)
         self._session = Session(self.settings, tracing=tracing.of(self.settings))
-        self.store = AsyncStore(self.settings.redis_url, self.settings.producer.redis_timeout)
+        self.store = AsyncStore(
+            self.settings.redis_url, self.settings.producer.redis_timeout, master(self.settings)
+        )
         self._session.tracing.instrument(redis=self.store.redis)
         self.publish_timeout = publish_timeout
         self._celery: Celery | None = None

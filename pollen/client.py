@@ -26,7 +26,7 @@ from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
 from pollen.settings import Settings, get_settings
 from pollen.store import effects
-from pollen.store.connection import open_store, producer_client
+from pollen.store.connection import master, open_store, producer_client
 from pollen.store.listing import JobPage
 from pollen.store.rejections import Rejection
 
@@ -49,7 +49,7 @@ class Pollen:
         self.settings = producer_settings(settings or get_settings(), redis_timeout)
         self._session = Session(self.settings, tracing=tracing.of(self.settings))
         window = self.settings.producer.redis_timeout
-        client = producer_client(self.settings.redis_url, window)
+        client = producer_client(self.settings.redis_url, window, master(self.settings))
         self._session.tracing.instrument(redis=client)  # the store's round trips, in a submit
         self.store, self.outbox = open_store(self.settings, client)
         self._scripts = {**self.store.scripts, **self.outbox.scripts}

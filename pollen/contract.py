@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from pollen.settings import AMQP_SCHEMES, QueueSettings, Settings, is_redis_url
+from pollen.settings import AMQP_SCHEMES, QueueSettings, Settings, is_redis_url, is_sentinel_url
 
 SUBMIT = "pollen.submit"
 POLL = "pollen.poll"
@@ -147,8 +147,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker,
         "result_backend": settings.backend,
-        "broker_transport_options": broker,
-        "result_backend_transport_options": transport,
+        "broker_transport_options": broker | sentinel_options(settings, settings.broker),
+        "result_backend_transport_options": transport
+        | sentinel_options(settings, settings.backend),
         "visibility_timeout": settings.visibility_timeout,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
@@ -170,6 +171,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: seconds a Sentinel is waited for (connect, reply) before the next one is asked
+SENTINEL_TIMEOUT = 5.0
+
+
+def sentinel_options(settings: Settings, url: str) -> dict[str, Any]:
+    """The transport options of a ``sentinel://`` URL, as kombu's Sentinel transport and
+    Celery's Sentinel backend read them: the master's name, and how to reach the Sentinels
+    (their password if they have one); none for another URL."""
+    if not is_sentinel_url(url):
+        return {}
+    own: dict[str, Any] = {
+        "socket_connect_timeout": SENTINEL_TIMEOUT,
+        "socket_timeout": SENTINEL_TIMEOUT,
+    }
+    if settings.sentinel_password is not None:
+        own["password"] = settings.sentinel_password.get_secret_value()
+    return {"master_name": settings.sentinel_master, "sentinel_kwargs": own}
+
+
 def producer_app(settings: Settings, *, timeout: float | None = None) -> Celery:
     """A Celery app that sends pollen's tasks by name; it registers none of them.
 
@@ -189,8 +209,11 @@ def producer_app(settings: Settings, *, timeout: float | None = None) -> Celery:
 def bounded_publish(config: dict[str, Any], timeout: float) -> dict[str, Any]:
     """The Celery settings of :func:`producer_app` that bound a publish by ``timeout``."""
     transport = dict(config["broker_transport_options"])
+    bounded = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if is_redis_url(str(config["broker_url"])):
-        transport |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        transport |= bounded
+    if "sentinel_kwargs" in transport:  # asking the Sentinels for the master is bounded too
+        transport["sentinel_kwargs"] = transport["sentinel_kwargs"] | bounded
     return {
         "broker_transport_options": transport,
         "broker_connection_timeout": timeout,

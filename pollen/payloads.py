@@ -26,6 +26,7 @@ from pollen.providers.runware import REQUEST_TAGS
 from pollen.settings import Settings
 from pollen.store import keys, lifecycle
 from pollen.store.effects import Op
+from pollen.store.replication import Replicas
 from pollen.store.sync import Store
 
 MAX_NESTING = 8
@@ -276,25 +277,29 @@ def accept(
     before writing anything, and :class:`IdempotencyConflict` when the id exists with a
     different request.
     """
-    return store.run(
-        accept_op(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
+    op = accept_op(
+        settings, payload, store.replicas, now=now, default_id=default_id, traceparent=traceparent
     )
+    return store.run(op)
 
 
 def accept_op(
     settings: Settings,
     payload: Any,
+    replicas: Replicas,
     *,
     now: float,
     default_id: str | None = None,
     traceparent: str | None = None,
 ) -> Op[tuple[str, bool]]:
-    """:func:`accept` as a store operation (:mod:`pollen.store.effects`)."""
+    """:func:`accept` as a store operation (:mod:`pollen.store.effects`); the job is on
+    ``replicas`` when it returns (:mod:`pollen.store.replication`)."""
     job = prepare(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
     [created] = yield from lifecycle.create_many(
         [(job.job_id, job.fields, job.ttl, job.fingerprint)],
         now=now,
         submit_grace=settings.submit_grace,
+        replicas=replicas,
     )
     if isinstance(created, IdempotencyConflict):
         raise created
@@ -302,7 +307,12 @@ def accept_op(
 
 
 def accept_many_op(
-    settings: Settings, payloads: Sequence[Any], *, now: float, traceparent: str | None = None
+    settings: Settings,
+    payloads: Sequence[Any],
+    replicas: Replicas,
+    *,
+    now: float,
+    traceparent: str | None = None,
 ) -> Op[list[tuple[str, bool] | InvalidJob]]:
     """:func:`accept` for many payloads, stored in one round trip (a store operation:
     :mod:`pollen.store.effects`).
@@ -332,6 +342,7 @@ def accept_many_op(
         [(job.job_id, job.fields, job.ttl, job.fingerprint) for _, job in ready],
         now=now,
         submit_grace=settings.submit_grace,
+        replicas=replicas,
     )
     for (index, job), outcome in zip(ready, created, strict=True):
         answers[index] = outcome if isinstance(outcome, InvalidJob) else (job.job_id, outcome)

@@ -28,7 +28,7 @@ from pollen.models import DEFAULT_TENANT, Job, JobStatus
 from pollen.payloads import accept_many_op, accept_op
 from pollen.providers import REGISTRY
 from pollen.settings import ProducerSettings, Settings
-from pollen.store import durability, keys, lifecycle, listing, outbox, rejections
+from pollen.store import durability, keys, lifecycle, listing, outbox, rejections, replication
 from pollen.store.effects import Batch, cmd
 from pollen.store.listing import JobPage
 from pollen.tracing import OFF, Tracing
@@ -156,6 +156,11 @@ class Session:
     settings: Settings
     epoch: str | None = None  #: the store's epoch marker when this client first submitted
     tracing: Tracing = OFF  #: the client's spans (``POLLEN_TRACING``)
+    #: the replicas a create waits for (``POLLEN_REPLICA_ACKS``), with the count ``auto`` read
+    replicas: replication.Replicas = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.replicas = replication.of(self.settings)
 
 
 @dataclass(frozen=True)
@@ -217,7 +222,7 @@ def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
     settings = session.settings
     traceparent = session.tracing.traceparent()
     job_id, created = yield from accept_op(
-        settings, payload, now=time.time(), traceparent=traceparent
+        settings, payload, session.replicas, now=time.time(), traceparent=traceparent
     )
     yield from _remember_epoch(session)
     if created:
@@ -239,7 +244,9 @@ def submit_many(session: Session, payloads: Iterable[dict[str, Any]]) -> Flow[Su
     settings = session.settings
     items = list(payloads)
     traceparent = session.tracing.traceparent()
-    answers = yield from accept_many_op(settings, items, now=time.time(), traceparent=traceparent)
+    answers = yield from accept_many_op(
+        settings, items, session.replicas, now=time.time(), traceparent=traceparent
+    )
     yield from _remember_epoch(session)
     job_ids: list[str | None] = []
     errors: dict[int, InvalidJob] = {}

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
@@ -378,6 +378,11 @@ class DashboardSettings(BaseModel):
         return value
 
 
+#: most replicas a create may wait for (POLLEN_REPLICA_ACKS)
+MAX_REPLICA_ACKS = 16
+#: the default longest wait for them, milliseconds (POLLEN_REPLICA_TIMEOUT)
+REPLICA_TIMEOUT_MS = 500
+
 #: how long a producer call waits for an unreachable Redis by default, seconds
 PRODUCER_REDIS_TIMEOUT = 5.0
 
@@ -395,7 +400,38 @@ class ProducerSettings(BaseModel):
     )
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+#: Celery's and kombu's Sentinel URL: ``sentinel://[:password@]host:port[/db]``, one per
+#: Sentinel, joined by ``;`` (the password and db of the first are the Redis servers')
+SENTINEL_SCHEME = "sentinel"
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    return url is not None and urlsplit(url).scheme.lower() == SENTINEL_SCHEME
+
+
+def sentinel_addresses(url: str) -> list[tuple[str, int]]:
+    """The Sentinels' ``(host, port)`` of a Sentinel URL; ValueError saying what is wrong."""
+    addresses = []
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        first = urlsplit(url.split(";", 1)[0])
+        if parts.path not in ("", "/", first.path) or parts.password not in (None, first.password):
+            raise ValueError(
+                "the addresses of a Sentinel URL name one database and password, or only the "
+                "first does (Celery and kombu read the first's): sentinel://:pw@a:26379/1;..."
+            )
+        try:
+            port = parts.port or 26379
+        except ValueError:
+            port = 0
+        if parts.scheme.lower() != SENTINEL_SCHEME or not parts.hostname or not port:
+            raise ValueError(
+                f"{part.strip()!r}: each address of a Sentinel URL is sentinel://host:port, "
+                "joined by ';'"
+            )
+        addresses.append((parts.hostname, port))
+    return addresses
 
 
 def _message(text: str) -> str:
@@ -426,6 +462,15 @@ class Settings(BaseSettings):
         description="Celery result backend (submit answers); defaults to broker_url on a "
         "Redis broker, to redis_url on any other (Celery has no AMQP result backend).",
     )
+    sentinel_master: str | None = Field(
+        None,
+        description="The Sentinel master's name, for sentinel:// URLs (required with them).",
+    )
+    sentinel_password: SecretStr | None = Field(
+        None,
+        description="The Sentinels' own password, if they need one (the Redis servers' is "
+        "in the URL: sentinel://:password@host:26379).",
+    )
     quorum_queues: bool = Field(
         False,
         description="Declare pollen's queues as RabbitMQ quorum queues (replicated; an AMQP "
@@ -448,6 +493,21 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Tenants\' weights and caps (JSON, e.g. {"acme": {"weight": 2, '
         '"max_in_flight": 10}}); a tenant not named has weight 1 and no cap of its own.',
+    )
+    replica_acks: Literal["auto"] | int = Field(
+        "auto",
+        description="Replicas a new job must reach before its submit returns (Redis WAIT after "
+        "the create, in the same round trip): auto waits for one when the primary has any "
+        "connected (INFO replication, read at most every 10 s per client), a number waits for "
+        "that many, 0 never waits. A wait that times out is logged and counted, and the submit "
+        "still returns: the job is stored on the primary.",
+    )
+    replica_timeout: int = Field(
+        REPLICA_TIMEOUT_MS,
+        ge=1,
+        le=10_000,
+        description="Longest wait for the replicas of replica_acks, milliseconds; a producer "
+        "waits at most half its redis_timeout.",
     )
     job_ttl: int = Field(7 * 86400, gt=0, description="Seconds a finished job is kept.")
     max_request_bytes: int = Field(
@@ -594,6 +654,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"tenant name {name!r}: {TENANT_RULE}")
         return tenants
 
+    @field_validator("replica_acks", mode="before")
+    @classmethod
+    def _replica_count(cls, value: Any) -> Any:
+        rule = f"must be auto or a whole number of replicas from 0 to {MAX_REPLICA_ACKS}"
+        if value == "auto":
+            return value
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{rule}, not {value!r}") from None
+        if not 0 <= count <= MAX_REPLICA_ACKS or str(value).strip() != str(count):
+            raise ValueError(f"{rule}, not {value!r}")
+        return count
+
     @field_validator("redis_url")
     @classmethod
     def _a_redis_url(cls, url: str) -> str:
@@ -602,6 +676,32 @@ class Settings(BaseSettings):
         if urlsplit(url).scheme.lower() not in REDIS_SCHEMES:
             raise ValueError(f"must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
         return url
+
+    @field_validator("redis_url", "broker_url", "result_backend")
+    @classmethod
+    def _sentinel_addresses(cls, url: str | None) -> str | None:
+        if url is not None and is_sentinel_url(url):
+            sentinel_addresses(url)
+        return url
+
+    @model_validator(mode="after")
+    def _sentinel_master_with_sentinel_urls(self) -> Settings:
+        """A Sentinel URL names no master (Celery's form): POLLEN_SENTINEL_MASTER says which,
+        and is refused without one (a name that nothing reads hides a typo in a URL)."""
+        urls = {
+            "POLLEN_REDIS_URL": self.redis_url,
+            "POLLEN_BROKER_URL": self.broker_url,
+            "POLLEN_RESULT_BACKEND": self.result_backend,
+        }
+        sentinel = [name for name, url in urls.items() if is_sentinel_url(url)]
+        if sentinel and not self.sentinel_master:
+            raise ValueError(f"POLLEN_SENTINEL_MASTER: must be set for {sentinel[0]}=sentinel://")
+        if self.sentinel_master and not sentinel:
+            raise ValueError(
+                "POLLEN_SENTINEL_MASTER: set, but no URL is sentinel:// "
+                "(POLLEN_REDIS_URL, POLLEN_BROKER_URL, POLLEN_RESULT_BACKEND)"
+            )
+        return self
 
     @property
     def held_floor(self) -> float:
@@ -675,7 +775,10 @@ def store_tag(url: str) -> str:
     """
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    if parts.scheme == "unix":
+    if is_sentinel_url(url):  # the Sentinels and the db (a master's name is the same store)
+        addresses = ",".join(f"{h}:{p}" for h, p in sentinel_addresses(url))
+        where, db = addresses, urlsplit(url.split(";", 1)[0]).path.strip("/") or "0"
+    elif parts.scheme == "unix":
         where, db = parts.path, query.get("db", ["0"])[0]
     else:
         where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"

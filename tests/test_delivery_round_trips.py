@@ -55,7 +55,7 @@ def wire(
 ) -> Iterator[tuple[Deps, Wire]]:
     counted = Wire()
 
-    def client(url: str) -> redis.Redis:
+    def client(url: str, master: object = None) -> redis.Redis:
         options = connection.client_options()
         return redis.Redis.from_url(url, connection_class=counted.connection_class(), **options)
 

@@ -63,7 +63,9 @@ def _create(
     ids = [f"{prefix}-{i:05d}" for i in range(count)]
     jobs = [(job_id, {"id": job_id, **fields}, 600, "") for job_id in ids]
     grace = store.schedule.submit_grace
-    assert all(store.run(lifecycle.create_many(jobs, now=now, submit_grace=grace)))
+    assert all(
+        store.run(lifecycle.create_many(jobs, now=now, submit_grace=grace, replicas=store.replicas))
+    )
     return [job_id for job_id, *_ in jobs]
 
 
@@ -278,7 +280,9 @@ def test_jobs_submitted_together_page_without_rereading_their_ties(
     from pollen.payloads import accept_many_op
 
     payloads = [{"provider": "runware", "request": video_request([1.0])} for _ in range(300)]
-    answers = pollen.store.run(accept_many_op(settings, payloads, now=time.time()))
+    answers = pollen.store.run(
+        accept_many_op(settings, payloads, pollen.store.replicas, now=time.time())
+    )
     created = {answer[0] for answer in answers if not isinstance(answer, Exception)}
     assert len(created) == 300
     stored = pollen.store.lifecycle.get_with_results(sorted(created))

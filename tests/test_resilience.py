@@ -114,9 +114,43 @@ def test_only_the_kombu_releases_checked_are_patched(kombu_version: str, patched
 
 
 def test_install_is_idempotent() -> None:
-    from kombu.transport.redis import Channel
+    from kombu.transport.redis import Channel, QoS
 
     assert resilience.install()
-    close = Channel.close
+    patched = (Channel.close, QoS.ack, QoS.reject)
     assert resilience.install()
-    assert Channel.close is close
+    assert (Channel.close, QoS.ack, QoS.reject) == patched
+
+
+def test_a_task_finished_while_the_broker_is_away_does_not_end_the_worker(
+    own_redis: list[RedisServer],
+) -> None:
+    """Celery acknowledges a finished task's message on the channel it came from; after the
+    connection was collected (kombu 5.7.0 unpatched: AttributeError, the worker exits)."""
+    assert resilience.install()
+    url = own_redis[0].url(0)
+    connection, held = held_and_waiting(url, visibility_timeout=1.0)
+    port = own_redis[0].port
+    own_redis[0].stop()
+    lose_the_broker(connection)
+    held[0].ack()  # the task finished: acknowledged while the transport is detached
+    assert held[0].acknowledged
+    own_redis.append(RedisServer(port, config_file=str(REDIS_CONF), workdir=own_redis[0].workdir))
+    own_redis[-1].start()
+    # the acknowledgement could not reach Redis: the message comes back (tasks are idempotent)
+    assert redelivered(url, visibility_timeout=1.0, wait=8.0) == [{"n": 1}]
+
+
+def test_a_rejected_message_on_a_detached_channel_is_delivered_again(
+    own_redis: list[RedisServer],
+) -> None:
+    assert resilience.install()
+    url = own_redis[0].url(0)
+    connection, held = held_and_waiting(url, visibility_timeout=1.0)
+    port = own_redis[0].port
+    own_redis[0].stop()
+    lose_the_broker(connection)
+    held[0].reject(requeue=True)
+    own_redis.append(RedisServer(port, config_file=str(REDIS_CONF), workdir=own_redis[0].workdir))
+    own_redis[-1].start()
+    assert redelivered(url, visibility_timeout=1.0, wait=8.0) == [{"n": 1}]

@@ -71,7 +71,9 @@ def _create(store: Store, job_id: str, fingerprint: str = "fp-1", now: float = N
     fields = {"id": job_id, "provider": "runware", "status": "queued", "poll_seq": "0"}
     jobs = [(job_id, fields, JOB_TTL, fingerprint)]
     grace = store.schedule.submit_grace
-    [answer] = store.run(lifecycle.create_many(jobs, now=now, submit_grace=grace))
+    [answer] = store.run(
+        lifecycle.create_many(jobs, now=now, submit_grace=grace, replicas=store.replicas)
+    )
     if isinstance(answer, IdempotencyConflict):
         raise answer
     return answer

@@ -33,7 +33,10 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``****``."""
+    """``url`` with its password (if any) replaced by ``****`` (in each address of a
+    Sentinel URL: ``sentinel://:pw@a:26379;sentinel://:pw@b:26379``)."""
+    if ";" in url:
+        return ";".join(redact(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -72,9 +75,10 @@ def connected() -> Iterator[Pollen]:
 
 def require_redis(settings: Settings) -> None:
     """Exit 1 with one line unless the store answers a PING within seconds."""
+    from pollen.store.connection import master
     from pollen.worker.health import check_reachable
 
-    check = check_reachable(settings.redis_url, "redis")
+    check = check_reachable(settings.redis_url, "redis", master(settings))
     if not check.ok:
         reason = check.detail.removeprefix("unreachable: ")
         fail(f"Redis at {redact(settings.redis_url)} is unreachable ({reason})")

@@ -22,7 +22,7 @@ from pollen.dashboard import present, views
 from pollen.dashboard.security import Credentials, Protect, csrf_key, csrf_token
 from pollen.settings import Settings
 from pollen.store import effects
-from pollen.store.connection import queue_depths
+from pollen.store.connection import Master, master, queue_depths
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,15 +76,17 @@ def build_app(settings: Settings, credentials: Credentials | None) -> Starlette:
     app.state.queue_names = [q.submit, q.poll, q.callbacks]
     app.state.caps = Capacity.of(settings).capped_caps()  # the slots the overview shows
     app.state.queue_depths = _depth_reader(
-        settings.broker, app.state.queue_names, settings.dashboard.redis_timeout
+        settings.broker, app.state.queue_names, settings.dashboard.redis_timeout, master(settings)
     )
     return app
 
 
-def _depth_reader(broker: str, queues: list[str], timeout: float) -> Callable[[], list[int | None]]:
+def _depth_reader(
+    broker: str, queues: list[str], timeout: float, master: Master | None = None
+) -> Callable[[], list[int | None]]:
     """Queue lengths, read from the broker (Redis, or RabbitMQ by passive declares); unknown
     (None) when the broker does not answer within about ``timeout`` seconds."""
-    read = queue_depths(broker, queues, timeout)
+    read = queue_depths(broker, queues, timeout, master)
 
     def guarded() -> list[int | None]:
         try:

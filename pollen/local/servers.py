@@ -146,6 +146,47 @@ class RedisServer(ManagedProcess):
             self._tmp = None
 
 
+class ReplicaServer(RedisServer):
+    """A throw-away Redis replicating ``primary``; started once its first sync is done."""
+
+    def __init__(self, primary: RedisServer, **options: Any) -> None:
+        super().__init__(**options)
+        self.primary = primary
+        self.extra_args += ["--replicaof", "127.0.0.1", str(primary.port)]
+
+    def start(self) -> None:
+        source = redis.Redis(port=self.primary.port)
+        try:  # the first sync at once, not after the default 5 s wait for more replicas
+            source.config_set("repl-diskless-sync-delay", 0)
+        finally:
+            source.close()
+        super().start()
+        source = redis.Redis(port=self.primary.port, decode_responses=True)
+        client = redis.Redis(port=self.port, decode_responses=True)
+        deadline = time.monotonic() + 15
+        try:  # synced, and online for the primary (its first ACK came: it answers WAIT)
+            while client.info("replication").get("master_link_status") != "up" or not self._online(
+                source.info("replication")
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica on port {self.port} did not sync")
+                time.sleep(0.05)
+            # the first WAIT after a sync may last until the replica's once-a-second ACK:
+            # taken here (a PUBLISH is replicated and leaves no key), not by a test's submit
+            source.publish("pollen:local:replica-synced", "")
+            source.wait(1, 5000)
+        finally:
+            source.close()
+            client.close()
+
+    def _online(self, replication: dict[str, Any]) -> bool:
+        return any(
+            isinstance(row, dict) and row.get("port") == self.port and row.get("state") == "online"
+            for name, row in replication.items()
+            if name.startswith("slave")
+        )
+
+
 class Worker(ManagedProcess):
     """``pollen worker`` in a child process with its own environment."""
 
@@ -191,11 +232,15 @@ class Worker(ManagedProcess):
                 cwd=self.cwd,
             )  # fmt: skip
 
-    def wait_ready(self, broker_url: str, timeout: float = 30.0) -> None:
-        """Block until the worker answers a Celery ping."""
+    def wait_ready(
+        self, broker_url: str, timeout: float = 30.0, transport: dict[str, Any] | None = None
+    ) -> None:
+        """Block until the worker answers a Celery ping (``transport``: the broker's transport
+        options, a Sentinel broker's master)."""
         from celery import Celery
 
         probe = Celery(broker=broker_url)
+        probe.conf.broker_transport_options = transport or {}
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

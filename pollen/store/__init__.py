@@ -5,7 +5,8 @@ One module per idea: :mod:`.lifecycle` (create, move forward, cancel, read a job
 watch list, index trimming), :mod:`.pushes` (provider pushes), :mod:`.listing` (pages of
 jobs), :mod:`.outbox` (callback deliveries), :mod:`.copies`
 (re-hosted files), :mod:`.rates` (provider rate tokens), :mod:`.locks` (periodic locks),
-:mod:`.durability` (the epoch marker that detects a store that lost its data), :mod:`.stats`
+:mod:`.durability` (the epoch marker that detects a store that lost its data),
+:mod:`.replication` (a create waits for a replica), :mod:`.stats`
 (counts for operators). Underneath: :mod:`.effects` (operations as generators, run by
 either client: the one way a script is called), :mod:`.decode` (a stored job as a ``Job``),
 :mod:`.keys` (every key name), :mod:`.scripts` (loads the Lua scripts in ``lua/``),

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 
 from pollen.store import effects, keys, outbox, sync
-from pollen.store.connection import producer_options
+from pollen.store.connection import Master, connect, producer_options
 
 T = TypeVar("T")
 
@@ -23,8 +23,9 @@ class AsyncStore:
     """One asyncio Redis client (a producer's: it gives up on an unreachable Redis after
     about ``window`` seconds) and the store's scripts registered on it."""
 
-    def __init__(self, url: str, window: float) -> None:
-        self.redis = redis.asyncio.Redis.from_url(url, **producer_options(window, asyncio=True))
+    def __init__(self, url: str, window: float, master: Master | None = None) -> None:
+        options = producer_options(window, asyncio=True)
+        self.redis: redis.asyncio.Redis = connect(url, master, options, asyncio=True)
         texts = {**sync.script_texts(), **outbox.script_texts()}
         self.scripts = {name: self.redis.register_script(text) for name, text in texts.items()}
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import AbstractBackoff, ExponentialBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
 
 from pollen.errors import StoreUnavailable
-from pollen.settings import Settings, is_redis_url
+from pollen.settings import Settings, is_redis_url, is_sentinel_url, sentinel_addresses
 from pollen.store.outbox import Outbox
 from pollen.store.sync import Store
 
@@ -30,8 +35,92 @@ def client_options(retry: type[Any] = Retry) -> dict[str, Any]:
         "socket_timeout": 15,
         "health_check_interval": 15,
         "retry": retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        # READONLY: the primary behind a DNS name became a replica (a managed failover); the
+        # connection is dropped and the command sent again on a new one, which resolves
+        # the name again (a replica never ran the refused write, so a retry is safe)
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError],
     }
+
+
+@dataclass(frozen=True)
+class Master:
+    """Which primary a ``sentinel://`` URL leads to: the master's name the Sentinels know,
+    and the Sentinels' own password if they need one."""
+
+    name: str
+    sentinel_password: str | None = None
+
+
+def master(settings: Settings) -> Master | None:
+    """The Sentinel master of ``settings`` (None without ``POLLEN_SENTINEL_MASTER``)."""
+    if settings.sentinel_master is None:
+        return None
+    password = settings.sentinel_password
+    return Master(settings.sentinel_master, password.get_secret_value() if password else None)
+
+
+def transport_master(options: dict[str, Any]) -> Master | None:
+    """The master of a Celery app's transport options (:func:`sentinel_options`), if any."""
+    if "master_name" not in options:
+        return None
+    password = (options.get("sentinel_kwargs") or {}).get("password")
+    return Master(options["master_name"], password)
+
+
+def connect(
+    url: str, master: Master | None, options: dict[str, Any], *, asyncio: bool = False
+) -> Any:
+    """The one way pollen builds a Redis client (``redis.Redis``, or ``redis.asyncio.Redis``
+    with ``asyncio``) with ``options``: from the URL, or for a ``sentinel://`` URL the
+    master the Sentinels name now, followed through a failover (redis-py's Sentinel)."""
+    if not is_sentinel_url(url):
+        return (redis.asyncio.Redis if asyncio else redis.Redis).from_url(url, **options)
+    if master is None:
+        raise ValueError("a sentinel:// URL needs a master's name (POLLEN_SENTINEL_MASTER)")
+    # the first address's password and db are the Redis servers' (as Celery and kombu read it)
+    first = parse_url("redis://" + url.split(";", 1)[0].split("://", 1)[1])  # type: ignore[no-untyped-call]
+    server = {k: first[k] for k in ("db", "username", "password") if first.get(k) is not None}
+    own = {k: v for k, v in options.items() if k.startswith("socket_")}
+    if master.sentinel_password is not None:
+        own["password"] = master.sentinel_password
+    if asyncio:
+        sentinel: Any = redis.asyncio.sentinel.Sentinel(
+            sentinel_addresses(url), sentinel_kwargs=own, **options, **server
+        )
+        return sentinel.master_for(
+            master.name, AsyncSentinelClient, connection_class=FollowingConnection
+        )
+    sentinel = redis.sentinel.Sentinel(
+        sentinel_addresses(url), sentinel_kwargs=own, **options, **server
+    )
+    return sentinel.master_for(master.name, SentinelClient)
+
+
+class SentinelClient(redis.Redis):
+    """A master's client that closes its connections to the Sentinels with its own."""
+
+    def close(self) -> None:
+        super().close()
+        cast("Any", self.connection_pool).sentinel_manager.close()
+
+
+class AsyncSentinelClient(redis.asyncio.Redis):
+    """:class:`SentinelClient` for ``redis.asyncio``."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        await cast("Any", self.connection_pool).sentinel_manager.aclose()
+
+
+class FollowingConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """redis-py's asyncio Sentinel connection, asking the Sentinels for the master also when
+    a command's retry reconnects: redis-py's own reconnects there to the address it had, so
+    a client kept retrying a dead primary for its whole retry budget after a failover."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:  # the Sentinel connection's connect: the master's address first
+            await self.connect()  # type: ignore[no-untyped-call]
+        await super().send_packed_command(command, check_health)
 
 
 class Window(AbstractBackoff):
@@ -100,21 +189,21 @@ def producer_options(window: float, asyncio: bool = False) -> dict[str, Any]:
     }
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, master: Master | None = None) -> redis.Redis:
     """A Redis client that rides out a restart (:func:`client_options`)."""
-    return redis.Redis.from_url(url, **client_options())
+    return cast("redis.Redis", connect(url, master, client_options()))
 
 
-def producer_client(url: str, window: float) -> redis.Redis:
+def producer_client(url: str, window: float, master: Master | None = None) -> redis.Redis:
     """A Redis client that gives up after about ``window`` seconds (:func:`producer_options`)."""
-    return redis.Redis.from_url(url, **producer_options(window))
+    return cast("redis.Redis", connect(url, master, producer_options(window)))
 
 
 def open_store(settings: Settings, client: redis.Redis | None = None) -> tuple[Store, Outbox]:
     """The job store and the callback outbox of ``settings.redis_url``, sharing one client
     (default :func:`redis_client`)."""
     if client is None:
-        client = redis_client(settings.redis_url)
+        client = redis_client(settings.redis_url, master(settings))
     store = Store(
         client,
         finished_ttl=settings.job_ttl,
@@ -125,9 +214,15 @@ def open_store(settings: Settings, client: redis.Redis | None = None) -> tuple[S
     return store, Outbox(client)
 
 
-def probe(url: str, timeout: float = 2.0) -> str | None:
+def probe_client(url: str, master: Master | None = None, timeout: float = 2.0) -> redis.Redis:
+    """A client for one probe: short timeouts, no retries, replies decoded."""
+    options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    return cast("redis.Redis", connect(url, master, options | {"decode_responses": True}))
+
+
+def probe(url: str, timeout: float = 2.0, master: Master | None = None) -> str | None:
     """PING the Redis at ``url`` with short timeouts: None if it answers, else why not."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = probe_client(url, master, timeout)
     try:
         client.ping()
         return None
@@ -138,14 +233,14 @@ def probe(url: str, timeout: float = 2.0) -> str | None:
 
 
 def queue_depths(
-    url: str, queues: list[str], timeout: float | None = None
+    url: str, queues: list[str], timeout: float | None = None, master: Master | None = None
 ) -> Callable[[], list[int]]:
     """A reader of the broker's queue lengths (Redis: one client, one pipeline per call; with
     ``timeout``, a client that gives up after about that long: :func:`producer_client`).
     Another broker (RabbitMQ) is asked by :func:`_declared_depths`, never Redis."""
     if not is_redis_url(url):
         return _declared_depths(url, queues, timeout or 5.0)
-    client = redis_client(url) if timeout is None else producer_client(url, timeout)
+    client = redis_client(url, master) if timeout is None else producer_client(url, timeout, master)
 
     def read() -> list[int]:
         pipe = client.pipeline(transaction=False)
@@ -187,10 +282,10 @@ def _declared_depths(url: str, queues: list[str], timeout: float) -> Callable[[]
 BINDING_SEPARATOR = "\x06\x16"
 
 
-def drop_stale_bindings(url: str, queues: list[str]) -> int:
+def drop_stale_bindings(url: str, queues: list[str], master: Master | None = None) -> int:
     """Remove from each queue's exchange in the broker every binding but ``queue -> queue``
     (see :mod:`pollen.worker.bindings`); how many. Raises ``StoreUnavailable``."""
-    client = redis_client(url)
+    client = redis_client(url, master)
     removed = 0
     try:
         for name in queues:

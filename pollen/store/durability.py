@@ -10,6 +10,11 @@ without persistence, a flush, a failover to an empty replica). The worker record
 Redis (``pollen:store:data_loss``), counts it in metrics and logs an error; producers see it
 in :meth:`pollen.Pollen.store_status` and in the message of :class:`pollen.JobNotFound`, and
 ``pollen health`` reports it. Jobs accepted before the loss cannot be recovered from Redis.
+
+After a failover the marker tells the two cases apart: a promoted replica holds it (it is
+replicated with the jobs), so it is no loss; a replica that never synced is empty, and is
+one. (A replica not yet promoted refuses the marker's write: the check fails as Redis being
+unavailable, never as a loss.)
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import redis
 
 from pollen.errors import StoreUnavailable
 from pollen.store import keys
+from pollen.store.connection import Master, probe_client
 from pollen.store.effects import Op, cmd
 from pollen.store.sync import Store
 
@@ -100,12 +106,14 @@ def remember(path: Path, epoch: str) -> None:
         log.debug("cannot keep the epoch in %s: %s", path, exc)
 
 
-def last_loss(url: str, timeout: float = 2.0) -> dict[str, str] | None:
+def last_loss(
+    url: str, timeout: float = 2.0, master: Master | None = None
+) -> dict[str, str] | None:
     """The data-loss record of the store at ``url`` (a probe: short timeouts, own client).
 
     Raises :class:`StoreUnavailable` when it cannot be read.
     """
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, decode_responses=True)
+    client = probe_client(url, master, timeout)
     try:
         loss: dict[str, str] = client.hgetall(keys.DATA_LOSS)  # type: ignore[assignment]
     except redis.RedisError as exc:

@@ -20,6 +20,7 @@ from pollen.models import Job, JobStatus
 from pollen.store import keys
 from pollen.store.decode import job_from_fields, optional_float
 from pollen.store.effects import Batch, Lua, Op, Runner, cmd, dumps, flatten
+from pollen.store.replication import Replicas
 
 #: the lifecycle's scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
 SCRIPTS = (
@@ -50,21 +51,28 @@ def create_keys(job_id: str) -> list[str]:
 
 
 def create_many(
-    jobs: Sequence[tuple[str, dict[str, Any], int, str]], *, now: float, submit_grace: float
+    jobs: Sequence[tuple[str, dict[str, Any], int, str]],
+    *,
+    now: float,
+    submit_grace: float,
+    replicas: Replicas,
 ) -> Op[list[bool | IdempotencyConflict]]:
     """Store new queued jobs (job_id, fields, ttl, fingerprint): per job, created or not, or
-    the :class:`IdempotencyConflict` of an id already used with a different request."""
+    the :class:`IdempotencyConflict` of an id already used with a different request. Waits
+    for ``replicas`` to hold them in the same round trip (:mod:`pollen.store.replication`)."""
     if not jobs:
         return []
     watch = repr(now + submit_grace)
-    replies = yield [
-        Lua(
-            "create_job",
-            create_keys(job_id),
-            [job_id, repr(now), ttl, watch, fingerprint, *flatten(fields)],
-        )
-        for job_id, fields, ttl, fingerprint in jobs
-    ]
+    replies = yield from replicas.written(
+        [
+            Lua(
+                "create_job",
+                create_keys(job_id),
+                [job_id, repr(now), ttl, watch, fingerprint, *flatten(fields)],
+            )
+            for job_id, fields, ttl, fingerprint in jobs
+        ]
+    )
     answers: list[bool | IdempotencyConflict] = []
     for (job_id, _, _, fingerprint), (created, existing) in zip(jobs, replies, strict=True):
         if not created and existing and fingerprint and existing != fingerprint:

@@ -24,6 +24,7 @@ from pollen.store import (
     polls,
     pushes,
     rates,
+    replication,
     schedule,
     scripts,
 )
@@ -68,6 +69,8 @@ class Store:
         rehost: bool = False,
     ) -> None:
         self.redis = client
+        #: the replicas a create waits for (the worker sets ``POLLEN_REPLICA_ACKS``'s)
+        self.replicas = replication.off()
         #: every script by name, registered on this client
         self.scripts = {name: client.register_script(text) for name, text in script_texts().items()}
         self.lifecycle = lifecycle.Lifecycle(self.run, finished_ttl=finished_ttl, grace=grace)

@@ -20,7 +20,7 @@ from kombu.exceptions import OperationalError
 
 from pollen.errors import StoreUnavailable
 from pollen.settings import is_redis_url
-from pollen.store.connection import drop_stale_bindings
+from pollen.store.connection import drop_stale_bindings, transport_master
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class DropStaleBindings(bootsteps.StartStopStep):  # type: ignore[misc]
         if not is_redis_url(url):
             return
         try:
-            removed = drop_stale_bindings(url, [queue.name for queue in queues])
+            options = worker.app.conf.broker_transport_options or {}
+            names = [queue.name for queue in queues]
+            removed = drop_stale_bindings(url, names, transport_master(options))
         except StoreUnavailable as exc:  # the consumer reports the broker; this is a tidy-up
             log.warning("could not check the broker's queue bindings: %s", exc)
             return

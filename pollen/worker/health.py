@@ -13,7 +13,7 @@ from pathlib import Path
 from pollen.errors import StoreUnavailable
 from pollen.settings import Settings, is_redis_url
 from pollen.store import durability
-from pollen.store.connection import probe
+from pollen.store.connection import Master, master, probe
 
 HEARTBEAT_MAX_AGE = 60.0
 
@@ -30,17 +30,17 @@ def touch_heartbeat(path: Path) -> None:
     path.touch(exist_ok=True)
 
 
-def check_reachable(url: str, name: str) -> Check:
-    error = probe(url)
+def check_reachable(url: str, name: str, master: Master | None = None) -> Check:
+    error = probe(url, master=master)
     if error is None:
         return Check(name, True, "answers PING")
     return Check(name, False, f"unreachable: {error}")
 
 
-def check_broker(url: str) -> Check:
+def check_broker(url: str, master: Master | None = None) -> Check:
     """A Redis broker answers PING; another (RabbitMQ) accepts a connection."""
     if is_redis_url(url):
-        return check_reachable(url, "broker")
+        return check_reachable(url, "broker", master)
     from kombu.connection import Connection
 
     try:
@@ -77,10 +77,10 @@ def check_heartbeat(path: Path, max_age: float = HEARTBEAT_MAX_AGE) -> Check:
     return Check("heartbeat", True, f"last heartbeat {age:.1f}s ago")
 
 
-def check_data_loss(url: str, recent: float = 900.0) -> Check:
+def check_data_loss(url: str, recent: float = 900.0, master: Master | None = None) -> Check:
     """Fails for ``recent`` seconds after workers found the store emptied under them."""
     try:
-        loss = durability.last_loss(url)
+        loss = durability.last_loss(url, master=master)
     except StoreUnavailable as exc:
         return Check("durability", False, f"cannot read: {exc}")
     if not loss:
@@ -92,10 +92,11 @@ def check_data_loss(url: str, recent: float = 900.0) -> Check:
 
 
 def run_checks(settings: Settings, *, local: bool) -> list[Check]:
-    checks = [check_reachable(settings.redis_url, "store")]
+    sentinel = master(settings)
+    checks = [check_reachable(settings.redis_url, "store", sentinel)]
     if not local and checks[0].ok:
-        checks.append(check_data_loss(settings.redis_url))
+        checks.append(check_data_loss(settings.redis_url, master=sentinel))
     if settings.broker != settings.redis_url:
-        checks.append(check_broker(settings.broker))
+        checks.append(check_broker(settings.broker, sentinel))
     checks.append(check_heartbeat(settings.heartbeat_file) if local else check_workers(settings))
     return checks

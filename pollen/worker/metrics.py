@@ -147,6 +147,10 @@ RECONCILER = Counter("pollen_reconciler_actions_total", "Reconciler actions", ["
 STORE_DATA_LOSS = Counter(
     "pollen_store_data_loss_total", "Times a worker found the job store emptied under it"
 )
+REPLICA_ACK_TIMEOUTS = Counter(
+    "pollen_replica_ack_timeouts_total",
+    "Job creates whose WAIT for replicas timed out (stored on the primary only)",
+)
 
 
 class RedisGauges(Collector):

@@ -18,6 +18,7 @@ from celery import bootsteps
 from pollen import contract
 from pollen.store import durability, keys
 from pollen.store.claims import Held
+from pollen.store.connection import Master, master
 from pollen.store.orphans import Orphans
 from pollen.worker import admission, grouping, metrics, planner, runtime
 from pollen.worker.reconciler import reconcile
@@ -43,7 +44,7 @@ class MetricsExporter(bootsteps.StartStopStep):  # type: ignore[misc]
         metrics.serve(
             port,
             store=deps.store,
-            queue_depths=queue_depths(deps.settings.broker, names),
+            queue_depths=queue_depths(deps.settings.broker, names, master=master(deps.settings)),
             queues=names,
             capacity=deps.capacity,
         )
@@ -91,7 +92,7 @@ def tick(app: Any) -> None:
                 resend=partial(resend_submit, app) if settings.redis_broker else None,
                 backlog=partial(submit_backlog, deps),
                 orphans=(
-                    _orphans(settings.broker, settings.queues.submit)
+                    _orphans(settings.broker, settings.queues.submit, master(settings))
                     if settings.redis_broker
                     else None
                 ),
@@ -167,17 +168,17 @@ def resend_submit(app: Any, message: Held) -> None:
 
 
 @functools.cache
-def _orphans(broker: str, queue: str) -> Orphans:
+def _orphans(broker: str, queue: str, master: Master | None) -> Orphans:
     from pollen.store.connection import redis_client
 
-    return Orphans(redis_client(broker), queue)
+    return Orphans(redis_client(broker, master), queue)
 
 
 @functools.cache
-def _depth_reader(broker: str, queue: str) -> Callable[[], list[int]]:
+def _depth_reader(broker: str, queue: str, master: Master | None) -> Callable[[], list[int]]:
     from pollen.store.connection import queue_depths
 
-    return queue_depths(broker, [queue])
+    return queue_depths(broker, [queue], master=master)
 
 
 def submit_backlog(deps: Any) -> bool:
@@ -186,7 +187,7 @@ def submit_backlog(deps: Any) -> bool:
     waiting. True when the broker cannot say, so nothing is sent twice on a guess."""
     settings = deps.settings
     try:
-        waiting = _depth_reader(settings.broker, settings.queues.submit)()[0] > 0
+        waiting = _depth_reader(settings.broker, settings.queues.submit, master(settings))()[0] > 0
     except Exception:
         log.warning("could not read the submit queue's depth", exc_info=True)
         return True

@@ -11,11 +11,17 @@ unacknowledged messages back (``restore_unacked``); building a new pool reads
 ``transport.client.hostname`` and raises ``AttributeError``, which no one catches: "Unrecoverable
 error", the worker exits (status 0).
 
+The same detached transport also ends the worker when a task finishes in that window: the
+consumer acknowledges (or rejects) its message on the old channel, and the QoS builds a new pool
+from ``transport.client`` (``AttributeError: 'NoneType' object has no attribute 'client'``).
+
 The patch: ``close()`` on a Redis channel whose transport is already detached tears the channel
-down without the restore, which could not reach Redis anyway. Nothing is lost: the messages are
-still in the broker's unacked hash (``restore_unacked`` only pushes copies back, it does not own
-them), and kombu's visibility-timeout restore, or pollen's reconciler, redelivers them once
-Redis is back. Every other ``close()`` runs kombu's code unchanged.
+down without the restore, which could not reach Redis anyway; an acknowledgement or rejection on
+such a channel only forgets the message locally. Nothing is lost: the messages are still in the
+broker's unacked hash (``restore_unacked`` only pushes copies back, it does not own them), and
+kombu's visibility-timeout restore, or pollen's reconciler, redelivers them once Redis is back;
+a finished task delivered again is harmless (every pollen task is idempotent: submits by job id,
+polls fenced by attempt, deliveries by claim). Everything else runs kombu's code unchanged.
 """
 
 from __future__ import annotations
@@ -75,12 +81,31 @@ def _guarded(close: Callable[[Any], None]) -> Callable[[Any], None]:
     return guarded_close
 
 
+def _settled_locally(settle: Callable[..., None]) -> Callable[..., None]:
+    """Wraps the Redis QoS's ``ack`` / ``reject``: on a detached channel, forget the message
+    here only (it stays unacknowledged in Redis and is delivered again)."""
+
+    @functools.wraps(settle)
+    def guarded_settle(qos: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> None:
+        if detached(qos.channel):
+            log.warning(
+                "broker connection gone: a finished message stays unacknowledged in Redis and "
+                "is delivered again after the visibility timeout (harmless: tasks are idempotent)"
+            )
+            qos._quick_ack(delivery_tag)  # kombu's own local part of an ack
+            return
+        settle(qos, delivery_tag, *args, **kwargs)
+
+    setattr(guarded_settle, _MARK, True)
+    return guarded_settle
+
+
 def install() -> bool:
-    """Patch kombu's Redis ``Channel.close`` (once, kombu <= :data:`CHECKED_UP_TO` only);
-    returns whether it is patched."""
+    """Patch kombu's Redis ``Channel.close`` and ``QoS.ack`` / ``QoS.reject`` (once, kombu <=
+    :data:`CHECKED_UP_TO` only); returns whether they are patched."""
     from kombu.transport import redis as kombu_redis
 
-    channel_class = kombu_redis.Channel
+    channel_class, qos_class = kombu_redis.Channel, kombu_redis.QoS
     if getattr(channel_class.close, _MARK, False):
         return True
     kombu_version = version("kombu")
@@ -93,6 +118,8 @@ def install() -> bool:
         )
         return False
     channel_class.close = _guarded(channel_class.close)  # type: ignore[method-assign]
+    qos_class.ack = _settled_locally(qos_class.ack)  # type: ignore[method-assign]
+    qos_class.reject = _settled_locally(qos_class.reject)  # type: ignore[method-assign]
     return True
 
 

@@ -24,12 +24,14 @@ from pollen.providers.http import observe_requests
 from pollen.providers.ratelimit import RateLimiter
 from pollen.settings import Settings, get_settings
 from pollen.storage import Storage, open_storage
+from pollen.store import replication
 from pollen.store.connection import http_client, open_store
 from pollen.store.copies import Copies
 from pollen.store.outbox import Outbox
 from pollen.store.sync import Store
 from pollen.tracing import OFF, Tracing
 from pollen.tracing import of as tracing_of
+from pollen.worker import metrics
 from pollen.worker.leases import LeaseRenewer
 from pollen.worker.metrics import TenantLabels, observe_batch_size, observe_provider_request
 
@@ -93,6 +95,7 @@ def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
     observe_requests(observe_provider_request)
     store, outbox = open_store(settings)
+    store.replicas = replication.of(settings, lambda *_: metrics.REPLICA_ACK_TIMEOUTS.inc())
     http = http_client(settings)
     traces = tracing_of(settings)
     traces.instrument(redis=store.redis, http=http)

@@ -95,7 +95,7 @@ def test_redis_restarted_with_aof_mid_run_loses_nothing(
     jobs = [
         client.submit(
             "runware",
-            video_request([round(rng.uniform(1.0, 4.0), 1)]),
+            video_request([round(rng.uniform(3.0, 6.0), 1)]),  # 10 at once, even under load
             callback_url=f"{receiver.url}/aof",
         )
         for _ in range(20)

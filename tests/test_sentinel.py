@@ -1,0 +1,314 @@
+"""Redis with Sentinel, and a Redis whose name moves in a managed failover.
+
+The settings take Celery's ``sentinel://`` URLs with ``POLLEN_SENTINEL_MASTER``; the store,
+the asyncio store and a worker follow a real failover (a primary SIGKILLed under three
+Sentinels, tests/sentinel.py); a plain ``redis://`` client whose old primary turned replica
+(``READONLY``) reconnects to the name's new address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from pollen import JobStatus, Pollen, contract
+from pollen.local.servers import RedisServer, Worker, free_port
+from pollen.settings import Settings, problems, store_tag
+from pollen.store import durability, lifecycle
+from pollen.store.aio import AsyncStore
+from pollen.store.connection import (
+    Master,
+    client_options,
+    connect,
+    open_store,
+    redis_client,
+    transport_master,
+)
+from pollen.store.sync import Store
+from tests.conftest import settings_from
+from tests.helpers import video_request
+from tests.sentinel import MASTER, SentinelGroup, SwitchProxy
+from tests.test_cli import assert_user_error, pollen
+
+SENTINELS = "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26380"
+
+
+def sentinels(db: int) -> str:
+    """:data:`SENTINELS` on database ``db`` (each address names it)."""
+    return f"sentinel://10.0.0.1:26379/{db};sentinel://10.0.0.2:26380/{db}"
+
+
+JOB_TTL = 3600
+
+# --- settings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sentinel://10.0.0.1:26379",
+        "sentinel://10.0.0.1",  # Sentinel's own port
+        sentinels(2),
+        "sentinel://10.0.0.1:26379/2;sentinel://10.0.0.2:26380",  # the first's database
+        "sentinel://:secret@10.0.0.1:26379/1;sentinel://:secret@10.0.0.2:26379/1",
+    ],
+)
+def test_sentinel_urls_with_a_master_are_a_redis_store_broker_and_backend(url: str) -> None:
+    settings = Settings(
+        redis_url=url, broker_url=url, result_backend=url, sentinel_master="mymaster"
+    )
+    assert settings.redis_broker  # claims, orphans, visibility timeout and depths apply
+    config = contract.celery_config(settings)
+    for options in ("broker_transport_options", "result_backend_transport_options"):
+        assert config[options]["master_name"] == "mymaster"
+        assert "password" not in config[options]["sentinel_kwargs"]
+
+
+def test_the_sentinels_own_password_goes_to_celery_and_the_store() -> None:
+    url = "sentinel://:server-pw@10.0.0.1:26379/3;sentinel://10.0.0.2:26379/3"
+    settings = Settings(redis_url=url, sentinel_master="mymaster", sentinel_password="s-pw")
+    transport = contract.celery_config(settings)["broker_transport_options"]
+    assert transport["sentinel_kwargs"]["password"] == "s-pw"
+    assert transport_master(transport) == Master("mymaster", "s-pw")  # the worker's bindings
+    assert transport_master({"visibility_timeout": 300}) is None
+    bounded = contract.producer_app(settings, timeout=1.5).conf.broker_transport_options
+    assert bounded["sentinel_kwargs"] == {
+        "socket_connect_timeout": 1.5,
+        "socket_timeout": 1.5,
+        "password": "s-pw",
+    }
+    client = redis_client(url, Master("mymaster", "s-pw"))  # builds; connects on first use
+    pool: Any = client.connection_pool
+    assert pool.connection_kwargs["password"] == "server-pw"
+    assert pool.connection_kwargs["db"] == 3
+    first = pool.sentinel_manager.sentinels[0]
+    assert first.connection_pool.connection_kwargs["password"] == "s-pw"
+    assert len(pool.sentinel_manager.sentinels) == 2
+    client.close()
+
+
+def test_a_plain_broker_with_a_sentinel_store_gets_no_sentinel_options() -> None:
+    settings = Settings(
+        redis_url=SENTINELS, broker_url="redis://broker:6379/0", sentinel_master="m"
+    )
+    config = contract.celery_config(settings)
+    assert config["result_backend"] == "redis://broker:6379/0"  # defaults to the broker
+    for options in ("broker_transport_options", "result_backend_transport_options"):
+        assert "master_name" not in config[options]
+    backend = Settings(redis_url=SENTINELS, result_backend=sentinels(2), sentinel_master="m")
+    assert contract.celery_config(backend)["result_backend_transport_options"]["master_name"]
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({"redis_url": SENTINELS}, "POLLEN_SENTINEL_MASTER: must be set for POLLEN_REDIS_URL"),
+        (
+            {"broker_url": SENTINELS},
+            "POLLEN_SENTINEL_MASTER: must be set for POLLEN_BROKER_URL",
+        ),
+        (
+            {"result_backend": SENTINELS},
+            "POLLEN_SENTINEL_MASTER: must be set for POLLEN_RESULT_BACKEND",
+        ),
+        ({"sentinel_master": "m"}, "POLLEN_SENTINEL_MASTER: set, but no URL is sentinel://"),
+        (
+            {"redis_url": "sentinel://a:26379;redis://b:6379", "sentinel_master": "m"},
+            "POLLEN_REDIS_URL: 'redis://b:6379': each address of a Sentinel URL",
+        ),
+        (
+            {"broker_url": "sentinel://a:port", "sentinel_master": "m"},
+            "POLLEN_BROKER_URL: 'sentinel://a:port'",
+        ),
+        ({"redis_url": "sentinels://a:26379"}, "POLLEN_REDIS_URL: must start with"),
+        (
+            {"redis_url": f"{SENTINELS}/1", "sentinel_master": "m"},
+            "POLLEN_REDIS_URL: the addresses of a Sentinel URL name one database and password",
+        ),
+        (
+            {
+                "redis_url": "sentinel://:pw@a:26379;sentinel://:other@b:26379",
+                "sentinel_master": "m",
+            },
+            "POLLEN_REDIS_URL: the addresses of a Sentinel URL name one database and password",
+        ),
+    ],
+)
+def test_bad_sentinel_settings_are_one_line_naming_the_variable(
+    given: dict[str, str], says: str
+) -> None:
+    with pytest.raises(Exception) as caught:
+        Settings(**given)  # type: ignore[arg-type]
+    found = problems(caught.value)
+    assert found is not None
+    assert says in found
+
+
+def test_a_sentinel_url_without_a_master_is_refused_at_the_command_line(
+    worker_env: dict[str, str],
+) -> None:
+    result = pollen({**worker_env, "POLLEN_REDIS_URL": sentinels(1)}, "config")
+    assert_user_error(result, "POLLEN_SENTINEL_MASTER: must be set for POLLEN_REDIS_URL")
+
+
+def test_config_shows_the_master_and_masks_each_sentinels_password(
+    worker_env: dict[str, str],
+) -> None:
+    url = "sentinel://:hunter2@10.0.0.1:26379/1;sentinel://:hunter2@10.0.0.2:26379/1"
+    env = {**worker_env, "POLLEN_REDIS_URL": url, "POLLEN_SENTINEL_MASTER": "mymaster"}
+    result = pollen(env, "config")
+    assert result.returncode == 0, result.stderr
+    assert "POLLEN_SENTINEL_MASTER=mymaster\n" in result.stdout
+    assert "hunter2" not in result.stdout
+
+
+def test_a_sentinel_store_is_named_by_its_sentinels_and_database() -> None:
+    """Local files of one store (the remembered epoch, the heartbeat) carry its tag."""
+    one = store_tag(sentinels(1))
+    assert store_tag("sentinel://:pw@10.0.0.1:26379/1;sentinel://:pw@10.0.0.2:26380/1") == one
+    assert store_tag(sentinels(2)) != one
+    assert store_tag("sentinel://10.0.0.3:26379/1") != one
+
+
+def test_a_sentinel_url_needs_a_master_to_build_a_client() -> None:
+    with pytest.raises(ValueError, match="POLLEN_SENTINEL_MASTER"):
+        connect(SENTINELS, None, client_options())
+
+
+# --- a real failover ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    with SentinelGroup(tmp_path) as started:
+        yield started
+
+
+def _create(store: Store, job_id: str) -> bool:
+    fields = {"id": job_id, "provider": "runware", "status": "queued", "poll_seq": "0"}
+    [created] = store.run(
+        lifecycle.create_many(
+            [(job_id, fields, JOB_TTL, "fp")],
+            now=time.time(),
+            submit_grace=60,
+            replicas=store.replicas,
+        )
+    )
+    return created is True
+
+
+def _replicated(client: redis.Redis) -> None:
+    """Wait for the replica to hold every write so far (a kill then loses nothing)."""
+    assert client.wait(1, 2000) == 1
+
+
+def test_the_store_and_the_async_store_follow_a_sentinel_failover(group: SentinelGroup) -> None:
+    url = group.url(1)
+    settings = Settings(redis_url=url, sentinel_master=MASTER)
+    store, _ = open_store(settings)
+    aio = AsyncStore(url, window=20, master=Master(MASTER))
+    marker = durability.marker()
+
+    async def epoch() -> str:
+        return await aio.run(durability.epoch(marker))
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert _create(store, "before")
+        first = loop.run_until_complete(epoch())
+        _replicated(store.redis)
+        killed = group.kill_primary()
+        assert _create(store, "after")  # rides out the failover: no error on the way
+        followed = time.monotonic() - killed
+        # the promoted replica is the same store: its jobs and its epoch marker
+        assert loop.run_until_complete(epoch()) == first
+        assert not _create(store, "before")
+        assert group.master_port() == group.replica.port
+        print(f"the store followed the failover {followed:.1f}s after the kill")
+        assert followed < 15
+    finally:
+        loop.run_until_complete(aio.aclose())
+        loop.close()
+        store.close()
+
+
+def test_a_worker_follows_a_sentinel_failover(
+    group: SentinelGroup, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **worker_env,
+        "POLLEN_REDIS_URL": group.url(1),
+        "POLLEN_BROKER_URL": group.url(0),
+        "POLLEN_SENTINEL_MASTER": MASTER,
+        "POLLEN_METRICS_PORT": str(free_port()),
+        "POLLEN_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
+    }
+    settings = settings_from(env)
+    log = tmp_path / "worker.log"
+
+    def done(client: Pollen, job_id: str) -> None:
+        job = client.wait(job_id, timeout=45)
+        assert job.status is JobStatus.SUCCEEDED, log.read_text()[-3000:]
+
+    with Worker(env, name="on-sentinel", concurrency=4, log_file=str(log)) as worker:
+        transport = contract.celery_config(settings)["broker_transport_options"]
+        worker.wait_ready(settings.broker, timeout=60, transport=transport)
+        with Pollen(settings) as client:
+            done(client, client.submit("runware", video_request([0.3])))
+            raw = redis_client(settings.redis_url, Master(MASTER))
+            _replicated(raw)
+            raw.close()
+            killed = group.kill_primary()
+            group.wait_promoted()
+            job_id = client.submit("runware", video_request([0.3]))
+            done(client, job_id)
+            print(f"a job submitted after the kill was done {time.monotonic() - killed:.1f}s later")
+
+
+# --- a managed Redis: one name, a new address after a failover -----------------------------
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
+    primary = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"])
+    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+    with primary, replica:
+        yield primary, replica
+
+
+def _fail_over(proxy: SwitchProxy, old: RedisServer, new: RedisServer) -> None:
+    """What a managed Redis does: the replica becomes the primary, the name points at it,
+    and the old primary comes back as the new one's replica (answering writes READONLY)."""
+    redis.Redis(port=new.port).replicaof("NO", "ONE")
+    proxy.upstream = new.port
+    redis.Redis(port=old.port).replicaof("127.0.0.1", new.port)
+
+
+def test_a_plain_url_reconnects_when_its_primary_turned_replica(
+    servers: tuple[RedisServer, RedisServer],
+) -> None:
+    primary, replica = servers
+    with SwitchProxy(primary.port) as proxy:
+        store = Store(redis_client(proxy.url), finished_ttl=60)
+        options: dict[str, Any] = client_options()
+        options["retry_on_error"] = [redis.ConnectionError, redis.TimeoutError]
+        stale = redis.Redis.from_url(proxy.url, **options)  # without the READONLY retry
+        assert _create(store, "before") and stale.ping()
+        _replicated(store.redis)
+        _fail_over(proxy, primary, replica)
+        with pytest.raises(redis.ReadOnlyError):
+            stale.set("k", "v")  # kept its connection to the old primary: fails for good
+        with pytest.raises(redis.ReadOnlyError):
+            stale.set("k", "v")
+        started = time.monotonic()
+        assert _create(store, "after")  # dropped the READONLY connection, reconnected
+        assert not _create(store, "before")  # the new primary has the old one's jobs
+        assert time.monotonic() - started < 5
+        stale.close()
+        store.close()
