@@ -188,7 +188,7 @@ def test_rabbitmq_restarted_mid_run_loses_and_doubles_nothing(
     fault_sim: SimulatorServer,
     receiver: CallbackReceiver,
 ) -> None:
-    case.case = "24" if how == "stop" else "24k"
+    case.case = "25" if how == "stop" else "25k"
     case.fault = (
         f"{'Stop' if how == 'stop' else 'SIGKILL'} the RabbitMQ node mid-run, start it again"
     )
