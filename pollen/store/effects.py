@@ -222,6 +222,11 @@ def guard() -> Iterator[None]:
     except redis.ResponseError as exc:
         if "OOM" in str(exc) or "READONLY" in str(exc):
             raise StoreUnavailable(f"Redis refused the write: {exc}") from exc
+        if str(exc).startswith("unknown command"):  # a Sentinel's port, or not a Redis
+            raise StoreUnavailable(
+                f"the server does not run Redis commands ({exc}); if it is a Sentinel, use a "
+                "sentinel:// URL and POLLEN_SENTINEL_MASTER"
+            ) from exc
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc

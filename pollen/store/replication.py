@@ -94,7 +94,8 @@ class Replicas:
     def _short(self, wanted: int, acked: int) -> None:
         log.warning(
             "a create was acknowledged by %d of %d replicas within %d ms: the job is stored on "
-            "the primary and will run, but a failover right now would lose it",
+            "the primary and will run, but a failover to a replica that has not acknowledged "
+            "it would lose it",
             acked, wanted, self.timeout_ms,
         )  # fmt: skip
         self._checked_at = -math.inf  # auto: the replica may be gone, count them again
