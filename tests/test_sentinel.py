@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from pollen import JobStatus, Pollen, StoreUnavailable, contract
-from pollen.local.servers import RedisServer, Worker, free_port
+from pollen.local.servers import RedisServer, ReplicaServer, Worker, free_port
 from pollen.settings import Settings, problems, store_tag
 from pollen.store import durability, lifecycle
 from pollen.store.aio import AsyncStore
@@ -381,18 +381,22 @@ def test_a_worker_follows_a_sentinel_failover(
 
 @pytest.fixture
 def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"])
-    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
-    with primary, replica:
+    primary = RedisServer()
+    with primary, ReplicaServer(primary) as replica:
         yield primary, replica
 
 
 def _fail_over(proxy: SwitchProxy, old: RedisServer, new: RedisServer) -> None:
     """What a managed Redis does: the replica becomes the primary, the name points at it,
     and the old primary comes back as the new one's replica (answering writes READONLY)."""
-    redis.Redis(port=new.port).replicaof("NO", "ONE")
-    proxy.upstream = new.port
-    redis.Redis(port=old.port).replicaof("127.0.0.1", new.port)
+    promoted, demoted = redis.Redis(port=new.port), redis.Redis(port=old.port)
+    try:
+        promoted.replicaof("NO", "ONE")
+        proxy.upstream = new.port
+        demoted.replicaof("127.0.0.1", new.port)
+    finally:
+        promoted.close()
+        demoted.close()
 
 
 def test_a_plain_url_reconnects_when_its_primary_turned_replica(
