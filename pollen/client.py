@@ -52,6 +52,7 @@ class Pollen:
         client = producer_client(self.settings.redis_url, window, master(self.settings))
         self._session.tracing.instrument(redis=client)  # the store's round trips, in a submit
         self.store, self.outbox = open_store(self.settings, client)
+        self._session.replicas = self.store.replicas  # one count of replicas, one policy
         self._scripts = {**self.store.scripts, **self.outbox.scripts}
         self._celery: Celery | None = None
 

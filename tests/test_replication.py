@@ -26,13 +26,14 @@ from pollen import AsyncPollen, Pollen
 from pollen.local.servers import RedisServer, ReplicaServer
 from pollen.payloads import accept
 from pollen.settings import Settings
-from pollen.store import keys, replication
-from pollen.store.connection import open_store
+from pollen.store import keys, lifecycle, replication
+from pollen.store.connection import open_store, redis_client
 from pollen.store.sync import Store
 from pollen.worker import metrics
 from pollen.worker.periodic import check_store
 from pollen.worker.runtime import build_deps
 from tests.helpers import image_request
+from tests.sentinel import SwitchProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -69,6 +70,15 @@ def calls(admin: redis.Redis) -> dict[str, int]:
     as each read is itself an INFO call)."""
     stats: dict[str, Any] = admin.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+def create(store: Store, *job_ids: str) -> list[Any]:
+    """Create bare queued jobs in one batch (scripts, and WAIT if the store's replicas ask)."""
+    fields = {"provider": "runware", "status": "queued", "poll_seq": "0"}
+    return store.run(lifecycle.create_many(
+        [(job_id, {**fields, "id": job_id}, 600, "fp") for job_id in job_ids],
+        now=time.time(), submit_grace=60, replicas=store.replicas,
+    ))  # fmt: skip
 
 
 def job() -> dict[str, Any]:
@@ -159,6 +169,51 @@ def test_a_replica_that_does_not_answer_costs_the_timeout_not_the_job(
         assert "acknowledged by 0 of 1 replicas within 300 ms" in caplog.text
         pollen.submit_payload(job())
         assert calls(admin)["info"] == 2  # auto counts the replicas again after a shortfall
+
+
+@pytest.mark.parametrize("refused", ["wait", "info"])
+def test_a_server_that_refuses_the_replica_check_fails_no_submit(
+    primary: RedisServer, admin: redis.Redis, settings: Settings, caplog: Any, refused: str
+) -> None:
+    """An ACL (or a proxy) without WAIT or INFO: the job is stored and the submit returns; the
+    client says so once and stops waiting (a raised error would make the caller submit again)."""
+    caplog.set_level(logging.WARNING, "pollen.store.replication")
+    user = f"no{refused}"
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                      commands=["+@all", f"-{refused}"])  # fmt: skip
+    url = f"redis://{user}:pw@127.0.0.1:{primary.port}/1"
+    try:
+        with Pollen(on(primary, settings).model_copy(update={"redis_url": url})) as pollen:
+            first = pollen.submit_payload(job())
+            second = pollen.submit_payload(job())
+            assert pollen.get(first).id == first and pollen.get(second).id == second
+    finally:
+        admin.acl_deluser(user)
+    # once: the second submit did not try again (each refusal would say so)
+    assert caplog.text.count("Redis refused a replica check") == 1
+
+
+def test_a_create_batch_follows_a_managed_failover_with_its_scripts() -> None:
+    """A DNS-named primary turns replica (READONLY) and the name moves to the promoted one: a
+    pipelined create (scripts + WAIT) is sent again on a new connection with its scripts
+    loaded there (the new primary never ran SCRIPT LOAD: scripts are not replicated)."""
+    with RedisServer() as old, ReplicaServer(old) as new, SwitchProxy(old.port) as proxy:
+        store = Store(redis_client(proxy.url), finished_ttl=60)
+        store.replicas = replication.Replicas(1, 500)
+        assert create(store, "before-1", "before-2") == [True, True]
+        admin = redis.Redis(port=new.port)
+        admin.replicaof("NO", "ONE")
+        proxy.upstream = new.port
+        demoted = redis.Redis(port=old.port)
+        demoted.replicaof("127.0.0.1", new.port)
+        demoted.close()
+        admin.script_flush()  # as on a server that never saw pollen's scripts
+        started = time.monotonic()
+        assert create(store, "after-1", "after-2") == [True, True]
+        assert time.monotonic() - started < 5
+        assert create(store, "before-1") == [False]  # the new primary has the old one's jobs
+        admin.close()
+        store.close()
 
 
 def test_a_workers_short_wait_is_counted(

@@ -19,6 +19,7 @@ from redis.retry import Retry
 
 from pollen.errors import StoreUnavailable
 from pollen.settings import Settings, is_redis_url, is_sentinel_url, sentinel_addresses
+from pollen.store import replication
 from pollen.store.outbox import Outbox
 from pollen.store.sync import Store
 
@@ -47,10 +48,10 @@ def client_options(retry: type[Any] = Retry) -> dict[str, Any]:
         "socket_timeout": 15,
         "health_check_interval": 15,
         "retry": retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
-        # READONLY: the primary behind a DNS name became a replica (a managed failover); the
-        # connection is dropped and the command sent again on a new one, which resolves
-        # the name again (a replica never ran the refused write, so a retry is safe)
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError],
+        # READONLY (the primary behind a DNS name became a replica: a managed failover) is
+        # handled where the store runs its batches (pollen.store.effects.execute), which
+        # sends a refused batch again with its scripts on new connections
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
 
 
@@ -211,9 +212,14 @@ def producer_client(url: str, window: float, master: Master | None = None) -> re
     return cast("redis.Redis", connect(url, master, producer_options(window)))
 
 
-def open_store(settings: Settings, client: redis.Redis | None = None) -> tuple[Store, Outbox]:
+def open_store(
+    settings: Settings,
+    client: redis.Redis | None = None,
+    on_short: Callable[[int, int], None] | None = None,
+) -> tuple[Store, Outbox]:
     """The job store and the callback outbox of ``settings.redis_url``, sharing one client
-    (default :func:`redis_client`)."""
+    (default :func:`redis_client`); its creates wait for the replicas the settings ask for
+    (``on_short``: called when a wait falls short, see :mod:`pollen.store.replication`)."""
     if client is None:
         client = redis_client(settings.redis_url, master(settings))
     store = Store(
@@ -223,6 +229,7 @@ def open_store(settings: Settings, client: redis.Redis | None = None) -> tuple[S
         submit_grace=settings.submit_grace,
         rehost=settings.storage.url is not None,
     )
+    store.replicas = replication.of(settings, on_short)
     return store, Outbox(client)
 
 

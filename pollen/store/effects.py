@@ -12,8 +12,11 @@ its Lua scripts.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
-from collections.abc import Generator, Iterator, Mapping
+import time
+from collections.abc import Awaitable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -27,11 +30,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Cmd:
-    """One Redis command: a method of redis-py's client (so replies get redis-py's types)."""
+    """One Redis command: a method of redis-py's client (so replies get redis-py's types).
+    ``tolerant``: an error reply comes back as the reply (a ``redis.ResponseError``) instead of
+    failing the batch, for a command whose refusal the operation can live with."""
 
     method: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    tolerant: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,11 @@ class Runner(Protocol):
 
 def cmd(method: str, *args: Any, **kwargs: Any) -> Cmd:
     return Cmd(method, args, kwargs)
+
+
+def tolerant(method: str, *args: Any, **kwargs: Any) -> Cmd:
+    """A command whose error reply is returned, not raised (:class:`Cmd`)."""
+    return Cmd(method, args, kwargs, tolerant=True)
 
 
 def single(item: Cmd | Lua) -> Op[Any]:
@@ -88,7 +99,26 @@ def _one(client: Any, scripts: Mapping[str, Any], item: Cmd | Lua) -> Any:
     call."""
     if isinstance(item, Lua):
         return scripts[item.name](keys=item.keys, args=item.args, client=client)
-    return getattr(client, item.method)(*item.args, **item.kwargs)
+    method = getattr(client, item.method)
+    if not item.tolerant:
+        return method(*item.args, **item.kwargs)
+    try:
+        reply = method(*item.args, **item.kwargs)
+    except redis.ReadOnlyError:
+        raise
+    except redis.ResponseError as exc:  # a synchronous client's refusal
+        return exc
+    return _tolerated(reply) if inspect.isawaitable(reply) else reply
+
+
+async def _tolerated(reply: Awaitable[Any]) -> Any:
+    """An asyncio client's reply to a tolerant command: its error reply as the reply."""
+    try:
+        return await reply
+    except redis.ReadOnlyError:
+        raise
+    except redis.ResponseError as exc:
+        return exc
 
 
 def _queue(pipe: Any, scripts: Mapping[str, Any], batch: Batch) -> None:
@@ -103,26 +133,85 @@ def _queue(pipe: Any, scripts: Mapping[str, Any], batch: Batch) -> None:
             getattr(pipe, item.method)(*item.args, **item.kwargs)
 
 
-def execute(client: Any, scripts: Mapping[str, Any], batch: Batch) -> list[Any]:
-    """One batch in one round trip on a ``redis.Redis`` client; the replies."""
-    if not batch:
-        return []
+#: the longest a batch is sent again while Redis answers READONLY (a managed Redis whose DNS
+#: name still leads to the old primary, now a replica), unless the client's own window is shorter
+READONLY_WINDOW = 15.0
+
+
+def _replies(batch: Batch, replies: list[Any]) -> list[Any]:
+    """The replies of a batch run with ``raise_on_error=False``: the first error reply of a
+    command that is not :attr:`Cmd.tolerant` is raised (as redis-py would), the others kept."""
+    for item, reply in zip(batch, replies, strict=True):
+        if isinstance(reply, Exception) and not (
+            isinstance(item, Cmd) and item.tolerant and not isinstance(reply, redis.ReadOnlyError)
+        ):
+            raise reply
+    return replies
+
+
+def _readonly_delays(client: Any) -> Iterator[float]:
+    """The pauses before each new attempt of a batch refused with READONLY, within
+    :data:`READONLY_WINDOW` or the client's own window (a producer's is shorter)."""
+    window = getattr(client.get_retry(), "window", None)
+    budget = min(READONLY_WINDOW, window.seconds) if window is not None else READONLY_WINDOW
+    until = time.monotonic() + budget
+    failures = 0
+    while (left := until - time.monotonic()) > 0:
+        yield min(0.05 * 2.0 ** min(failures, 5), 1.0, left)
+        failures += 1
+
+
+def _execute_once(client: Any, scripts: Mapping[str, Any], batch: Batch) -> list[Any]:
     if len(batch) == 1:
         return [_one(client, scripts, batch[0])]
     pipe = client.pipeline(transaction=False)
     _queue(pipe, scripts, batch)
-    return list(pipe.execute())
+    return _replies(batch, list(pipe.execute(raise_on_error=False)))
+
+
+def execute(client: Any, scripts: Mapping[str, Any], batch: Batch) -> list[Any]:
+    """One batch in one round trip on a ``redis.Redis`` client; the replies.
+
+    A batch refused with READONLY ran no write (a replica refuses every one): the client's
+    connections are dropped and the whole batch is sent again on new ones, which resolve the
+    address again and load the scripts on the server they reach (redis-py's own retry would
+    resend a pipeline without its scripts to a new primary that has none)."""
+    if not batch:
+        return []
+    delays = _readonly_delays(client)
+    while True:
+        try:
+            return _execute_once(client, scripts, batch)
+        except redis.ReadOnlyError:
+            delay = next(delays, None)
+            if delay is None:
+                raise
+            client.connection_pool.disconnect()
+            time.sleep(delay)
+
+
+async def _aexecute_once(client: Any, scripts: Mapping[str, Any], batch: Batch) -> list[Any]:
+    if len(batch) == 1:
+        return [await _one(client, scripts, batch[0])]
+    async with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, scripts, batch)
+        return _replies(batch, list(await pipe.execute(raise_on_error=False)))
 
 
 async def aexecute(client: Any, scripts: Mapping[str, Any], batch: Batch) -> list[Any]:
     """:func:`execute` on a ``redis.asyncio.Redis`` client."""
     if not batch:
         return []
-    if len(batch) == 1:
-        return [await _one(client, scripts, batch[0])]
-    async with client.pipeline(transaction=False) as pipe:
-        _queue(pipe, scripts, batch)
-        return list(await pipe.execute())
+    delays = _readonly_delays(client)
+    while True:
+        try:
+            return await _aexecute_once(client, scripts, batch)
+        except redis.ReadOnlyError:
+            delay = next(delays, None)
+            if delay is None:
+                raise
+            await client.connection_pool.disconnect()
+            await asyncio.sleep(delay)
 
 
 @contextmanager
@@ -133,6 +222,11 @@ def guard() -> Iterator[None]:
     except redis.ResponseError as exc:
         if "OOM" in str(exc) or "READONLY" in str(exc):
             raise StoreUnavailable(f"Redis refused the write: {exc}") from exc
+        if str(exc).startswith("unknown command"):  # a Sentinel's port, or not a Redis
+            raise StoreUnavailable(
+                f"the server does not run Redis commands ({exc}); if it is a Sentinel, use a "
+                "sentinel:// URL and POLLEN_SENTINEL_MASTER"
+            ) from exc
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc

@@ -12,7 +12,8 @@ message is sent, so it will run unless the primary dies within the replication l
 instead would lie the other way, since a caller that did not choose the job id would submit
 the job again under a new one. The shortfall is logged at WARNING and counted
 (``pollen_replica_ack_timeouts_total`` on a worker), and an ``auto`` client asks again how
-many replicas there are.
+many replicas there are. A ``WAIT`` (or ``INFO``) the server refuses (an ACL without it, a
+proxy) does not fail the submit either: it is logged once and the client stops waiting.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pollen.store.effects import Batch, Op, cmd
+import redis
+
+from pollen.store.effects import Batch, Op, tolerant
 
 if TYPE_CHECKING:
     from pollen.settings import Settings
@@ -47,15 +50,21 @@ class Replicas:
     clock: Callable[[], float] = time.monotonic
     _connected: int = field(default=0, init=False)
     _checked_at: float = field(default=-math.inf, init=False)
+    _refused: bool = field(default=False, init=False)  #: the server refuses WAIT: never again
 
     def wanted(self) -> Op[int]:
         """Replicas to wait for: ``acks``, or (``auto``) one if the primary has any connected,
         read with ``INFO replication`` at most every :data:`RECHECK` seconds."""
+        if self._refused:
+            return 0
         if self.acks is not None:
             return self.acks
         now = self.clock()
         if now - self._checked_at >= RECHECK:
-            [info] = yield [cmd("info", "replication")]
+            [info] = yield [tolerant("info", "replication")]
+            if isinstance(info, redis.ResponseError):  # a proxy that refuses INFO
+                self._refuse(info)
+                return 0
             self._connected = int(info.get("connected_slaves", 0))
             self._checked_at = now
         return min(self._connected, 1)
@@ -67,15 +76,26 @@ class Replicas:
         wanted = yield from self.wanted()
         if not wanted or not batch:
             return (yield batch)
-        *replies, acked = yield [*batch, cmd("wait", wanted, self.timeout_ms)]
-        if int(acked) < wanted:
+        *replies, acked = yield [*batch, tolerant("wait", wanted, self.timeout_ms)]
+        if isinstance(acked, redis.ResponseError):  # an ACL or a proxy refuses WAIT
+            self._refuse(acked)
+        elif int(acked) < wanted:
             self._short(wanted, int(acked))
         return replies
+
+    def _refuse(self, error: Exception) -> None:
+        log.warning(
+            "Redis refused a replica check (%s): creates no longer wait for replicas "
+            "on this client (POLLEN_REPLICA_ACKS=0 says so without trying)",
+            error,
+        )
+        self._refused = True
 
     def _short(self, wanted: int, acked: int) -> None:
         log.warning(
             "a create was acknowledged by %d of %d replicas within %d ms: the job is stored on "
-            "the primary and will run, but a failover right now would lose it",
+            "the primary and will run, but a failover to a replica that has not acknowledged "
+            "it would lose it",
             acked, wanted, self.timeout_ms,
         )  # fmt: skip
         self._checked_at = -math.inf  # auto: the replica may be gone, count them again

@@ -69,7 +69,7 @@ class Store:
         rehost: bool = False,
     ) -> None:
         self.redis = client
-        #: the replicas a create waits for (the worker sets ``POLLEN_REPLICA_ACKS``'s)
+        #: the replicas a create waits for (``open_store`` sets ``POLLEN_REPLICA_ACKS``'s)
         self.replicas = replication.off()
         #: every script by name, registered on this client
         self.scripts = {name: client.register_script(text) for name, text in script_texts().items()}

@@ -70,8 +70,9 @@ def _guarded(close: Callable[[Any], None]) -> Callable[[Any], None]:
             held = len(channel._qos._delivered) if channel._qos is not None else 0
             if held:
                 log.warning(
-                    "broker connection gone: %d unacknowledged message(s) stay in Redis and "
-                    "are redelivered after the visibility timeout",
+                    "broker connection gone: %d unacknowledged message(s) stay in Redis: "
+                    "pollen's reconciler resumes their jobs (or kombu redelivers them after the "
+                    "visibility timeout)",
                     held,
                 )
             channel.do_restore = False
@@ -90,7 +91,7 @@ def _settled_locally(settle: Callable[..., None]) -> Callable[..., None]:
         if detached(qos.channel):
             log.warning(
                 "broker connection gone: a finished message stays unacknowledged in Redis and "
-                "is delivered again after the visibility timeout (harmless: tasks are idempotent)"
+                "may run again after the visibility timeout (harmless: tasks are idempotent)"
             )
             qos._quick_ack(delivery_tag)  # kombu's own local part of an ack
             return

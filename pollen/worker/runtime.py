@@ -24,7 +24,6 @@ from pollen.providers.http import observe_requests
 from pollen.providers.ratelimit import RateLimiter
 from pollen.settings import Settings, get_settings
 from pollen.storage import Storage, open_storage
-from pollen.store import replication
 from pollen.store.connection import http_client, open_store
 from pollen.store.copies import Copies
 from pollen.store.outbox import Outbox
@@ -94,8 +93,7 @@ _local = _ProcessLocal()
 def build_deps(settings: Settings) -> Deps:
     """Everything the steps need, from settings."""
     observe_requests(observe_provider_request)
-    store, outbox = open_store(settings)
-    store.replicas = replication.of(settings, lambda *_: metrics.REPLICA_ACK_TIMEOUTS.inc())
+    store, outbox = open_store(settings, on_short=lambda *_: metrics.REPLICA_ACK_TIMEOUTS.inc())
     http = http_client(settings)
     traces = tracing_of(settings)
     traces.instrument(redis=store.redis, http=http)
