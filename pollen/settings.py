@@ -444,7 +444,7 @@ def sentinel_addresses(url: str) -> list[tuple[str, int]]:
                 "first does (Celery and kombu read the first's): sentinel://:pw@a:26379/1;..."
             )
         try:
-            port = parts.port or 26379
+            port = parts.port or 0  # no default: each Sentinel's port is written out
         except ValueError:
             port = 0
         if parts.scheme.lower() != SENTINEL_SCHEME or not parts.hostname or not port:
@@ -711,6 +711,11 @@ class Settings(BaseSettings):
     def _sentinel_addresses(cls, url: str | None) -> str | None:
         if url is not None and is_sentinel_url(url):
             sentinel_addresses(url)
+        elif url is not None and ";" in url:  # a second address would be ignored
+            raise ValueError(
+                f"{redact(url)!r}: only a Sentinel URL lists several addresses "
+                "(sentinel://host:port;sentinel://host2:port)"
+            )
         return url
 
     @model_validator(mode="after")

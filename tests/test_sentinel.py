@@ -167,6 +167,19 @@ def test_a_plain_broker_with_a_sentinel_store_gets_no_sentinel_options() -> None
             {"sentinel_password": "s-pw"},
             "POLLEN_SENTINEL_PASSWORD: set, but no URL is sentinel://",
         ),
+        (  # a plain URL first: the Sentinel after it would be ignored, no failover followed
+            {"redis_url": "redis://:hunter2@a:6379/0;sentinel://:hunter2@b:26379/0"},
+            "POLLEN_REDIS_URL: 'redis://:****@a:6379/0;sentinel://:****@b:26379/0': only a "
+            "Sentinel URL lists several addresses",
+        ),
+        (  # each Sentinel's port written out (no silent 26379)
+            {"redis_url": "sentinel://127.0.0.1/0", "sentinel_master": "m"},
+            "POLLEN_REDIS_URL: 'sentinel://127.0.0.1/0': each address of a Sentinel URL is",
+        ),
+        (
+            {"broker_url": "sentinel://127.0.0.1:/0", "sentinel_master": "m"},
+            "POLLEN_BROKER_URL: 'sentinel://127.0.0.1:/0': each address of a Sentinel URL is",
+        ),
     ],
 )
 def test_bad_sentinel_settings_are_one_line_naming_the_variable(
@@ -271,6 +284,19 @@ def test_sentinels_that_name_no_master_are_one_line(tmp_path: Path) -> None:
         assert (
             probe(one, master=Master("m"))
             == f"no Sentinel of 127.0.0.1:{sentinel.port} names master 'm'"
+        )
+        store = Store(redis_client(one, Master("m")), finished_ttl=60)
+        with pytest.raises(StoreUnavailable) as caught:  # a library user's error: short too
+            store.lifecycle.fields("job", "status")
+        store.close()
+        assert str(caught.value) == "Redis is unreachable: No master found for 'm'"
+        # a plain URL at a Sentinel's port (an easy slip): a clear error, not redis-py's
+        store = Store(redis_client(f"redis://127.0.0.1:{sentinel.port}/0"), finished_ttl=60)
+        with pytest.raises(StoreUnavailable) as caught:
+            store.lifecycle.fields("job", "status")
+        store.close()
+        assert "if it is a Sentinel, use a sentinel:// URL and POLLEN_SENTINEL_MASTER" in str(
+            caught.value
         )
 
 
