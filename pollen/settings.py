@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -334,13 +334,18 @@ class StorageSettings(BaseModel):
         parts = urlsplit(url)
         if parts.scheme not in STORAGE_SCHEMES:
             raise ValueError(
-                f"must start with {' or '.join(s + '://' for s in STORAGE_SCHEMES)}, not {url!r}"
+                f"must start with {' or '.join(s + '://' for s in STORAGE_SCHEMES)}, "
+                f"not {redact(url)!r}"
             )
         local = parts.netloc in ("", "localhost") and parts.path.startswith("/")
         if parts.scheme == "file" and not local:
-            raise ValueError(f"a file:// storage URL needs an absolute path (file:///dir): {url!r}")
+            raise ValueError(
+                f"a file:// storage URL needs an absolute path (file:///dir): {redact(url)!r}"
+            )
         if parts.scheme == "s3" and not parts.netloc:
-            raise ValueError(f"an s3:// storage URL needs a bucket (s3://bucket/prefix): {url!r}")
+            raise ValueError(
+                f"an s3:// storage URL needs a bucket (s3://bucket/prefix): {redact(url)!r}"
+            )
         return url
 
 
@@ -410,6 +415,23 @@ def is_sentinel_url(url: str | None) -> bool:
     return url is not None and urlsplit(url).scheme.lower() == SENTINEL_SCHEME
 
 
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``****`` (in each address of a
+    Sentinel URL: ``sentinel://:pw@a:26379;sentinel://:pw@b:26379``)."""
+    if ";" in url:
+        return ";".join(redact(part) for part in url.split(";"))
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL urlsplit reads: mask whatever stands between ':' and '@'
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1****@", url)
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
+
+
 def sentinel_addresses(url: str) -> list[tuple[str, int]]:
     """The Sentinels' ``(host, port)`` of a Sentinel URL; ValueError saying what is wrong."""
     addresses = []
@@ -422,13 +444,18 @@ def sentinel_addresses(url: str) -> list[tuple[str, int]]:
                 "first does (Celery and kombu read the first's): sentinel://:pw@a:26379/1;..."
             )
         try:
-            port = parts.port or 26379
+            port = parts.port or 0  # no default: each Sentinel's port is written out
         except ValueError:
             port = 0
         if parts.scheme.lower() != SENTINEL_SCHEME or not parts.hostname or not port:
             raise ValueError(
-                f"{part.strip()!r}: each address of a Sentinel URL is sentinel://host:port, "
-                "joined by ';'"
+                f"{redact(part.strip())!r}: each address of a Sentinel URL is "
+                "sentinel://host:port, joined by ';'"
+            )
+        if parts.query:  # kombu's ?ssl=... would be dropped here: refused, never plaintext
+            raise ValueError(
+                f"{redact(part.strip())!r}: a Sentinel URL takes no query (?...): "
+                "TLS to Sentinel and its Redis servers is not supported"
             )
         addresses.append((parts.hostname, port))
     return addresses
@@ -598,12 +625,14 @@ class Settings(BaseSettings):
         "per worker process; the ones it sees after that many share the label _other.",
     )
     heartbeat_file: Path = Field(
-        default_factory=lambda data: default_heartbeat_file(data.get("redis_url", "")),
+        default_factory=lambda data: default_heartbeat_file(
+            data.get("redis_url", ""), data.get("sentinel_master")
+        ),
         description="File the worker touches on every heartbeat (for `pollen health --local`); "
         "default pollen-worker-<store>.heartbeat in the temp dir, <store> a hash of the store's "
-        "host:port/db. The store's epoch marker is remembered beside it "
-        "(pollen-worker-<store>.epoch), so workers of different stores on one machine never "
-        "raise a false data-loss alarm.",
+        "host:port/db (with Sentinel: master name, Sentinels, db). The store's epoch marker "
+        "is remembered beside it (pollen-worker-<store>.epoch), so workers of different "
+        "stores on one machine never raise a false data-loss alarm.",
     )
     http_timeout: float = Field(30.0, gt=0, description="Timeout of one provider request, seconds.")
     batch_size: int = Field(
@@ -682,12 +711,18 @@ class Settings(BaseSettings):
     def _sentinel_addresses(cls, url: str | None) -> str | None:
         if url is not None and is_sentinel_url(url):
             sentinel_addresses(url)
+        elif url is not None and ";" in url:  # a second address would be ignored
+            raise ValueError(
+                f"{redact(url)!r}: only a Sentinel URL lists several addresses "
+                "(sentinel://host:port;sentinel://host2:port)"
+            )
         return url
 
     @model_validator(mode="after")
     def _sentinel_master_with_sentinel_urls(self) -> Settings:
         """A Sentinel URL names no master (Celery's form): POLLEN_SENTINEL_MASTER says which,
-        and is refused without one (a name that nothing reads hides a typo in a URL)."""
+        and is refused without one; it and the Sentinels' password are refused without a
+        Sentinel URL (a setting that nothing reads hides a typo in a URL)."""
         urls = {
             "POLLEN_REDIS_URL": self.redis_url,
             "POLLEN_BROKER_URL": self.broker_url,
@@ -696,11 +731,15 @@ class Settings(BaseSettings):
         sentinel = [name for name, url in urls.items() if is_sentinel_url(url)]
         if sentinel and not self.sentinel_master:
             raise ValueError(f"POLLEN_SENTINEL_MASTER: must be set for {sentinel[0]}=sentinel://")
-        if self.sentinel_master and not sentinel:
-            raise ValueError(
-                "POLLEN_SENTINEL_MASTER: set, but no URL is sentinel:// "
-                "(POLLEN_REDIS_URL, POLLEN_BROKER_URL, POLLEN_RESULT_BACKEND)"
-            )
+        for name, value in (
+            ("POLLEN_SENTINEL_MASTER", self.sentinel_master),
+            ("POLLEN_SENTINEL_PASSWORD", self.sentinel_password),
+        ):
+            if value and not sentinel:
+                raise ValueError(
+                    f"{name}: set, but no URL is sentinel:// "
+                    "(POLLEN_REDIS_URL, POLLEN_BROKER_URL, POLLEN_RESULT_BACKEND)"
+                )
         return self
 
     @property
@@ -743,7 +782,10 @@ class Settings(BaseSettings):
     def epoch_file(self) -> Path:
         """Where the worker remembers the store's epoch marker: beside the heartbeat file,
         named after the store it describes."""
-        return self.heartbeat_file.parent / f"pollen-worker-{store_tag(self.redis_url)}.epoch"
+        return (
+            self.heartbeat_file.parent
+            / f"pollen-worker-{store_tag(self.redis_url, self.sentinel_master)}.epoch"
+        )
 
     @property
     def broker(self) -> str:
@@ -767,17 +809,20 @@ class Settings(BaseSettings):
         return "POLLEN_BROKER_URL" if self.redis_broker else "POLLEN_REDIS_URL"
 
 
-def store_tag(url: str) -> str:
-    """A short name for the Redis database ``url`` points at (a hash of host:port/db).
+def store_tag(url: str, master: str | None = None) -> str:
+    """A short name for the Redis database ``url`` points at (a hash of host:port/db; for a
+    Sentinel URL, of its master's name, its Sentinels in any order, and the db).
 
     Local files that describe one store (the remembered epoch marker, the default heartbeat
-    file) carry it, so deployments with different stores on one machine stay apart.
+    file) carry it, so deployments with different stores on one machine stay apart (one set
+    of Sentinels may watch several masters: each is another store).
     """
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    if is_sentinel_url(url):  # the Sentinels and the db (a master's name is the same store)
-        addresses = ",".join(f"{h}:{p}" for h, p in sentinel_addresses(url))
-        where, db = addresses, urlsplit(url.split(";", 1)[0]).path.strip("/") or "0"
+    if is_sentinel_url(url):
+        addresses = ",".join(sorted(f"{h}:{p}" for h, p in sentinel_addresses(url)))
+        where = f"{master or ''}@{addresses}"
+        db = urlsplit(url.split(";", 1)[0]).path.strip("/") or "0"
     elif parts.scheme == "unix":
         where, db = parts.path, query.get("db", ["0"])[0]
     else:
@@ -786,8 +831,9 @@ def store_tag(url: str) -> str:
     return hashlib.sha256(f"{where}/{db}".encode()).hexdigest()[:12]
 
 
-def default_heartbeat_file(redis_url: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"pollen-worker-{store_tag(redis_url)}.heartbeat"
+def default_heartbeat_file(redis_url: str, master: str | None = None) -> Path:
+    tag = store_tag(redis_url, master)
+    return Path(tempfile.gettempdir()) / f"pollen-worker-{tag}.heartbeat"
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import redis
 
-from pollen.local.servers import ManagedProcess, RedisServer, free_port
+from pollen.local.servers import ManagedProcess, RedisServer, ReplicaServer, free_port
 
 #: the master's name the Sentinels know (POLLEN_SENTINEL_MASTER)
 MASTER = "pollen"
@@ -32,10 +32,8 @@ class SentinelGroup(ManagedProcess):
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        # a replica syncs at once (Redis waits 5 s by default for more replicas to join)
-        self.primary = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"])
-        self.replica = RedisServer()
-        self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.primary = RedisServer()
+        self.replica = ReplicaServer(self.primary)  # started once in sync
         self.sentinels = [self._sentinel(i) for i in range(3)]
 
     def _sentinel(self, index: int) -> RedisServer:
@@ -78,12 +76,6 @@ class SentinelGroup(ManagedProcess):
             return int(info["num-slaves"]) == 1 and int(info["num-other-sentinels"]) == 2
 
         _until(lambda: all(ready(s) for s in self.sentinels), timeout, "the Sentinels to meet")
-        primary = redis.Redis(port=self.primary.port, socket_timeout=1, decode_responses=True)
-        try:
-            online = lambda: primary.info("replication").get("slave0", {}).get("state") == "online"  # noqa: E731
-            _until(online, timeout, "the replica in sync")
-        finally:
-            primary.close()
 
     def master_port(self) -> int:
         """The primary's port, as the first Sentinel that answers names it."""

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis
 
-from pollen import JobStatus, Pollen, contract
-from pollen.local.servers import RedisServer, Worker, free_port
+from pollen import JobStatus, Pollen, StoreUnavailable, contract
+from pollen.local.servers import RedisServer, ReplicaServer, Worker, free_port
 from pollen.settings import Settings, problems, store_tag
 from pollen.store import durability, lifecycle
 from pollen.store.aio import AsyncStore
@@ -27,6 +27,8 @@ from pollen.store.connection import (
     client_options,
     connect,
     open_store,
+    probe,
+    reason,
     redis_client,
     transport_master,
 )
@@ -138,6 +140,46 @@ def test_a_plain_broker_with_a_sentinel_store_gets_no_sentinel_options() -> None
             },
             "POLLEN_REDIS_URL: the addresses of a Sentinel URL name one database and password",
         ),
+        (  # a URL quoted in an error shows no password
+            {"redis_url": "sentinel://:hunter2@10.0.0.1:bad/1", "sentinel_master": "m"},
+            "POLLEN_REDIS_URL: 'sentinel://:****@10.0.0.1:bad/1': each address",
+        ),
+        (
+            {
+                "redis_url": "sentinel://:hunter2@a:26379;redis://:hunter2@b:6379",
+                "sentinel_master": "m",
+            },
+            "POLLEN_REDIS_URL: 'redis://:****@b:6379': each address",
+        ),
+        (  # kombu's TLS options would be dropped: a plaintext connection
+            {"redis_url": "sentinel://10.0.0.1:26379/1?ssl=true", "sentinel_master": "m"},
+            "POLLEN_REDIS_URL: 'sentinel://10.0.0.1:26379/1?ssl=true': a Sentinel URL takes no "
+            "query (?...): TLS to Sentinel and its Redis servers is not supported",
+        ),
+        (
+            {
+                "broker_url": "sentinel://:hunter2@a:26379;sentinel://b:26379?ssl_cert_reqs=none",
+                "sentinel_master": "m",
+            },
+            "POLLEN_BROKER_URL: 'sentinel://b:26379?ssl_cert_reqs=none': a Sentinel URL takes no",
+        ),
+        (
+            {"sentinel_password": "s-pw"},
+            "POLLEN_SENTINEL_PASSWORD: set, but no URL is sentinel://",
+        ),
+        (  # a plain URL first: the Sentinel after it would be ignored, no failover followed
+            {"redis_url": "redis://:hunter2@a:6379/0;sentinel://:hunter2@b:26379/0"},
+            "POLLEN_REDIS_URL: 'redis://:****@a:6379/0;sentinel://:****@b:26379/0': only a "
+            "Sentinel URL lists several addresses",
+        ),
+        (  # each Sentinel's port written out (no silent 26379)
+            {"redis_url": "sentinel://127.0.0.1/0", "sentinel_master": "m"},
+            "POLLEN_REDIS_URL: 'sentinel://127.0.0.1/0': each address of a Sentinel URL is",
+        ),
+        (
+            {"broker_url": "sentinel://127.0.0.1:/0", "sentinel_master": "m"},
+            "POLLEN_BROKER_URL: 'sentinel://127.0.0.1:/0': each address of a Sentinel URL is",
+        ),
     ],
 )
 def test_bad_sentinel_settings_are_one_line_naming_the_variable(
@@ -148,6 +190,22 @@ def test_bad_sentinel_settings_are_one_line_naming_the_variable(
     found = problems(caught.value)
     assert found is not None
     assert says in found
+    assert "hunter2" not in found and "\n" not in found
+
+
+def test_a_bad_sentinel_url_at_the_command_line_shows_no_password(
+    worker_env: dict[str, str],
+) -> None:
+    env = {**worker_env, "POLLEN_REDIS_URL": "sentinel://:hunter2@10.0.0.1:bad/1"}
+    result = pollen(env, "config")
+    assert_user_error(result, "POLLEN_REDIS_URL: 'sentinel://:****@10.0.0.1:bad/1'")
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_the_sentinels_password_is_not_in_a_masters_repr() -> None:
+    assert "s-pw" not in repr(Master("mymaster", "s-pw"))
+    assert "mymaster" in repr(Master("mymaster", "s-pw"))
+    assert Master("mymaster", "s-pw") != Master("mymaster", "other")
 
 
 def test_a_sentinel_url_without_a_master_is_refused_at_the_command_line(
@@ -168,17 +226,90 @@ def test_config_shows_the_master_and_masks_each_sentinels_password(
     assert "hunter2" not in result.stdout
 
 
-def test_a_sentinel_store_is_named_by_its_sentinels_and_database() -> None:
-    """Local files of one store (the remembered epoch, the heartbeat) carry its tag."""
-    one = store_tag(sentinels(1))
-    assert store_tag("sentinel://:pw@10.0.0.1:26379/1;sentinel://:pw@10.0.0.2:26380/1") == one
-    assert store_tag(sentinels(2)) != one
-    assert store_tag("sentinel://10.0.0.3:26379/1") != one
+def test_a_sentinel_store_is_named_by_its_master_sentinels_and_database() -> None:
+    """Local files of one store (the remembered epoch, the heartbeat) carry its tag: one set
+    of Sentinels may watch several masters, each another store."""
+    one = store_tag(sentinels(1), "m")
+    assert store_tag("sentinel://:pw@10.0.0.1:26379/1;sentinel://:pw@10.0.0.2:26380/1", "m") == one
+    assert store_tag("sentinel://10.0.0.2:26380/1;sentinel://10.0.0.1:26379/1", "m") == one
+    assert store_tag(sentinels(1), "other") != one
+    assert store_tag(sentinels(2), "m") != one
+    assert store_tag("sentinel://10.0.0.3:26379/1", "m") != one
+    a, b = (Settings(redis_url=sentinels(1), sentinel_master=name) for name in ("a", "b"))
+    assert a.epoch_file != b.epoch_file and a.heartbeat_file != b.heartbeat_file
+    again = Settings(redis_url=sentinels(1), sentinel_master="a")
+    assert (again.epoch_file, again.heartbeat_file) == (a.epoch_file, a.heartbeat_file)
 
 
 def test_a_sentinel_url_needs_a_master_to_build_a_client() -> None:
     with pytest.raises(ValueError, match="POLLEN_SENTINEL_MASTER"):
         connect(SENTINELS, None, client_options())
+
+
+# --- Sentinels that name no master: one line --------------------------------------------
+
+
+def _dead_sentinels() -> tuple[str, str]:
+    """A Sentinel URL of two ports nothing listens on, and what pollen says of it."""
+    ports = [free_port(), free_port()]
+    url = ";".join(f"sentinel://127.0.0.1:{port}/0" for port in ports)
+    where = ", ".join(f"127.0.0.1:{port}" for port in ports)
+    return url, f"no Sentinel of {where} names master 'm'"
+
+
+def test_sentinels_that_name_no_master_are_one_line(tmp_path: Path) -> None:
+    url, says = _dead_sentinels()
+    assert probe(url, master=Master("m")) == says
+    with pytest.raises(StoreUnavailable) as caught:
+        durability.last_loss(url, master=Master("m"))
+    assert str(caught.value) == says
+
+    async def ping() -> BaseException:
+        client = connect(url, Master("m"), {"socket_connect_timeout": 1}, asyncio=True)
+        try:
+            await client.ping()
+        except redis.RedisError as exc:
+            return exc
+        finally:
+            await client.aclose()
+        raise AssertionError("the dead Sentinels answered")
+
+    failed = asyncio.run(ping())
+    assert len(str(failed)) > 500  # redis-py's: every Sentinel client's repr
+    assert reason(failed, url) == says
+    (tmp_path / "sentinel.conf").write_text("")  # a Sentinel that answers, watching no master
+    conf, workdir = str(tmp_path / "sentinel.conf"), str(tmp_path)
+    with RedisServer(config_file=conf, extra_args=["--sentinel"], workdir=workdir) as sentinel:
+        one = f"sentinel://127.0.0.1:{sentinel.port}"
+        assert (
+            probe(one, master=Master("m"))
+            == f"no Sentinel of 127.0.0.1:{sentinel.port} names master 'm'"
+        )
+        store = Store(redis_client(one, Master("m")), finished_ttl=60)
+        with pytest.raises(StoreUnavailable) as caught:  # a library user's error: short too
+            store.lifecycle.fields("job", "status")
+        store.close()
+        assert str(caught.value) == "Redis is unreachable: No master found for 'm'"
+        # a plain URL at a Sentinel's port (an easy slip): a clear error, not redis-py's
+        store = Store(redis_client(f"redis://127.0.0.1:{sentinel.port}/0"), finished_ttl=60)
+        with pytest.raises(StoreUnavailable) as caught:
+            store.lifecycle.fields("job", "status")
+        store.close()
+        assert "if it is a Sentinel, use a sentinel:// URL and POLLEN_SENTINEL_MASTER" in str(
+            caught.value
+        )
+
+
+def test_dead_sentinels_are_one_line_in_stats_and_health(worker_env: dict[str, str]) -> None:
+    url, says = _dead_sentinels()
+    env = {**worker_env, "POLLEN_REDIS_URL": url, "POLLEN_SENTINEL_MASTER": "m"}
+    line = assert_user_error(pollen(env, "stats"), f"is unreachable ({says})")
+    assert len(line) < 200
+    health = pollen(env, "health", "--local")
+    assert health.returncode == 1
+    assert f"FAIL store: unreachable: {says}\n" in health.stdout
+    assert max(len(line) for line in health.stdout.splitlines()) < 200
+    assert "Traceback" not in health.stderr
 
 
 # --- a real failover ---------------------------------------------------------------------
@@ -276,18 +407,22 @@ def test_a_worker_follows_a_sentinel_failover(
 
 @pytest.fixture
 def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary = RedisServer(extra_args=["--repl-diskless-sync-delay", "0"])
-    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
-    with primary, replica:
+    primary = RedisServer()
+    with primary, ReplicaServer(primary) as replica:
         yield primary, replica
 
 
 def _fail_over(proxy: SwitchProxy, old: RedisServer, new: RedisServer) -> None:
     """What a managed Redis does: the replica becomes the primary, the name points at it,
     and the old primary comes back as the new one's replica (answering writes READONLY)."""
-    redis.Redis(port=new.port).replicaof("NO", "ONE")
-    proxy.upstream = new.port
-    redis.Redis(port=old.port).replicaof("127.0.0.1", new.port)
+    promoted, demoted = redis.Redis(port=new.port), redis.Redis(port=old.port)
+    try:
+        promoted.replicaof("NO", "ONE")
+        proxy.upstream = new.port
+        demoted.replicaof("127.0.0.1", new.port)
+    finally:
+        promoted.close()
+        demoted.close()
 
 
 def test_a_plain_url_reconnects_when_its_primary_turned_replica(

@@ -104,6 +104,19 @@ def _usage_error(exc: typer.TyperException) -> int:
     return exc.exit_code
 
 
+def _reason(exc: Exception) -> str:
+    """``exc`` in one line; when the store's Sentinels name no master (raised, or the cause
+    of a StoreUnavailable), which Sentinels and master, not redis-py's kilobytes of reprs."""
+    from pollen.settings import get_settings
+    from pollen.store.connection import NO_MASTER, reason
+
+    cause = exc if isinstance(exc, NO_MASTER) else exc.__cause__
+    if not isinstance(cause, NO_MASTER):
+        return str(exc)
+    prefix = "" if cause is exc else "Redis is unreachable: "
+    return prefix + reason(cause, get_settings().redis_url)
+
+
 def main() -> None:
     """Run the CLI. A mistake is one line on stderr: usage errors exit 2; an unreachable Redis,
     a refused store write or any other error of pollen's exit 1."""
@@ -119,9 +132,9 @@ def main() -> None:
         typer.secho("error: aborted", fg=typer.colors.RED, err=True)
         code = 1
     except UNREACHABLE as exc:
-        typer.secho(f"error: Redis is unreachable: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: Redis is unreachable: {_reason(exc)}", fg=typer.colors.RED, err=True)
         code = 1
     except PollenError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {_reason(exc)}", fg=typer.colors.RED, err=True)
         code = 1
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pollen.cli.common import connected, fail, load_settings, print_json, redact
+from pollen.cli.common import connected, fail, load_settings, print_json
 
 if TYPE_CHECKING:
     from pollen.settings import Settings
@@ -109,6 +109,8 @@ SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN")
 def _shown(value: Any, secret: bool) -> str:
     """A setting's value as ``pollen config`` prints it: secrets masked, URLs redacted."""
     from pydantic import BaseModel, SecretStr
+
+    from pollen.settings import redact
 
     def plain(item: Any) -> Any:
         if isinstance(item, SecretStr):

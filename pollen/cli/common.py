@@ -6,7 +6,6 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
@@ -30,23 +29,6 @@ def print_json(value: Any) -> None:
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
-
-
-def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``****`` (in each address of a
-    Sentinel URL: ``sentinel://:pw@a:26379;sentinel://:pw@b:26379``)."""
-    if ";" in url:
-        return ";".join(redact(part) for part in url.split(";"))
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
 
 
 def load_settings() -> Settings:
@@ -75,6 +57,7 @@ def connected() -> Iterator[Pollen]:
 
 def require_redis(settings: Settings) -> None:
     """Exit 1 with one line unless the store answers a PING within seconds."""
+    from pollen.settings import redact
     from pollen.store.connection import master
     from pollen.worker.health import check_reachable
 

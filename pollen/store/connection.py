@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx
@@ -25,6 +25,18 @@ from pollen.store.sync import Store
 
 #: what a call raises when Redis cannot be reached (for callers outside the store)
 UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+#: what redis-py's Sentinel raises when no Sentinel names the master (sync, asyncio)
+NO_MASTER = (redis.sentinel.MasterNotFoundError, redis.asyncio.sentinel.MasterNotFoundError)
+
+
+def reason(exc: BaseException, url: str) -> str:
+    """Why a call to the Redis at ``url`` failed, in one line: redis-py's "No master found"
+    lists every Sentinel client's repr (kilobytes); this names the Sentinels instead."""
+    if not isinstance(exc, NO_MASTER) or not is_sentinel_url(url):
+        return str(exc)
+    name = str(exc).removeprefix("No master found for ").split(" : ", 1)[0]
+    where = ", ".join(f"{host}:{port}" for host, port in sentinel_addresses(url))
+    return f"no Sentinel of {where} names master {name}"
 
 
 def client_options(retry: type[Any] = Retry) -> dict[str, Any]:
@@ -49,7 +61,7 @@ class Master:
     and the Sentinels' own password if they need one."""
 
     name: str
-    sentinel_password: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
 
 def master(settings: Settings) -> Master | None:
@@ -234,7 +246,7 @@ def probe(url: str, timeout: float = 2.0, master: Master | None = None) -> str |
         client.ping()
         return None
     except redis.RedisError as exc:
-        return str(exc)
+        return reason(exc, url)
     finally:
         client.close()
 
@@ -303,7 +315,7 @@ def drop_stale_bindings(url: str, queues: list[str], master: Master | None = Non
             if stale:
                 removed += int(client.srem(key, *stale))
     except redis.RedisError as exc:
-        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        raise StoreUnavailable(f"Redis is unreachable: {reason(exc, url)}") from exc
     finally:
         client.close()
     return removed

@@ -29,7 +29,7 @@ import redis
 
 from pollen.errors import StoreUnavailable
 from pollen.store import keys
-from pollen.store.connection import Master, probe_client
+from pollen.store.connection import Master, probe_client, reason
 from pollen.store.effects import Op, cmd
 from pollen.store.sync import Store
 
@@ -117,7 +117,7 @@ def last_loss(
     try:
         loss: dict[str, str] = client.hgetall(keys.DATA_LOSS)  # type: ignore[assignment]
     except redis.RedisError as exc:
-        raise StoreUnavailable(str(exc)) from exc
+        raise StoreUnavailable(reason(exc, url)) from exc
     finally:
         client.close()
     return loss or None

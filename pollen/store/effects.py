@@ -229,7 +229,8 @@ def guard() -> Iterator[None]:
             ) from exc
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        # redis-py's "No master found for 'm' : <every Sentinel client's repr>": the first part
+        raise StoreUnavailable(f"Redis is unreachable: {str(exc).split(' : <', 1)[0]}") from exc
 
 
 def run(client: Any, scripts: Mapping[str, Any], op: Op[T]) -> T:

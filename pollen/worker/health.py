@@ -13,7 +13,7 @@ from pathlib import Path
 from pollen.errors import StoreUnavailable
 from pollen.settings import Settings, is_redis_url
 from pollen.store import durability
-from pollen.store.connection import Master, master, probe
+from pollen.store.connection import Master, master, probe, reason
 
 HEARTBEAT_MAX_AGE = 60.0
 
@@ -58,7 +58,7 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
     try:
         replies = app.control.ping(timeout=timeout) or []
     except Exception as exc:  # the broker itself is down: kombu raises various errors
-        return Check("workers", False, f"ping failed: {exc}")
+        return Check("workers", False, f"ping failed: {reason(exc, settings.broker)}")
     finally:
         app.close()
     names = sorted(name for reply in replies for name in reply)

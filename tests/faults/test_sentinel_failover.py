@@ -66,8 +66,12 @@ def test_sentinel_failover_under_load_loses_and_doubles_nothing(
         )
         fault_at = time.time()
         group.kill_primary()
-        refused = 0
+        refused, deadline = 0, time.monotonic() + RECOVERY_LIMIT_S
         while len(jobs) < BEFORE + AFTER:  # submits go on: only acknowledged ones count
+            assert time.monotonic() < deadline, (
+                f"{len(jobs) - BEFORE} of {AFTER} submits acknowledged {RECOVERY_LIMIT_S:g} s "
+                f"after the kill ({refused} refused): no primary was named"
+            )
             try:
                 jobs.append(submit())
             except StoreUnavailable:
