@@ -444,7 +444,7 @@ def sentinel_addresses(url: str) -> list[tuple[str, int]]:
                 "first does (Celery and kombu read the first's): sentinel://:pw@a:26379/1;..."
             )
         try:
-            port = parts.port or 0  # no default: each Sentinel's port is written out
+            port = parts.port or 26379  # Sentinel's own port, as kombu reads it
         except ValueError:
             port = 0
         if parts.scheme.lower() != SENTINEL_SCHEME or not parts.hostname or not port:
