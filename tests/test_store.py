@@ -35,7 +35,7 @@ from pollen.store.sync import Store
 from pollen.worker import health
 from pollen.worker.periodic import check_store
 from pollen.worker.runtime import Deps, build_deps
-from tests.conftest import STORE_DB
+from tests.conftest import OWN_STORE_DB, STORE_DB
 from tests.helpers import video_request
 
 FINISHED_TTL = 600
@@ -63,6 +63,20 @@ def store(raw: redis.Redis, redis_server: RedisServer) -> Iterator[Store]:
     built = Store(redis_client(redis_server.url(STORE_DB)), finished_ttl=FINISHED_TTL, grace=60)
     yield built
     built.close()
+
+
+@pytest.fixture
+def quiet(redis_server: RedisServer) -> Iterator[tuple[Store, redis.Redis]]:
+    """A store no worker watches, and a raw client of it, for the tests that compare every key
+    before and after: the session worker's periodic round writes to its own store (leases,
+    locks, and it resumes these tests' jobs, whose times are in the past, as overdue)."""
+    client = redis.Redis.from_url(redis_server.url(OWN_STORE_DB), decode_responses=True)
+    client.flushdb()
+    built = Store(redis_client(redis_server.url(OWN_STORE_DB)), finished_ttl=FINISHED_TTL, grace=60)
+    yield built, client
+    built.close()
+    client.flushdb()
+    client.close()
 
 
 def _create(store: Store, job_id: str, fingerprint: str = "fp-1", now: float = NOW) -> bool:
@@ -162,7 +176,8 @@ def test_counters_and_indexes_follow_create_transition_finish_and_rollback(
     assert _counts(raw) == {"submitted": 1, "processing": 1, "succeeded": 1, "failed": 1}
 
 
-def test_rollback_undoes_exactly_what_create_wrote(store: Store, raw: redis.Redis) -> None:
+def test_rollback_undoes_exactly_what_create_wrote(quiet: tuple[Store, redis.Redis]) -> None:
+    store, raw = quiet
     assert _create(store, "other")
 
     def dump() -> dict[str, object]:
@@ -258,7 +273,8 @@ def _record(store: Store, job_id: str, attempt: int, *, now: float, **found: Any
     return recorded
 
 
-def test_a_stale_poll_answer_changes_nothing(store: Store, raw: redis.Redis) -> None:
+def test_a_stale_poll_answer_changes_nothing(quiet: tuple[Store, redis.Redis]) -> None:
+    store, raw = quiet
     now = time.time()
     _submitted(store, "j", now)
     assert store.polls.claim([("j", 1)], now=now, lease=30)[0].verdict == "ok"
@@ -279,8 +295,9 @@ def test_a_stale_poll_answer_changes_nothing(store: Store, raw: redis.Redis) -> 
 
 
 def test_a_duplicate_create_returns_false_and_writes_nothing(
-    store: Store, raw: redis.Redis
+    quiet: tuple[Store, redis.Redis],
 ) -> None:
+    store, raw = quiet
     assert _create(store, "j", fingerprint="fp-1")
     snapshot = {key: raw.dump(key) for key in raw.keys("*")}
     assert not _create(store, "j", fingerprint="fp-1", now=NOW + 5)
