@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -112,9 +113,20 @@ def tally(
     sim_stats: dict[str, Any] | None = None,
     receiver: CallbackReceiver | None = None,
     posts: list[dict[str, Any]] | None = None,
+    settle: float = 0.0,
 ) -> Tally:
     """Look at every job of a case: its state, its generations, its provider task and the
-    webhooks the receiver got for it (or ``posts``, what a receiver got)."""
+    webhooks the receiver got for it (or ``posts``, what a receiver got).
+
+    With ``settle``, wait up to that many seconds for every terminal job's completion callback
+    to reach ``receiver`` first: a job's terminal state is stored before its callback is sent,
+    so a tally taken the moment the last job ends can miss a callback on its way."""
+    job_ids = list(job_ids)
+    deadline = time.monotonic() + settle
+    while receiver is not None and time.monotonic() < deadline:
+        if not tally(client, job_ids, receiver=receiver).missing_completions():
+            break
+        time.sleep(0.2)
     result = Tally()
     for job_id in job_ids:
         try:

@@ -133,7 +133,7 @@ def _run(
     assert not unsuccessful(finished)
     per_job = _tasks_per_job(sim, dialect, prompts)
     doubled_answered = sum(per_job[job_id] - 1 for job_id in answered)
-    result = tally(client, ids, sim_stats=stats, receiver=receiver)
+    result = tally(client, ids, sim_stats=stats, receiver=receiver, settle=15)
     result.fill(case, fault_at)
     in_flight = settled["created"] - len(answered)  # created at the kill, never recorded
     ambiguous = fleet.log("pod-b").count("was never answered")

@@ -18,6 +18,7 @@ from tests.faults.audit import tally
 from tests.faults.conftest import MakeFleet, sim_faults, sim_stats, start_pods, wait_all
 from tests.faults.gate import Held, ProviderGate
 from tests.faults.report import CaseRecord
+from tests.faults.test_submit_loss import reconciler_counts
 from tests.helpers import video_request
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -292,12 +293,18 @@ def test_a_killed_pods_jobs_resume_within_15_seconds(
     }
     running = {job_id for job_id, count in losses.items() if count}
     returned = [j.finished_at or 0 for j in finished if j.id not in running]
+    late = [t for t in returned if t - fault_at > RABBIT_RETURNED]
+    # A poll pod-a ran to the end (its answer recorded) but was killed before it sent the
+    # next one leaves no message to return and no lease to take over: the reconciler resumes
+    # it (grace 10 s), so it counts among the re-polled jobs, not the returned ones.
+    repolled = reconciler_counts(fleet)["repolled"]
     case.notes.append(
         f"The last job ended {recovery} s after the kill; {len(running)} jobs had a poll "
-        f"running in pod-a; the others' last ended {max(returned) - fault_at:.2f} s after it."
+        f"running in pod-a; {repolled} were re-polled by the reconciler; the others' last ended "
+        f"{max(returned) - fault_at:.2f} s after it ({len(late)} later than {RABBIT_RETURNED:g} s)."
     )
     print(case.notes[-1])
     assert recovery is not None and recovery <= 15.0, recovery
     if on_rabbit:  # no lease, grace or visibility timeout to wait for: the poll interval
-        assert max(returned) - fault_at <= RABBIT_RETURNED, case.notes
+        assert len(late) <= repolled, case.notes
     client.close()
