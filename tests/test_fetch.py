@@ -1,4 +1,4 @@
-"""Reliable fetch (:mod:`pollen.worker.reliable_fetch`): a message a consumer takes from a
+"""Reliable fetch (:mod:`pollen.store.fetch`): a message a consumer takes from a
 Redis broker is in kombu's unacked hash before the consumer has it, on a real Redis."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from pollen.local.servers import RedisServer
-from pollen.worker import reliable_fetch
+from pollen.store import fetch as reliable_fetch
 
 K: Any = kombu  # kombu's annotations are partial: the test uses it untyped
 DB = 14  # a database no worker of the session consumes or restores

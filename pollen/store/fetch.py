@@ -31,8 +31,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import bootsteps
-
 from pollen.store.scripts import source
 
 log = logging.getLogger(__name__)
@@ -203,15 +201,3 @@ def install() -> bool:
     channel_class._brpop_read = _read(channel_class._brpop_read)  # type: ignore[method-assign]
     qos_class.append = _append(qos_class.append)  # type: ignore[method-assign]
     return True
-
-
-class ReliableFetch(bootsteps.Step):  # type: ignore[misc]
-    """Worker bootstep: installs the patch before the consumer connects, waking idle channels
-    on the app's submit queue (``pollen_wake_queue`` in its configuration)."""
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        install()
-        queue = worker.app.conf.get("pollen_wake_queue")
-        if queue:
-            wake_on(str(queue))
