@@ -46,8 +46,8 @@ def ratio(value: Any) -> str:
 REFERENCE = "baseline-pooled"
 #: (metric, the ratio's metric key): each system's figure / the reference system's
 RATIOS = {
-    "worker_cpu_ms_per_job": f"worker_cpu_vs_{REFERENCE}",
-    "jobs_per_s": f"jobs_per_s_vs_{REFERENCE}",
+    "worker_cpu_ms_per_job": f"worker_cpu_vs_{REFERENCE.replace('-', '_')}",
+    "jobs_per_s": f"jobs_per_s_vs_{REFERENCE.replace('-', '_')}",
 }
 
 #: (metric key in the JSON, row label, formatter), in table order
