@@ -125,7 +125,15 @@ BREAKDOWN_SHARE = 0.1
 class Sampler:
     """Worker RSS (whole process trees), Redis memory, callbacks so far."""
 
-    def __init__(self, system: System, client: redis.Redis, http: httpx.Client, recv: str) -> None:
+    def __init__(
+        self,
+        system: System,
+        client: redis.Redis,
+        http: httpx.Client,
+        recv: str,
+        *,
+        breakdowns: bool = True,
+    ) -> None:
         self.system = system
         self.redis = client
         self.http = http
@@ -138,7 +146,8 @@ class Sampler:
         store.ping()  # connected before the measured window: its set-up is not counted
         self.store = store
         self.breakdown = Breakdown({"broker": client, "store": store})
-        self.next_breakdown = 0.0
+        #: when the next memory breakdown may be taken (never without ``breakdowns``)
+        self.next_breakdown = 0.0 if breakdowns else float("inf")
         self.final_breakdown = False  #: one taken since every job was enqueued
 
     def used_memory(self) -> int:
