@@ -96,7 +96,9 @@ def tick(app: Any) -> None:
                     if settings.redis_broker
                     else None
                 ),
-                orphan_age=2 * settings.worker_lease,
+                # a live worker claims a message in the same loop turn it takes it; one lease
+                # is ample, and keeps a just-taken message's recovery with the claimed ones'
+                orphan_age=settings.worker_lease,
                 time_limit=settings.task_time_limit,
                 min_uptime=2 * settings.worker_lease,  # after a Redis restart, renewals first
             )

@@ -137,8 +137,10 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
         "doubled, every job done within 15 s of the kill"
         if on_rabbit
         else "submit messages the dead pod held (running or waiting in its hands, most with no "
-        "job record yet) are sent again from its claims once its 5 s lease lapses: none lost, "
-        "none doubled, the last of its jobs done within 15 s of the kill"
+        "job record yet) are sent again from its claims once its 5 s lease lapses, and those "
+        "it had only just taken (recorded in kombu's unacked hash by the take itself) from "
+        "the orphan scan: none lost, none doubled, the last of its jobs done within 15 s of "
+        "the kill"
     )
     case.how = (
         f"{jobs} jobs of 3 s sent with a bare Celery app's `send_task('pollen.submit', "
