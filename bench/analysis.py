@@ -8,6 +8,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Any
 
+from bench.memory import per_job
 from bench.producer import LABEL_PREFIX, Producers
 from bench.sampling import MIB, MessageCounter, Peaks
 from bench.scenarios import Scenario
@@ -15,7 +16,7 @@ from pollen.backoff import PollPolicy, next_delay
 
 #: the LPUSH count of ``INFO commandstats`` (every database), kept as a cross-check
 MESSAGE_COMMANDS = ("lpush",)
-#: Celery task events (task-sent/received/started/...) and heartbeats: PUBLISH on the fanout
+#: every Pub/Sub message: Celery's events and pollen's job events (``keys.events``)
 EVENT_COMMANDS = ("publish",)
 
 
@@ -104,6 +105,16 @@ def _per_inflight(peaks: Peaks, redis_before: int) -> int | None:
     return round((peaks.redis_used_at_peak_inflight - redis_before) / peaks.inflight)
 
 
+def _memory(peaks: Peaks) -> dict[str, Any] | None:
+    """The memory breakdown with bytes per in-flight job by key type (None: none taken)."""
+    if peaks.memory is None:
+        return None
+    taken = dict(peaks.memory)
+    taken["kinds"] = per_job(taken["kinds"], taken["inflight"])
+    taken["bytes_per_job"] = round(sum(k["bytes_per_job"] for k in taken["kinds"].values()))
+    return taken
+
+
 def _rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -142,6 +153,7 @@ def figures(
     statuses = analysis["statuses"]
     enqueued = producers.count
     commands = calls.get("total", 0) - calls["harness"]
+    memory = _memory(peaks)
     metrics: dict[str, Any] = {
         "jobs": jobs,
         "completed": completed,
@@ -165,11 +177,13 @@ def figures(
         "status_items_per_job": _per_job(status_items, jobs),
         "status_items_per_request": _per_job(status_items, accepted_status),
         "celery_messages_per_job": _per_job(messages.total, jobs),
-        "celery_events_per_job": _per_job(sum(calls.get(c, 0) for c in EVENT_COMMANDS), jobs),
+        "celery_events_per_job": _per_job(messages.celery_events.total(), jobs),
+        "publish_per_job": _per_job(sum(calls.get(c, 0) for c in EVENT_COMMANDS), jobs),
         "redis_commands_per_job": _per_job(commands, jobs),
         "worker_rss_peak_mib": round(peaks.rss / MIB, 1),
         "peak_inflight": inflight,
         "redis_bytes_per_inflight_job": _per_inflight(peaks, redis_before),
+        "redis_key_bytes_per_inflight_job": memory and memory["bytes_per_job"],
         "duplicate_callbacks": analysis["duplicate_callbacks"],
         "duplicate_provider_tasks": analysis["duplicate_provider_tasks"],
         "lost": jobs - completed,
@@ -204,12 +218,14 @@ def figures(
         "producer_reports": producers.reports,
         "celery_messages_by_queue": dict(messages.by_key.most_common()),
         "celery_messages_by_event": dict(messages.by_event),
+        "celery_events_by_channel": dict(messages.celery_events.most_common()),
         "lpush_calls_all_dbs": sum(calls.get(c, 0) for c in MESSAGE_COMMANDS),
         "redis_commands_harness": calls["harness"],
         "redis_command_calls": {k: v for k, v in sorted(calls.items()) if v},
         "redis_used_memory_before": redis_before,
         "redis_used_memory_peak": peaks.redis_used,
         "redis_used_memory_at_peak_inflight": peaks.redis_used_at_peak_inflight,
+        "redis_memory_by_key_type": memory,
         "timeline_columns": ["elapsed_s", "enqueued", "called_back", "rss_mib", "redis_used"],
         "timeline": peaks.timeline,
     }

@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from bench import fair
-from bench.report import machine, table, write_json
+from bench.report import add_ratios, machine, memory_table, table, write_json
 from bench.runner import log, run, run_system
 from bench.scenarios import ALL_SYSTEMS, NONBINDING_CAP, SCENARIOS, Scenario
 from bench.systems import Options
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "finished_at": time.time(),
         "results": results,
     }
+    add_ratios(results)
     path = write_json(args.out, scenario, document)
     header = (
         f"scenario {scenario.name}: {scenario.description}\n"
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = fair.ROWS if scenario.name == fair.FAIR else None
     print(table(scenario, results, header, rows))
+    if scenario.name != fair.FAIR:
+        print(memory_table(results))
     print(f"\nresults: {path}")
     if profile_dir is not None:
         print(f"profiles: {profile_dir}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.synchronize
 import queue
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
@@ -53,6 +54,8 @@ class ProducerSpec:
     tenant: str | None = None  #: every job's tenant (None: the shared default tenant)
     #: OTLP/HTTP endpoint of the producer's traces (pollen-traced); None: tracing off
     trace_endpoint: str | None = None
+    #: the queue pollen's workers take submits from (pollen-send-task sends there)
+    submit_queue: str = ""
 
 
 class Client(Protocol):
@@ -176,6 +179,39 @@ class BaselineClient:
         self.producer.close()
 
 
+class SendTaskClient:
+    """A bare Celery app's ``send_task("pollen.submit", kwargs={"job": payload})``: the plain
+    contract of an application that does not import pollen. The payload is the job
+    ``Pollen.submit`` makes (provider, request, callback URL, the poll policy and deadline);
+    it carries no job id, so the worker derives one from the message's task id. The ids sent
+    go back to the harness in the producer's report (``task_ids``)."""
+
+    def __init__(self, spec: ProducerSpec) -> None:
+        self.app = Celery("send-task-producer", broker=spec.broker_url)
+        self.app.conf.update(task_serializer="json", accept_content=["json"])
+        self.queue = spec.submit_queue
+        poll = dict(spec.policy)
+        self.common = {"provider": "runware", "deadline": poll.pop("deadline"), "poll": poll}
+        self.task_ids: list[str] = []
+
+    def warm(self) -> None:
+        _connect(self.app)
+
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> int:
+        job = {**self.common, "request": request, "callback_url": callback_url}
+        sent = self.app.send_task("pollen.submit", kwargs={"job": job}, queue=self.queue)
+        self.task_ids.append(str(sent.id))
+        return 1
+
+    def flush(self) -> int:
+        if "pollen" in sys.modules:  # the contract is measured without pollen's client
+            raise RuntimeError("the pollen-send-task producer imported pollen")
+        return 0
+
+    def close(self) -> None:
+        self.app.close()
+
+
 def _connect(app: Celery) -> None:
     """Open the broker connection ``send_task`` will use (it stays in the producer pool)."""
     with app.producer_or_acquire() as producer:
@@ -190,7 +226,14 @@ PRODUCED_BY_SUBMIT = (
     "pollen-capped",
     "pollen-capped-push",
     "pollen-traced",
+    "pollen-quiet",
 )
+
+
+#: the system whose producers are a bare Celery app sending pollen.submit
+SEND_TASK = "pollen-send-task"
+#: the systems whose producers use the baseline's enqueue (hash, then send_task)
+BASELINES = ("baseline", "baseline-pooled", "baseline-pooled-quiet")
 
 
 def make_client(spec: ProducerSpec) -> Client:
@@ -198,7 +241,9 @@ def make_client(spec: ProducerSpec) -> Client:
         return PollenClient(spec)
     if spec.system == "pollen-many":
         return PollenManyClient(spec)
-    if spec.system in ("baseline", "baseline-pooled"):
+    if spec.system == SEND_TASK:
+        return SendTaskClient(spec)
+    if spec.system in BASELINES:
         return BaselineClient(spec)
     raise ValueError(f"unknown system {spec.system!r}")
 
@@ -249,6 +294,8 @@ def produce(
     except Exception as exc:  # reported, not raised: the run still cleans up and reports
         report["error"] = f"enqueue failed after {report['count']} jobs: {exc!r}"
     report["cpu_s"] = time.process_time() - cpu_start
+    if isinstance(client, SendTaskClient):
+        report["task_ids"] = client.task_ids
     try:
         client.close()
     finally:

@@ -38,10 +38,23 @@ def _bytes(value: Any) -> str:
     return f"{value:,.0f} B" if abs(value) < 10 * 1024 else f"{value / 1024:,.1f} KiB"
 
 
+def ratio(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+#: the system the ratio rows compare with (same run)
+REFERENCE = "baseline-pooled"
+#: (metric, the ratio's metric key): each system's figure / the reference system's
+RATIOS = {
+    "worker_cpu_ms_per_job": f"worker_cpu_vs_{REFERENCE.replace('-', '_')}",
+    "jobs_per_s": f"jobs_per_s_vs_{REFERENCE.replace('-', '_')}",
+}
+
 #: (metric key in the JSON, row label, formatter), in table order
 ROWS: list[tuple[str, str, Format]] = [
     ("completed", "jobs called back", integer),
     ("jobs_per_s", "jobs/s (1st enqueue -> last callback)", num(1)),
+    (RATIOS["jobs_per_s"], f"  jobs/s / {REFERENCE}'s", ratio),
     ("callback_lag_p50_s", "callback lag p50 (s)", num(2)),
     ("callback_lag_p95_s", "callback lag p95 (s)", num(2)),
     ("callback_lag_p99_s", "callback lag p99 (s)", num(2)),
@@ -50,6 +63,7 @@ ROWS: list[tuple[str, str, Format]] = [
     ("poll_lateness_p50_s", "poll ran after its due time, p50 <= (s)", num(2)),
     ("poll_lateness_p99_s", "poll ran after its due time, p99 <= (s)", num(2)),
     ("worker_cpu_ms_per_job", "worker CPU ms / job (all processes)", num(1)),
+    (RATIOS["worker_cpu_ms_per_job"], f"  worker CPU / job / {REFERENCE}'s", ratio),
     ("producer_cpu_ms_per_job", "producer CPU ms / job (enqueue loop)", num(2)),
     ("submit_requests_per_job", "provider submit requests / job", num(2)),
     ("status_requests_per_job", "provider status requests / job", num(2)),
@@ -60,11 +74,13 @@ ROWS: list[tuple[str, str, Format]] = [
     ("pushes_duplicated", "provider pushes sent twice (simulated)", integer),
     ("status_items_per_request", "status items / status request", num(2)),
     ("celery_messages_per_job", "celery messages / job (broker pushes)", num(2)),
-    ("celery_events_per_job", "celery event messages / job (PUBLISH)", num(2)),
+    ("celery_events_per_job", "celery event messages / job", num(2)),
+    ("publish_per_job", "  redis PUBLISH / job (+ pollen's job events)", num(2)),
     ("redis_commands_per_job", "redis commands / job", num(1)),
     ("worker_rss_peak_mib", "worker RSS peak, all processes (MiB)", num(0)),
     ("peak_inflight", "peak in-flight jobs", integer),
     ("redis_bytes_per_inflight_job", "redis used_memory / in-flight job", _bytes),
+    ("redis_key_bytes_per_inflight_job", "redis keys (MEMORY USAGE) / in-flight job", _bytes),
     ("duplicate_callbacks", "DUPLICATES: jobs with >1 callback", integer),
     ("duplicate_provider_tasks", "DUPLICATES: jobs with >1 provider task", integer),
     ("lost", "LOSSES: jobs without a callback", integer),
@@ -95,29 +111,74 @@ def table(
     :data:`ROWS`."""
     rows = ROWS if rows is None else rows
     systems = list(results)
-    labels = [label for _, label, _ in rows]
-    cells = [
-        [fmt(results[s]["metrics"].get(key)) if results[s]["metrics"] else "error" for s in systems]
-        for key, _, fmt in rows
-    ]
     jobs = [integer(results[s]["metrics"].get("jobs")) for s in systems]
-    label_width = max(len(label) for label in [*labels, "metric"])
-    widths = [
-        max(len(s), *(len(row[i]) for row in cells), len(jobs[i])) for i, s in enumerate(systems)
-    ]
-
-    def line(label: str, values: list[str]) -> str:
-        body = "  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True))
-        return f"{label.ljust(label_width)}  {body}"
-
-    out = [header, line("metric", systems), line("-" * label_width, ["-" * w for w in widths])]
-    out.append(line("jobs", jobs))
-    out += [line(label, row) for label, row in zip(labels, cells, strict=True)]
+    cells = [
+        (label, [fmt(results[s]["metrics"].get(key)) if results[s]["metrics"] else "error"
+                 for s in systems])
+        for key, label, fmt in rows
+    ]  # fmt: skip
+    out = _grid(header, "metric", systems, [("jobs", jobs), *cells])
     for system in systems:
         error = results[system]["details"].get("error")
         if error:
             out.append(f"!! {system}: {error}")
     return "\n".join(out)
+
+
+def _grid(
+    header: str, corner: str, columns: list[str], rows: list[tuple[str, list[str]]]
+) -> list[str]:
+    """Labelled rows of right-aligned cells under a header line and the column names."""
+    label_width = max(len(label) for label in [*(label for label, _ in rows), corner])
+    widths = [max(len(c), *(len(cells[i]) for _, cells in rows)) for i, c in enumerate(columns)]
+
+    def line(label: str, values: list[str]) -> str:
+        body = "  ".join(v.rjust(w) for v, w in zip(values, widths, strict=True))
+        return f"{label.ljust(label_width)}  {body}"
+
+    out = [header, line(corner, columns), line("-" * label_width, ["-" * w for w in widths])]
+    return out + [line(label, cells) for label, cells in rows]
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    """Each system's :data:`RATIOS` against :data:`REFERENCE` of the same run (when it ran)."""
+    reference = results.get(REFERENCE, {}).get("metrics") or {}
+    for result in results.values():
+        metrics = result["metrics"]
+        for key, ratio_key in RATIOS.items():
+            base, own = reference.get(key), metrics.get(key)
+            if metrics and base and own is not None:
+                metrics[ratio_key] = round(own / base, 3)
+
+
+#: key types shown in the memory section; the others are summed in one row
+MEMORY_ROWS = 12
+
+
+def memory_table(results: dict[str, Any]) -> str:
+    """Redis bytes per in-flight job by key type (the breakdown each system's sampler took),
+    the biggest types first; "" when no system has one."""
+    taken = {s: r["details"].get("redis_memory_by_key_type") for s, r in results.items()}
+    systems = [s for s, memory in taken.items() if memory]
+    if not systems:
+        return ""
+    per_kind = {s: {k: v["bytes_per_job"] for k, v in taken[s]["kinds"].items()} for s in systems}
+    biggest: dict[str, float] = {}
+    for kinds in per_kind.values():
+        for kind, value in kinds.items():
+            biggest[kind] = max(biggest.get(kind, 0.0), value)
+    shown = sorted(biggest, key=lambda k: -biggest[k])[:MEMORY_ROWS]
+    types = {k: v["type"] for s in systems for k, v in taken[s]["kinds"].items()}
+    rows = [
+        (f"{kind} ({types[kind]})", [_bytes(per_kind[s].get(kind)) for s in systems])
+        for kind in shown
+    ]
+    rest = [sum(v for k, v in per_kind[s].items() if k not in shown) for s in systems]
+    rows.append((f"{len(biggest) - len(shown)} other key types", [_bytes(v) for v in rest]))
+    rows.append(("all keys", [_bytes(taken[s]["bytes_per_job"]) for s in systems]))
+    rows.append(("jobs in flight when measured", [integer(taken[s]["inflight"]) for s in systems]))
+    header = "\nredis memory per in-flight job by key type (MEMORY USAGE, sampled at a peak)"
+    return "\n".join(_grid(header, "key type", systems, rows))
 
 
 def machine() -> dict[str, Any]:

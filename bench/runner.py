@@ -67,6 +67,7 @@ def run_system(
         stack.callback(messages.close)
         messages.start()
         sampler = Sampler(system, client, http, recv.url)
+        stack.callback(sampler.close)
         calls_before = command_calls(client)
         cpu_before = components.snapshot()
         messages.counting.set()
@@ -79,6 +80,7 @@ def run_system(
         cpu_after = components.snapshot()
         calls_after = command_calls(client)
         messages.drain()
+        checked = system.check(producers.reports)
         stats, rate, tasks, dump = _read_outcome(http, sim, recv)
         log(f"[{name}] {time.time() - started:.1f} s after the first enqueue; stopping workers")
         t_stop = time.monotonic()
@@ -92,8 +94,8 @@ def run_system(
     calls = {k: calls_after.get(k, 0) - calls_before.get(k, 0) for k in calls_after}
     # in the window: the sampler's INFO calls but its first (before the window), plus the
     # INFO commandstats of the first reading
-    calls["harness"] = sampler.redis_commands
-    return figures(
+    calls["harness"] = sampler.harness_commands
+    result = figures(
         scenario=scenario,
         jobs=jobs,
         analysis=analysis,
@@ -110,6 +112,8 @@ def run_system(
         cpu=cpu,
         lateness=lateness,
     )
+    result["details"].update(checked)
+    return result
 
 
 def open_system(
@@ -180,7 +184,7 @@ def _wait(
     deadline = started + scenario.timeout
     next_report = started + 5.0
     while True:
-        done = sampler.sample(started, producers.count)
+        done = sampler.sample(started, producers.count, producers.finished)
         if producers.done and producers.error:
             return producers.error
         if producers.finished and done >= jobs:

@@ -17,8 +17,9 @@ import httpx
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import redis
 
+from bench.memory import Breakdown
 from bench.services import tree
-from bench.systems import BROKER_DB, System
+from bench.systems import BROKER_DB, STORE_DB, System
 
 MIB = 1024 * 1024
 #: Celery messages are counted as list pushes *on the broker's database*, seen through Redis
@@ -26,6 +27,9 @@ MIB = 1024 * 1024
 #: retries included, with one LPUSH onto the queue's list; a restore after a visibility timeout
 #: is an LPUSH/RPUSH too). The event names are those of Redis's ``notify-keyspace-events``.
 MESSAGE_EVENTS = ("lpush", "rpush")
+#: the Pub/Sub channels of Celery's events (task events and worker heartbeats): kombu's Redis
+#: fanout publishes the ``celeryev`` exchange's messages on ``/<db>.celeryev/<routing key>``
+CELERY_EVENTS = "*celeryev*"
 
 
 def command_calls(client: redis.Redis) -> dict[str, int]:
@@ -46,6 +50,9 @@ class MessageCounter(threading.Thread):
     subscribes to ``__keyevent@<db>__:lpush`` and ``:rpush``: each message names the list pushed
     to. Pushes from Lua scripts are notified too. Subscribing happens before the measured window,
     and notifications are not commands, so ``redis commands / job`` is not changed by it.
+
+    It also listens to Celery's events (:data:`CELERY_EVENTS`) and counts them apart
+    (``celery_events``): a ``PUBLISH`` may also be pollen's own job events, on other channels.
     """
 
     def __init__(self, client: redis.Redis, db: int = BROKER_DB) -> None:
@@ -55,10 +62,13 @@ class MessageCounter(threading.Thread):
         self.pubsub: Any = cast(Any, client).pubsub(ignore_subscribe_messages=True)
         channels = [f"__keyevent@{db}__:{event}" for event in MESSAGE_EVENTS]
         self.pubsub.subscribe(*channels)
-        for _ in channels:  # wait for every subscription to be confirmed
+        self.pubsub.psubscribe(CELERY_EVENTS)
+        for _ in range(len(channels) + 1):  # wait for every subscription to be confirmed
             self.pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
         self.by_key: Counter[str] = Counter()
         self.by_event: Counter[str] = Counter()
+        #: Celery event messages (task events, heartbeats) by channel
+        self.celery_events: Counter[str] = Counter()
         self.counting = threading.Event()
         self.closing = threading.Event()
 
@@ -69,6 +79,9 @@ class MessageCounter(threading.Thread):
                 if message is None or not self.counting.is_set():
                     continue
                 channel = message["channel"].decode()
+                if message["type"] == "pmessage":
+                    self.celery_events[channel] += 1
+                    continue
                 key = message["data"].decode(errors="replace")
                 self.by_event[channel.rpartition(":")[2]] += 1
                 self.by_key[key] += 1
@@ -97,12 +110,30 @@ class Peaks:
     inflight: int = 0
     redis_used_at_peak_inflight: int = 0
     timeline: list[list[float]] = field(default_factory=list)
+    #: Redis memory by key type (:mod:`bench.memory`), taken at a peak of jobs in flight:
+    #: ``{"inflight", "elapsed_s", "took_s", "kinds"}``; None until one is taken
+    memory: dict[str, Any] | None = None
+
+
+#: a memory breakdown is taken at a new peak of jobs in flight this much above the last one's
+#: (or at the first new peak once every job is enqueued) ...
+BREAKDOWN_GROWTH = 1.1
+#: ... and at most this share of the harness's time goes to them
+BREAKDOWN_SHARE = 0.1
 
 
 class Sampler:
     """Worker RSS (whole process trees), Redis memory, callbacks so far."""
 
-    def __init__(self, system: System, client: redis.Redis, http: httpx.Client, recv: str) -> None:
+    def __init__(
+        self,
+        system: System,
+        client: redis.Redis,
+        http: httpx.Client,
+        recv: str,
+        *,
+        breakdowns: bool = True,
+    ) -> None:
         self.system = system
         self.redis = client
         self.http = http
@@ -111,6 +142,13 @@ class Sampler:
         #: Redis commands the sampler sent (one INFO a sample), taken off "redis commands / job"
         self.redis_commands = 0
         self.redis_before = self.used_memory()
+        store = redis.Redis.from_url(system.redis_server.url(STORE_DB))
+        store.ping()  # connected before the measured window: its set-up is not counted
+        self.store = store
+        self.breakdown = Breakdown({"broker": client, "store": store})
+        #: when the next memory breakdown may be taken (never without ``breakdowns``)
+        self.next_breakdown = 0.0 if breakdowns else float("inf")
+        self.final_breakdown = False  #: one taken since every job was enqueued
 
     def used_memory(self) -> int:
         self.redis_commands += 1
@@ -129,19 +167,44 @@ class Sampler:
     def callbacks(self) -> int:
         return int(self.http.get(f"{self.recv}/_recv/count").json()["jobs"])
 
-    def sample(self, started: float, enqueued: int) -> int:
+    def sample(self, started: float, enqueued: int, all_enqueued: bool = False) -> int:
         """One sample; returns how many distinct jobs have called back."""
         rss, used, done = self.worker_rss(), self.used_memory(), self.callbacks()
         inflight = max(0, enqueued - done)
         peaks = self.peaks
         peaks.rss = max(peaks.rss, rss)
         peaks.redis_used = max(peaks.redis_used, used)
+        elapsed = round(time.time() - started, 2)
         if inflight > peaks.inflight:
             peaks.inflight = inflight
             peaks.redis_used_at_peak_inflight = used
-        elapsed = round(time.time() - started, 2)
+            self._breakdown(inflight, elapsed, all_enqueued)
         peaks.timeline.append([elapsed, enqueued, done, round(rss / MIB, 1), used])
         return done
+
+    def _breakdown(self, inflight: int, elapsed: float, all_enqueued: bool) -> None:
+        """Redis memory by key type at this new peak of jobs in flight, when it has grown
+        enough since the last one (or every job is now enqueued) and the time budget allows."""
+        last = self.peaks.memory["inflight"] if self.peaks.memory else 0
+        grown = inflight >= last * BREAKDOWN_GROWTH
+        final = all_enqueued and not self.final_breakdown
+        if not (grown or final) or time.monotonic() < self.next_breakdown:
+            return
+        began = time.monotonic()
+        kinds = self.breakdown.take()
+        took = time.monotonic() - began
+        self.next_breakdown = began + took / BREAKDOWN_SHARE
+        self.final_breakdown = all_enqueued
+        self.peaks.memory = {"inflight": inflight, "elapsed_s": elapsed,
+                             "took_s": round(took, 3), "kinds": kinds}  # fmt: skip
+
+    @property
+    def harness_commands(self) -> int:
+        """Every Redis command the sampler sent in the window (INFO, the memory passes)."""
+        return self.redis_commands + self.breakdown.commands
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def cpu_seconds(pids: list[int], recursive: bool) -> float:

@@ -9,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-#: pollen-many: pollen's workers, jobs enqueued with Pollen.submit_many (MANY_CHUNK per call)
-SYSTEMS = ("pollen", "pollen-many", "baseline", "baseline-pooled")
+#: pollen-many: pollen's workers, jobs enqueued with Pollen.submit_many (MANY_CHUNK per call);
+#: pollen-send-task: the same workers, jobs sent by a bare Celery app (no pollen import)
+SYSTEMS = ("pollen", "pollen-many", "pollen-send-task", "baseline", "baseline-pooled")
+#: task events off (``POLLEN_TASK_EVENTS=false``; the baseline without ``-E``): the other
+#: systems run with them on, as a Flower-monitored fleet does
+QUIET_SYSTEMS = ("pollen-quiet", "baseline-pooled-quiet")
 #: pollen-push: pollen's workers and `pollen ingress`, the simulator pushing; -lossy: 20 % of
 #: the pushes lost, 10 % duplicated, reordered
 PUSH_SYSTEMS = ("pollen", "pollen-push", "pollen-push-lossy")
@@ -22,7 +26,7 @@ CAPPED_PUSH = "pollen-capped-push"
 #: pollen with OpenTelemetry traces on (POLLEN_TRACING), exported over OTLP/HTTP to a sink:
 #: what tracing costs against ``pollen``
 TRACED = "pollen-traced"
-ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:], CAPPED, CAPPED_PUSH, TRACED)
+ALL_SYSTEMS = (*SYSTEMS, *PUSH_SYSTEMS[1:], CAPPED, CAPPED_PUSH, TRACED, *QUIET_SYSTEMS)
 #: the ``fair`` scenario: pollen told the cap, with tenants; pollen with neither (today's)
 FAIR_SYSTEMS = (CAPPED, "pollen")
 #: the cap pollen-capped is told when the simulator caps nothing: 100,000 (the most allowed)
@@ -156,6 +160,7 @@ SCENARIOS: dict[str, Scenario] = {
             duration_min=4.0,
             duration_max=6.0,
             timeout=1200.0,
+            systems=(*SYSTEMS, *QUIET_SYSTEMS),
         ),
         Scenario(
             name="saturation",

@@ -3,7 +3,11 @@
 * ``pollen``: ``pollen worker`` processes (:class:`pollen.local.servers.Worker`), configured only
   through ``POLLEN_*`` variables; jobs are enqueued with :meth:`pollen.Pollen.submit` by the
   producer processes of :mod:`bench.producer`.
-* ``baseline`` / ``baseline-pooled``: :mod:`bench.baseline` under ``celery worker``.
+* ``pollen-send-task``: the same workers; jobs sent by a bare Celery app with
+  ``send_task("pollen.submit")`` (:class:`bench.producer.SendTaskClient`).
+* ``baseline`` / ``baseline-pooled``: :mod:`bench.baseline` under ``celery worker -E``.
+* ``pollen-quiet`` / ``baseline-pooled-quiet``: ``pollen`` and ``baseline-pooled`` with task
+  events off.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import redis
 
 from bench import baseline
-from bench.producer import ProducerSpec
+from bench.producer import BASELINES, SEND_TASK, ProducerSpec
 from bench.scenarios import NONBINDING_CAP, Scenario
 from bench.services import CeleryWorker, ProfiledPollenWorker, Service, child_env, stop_workers
 from pollen.callbacks.webhooks import new_secret
 from pollen.local.servers import RedisServer, Worker
+from pollen.payloads import message_job_id
+from pollen.settings import QueueSettings
+from pollen.store import keys
 from pollen.worker.metrics import MULTIPROC_ENV
 
 BROKER_DB, STORE_DB = 0, 1
@@ -111,6 +119,11 @@ class System:
         """Processes of the system besides its workers (their CPU counts as the workers')."""
         return []
 
+    def check(self, reports: list[dict[str, Any]]) -> dict[str, Any]:
+        """After the run, before Redis stops: what the system checks of its own bookkeeping
+        (details of the result)."""
+        return {}
+
 
 class PollenSystem(System):
     name = "pollen"
@@ -157,10 +170,12 @@ class BaselineSystem(System):
         options: Options,
         *,
         pooled: bool,
+        events: bool = True,
     ) -> None:
         super().__init__(redis_server, sim_url, scenario, options)
         self.pooled = pooled
-        self.name = "baseline-pooled" if pooled else "baseline"
+        self.events = events
+        self.name = ("baseline-pooled" if pooled else "baseline") + ("" if events else "-quiet")
 
     def env(self) -> dict[str, str]:
         return child_env(
@@ -185,7 +200,8 @@ class BaselineSystem(System):
             concurrency=self.options.concurrency,
             pool="prefork",
             log_file=str(log_dir / f"{name}.log"),
-            extra_args=["--loglevel", self.options.loglevel],
+            # -E: task events on, as a Flower-monitored fleet runs
+            extra_args=["--loglevel", self.options.loglevel, *(["-E"] if self.events else [])],
         )
 
 
@@ -310,24 +326,66 @@ class PollenTracedSystem(PollenSystem):
             self.sink.stop()
 
 
+class PollenSendTaskSystem(PollenSystem):
+    """pollen's workers, unchanged; its producers are a bare Celery app sending
+    ``pollen.submit`` with no job id (the worker derives it from the task id)."""
+
+    name = SEND_TASK
+
+    def producer_spec(self) -> ProducerSpec:
+        return replace(super().producer_spec(), submit_queue=QueueSettings().submit)
+
+    def check(self, reports: list[dict[str, Any]]) -> dict[str, Any]:
+        """How many messages sent became a job stored under the id derived from their task
+        id (every one, when pollen's worker and this bookkeeping agree)."""
+        job_ids = [message_job_id(t) for r in reports for t in r.pop("task_ids", [])]
+        store = redis.Redis.from_url(self.redis_server.url(STORE_DB))
+        try:
+            found = 0
+            for start in range(0, len(job_ids), 1000):
+                with store.pipeline(transaction=False) as pipe:
+                    for job_id in job_ids[start : start + 1000]:
+                        pipe.exists(keys.job(job_id))
+                    found += sum(pipe.execute())
+        finally:
+            store.close()
+        return {"send_task_messages": len(job_ids), "send_task_jobs_stored": found}
+
+
+class PollenQuietSystem(PollenSystem):
+    """``pollen`` with task events off (``POLLEN_TASK_EVENTS=false``)."""
+
+    name = "pollen-quiet"
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "POLLEN_TASK_EVENTS": "false"}
+
+
+#: the pollen systems by name (the baselines are one class with two switches)
+POLLEN_SYSTEMS: dict[str, type[PollenSystem]] = {
+    cls.name: cls
+    for cls in (
+        PollenSystem,
+        PollenCappedSystem,
+        PollenCappedPushSystem,
+        PollenManySystem,
+        PollenTracedSystem,
+        PollenPushSystem,
+        PollenPushLossySystem,
+        PollenSendTaskSystem,
+        PollenQuietSystem,
+    )
+}
+
+
 def make_system(
     name: str, redis_server: RedisServer, sim_url: str, scenario: Scenario, options: Options
 ) -> System:
-    if name == "pollen":
-        return PollenSystem(redis_server, sim_url, scenario, options)
-    if name == "pollen-capped":
-        return PollenCappedSystem(redis_server, sim_url, scenario, options)
-    if name == "pollen-capped-push":
-        return PollenCappedPushSystem(redis_server, sim_url, scenario, options)
-    if name == "pollen-many":
-        return PollenManySystem(redis_server, sim_url, scenario, options)
-    if name == "pollen-traced":
-        return PollenTracedSystem(redis_server, sim_url, scenario, options)
-    if name == "pollen-push":
-        return PollenPushSystem(redis_server, sim_url, scenario, options)
-    if name == "pollen-push-lossy":
-        return PollenPushLossySystem(redis_server, sim_url, scenario, options)
-    if name in ("baseline", "baseline-pooled"):
-        pooled = name == "baseline-pooled"
-        return BaselineSystem(redis_server, sim_url, scenario, options, pooled=pooled)
+    if name in POLLEN_SYSTEMS:
+        return POLLEN_SYSTEMS[name](redis_server, sim_url, scenario, options)
+    if name in BASELINES:
+        pooled, events = "pooled" in name, not name.endswith("-quiet")
+        return BaselineSystem(
+            redis_server, sim_url, scenario, options, pooled=pooled, events=events
+        )
     raise ValueError(f"unknown system {name!r}")

@@ -606,6 +606,12 @@ class Settings(BaseSettings):
         "job_id, provider, provider_task_id, attempt.",
     )
     log_level: str = Field("INFO", description="Log level of pollen's workers.")
+    task_events: bool = Field(
+        True,
+        description="Workers send Celery task events (what Flower shows: task-received, "
+        "-started, -succeeded...), one PUBLISH each on the broker; false turns them off, "
+        "which saves those messages and their CPU (worker heartbeats still go).",
+    )
     tracing: bool = Field(
         False,
         description="OpenTelemetry traces (needs pip install 'pollen-jobs[tracing]'): a span for "

@@ -17,11 +17,21 @@ import pytest
 
 from bench.analysis import schedule_lags
 from bench.cli import parse_args
+from bench.memory import key_type
+from bench.producer import ProducerSpec, SendTaskClient
+from bench.report import add_ratios, memory_table
 from bench.sampling import cpu_seconds, poll_lateness
+from bench.scenarios import SCENARIOS
 
 REPO = Path(__file__).resolve().parent.parent
-SYSTEMS = ["pollen", "pollen-many", "baseline", "baseline-pooled"]
+DEFAULT_SYSTEMS = ["pollen", "pollen-many", "pollen-send-task", "baseline", "baseline-pooled"]
+#: the smoke scenario's systems, and pollen with task events off (POLLEN_TASK_EVENTS=false)
+SYSTEMS = [*DEFAULT_SYSTEMS, "pollen-quiet"]
 METRICS = [
+    "worker_cpu_vs_baseline_pooled",
+    "jobs_per_s_vs_baseline_pooled",
+    "redis_key_bytes_per_inflight_job",
+    "publish_per_job",
     "jobs",
     "completed",
     "jobs_per_s",
@@ -53,8 +63,10 @@ METRICS = [
 @pytest.mark.integration
 @pytest.mark.timeout(150)
 def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
+    assert list(SCENARIOS["smoke"].systems) == DEFAULT_SYSTEMS
+    systems = ["--systems", ",".join(SYSTEMS)]
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--scenario", "smoke", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--scenario", "smoke", *systems, "--out", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -112,6 +124,15 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
         assert metrics["worker_rss_peak_mib"] > 0
         assert metrics["jobs_per_s"] > 0
         assert 0 <= metrics["callback_lag_p50_s"] <= metrics["callback_lag_p99_s"]
+        reference = document["results"]["baseline-pooled"]["metrics"]
+        for key in ("worker_cpu_ms_per_job", "jobs_per_s"):
+            ratio = metrics[f"{key.removesuffix('_ms_per_job')}_vs_baseline_pooled"]
+            assert ratio == pytest.approx(metrics[key] / reference[key], rel=0.01)
+        check_memory(system, metrics, details)
+        check_events(system, metrics)
+    send_task = document["results"]["pollen-send-task"]["details"]
+    # every message sent became a job stored under the id pollen derives from its task id
+    assert send_task["send_task_messages"] == send_task["send_task_jobs_stored"] == 30
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("metric "))
     assert header.split() == ["metric", *SYSTEMS]
@@ -128,9 +149,46 @@ def test_smoke_scenario_runs_every_system(tmp_path: Path) -> None:
         "DUPLICATES",
         "LOSSES",
         "worker RSS",
+        "  jobs/s / baseline-pooled's",
+        "  worker CPU / job / baseline-pooled's",
+        "celery event messages / job",
+        "redis keys (MEMORY USAGE) / in-flight job",
+        "store pollen:job:<id> (hash)",
+        "all keys",
     ):
         row = next(line for line in lines if line.startswith(label))
         assert len(row.split("  ")) > len(SYSTEMS), row
+    assert "redis memory per in-flight job by key type" in done.stdout
+
+
+def check_memory(system: str, metrics: dict[str, Any], details: dict[str, Any]) -> None:
+    """The memory breakdown: taken at a peak in flight, the system's job records and the
+    broker's messages in it, its types adding up to the row."""
+    memory = details["redis_memory_by_key_type"]
+    assert 0 < memory["inflight"] <= metrics["peak_inflight"]
+    kinds = memory["kinds"]
+    record = "store baseline:job:<id>" if system.startswith("baseline") else "store pollen:job:<id>"
+    assert kinds[record]["type"] == "hash"
+    assert 0 < kinds[record]["keys"] <= metrics["jobs"]
+    assert kinds[record]["bytes_per_job"] > 100
+    assert any(k.startswith("broker ") for k in kinds), "no broker key was measured"
+    total = sum(k["bytes_per_job"] for k in kinds.values())
+    assert metrics["redis_key_bytes_per_inflight_job"] == pytest.approx(total, abs=1)
+
+
+def check_events(system: str, metrics: dict[str, Any]) -> None:
+    """Task events on (the baselines run with -E) but in pollen-quiet, where only the
+    workers' heartbeats are left."""
+    events = metrics["celery_events_per_job"]
+    assert metrics["publish_per_job"] > 0
+    if system == "pollen-quiet":
+        assert events < 1
+    elif system == "pollen-many":
+        assert events > 0  # one submit_many message and shared poll batches: few per job
+    elif system.startswith("baseline"):
+        assert events >= 4  # received, started, succeeded of its submit and its poll(s)
+    else:
+        assert events >= 2
 
 
 PUSH_SYSTEMS = ["pollen", "pollen-push", "pollen-push-lossy"]
@@ -334,3 +392,59 @@ def test_fair_scenario_refuses_bad_sizes_in_one_line() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].endswith("--small-jobs: options of the fair scenario")
+
+
+def test_memory_key_types_take_the_ids_out() -> None:
+    assert key_type("pollen:job:pollen-send-task-000012") == "pollen:job:<id>"
+    assert key_type("pollen:job:0f" + "a" * 30 + ":results") == "pollen:job:<id>:results"
+    assert key_type("pollen:delivery:d-123") == "pollen:delivery:<id>"
+    assert key_type("pollen:stats:finished:29613542") == "pollen:stats:finished:<id>"
+    assert key_type("baseline:job:baseline-pooled-000003") == "baseline:job:<id>"
+    assert key_type("celery-task-meta-6f1c2a1e-93c1-4bb0-9a6e-1f0f3a1b2c3d") == (
+        "celery-task-meta-<id>"
+    )
+    # names without an id stay whole: queues, indexes, kombu's own keys
+    for name in ("pollen.submit", "unacked", "pollen:index:runware:submitted", "pollen:inflight"):
+        assert key_type(name) == name
+
+
+def test_ratio_rows_compare_with_baseline_pooled_of_the_same_run() -> None:
+    results: dict[str, Any] = {
+        "pollen": {"metrics": {"worker_cpu_ms_per_job": 6.0, "jobs_per_s": 300.0}},
+        "baseline-pooled": {"metrics": {"worker_cpu_ms_per_job": 10.0, "jobs_per_s": 200.0}},
+        "failed": {"metrics": {}},
+    }
+    add_ratios(results)
+    assert results["pollen"]["metrics"]["worker_cpu_vs_baseline_pooled"] == 0.6
+    assert results["pollen"]["metrics"]["jobs_per_s_vs_baseline_pooled"] == 1.5
+    assert results["baseline-pooled"]["metrics"]["jobs_per_s_vs_baseline_pooled"] == 1.0
+    assert results["failed"]["metrics"] == {}
+    alone = {"pollen": {"metrics": {"worker_cpu_ms_per_job": 6.0, "jobs_per_s": 300.0}}}
+    add_ratios(alone)  # no baseline-pooled in the run: no ratio
+    assert "jobs_per_s_vs_baseline_pooled" not in alone["pollen"]["metrics"]
+
+
+def test_memory_table_shows_the_biggest_key_types_and_sums_the_rest() -> None:
+    kinds = {f"store k{i}": {"type": "hash", "bytes_per_job": float(100 - i)} for i in range(14)}
+    memory = {"inflight": 500, "bytes_per_job": 1309, "kinds": kinds}
+    results = {"pollen": {"details": {"redis_memory_by_key_type": memory}},
+               "baseline": {"details": {"redis_memory_by_key_type": None}}}  # fmt: skip
+    lines = memory_table(results).splitlines()
+    assert lines[2].split() == ["key", "type", "pollen"]
+    assert lines[4].startswith("store k0 (hash)") and lines[4].endswith("100 B")
+    assert not any(line.startswith("store k12") for line in lines)
+    assert lines[-3].split()[-2:] == ["175", "B"]  # k12 + k13: 88 + 87
+    assert lines[-1].split()[-1] == "500"
+    assert memory_table({"baseline": results["baseline"]}) == ""
+
+
+def test_the_send_task_producer_refuses_to_run_with_pollen_imported() -> None:
+    spec = ProducerSpec(system="pollen-send-task", broker_url="redis://127.0.0.1:1/0",
+                        store_url="", provider_url="", policy={"deadline": 60.0},
+                        allow_cidrs=(), submit_queue="pollen.submit")  # fmt: skip
+    client = SendTaskClient(spec)
+    assert client.common == {"provider": "runware", "deadline": 60.0, "poll": {}}
+    assert "pollen" in sys.modules  # this test process imports pollen
+    with pytest.raises(RuntimeError, match="imported pollen"):
+        client.flush()
+    client.close()

@@ -58,7 +58,7 @@ def worker(
     queues: Annotated[str | None, typer.Option("--queues", "-Q", metavar="QUEUES")] = None,
     loglevel: Annotated[str | None, typer.Option("--loglevel", "-l", metavar="LEVEL")] = None,
 ) -> None:
-    """Run a Celery worker for pollen's queues (task events on, for Flower)."""
+    """Run a Celery worker for pollen's queues (task events on unless POLLEN_TASK_EVENTS=false)."""
     if pool is not None and pool not in _pools():
         raise typer.BadParameter(f"{pool!r} is not one of {', '.join(_pools())}", param_hint="-P")
     _prepare_metrics_dir()
@@ -82,10 +82,11 @@ def worker(
     # the configured pool instead
     celery = build_worker_app(settings, pool, size)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner among JSON lines
+    events = ["-E"] if settings.task_events else []  # POLLEN_TASK_EVENTS=false: none
     run_celery(
         celery,
         [*quiet, "worker", "-Q", names, "-c", str(size), "-P", pool, "-n", hostname,
-         "-l", loglevel or settings.log_level, "-E", "--without-mingle", "--without-gossip"],
+         "-l", loglevel or settings.log_level, *events, "--without-mingle", "--without-gossip"],
     )  # fmt: skip
 
 

@@ -35,7 +35,8 @@ def worker_config(
     * the pool and its size, so the plain ``celery worker`` command runs what ``pollen worker``
       runs (``-c`` and ``-P`` other than ``prefork`` override them: Celery reads ``-P prefork``
       as its default, so ``pollen worker -P prefork`` sets the pool here instead);
-    * task events on (Flower), results kept only for ``pollen.submit``.
+    * task events as ``task_events`` says (on by default, for Flower), results kept only for
+      ``pollen.submit``.
     """
     return contract.celery_config(settings) | {
         "worker_pool": pool,
@@ -45,7 +46,7 @@ def worker_config(
         "worker_prefetch_multiplier": 1,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": max(1, settings.task_time_limit - 10),
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # With REMAP_SIGTERM=SIGQUIT (set in the image), SIGTERM waits this long for running
