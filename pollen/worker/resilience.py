@@ -135,13 +135,16 @@ class BrokerRestartGuard(bootsteps.Step):  # type: ignore[misc]
 class ReliableFetch(bootsteps.Step):  # type: ignore[misc]
     """Worker bootstep: takes messages from a Redis broker with :mod:`pollen.store.fetch`
     (installed before the consumer connects), waking idle channels on the app's submit queue
-    (``pollen_wake_queue`` in its configuration)."""
+    (``pollen_wake_queue`` in its configuration); retries without formatted tracebacks
+    (:mod:`pollen.worker.retries`)."""
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         from pollen.store import fetch
+        from pollen.worker import retries
 
         fetch.install()
+        retries.install()
         queue = worker.app.conf.get("pollen_wake_queue")
         if queue:
             fetch.wake_on(str(queue))
