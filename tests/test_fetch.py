@@ -190,3 +190,23 @@ def test_a_broker_without_blmove_still_delivers_every_message(
         admin.execute_command("ACL", "DELUSER", user)
     assert "refused BLMOVE" in caplog.text
     assert broker.hlen("unacked") == 0
+
+
+@pytest.mark.integration
+def test_a_consumer_without_acks_leaves_no_record_behind(url: str, broker: redis.Redis) -> None:
+    """As kombu's reply consumers (``celery inspect``, mingle) take: ``no_ack``, so kombu's
+    QoS never records the message and nothing acknowledges it; a record the script wrote
+    would be restored (delivered again) after the visibility timeout."""
+    publish(url, FIRST, {"reply": 1})
+    bodies: list[object] = []
+    with K.Connection(url) as connection:
+        with connection.Consumer([FIRST], callbacks=[lambda body, _m: bodies.append(body)],
+                                 no_ack=True):  # fmt: skip
+            deadline = time.monotonic() + 10
+            while not bodies and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    connection.drain_events(timeout=0.3)
+        recorded = connection.default_channel.qos._pollen_recorded
+    assert bodies == [{"reply": 1}]
+    assert broker.hlen("unacked") == 0 and broker.zcard("unacked_index") == 0
+    assert not recorded

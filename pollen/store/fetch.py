@@ -138,6 +138,8 @@ def _read(original: Callable[..., Any]) -> Callable[..., Any]:
             dest = _text(key).rsplit(channel.sep, 1)[0]
             channel._queue_cycle.rotate(dest)
             channel.connection._deliver(loads(_text(item)), dest)  # type: ignore[no-untyped-call]
+            if tag:
+                _unrecord(channel.qos, _text(tag))
             return True
         finally:
             channel._pollen_sent = None
@@ -169,6 +171,17 @@ def _recorded(qos: Any) -> set[str]:
     if tags is None:
         tags = qos._pollen_recorded = set()
     return tags
+
+
+def _unrecord(qos: Any, tag: str) -> None:
+    """Remove the script's record of a message its consumer took without acknowledgements
+    (``no_ack``: kombu's reply consumers, as ``celery inspect`` and mingle use): kombu's QoS
+    never saw it, nothing would acknowledge it, and kombu would deliver it again after the
+    visibility timeout."""
+    tags = _recorded(qos)
+    if tag in tags:
+        tags.discard(tag)
+        qos._remove_from_indices(tag).execute()
 
 
 def _append(original: Callable[..., Any]) -> Callable[..., Any]:
