@@ -210,3 +210,37 @@ def test_a_consumer_without_acks_leaves_no_record_behind(url: str, broker: redis
     assert bodies == [{"reply": 1}]
     assert broker.hlen("unacked") == 0 and broker.zcard("unacked_index") == 0
     assert not recorded
+
+
+@pytest.mark.integration
+def test_a_broker_refusing_every_wait_still_delivers_every_message(
+    url: str, broker: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As on Redis < 6.0 (no fractional BLPOP timeout; an ACL refuses both here): the channel
+    takes with kombu's BRPOP instead of stalling on refused waits."""
+    user = "fetch-no-waits"
+    admin: Any = broker  # redis-py's execute_command is untyped
+    admin.execute_command("ACL", "SETUSER", user, "reset", "on", ">pw", "~*", "&*", "+@all",
+                           "-blmove", "-blpop")  # fmt: skip
+    try:
+        limited = url.replace("redis://", f"redis://{user}:pw@", 1)
+        bodies: list[object] = []
+        with K.Connection(limited) as connection:
+
+            def take(body: object, message: Any) -> None:
+                bodies.append(body)
+                message.ack()
+
+            with connection.Consumer([FIRST, SECOND], callbacks=[take]):
+                for _ in range(3):  # idle: the waits are refused
+                    with contextlib.suppress(TimeoutError):
+                        connection.drain_events(timeout=0.3)
+                publish(url, SECOND, {"second": 1})
+                deadline = time.monotonic() + 5
+                while not bodies and time.monotonic() < deadline:
+                    with contextlib.suppress(TimeoutError):
+                        connection.drain_events(timeout=0.3)
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+    assert bodies == [{"second": 1}]
+    assert caplog.text.count("refused") == 2  # once per command, not once per round

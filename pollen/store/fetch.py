@@ -69,7 +69,7 @@ def _wake_key(channel: Any, keys: list[str]) -> str:
 def _start(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def brpop_start(channel: Any, timeout: float | None = None) -> Any:
-        if channel.global_keyprefix:
+        if channel.global_keyprefix or getattr(channel, "_pollen_off", False):
             return original(channel, timeout)
         queues = channel._queue_cycle.consume(len(channel.active_queues))
         if not queues:
@@ -152,12 +152,19 @@ def _read(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _refused(channel: Any, sent: str, exc: Exception) -> None:
     """The server refused ``BLMOVE`` (Redis < 6.2): an idle channel pauses instead of waiting
-    on the submit queue (logged once per channel). A refused script is not caught: kombu
-    needs scripts on its broker anyway (its restore's lock is one)."""
+    on the submit queue; refused that pause too (Redis < 6.0 has no fractional timeout), the
+    channel takes with kombu's ``BRPOP`` (each logged once per channel). A refused script is
+    not caught: kombu needs scripts on its broker anyway (its restore's lock is one)."""
     if sent != _WAIT:
         raise exc
-    channel._pollen_sleep = True
-    log.warning("the broker refused BLMOVE (%s): idle workers look every %ss", exc, WAIT_SECONDS)
+    channel._pollen_idle = False
+    if not getattr(channel, "_pollen_sleep", False):
+        channel._pollen_sleep = True
+        log.warning("the broker refused BLMOVE (%s): idle workers look every %ss", exc,
+                    WAIT_SECONDS)  # fmt: skip
+        return
+    channel._pollen_off = True
+    log.warning("the broker refused BLPOP too (%s): taking with kombu's BRPOP", exc)
 
 
 def _text(value: bytes | str) -> str:
