@@ -194,9 +194,9 @@ def test_a_broker_without_blmove_still_delivers_every_message(
 
 @pytest.mark.integration
 def test_a_consumer_without_acks_leaves_no_record_behind(url: str, broker: redis.Redis) -> None:
-    """As kombu's reply consumers (``celery inspect``, mingle) take: ``no_ack``, so kombu's
-    QoS never records the message and nothing acknowledges it; a record the script wrote
-    would be restored (delivered again) after the visibility timeout."""
+    """As kombu's reply consumers take (a worker's mingle, a control call in a worker):
+    ``no_ack``, so kombu's QoS never records the message and nothing acknowledges it; a record
+    the script wrote would be restored (delivered again) after the visibility timeout."""
     publish(url, FIRST, {"reply": 1})
     bodies: list[object] = []
     with K.Connection(url) as connection:

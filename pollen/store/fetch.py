@@ -182,9 +182,9 @@ def _recorded(qos: Any) -> set[str]:
 
 def _unrecord(qos: Any, tag: str) -> None:
     """Remove the script's record of a message its consumer took without acknowledgements
-    (``no_ack``: kombu's reply consumers, as ``celery inspect`` and mingle use): kombu's QoS
-    never saw it, nothing would acknowledge it, and kombu would deliver it again after the
-    visibility timeout."""
+    (``no_ack``: kombu's reply consumers, as a worker's mingle or a control call in it):
+    kombu's QoS never saw it, nothing would acknowledge it, and kombu would deliver it again
+    after the visibility timeout."""
     tags = _recorded(qos)
     if tag in tags:
         tags.discard(tag)
