@@ -74,7 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
         unknown = sorted(set(args.systems) - set(ALL_SYSTEMS))
         if unknown:
-            parser.error(f"unknown system(s): {', '.join(unknown)}")
+            parser.error(
+                f"unknown system(s): {', '.join(unknown)} (choose from {', '.join(ALL_SYSTEMS)})"
+            )
     if args.jobs is not None and args.jobs < 1:
         parser.error("--jobs must be at least 1")
     if args.producers is not None and args.producers < 1:

@@ -232,3 +232,29 @@ def test_a_broker_refusing_every_wait_still_delivers_every_message(
         admin.execute_command("ACL", "DELUSER", user)
     assert bodies == [{"second": 1}]
     assert caplog.text.count("refused") == 2  # once per command, not once per round
+
+
+@pytest.mark.integration
+def test_a_channel_made_before_install_reads_what_the_patch_sends(
+    url: str, broker: redis.Redis
+) -> None:
+    """kombu keeps each channel's reader in its handlers when the channel is made: one made
+    before the patch (a test process, a producer's control channel) would read the script's
+    reply as a BRPOP's and fail on its three parts."""
+    bodies: list[object] = []
+    publish(url, FIRST, {"first": 1})
+    with K.Connection(url) as connection:
+        with kombu_as_shipped():
+            connection.default_channel  # noqa: B018  (its handlers name kombu's reader)
+
+        def take(body: object, message: Any) -> None:
+            bodies.append(body)
+            message.ack()
+
+        with connection.Consumer([FIRST], callbacks=[take]):
+            deadline = time.monotonic() + 10
+            while not bodies and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    connection.drain_events(timeout=0.3)
+    assert bodies == [{"first": 1}]
+    assert broker.hlen("unacked") == 0

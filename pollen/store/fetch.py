@@ -71,6 +71,10 @@ def _start(original: Callable[..., Any]) -> Callable[..., Any]:
     def brpop_start(channel: Any, timeout: float | None = None) -> Any:
         if channel.global_keyprefix or getattr(channel, "_pollen_off", False):
             return original(channel, timeout)
+        if not getattr(channel.handlers.get("BRPOP"), _MARK, False):
+            # a channel made before install() keeps kombu's reader in its handlers: point it
+            # at the patched one, which reads what this sends
+            channel.handlers["BRPOP"] = channel._brpop_read
         queues = channel._queue_cycle.consume(len(channel.active_queues))
         if not queues:
             return None
