@@ -92,12 +92,12 @@ def test_turn_bookkeeping_of_tenants_gone_is_pruned(client: Pollen, settings: Se
     left = keys.admit("runware", "left")
     # each tenant kept its pass on leaving: t0 one turn on (it was served), t1 and t2 none
     assert r.hgetall(left) == {"0|t0": "1", "0|t1": "0", "0|t2": "0"}
-    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "t0"}
+    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "0|t0"}
     # t1's and t2's passes are the turn's own: moot. t0's is ahead of it: kept, and so is
     # when t0 was last served (both still decide where t0 goes if it waits again)
     assert client.store.admission.prune("runware") == 2
     assert r.hgetall(left) == {"0|t0": "1"}
-    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "t0"}
+    assert set(r.hkeys(keys.admit("runware", "served"))) == {"#", "0|t0"}
     assert client.store.admission.prune("runware") == 0
     # once the turn has passed t0 too, both go
     r.hset(keys.admit("runware", "vt"), "0", "1")

@@ -186,6 +186,18 @@ def test_no_tenant_waits_more_than_one_round(
         assert not twice, f"{tenant} waited while {twice} went twice: {others}"
 
 
+def test_a_turn_at_another_priority_is_no_turn_at_this_one(store: Store) -> None:
+    """Found by the property above: t0's job at priority 1 went between t0's and t1's at
+    priority 0; the tie at priority 0 then went to t1 twice in a row (the tie-break counted
+    t0's priority-1 admission as its latest turn)."""
+    arrive0, arrive1, end = ("arrive", "t0", 0), ("arrive", "t0", 1), ("finish", "", 0)
+    t1 = ("arrive", "t1", 0)
+    steps = [arrive0, arrive0, arrive1, t1, t1, end, arrive0, end, t1, end, end, arrive1]
+    model = _run(store, 1, steps)
+    at_zero = [model.jobs[j][0] for j, _ in model.admissions if model.jobs[j][1] == 0]
+    assert at_zero == ["t0", "t1", "t0", "t1", "t0", "t1"], at_zero
+
+
 def test_a_tenant_that_starts_waiting_joins_the_rotation_once(store: Store) -> None:
     """t1 (still waiting) is served, then t0 starts waiting: t0 goes once, then t1's turn
     comes before t0's second (whatever the names' order)."""

@@ -211,9 +211,10 @@ def prune(provider: str) -> Op[int]:
         if float(passed) <= float(turn.get(str(field).partition("|")[0], 0.0))
     ]  # fmt: skip
     kept = {str(field).partition("|")[2] for field in left if field not in moot}
-    idle = [
-        tenant for tenant in served
-        if tenant != "#" and tenant not in waiting and tenant not in kept
+    idle = [  # served fields are "<prio>|<tenant>"
+        field for field in served
+        if field != "#" and (tenant := str(field).partition("|")[2]) not in waiting
+        and tenant not in kept
     ]  # fmt: skip
     batch: Batch = []
     if moot:

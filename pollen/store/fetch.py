@@ -35,6 +35,8 @@ from pollen.store.scripts import source
 
 log = logging.getLogger(__name__)
 
+#: the script that takes a message, in ``pollen/store/lua/``
+SCRIPT = "take_message"
 #: the longest an idle channel waits before it looks at every queue again (seconds)
 WAIT_SECONDS = 0.1
 _MARK = "_pollen_reliable_fetch"
@@ -219,7 +221,7 @@ def install() -> bool:
     channel_class, qos_class = kombu_redis.Channel, kombu_redis.QoS
     if getattr(channel_class._brpop_start, _MARK, False):
         return True
-    _Script.text = source("take_message")
+    _Script.text = source(SCRIPT)
     _Script.sha = hashlib.sha1(_Script.text.encode()).hexdigest()
     channel_class._brpop_start = _start(channel_class._brpop_start)  # type: ignore[method-assign]
     channel_class._brpop_read = _read(channel_class._brpop_read)  # type: ignore[method-assign]

@@ -19,7 +19,9 @@
 --   lowered           hash account -> "cap|until": a cap lowered after a capacity refusal
 --   capped            a string, set for a while by every admission of a worker that knows
 --                     the cap (a queue without it is stranded: its cap was removed)
---   served            hash tenant -> the admission count at its last admission ('#': the count)
+--   served            hash "<prio>|<tenant>" -> the admission count at the tenant's last
+--                     admission at that priority ('#': the count): ties are broken within a
+--                     priority's own rotation, so a turn at another priority is no turn here
 -- A job's record says where it is: `waiting` = 1 while queued here, `account` once admitted.
 --
 -- Order: the highest priority first; within it, tenants by pass (equal passes: the tenant
@@ -197,9 +199,10 @@ local function admissible(tenant)
   return cap <= 0 or redis.call('ZCARD', admit_key(provider, 'held:' .. tenant)) < cap
 end
 
--- last_served(tenant): when the tenant's last job was admitted (a count of admissions; 0: never)
-local function last_served(tenant)
-  return tonumber(redis.call('HGET', served_key, tenant) or '0')
+-- last_served(prio, tenant): when the tenant's last job at that priority was admitted (a count
+-- of admissions; 0: never)
+local function last_served(prio, tenant)
+  return tonumber(redis.call('HGET', served_key, prio .. '|' .. tenant) or '0')
 end
 
 -- next_turn(): the priority, tenant and pass whose job goes next, or nil. Among admissible
@@ -214,11 +217,11 @@ local function next_turn()
       for i = 1, #chunk, 2 do
         local tenant, pass = chunk[i], chunk[i + 1]
         if admissible(tenant) then
-          local best, best_at = tenant, last_served(tenant)
+          local best, best_at = tenant, last_served(prio, tenant)
           local ties = redis.call('ZRANGEBYSCORE', rotation, pass, pass, 'LIMIT', 0, 64)
           for _, other in ipairs(ties) do
             if other ~= best then
-              local at = last_served(other)
+              local at = last_served(prio, other)
               if at < best_at and admissible(other) then best, best_at = other, at end
             end
           end
@@ -263,7 +266,7 @@ while total > 0 and #admitted < 2 * limit and #expired < limit do
     admitted[#admitted + 1] = id
     admitted[#admitted + 1] = take(id, tenant, job_key)
     redis.call('HSET', vt_key, prio, tostring(pass))
-    redis.call('HSET', served_key, tenant, redis.call('HINCRBY', served_key, '#', 1))
+    redis.call('HSET', served_key, prio .. '|' .. tenant, redis.call('HINCRBY', served_key, '#', 1))
   end
 end
 
