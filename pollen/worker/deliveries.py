@@ -33,6 +33,10 @@ SendTask = Callable[[str, dict[str, Any], str | None], None]
 #: seconds a delivery waits, at least, for an earlier event to the same receiver
 BLOCKED_RECHECK = 0.3
 
+#: a claimed delivery is one worker's for its HTTP timeout plus this (the lookup, the connect,
+#: the body); a worker that dies sending it leaves it to the periodic round once that passes
+LEASE_MARGIN = 30.0
+
 
 def emit(deps: Deps, job: Job, kind: str, data: dict[str, Any], suffix: str = "") -> list[str]:
     """Record the deliveries one event causes; return the ids to send now.
@@ -80,7 +84,8 @@ def deliver(
     """
     settings = deps.settings.callbacks
     now = deps.clock()
-    claim = deps.outbox.claim(ident, now=now, lease=settings.timeout + 30, recheck=BLOCKED_RECHECK)
+    lease = settings.timeout + LEASE_MARGIN
+    claim = deps.outbox.claim(ident, now=now, lease=lease, recheck=BLOCKED_RECHECK)
     item = claim.delivery
     if item is None:  # finished, missing, or another copy is sending it right now
         return DeliveryOutcome(None, detail=f"not sent: the delivery is {claim.verdict}")
