@@ -243,6 +243,9 @@ def test_a_submitter_killed_over_a_backlog_resubmits_only_its_own_jobs(
     broker = redis.Redis.from_url(fleet.env["POLLEN_BROKER_URL"])
     eventually(lambda: held_by(client, fleet, "pod-a"), what="pod-a holding submits")
     time.sleep(3.0)  # every waiting job is now past its submit grace
+    # the kill lands while pod-a holds claimed messages (between two of its tasks it may, for
+    # an instant, hold none: then there would be nothing of its own to resend)
+    eventually(lambda: held_by(client, fleet, "pod-a"), interval=0.01, what="pod-a holding")
     waiting = int(broker.llen(queues.submit))
     fault_at = time.time()
     fleet.kill_pod("pod-a")
