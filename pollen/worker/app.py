@@ -68,9 +68,8 @@ def build_worker_app(
 
     app.steps["worker"].add(Periodic)
     app.steps["worker"].add(MetricsExporter)
-    app.steps["worker"].add("pollen.worker.resilience:BrokerRestartGuard")
     app.conf.pollen_wake_queue = settings.queues.submit
-    app.steps["worker"].add("pollen.worker.resilience:ReliableFetch")
+    app.steps["worker"].add("pollen.worker.resilience:KombuPatches")
     app.steps["worker"].add("pollen.worker.bindings:DropStaleBindings")
     app.steps["worker"].add("pollen.worker.signing:SigningCheck")
     return app

@@ -124,25 +124,18 @@ def install() -> bool:
     return True
 
 
-class BrokerRestartGuard(bootsteps.Step):  # type: ignore[misc]
-    """Worker bootstep: installs the patch before the consumer connects."""
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        install()
-
-
-class ReliableFetch(bootsteps.Step):  # type: ignore[misc]
-    """Worker bootstep: takes messages from a Redis broker with :mod:`pollen.store.fetch`
-    (installed before the consumer connects), waking idle channels on the app's submit queue
-    (``pollen_wake_queue`` in its configuration); retries without formatted tracebacks
-    (:mod:`pollen.worker.retries`)."""
+class KombuPatches(bootsteps.Step):  # type: ignore[misc]
+    """Worker bootstep: installs, before the consumer connects, this module's patch (a worker
+    rides out a broker restart), reliable fetch on a Redis broker (:mod:`pollen.store.fetch`,
+    idle channels waking on the app's submit queue, ``pollen_wake_queue`` in its configuration)
+    and retries without formatted tracebacks (:mod:`pollen.worker.retries`)."""
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         from pollen.store import fetch
         from pollen.worker import retries
 
+        install()
         fetch.install()
         retries.install()
         queue = worker.app.conf.get("pollen_wake_queue")
