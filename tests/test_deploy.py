@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the dev extras
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
@@ -663,7 +664,12 @@ def test_sigterm_requeues_reserved_polls_and_running_tasks_within_the_grace_peri
                 sim_faults(sim.url, ["timeout"])  # the next provider call hangs
                 stuck = _submit(server)
                 eventually(lambda: _held(broker, queues.submit), what="a running submit")
-                time.sleep(0.5)  # let the submit reach the simulator
+                # The submit runs once its create has taken the fault (a fixed sleep here let a
+                # slow CI machine stop the worker before the task started, and requeue it).
+                eventually(
+                    lambda: httpx.get(f"{sim.url}/_sim/faults").json()["queued"] == 0,
+                    what="the submit's create at the simulator",
+                )
                 assert worker.proc is not None
                 started = time.monotonic()
                 worker.proc.send_signal(signal.SIGTERM)
