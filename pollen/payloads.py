@@ -243,18 +243,24 @@ def prepare(
         "task_uuid": str(uuid.uuid4()),
         "expected_results": str(request.expected_results),
         "request": task,
-        "policy": policy.model_dump_json(),
-        "callback_url": str(request.callback_url) if request.callback_url else "",
-        "callback_secret": request.callback_secret or "",
+        # only what differs from PollPolicy's defaults: they are read back the same
+        "policy": policy.model_dump_json(exclude_defaults=True),
         "events": request.events,
-        "python_callback": request.python_callback.model_dump() if request.python_callback else "",
-        "metadata": request.metadata or {},
         "tenant": request.tenant or DEFAULT_TENANT,
         "priority": str(request.priority or 0),
         "submit_attempts": "0",
         "polls": "0",
         "poll_seq": "0",
     }
+    # optional parts only when given: an absent field reads as empty (store.decode)
+    if request.callback_url:
+        fields["callback_url"] = str(request.callback_url)
+    if request.callback_secret:
+        fields["callback_secret"] = request.callback_secret
+    if request.python_callback:
+        fields["python_callback"] = request.python_callback.model_dump()
+    if request.metadata:
+        fields["metadata"] = request.metadata
     if traceparent:
         fields[tracing.FIELD] = traceparent
     ttl = int(policy.deadline) + settings.job_ttl + keys.EXTRA_TTL

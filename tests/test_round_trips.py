@@ -24,6 +24,7 @@ loaded, the producer's epoch read), so the counts are those of every job after i
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ import pytest
 import redis
 
 from pollen import Pollen, contract
+from pollen.backoff import PollPolicy
 from pollen.local.servers import CallbackReceiver, RedisServer
 from pollen.producer import Send
 from pollen.settings import Settings
@@ -441,3 +443,40 @@ def test_the_meter_counts_what_goes_over_the_wire(own_redis: RedisServer) -> Non
     assert row.scripts_ran == Counter({"set": 1, "incr": 1})
     client.close()
     admin.close()
+
+
+#: bytes of field names and values in the record of the job in
+#: :func:`test_a_polling_jobs_record_keeps_no_copies` (1,177 when written; 1,437 when a job's
+#: hash also kept the provider's last answer, empty optional fields and every policy field):
+#: Redis memory per job in flight is mostly this hash
+RECORD_BUDGET = 1_200
+
+
+def test_a_polling_jobs_record_keeps_no_copies(
+    meter: tuple[Meter, RecordingPollen, Tasks], simulator: SimulatorServer
+) -> None:
+    """A job in flight holds no empty optional field, no copy of the poll policy's defaults and
+    no copy of the provider's last answer (the audit list keeps each answer that said
+    something new); the job and its audit read back whole."""
+    _, producer, tasks = meter
+    deps = tasks.deps
+    job_id = producer.submit("runware", video_request([30.0]), callback_url="https://example.com/h")
+    tasks.submitted(submits.submit_batch(deps, [job_id]))
+    for attempt in (1, 2):  # a first answer (kept: it says "processing") and a repeat of it
+        outcome = batch.poll_batch(deps, [(job_id, attempt)])
+        assert outcome.finished == []
+        tasks.polled(outcome)
+    record = {k: v for k, v in deps.store.redis.hgetall(f"pollen:job:{job_id}").items()}
+    empty = sorted(k for k, v in record.items() if v in ("", "{}", "[]") and k != "policy")
+    assert empty == ["errors"], empty  # errors: the generation errors, written by each answer
+    policy = deps.settings.poll.model_dump()  # the tests' fast polls: some fields not default
+    changed = {k: v for k, v in policy.items() if v != PollPolicy.model_fields[k].default}
+    assert json.loads(record["policy"]) == changed and len(changed) < len(policy)
+    assert "last_response" not in record
+    size = sum(len(k) + len(v) for k, v in record.items())
+    assert size <= RECORD_BUDGET, sorted(record.items(), key=lambda kv: -len(kv[1]))[:5]
+    job = deps.store.lifecycle.get(job_id)
+    assert job.policy == deps.settings.poll and job.polls == 2 and job.metadata == {}
+    assert job.callback_url == "https://example.com/h" and job.python_callback is None
+    details = producer.task_details(job_id)
+    assert details["response"]["data"][0]["status"] == "processing", details

@@ -108,8 +108,8 @@ def stored(job_id: str) -> str:
 
 
 def responses(job_id: str) -> str:
-    """List: the provider response envelopes that said something new, oldest first (audit);
-    the last answer of all is the job's ``last_response`` field."""
+    """List: the provider response envelopes that said something new, oldest first (audit;
+    an answer that repeats the last one is counted in ``polls``, not kept)."""
     return f"{PREFIX}:job:{job_id}:responses"
 
 

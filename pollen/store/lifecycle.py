@@ -260,6 +260,7 @@ def task_details(job_id: str) -> Op[dict[str, Any] | None]:
     ]
     if not found:
         return None
+    # ``last_response``: a job recorded by a release that kept every answer in its hash
     last = found.get("last_response") or last_kept
     response = (
         json.loads(last)["envelope"] if last else json.loads(found.get("submit_response") or "{}")

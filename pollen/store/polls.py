@@ -145,7 +145,10 @@ def _record_arg(record: PollRecord, now: float, grace: float, copy: str) -> str:
         {
             "attempt": str(record.attempt),
             "apply": int(record.apply),
-            "envelope": dumps({"at": now, "envelope": record.envelope}),
+            # the audit list takes it only when it says something new (or brings results)
+            "envelope": dumps({"at": now, "envelope": record.envelope})
+            if record.keep or record.results
+            else "",
             "keep": int(record.keep),
             "progress": "" if record.progress is None else repr(record.progress),
             "cost": "" if record.cost is None else repr(record.cost),

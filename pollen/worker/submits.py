@@ -482,7 +482,7 @@ def _submitted(deps: Deps, job: Job, answer: Submission, now: float) -> Move:
     }
     relaxed = _relaxed(deps, job)
     if relaxed is not None:
-        fields["policy"] = relaxed.model_dump_json()
+        fields["policy"] = relaxed.model_dump_json(exclude_defaults=True)
     return Move(job.id, JobStatus.SUBMITTED, expect_by=now + first, fields=fields)
 
 

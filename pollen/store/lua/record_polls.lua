@@ -1,7 +1,7 @@
 -- Record a batch of poll answers in one call; per job, fenced by its own attempt number.
 -- For each job: new generations are appended once (HSETNX) in the order first seen, the
--- answer is kept (the last one in the job's hash; the audit list gets it only when it says
--- something new), the chain moves to attempt + 1, and a finishing answer moves the job to
+-- answer goes to the audit list when it says something new (its envelope is sent only then),
+-- the chain moves to attempt + 1, and a finishing answer moves the job to
 -- its terminal status (move() in prelude). A stale copy of one job's poll changes nothing,
 -- for that job only. With re-hosting on (`copy` set), each new generation's copy is marked
 -- pending in the job's stored hash and put on the copies' due set, in the same call, so a
@@ -9,7 +9,8 @@
 -- KEYS: inflight, status_counts, by_age, copies_due, then per job: job, events, results,
 --   order, responses, stored
 -- ARGV: now, finished_ttl_seconds, then one JSON object per job:
---   attempt, apply (record an answer), envelope, keep (push it to the audit list),
+--   attempt, apply (record an answer), envelope ('' unless kept or with results), keep
+--   (push it to the audit list),
 --   progress, cost, errors, next_at, watch_at, results ([[id, json], ...]),
 --   finish (terminal status or ''), fields (flat list set on the job), final (return the job),
 --   copy (the pending copy's JSON, '' when re-hosting is off)
@@ -63,8 +64,7 @@ for i = 3, #ARGV do
       redis.call('ZADD', k.inflight, 'XX', a.watch_at, job[3])
       redis.call('HINCRBY', k.job, 'polls', 1)
       redis.call('HSET', k.job, 'updated_at', now, 'errors', a.errors, 'lease_until', '0',
-        'poll_seq', tostring(tonumber(a.attempt) + 1), 'next_poll_at', a.next_at,
-        'last_response', a.envelope)
+        'poll_seq', tostring(tonumber(a.attempt) + 1), 'next_poll_at', a.next_at)
       if a.progress ~= '' then redis.call('HSET', k.job, 'progress', a.progress) end
       if a.cost ~= '' then redis.call('HSET', k.job, 'cost', a.cost) end
       if job[1] == 'submitted' then
