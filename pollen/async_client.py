@@ -28,7 +28,7 @@ from pollen import contract, producer, tracing
 from pollen.errors import StoreUnavailable, WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
-from pollen.settings import Settings, get_settings
+from pollen.settings import Settings, load
 from pollen.store import effects
 from pollen.store.aio import AsyncStore
 from pollen.store.connection import master
@@ -53,7 +53,7 @@ class AsyncPollen:
         """``redis_timeout``: :meth:`pollen.Pollen`'s. ``publish_timeout``: a publish that
         has not gone within that many seconds raises StoreUnavailable (the ingress and the
         dashboard set it); None: a broker that never answers holds a publish."""
-        self.settings = producer_settings(settings or get_settings(), redis_timeout)
+        self.settings = producer_settings(settings or load(), redis_timeout)
         self._session = Session(self.settings, tracing=tracing.of(self.settings))
         self.store = AsyncStore(
             self.settings.redis_url, self.settings.producer.redis_timeout, master(self.settings)

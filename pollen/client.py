@@ -24,7 +24,7 @@ from pollen import contract, producer, tracing
 from pollen.errors import WaitTimeout
 from pollen.models import Job, JobStatus
 from pollen.producer import Cancellation, Flow, Send, Session, Submitted, producer_settings
-from pollen.settings import Settings, get_settings
+from pollen.settings import Settings, load
 from pollen.store import effects
 from pollen.store.connection import master, open_store, producer_client
 from pollen.store.listing import JobPage
@@ -46,7 +46,7 @@ class Pollen:
     ) -> None:
         """``redis_timeout`` (default ``settings.producer.redis_timeout``, 5 s): seconds a
         call keeps trying an unreachable Redis before it raises :class:`StoreUnavailable`."""
-        self.settings = producer_settings(settings or get_settings(), redis_timeout)
+        self.settings = producer_settings(settings or load(), redis_timeout)
         self._session = Session(self.settings, tracing=tracing.of(self.settings))
         window = self.settings.producer.redis_timeout
         client = producer_client(self.settings.redis_url, window, master(self.settings))

@@ -466,6 +466,13 @@ def _message(text: str) -> str:
     return text.removeprefix("Value error, ")
 
 
+def _explain(error: Any) -> str:
+    """One validation error as a user reads it: a yes/no setting names what it accepts."""
+    if error["type"] == "bool_parsing":
+        return f"{error['input']!r} is not a yes/no value (use true or false; 1/0, yes/no, on/off)"
+    return _message(error["msg"])
+
+
 def is_redis_url(url: str) -> bool:
     """Whether ``url`` names a Redis server (the one test of it: a broker, a backend)."""
     return urlsplit(url).scheme.lower() in REDIS_SCHEMES
@@ -873,9 +880,9 @@ def problems(exc: Exception) -> str | None:
     an exception :func:`get_settings` raised (None for any other exception)."""
     if isinstance(exc, ValidationError):
         return "; ".join(
-            f"POLLEN_{'__'.join(str(p) for p in e['loc']).upper()}: {_message(e['msg'])}"
+            f"POLLEN_{'__'.join(str(p) for p in e['loc']).upper()}: {_explain(e)}"
             if e["loc"]
-            else _message(e["msg"])
+            else _explain(e)
             for e in exc.errors()
             # a default computed from a bad value only repeats that value's error
             if e["type"] != "default_factory_not_called"

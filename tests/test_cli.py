@@ -627,6 +627,11 @@ def _answers(url: str) -> bool:
         ("POLLEN_RATE_LIMITS", "fast", "POLLEN_RATE_LIMITS: not valid JSON"),
         ("POLLEN_TENANTS", '{"a b": {}}', "POLLEN_TENANTS: tenant name 'a b'"),
         ("POLLEN_RUNWARE__MAX_IN_FLIGHT", "0", "POLLEN_RUNWARE__MAX_IN_FLIGHT: Input should be"),
+        (
+            "POLLEN_TASK_EVENTS",
+            "maybe",
+            "POLLEN_TASK_EVENTS: 'maybe' is not a yes/no value (use true or false",
+        ),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(
@@ -656,3 +661,25 @@ def test_a_worker_that_cannot_start_says_why_in_one_line(worker_env: dict[str, s
             pollen({**worker_env, "POLLEN_METRICS_PORT": str(port)}, "worker"),
             f"cannot listen on 0.0.0.0:{port} (POLLEN_METRICS_PORT)",
         )
+
+
+def test_a_client_made_from_a_bad_environment_names_the_variable_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Pollen()`` reads the environment as the CLI does: one error naming the variable, and
+    nothing about defaults computed from other settings (the heartbeat file's)."""
+    from pollen import Pollen
+    from pollen.errors import InvalidSettings
+    from pollen.settings import get_settings
+
+    monkeypatch.setenv("POLLEN_TASK_EVENTS", "maybe")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidSettings) as raised:
+            Pollen()
+    finally:
+        get_settings.cache_clear()
+    assert str(raised.value) == (
+        "invalid settings: POLLEN_TASK_EVENTS: 'maybe' is not a yes/no value "
+        "(use true or false; 1/0, yes/no, on/off)"
+    )
