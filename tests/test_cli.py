@@ -282,7 +282,10 @@ def test_status_shows_the_last_error_while_retrying(
     result = pollen(worker_env, "status", job_id)
     assert result.returncode == 0, result.stderr
     assert not client.get(job_id).terminal
-    assert re.fullmatch(rf"{job_id} \w+ polls=0 .* last error: \S+.*\n", result.stdout)
+    # "failed=": outputs the provider failed; the last error is the request's, retried
+    assert re.fullmatch(
+        rf"{job_id} \w+ polls=0 results=0/1 failed=0 .* last error: \S+.*\n", result.stdout
+    )
 
 
 # --- callbacks ----------------------------------------------------------------------------

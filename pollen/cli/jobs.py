@@ -157,7 +157,7 @@ def _status_line(job: Job, last_error: str, *, admission: bool = False) -> str:
         where += f" queue reason: {job.queue_reason}" if job.queue_reason else ""
     return (
         f"{job.id} {job.status.value}{detail} polls={job.polls} "
-        f"results={len(job.results)}/{job.expected_results} errors={len(job.errors)}{where}"
+        f"results={len(job.results)}/{job.expected_results} failed={len(job.errors)}{where}"
         f"{retrying}"
     )
 
