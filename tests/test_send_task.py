@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import celery
 import pytest
 import redis
@@ -78,3 +81,32 @@ def test_send_task_with_a_misspelt_field_is_refused_with_a_suggestion(
     )
     assert client.store.redis.keys("pollen:job:*") == []
     producer.close()
+
+
+def test_send_task_without_a_queue_is_moved_to_the_submit_queue_and_named_in_the_log(
+    worker: Worker, client: Pollen, redis_server: RedisServer
+) -> None:
+    """A plain producer that leaves out ``queue=`` puts its message in Celery's default queue,
+    which pollen workers do not read: the reconciler moves it to the submit queue (the job
+    runs) and says so with a WARNING naming the fix. The application's own messages in that
+    queue stay where they are."""
+    producer = celery.Celery(
+        broker=redis_server.url(BROKER_DB), backend=redis_server.url(BROKER_DB)
+    )
+    broker = redis.Redis.from_url(redis_server.url(BROKER_DB))
+    try:
+        producer.send_task("myapp.resize", kwargs={"image": 7})  # another app's task
+        payload = {"provider": "runware", "job_id": "no-queue-1", "request": video_request([0.2])}
+        answer = producer.send_task("pollen.submit", kwargs={"job": payload})
+        assert answer.get(timeout=30) == {"job_id": "no-queue-1", "created": True}
+        assert client.wait("no-queue-1", timeout=30).status is JobStatus.SUCCEEDED
+        left = [json.loads(raw)["headers"]["task"] for raw in broker.lrange("celery", 0, -1)]
+        assert left == ["myapp.resize"]
+        assert worker.log_file is not None
+        log = Path(worker.log_file).read_text()
+        assert "moved 1 pollen.submit message(s) from Celery's default queue 'celery'" in log
+        assert "send them with queue='pollen.submit'" in log
+    finally:
+        broker.delete("celery")
+        broker.close()
+        producer.close()

@@ -20,6 +20,7 @@ from pollen.store import durability, keys
 from pollen.store.claims import Held
 from pollen.store.connection import Master, master
 from pollen.store.orphans import Orphans
+from pollen.store.strays import DEFAULT_QUEUE, Strays
 from pollen.worker import admission, grouping, metrics, planner, runtime
 from pollen.worker.reconciler import reconcile
 
@@ -102,6 +103,8 @@ def tick(app: Any) -> None:
                 time_limit=settings.task_time_limit,
                 min_uptime=2 * settings.worker_lease,  # after a Redis restart, renewals first
             )
+            if settings.redis_broker:
+                move_strays(deps)
             deps.store.schedule.trim_indexes(now)
             sweep_every = SWEEP_ROUNDS * settings.reconcile_interval
             if deps.capacity.capped_providers and deps.store.locks.acquire(
@@ -174,6 +177,28 @@ def _orphans(broker: str, queue: str, master: Master | None) -> Orphans:
     from pollen.store.connection import redis_client
 
     return Orphans(redis_client(broker, master), queue)
+
+
+@functools.cache
+def _strays(broker: str, queue: str, master: Master | None) -> Strays:
+    from pollen.store.connection import redis_client
+
+    return Strays(redis_client(broker, master), queue)
+
+
+def move_strays(deps: Any) -> int:
+    """Move ``pollen.submit`` messages sent without ``queue=`` (in Celery's default queue, which
+    no pollen worker reads) to the submit queue, with a WARNING naming the fix."""
+    settings = deps.settings
+    moved = _strays(settings.broker, settings.queues.submit, master(settings)).move()
+    if moved:
+        metrics.RECONCILER.labels("stray_submit_moved").inc(moved)
+        log.warning(
+            "moved %d pollen.submit message(s) from Celery's default queue %r, which pollen "
+            "workers do not read, to %r: send them with queue=%r",
+            moved, DEFAULT_QUEUE, settings.queues.submit, settings.queues.submit,
+        )  # fmt: skip
+    return moved
 
 
 @functools.cache
