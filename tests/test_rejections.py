@@ -171,6 +171,15 @@ def test_a_malformed_message_is_counted_and_kept(
         (InvalidJob("x: nope", [{"type": "extra_forbidden", "loc": ("x",)}]), "unknown_field"),
         (InvalidJob("deadline: too long", [{"type": "less_than", "loc": ("deadline",)}]),
          "invalid_field"),
+        # two problems: the reason is the one the message names
+        (InvalidJob("deadline: too long (and 1 more)", [
+            {"type": "less_than", "loc": ("deadline",)},
+            {"type": "extra_forbidden", "loc": ("x",)},
+        ]), "invalid_field"),
+        (InvalidJob("x: unknown field (and 1 more)", [
+            {"type": "extra_forbidden", "loc": ("x",)},
+            {"type": "less_than", "loc": ("deadline",)},
+        ]), "unknown_field"),
         (InvalidJob("provider: unknown provider 'x'"), "invalid_field"),
         (InvalidJob("request: nested deeper than 8 levels"), "invalid_field"),
         (InvalidJob("job payload is not valid JSON: ..."), "malformed"),

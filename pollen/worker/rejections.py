@@ -35,12 +35,13 @@ _URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
 
 def reason_of(error: InvalidJob) -> str:
-    """The class of a refusal, one of :data:`REASONS`."""
+    """The class of a refusal, one of :data:`REASONS`: of the problem its message names (the
+    first, where a payload has several)."""
     if isinstance(error, IdempotencyConflict):
         return "conflict"
     if isinstance(error, UnsafeCallbackURL):
         return "unsafe_callback"
-    if {e.get("type") for e in error.errors} & {"unknown_field", "extra_forbidden"}:
+    if error.errors and error.errors[0].get("type") in ("unknown_field", "extra_forbidden"):
         return "unknown_field"
     field = re.split(r"[.:\s]", str(error), maxsplit=1)[0]
     return "invalid_field" if error.errors or field in JobRequest.model_fields else "malformed"
