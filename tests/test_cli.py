@@ -572,6 +572,9 @@ def test_demo_at_80_columns_prints_real_costs_and_a_rule_of_its_own() -> None:
     assert len(jobs) == 5
     assert re.search(r"3 videos, 2-6 s: succeeded, cost \d", "\n".join(jobs))
     assert all(re.search(r": (succeeded|failed)(, cost [\d.e-]+)?$", line) for line in jobs), jobs
+    # the report waits for pollen's copies of the results (re-hosting) to be stored
+    assert "pollen's copy: stored" in result.stdout
+    assert "pollen's copy: pending" not in result.stdout
     dashboard = re.search(
         r"dashboard (http://127\.0\.0\.1:\d+)/ +\(user demo, password \S+\)", result.stdout
     )

@@ -102,6 +102,12 @@ def _table(jobs: list[tuple[str, Job]], started: float) -> Table:
     return table
 
 
+def _copying(jobs: list[tuple[str, Job]]) -> bool:
+    """Whether pollen is still storing its copy of some result (re-hosting)."""
+    copies = [r.stored for _, job in jobs for r in job.results]
+    return any(copy is not None and copy.status == "pending" for copy in copies)
+
+
 def _report(
     console: Console, jobs: list[tuple[str, Job]], receiver: CallbackReceiver, secret: str
 ) -> None:
@@ -257,8 +263,10 @@ def _run_jobs(
         console.line()
     expected = len(submitted) + jobs[0][1].expected_results  # + the partial events of job 1
     deadline = time.monotonic() + 10
-    while len(receiver.received()) < expected and time.monotonic() < deadline:
+    # the callbacks still on their way, and the copies of results still being stored
+    while (len(receiver.received()) < expected or _copying(jobs)) and time.monotonic() < deadline:
         time.sleep(0.1)
+        jobs = [(label, client.get(job_id)) for label, job_id in submitted]
     _report(console, jobs, receiver, secret)
     ok = sum(1 for _, job in jobs if job.status.value == "succeeded")
     console.print(
