@@ -23,7 +23,7 @@ from pollen.models import GenerationResult, JobStatus
 from pollen.producer import drive
 from pollen.providers import push as tokens
 from pollen.settings import Settings
-from pollen.store import effects, fetch, keys, lifecycle, scripts
+from pollen.store import effects, fetch, keys, lifecycle, scripts, strays
 from pollen.store.connection import redis_client
 from pollen.store.copies import SCRIPTS as COPY_SCRIPTS
 from pollen.store.lifecycle import Move
@@ -337,7 +337,8 @@ def test_every_lua_file_is_a_registered_script_with_its_keys_and_args() -> None:
         for path in resources.files("pollen.store").joinpath("lua").iterdir()
         if path.name.endswith(".lua")
     }
-    used = {*JOB_SCRIPTS, *OUTBOX_SCRIPTS, *COPY_SCRIPTS, fetch.SCRIPT}  # fetch: the broker's
+    # fetch, strays: on the broker
+    used = {*JOB_SCRIPTS, *OUTBOX_SCRIPTS, *COPY_SCRIPTS, fetch.SCRIPT, strays.SCRIPT}
     assert shipped == used | {"prelude"}
     for name in used:
         lines = scripts.source(name).splitlines()

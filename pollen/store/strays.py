@@ -22,6 +22,8 @@ import redis
 from pollen import contract
 from pollen.store.scripts import text
 
+#: the script that moves one message, in ``pollen/store/lua/``
+SCRIPT = "move_stray"
 #: Celery's default queue (``task_default_queue``), where a message without a route goes
 DEFAULT_QUEUE = "celery"
 #: the oldest messages of the default queue looked at per round
@@ -47,7 +49,7 @@ class Strays:
     def __init__(self, broker: redis.Redis, queue: str) -> None:
         self.broker = broker
         self.queue = queue
-        self._move = broker.register_script(text("move_stray"))
+        self._move = broker.register_script(text(SCRIPT))
 
     def move(self) -> int:
         """Move the ``pollen.submit`` messages among the default queue's oldest to the submit
