@@ -312,6 +312,29 @@ def accept_op(
     return job.job_id, created
 
 
+def accept_ready_op(
+    settings: Settings,
+    payload: Any,
+    replicas: Replicas,
+    *,
+    now: float,
+    traceparent: str | None = None,
+) -> Op[tuple[str, bool]]:
+    """:func:`accept_op` for a job a wake message submits (group commit: ``Pollen.submit``):
+    ``(job_id, wake)``, ``wake`` True when the caller must send the wake message (never for
+    a job that existed)."""
+    job = prepare(settings, payload, now=now, traceparent=traceparent)
+    created, wake = yield from lifecycle.create_ready(
+        (job.job_id, job.fields, job.ttl, job.fingerprint),
+        now=now,
+        submit_grace=settings.submit_grace,
+        replicas=replicas,
+    )
+    if isinstance(created, IdempotencyConflict):
+        raise created
+    return job.job_id, wake
+
+
 def accept_many_op(
     settings: Settings,
     payloads: Sequence[Any],

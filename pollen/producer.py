@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pollen import contract, tracing
 from pollen.errors import InvalidJob, JobLost, JobNotFound, JobRejected, StoreUnavailable
 from pollen.models import DEFAULT_TENANT, Job, JobStatus
-from pollen.payloads import accept_many_op, accept_op
+from pollen.payloads import accept_many_op, accept_ready_op
 from pollen.providers import REGISTRY
 from pollen.settings import ProducerSettings, Settings
 from pollen.store import durability, keys, lifecycle, listing, outbox, rejections, replication
@@ -217,24 +217,30 @@ def _remember_epoch(session: Session) -> Flow[None]:
 
 
 def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
-    """Store one job and send its ``pollen.submit`` message (the job is removed again if the
-    message was not sent: a Send raises only then, see :func:`publish`)."""
+    """Store one job, ready for its submit (group commit): the job joins the ready set, and
+    when no wake message is on its way this call sends one (``pollen.submit(wake=True)``); the
+    worker that takes it sends every ready job's submit, as batches. Under a burst, one wake
+    serves every job stored before it is taken; alone, a job costs one message as before.
+
+    The job is removed again if its wake message was not sent (a Send raises only then, see
+    :func:`publish`). A job that rode on a wake that failed is sent by the workers' periodic
+    round."""
     settings = session.settings
     traceparent = session.tracing.traceparent()
-    job_id, created = yield from accept_op(
+    job_id, wake = yield from accept_ready_op(
         settings, payload, session.replicas, now=time.time(), traceparent=traceparent
     )
     yield from _remember_epoch(session)
-    if created:
+    if wake:
         try:
             yield Send(
                 contract.SUBMIT,
                 settings.queues.submit,
-                kwargs={"job_id": job_id},
-                kwargsrepr=contract.describe(job_id),
+                kwargs={"wake": True},
+                kwargsrepr=f"{{wake, sent by job_id={job_id!r}}}",  # the first of its jobs
             )
         except Exception as exc:
-            yield from lifecycle.rollback_many([job_id])
+            yield from lifecycle.rollback_many([job_id], unwake=True)
             raise StoreUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
     return job_id
 

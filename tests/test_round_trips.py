@@ -2,7 +2,8 @@
 change that adds one fails here, naming the step and both numbers, instead of showing up as a
 benchmark figure nobody reads.
 
-The life: ``Pollen.submit`` (the producer) -> the worker's submit step -> a poll whose answer
+The life: ``Pollen.submit`` (the producer) -> the wake that takes the ready job -> the
+worker's submit step -> a poll whose answer
 is "still running" -> a poll whose answer is "done" (the completion recorded, its webhook in
 the outbox) -> the delivery of that webhook. The steps are pollen's plain functions, run in
 this process with what :mod:`pollen.worker.tasks` does around them (:class:`Tasks`: its Redis
@@ -78,8 +79,13 @@ LABELS = {
 #: step -> what it costs, and why
 EXPECTED: dict[str, tuple[Count, str]] = {
     "submit": (
-        Count(trips=1, commands=1, in_scripts=10, messages=1),
-        "create_job stores the job with its indexes; one pollen.submit message",
+        Count(trips=1, commands=1, in_scripts=12, messages=1),
+        "create_job stores the job with its indexes and makes it ready; one pollen.submit wake "
+        "(none while a wake is on its way: test_a_burst_of_submits_shares_one_wake)",
+    ),
+    "wake": (
+        Count(trips=1, commands=1, in_scripts=3, messages=1),
+        "take_ready takes every ready job and clears the wake mark; one pollen.submit batch",
     ),
     "worker submit": (
         Count(trips=3, commands=3, in_scripts=15, messages=1),
@@ -255,6 +261,13 @@ class Tasks:
     deps: Deps
     sent: list[tuple[str, Any]]
 
+    def wake(self) -> list[str]:
+        """``tasks._wake``: the ready jobs taken, one batch message for them."""
+        job_ids = self.deps.store.schedule.take_ready(contract.SUBMIT_BATCH_JOBS)
+        if job_ids:
+            self._submits(job_ids)
+        return job_ids
+
     def submitted(self, outcome: submits.SubmitNext) -> None:
         """``tasks._submitted``: the first poll sent or parked, the deliveries queued."""
         plan = self._plan(outcome.polls, outcome.deliveries, first=True)
@@ -349,6 +362,7 @@ def life(
     job_id = meter.step(
         "submit", lambda: producer.submit("runware", request, callback_url=callback_url)
     )
+    assert meter.step("wake", tasks.wake) == [job_id]
     meter.step("worker submit", lambda: tasks.submitted(submits.submit_batch(deps, [job_id])))
 
     def poll(attempt: int) -> tuple[BatchNext, planner.Plan]:
@@ -413,6 +427,28 @@ def test_one_jobs_life(
     ]
     assert [row.step for row in measure.rows] == list(EXPECTED)
     assert wrong == [], "\n".join(wrong)
+
+
+def test_a_burst_of_submits_shares_one_wake(
+    meter: tuple[Meter, RecordingPollen, Tasks],
+) -> None:
+    """Jobs stored while a wake is on its way send no message of their own; the wake takes
+    them all in one round trip and sends one batch. A job stored after that take sends the
+    next wake."""
+    _, producer, tasks = meter
+    sent = producer.sent
+    tasks.wake()  # whatever an earlier test left ready
+    producer.store.redis.delete("pollen:submits:wake")
+    before = len(sent)
+    burst = [producer.submit("runware", video_request([30.0])) for _ in range(20)]
+    assert [name for name, _ in sent[before:]] == [contract.SUBMIT]
+    assert sent[before][1] == {"wake": True}
+    assert tasks.wake() == burst  # oldest first
+    assert sent[-1] == (contract.SUBMIT, burst)
+    assert tasks.wake() == []  # nothing left, and the wake mark is gone:
+    later = producer.submit("runware", video_request([30.0]))
+    assert sent[-1] == (contract.SUBMIT, {"wake": True})
+    assert tasks.wake() == [later]
 
 
 def test_the_meter_counts_what_goes_over_the_wire(own_redis: RedisServer) -> None:

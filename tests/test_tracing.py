@@ -199,8 +199,11 @@ def test_submit_continues_the_callers_trace_on_the_record_and_the_message(
     assert inside and all(
         s.kind is trace.SpanKind.CLIENT for s in inside
     )  # the store's round trips
-    [first, _] = queued_headers(traced_settings)
-    assert ids(first["traceparent"]) == ids_of(submit)
+    # One message: the first job's wake carries its trace; the second job, stored while that
+    # wake was on its way, rides on it, its trace kept on its record alone.
+    [wake] = queued_headers(traced_settings)
+    assert ids(wake["traceparent"]) == ids_of(submit)
+    assert job_id in wake["kwargsrepr"]
 
 
 def test_submit_many_is_one_span_whose_trace_every_job_carries(

@@ -26,6 +26,13 @@ PARKED_POLLS = f"{PREFIX}:polls:parked"
 #: sorted set job_id -> due time: submit retries due later than ``park_after``, kept here
 #: instead of as countdown messages in a worker (the periodic round sends them)
 PARKED_SUBMITS = f"{PREFIX}:submits:parked"
+#: sorted set job_id -> created at: jobs ``Pollen.submit`` stored whose submit has not been
+#: sent yet; the next ``pollen.submit`` wake message takes them all, as batches (group commit)
+READY_SUBMITS = f"{PREFIX}:submits:ready"
+#: string, expiring after WAKE_MS: a wake message for the ready jobs is on its way (the first
+#: create that finds it absent sets it and sends one; the take that empties the set clears it)
+SUBMIT_WAKE = f"{PREFIX}:submits:wake"
+WAKE_MS = 1000
 #: sorted set of cancelled jobs whose follow-up (the provider's cancel call, the completion
 #: callback) is not done yet, scored by when the reconciler sends it again
 CANCELS = f"{PREFIX}:cancels"

@@ -47,34 +47,54 @@ class Move:
 
 
 def create_keys(job_id: str) -> list[str]:
-    return [keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.STATUS_COUNTS, keys.BY_AGE]
+    return [
+        keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.STATUS_COUNTS, keys.BY_AGE,
+        keys.READY_SUBMITS, keys.SUBMIT_WAKE,
+    ]  # fmt: skip
+
+
+#: a job to store: job_id, fields, ttl, fingerprint
+NewJob = tuple[str, dict[str, Any], int, str]
 
 
 def create_many(
-    jobs: Sequence[tuple[str, dict[str, Any], int, str]],
-    *,
-    now: float,
-    submit_grace: float,
-    replicas: Replicas,
+    jobs: Sequence[NewJob], *, now: float, submit_grace: float, replicas: Replicas
 ) -> Op[list[bool | IdempotencyConflict]]:
     """Store new queued jobs (job_id, fields, ttl, fingerprint): per job, created or not, or
     the :class:`IdempotencyConflict` of an id already used with a different request. Waits
     for ``replicas`` to hold them in the same round trip (:mod:`pollen.store.replication`)."""
     if not jobs:
         return []
+    replies = yield from replicas.written(_creates(jobs, now, submit_grace, ""))
+    return _answers(jobs, replies)
+
+
+def create_ready(
+    job: NewJob, *, now: float, submit_grace: float, replicas: Replicas
+) -> Op[tuple[bool | IdempotencyConflict, bool]]:
+    """:func:`create_many` of one job that a wake message submits (group commit: see
+    ``keys.READY_SUBMITS``): its answer, and whether the caller must send that message (no
+    wake is on its way). Undo with :func:`rollback_many` (``unwake`` when the wake failed)."""
+    replies = yield from replicas.written(_creates([job], now, submit_grace, str(keys.WAKE_MS)))
+    [answer] = _answers([job], replies)
+    return answer, answer is True and bool(int(replies[0][2]))
+
+
+def _creates(jobs: Sequence[NewJob], now: float, submit_grace: float, wake_ms: str) -> Batch:
     watch = repr(now + submit_grace)
-    replies = yield from replicas.written(
-        [
-            Lua(
-                "create_job",
-                create_keys(job_id),
-                [job_id, repr(now), ttl, watch, fingerprint, *flatten(fields)],
-            )
-            for job_id, fields, ttl, fingerprint in jobs
-        ]
-    )
+    return [
+        Lua(
+            "create_job",
+            create_keys(job_id),
+            [job_id, repr(now), ttl, watch, fingerprint, wake_ms, *flatten(fields)],
+        )
+        for job_id, fields, ttl, fingerprint in jobs
+    ]
+
+
+def _answers(jobs: Sequence[NewJob], replies: Sequence[Any]) -> list[bool | IdempotencyConflict]:
     answers: list[bool | IdempotencyConflict] = []
-    for (job_id, _, _, fingerprint), (created, existing) in zip(jobs, replies, strict=True):
+    for (job_id, _, _, fingerprint), (created, existing, _) in zip(jobs, replies, strict=True):
         if not created and existing and fingerprint and existing != fingerprint:
             answers.append(
                 IdempotencyConflict(
@@ -87,11 +107,13 @@ def create_many(
     return answers
 
 
-def rollback_many(job_ids: Sequence[str]) -> Op[int]:
-    """Undo the creation of still-queued jobs whose messages could not be sent; how many."""
+def rollback_many(job_ids: Sequence[str], *, unwake: bool = False) -> Op[int]:
+    """Undo the creation of still-queued jobs whose messages could not be sent; how many.
+    ``unwake``: the wake message was not sent, so the next create sends one."""
     if not job_ids:
         return 0
-    replies = yield [Lua("rollback_create", create_keys(j), [j]) for j in job_ids]
+    flag = "1" if unwake else ""
+    replies = yield [Lua("rollback_create", create_keys(j), [j, flag]) for j in job_ids]
     return sum(bool(undone) for undone in replies)
 
 

@@ -17,7 +17,7 @@ from pollen.store import keys
 from pollen.store.effects import Batch, Lua, Op, Runner, cmd, single
 
 #: the schedule's scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
-SCRIPTS = ("take_parked", "forget_job")
+SCRIPTS = ("take_parked", "take_ready", "forget_job")
 
 
 # --- operations -------------------------------------------------------------------------
@@ -36,6 +36,20 @@ def take_parked(*, horizon: float, limit: int) -> Op[list[tuple[str, int, float]
 def take_parked_submits(*, horizon: float, limit: int) -> Op[list[str]]:
     """Remove and return the jobs whose parked submit retry is due before ``horizon``."""
     taken = yield from single(Lua("take_parked", [keys.PARKED_SUBMITS], [repr(horizon), limit]))
+    return [str(member) for member in taken[::2]]
+
+
+def take_ready(limit: int) -> Op[list[str]]:
+    """Remove and return up to ``limit`` ready jobs (``keys.READY_SUBMITS``), oldest first;
+    the wake mark goes when none is left."""
+    taken = yield from single(Lua("take_ready", [keys.READY_SUBMITS, keys.SUBMIT_WAKE], [limit]))
+    return [str(job_id) for job_id in taken]
+
+
+def take_stale_ready(*, before: float, limit: int) -> Op[list[str]]:
+    """Remove and return the ready jobs stored before ``before`` that no wake took (their
+    wake message failed or was lost; the periodic round sends them)."""
+    taken = yield from single(Lua("take_parked", [keys.READY_SUBMITS], [repr(before), limit]))
     return [str(member) for member in taken[::2]]
 
 
@@ -117,6 +131,14 @@ class Schedule:
     def take_parked_submits(self, *, horizon: float, limit: int) -> list[str]:
         """Remove and return the jobs whose parked submit retry is due before ``horizon``."""
         return self.run(take_parked_submits(horizon=horizon, limit=limit))
+
+    def take_ready(self, limit: int) -> list[str]:
+        """Remove and return up to ``limit`` ready jobs; the wake mark goes when none is left."""
+        return self.run(take_ready(limit))
+
+    def take_stale_ready(self, *, before: float, limit: int) -> list[str]:
+        """Remove and return the ready jobs stored before ``before`` that no wake took."""
+        return self.run(take_stale_ready(before=before, limit=limit))
 
     def backlog(self, seen: bool, *, keep: float) -> bool:
         """Whether the submit queue held messages within the last ``keep`` seconds; ``seen``:

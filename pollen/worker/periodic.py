@@ -142,6 +142,9 @@ def release_due(app: Any, deps: Any, now: float) -> None:
     admission.pump(deps, deps.providers, partial(send_submits, app), now=now, drain=True)
     horizon = now + deps.settings.tick_interval
     submits = deps.store.schedule.take_parked_submits(horizon=horizon, limit=DUE_PER_ROUND)
+    # ready jobs no wake took (it failed or was lost): a wake takes the rest within moments
+    stale = now - 2 * keys.WAKE_MS / 1000
+    submits += deps.store.schedule.take_stale_ready(before=stale, limit=DUE_PER_ROUND)
     for start in range(0, len(submits), contract.SUBMIT_BATCH_JOBS):
         send_submits(app, submits[start : start + contract.SUBMIT_BATCH_JOBS])
     parked = deps.store.schedule.take_parked(horizon=horizon, limit=DUE_PER_ROUND)
@@ -222,7 +225,8 @@ def submit_backlog(deps: Any) -> bool:
 
 
 def send_submits(app: Any, job_ids: list[str]) -> None:
-    """One ``pollen.submit`` message for jobs admitted into provider-account slots."""
+    """One ``pollen.submit`` message for stored jobs: admitted into provider-account slots,
+    parked retries now due, ready ones (``Pollen.submit``'s group commit)."""
     app.send_task(
         contract.SUBMIT,
         kwargs={"job_ids": job_ids},

@@ -178,9 +178,12 @@ def submit(
     *,
     job_ids: list[str] | None = None,
     created: bool | None = None,
+    wake: bool = False,
 ) -> dict[str, Any]:
     """Accept a job payload (``job=``) or submit already stored jobs (``job_id=``, or many
-    as ``job_ids=[...]`` from :meth:`pollen.Pollen.submit_many`).
+    as ``job_ids=[...]`` from :meth:`pollen.Pollen.submit_many`); ``wake=True`` (from
+    :meth:`pollen.Pollen.submit`) sends the submits of every ready job as batches
+    (:func:`_wake`).
 
     Answers ``{"job_id": ..., "created": ...}`` for one job (Flower shows it as the result):
     ``created`` is True when this message brought in a new job (it stored the payload, or its
@@ -188,9 +191,11 @@ def submit(
     id existed, or the job was already submitted). ``created`` itself is only passed by this
     task's own retries, which carry the first run's answer. A ``job_id`` with no job (never
     stored, or expired) is one WARNING line and ``{"job_id": ..., "missing": True}``. For
-    ``job_ids``: ``{"jobs": n, "created": k}``.
+    ``job_ids``: ``{"jobs": n, "created": k}``; for ``wake``: ``{"ready": n}``.
     """
     deps = runtime.deps()
+    if wake:
+        return _wake(deps)
     try:
         if job_ids is not None:
             return _submit_many(self, deps, _job_ids(job_ids))
@@ -224,6 +229,28 @@ def submit(
     if outcome.waiting:
         return {"job_id": job_id, "created": created, "waiting": outcome.waiting}
     return {"job_id": job_id, "created": created}
+
+
+#: most batches of ready jobs one wake message sends before it hands over to a new wake
+WAKE_ROUNDS = 20
+
+
+def _wake(deps: runtime.Deps) -> dict[str, Any]:
+    """Send the submits of the jobs ``Pollen.submit`` made ready (group commit), as
+    ``pollen.submit(job_ids=[...])`` batches: every job stored before this take goes; a job
+    stored after it finds no wake mark and sends a new wake. The batches are messages of
+    their own, so a worker that dies while submitting them leaves them to the claims and
+    the reconciler like any other."""
+    ready = 0
+    for _ in range(WAKE_ROUNDS):
+        job_ids = deps.store.schedule.take_ready(contract.SUBMIT_BATCH_JOBS)
+        if job_ids:
+            periodic.send_submits(current_app, job_ids)
+        ready += len(job_ids)
+        if len(job_ids) < contract.SUBMIT_BATCH_JOBS:
+            return {"ready": ready}
+    submit.apply_async(kwargs={"wake": True}, kwargsrepr="{wake}", ignore_result=True)
+    return {"ready": ready}
 
 
 def _one_job_id(job_id: Any) -> str:
