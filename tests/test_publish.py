@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from celery import Celery
 from pollen import JobStatus, Pollen, contract
 from pollen.local.servers import Worker
 from pollen.settings import Settings
+from pollen.store import keys
 from tests.conftest import eventually
 from tests.helpers import video_request
 
@@ -48,6 +50,13 @@ class FailsBeforePublish(Celery):  # type: ignore[misc]
         raise RuntimeError("broker refused")
 
 
+class LosesThePublish(Celery):  # type: ignore[misc]
+    """A Celery app whose message is taken and then lost (a broker that dropped it)."""
+
+    def send_task(self, *args: Any, result_cls: Any, **kwargs: Any) -> Any:
+        return result_cls("lost")
+
+
 def _producer(settings: Settings, app_class: type[Celery]) -> Pollen:
     producer = Pollen(settings)
     app = app_class("pollen")
@@ -80,6 +89,23 @@ def test_an_error_before_the_publish_still_rolls_the_job_back(
     ):
         producer.submit("runware", video_request([0.3]), job_id="unsent")
     assert client.store.redis.keys("pollen:job:*") == []
+
+
+def test_a_job_whose_wake_was_lost_is_sent_by_the_periodic_round(
+    worker: Worker, settings: Settings, client: Pollen
+) -> None:
+    """Jobs wait for a wake in the ready set; one whose wake never arrives (lost, or sent by a
+    producer whose publish failed after the job rode on it) is sent by the workers' periodic
+    round once it has waited twice the wake mark's life."""
+    client.store.redis.delete(keys.SUBMIT_WAKE)
+    with _producer(settings, LosesThePublish) as producer:
+        started = time.monotonic()
+        job_id = producer.submit("runware", video_request([0.2]), job_id="wake-lost")
+        rider = producer.submit("runware", video_request([0.2]), job_id="wake-lost-rider")
+    assert client.wait(job_id, timeout=20).status is JobStatus.SUCCEEDED
+    assert client.wait(rider, timeout=20).status is JobStatus.SUCCEEDED
+    assert client.get(job_id).submit_attempts == 1  # sent once, not by the reconciler too
+    assert time.monotonic() - started >= 2 * keys.WAKE_MS / 1000
 
 
 def _worker_lines(worker: Worker) -> list[dict[str, Any]]:

@@ -458,6 +458,8 @@ def test_a_job_whose_message_cannot_be_sent_leaves_no_trace(
         assert raw.keys("pollen:job:*") == []
         assert _counts(raw) == {}
         assert _indexed(raw) == (set(), set())
+        # not ready, and no wake on its way: the next create sends its own wake
+        assert raw.zcard(keys.READY_SUBMITS) == 0 and not raw.exists(keys.SUBMIT_WAKE)
         # The id is free: the producer's retry is a new job, not a duplicate.
         with pytest.raises(StoreUnavailable):
             pollen.submit("runware", video_request([0.3]), job_id="unsent")
