@@ -41,6 +41,7 @@ from pollen.local.servers import CallbackReceiver, RedisServer
 from pollen.producer import Send
 from pollen.settings import Settings
 from pollen.simulator import SimulatorServer
+from pollen.store.claims import Held
 from pollen.worker import admission, batch, planner, submits
 from pollen.worker.batch import BatchNext
 from pollen.worker.deliveries import DeliveryOutcome, deliver
@@ -84,8 +85,9 @@ EXPECTED: dict[str, tuple[Count, str]] = {
         "(none while a wake is on its way: test_a_burst_of_submits_shares_one_wake)",
     ),
     "wake": (
-        Count(trips=1, commands=1, in_scripts=3, messages=1),
-        "take_ready takes every ready job and clears the wake mark; one pollen.submit batch",
+        Count(trips=1, commands=1, in_scripts=5, messages=0),
+        "take_ready takes every ready job, watches it while in hand, clears the wake mark and "
+        "rewrites the wake's claim to name them; their submit is the next step, same task",
     ),
     "worker submit": (
         Count(trips=3, commands=3, in_scripts=15, messages=1),
@@ -262,10 +264,13 @@ class Tasks:
     sent: list[tuple[str, Any]]
 
     def wake(self) -> list[str]:
-        """``tasks._wake``: the ready jobs taken, one batch message for them."""
-        job_ids = self.deps.store.schedule.take_ready(contract.SUBMIT_BATCH_JOBS)
-        if job_ids:
-            self._submits(job_ids)
+        """``tasks._wake`` on a Redis broker: the ready jobs taken, the wake message's claim
+        rewritten to name them (their submit runs in the same task: the next step)."""
+        claim = ("round-trips", Held("wake-1", {"wake": True}, claimed_at=self.deps.clock()))
+        expect_by = self.deps.clock() + 60
+        job_ids, _ = self.deps.store.schedule.take_ready(
+            contract.SUBMIT_BATCH_JOBS, expect_by, claim
+        )
         return job_ids
 
     def submitted(self, outcome: submits.SubmitNext) -> None:
@@ -433,8 +438,8 @@ def test_a_burst_of_submits_shares_one_wake(
     meter: tuple[Meter, RecordingPollen, Tasks],
 ) -> None:
     """Jobs stored while a wake is on its way send no message of their own; the wake takes
-    them all in one round trip and sends one batch. A job stored after that take sends the
-    next wake."""
+    them all in one round trip, its claim naming them (a worker that dies with them in hand
+    leaves them to the reconciler). A job stored after that take sends the next wake."""
     _, producer, tasks = meter
     sent = producer.sent
     tasks.wake()  # whatever an earlier test left ready
@@ -444,7 +449,8 @@ def test_a_burst_of_submits_shares_one_wake(
     assert [name for name, _ in sent[before:]] == [contract.SUBMIT]
     assert sent[before][1] == {"wake": True}
     assert tasks.wake() == burst  # oldest first
-    assert sent[-1] == (contract.SUBMIT, burst)
+    claim = producer.store.redis.hget("pollen:claims:held:round-trips", "wake-1:0")
+    assert claim is not None and json.loads(claim)["kwargs"] == {"job_ids": burst}
     assert tasks.wake() == []  # nothing left, and the wake mark is gone:
     later = producer.submit("runware", video_request([30.0]))
     assert sent[-1] == (contract.SUBMIT, {"wake": True})

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from pollen.models import JobStatus
 from pollen.store import keys
+from pollen.store.claims import Held
 from pollen.store.effects import Batch, Lua, Op, Runner, cmd, single
 
 #: the schedule's scripts, in ``pollen/store/lua/`` (each names its KEYS and ARGV)
@@ -39,11 +40,29 @@ def take_parked_submits(*, horizon: float, limit: int) -> Op[list[str]]:
     return [str(member) for member in taken[::2]]
 
 
-def take_ready(limit: int) -> Op[list[str]]:
-    """Remove and return up to ``limit`` ready jobs (``keys.READY_SUBMITS``), oldest first;
-    the wake mark goes when none is left."""
-    taken = yield from single(Lua("take_ready", [keys.READY_SUBMITS, keys.SUBMIT_WAKE], [limit]))
-    return [str(job_id) for job_id in taken]
+def take_ready(
+    limit: int, expect_by: float, claim: tuple[str, Held] | None = None
+) -> Op[tuple[list[str], int]]:
+    """Remove and return up to ``limit`` ready jobs (``keys.READY_SUBMITS``), oldest first,
+    and how many are left; the wake mark goes when none is. Each job taken is watched until
+    ``expect_by``. ``claim``: the wake message's holder and claim, rewritten in the same step
+    to name the jobs taken."""
+    held, tag, text = ("", "", "")
+    if claim is not None:
+        held, tag, text = keys.held(claim[0]), claim[1].tag, claim[1].dump()
+    ids, left = yield from single(
+        Lua(
+            "take_ready",
+            [keys.READY_SUBMITS, keys.SUBMIT_WAKE, keys.INFLIGHT, held],
+            [limit, repr(expect_by), tag, text],
+        )
+    )
+    return [str(job_id) for job_id in ids], int(left)
+
+
+def ready() -> Op[int]:
+    """How many jobs wait in the ready set for a wake."""
+    return int((yield from single(cmd("zcard", keys.READY_SUBMITS))))
 
 
 def take_stale_ready(*, before: float, limit: int) -> Op[list[str]]:
@@ -132,9 +151,17 @@ class Schedule:
         """Remove and return the jobs whose parked submit retry is due before ``horizon``."""
         return self.run(take_parked_submits(horizon=horizon, limit=limit))
 
-    def take_ready(self, limit: int) -> list[str]:
-        """Remove and return up to ``limit`` ready jobs; the wake mark goes when none is left."""
-        return self.run(take_ready(limit))
+    def take_ready(
+        self, limit: int, expect_by: float, claim: tuple[str, Held] | None = None
+    ) -> tuple[list[str], int]:
+        """Remove and return up to ``limit`` ready jobs, and how many are left (the wake mark
+        goes when none is); each is watched until ``expect_by``, and ``claim`` is rewritten
+        to name them."""
+        return self.run(take_ready(limit, expect_by, claim))
+
+    def ready(self) -> int:
+        """How many jobs wait in the ready set for a wake."""
+        return self.run(ready())
 
     def take_stale_ready(self, *, before: float, limit: int) -> list[str]:
         """Remove and return the ready jobs stored before ``before`` that no wake took."""

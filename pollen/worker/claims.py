@@ -91,6 +91,26 @@ def message_of(request: Any, now: float) -> Held:
     )  # fmt: skip
 
 
+def current(request: Any, now: float) -> tuple[str, Held] | None:
+    """This worker's claim on the ``pollen.submit`` message its task runs (``self.request``):
+    the holder's name and the message; None where no claims are kept (another broker)."""
+    holder = _This.holder
+    if holder is None:
+        return None
+    eta = request.eta
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if isinstance(eta, datetime):
+        eta = (eta if eta.tzinfo else eta.replace(tzinfo=UTC)).timestamp()
+    tag = (request.delivery_info or {}).get("delivery_tag")
+    message = Held(
+        str(request.id), dict(request.kwargs or {}), eta if eta else None,
+        retries=int(request.retries or 0), delivery_tag=None if tag is None else str(tag),
+        claimed_at=now,
+    )  # fmt: skip
+    return holder.name, message
+
+
 @worker_init.connect
 def _start(sender: Any = None, **_: Any) -> None:
     settings = runtime.deps().settings

@@ -212,12 +212,14 @@ def _depth_reader(broker: str, queue: str, master: Master | None) -> Callable[[]
 
 
 def submit_backlog(deps: Any) -> bool:
-    """Whether the submit queue holds messages, or did within the last two worker leases (a
-    message taken from it just now may not be claimed yet): a job's submit may still be
-    waiting. True when the broker cannot say, so nothing is sent twice on a guess."""
+    """Whether the submit queue holds messages or jobs wait in the ready set for a wake, or
+    either did within the last two worker leases (a message taken from it just now may not be
+    claimed yet): a job's submit may still be waiting. True when the broker cannot say, so
+    nothing is sent twice on a guess."""
     settings = deps.settings
     try:
-        waiting = _depth_reader(settings.broker, settings.queues.submit, master(settings))()[0] > 0
+        depth = _depth_reader(settings.broker, settings.queues.submit, master(settings))()[0]
+        waiting = depth > 0 or deps.store.schedule.ready() > 0
     except Exception:
         log.warning("could not read the submit queue's depth", exc_info=True)
         return True

@@ -37,6 +37,7 @@ from pollen.worker import (
     admission,
     batch,
     cancels,
+    claims,
     grouping,
     health,
     logs,
@@ -195,7 +196,7 @@ def submit(
     """
     deps = runtime.deps()
     if wake:
-        return _wake(deps)
+        return _wake(self, deps)
     try:
         if job_ids is not None:
             return _submit_many(self, deps, _job_ids(job_ids))
@@ -231,26 +232,28 @@ def submit(
     return {"job_id": job_id, "created": created}
 
 
-#: most batches of ready jobs one wake message sends before it hands over to a new wake
-WAKE_ROUNDS = 20
+def _wake(self: Task, deps: runtime.Deps) -> dict[str, Any]:
+    """Submit the jobs ``Pollen.submit`` made ready (group commit): up to a batch of them,
+    every job stored before this take; a job stored after it finds no wake mark and sends a
+    new wake, and when more are left than one batch takes, another wake goes at once.
 
-
-def _wake(deps: runtime.Deps) -> dict[str, Any]:
-    """Send the submits of the jobs ``Pollen.submit`` made ready (group commit), as
-    ``pollen.submit(job_ids=[...])`` batches: every job stored before this take goes; a job
-    stored after it finds no wake mark and sends a new wake. The batches are messages of
-    their own, so a worker that dies while submitting them leaves them to the claims and
-    the reconciler like any other."""
-    ready = 0
-    for _ in range(WAKE_ROUNDS):
-        job_ids = deps.store.schedule.take_ready(contract.SUBMIT_BATCH_JOBS)
-        if job_ids:
-            periodic.send_submits(current_app, job_ids)
-        ready += len(job_ids)
-        if len(job_ids) < contract.SUBMIT_BATCH_JOBS:
-            return {"ready": ready}
-    submit.apply_async(kwargs={"wake": True}, kwargsrepr="{wake}", ignore_result=True)
-    return {"ready": ready}
+    On a Redis broker the take rewrites this message's claim to name the jobs taken, in the
+    same step, so a worker that dies while submitting them leaves them to the reconciler like
+    any held submit message. Elsewhere (RabbitMQ keeps no claims) the jobs go on as a batch
+    message of their own."""
+    now = deps.clock()
+    claim = claims.current(self.request, now)
+    # in this worker's hands until their submit could have run (as a held message's jobs)
+    expect_by = now + deps.settings.task_time_limit + deps.settings.submit_grace
+    job_ids, left = deps.store.schedule.take_ready(contract.SUBMIT_BATCH_JOBS, expect_by, claim)
+    if left:
+        submit.apply_async(kwargs={"wake": True}, kwargsrepr="{wake, more}", ignore_result=True)
+    if not job_ids:
+        return {"ready": 0}
+    if claim is None:
+        periodic.send_submits(current_app, job_ids)
+        return {"ready": len(job_ids)}
+    return {"ready": len(job_ids), **_submit_many(self, deps, job_ids)}
 
 
 def _one_job_id(job_id: Any) -> str:

@@ -17,7 +17,7 @@ import celery
 import pytest
 import redis
 
-from pollen import JobStatus, Pollen
+from pollen import JobStatus, Pollen, contract, payloads
 from pollen.local.servers import CallbackReceiver
 from pollen.payloads import message_job_id
 from pollen.simulator import SimulatorServer
@@ -214,6 +214,17 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
     assert no_orphans(client) == []
 
 
+def stored_and_sent(client: Pollen, queue: str) -> str:
+    """One job stored and its own ``pollen.submit(job_id=...)`` message sent: a backlog of
+    messages for stored jobs, which the reconciler must not mistake for lost submits."""
+    payload = {"provider": "runware", "request": video_request([0.5])}
+    job_id, _ = payloads.accept(client.settings, client.store, payload, now=time.time())
+    client.celery.send_task(
+        contract.SUBMIT, kwargs={"job_id": job_id}, queue=queue, ignore_result=True
+    )
+    return job_id
+
+
 def test_a_submitter_killed_over_a_backlog_resubmits_only_its_own_jobs(
     case: CaseRecord,
     make_fleet: MakeFleet,
@@ -228,7 +239,8 @@ def test_a_submitter_killed_over_a_backlog_resubmits_only_its_own_jobs(
         "submit grace (at most a job a live worker was taking as the queue emptied)"
     )
     case.how = (
-        f"{jobs} jobs stored and sent by `Pollen.submit` one message each into a fleet that "
+        f"{jobs} jobs stored, each sent as its own `pollen.submit(job_id=...)` message (a "
+        "producer that stores its jobs itself; `Pollen.submit` now sends wakes) into a fleet that "
         "consumes slowly (two pods of 4 threads, creates held 0.05 s at the gate); submit grace "
         "2 s, so every waiting job is overdue within seconds. pod-a is SIGKILLed while more "
         "than a thousand messages wait; pod-c replaces it. Resubmits are counted from the "
@@ -238,7 +250,7 @@ def test_a_submitter_killed_over_a_backlog_resubmits_only_its_own_jobs(
     queues = fleet.settings().queues
     client = fleet.client()
     gate.hold_creates(times=None, seconds=0.05)
-    job_ids = [client.submit("runware", video_request([0.5])) for _ in range(jobs)]
+    job_ids = [stored_and_sent(client, queues.submit) for _ in range(jobs)]
     start_pods(fleet, ["pod-a", "pod-b"], pool="threads", concurrency=4)
     broker = redis.Redis.from_url(fleet.env["POLLEN_BROKER_URL"])
     eventually(lambda: held_by(client, fleet, "pod-a"), what="pod-a holding submits")
@@ -270,3 +282,82 @@ def test_a_submitter_killed_over_a_backlog_resubmits_only_its_own_jobs(
     # without the backlog rule every waiting job (over a thousand) would be sent again; what
     # may remain is a job whose message a live worker took the instant the queue emptied
     assert counts["resubmitted"] <= 3, case.notes
+
+
+def test_a_pod_killed_holding_a_wakes_jobs_loses_and_doubles_nothing(
+    case: CaseRecord,
+    make_fleet: MakeFleet,
+    gate: ProviderGate,
+    fault_sim: SimulatorServer,
+    receiver: CallbackReceiver,
+    broker_env: dict[str, str],
+) -> None:
+    jobs = 300
+    on_rabbit = bool(broker_env)
+    case.case = "16wr" if on_rabbit else "16w"
+    case.fault = "SIGKILL a pod submitting the jobs a Pollen.submit wake took" + (
+        " (RabbitMQ broker)" if on_rabbit else ""
+    )
+    case.proves = (
+        "a wake sends the jobs it took on as batch messages, which RabbitMQ returns at once "
+        "from a dead pod: none lost, none doubled, every job done within 15 s of the kill"
+        if on_rabbit
+        else "the jobs a wake took are named in the wake's claim, rewritten by the take itself: "
+        "once the dead pod's 5 s lease lapses they are sent again: none lost, none doubled, the "
+        "last of them done within 15 s of the kill"
+    )
+    case.how = (
+        f"{jobs} jobs of 3 s stored by `Pollen.submit` in a burst (group commit: a few wakes "
+        "carry them all), two pods of 8 threads, every provider create held 1 s at the gate; "
+        "pod-a is SIGKILLed while its wakes' jobs wait at the gate, and pod-c starts 1 s later. "
+        "Documented recovery settings."
+    )
+    fleet = make_fleet(**DOCUMENTED, **broker_env)
+    start_pods(fleet, ["pod-a", "pod-b"], pool="threads", concurrency=8)
+    client = fleet.client()
+    gate.hold_creates(times=None, seconds=1.0)  # under the fleet's HTTP timeout
+    job_ids = [
+        client.submit("runware", video_request([3.0]), callback_url=f"{receiver.url}/wake")
+        for _ in range(jobs)
+    ]
+
+    def taken() -> list[Held]:  # pod-a's claims that name jobs a wake took
+        return [m for m in held_by(client, fleet, "pod-a") if m.kwargs.get("job_ids")]
+
+    if on_rabbit:
+        time.sleep(1.5)  # RabbitMQ keeps no claims: the kill lands while creates are held
+    else:
+        eventually(taken, interval=0.01, what="pod-a submitting the jobs a wake took")
+    fault_at = time.time()
+    fleet.kill_pod("pod-a")
+    held = taken()
+    start_pods(fleet, ["pod-c"], pool="threads", concurrency=8)
+
+    finished = wait_all(client, job_ids, timeout=90)
+    gate.release("<creates>")
+    assert unsuccessful(finished) == []
+    affected = set(job_ids) if on_rabbit else jobs_of(held)
+    ends = [job.finished_at or 0 for job in finished if job.id in affected]
+    recovery = round(max(ends) - fault_at, 2) if ends else None
+    time.sleep(1.5)  # anything doubled would arrive now
+    result = tally(client, job_ids, sim_stats=sim_stats(fault_sim), receiver=receiver)
+    result.fill(case)
+    case.recovery_s = recovery
+    counts = reconciler_counts(fleet)
+    case.notes = [
+        (
+            "RabbitMQ: nothing is claimed, every job counts"
+            if on_rabbit
+            else f"pod-a's claims named {len(affected)} jobs its wakes took; the reconciler "
+            f"sent {counts['held']} of its messages again"
+        ),
+        f"the last of those jobs ended {recovery} s after the kill; overdue queued jobs "
+        f"resubmitted: {counts['resubmitted']}",
+    ]
+    print("\n".join(case.notes))
+    result.assert_clean()
+    if not on_rabbit:
+        assert held, "the kill found pod-a holding no wake's jobs: nothing was tested"
+        assert counts["held"] >= len(held)
+    assert recovery is not None and recovery <= 15.0, case.notes
+    assert no_orphans(client) == []
