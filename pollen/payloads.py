@@ -300,16 +300,10 @@ def accept_op(
 ) -> Op[tuple[str, bool]]:
     """:func:`accept` as a store operation (:mod:`pollen.store.effects`); the job is on
     ``replicas`` when it returns (:mod:`pollen.store.replication`)."""
-    job = prepare(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
-    [created] = yield from lifecycle.create_many(
-        [(job.job_id, job.fields, job.ttl, job.fingerprint)],
-        now=now,
-        submit_grace=settings.submit_grace,
-        replicas=replicas,
+    job_id, created, _ = yield from _accept_one(
+        settings, payload, replicas, now=now, default_id=default_id, traceparent=traceparent
     )
-    if isinstance(created, IdempotencyConflict):
-        raise created
-    return job.job_id, created
+    return job_id, created
 
 
 def accept_ready_op(
@@ -323,16 +317,33 @@ def accept_ready_op(
     """:func:`accept_op` for a job a wake message submits (group commit: ``Pollen.submit``):
     ``(job_id, wake)``, ``wake`` True when the caller must send the wake message (never for
     a job that existed)."""
-    job = prepare(settings, payload, now=now, traceparent=traceparent)
-    created, wake = yield from lifecycle.create_ready(
+    job_id, _, wake = yield from _accept_one(
+        settings, payload, replicas, now=now, traceparent=traceparent, ready=True
+    )
+    return job_id, wake
+
+
+def _accept_one(
+    settings: Settings,
+    payload: Any,
+    replicas: Replicas,
+    *,
+    now: float,
+    default_id: str | None = None,
+    traceparent: str | None = None,
+    ready: bool = False,
+) -> Op[tuple[str, bool, bool]]:
+    job = prepare(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
+    created, wake = yield from lifecycle.create_one(
         (job.job_id, job.fields, job.ttl, job.fingerprint),
         now=now,
         submit_grace=settings.submit_grace,
         replicas=replicas,
+        ready=ready,
     )
     if isinstance(created, IdempotencyConflict):
         raise created
-    return job.job_id, wake
+    return job.job_id, created, wake
 
 
 def accept_many_op(

@@ -69,13 +69,14 @@ def create_many(
     return _answers(jobs, replies)
 
 
-def create_ready(
-    job: NewJob, *, now: float, submit_grace: float, replicas: Replicas
+def create_one(
+    job: NewJob, *, now: float, submit_grace: float, replicas: Replicas, ready: bool = False
 ) -> Op[tuple[bool | IdempotencyConflict, bool]]:
-    """:func:`create_many` of one job that a wake message submits (group commit: see
-    ``keys.READY_SUBMITS``): its answer, and whether the caller must send that message (no
-    wake is on its way). Undo with :func:`rollback_many` (``unwake`` when the wake failed)."""
-    replies = yield from replicas.written(_creates([job], now, submit_grace, str(keys.WAKE_MS)))
+    """:func:`create_many` of one job; ``ready``: a wake message submits it (group commit,
+    see ``keys.READY_SUBMITS``). Its answer, and whether the caller must send that wake (none
+    is on its way). Undo with :func:`rollback_many` (``unwake`` when the wake failed)."""
+    wake_ms = str(keys.WAKE_MS) if ready else ""
+    replies = yield from replicas.written(_creates([job], now, submit_grace, wake_ms))
     [answer] = _answers([job], replies)
     return answer, answer is True and bool(int(replies[0][2]))
 
