@@ -233,9 +233,9 @@ def submit(
 
 
 def _wake(self: Task, deps: runtime.Deps) -> dict[str, Any]:
-    """Submit the jobs ``Pollen.submit`` made ready (group commit): up to a batch of them,
-    every job stored before this take; a job stored after it finds no wake mark and sends a
-    new wake, and when more are left than one batch takes, another wake goes at once.
+    """Submit the jobs ``Pollen.submit`` made ready (group commit): up to ``POLLEN_BATCH_SIZE``
+    of them, oldest first; when more are left another wake goes at once, and a job stored
+    after the take that empties the set finds no wake mark and sends a new wake.
 
     On a Redis broker the take rewrites this message's claim to name the jobs taken, in the
     same step, so a worker that dies while submitting them leaves them to the reconciler like
@@ -245,7 +245,11 @@ def _wake(self: Task, deps: runtime.Deps) -> dict[str, Any]:
     claim = claims.current(self.request, now)
     # in this worker's hands until their submit could have run (as a held message's jobs)
     expect_by = now + deps.settings.task_time_limit + deps.settings.submit_grace
-    job_ids, left = deps.store.schedule.take_ready(contract.SUBMIT_BATCH_JOBS, expect_by, claim)
+    # one provider request's worth (POLLEN_BATCH_SIZE): the next wake, sent at once when more
+    # are left, takes the next ones on another thread, so a burst's creates go in parallel
+    # and its first polls do not all land on one task's schedule
+    limit = deps.settings.batch_size
+    job_ids, left = deps.store.schedule.take_ready(limit, expect_by, claim)
     if left:
         submit.apply_async(kwargs={"wake": True}, kwargsrepr="{wake, more}", ignore_result=True)
     if not job_ids:
