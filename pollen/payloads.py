@@ -314,12 +314,13 @@ def accept_ready_op(
     now: float,
     traceparent: str | None = None,
 ) -> Op[tuple[str, bool]]:
-    """:func:`accept_op` for a job a wake message submits (group commit: ``Pollen.submit``):
-    ``(job_id, wake)``, ``wake`` True when the caller must send the wake message (never for
-    a job that existed)."""
+    """:func:`accept_op` for a job a wake message on the submit queue submits (group commit:
+    ``Pollen.submit``): ``(job_id, wake)``, ``wake`` True when the caller must send the wake
+    message (never for a job that existed)."""
     job_id, _, wake = yield from _accept_one(
-        settings, payload, replicas, now=now, traceparent=traceparent, ready=True
-    )
+        settings, payload, replicas, now=now, traceparent=traceparent,
+        ready=settings.queues.submit,
+    )  # fmt: skip
     return job_id, wake
 
 
@@ -331,7 +332,7 @@ def _accept_one(
     now: float,
     default_id: str | None = None,
     traceparent: str | None = None,
-    ready: bool = False,
+    ready: str | None = None,
 ) -> Op[tuple[str, bool, bool]]:
     job = prepare(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
     created, wake = yield from lifecycle.create_one(

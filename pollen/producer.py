@@ -219,8 +219,9 @@ def _remember_epoch(session: Session) -> Flow[None]:
 def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
     """Store one job, ready for its submit (group commit): the job joins the ready set, and
     when no wake message is on its way this call sends one (``pollen.submit(wake=True)``); the
-    worker that takes it sends every ready job's submit, as batches. Under a burst, one wake
-    serves every job stored before it is taken; alone, a job costs one message as before.
+    worker that takes it submits up to ``POLLEN_BATCH_SIZE`` ready jobs and sends the next
+    wake if more are left. Under a burst, one message serves up to that many jobs; alone, a
+    job costs one message as before.
 
     The job is removed again if its wake message was not sent (a Send raises only then, see
     :func:`publish`). A job that rode on a wake that failed is sent by the workers' periodic
@@ -240,7 +241,7 @@ def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
                 kwargsrepr=f"{{wake, sent by job_id={job_id!r}}}",  # the first of its jobs
             )
         except Exception as exc:
-            yield from lifecycle.rollback_many([job_id], unwake=True)
+            yield from lifecycle.rollback_many([job_id], unwake=settings.queues.submit)
             raise StoreUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
     return job_id
 

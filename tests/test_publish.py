@@ -97,7 +97,7 @@ def test_a_job_whose_wake_was_lost_is_sent_by_the_periodic_round(
     """Jobs wait for a wake in the ready set; one whose wake never arrives (lost, or sent by a
     producer whose publish failed after the job rode on it) is sent by the workers' periodic
     round once it has waited twice the wake mark's life."""
-    client.store.redis.delete(keys.SUBMIT_WAKE)
+    client.store.redis.delete(keys.submit_wake(settings.queues.submit))
     with _producer(settings, LosesThePublish) as producer:
         started = time.monotonic()
         job_id = producer.submit("runware", video_request([0.2]), job_id="wake-lost")

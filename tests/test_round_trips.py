@@ -41,6 +41,7 @@ from pollen.local.servers import CallbackReceiver, RedisServer
 from pollen.producer import Send
 from pollen.settings import Settings
 from pollen.simulator import SimulatorServer
+from pollen.store import keys
 from pollen.store.claims import Held
 from pollen.worker import admission, batch, planner, submits
 from pollen.worker.batch import BatchNext
@@ -268,8 +269,9 @@ class Tasks:
         rewritten to name them (their submit runs in the same task: the next step)."""
         claim = ("round-trips", Held("wake-1", {"wake": True}, claimed_at=self.deps.clock()))
         expect_by = self.deps.clock() + 60
+        queue = self.deps.settings.queues.submit
         job_ids, _ = self.deps.store.schedule.take_ready(
-            contract.SUBMIT_BATCH_JOBS, expect_by, claim
+            queue, contract.SUBMIT_BATCH_JOBS, expect_by, claim
         )
         return job_ids
 
@@ -443,7 +445,7 @@ def test_a_burst_of_submits_shares_one_wake(
     _, producer, tasks = meter
     sent = producer.sent
     tasks.wake()  # whatever an earlier test left ready
-    producer.store.redis.delete("pollen:submits:wake")
+    producer.store.redis.delete(keys.submit_wake(producer.settings.queues.submit))
     before = len(sent)
     burst = [producer.submit("runware", video_request([30.0])) for _ in range(20)]
     assert [name for name, _ in sent[before:]] == [contract.SUBMIT]

@@ -80,8 +80,9 @@ def test_sigterm_finishes_the_running_task_and_hands_scheduled_polls_over(
     # The running submit finished on pod-a; every scheduled poll ran on pod-b.
     assert "pollen.submit" in fleet.log("pod-a") and b.proc is not None
     polls_a = executed(fleet.log("pod-a"), "pollen.poll")
-    polls_b = executed(fleet.log("pod-b"), "pollen.poll")
-    assert polls_b and not polls_a & polls_b
+    # jobs submitted together poll together: one batch may still be delivering callbacks
+    polls_b = eventually(lambda: executed(fleet.log("pod-b"), "pollen.poll"), what="pod-b's polls")
+    assert not polls_a & polls_b
     # Nothing lost, nothing doubled: one provider task, one callback per job.
     stats = sim_stats(simulator.url)
     assert stats["created"] == 11
@@ -116,9 +117,10 @@ def test_two_named_workers_share_one_queue_without_doing_a_job_twice(
     stats = sim_stats(simulator.url)
     assert stats["created"] == 20
     assert all(count == 1 for count in stats["submits_by_task"].values())
-    submits_1 = executed(fleet.log("pod-1"), "pollen.submit")
-    submits_2 = executed(fleet.log("pod-2"), "pollen.submit")
-    assert submits_1 and submits_2  # both pods took work
-    assert not submits_1 & submits_2  # and no submit ran on both
-    assert len(submits_1 | submits_2) == 20
+    # Pollen.submit sends wakes (group commit): a few submit messages carry the 20 jobs; a
+    # poll's retries keep its task id, so they may run on either pod
+    submits = {pod: executed(fleet.log(pod), "pollen.submit") for pod in ("pod-1", "pod-2")}
+    polls = {pod: executed(fleet.log(pod), "pollen.poll") for pod in ("pod-1", "pod-2")}
+    assert all(submits[pod] | polls[pod] for pod in submits)  # both pods took work
+    assert not submits["pod-1"] & submits["pod-2"]  # and no submit ran on both
     client.close()

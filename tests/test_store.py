@@ -459,7 +459,9 @@ def test_a_job_whose_message_cannot_be_sent_leaves_no_trace(
         assert _counts(raw) == {}
         assert _indexed(raw) == (set(), set())
         # not ready, and no wake on its way: the next create sends its own wake
-        assert raw.zcard(keys.READY_SUBMITS) == 0 and not raw.exists(keys.SUBMIT_WAKE)
+        queue = broken.queues.submit
+        assert raw.zcard(keys.ready_submits(queue)) == 0
+        assert not raw.exists(keys.submit_wake(queue))
         # The id is free: the producer's retry is a new job, not a duplicate.
         with pytest.raises(StoreUnavailable):
             pollen.submit("runware", video_request([0.3]), job_id="unsent")

@@ -30,6 +30,7 @@ from pollen.local.servers import RedisServer
 from pollen.models import JobStatus
 from pollen.payloads import HINT_CUTOFF, TYPO_CUTOFF, parse_job_request
 from pollen.settings import QueueSettings, Settings
+from pollen.store import keys
 
 STORE_DB, BROKER_DB = 1, 0
 
@@ -93,6 +94,16 @@ def submit_messages(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
 # another test module in the same session runs the reconciler). Nothing else may appear.
 # Not job data: workers' locks and the store's own markers (epoch, data-loss record).
 WORKER_KEY_PREFIXES = (b"pollen:lock:", b"pollen:store:", b"pollen:claims:")
+
+
+def ready_jobs(store: redis.Redis, broker: redis.Redis, queue: str) -> list[str]:
+    """The jobs ``Pollen.submit`` left ready for ``queue``'s wake (group commit), once the one
+    message in the queue is that wake."""
+    assert submit_messages(broker, queue) == [{"wake": True}]
+    return [
+        j if isinstance(j, str) else j.decode()
+        for j in store.zrange(keys.ready_submits(queue), 0, -1)
+    ]
 
 
 def store_keys(store: redis.Redis) -> set[bytes]:
@@ -358,7 +369,7 @@ def test_boundary_payloads_are_accepted(
 ) -> None:
     job_id = producer.submit_payload(payload)
     assert producer.status(job_id) is JobStatus.QUEUED
-    assert [m["job_id"] for m in submit_messages(broker_redis, submit_queue)] == [job_id]
+    assert ready_jobs(producer.store.redis, broker_redis, submit_queue) == [job_id]
 
 
 def test_payload_as_a_json_string_is_accepted(
@@ -367,7 +378,7 @@ def test_payload_as_a_json_string_is_accepted(
     job_id = producer.submit_payload(json.dumps(good_payload()))  # type: ignore[arg-type]
     assert job_id == "job-42"
     assert producer.status(job_id) is JobStatus.QUEUED
-    assert submit_messages(broker_redis, submit_queue) == [{"job_id": job_id}]
+    assert ready_jobs(producer.store.redis, broker_redis, submit_queue) == [job_id]
 
 
 def test_the_same_job_id_twice_is_one_job_and_one_message(
@@ -386,8 +397,7 @@ def test_the_same_job_id_twice_is_one_job_and_one_message(
     assert store_redis.keys("pollen:job:idem-1") == [b"pollen:job:idem-1"]
     assert store_redis.hget("pollen:stats:status", "queued") == b"1"
     assert store_redis.zrange("pollen:inflight", 0, -1) == [b"idem-1"]
-    messages = submit_messages(broker_redis, submit_queue)
-    assert messages == [{"job_id": "idem-1"}]
+    assert ready_jobs(store_redis, broker_redis, submit_queue) == ["idem-1"]
     assert broker_redis.llen(submit_queue) == 1
     job = producer.get("idem-1")
     assert job.status is JobStatus.QUEUED
@@ -408,10 +418,13 @@ def test_submit_twice_through_the_keyword_api(
         b"pollen:index:runware:queued",
         b"pollen:stats:status",
         b"pollen:stats:tenant",
+        # ready for the one wake message of this submit queue (group commit)
+        keys.ready_submits(submit_queue).encode(),
+        keys.submit_wake(submit_queue).encode(),
     }
     assert store_redis.hget("pollen:stats:status", "queued") == b"1"  # counted once
     assert store_redis.hget("pollen:stats:tenant", "default|queued") == b"1"
-    assert submit_messages(broker_redis, submit_queue) == [{"job_id": "idem-2"}]
+    assert ready_jobs(store_redis, broker_redis, submit_queue) == ["idem-2"]
 
 
 def test_accepted_job_is_stored_as_sent(producer: Pollen) -> None:

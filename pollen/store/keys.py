@@ -26,12 +26,7 @@ PARKED_POLLS = f"{PREFIX}:polls:parked"
 #: sorted set job_id -> due time: submit retries due later than ``park_after``, kept here
 #: instead of as countdown messages in a worker (the periodic round sends them)
 PARKED_SUBMITS = f"{PREFIX}:submits:parked"
-#: sorted set job_id -> created at: jobs ``Pollen.submit`` stored whose submit has not been
-#: sent yet; the next ``pollen.submit`` wake message takes them all, as batches (group commit)
-READY_SUBMITS = f"{PREFIX}:submits:ready"
-#: string, expiring after WAKE_MS: a wake message for the ready jobs is on its way (the first
-#: create that finds it absent sets it and sends one; the take that empties the set clears it)
-SUBMIT_WAKE = f"{PREFIX}:submits:wake"
+#: how long a wake mark (:func:`submit_wake`) lasts without a take, milliseconds
 WAKE_MS = 1000
 #: sorted set of cancelled jobs whose follow-up (the provider's cancel call, the completion
 #: callback) is not done yet, scored by when the reconciler sends it again
@@ -80,6 +75,20 @@ SUBMIT_BACKLOG = f"{PREFIX}:claims:backlog"
 #: string: the delivery time up to which the broker's unacked messages were looked at for
 #: unclaimed submits (:mod:`pollen.store.orphans`)
 ORPHAN_SCAN = f"{PREFIX}:claims:scanned"
+
+
+def ready_submits(queue: str) -> str:
+    """Sorted set job_id -> created at: jobs ``Pollen.submit`` stored for the submit queue
+    ``queue`` whose submit has not been sent yet; the next wake message on that queue takes
+    them (group commit)."""
+    return f"{PREFIX}:submits:ready:{queue}"
+
+
+def submit_wake(queue: str) -> str:
+    """String, expiring after WAKE_MS: a wake message for ``queue``'s ready jobs is on its way
+    (the first create that finds it absent sets it and sends one; the take that empties the
+    ready set clears it)."""
+    return f"{PREFIX}:submits:wake:{queue}"
 
 
 def held(holder: str) -> str:

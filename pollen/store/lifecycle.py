@@ -46,10 +46,11 @@ class Move:
 # --- operations -------------------------------------------------------------------------
 
 
-def create_keys(job_id: str) -> list[str]:
+def create_keys(job_id: str, queue: str = "") -> list[str]:
+    """What a create touches; ``queue``: the submit queue whose ready set it may join."""
     return [
         keys.job(job_id), keys.events(job_id), keys.INFLIGHT, keys.STATUS_COUNTS, keys.BY_AGE,
-        keys.READY_SUBMITS, keys.SUBMIT_WAKE,
+        keys.ready_submits(queue), keys.submit_wake(queue),
     ]  # fmt: skip
 
 
@@ -65,28 +66,34 @@ def create_many(
     for ``replicas`` to hold them in the same round trip (:mod:`pollen.store.replication`)."""
     if not jobs:
         return []
-    replies = yield from replicas.written(_creates(jobs, now, submit_grace, ""))
+    replies = yield from replicas.written(_creates(jobs, now, submit_grace, None))
     return _answers(jobs, replies)
 
 
 def create_one(
-    job: NewJob, *, now: float, submit_grace: float, replicas: Replicas, ready: bool = False
+    job: NewJob,
+    *,
+    now: float,
+    submit_grace: float,
+    replicas: Replicas,
+    ready: str | None = None,
 ) -> Op[tuple[bool | IdempotencyConflict, bool]]:
-    """:func:`create_many` of one job; ``ready``: a wake message submits it (group commit,
-    see ``keys.READY_SUBMITS``). Its answer, and whether the caller must send that wake (none
-    is on its way). Undo with :func:`rollback_many` (``unwake`` when the wake failed)."""
-    wake_ms = str(keys.WAKE_MS) if ready else ""
-    replies = yield from replicas.written(_creates([job], now, submit_grace, wake_ms))
+    """:func:`create_many` of one job; ``ready``: the submit queue whose wake message submits
+    it (group commit, see :func:`keys.ready_submits`). Its answer, and whether the caller must
+    send that wake (none is on its way). Undo with :func:`rollback_many` (``unwake`` when the
+    wake failed)."""
+    replies = yield from replicas.written(_creates([job], now, submit_grace, ready))
     [answer] = _answers([job], replies)
     return answer, answer is True and bool(int(replies[0][2]))
 
 
-def _creates(jobs: Sequence[NewJob], now: float, submit_grace: float, wake_ms: str) -> Batch:
+def _creates(jobs: Sequence[NewJob], now: float, submit_grace: float, ready: str | None) -> Batch:
     watch = repr(now + submit_grace)
+    wake_ms = "" if ready is None else str(keys.WAKE_MS)
     return [
         Lua(
             "create_job",
-            create_keys(job_id),
+            create_keys(job_id, ready or ""),
             [job_id, repr(now), ttl, watch, fingerprint, wake_ms, *flatten(fields)],
         )
         for job_id, fields, ttl, fingerprint in jobs
@@ -108,13 +115,16 @@ def _answers(jobs: Sequence[NewJob], replies: Sequence[Any]) -> list[bool | Idem
     return answers
 
 
-def rollback_many(job_ids: Sequence[str], *, unwake: bool = False) -> Op[int]:
+def rollback_many(job_ids: Sequence[str], *, unwake: str | None = None) -> Op[int]:
     """Undo the creation of still-queued jobs whose messages could not be sent; how many.
-    ``unwake``: the wake message was not sent, so the next create sends one."""
+    ``unwake``: the submit queue whose wake message was not sent (the jobs leave its ready
+    set, and the next create sends a wake)."""
     if not job_ids:
         return 0
-    flag = "1" if unwake else ""
-    replies = yield [Lua("rollback_create", create_keys(j), [j, flag]) for j in job_ids]
+    flag = "" if unwake is None else "1"
+    replies = yield [
+        Lua("rollback_create", create_keys(j, unwake or ""), [j, flag]) for j in job_ids
+    ]
     return sum(bool(undone) for undone in replies)
 
 

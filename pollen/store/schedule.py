@@ -41,34 +41,35 @@ def take_parked_submits(*, horizon: float, limit: int) -> Op[list[str]]:
 
 
 def take_ready(
-    limit: int, expect_by: float, claim: tuple[str, Held] | None = None
+    queue: str, limit: int, expect_by: float, claim: tuple[str, Held] | None = None
 ) -> Op[tuple[list[str], int]]:
-    """Remove and return up to ``limit`` ready jobs (``keys.READY_SUBMITS``), oldest first,
-    and how many are left; the wake mark goes when none is. Each job taken is watched until
-    ``expect_by``. ``claim``: the wake message's holder and claim, rewritten in the same step
-    to name the jobs taken."""
+    """Remove and return up to ``limit`` of the submit queue ``queue``'s ready jobs
+    (:func:`keys.ready_submits`), oldest first, and how many are left; its wake mark goes when
+    none is. Each job taken is watched until ``expect_by``. ``claim``: the wake message's
+    holder and claim, rewritten in the same step to name the jobs taken."""
     held, tag, text = ("", "", "")
     if claim is not None:
         held, tag, text = keys.held(claim[0]), claim[1].tag, claim[1].dump()
     ids, left = yield from single(
         Lua(
             "take_ready",
-            [keys.READY_SUBMITS, keys.SUBMIT_WAKE, keys.INFLIGHT, held],
+            [keys.ready_submits(queue), keys.submit_wake(queue), keys.INFLIGHT, held],
             [limit, repr(expect_by), tag, text],
         )
     )
     return [str(job_id) for job_id in ids], int(left)
 
 
-def ready() -> Op[int]:
-    """How many jobs wait in the ready set for a wake."""
-    return int((yield from single(cmd("zcard", keys.READY_SUBMITS))))
+def ready(queue: str) -> Op[int]:
+    """How many jobs wait in the submit queue ``queue``'s ready set for a wake."""
+    return int((yield from single(cmd("zcard", keys.ready_submits(queue)))))
 
 
-def take_stale_ready(*, before: float, limit: int) -> Op[list[str]]:
-    """Remove and return the ready jobs stored before ``before`` that no wake took (their
-    wake message failed or was lost; the periodic round sends them)."""
-    taken = yield from single(Lua("take_parked", [keys.READY_SUBMITS], [repr(before), limit]))
+def take_stale_ready(queue: str, *, before: float, limit: int) -> Op[list[str]]:
+    """Remove and return ``queue``'s ready jobs stored before ``before`` that no wake took
+    (their wake message failed or was lost; the periodic round sends them)."""
+    key = keys.ready_submits(queue)
+    taken = yield from single(Lua("take_parked", [key], [repr(before), limit]))
     return [str(member) for member in taken[::2]]
 
 
@@ -152,20 +153,21 @@ class Schedule:
         return self.run(take_parked_submits(horizon=horizon, limit=limit))
 
     def take_ready(
-        self, limit: int, expect_by: float, claim: tuple[str, Held] | None = None
+        self, queue: str, limit: int, expect_by: float, claim: tuple[str, Held] | None = None
     ) -> tuple[list[str], int]:
         """Remove and return up to ``limit`` ready jobs, and how many are left (the wake mark
         goes when none is); each is watched until ``expect_by``, and ``claim`` is rewritten
         to name them."""
-        return self.run(take_ready(limit, expect_by, claim))
+        return self.run(take_ready(queue, limit, expect_by, claim))
 
-    def ready(self) -> int:
-        """How many jobs wait in the ready set for a wake."""
-        return self.run(ready())
+    def ready(self, queue: str) -> int:
+        """How many jobs wait in ``queue``'s ready set for a wake."""
+        return self.run(ready(queue))
 
-    def take_stale_ready(self, *, before: float, limit: int) -> list[str]:
-        """Remove and return the ready jobs stored before ``before`` that no wake took."""
-        return self.run(take_stale_ready(before=before, limit=limit))
+    def take_stale_ready(self, queue: str, *, before: float, limit: int) -> list[str]:
+        """Remove and return ``queue``'s ready jobs stored before ``before`` that no wake
+        took."""
+        return self.run(take_stale_ready(queue, before=before, limit=limit))
 
     def backlog(self, seen: bool, *, keep: float) -> bool:
         """Whether the submit queue held messages within the last ``keep`` seconds; ``seen``:

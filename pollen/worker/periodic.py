@@ -144,7 +144,9 @@ def release_due(app: Any, deps: Any, now: float) -> None:
     submits = deps.store.schedule.take_parked_submits(horizon=horizon, limit=DUE_PER_ROUND)
     # ready jobs no wake took (it failed or was lost): a wake takes the rest within moments
     stale = now - 2 * keys.WAKE_MS / 1000
-    submits += deps.store.schedule.take_stale_ready(before=stale, limit=DUE_PER_ROUND)
+    submits += deps.store.schedule.take_stale_ready(
+        deps.settings.queues.submit, before=stale, limit=DUE_PER_ROUND
+    )
     for start in range(0, len(submits), contract.SUBMIT_BATCH_JOBS):
         send_submits(app, submits[start : start + contract.SUBMIT_BATCH_JOBS])
     parked = deps.store.schedule.take_parked(horizon=horizon, limit=DUE_PER_ROUND)
@@ -219,7 +221,7 @@ def submit_backlog(deps: Any) -> bool:
     settings = deps.settings
     try:
         depth = _depth_reader(settings.broker, settings.queues.submit, master(settings))()[0]
-        waiting = depth > 0 or deps.store.schedule.ready() > 0
+        waiting = depth > 0 or deps.store.schedule.ready(settings.queues.submit) > 0
     except Exception:
         log.warning("could not read the submit queue's depth", exc_info=True)
         return True

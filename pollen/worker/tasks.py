@@ -183,8 +183,7 @@ def submit(
 ) -> dict[str, Any]:
     """Accept a job payload (``job=``) or submit already stored jobs (``job_id=``, or many
     as ``job_ids=[...]`` from :meth:`pollen.Pollen.submit_many`); ``wake=True`` (from
-    :meth:`pollen.Pollen.submit`) sends the submits of every ready job as batches
-    (:func:`_wake`).
+    :meth:`pollen.Pollen.submit`) submits the jobs waiting in the ready set (:func:`_wake`).
 
     Answers ``{"job_id": ..., "created": ...}`` for one job (Flower shows it as the result):
     ``created`` is True when this message brought in a new job (it stored the payload, or its
@@ -192,7 +191,8 @@ def submit(
     id existed, or the job was already submitted). ``created`` itself is only passed by this
     task's own retries, which carry the first run's answer. A ``job_id`` with no job (never
     stored, or expired) is one WARNING line and ``{"job_id": ..., "missing": True}``. For
-    ``job_ids``: ``{"jobs": n, "created": k}``; for ``wake``: ``{"ready": n}``.
+    ``job_ids``: ``{"jobs": n, "created": k}``; for ``wake``: ``{"ready": n}`` with the jobs
+    it took, and ``jobs``/``created`` where it submitted them itself.
     """
     deps = runtime.deps()
     if wake:
@@ -249,7 +249,8 @@ def _wake(self: Task, deps: runtime.Deps) -> dict[str, Any]:
     # are left, takes the next ones on another thread, so a burst's creates go in parallel
     # and its first polls do not all land on one task's schedule
     limit = deps.settings.batch_size
-    job_ids, left = deps.store.schedule.take_ready(limit, expect_by, claim)
+    queue = deps.settings.queues.submit
+    job_ids, left = deps.store.schedule.take_ready(queue, limit, expect_by, claim)
     if left:
         submit.apply_async(kwargs={"wake": True}, kwargsrepr="{wake, more}", ignore_result=True)
     if not job_ids:
