@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY
 from pollen import JobStatus, payloads
 from pollen.errors import ProviderRejected, ProviderUnavailable, RateLimited
 from pollen.providers.base import Submission
-from pollen.simulator import SimulatorServer
+from pollen.simulator import SimulatorConfig, SimulatorServer
 from pollen.worker import submits
-from tests.helpers import sim_faults, video_request
+from tests.helpers import sim_faults, sim_stats, video_request
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +133,36 @@ def test_a_create_the_provider_answered_with_an_error_is_not_ambiguous(
 )
 def test_which_outcomes_are_the_providers_answer(answer: Any, answered: bool) -> None:
     assert submits.answered(answer) is answered
+
+
+@pytest.mark.parametrize(("free", "requests"), [(3, 6), (7, 7), (8, 1), (0, 4)])
+def test_a_task_array_past_the_accounts_cap_creates_what_fits(
+    worker_env: dict[str, str], clean: None, free: int, requests: int
+) -> None:
+    """Runware refuses a whole task array past the key's cap (429, nothing created). An
+    uncapped account's batch is halved until what fits is created, instead of refusing the
+    same array again at every retry; the rest waits its retry. A batch that fits is one
+    request, and an account with no free slot costs log2(batch) + 1 requests, all refused."""
+    from pollen.worker.runtime import build_deps
+    from tests.conftest import settings_from
+
+    config = SimulatorConfig(duration_min=30, duration_max=30, max_running_per_key=max(free, 1))
+    with SimulatorServer(config) as sim:
+        env = {**worker_env, "POLLEN_RUNWARE__BASE_URL": f"{sim.url}/v1"}
+        deps = build_deps(settings_from(env))
+        try:
+            if free == 0:  # fill the key first: one job takes its only slot
+                submits.submit_batch(deps, _accept(deps, "runware", 1))
+            before = sim_stats(sim.url)["requests_by_kind"].get("submit", 0)
+            ids = _accept(deps, "runware", 8)
+            out = submits.submit_batch(deps, ids)
+            jobs = deps.store.lifecycle.get_many(ids)
+            created = [j for j in jobs if j is not None and j.status is JobStatus.SUBMITTED]
+            waiting = [j for j in jobs if j is not None and j.status is JobStatus.QUEUED]
+            assert len(created) == min(free, 8) and len(waiting) == 8 - min(free, 8)
+            assert {job_id for job_id, _ in out.retries} == {j.id for j in waiting}
+            assert sim_stats(sim.url)["created"] == min(free, 8) + (free == 0)
+            assert sim_stats(sim.url)["requests_by_kind"]["submit"] - before == requests
+        finally:
+            deps.http.close()
+            deps.store.redis.close()

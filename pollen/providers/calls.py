@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import httpx
 
+from pollen.errors import RateLimited
 from pollen.models import Job
 from pollen.providers import Provider, Snapshot
 from pollen.providers.base import Submission
@@ -156,6 +157,31 @@ class ProviderCalls:
         )
 
     def _submit_request(
+        self, provider: Provider, jobs: Sequence[Job]
+    ) -> list[Submission | Exception]:
+        """One create request for ``jobs``; a task array refused whole (429: the account is
+        full, or limits requests) is split in two, and each half tried in turn, down to
+        single tasks. A cap of n free slots then creates n tasks instead of refusing every
+        larger array again and again. Once a half is refused, whole or in part, the account
+        is full: the rest is refused without a request (an account with no free slot costs
+        one more request per halving)."""
+        try:
+            return self._submit_array(provider, jobs)
+        except RateLimited:
+            if len(jobs) < 2:
+                raise
+        middle = len(jobs) // 2
+        first = self._submit_request(provider, jobs[:middle])  # refused whole: raises
+        full = next((answer for answer in first if isinstance(answer, RateLimited)), None)
+        if full is not None:
+            return [*first, *[full] * (len(jobs) - middle)]
+        try:
+            rest = self._submit_request(provider, jobs[middle:])
+        except RateLimited as refused:
+            rest = [refused] * (len(jobs) - middle)
+        return [*first, *rest]
+
+    def _submit_array(
         self, provider: Provider, jobs: Sequence[Job]
     ) -> list[Submission | Exception]:
         self.limiter.acquire(provider.name, provider.batch_account(jobs))
