@@ -178,17 +178,22 @@ def resend_submit(app: Any, message: Held) -> None:
 
 
 @functools.cache
-def _orphans(broker: str, queue: str, master: Master | None) -> Orphans:
+def _broker(broker: str, master: Master | None) -> Any:
+    """One client of a Redis broker per worker process, for the orphan scan and the stray
+    move (Celery's own connections are kombu's)."""
     from pollen.store.connection import redis_client
 
-    return Orphans(redis_client(broker, master), queue)
+    return redis_client(broker, master)
+
+
+@functools.cache
+def _orphans(broker: str, queue: str, master: Master | None) -> Orphans:
+    return Orphans(_broker(broker, master), queue)
 
 
 @functools.cache
 def _strays(broker: str, queue: str, master: Master | None) -> Strays:
-    from pollen.store.connection import redis_client
-
-    return Strays(redis_client(broker, master), queue)
+    return Strays(_broker(broker, master), queue)
 
 
 def move_strays(deps: Any) -> int:
