@@ -324,6 +324,28 @@ def accept_ready_op(
     return job_id, wake
 
 
+def accept_ready(
+    settings: Settings,
+    store: Store,
+    payload: Any,
+    *,
+    now: float,
+    default_id: str | None = None,
+    traceparent: str | None = None,
+    ready: bool = True,
+) -> tuple[str, bool, bool | None]:
+    """:func:`accept`, the new job made ready for a wake message (group commit: a plain
+    ``send_task`` payload taken by a worker) when ``ready``: ``(job_id, created, wake)``.
+    ``wake`` is None when the job is not in the ready set (it existed, or not ``ready``),
+    else True when the caller must send the wake."""
+    op = _accept_one(
+        settings, payload, store.replicas, now=now, default_id=default_id,
+        traceparent=traceparent, ready=settings.queues.submit if ready else None,
+    )  # fmt: skip
+    job_id, created, wake = store.run(op)
+    return job_id, created, (wake if ready and created else None)
+
+
 def _accept_one(
     settings: Settings,
     payload: Any,

@@ -11,8 +11,9 @@ import redis
 
 from pollen import JobStatus, Pollen
 from pollen.local.servers import RedisServer, Worker
+from pollen.simulator import SimulatorServer
 from tests.conftest import BROKER_DB, STORE_DB
-from tests.helpers import video_request
+from tests.helpers import sim_stats, video_request
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +35,32 @@ def test_send_task_with_a_json_payload_runs_the_job(
     job = client.wait("from-another-app-1", timeout=20)
     assert job.status is JobStatus.SUCCEEDED
     assert len(job.results) == 2
+    producer.close()
+
+
+def test_a_burst_of_send_task_payloads_shares_its_creates(
+    worker: Worker, client: Pollen, redis_server: RedisServer, simulator: SimulatorServer
+) -> None:
+    """A stored payload joins the ready set, and a wake submits the jobs stored about then
+    together (group commit): 30 payloads sent at once cost a few Runware task arrays, not 30
+    creates, and each message still answers its own job as created."""
+    producer = celery.Celery(
+        broker=redis_server.url(BROKER_DB), backend=redis_server.url(BROKER_DB)
+    )
+    before = sim_stats(simulator.url)["requests_by_kind"].get("submit", 0)
+    ids = [f"burst-send-{i}" for i in range(30)]
+    payloads = [{"provider": "runware", "job_id": i, "request": video_request([0.2])} for i in ids]
+    answers = [
+        producer.send_task("pollen.submit", kwargs={"job": p}, queue="pollen.submit")
+        for p in payloads
+    ]
+    assert [a.get(timeout=20) for a in answers] == [
+        {"job_id": job_id, "created": True} for job_id in ids
+    ]
+    for job_id in ids:
+        assert client.wait(job_id, timeout=30).status is JobStatus.SUCCEEDED
+    requests = sim_stats(simulator.url)["requests_by_kind"]["submit"] - before
+    assert 1 <= requests <= 10, f"{requests} create requests for 30 jobs"
     producer.close()
 
 

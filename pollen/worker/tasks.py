@@ -181,9 +181,10 @@ def submit(
     created: bool | None = None,
     wake: bool = False,
 ) -> dict[str, Any]:
-    """Accept a job payload (``job=``) or submit already stored jobs (``job_id=``, or many
-    as ``job_ids=[...]`` from :meth:`pollen.Pollen.submit_many`); ``wake=True`` (from
-    :meth:`pollen.Pollen.submit`) submits the jobs waiting in the ready set (:func:`_wake`).
+    """Accept a job payload (``job=``; the new job joins the ready set, :func:`_made_ready`)
+    or submit already stored jobs (``job_id=``, or many as ``job_ids=[...]`` from
+    :meth:`pollen.Pollen.submit_many`); ``wake=True`` (from :meth:`pollen.Pollen.submit`, or a
+    ``job=`` message) submits the jobs waiting in the ready set (:func:`_wake`).
 
     Answers ``{"job_id": ..., "created": ...}`` for one job (Flower shows it as the result):
     ``created`` is True when this message brought in a new job (it stored the payload, or its
@@ -201,15 +202,25 @@ def submit(
         if job_ids is not None:
             return _submit_many(self, deps, _job_ids(job_ids))
         if job is not None:
-            job_id, created = payloads.accept(
+            job_id, created, woken = payloads.accept_ready(
                 deps.settings, deps.store, job, now=deps.clock(),
                 default_id=payloads.message_job_id(str(self.request.id)),
                 traceparent=deps.tracing.traceparent(),  # the sender's trace, if it sent one
+                ready=not deps.capacity.capped(_provider_of(job)),
             )  # fmt: skip
+            if woken is not None:  # ready: a wake submits it with the others of a burst
+                return _made_ready(job_id, woken)
         job_id = _one_job_id(job_id)
     except InvalidJob as exc:  # never silent: logged, counted, kept, announced
         _send_deliveries(rejections.reject(deps, job, exc, str(self.request.id)))
         raise
+    return _submit_one(self, deps, job_id, created)
+
+
+def _submit_one(
+    self: Task, deps: runtime.Deps, job_id: str, created: bool | None
+) -> dict[str, Any]:
+    """Submit one stored job now (a ``job_id=`` message, or a payload whose job existed)."""
     with traces.job_span(deps, "pollen.submit", [job_id]):
         outcome = submits.submit_batch(deps, [job_id])
     if outcome.missing:  # an expected outcome (its producer rolled it back, or it expired)
@@ -230,6 +241,30 @@ def submit(
     if outcome.waiting:
         return {"job_id": job_id, "created": created, "waiting": outcome.waiting}
     return {"job_id": job_id, "created": created}
+
+
+def _provider_of(payload: Any) -> str:
+    """The provider a payload names, as far as it can be read before validation."""
+    return str(payload.get("provider")) if isinstance(payload, dict) else ""
+
+
+def _made_ready(job_id: str, wake: bool) -> dict[str, Any]:
+    """A plain ``send_task`` job this message stored waits in the ready set like a
+    ``Pollen.submit`` job (group commit): a burst of payloads costs one create request and one
+    first-poll batch per ``POLLEN_BATCH_SIZE`` jobs, not one of each per job. The wake goes
+    when none is on its way; a job whose wake is lost is sent by the periodic round. (A job of
+    a capped provider is submitted by its own message, whose answer says ``waiting`` when
+    every slot is held; a duplicate is submitted by its message too, if still queued.)"""
+    if wake:
+        try:
+            submit.apply_async(
+                kwargs={"wake": True}, kwargsrepr=f"{{wake, sent by job_id={job_id!r}}}",
+                ignore_result=True,
+            )  # fmt: skip
+        except Exception:  # stored and ready: the periodic round sends it
+            log.warning("could not send the wake for job %s; the periodic round sends it",
+                        job_id, exc_info=True)  # fmt: skip
+    return {"job_id": job_id, "created": True}
 
 
 def _wake(self: Task, deps: runtime.Deps) -> dict[str, Any]:
