@@ -145,30 +145,35 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
     case.how = (
         f"{jobs} jobs of 3 s sent with a bare Celery app's `send_task('pollen.submit', "
         "kwargs={'job': payload})` (no job id: the worker derives it from the task id), two "
-        "pods of 8 threads, provider creates held 0.1 s each at the gate; pod-a is SIGKILLed "
-        "1.5 s after the last send and pod-c starts 1 s later. Documented recovery settings "
-        "(visibility timeout derived: 88 s, longer than the bound)."
+        "pods of 8 threads, provider creates held 0.5 s each at the gate (the wakes that submit "
+        "the stored payloads are in hand); pod-a is SIGKILLed after the first half of the "
+        "sends, the second half goes on, and pod-c starts 1 s after the kill. Documented "
+        "recovery settings (visibility timeout derived: 88 s, longer than the bound)."
     )
     fleet = make_fleet(**DOCUMENTED, **broker_env)
     start_pods(fleet, ["pod-a", "pod-b"], pool="threads", concurrency=8)
     client = fleet.client()
-    gate.hold_creates(times=None, seconds=0.1)
+    gate.hold_creates(times=None, seconds=0.5)
     producer = celery.Celery(broker=fleet.env["POLLEN_BROKER_URL"])
     submit_queue = fleet.settings().queues.submit
     job_ids = []
-    for _ in range(jobs):
-        payload = {
-            "provider": "runware",
-            "request": video_request([3.0]),
-            "callback_url": f"{receiver.url}/burst",
-            "events": ["completed"],
-        }
-        sent = producer.send_task("pollen.submit", kwargs={"job": payload}, queue=submit_queue)
-        job_ids.append(message_job_id(str(sent.id)))
-    time.sleep(1.5)
+
+    def send(count: int) -> None:
+        for _ in range(count):
+            payload = {
+                "provider": "runware",
+                "request": video_request([3.0]),
+                "callback_url": f"{receiver.url}/burst",
+                "events": ["completed"],
+            }
+            sent = producer.send_task("pollen.submit", kwargs={"job": payload}, queue=submit_queue)
+            job_ids.append(message_job_id(str(sent.id)))
+
+    send(jobs // 2)
     fault_at = time.time()
     fleet.kill_pod("pod-a")
     held = held_by(client, fleet, "pod-a")
+    send(jobs - jobs // 2)
     # a live pod's message is unclaimed for an instant (taken, or done and not yet acked):
     # pod-a's unclaimed ones are those still unclaimed a second later
     first = [] if on_rabbit else unclaimed(client, fleet)
