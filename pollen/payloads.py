@@ -283,10 +283,11 @@ def accept(
     before writing anything, and :class:`IdempotencyConflict` when the id exists with a
     different request.
     """
-    op = accept_op(
-        settings, payload, store.replicas, now=now, default_id=default_id, traceparent=traceparent
-    )
-    return store.run(op)
+    job_id, created, _ = accept_ready(
+        settings, store, payload, now=now, default_id=default_id, traceparent=traceparent,
+        ready=False,
+    )  # fmt: skip
+    return job_id, created
 
 
 def accept_op(
