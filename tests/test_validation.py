@@ -101,7 +101,7 @@ def ready_jobs(store: redis.Redis, broker: redis.Redis, queue: str) -> list[str]
     message in the queue is that wake."""
     assert submit_messages(broker, queue) == [{"wake": True}]
     return [
-        j if isinstance(j, str) else j.decode()
+        j.decode() if isinstance(j, bytes) else str(j)
         for j in store.zrange(keys.ready_submits(queue), 0, -1)
     ]
 
