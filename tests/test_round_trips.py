@@ -91,16 +91,16 @@ EXPECTED: dict[str, tuple[Count, str]] = {
         "rewrites the wake's claim to name them; their submit is the next step, same task",
     ),
     "worker submit": (
-        Count(trips=3, commands=3, in_scripts=15, messages=1),
+        Count(trips=3, commands=3, in_scripts=13, messages=1),
         "read the job, begin_submit counts the attempt, transition records the provider's "
         "answer; the first poll's message",
     ),
     "poll: running": (
-        Count(trips=2, commands=2, in_scripts=20, messages=1),
+        Count(trips=2, commands=2, in_scripts=17, messages=1),
         "claim_polls takes the lease, record_polls keeps the answer; the poll's own retry",
     ),
     "poll: done": (
-        Count(trips=3, commands=3, in_scripts=53, messages=0),
+        Count(trips=3, commands=3, in_scripts=42, messages=0),
         "claim_polls, record_polls ends the job, create_delivery puts the webhook in the outbox",
     ),
     "delivery": (

@@ -91,16 +91,29 @@ end
 -- `status` (never back, never out of a terminal state) and set `fields` (a flat list).
 -- k holds the keys: job, events, results, order, responses, inflight, counts, by_age, stored.
 -- Returns 1 when moved, 0 when the job already was there or beyond, -1 when it is missing.
+local MOVE_READS = {'status', 'id', 'provider', 'created_at', 'tenant', 'account', 'waiting',
+  'priority', 'cost'}
 local function move(k, status, now, ttl, watch, fields)
-  local current = redis.call('HGET', k.job, 'status')
+  local read = redis.call('HMGET', k.job, unpack(MOVE_READS))
+  local current = read[1]
   if not current then return -1 end
   if RANK[status] <= RANK[current] then return 0 end
-  redis.call('HSET', k.job, 'status', status, 'updated_at', now)
+  local set = {'status', status, 'updated_at', now}
+  local given = {}
+  for i = 1, #fields, 2 do
+    set[#set + 1] = fields[i]; set[#set + 1] = fields[i + 1]
+    given[fields[i]] = fields[i + 1]
+  end
+  if RANK[status] == TERMINAL then set[#set + 1] = 'finished_at'; set[#set + 1] = now end
+  redis.call('HSET', k.job, unpack(set))
   redis.call('HINCRBY', k.counts, current, -1)
   redis.call('HINCRBY', k.counts, status, 1)
-  if #fields > 0 then redis.call('HSET', k.job, unpack(fields)) end
-  local job = redis.call('HMGET', k.job, 'id', 'provider', 'created_at', 'tenant', 'account',
-    'waiting', 'priority', 'cost')
+  -- what the record holds now: read before the HSET, with the fields it set
+  local job = {}
+  for i = 2, #MOVE_READS do
+    local name = MOVE_READS[i]
+    if given[name] ~= nil then job[i - 1] = given[name] else job[i - 1] = read[i] end
+  end
   local id = job[1]
   local tenant = tenant_of(job[4])
   local expires_at = nil
@@ -113,18 +126,20 @@ local function move(k, status, now, ttl, watch, fields)
     if cost and cost > 0 and cost < math.huge then  -- no NaN, infinity or refund (as metrics)
       redis.call('HINCRBYFLOAT', TENANT_STATS, tenant .. '|cost', job[8])
     end
-    redis.call('HSET', k.job, 'finished_at', now)
     local minute = FINISHED_PREFIX .. math.floor(tonumber(now) / 60)
-    redis.call('HINCRBY', minute, status, 1)
-    redis.call('EXPIRE', minute, FINISHED_TTL)
+    -- the minute's hash gets its expiry with its first count of each status
+    if redis.call('HINCRBY', minute, status, 1) == 1 then
+      redis.call('EXPIRE', minute, FINISHED_TTL)
+    end
     redis.call('ZREM', k.inflight, id)
     redis.call('ZREM', k.by_age, id)
     event(k.events, 'type', 'completed', 'status', status, 'at', now)
     local ms = tonumber(ttl) * 1000
     -- the job's push list (keys.pushes) is named after its record, not passed by every caller
     local pushes = k.job .. ':pushes'
-    for _, key in ipairs({k.job, k.events, k.results, k.order, k.responses, k.stored, pushes}) do
-      redis.call('PEXPIRE', key, ms)  -- a no-op for a key the job never had
+    for _, key in ipairs({k.job, k.results, k.order, k.responses, k.stored, pushes}) do
+      redis.call('PEXPIRE', key, ms)  -- a no-op for a key the job never had (k.events is a
+      -- Pub/Sub channel, not a key)
     end
   else
     event(k.events, 'type', 'status', 'status', status, 'at', now)

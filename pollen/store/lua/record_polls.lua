@@ -33,50 +33,58 @@ for i = 3, #ARGV do
     out[#out + 1] = {'stale', {}, 0, {}, {}, 0, {}}
   else
     local added = {}
+    -- A key the job's record gets here lives as long as the record: its PTTL, read once. A
+    -- finishing answer skips this: move() gives every key of the job its finished expiry.
+    local left = nil
+    local function expire_with_job(key)
+      if a.finish ~= '' then return end
+      if left == nil then left = redis.call('PTTL', k.job) end
+      if left > 0 then redis.call('PEXPIRE', key, left) end
+    end
     if a.apply == 1 then
       for _, pair in ipairs(a.results) do
         if redis.call('HSETNX', k.results, pair[1], pair[2]) == 1 then
           if redis.call('RPUSH', k.order, pair[1]) == 1 then
-            local left = redis.call('PTTL', k.job)
-            if left > 0 then
-              redis.call('PEXPIRE', k.results, left)
-              redis.call('PEXPIRE', k.order, left)
-            end
+            expire_with_job(k.results)
+            expire_with_job(k.order)
           end
           if a.copy ~= '' then
-            redis.call('HSET', k.stored, pair[1], a.copy)
+            if redis.call('HSET', k.stored, pair[1], a.copy) == 1 then expire_with_job(k.stored) end
             redis.call('ZADD', KEYS[4], now, job[3] .. '|' .. pair[1])
-            local left = redis.call('PTTL', k.job)
-            if left > 0 then redis.call('PEXPIRE', k.stored, left) end
           end
           event(k.events, 'type', 'partial', 'generation', pair[1], 'at', now)
           added[#added + 1] = pair[1]
         end
       end
       if a.keep == 1 or #added > 0 then
-        if redis.call('RPUSH', k.responses, a.envelope) == 1 then
-          local left = redis.call('PTTL', k.job)
-          if left > 0 then redis.call('PEXPIRE', k.responses, left) end
-        else
+        local kept = redis.call('RPUSH', k.responses, a.envelope)
+        if kept == 1 then
+          expire_with_job(k.responses)
+        elseif kept > MAX_RESPONSES then
           redis.call('LTRIM', k.responses, -MAX_RESPONSES, -1)
         end
       end
       redis.call('ZADD', k.inflight, 'XX', a.watch_at, job[3])
       redis.call('HINCRBY', k.job, 'polls', 1)
-      redis.call('HSET', k.job, 'updated_at', now, 'errors', a.errors, 'lease_until', '0',
-        'poll_seq', tostring(tonumber(a.attempt) + 1), 'next_poll_at', a.next_at)
-      if a.progress ~= '' then redis.call('HSET', k.job, 'progress', a.progress) end
-      if a.cost ~= '' then redis.call('HSET', k.job, 'cost', a.cost) end
+      -- one HSET for everything the answer sets on the record (commands per job count)
+      local set = {'updated_at', now, 'errors', a.errors, 'lease_until', '0',
+        'poll_seq', tostring(tonumber(a.attempt) + 1), 'next_poll_at', a.next_at}
+      if a.progress ~= '' then set[#set + 1] = 'progress'; set[#set + 1] = a.progress end
+      if a.cost ~= '' then set[#set + 1] = 'cost'; set[#set + 1] = a.cost end
       if job[1] == 'submitted' then
-        redis.call('HSET', k.job, 'status', 'processing', 'processing_at', now)
+        set[#set + 1] = 'status'; set[#set + 1] = 'processing'
+        set[#set + 1] = 'processing_at'; set[#set + 1] = now
         reindex(job[3], job[4], job[5], 'submitted', 'processing', nil)
         redis.call('HINCRBY', k.counts, 'submitted', -1)
         redis.call('HINCRBY', k.counts, 'processing', 1)
         tenant_moved(tenant_of(job[6]), 'submitted', 'processing')
         event(k.events, 'type', 'status', 'status', 'processing', 'at', now)
       end
+      for _, value in ipairs(a.fields) do set[#set + 1] = value end
+      redis.call('HSET', k.job, unpack(set))
+    elseif #a.fields > 0 then
+      redis.call('HSET', k.job, unpack(a.fields))
     end
-    if #a.fields > 0 then redis.call('HSET', k.job, unpack(a.fields)) end
     local finished = 0
     if a.finish ~= '' and move(k, a.finish, now, ttl, '', {}) == 1 then finished = 1 end
     local fields, results, stored = {}, {}, {}
