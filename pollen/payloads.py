@@ -290,7 +290,7 @@ def accept(
     return job_id, created
 
 
-def accept_op(
+def accept_ready_op(
     settings: Settings,
     payload: Any,
     replicas: Replicas,
@@ -298,31 +298,25 @@ def accept_op(
     now: float,
     default_id: str | None = None,
     traceparent: str | None = None,
-) -> Op[tuple[str, bool]]:
-    """:func:`accept` as a store operation (:mod:`pollen.store.effects`); the job is on
+    ready: bool = True,
+) -> Op[tuple[str, bool, bool | None]]:
+    """:func:`accept` as a store operation (:mod:`pollen.store.effects`), the new job made
+    ready for a wake message on the submit queue when ``ready`` (group commit:
+    ``Pollen.submit``, or a plain ``send_task`` payload a worker took). Returns ``(job_id,
+    created, wake)``: ``wake`` is None when the job is not in the ready set (it existed, or
+    not ``ready``), else True when the caller must send the wake message. The job is on
     ``replicas`` when it returns (:mod:`pollen.store.replication`)."""
-    job_id, created, _ = yield from _accept_one(
-        settings, payload, replicas, now=now, default_id=default_id, traceparent=traceparent
+    job = prepare(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
+    created, wake = yield from lifecycle.create_one(
+        (job.job_id, job.fields, job.ttl, job.fingerprint),
+        now=now,
+        submit_grace=settings.submit_grace,
+        replicas=replicas,
+        ready=settings.queues.submit if ready else None,
     )
-    return job_id, created
-
-
-def accept_ready_op(
-    settings: Settings,
-    payload: Any,
-    replicas: Replicas,
-    *,
-    now: float,
-    traceparent: str | None = None,
-) -> Op[tuple[str, bool]]:
-    """:func:`accept_op` for a job a wake message on the submit queue submits (group commit:
-    ``Pollen.submit``): ``(job_id, wake)``, ``wake`` True when the caller must send the wake
-    message (never for a job that existed)."""
-    job_id, _, wake = yield from _accept_one(
-        settings, payload, replicas, now=now, traceparent=traceparent,
-        ready=settings.queues.submit,
-    )  # fmt: skip
-    return job_id, wake
+    if isinstance(created, IdempotencyConflict):
+        raise created
+    return job.job_id, created, (wake if ready and created else None)
 
 
 def accept_ready(
@@ -335,39 +329,12 @@ def accept_ready(
     traceparent: str | None = None,
     ready: bool = True,
 ) -> tuple[str, bool, bool | None]:
-    """:func:`accept`, the new job made ready for a wake message (group commit: a plain
-    ``send_task`` payload taken by a worker) when ``ready``: ``(job_id, created, wake)``.
-    ``wake`` is None when the job is not in the ready set (it existed, or not ``ready``),
-    else True when the caller must send the wake."""
-    op = _accept_one(
+    """:func:`accept_ready_op`, run on ``store``."""
+    op = accept_ready_op(
         settings, payload, store.replicas, now=now, default_id=default_id,
-        traceparent=traceparent, ready=settings.queues.submit if ready else None,
+        traceparent=traceparent, ready=ready,
     )  # fmt: skip
-    job_id, created, wake = store.run(op)
-    return job_id, created, (wake if ready and created else None)
-
-
-def _accept_one(
-    settings: Settings,
-    payload: Any,
-    replicas: Replicas,
-    *,
-    now: float,
-    default_id: str | None = None,
-    traceparent: str | None = None,
-    ready: str | None = None,
-) -> Op[tuple[str, bool, bool]]:
-    job = prepare(settings, payload, now=now, default_id=default_id, traceparent=traceparent)
-    created, wake = yield from lifecycle.create_one(
-        (job.job_id, job.fields, job.ttl, job.fingerprint),
-        now=now,
-        submit_grace=settings.submit_grace,
-        replicas=replicas,
-        ready=ready,
-    )
-    if isinstance(created, IdempotencyConflict):
-        raise created
-    return job.job_id, created, wake
+    return store.run(op)
 
 
 def accept_many_op(

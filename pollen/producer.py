@@ -228,7 +228,7 @@ def submit(session: Session, payload: dict[str, Any]) -> Flow[str]:
     round."""
     settings = session.settings
     traceparent = session.tracing.traceparent()
-    job_id, wake = yield from accept_ready_op(
+    job_id, _, wake = yield from accept_ready_op(
         settings, payload, session.replicas, now=time.time(), traceparent=traceparent
     )
     yield from _remember_epoch(session)

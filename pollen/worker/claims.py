@@ -77,18 +77,25 @@ def holder_name(hostname: str) -> str:
     return f"{hostname}|{os.getpid()}|{uuid.uuid4().hex[:8]}"
 
 
-def message_of(request: Any, now: float) -> Held:
-    """What sending a received ``pollen.submit`` message again needs."""
-    eta = request.eta
+def _held(task_id: Any, kwargs: Any, eta: Any, retries: Any, tag: Any, now: float) -> Held:
+    """A claimed message as :class:`Held`: ``eta`` (a datetime, its ISO form or None) as a
+    timestamp, naive datetimes read as UTC."""
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
     if isinstance(eta, datetime):
         eta = (eta if eta.tzinfo else eta.replace(tzinfo=UTC)).timestamp()
-    message = getattr(request, "message", None)
-    tag = getattr(message, "delivery_tag", None)
     return Held(
-        str(request.id), dict(request.kwargs or {}), eta if eta else None,
-        retries=int(request.request_dict.get("retries") or 0),
+        str(task_id), dict(kwargs or {}), eta if eta else None, retries=int(retries or 0),
         delivery_tag=None if tag is None else str(tag), claimed_at=now,
     )  # fmt: skip
+
+
+def message_of(request: Any, now: float) -> Held:
+    """What sending a received ``pollen.submit`` message again needs (the worker's
+    ``Request``)."""
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    retries = request.request_dict.get("retries")
+    return _held(request.id, request.kwargs, request.eta, retries, tag, now)
 
 
 def current(request: Any, now: float) -> tuple[str, Held] | None:
@@ -97,18 +104,8 @@ def current(request: Any, now: float) -> tuple[str, Held] | None:
     holder = _This.holder
     if holder is None:
         return None
-    eta = request.eta
-    if isinstance(eta, str):
-        eta = datetime.fromisoformat(eta)
-    if isinstance(eta, datetime):
-        eta = (eta if eta.tzinfo else eta.replace(tzinfo=UTC)).timestamp()
     tag = (request.delivery_info or {}).get("delivery_tag")
-    message = Held(
-        str(request.id), dict(request.kwargs or {}), eta if eta else None,
-        retries=int(request.retries or 0), delivery_tag=None if tag is None else str(tag),
-        claimed_at=now,
-    )  # fmt: skip
-    return holder.name, message
+    return holder.name, _held(request.id, request.kwargs, request.eta, request.retries, tag, now)
 
 
 @worker_init.connect

@@ -268,9 +268,10 @@ def _made_ready(job_id: str, wake: bool) -> dict[str, Any]:
 
 
 def _wake(self: Task, deps: runtime.Deps) -> dict[str, Any]:
-    """Submit the jobs ``Pollen.submit`` made ready (group commit): up to ``POLLEN_BATCH_SIZE``
-    of them, oldest first; when more are left another wake goes at once, and a job stored
-    after the take that empties the set finds no wake mark and sends a new wake.
+    """Submit the ready jobs (group commit: ``Pollen.submit``'s and the plain ``send_task``
+    payloads a worker stored): up to ``POLLEN_BATCH_SIZE`` of them, oldest first; when more
+    are left another wake goes at once, and a job stored after the take that empties the set
+    finds no wake mark and sends a new wake.
 
     On a Redis broker the take rewrites this message's claim to name the jobs taken, in the
     same step, so a worker that dies while submitting them leaves them to the reconciler like
