@@ -17,7 +17,7 @@ import celery
 import pytest
 import redis
 
-from pollen import JobStatus, Pollen, contract, payloads
+from pollen import Job, JobStatus, Pollen, contract, payloads
 from pollen.local.servers import CallbackReceiver
 from pollen.payloads import message_job_id
 from pollen.simulator import SimulatorServer
@@ -25,7 +25,7 @@ from pollen.store import keys
 from pollen.store.claims import Held
 from pollen.store.orphans import Orphans
 from tests.conftest import eventually
-from tests.faults.audit import tally
+from tests.faults.audit import Tally, tally
 from tests.faults.conftest import MakeFleet, sim_stats, start_pods, unsuccessful, wait_all
 from tests.faults.gate import ProviderGate
 from tests.faults.report import CaseRecord
@@ -186,16 +186,9 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
     start_pods(fleet, ["pod-c"], pool="threads", concurrency=8)
 
     wait_stored(client, job_ids, timeout=60)
-    finished = wait_all(client, job_ids, timeout=60)
-    gate.release("<creates>")
-    assert unsuccessful(finished) == []
-    ends = [job.finished_at or 0 for job in finished if job.id in affected]
-    recovery = round(max(ends) - fault_at, 2) if ends else None
-    time.sleep(1.5)  # anything doubled would arrive now
-    result = tally(client, job_ids, sim_stats=sim_stats(fault_sim), receiver=receiver)
-    result.fill(case)
-    case.recovery_s = recovery
-    counts = reconciler_counts(fleet)
+    finished, recovery, result, counts = after_kill(
+        case, fleet, client, gate, job_ids, affected, fault_at, fault_sim, receiver, timeout=60
+    )
     on_kill = (
         f"RabbitMQ: nothing is claimed; {len(unrecorded)} jobs had no record at the kill"
         if on_rabbit
@@ -217,6 +210,34 @@ def test_a_pod_killed_during_a_burst_of_plain_send_task_submits_loses_and_double
     assert recovery is not None and recovery <= 15.0, case.notes
     assert client.store.redis.zcard(keys.index("runware", JobStatus.SUCCEEDED.value)) == jobs
     assert no_orphans(client) == []
+
+
+def after_kill(
+    case: CaseRecord,
+    fleet: Fleet,
+    client: Pollen,
+    gate: ProviderGate,
+    job_ids: list[str],
+    affected: set[str],
+    fault_at: float,
+    fault_sim: SimulatorServer,
+    receiver: CallbackReceiver,
+    *,
+    timeout: float,
+) -> tuple[list[Job], float | None, Tally, dict[str, int]]:
+    """The end of a burst case: every job done (creates let through once they are), the
+    recovery (the last ``affected`` job's end after ``fault_at``), the tally once anything
+    doubled would have arrived, and what the reconciler did: (jobs, recovery, tally, counts)."""
+    finished = wait_all(client, job_ids, timeout=timeout)
+    gate.release("<creates>")
+    assert unsuccessful(finished) == []
+    ends = [job.finished_at or 0 for job in finished if job.id in affected]
+    recovery = round(max(ends) - fault_at, 2) if ends else None
+    time.sleep(1.5)  # anything doubled would arrive now
+    result = tally(client, job_ids, sim_stats=sim_stats(fault_sim), receiver=receiver)
+    result.fill(case)
+    case.recovery_s = recovery
+    return finished, recovery, result, reconciler_counts(fleet)
 
 
 def stored_and_sent(client: Pollen, queue: str) -> str:
@@ -338,17 +359,10 @@ def test_a_pod_killed_holding_a_wakes_jobs_loses_and_doubles_nothing(
     held = taken()
     start_pods(fleet, ["pod-c"], pool="threads", concurrency=8)
 
-    finished = wait_all(client, job_ids, timeout=90)
-    gate.release("<creates>")
-    assert unsuccessful(finished) == []
     affected = set(job_ids) if on_rabbit else jobs_of(held)
-    ends = [job.finished_at or 0 for job in finished if job.id in affected]
-    recovery = round(max(ends) - fault_at, 2) if ends else None
-    time.sleep(1.5)  # anything doubled would arrive now
-    result = tally(client, job_ids, sim_stats=sim_stats(fault_sim), receiver=receiver)
-    result.fill(case)
-    case.recovery_s = recovery
-    counts = reconciler_counts(fleet)
+    _, recovery, result, counts = after_kill(
+        case, fleet, client, gate, job_ids, affected, fault_at, fault_sim, receiver, timeout=90
+    )
     case.notes = [
         (
             "RabbitMQ: nothing is claimed, every job counts"
