@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cap", type=int, help="the simulator key's concurrent tasks (fair scenario: 10)"
     )
+    parser.add_argument(
+        "--arrival-rate",
+        type=float,
+        help="jobs a second the producers enqueue, evenly spaced (steady: 100; else: all at once)",
+    )
     parser.add_argument("--small-jobs", type=int, help="tenant small's jobs (fair scenario: 50)")
     parser.add_argument(
         "--small-delay", type=float, help="seconds before tenant small enqueues (fair: 10)"
@@ -99,6 +104,10 @@ def _check_fair(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     given = [option for option, value in small.items() if value is not None]
     if given and args.scenario != fair.FAIR:
         parser.error(f"{', '.join(given)}: options of the {fair.FAIR} scenario")
+    if args.arrival_rate is not None and args.arrival_rate <= 0:
+        parser.error("--arrival-rate must be more than 0 jobs a second")
+    if args.arrival_rate is not None and args.scenario == fair.FAIR:
+        parser.error(f"--arrival-rate: the {fair.FAIR} scenario enqueues its own way")
     if args.small_jobs is not None and args.small_jobs < 0:
         parser.error("--small-jobs must be at least 0")
     if args.small_delay is not None and args.small_delay < 0:
@@ -120,6 +129,7 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         "cap": args.cap,
         "small_jobs": args.small_jobs,
         "small_delay": args.small_delay,
+        "arrival_rate": args.arrival_rate,
     }
     scenario = replace(scenario, **{k: v for k, v in changes.items() if v is not None})
     if args.durations:

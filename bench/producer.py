@@ -258,8 +258,10 @@ def produce(
     stop: multiprocessing.synchronize.Event,
     count: Synchronized[int],
     results: multiprocessing.Queue[dict[str, Any]],
+    pace: float | None = None,
 ) -> None:
-    """One producer process: build the client, wait for ``go``, enqueue, report."""
+    """One producer process: build the client, wait for ``go``, enqueue (``pace`` jobs a
+    second at the most, evenly spaced; None: as fast as it can), report."""
     report: dict[str, Any] = {
         "index": index,
         "count": 0,
@@ -280,10 +282,15 @@ def produce(
     go.wait()
     cpu_start = time.process_time()
     report["first_at"] = time.time()
+    start = time.monotonic()
     try:
-        for job_id in job_ids:
+        for n, job_id in enumerate(job_ids):
             if stop.is_set():
                 break
+            if pace:  # job n leaves at start + n / pace, not before
+                ahead = start + n / pace - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             report["count"] += client.enqueue(
                 job_id, job_request(job_id), f"{callback_base}/{job_id}"
             )
@@ -303,11 +310,20 @@ def produce(
 
 
 class Producers:
-    """``n`` producer processes for one system, started together on :meth:`go`."""
+    """``n`` producer processes for one system, started together on :meth:`go`; with
+    ``rate``, together they enqueue that many jobs a second (each ``rate / n``)."""
 
-    def __init__(self, spec: ProducerSpec, job_ids: list[str], callback_base: str, n: int) -> None:
+    def __init__(
+        self,
+        spec: ProducerSpec,
+        job_ids: list[str],
+        callback_base: str,
+        n: int,
+        rate: float | None = None,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.n = max(1, min(n, len(job_ids)))
+        pace = rate / self.n if rate else None
         self.go_event = ctx.Event()
         self.stop_event = ctx.Event()
         self.results: multiprocessing.Queue[dict[str, Any]] = ctx.Queue()
@@ -330,6 +346,7 @@ class Producers:
                     self.stop_event,
                     count,
                     self.results,
+                    pace,
                 ),
                 daemon=True,
             )

@@ -53,7 +53,9 @@ def run_system(
         t_start = time.monotonic()
         n_producers = options.producers or scenario.producers
         system.prepare(log_dir)
-        producers = Producers(system.producer_spec(), job_ids, f"{recv.url}/cb", n_producers)
+        producers = Producers(
+            system.producer_spec(), job_ids, f"{recv.url}/cb", n_producers, scenario.arrival_rate
+        )
         stack.callback(producers.close)
         producers.start()
         system.start(log_dir)

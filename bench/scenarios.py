@@ -97,6 +97,9 @@ class Scenario:
     producers: int = 2
     #: the simulator key's cap of concurrent tasks (``--cap``; creates past it answer 429)
     cap: int | None = None
+    #: jobs a second the producers enqueue, evenly spaced (``--arrival-rate``); None: all at
+    #: once, as fast as they can
+    arrival_rate: float | None = None
     #: jobs of a second tenant, ``small``, enqueued ``small_delay`` s after the first job
     small_jobs: int = 0
     small_delay: float = 10.0
@@ -124,6 +127,7 @@ class Scenario:
             "cap": self.cap,
             "small_jobs": self.small_jobs,
             "small_delay": self.small_delay,
+            "arrival_rate": self.arrival_rate,
         }
 
     def with_durations(self, low: float, high: float) -> Scenario:
@@ -160,6 +164,19 @@ SCENARIOS: dict[str, Scenario] = {
             duration_min=4.0,
             duration_max=6.0,
             timeout=1200.0,
+            systems=(*SYSTEMS, *QUIET_SYSTEMS),
+        ),
+        Scenario(
+            name="steady",
+            description=(
+                "3,000 jobs of 5 s +- 20% arriving at 100 a second (30 s): the lag of a fleet "
+                "that keeps up, where fleet's burst measures one that cannot"
+            ),
+            jobs=3000,
+            duration_min=4.0,
+            duration_max=6.0,
+            timeout=1200.0,
+            arrival_rate=100.0,
             systems=(*SYSTEMS, *QUIET_SYSTEMS),
         ),
         Scenario(

@@ -7,14 +7,18 @@ short jobs in a subprocess, then checks the JSON result and the printed table.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import queue
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench import producer
 from bench.analysis import schedule_lags
 from bench.cli import parse_args
 from bench.memory import key_type
@@ -448,3 +452,63 @@ def test_the_send_task_producer_refuses_to_run_with_pollen_imported() -> None:
     with pytest.raises(RuntimeError, match="imported pollen"):
         client.flush()
     client.close()
+
+
+class _Recording:
+    """A producer client that only notes when each job was enqueued (the pacing is the
+    harness's, not a system's)."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def warm(self) -> None:
+        pass
+
+    def enqueue(self, job_id: str, request: dict[str, Any], callback_url: str) -> int:
+        self.at.append(time.monotonic())
+        return 1
+
+    def flush(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("pace", [None, 50.0])
+def test_a_paced_producer_spaces_its_jobs_evenly(
+    pace: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = _Recording()
+    monkeypatch.setattr(producer, "make_client", lambda spec: client)
+    events = [multiprocessing.Event() for _ in range(3)]
+    events[1].set()  # go
+    results: Any = queue.SimpleQueue()
+    count: Any = multiprocessing.Value("q", 0)
+    job_ids = [f"j{i}" for i in range(26)]
+    spec = ProducerSpec("pollen", "redis://x", "redis://x", "http://x", {}, ())
+    producer.produce(
+        0, spec, job_ids, "http://x", events[0], events[1], events[2], count, results, pace
+    )
+    report = results.get_nowait()
+    assert report["count"] == count.value == 26 and report["error"] is None
+    took = client.at[-1] - client.at[0]
+    if pace is None:  # all at once
+        assert took < 0.2
+    else:  # 25 gaps of 1/50 s: 0.5 s, never sooner, and no job late by more than a gap or so
+        assert 0.5 <= took < 0.5 + 0.2
+        gaps = [b - a for a, b in zip(client.at, client.at[1:], strict=False)]
+        assert min(gaps) > 0.5 / 50
+
+
+def test_the_arrival_rate_is_checked_in_one_line() -> None:
+    for bad, scenario in ((["--arrival-rate", "0"], "steady"), (["--arrival-rate", "-1"], "fleet"),
+                          (["--arrival-rate", "5"], "fair")):  # fmt: skip
+        argv = [sys.executable, "-m", "bench", "--scenario", scenario, *bad]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+        assert done.returncode == 2, (bad, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert "--arrival-rate" in done.stderr.splitlines()[-1], done.stderr
+    assert parse_args(["--arrival-rate", "0.5"]).arrival_rate == 0.5
+    assert SCENARIOS["steady"].arrival_rate == 100.0
+    assert SCENARIOS["fleet"].arrival_rate is None
