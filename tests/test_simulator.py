@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from pollen.simulator import SimulatorConfig, SimulatorServer, build_simulator_app
 from pollen.simulator.app import build_app
+from pollen.simulator.concurrency import Concurrency
 from pollen.simulator.core import Simulator
 from pollen.simulator.ratelimit import SimulatedRateLimit, Timeline, max_in_window
 
@@ -1174,3 +1176,72 @@ def test_paced_creates_are_answered_one_at_a_time_and_one_whose_client_left_is_d
     for _ in range(3):
         create()
     assert time.monotonic() - started < 0.3  # unpaced again
+
+
+class _NaiveKey:
+    """The simulator's per-key rules written the plain way (every live task looked at on every
+    step), to check the logarithmic bookkeeping of :mod:`pollen.simulator.concurrency`."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, list[float]] = {}
+        self.peak = self.refused = self.throttled = 0
+
+    def live(self, now: float) -> list[list[float]]:
+        self.tasks = {t: se for t, se in self.tasks.items() if se[1] > now}
+        return list(self.tasks.values())
+
+    def running(self, now: float) -> int:
+        return sum(1 for start, end in self.live(now) if start <= now < end)
+
+    def schedule(
+        self, task_id: str, now: float, length: float, cap: int | None, wait: bool
+    ) -> float | None:
+        live = self.live(now)
+        start = max([now, *(s for s, _ in live)])
+        ends = sorted(e for _, e in live)
+        if cap is not None and len(ends) >= cap:
+            start = max(start, ends[len(ends) - cap])
+        if start > now and not wait:
+            self.refused += 1
+            return None
+        self.throttled += start > now
+        running = sum(1 for _, e in live if e > start)
+        self.tasks[task_id] = [start, start + length]
+        self.peak = max(self.peak, running + 1 if length > 0 else running)
+        return start
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_per_key_concurrency_follows_the_plain_rules(seed: int) -> None:
+    rng = random.Random(seed)
+    cap = rng.choice([None, 1, 3, 8])
+    fast, naive = Concurrency(), _NaiveKey()
+    now = 0.0
+    for n in range(600):
+        now += rng.choice([0.0, 0.01, 0.1, 0.5])
+        task = f"t{n}"
+        step = rng.random()
+        if step < 0.6:
+            length = rng.choice([0.0, 0.2, 1.0, 3.0])
+            wait = rng.random() < 0.7
+            assert fast.schedule("k", task, now, length, cap, wait) == naive.schedule(
+                task, now, length, cap, wait
+            )
+        elif step < 0.75 and naive.tasks:  # a cancel frees the slot at once
+            victim = rng.choice(sorted(naive.tasks))
+            fast.finish("k", victim, now)
+            start, end = naive.tasks[victim]
+            naive.tasks[victim][1] = min(end, max(now, start))
+        elif step < 0.85:
+            count = rng.choice([1, 2, 5])
+            free = cap is None or naive.running(now) + count <= cap
+            naive.refused += not free
+            assert fast.room("k", now, cap, count) is free
+        seen = fast.snapshot(now).get("k")
+        if seen is not None:
+            live = naive.live(now)
+            assert seen["running"] == naive.running(now)
+            assert seen["waiting"] == sum(1 for start, _ in live if start > now)
+            assert (seen["peak_running"], seen["refused_for_capacity"], seen["throttled"]) == (
+                naive.peak, naive.refused, naive.throttled,
+            )  # fmt: skip
