@@ -512,3 +512,20 @@ def test_the_arrival_rate_is_checked_in_one_line() -> None:
     assert parse_args(["--arrival-rate", "0.5"]).arrival_rate == 0.5
     assert SCENARIOS["steady"].arrival_rate == 100.0
     assert SCENARIOS["fleet"].arrival_rate is None
+
+
+def test_a_missing_benchmark_dependency_is_one_line() -> None:
+    """pollen installed without the dev extras (``pip install -e .``, or the demo's .venv)."""
+    code = (
+        "import runpy, sys; sys.modules['psutil'] = None; "
+        "runpy.run_module('bench', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "python -m bench: the module 'psutil' is missing; the benchmark needs the dev extras: "
+        "pip install -e '.[dev]' (tasks/test installs them into .venv)"
+    ]
